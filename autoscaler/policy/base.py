@@ -1,0 +1,51 @@
+"""The policy-kind protocol: how a source of replica recommendations plugs into the core.
+
+A *kind* (reactive signals, forecast, or a third party's) is a `PolicyPlugin`: a name, a pydantic
+config model, and a `build` that returns a `Policy` for one role of one pool. Each tick the core
+asks every policy of a role for its `Need`s and combines them (scale-up: max; scale-down: every
+source must agree). A policy may keep state between ticks (a forecast keeps history and a fitted
+model), but `needs` must depend only on what it was given and what it observed before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from autoscaler.policy.config import RoleSpec
+    from autoscaler.types import Need, Role, RoleObservation
+
+
+@dataclass(frozen=True, slots=True)
+class RoleContext:
+    """What a policy sees for one role at one tick."""
+
+    pool: str
+    role: Role
+    spec: RoleSpec
+    obs: RoleObservation
+    now: float
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """One built policy for one role."""
+
+    def needs(self, ctx: RoleContext) -> Sequence[Need]:
+        """This tick's opinions on the role's replica count (one per signal or series)."""
+        ...
+
+
+class PolicyPlugin(Protocol):
+    """A policy kind: what the `pd_autoscaler.policies` entry points must resolve to."""
+
+    kind: str
+    config_model: type[BaseModel]
+
+    def build(self, config: BaseModel, *, pool: str, role: Role, spec: RoleSpec) -> Policy:
+        """A policy instance for one role, from its validated config."""
+        ...

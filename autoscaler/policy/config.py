@@ -1,0 +1,424 @@
+"""Policy YAML -> frozen, validated pydantic models.
+
+One file describes one or more pools. Validation happens once, here, at the boundary: the core
+trusts what comes out. Every field carries a description, which feeds `pd-autoscaler validate
+--explain` and the JSON Schema export, and every error names the file, the field path and the
+offending value (see `load_policy_file`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from autoscaler import errors
+from autoscaler.types import Role, SignalName
+
+API_VERSION = "pd-autoscaler.io/v1alpha1"
+KIND = "AutoscalingPolicy"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class DeploymentRef(_Frozen):
+    """The Deployment a role scales (through its scale subresource)."""
+
+    namespace: str = Field(default="default", min_length=1, max_length=63)
+    """Namespace of the Deployment."""
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Deployment."""
+
+
+class SignalSpec(_Frozen):
+    """One signal and its target per ready replica."""
+
+    signal: SignalName
+    """queue_depth | batched_tokens | kv_cache | running | ttft | itl."""
+    target: float = Field(gt=0)
+    """Target per ready replica: requests for queue_depth/running, a 0-1 fraction for
+    batched_tokens/kv_cache, seconds for ttft/itl (the SLO the quantile must stay under)."""
+    quantile: float = Field(default=0.9, gt=0, lt=1)
+    """For ttft/itl only: which quantile of the latency histogram is compared with the target."""
+    tolerance: float | None = Field(default=None, ge=0, lt=1)
+    """Overrides the role's tolerance for this signal."""
+
+    @model_validator(mode="after")
+    def _fraction_targets(self) -> SignalSpec:
+        if self.signal in (SignalName.KV_CACHE, SignalName.BATCHED_TOKENS) and self.target > 1:
+            msg = f"target {self.target} for {self.signal.value} is a 0-1 fraction; must be <= 1"
+            raise ValueError(msg)
+        return self
+
+
+class ScalingRule(_Frozen):
+    """A rate limit, as in the HPA's behavior policies: at most `value` pods (or percent of the
+    replicas at the start of the period) added or removed within any `period_s` seconds."""
+
+    type: Literal["pods", "percent"]
+    """pods: an absolute number of replicas; percent: relative to the replicas a period ago."""
+    value: int = Field(gt=0)
+    """How many pods, or which percentage."""
+    period_s: float = Field(gt=0, le=3600)
+    """Length of the sliding window the limit applies to, seconds."""
+
+
+class Direction(_Frozen):
+    """Stabilization and rate limits for one direction (up or down)."""
+
+    stabilization_window_s: float = Field(ge=0, le=3600)
+    """Up: the lowest recommendation over this window is used (a spike must persist).
+    Down: the highest recommendation over this window is used (load must stay low)."""
+    rules: tuple[ScalingRule, ...] = ()
+    """Rate limits; empty means unlimited."""
+    select: Literal["max", "min", "disabled"] = "max"
+    """Which rule wins when several apply (the HPA's selectPolicy); disabled forbids the
+    direction entirely."""
+
+
+def _default_up() -> Direction:
+    # The HPA's defaults: no up-stabilization, +4 pods or +100 % per 15 s, whichever is more.
+    return Direction(
+        stabilization_window_s=0,
+        rules=(
+            ScalingRule(type="pods", value=4, period_s=15),
+            ScalingRule(type="percent", value=100, period_s=15),
+        ),
+    )
+
+
+def _default_down() -> Direction:
+    # The HPA's defaults: 300 s stabilization, -100 % per 15 s.
+    return Direction(
+        stabilization_window_s=300,
+        rules=(ScalingRule(type="percent", value=100, period_s=15),),
+    )
+
+
+class Panic(_Frozen):
+    """Panic mode (knative's): when a signal asks for `threshold` x the ready replicas, scale up
+    at once, bypassing the up-stabilization window and rate limits; while in panic (for `window_s`
+    after the burst was last seen) the role never scales down."""
+
+    enabled: bool = True
+    """Whether panic mode is on."""
+    threshold: float = Field(default=2.0, gt=1)
+    """Ratio of wanted to ready replicas that enters panic."""
+    window_s: float = Field(default=60, gt=0, le=3600)
+    """How long panic lasts after the last tick that met the threshold, seconds."""
+
+
+class MissingData(_Frozen):
+    """What to do when signals are missing (the metric source is down, series vanished).
+    Missing data never lowers replicas: the role holds; optionally, after `floor_after_s` without
+    any data, it is raised to at least `floor_replicas`."""
+
+    floor_after_s: float | None = Field(default=None, gt=0)
+    """Seconds of all-signals-missing after which the floor applies; null disables the floor."""
+    floor_replicas: int | None = Field(default=None, ge=0)
+    """The floor (a scale-up only, never a scale-down)."""
+
+    @model_validator(mode="after")
+    def _both_or_none(self) -> MissingData:
+        if (self.floor_after_s is None) != (self.floor_replicas is None):
+            msg = "floor_after_s and floor_replicas must be set together"
+            raise ValueError(msg)
+        return self
+
+
+class Behavior(_Frozen):
+    """Hysteresis for one role."""
+
+    tolerance: float = Field(default=0.1, ge=0, lt=1)
+    """Deadband: no scale-up while value/target <= 1+tolerance; a scale-down only to a count
+    at which every signal stays <= target*(1-tolerance) (consolidation)."""
+    scale_up: Direction = Field(default_factory=_default_up)
+    """Scale-up stabilization and rate limits."""
+    scale_down: Direction = Field(default_factory=_default_down)
+    """Scale-down stabilization and rate limits."""
+    panic: Panic = Field(default_factory=Panic)
+    """Immediate scale-up on bursts."""
+    consolidation: bool = True
+    """Only remove replicas when the remaining ones would sit under target*(1-tolerance) for
+    every signal; false uses the plain HPA formula for scale-down too."""
+
+
+class PolicyRef(_Frozen):
+    """A policy kind beyond the built-in reactive signals (e.g. `forecast`, or a plug-in).
+    The rest of the mapping is validated by the kind's own config model."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: str = Field(min_length=1)
+    """Registered policy kind (built-in or from the `pd_autoscaler.policies` entry-point group)."""
+
+
+class MetricMatch(_Frozen):
+    """How this role's pods are found in Prometheus (vLLM has no role label)."""
+
+    namespace: str | None = None
+    """Namespace label to match; defaults to the Deployment's namespace."""
+    pod_regex: str | None = None
+    """Regex on the `pod` label; defaults to `<deployment name>-.*`."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Extra exact-match labels (e.g. a relabelled `role` or `model_name`)."""
+
+
+class RoleSpec(_Frozen):
+    """One role (prefill, decode or aggregated) of a pool."""
+
+    deployment: DeploymentRef
+    """The Deployment this role scales."""
+    min_replicas: int = Field(default=1, ge=0)
+    """Lower bound on replicas."""
+    max_replicas: int = Field(ge=1)
+    """Upper bound on replicas."""
+    gpus_per_replica: int = Field(default=1, ge=1, le=64)
+    """GPUs one replica requests (its tensor-parallel size); used by GPU budgets."""
+    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    """vLLM's --max-num-batched-tokens on these pods (not exported as a metric), the
+    denominator of batched_tokens."""
+    cold_start_s: float = Field(default=120, ge=0, le=3600)
+    """Typical time from requesting a replica to its first served token; the forecast horizon."""
+    signals: tuple[SignalSpec, ...] = ()
+    """Reactive signals: each asks for ceil(total / target) replicas; the largest need wins."""
+    policies: tuple[PolicyRef, ...] = ()
+    """Further policy kinds (forecast, plug-ins), combined with the signals: scale-up takes the
+    max, scale-down needs every source to agree."""
+    behavior: Behavior = Field(default_factory=Behavior)
+    """Hysteresis."""
+    missing_data: MissingData = Field(default_factory=MissingData)
+    """Missing-data behaviour."""
+    metrics: MetricMatch = Field(default_factory=MetricMatch)
+    """How this role's series are selected in Prometheus."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RoleSpec:
+        if self.min_replicas > self.max_replicas:
+            msg = f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}"
+            raise ValueError(msg)
+        if not self.signals and not self.policies:
+            msg = "a role needs at least one signal or policy"
+            raise ValueError(msg)
+        seen: set[tuple[SignalName, float]] = set()
+        for s in self.signals:
+            key = (s.signal, s.quantile)
+            if key in seen:
+                msg = f"signal {s.signal.value} is listed twice"
+                raise ValueError(msg)
+            seen.add(key)
+        floor = self.missing_data.floor_replicas
+        if floor is not None and floor > self.max_replicas:
+            msg = f"missing_data.floor_replicas {floor} > max_replicas {self.max_replicas}"
+            raise ValueError(msg)
+        return self
+
+
+class Coupling(_Frozen):
+    """How prefill and decode move: independently, or together at a fixed ratio."""
+
+    mode: Literal["independent", "ratio"] = "independent"
+    """independent: each role on its own signals; ratio: prefill:decode fixed, larger need wins."""
+    prefill: int = Field(default=1, ge=1, le=64)
+    """Prefill part of the ratio (ratio mode)."""
+    decode: int = Field(default=1, ge=1, le=64)
+    """Decode part of the ratio (ratio mode)."""
+
+    @model_validator(mode="after")
+    def _reduced(self) -> Coupling:
+        if self.mode == "ratio" and math.gcd(self.prefill, self.decode) != 1:
+            g = math.gcd(self.prefill, self.decode)
+            msg = (
+                f"ratio {self.prefill}:{self.decode} is not in lowest terms; "
+                f"write {self.prefill // g}:{self.decode // g}"
+            )
+            raise ValueError(msg)
+        return self
+
+
+class PoolSpec(_Frozen):
+    """A model served by a prefill and a decode Deployment, or by one aggregated Deployment."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """Pool name (DNS label style); appears in metrics, logs and external metrics."""
+    roles: dict[Role, RoleSpec]
+    """`prefill` and `decode`, or `aggregated` alone."""
+    coupling: Coupling = Field(default_factory=Coupling)
+    """Independent or fixed-ratio scaling of prefill and decode."""
+    gpu_budget: int | None = Field(default=None, ge=1)
+    """Most GPUs this pool may hold (sum of replicas x gpus_per_replica); null = unlimited."""
+
+    @field_validator("roles")
+    @classmethod
+    def _role_set(cls, roles: dict[Role, RoleSpec]) -> dict[Role, RoleSpec]:
+        keys = set(roles)
+        if keys not in ({Role.PREFILL, Role.DECODE}, {Role.AGGREGATED}):
+            got = ", ".join(sorted(k.value for k in keys)) or "none"
+            msg = f"roles must be prefill+decode or aggregated alone; got {got}"
+            raise ValueError(msg)
+        return roles
+
+    @model_validator(mode="after")
+    def _check(self) -> PoolSpec:
+        if self.coupling.mode == "ratio":
+            if Role.AGGREGATED in self.roles:
+                msg = "coupling.mode ratio needs prefill and decode roles"
+                raise ValueError(msg)
+            lo, hi = ratio_unit_bounds(self)
+            if lo > hi:
+                p, d = self.roles[Role.PREFILL], self.roles[Role.DECODE]
+                msg = (
+                    f"ratio {self.coupling.prefill}:{self.coupling.decode} is impossible within "
+                    f"prefill [{p.min_replicas},{p.max_replicas}] and decode "
+                    f"[{d.min_replicas},{d.max_replicas}]"
+                )
+                raise ValueError(msg)
+        if self.gpu_budget is not None:
+            floor = self.min_gpus()
+            if floor > self.gpu_budget:
+                msg = f"gpu_budget {self.gpu_budget} is below the {floor} GPUs min_replicas need"
+                raise ValueError(msg)
+        refs = [(r.deployment.namespace, r.deployment.name) for r in self.roles.values()]
+        if len(set(refs)) != len(refs):
+            msg = "two roles of one pool point at the same Deployment"
+            raise ValueError(msg)
+        return self
+
+    def min_gpus(self) -> int:
+        """GPUs the pool holds at its lower bounds (after the ratio, in ratio mode)."""
+        if self.coupling.mode == "ratio":
+            lo, _ = ratio_unit_bounds(self)
+            return lo * self.unit_gpus()
+        return sum(r.min_replicas * r.gpus_per_replica for r in self.roles.values())
+
+    def unit_gpus(self) -> int:
+        """GPUs of one ratio unit (prefill:decode = a:b -> a*gp + b*gd)."""
+        p, d = self.roles[Role.PREFILL], self.roles[Role.DECODE]
+        return self.coupling.prefill * p.gpus_per_replica + self.coupling.decode * d.gpus_per_replica
+
+
+def ratio_unit_bounds(pool: PoolSpec) -> tuple[int, int]:
+    """Smallest and largest number of ratio units k (prefill = a*k, decode = b*k) that respect
+    both roles' bounds. Worked example: 1:3 with prefill [1,4], decode [2,9] ->
+    k >= max(ceil(1/1), ceil(2/3)) = 1 and k <= min(4 // 1, 9 // 3) = 3."""
+    a, b = pool.coupling.prefill, pool.coupling.decode
+    p, d = pool.roles[Role.PREFILL], pool.roles[Role.DECODE]
+    lo = max(-(-p.min_replicas // a), -(-d.min_replicas // b))
+    hi = min(p.max_replicas // a, d.max_replicas // b)
+    return lo, hi
+
+
+class PolicyFile(_Frozen):
+    """A policy file: one or more pools and what holds across them."""
+
+    apiVersion: Literal["pd-autoscaler.io/v1alpha1"] = API_VERSION  # noqa: N815 - k8s style key
+    """Schema version."""
+    kind: Literal["AutoscalingPolicy"] = KIND
+    """Document kind."""
+    dry_run: bool = False
+    """Shadow mode: decide and report, never write replicas."""
+    gpu_budget: int | None = Field(default=None, ge=1)
+    """Most GPUs all pools of this file may hold together; null = unlimited."""
+    pools: tuple[PoolSpec, ...] = Field(min_length=1)
+    """The pools."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicyFile:
+        names = [p.name for p in self.pools]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            msg = f"duplicate pool name(s): {', '.join(dup)}"
+            raise ValueError(msg)
+        refs = [
+            (r.deployment.namespace, r.deployment.name) for p in self.pools for r in p.roles.values()
+        ]
+        dup_refs = sorted({f"{ns}/{n}" for ns, n in refs if refs.count((ns, n)) > 1})
+        if dup_refs:
+            msg = f"Deployment(s) scaled by more than one role: {', '.join(dup_refs)}"
+            raise ValueError(msg)
+        if self.gpu_budget is not None:
+            floor = sum(p.min_gpus() for p in self.pools)
+            if floor > self.gpu_budget:
+                msg = f"gpu_budget {self.gpu_budget} is below the {floor} GPUs min_replicas need"
+                raise ValueError(msg)
+        # Plug-in and forecast configs are validated by their own models; import here to keep
+        # the registry (which may load entry points) out of module import time.
+        from autoscaler.policy import registry  # noqa: PLC0415
+
+        for pi, pool in enumerate(self.pools):
+            for role, spec in pool.roles.items():
+                for qi, ref in enumerate(spec.policies):
+                    registry.validate_ref(ref, where=f"pools.{pi}.roles.{role.value}.policies.{qi}")
+        return self
+
+    def pool(self, name: str) -> PoolSpec:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    return ".".join(parts) or "(top level)"
+
+
+def format_validation_error(source: str, exc: ValidationError) -> list[str]:
+    """`FILE: path.to.field: message (got VALUE)`, one line per problem."""
+    lines = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        got = ""
+        if err["type"] not in ("missing",) and "input" in err:
+            value = err["input"]
+            if not isinstance(value, dict | list):
+                got = f" (got {value!r})"
+        lines.append(f"{source}: {_loc(tuple(err['loc']))}: {msg}{got}")
+    return lines
+
+
+def parse_policy(text: str, *, source: str = "<policy>") -> PolicyFile:
+    """Parse and validate policy YAML text; raise ConfigError with one line per problem."""
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise errors.ConfigError([f"{source}: {where}malformed YAML: {problem}"]) from exc
+    if not isinstance(data, dict):
+        kind = type(data).__name__ if data is not None else "an empty document"
+        raise errors.ConfigError([f"{source}: (top level): expected a mapping, got {kind}"])
+    try:
+        return PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        raise errors.ConfigError(format_validation_error(source, exc)) from exc
+    except errors.ConfigError as exc:
+        raise errors.ConfigError([f"{source}: {line}" for line in exc.problems]) from exc
+
+
+def load_policy_file(path: str | Path) -> PolicyFile:
+    """Read and validate one policy file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise errors.ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from exc
+    return parse_policy(text, source=str(p))
+

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Build the real Kubernetes control plane used by the e2e tests, once per machine.
+#
+# kind needs a container engine and setup-envtest downloads prebuilt binaries; neither works on
+# our CI machines, so we compile the upstream components from the Go module proxy instead:
+#   kube-apiserver, kube-controller-manager, kube-scheduler (k8s.io/kubernetes at $K8S_VERSION),
+#   kubectl (same tag), etcd ($ETCD_VERSION) and kwok ($KWOK_VERSION).
+# Everything (Go module cache, build cache, binaries) lives under $PD_CACHE, keyed by version, so
+# only the first run on a machine pays for the build. Prints the bin directory on its last line.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.34.10}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.14}
+KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+PD_CACHE=${PD_CACHE:-$HOME/.cache/pd-autoscaler}
+
+KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-kwok-${KWOK_VERSION}"
+OUT="$PD_CACHE/$KEY"
+BIN="$OUT/bin"
+STAMP="$OUT/.complete"
+
+if [[ -f "$STAMP" ]]; then
+  echo "$BIN"
+  exit 0
+fi
+
+command -v go >/dev/null || { echo "build.sh: go is not on PATH (needs Go >= 1.26)" >&2; exit 1; }
+
+# Keep the machine's GOPROXY; never fall back to direct VCS access (no network for it here).
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+export GOMODCACHE="$PD_CACHE/go/mod" GOCACHE="$PD_CACHE/go/build"
+GOPROXY_NO_DIRECT=$(go env GOPROXY | sed -e 's/,direct$//' -e 's/|direct$//')
+export GOPROXY="$GOPROXY_NO_DIRECT"
+mkdir -p "$BIN" "$GOMODCACHE" "$GOCACHE"
+WORK=$(mktemp -d "$OUT/work.XXXX")
+trap 'rm -rf "$WORK"' EXIT
+start=$(date +%s)
+log() { echo "[build.sh +$(( $(date +%s) - start ))s] $*" >&2; }
+
+# --- kube-apiserver, kube-controller-manager, kube-scheduler, kubectl --------------------------
+# k8s.io/kubernetes replaces its staging modules with ./staging paths, which `go install pkg@ver`
+# refuses; a scratch module that replaces each staging module by its published v0.Y.Z tag builds.
+if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x "$BIN/kube-scheduler" || ! -x "$BIN/kubectl" ]]; then
+  log "resolving k8s.io/kubernetes@$K8S_VERSION"
+  STG="v0.${K8S_VERSION#v1.}"
+  MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
+  GOMOD=$(cd "$WORK" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+  GODIR=$(sed -n 's/^go \(.*\)/\1/p' "$GOMOD")
+  GODEBUG_LINE=$(grep '^godebug ' "$GOMOD" || true)
+  mkdir -p "$WORK/k8s"
+  cd "$WORK/k8s"
+  printf 'module ci.local/kubebins\n\ngo %s\n\n%s\n\ntool (\n\tk8s.io/kubernetes/cmd/kube-apiserver\n\tk8s.io/kubernetes/cmd/kube-controller-manager\n\tk8s.io/kubernetes/cmd/kube-scheduler\n\tk8s.io/kubernetes/cmd/kubectl\n)\n\nrequire k8s.io/kubernetes %s\n' \
+    "$GODIR" "$GODEBUG_LINE" "$K8S_VERSION" > go.mod
+  for m in $(sed -n 's|^[[:space:]]*\(k8s.io/[^ ]*\) => \./staging/.*|\1|p' "$GOMOD"); do
+    go mod edit "-replace=$m=$m@$STG"
+  done
+  log "go mod tidy (k8s)"
+  go mod tidy
+  LD="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    LD="$LD -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$MINOR -X $p.gitTreeState=clean"
+  done
+  log "go build (k8s)"
+  # -p 2: the link steps of these binaries need a few GB each; two at once fit in CI's memory.
+  go build -p 2 -trimpath -tags selinux,notest,grpcnotrace -ldflags "$LD" -o "$BIN/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+  log "k8s built: $("$BIN/kube-apiserver" --version)"
+fi
+
+# --- etcd ------------------------------------------------------------------------------------
+# etcd's server module also uses local replaces, but its requires name real tags, so a scratch
+# module that depends on it needs none.
+if [[ ! -x "$BIN/etcd" ]]; then
+  log "building etcd $ETCD_VERSION"
+  mkdir -p "$WORK/etcd" && cd "$WORK/etcd"
+  printf 'module ci.local/etcdbin\n\ngo 1.25.0\n\ntool go.etcd.io/etcd/server/v3\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod
+  go mod tidy
+  go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
+fi
+
+# --- kwok ------------------------------------------------------------------------------------
+if [[ ! -x "$BIN/kwok" ]]; then
+  log "building kwok $KWOK_VERSION"
+  GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  # The stage definitions ship in the module zip; copy them next to the binaries.
+  mkdir -p "$OUT/stages"
+  cp -r "$GOMODCACHE/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage/." "$OUT/stages/"
+  chmod -R u+w "$OUT/stages"
+fi
+
+touch "$STAMP"
+log "done in $(( $(date +%s) - start ))s"
+echo "$BIN"
