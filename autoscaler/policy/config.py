@@ -153,6 +153,9 @@ class Behavior(_Frozen):
     consolidation: bool = True
     """Only remove replicas when the remaining ones would sit under target*(1-tolerance) for
     every signal; false uses the plain HPA formula for scale-down too."""
+    count_pending: bool = True
+    """Pending replicas are capacity on the way: while some are pending, stock signals (the
+    queue, latency guards) cannot ask for more. False mimics the HPA, which has no such rule."""
 
 
 class PolicyRef(_Frozen):

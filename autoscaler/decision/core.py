@@ -1,0 +1,291 @@
+"""The pure decision core: `decide(snapshot, state, policy, now) -> (decision, new_state)`.
+
+No I/O, no clock reads: time and observations go in, replica counts with their reasons come out.
+The pipeline, per role, then per pool, then per file:
+
+ 1. needs       one Need per signal (decision/signals.py) and per extra policy (forecast, plug-ins)
+ 2. pending     while replicas are pending, stock signals (queue, latency) cannot ask for more:
+                the queue that builds up during a GPU cold start is load the pending replicas will
+                absorb, and scaling for it again is the cascade KEDA users see
+ 3. combine     scale-up: the largest want; otherwise scale-down to the largest `keep` (every
+                source must agree, consolidation); missing data holds, partial data never lowers
+ 4. panic       a burst of `threshold` x ready replicas enters panic: up at once, never down
+ 5. stabilize   HPA windows: up = min over the up window, down = max over the down window
+ 6. rate limit  HPA Pods/Percent per period rules (lifted for scale-up in panic)
+ 7. bounds      min/max replicas
+ 8. coupling    ratio mode: prefill:decode = a:b exactly, the larger need wins, both bounds hold
+ 9. budget      GPU budget per pool, then across the file: only increases are trimmed
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from autoscaler.decision import limiter, signals, stabilizer
+from autoscaler.decision.state import RoleState, ScaleState
+from autoscaler.policy.base import Policy, RoleContext
+from autoscaler.policy.config import PolicyFile, PoolSpec, RoleSpec, ratio_unit_bounds
+from autoscaler.types import (
+    Decision,
+    Need,
+    PoolDecision,
+    PoolObservation,
+    Role,
+    RoleDecision,
+    RoleObservation,
+    Snapshot,
+)
+
+PolicyMap = Mapping[tuple[str, Role], Sequence[Policy]]
+
+
+@dataclass(slots=True)
+class _Work:
+    """Scratch for one role within one tick (mutable here, frozen in the result)."""
+
+    pool: str
+    role: Role
+    spec: RoleSpec
+    obs: RoleObservation
+    prev: RoleState
+    needs: tuple[Need, ...] = ()
+    raw: int = 0
+    driver: str = ""
+    desired: int = 0
+    panic_until: float | None = None
+    missing_since: float | None = None
+    clips: list[str] = field(default_factory=list)
+
+    @property
+    def current(self) -> int:
+        return self.obs.replicas
+
+    def clip(self, value: int, why: str | None) -> None:
+        if why is not None and value != self.desired:
+            self.clips.append(why)
+        self.desired = value
+
+
+def _cap_pending(needs: list[Need], obs: RoleObservation) -> tuple[list[Need], bool]:
+    """Stock needs cannot push above the replicas already requested while some are pending."""
+    if obs.pending <= 0:
+        return needs, False
+    capped = False
+    out = []
+    for n in needs:
+        if n.stock and n.want > obs.replicas:
+            out.append(replace(n, want=obs.replicas, note=(n.note + " capped: replicas pending").strip()))
+            capped = True
+        else:
+            out.append(n)
+    return out, capped
+
+
+def _combine(w: _Work, needs: list[Need], *, now: float) -> None:
+    current = w.current
+    present = [n for n in needs if n.value is not None]
+    if not present:
+        # Nothing to go by: hold (knative's invalid-scale, the HPA's missing metrics), and after
+        # the configured time raise to the floor - never lower.
+        w.missing_since = w.prev.missing_since if w.prev.missing_since is not None else now
+        w.raw = current
+        w.driver = "hold: all signals missing"
+        md = w.spec.missing_data
+        if (
+            md.floor_after_s is not None
+            and md.floor_replicas is not None
+            and now - w.missing_since >= md.floor_after_s
+            and md.floor_replicas > current
+        ):
+            w.raw = md.floor_replicas
+            w.driver = f"missing data for {now - w.missing_since:.0f}s: floor {md.floor_replicas}"
+        return
+    w.missing_since = None
+    ups = [n for n in needs if n.want > current]
+    if ups:
+        top = max(ups, key=lambda n: n.want)
+        w.raw = top.want
+        w.driver = top.describe()
+        return
+    # Scale-down (or hold): every source must agree; the one allowing the fewest removals wins.
+    top = max(needs, key=lambda n: min(n.keep, current))
+    w.raw = min(top.keep, current)
+    if w.raw == current:
+        w.driver = f"hold: {top.describe()}" + (f" ({top.note})" if top.note else "")
+    else:
+        w.driver = f"scale-down: {top.describe()} keep {top.keep}"
+
+
+def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
+    spec, obs = w.spec, w.obs
+    needs: list[Need] = signals.signal_needs(spec, obs)
+    if extra:
+        ctx = RoleContext(pool=w.pool, role=w.role, spec=spec, obs=obs, now=now)
+        for p in extra:
+            needs.extend(p.needs(ctx))
+    capped = False
+    if spec.behavior.count_pending:
+        needs, capped = _cap_pending(needs, obs)
+    w.needs = tuple(needs)
+    _combine(w, needs, now=now)
+    if capped and w.raw <= w.current:
+        w.driver += f"; {obs.pending} pending replica(s) absorb the queue"
+    w.desired = w.raw
+
+    w.panic_until = stabilizer.panic_until(
+        raw=w.raw, ready=obs.ready, behavior=spec.behavior, previous_until=w.prev.panic_until, now=now
+    )
+    in_panic = w.panic_until is not None and w.panic_until > now
+    value, why = stabilizer.stabilize(
+        raw=w.raw,
+        current=w.current,
+        history=w.prev.recommendations,
+        behavior=spec.behavior,
+        in_panic=in_panic,
+        now=now,
+    )
+    w.clip(value, why)
+    value, why = limiter.rate_limit(
+        w.desired, current=w.current, spec=spec, events=w.prev.events, in_panic=in_panic, now=now
+    )
+    w.clip(value, why)
+    value, why = limiter.bound(w.desired, spec)
+    w.clip(value, why)
+
+
+def _couple(pool: PoolSpec, works: Mapping[Role, _Work]) -> None:
+    """Ratio mode: k units of (a prefill, b decode); the larger need wins; bounds hold."""
+    if pool.coupling.mode != "ratio":
+        return
+    a, b = pool.coupling.prefill, pool.coupling.decode
+    p, d = works[Role.PREFILL], works[Role.DECODE]
+    lo, hi = ratio_unit_bounds(pool)
+    k = min(max(math.ceil(p.desired / a), math.ceil(d.desired / b), lo), hi)
+    p.clip(a * k, f"ratio {a}:{b}")
+    d.clip(b * k, f"ratio {a}:{b}")
+
+
+@dataclass(slots=True)
+class _Mover:
+    """A unit that a GPU budget can trim: a role (unit = 1 replica) or a ratio pair (unit = k)."""
+
+    works: tuple[tuple[_Work, int], ...]  # (role work, replicas per unit)
+    units: int
+    floor: int
+    gpus_per_unit: int
+
+    def gpus(self) -> int:
+        return self.units * self.gpus_per_unit
+
+    def apply(self, why: str) -> None:
+        for w, per in self.works:
+            w.clip(self.units * per, why)
+
+
+def _movers(pool: PoolSpec, works: Mapping[Role, _Work]) -> list[_Mover]:
+    if pool.coupling.mode == "ratio":
+        a, b = pool.coupling.prefill, pool.coupling.decode
+        p, d = works[Role.PREFILL], works[Role.DECODE]
+        lo, hi = ratio_unit_bounds(pool)
+        k = p.desired // a
+        # The smallest exact-ratio point that lowers neither role: a budget never scales down.
+        k_hold = min(max(math.ceil(p.current / a), math.ceil(d.current / b), lo), hi)
+        return [_Mover(((p, a), (d, b)), k, min(k, k_hold), pool.unit_gpus())]
+    out = []
+    for w in works.values():
+        floor = max(min(w.current, w.desired), w.spec.min_replicas)
+        out.append(_Mover(((w, 1),), w.desired, min(floor, w.desired), w.spec.gpus_per_replica))
+    return out
+
+
+def _trim(movers: list[_Mover], budget: int | None, why: str) -> None:
+    """Remove granted increases, largest relative increase first, until the budget holds."""
+    if budget is None:
+        return
+    total = sum(m.gpus() for m in movers)
+    changed: set[int] = set()
+    while total > budget:
+        cands = [i for i, m in enumerate(movers) if m.units > m.floor]
+        if not cands:
+            break  # only current replicas exceed the budget; a budget never forces a scale-down
+        i = max(cands, key=lambda j: (movers[j].units - movers[j].floor) / max(movers[j].floor, 1))
+        movers[i].units -= 1
+        total -= movers[i].gpus_per_unit
+        changed.add(i)
+    for i in changed:
+        movers[i].apply(why)
+
+
+def _state(w: _Work, *, now: float) -> RoleState:
+    b = w.spec.behavior
+    keep_recs = max(b.scale_up.stabilization_window_s, b.scale_down.stabilization_window_s)
+    periods = [r.period_s for r in (*b.scale_up.rules, *b.scale_down.rules)]
+    keep_events = max(periods, default=0.0)
+    recs = tuple((t, r) for t, r in w.prev.recommendations if t > now - keep_recs)
+    events = tuple((t, d) for t, d in w.prev.events if t > now - keep_events)
+    if w.desired != w.current:
+        events += ((now, w.desired - w.current),)
+    return RoleState(
+        recommendations=(*recs, (now, w.raw)) if keep_recs > 0 else (),
+        events=events,
+        panic_until=w.panic_until,
+        missing_since=w.missing_since,
+    )
+
+
+def decide(
+    snapshot: Snapshot,
+    state: ScaleState,
+    policy: PolicyFile,
+    *,
+    now: float,
+    policies: PolicyMap | None = None,
+) -> tuple[Decision, ScaleState]:
+    """One tick of decisions for every pool of `policy` observed in `snapshot`.
+
+    A pool absent from the snapshot (or missing one of its roles) is left out of the decision
+    and keeps its state: the caller could not observe it, so nothing is decided for it.
+    """
+    extra = policies or {}
+    pool_works: list[tuple[PoolSpec, dict[Role, _Work]]] = []
+    for pool in policy.pools:
+        pobs: PoolObservation | None = snapshot.pools.get(pool.name)
+        if pobs is None or any(r not in pobs.roles for r in pool.roles):
+            continue
+        works = {
+            role: _Work(pool.name, role, spec, pobs.roles[role], state.role(pool.name, role))
+            for role, spec in pool.roles.items()
+        }
+        for role, w in works.items():
+            _role_step(w, extra.get((pool.name, role), ()), now=now)
+        _couple(pool, works)
+        pool_movers = _movers(pool, works)
+        _trim(pool_movers, pool.gpu_budget, "pool-gpu-budget")
+        pool_works.append((pool, works))
+
+    all_movers = [m for pool, works in pool_works for m in _movers(pool, works)]
+    _trim(all_movers, policy.gpu_budget, "gpu-budget")
+
+    decisions: dict[str, PoolDecision] = {}
+    new_pools: dict[str, dict[Role, RoleState]] = {p: dict(r) for p, r in state.pools.items()}
+    for pool, works in pool_works:
+        roles = {
+            role: RoleDecision(
+                role=role,
+                current=w.current,
+                ready=w.obs.ready,
+                pending=w.obs.pending,
+                recommended=w.raw,
+                desired=w.desired,
+                driver=w.driver,
+                clipped_by=tuple(dict.fromkeys(w.clips)),
+                needs=w.needs,
+                panic=w.panic_until is not None and w.panic_until > now,
+            )
+            for role, w in works.items()
+        }
+        decisions[pool.name] = PoolDecision(pool=pool.name, roles=roles, dry_run=policy.dry_run)
+        new_pools[pool.name] = {role: _state(w, now=now) for role, w in works.items()}
+    return Decision(at=now, pools=decisions), ScaleState(pools=new_pools)

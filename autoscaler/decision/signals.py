@@ -1,0 +1,91 @@
+"""Reactive signals -> one `Need` per signal (the HPA's target-tracking formula, with care).
+
+For a load signal with per-replica mean `v` over `n` reporting replicas and target `t`:
+    want = ceil(n * v / t)                        (HPA: ceil(ready * value / target))
+    want = current   while |v / t - 1| <= tolerance  (the deadband)
+    keep = ceil(n * v / (t * (1 - tolerance)))    (consolidation: the fewest replicas that would
+                                                   still sit under target*(1-tolerance))
+Worked example: 3 replicas with 8 waiting requests each, target 5, tolerance 0.1:
+    v/t = 1.6 > 1.1 -> want = ceil(24 / 5) = 5; keep = ceil(24 / 4.5) = 6 (irrelevant on the way up).
+Latency quantiles (TTFT/ITL) are guards: above target*(1+tolerance) they ask for more replicas,
+under target*(1-tolerance) they do not object to fewer, in between they veto a scale-down.
+"""
+
+from __future__ import annotations
+
+import math
+
+from autoscaler.metrics.source import signal_key
+from autoscaler.policy.config import RoleSpec, SignalSpec
+from autoscaler.types import GUARD_SIGNALS, STOCK_SIGNALS, Need, RoleObservation
+
+# ceil() of a ratio that is an exact integer up to float noise (e.g. 15 / 5 * 1.0000000001)
+# must not round up a whole replica.
+_EPS = 1e-9
+
+# A latency guard asks for at most this factor more replicas in one step: latency is not linear
+# in replicas (queueing makes it explode near saturation), so its ratio overstates the need.
+_GUARD_MAX_STEP = 2.0
+
+
+def _ceil(x: float) -> int:
+    return max(0, math.ceil(x - _EPS))
+
+
+def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
+    """The need of one configured signal given this tick's observation."""
+    key = signal_key(sig)
+    current = obs.replicas
+    tol = spec.behavior.tolerance if sig.tolerance is None else sig.tolerance
+    sample = obs.signals.get(key)
+    if sample is None or sample.missing:
+        detail = sample.detail if sample is not None and sample.detail else "no data"
+        return Need(
+            source=key,
+            want=current,
+            keep=current,
+            value=None,
+            target=sig.target,
+            blocks_down=True,
+            note=f"missing ({detail})",
+        )
+    value = float(sample.value)  # type: ignore[arg-type]  # not missing => not None
+    # Fewer reporting replicas than ready ones: the silent ones may be the loaded ones (HPA
+    # counts them as 100 % on a scale-down), so this signal may push up but never down.
+    partial = sample.replicas < obs.ready
+    note = f"partial ({sample.replicas}/{obs.ready} replicas)" if partial else ""
+    ratio = value / sig.target
+
+    if sig.signal in GUARD_SIGNALS:
+        if ratio > 1 + tol:
+            base = max(current, 1)
+            want = max(current + 1, _ceil(base * min(ratio, _GUARD_MAX_STEP)))
+        else:
+            want = current
+        keep = 0 if ratio <= 1 - tol and not partial else current
+        # A latency guard lags its cause just like a queue does: treat it as a stock signal.
+        return Need(key, want, keep, value, sig.target, stock=True, blocks_down=partial, note=note)
+
+    reporting = sample.replicas if sample.replicas > 0 else max(obs.ready, 1)
+    total = value * reporting
+    want = current if abs(ratio - 1) <= tol else _ceil(total / sig.target)
+    if spec.behavior.consolidation:
+        keep = _ceil(total / (sig.target * (1 - tol)))
+    else:
+        keep = _ceil(total / sig.target)
+    if partial:
+        keep = max(keep, current)
+    return Need(
+        source=key,
+        want=want,
+        keep=keep,
+        value=value,
+        target=sig.target,
+        stock=sig.signal in STOCK_SIGNALS,
+        blocks_down=partial,
+        note=note,
+    )
+
+
+def signal_needs(spec: RoleSpec, obs: RoleObservation) -> list[Need]:
+    return [signal_need(s, spec, obs) for s in spec.signals]

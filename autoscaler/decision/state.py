@@ -1,0 +1,107 @@
+"""What the decision core remembers between ticks, as plain serialisable data.
+
+The state is replaced each tick, never mutated, and round-trips through JSON so the controller
+can persist it (an annotation or a ConfigMap) and a restarted controller does not scale down a
+pool it scaled up a minute ago.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoscaler.types import Role
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RoleState:
+    """One role's memory.
+
+    recommendations: (time, raw recommendation) pairs, newest last, kept as long as the longest
+        stabilization window (the HPA's approach).
+    events: (time, replica change) of applied scales, kept as long as the longest rate-limit
+        period.
+    panic_until: the role is in panic mode until this time (None: not in panic).
+    missing_since: since when every signal of the role has been missing (None: data present).
+    """
+
+    recommendations: tuple[tuple[float, int], ...] = ()
+    events: tuple[tuple[float, int], ...] = ()
+    panic_until: float | None = None
+    missing_since: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recommendations": [list(r) for r in self.recommendations],
+            "events": [list(e) for e in self.events],
+            "panic_until": self.panic_until,
+            "missing_since": self.missing_since,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoleState:
+        return cls(
+            recommendations=tuple((float(t), int(r)) for t, r in data.get("recommendations", [])),
+            events=tuple((float(t), int(d)) for t, d in data.get("events", [])),
+            panic_until=_opt_float(data.get("panic_until")),
+            missing_since=_opt_float(data.get("missing_since")),
+        )
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleState:
+    """Every role's memory, keyed by pool name then role."""
+
+    pools: Mapping[str, Mapping[Role, RoleState]] = field(default_factory=dict)
+
+    def role(self, pool: str, role: Role) -> RoleState:
+        return self.pools.get(pool, {}).get(role, RoleState())
+
+    def to_json(self) -> str:
+        body = {
+            "version": STATE_VERSION,
+            "pools": {
+                pool: {r.value: s.to_dict() for r, s in roles.items()}
+                for pool, roles in self.pools.items()
+            },
+        }
+        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ScaleState:
+        """Parse persisted state; raises ValueError on anything malformed (callers start fresh)."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            msg = "unsupported state version"
+            raise ValueError(msg)
+        pools: dict[str, dict[Role, RoleState]] = {}
+        for pool, roles in data.get("pools", {}).items():
+            pools[str(pool)] = {Role(r): RoleState.from_dict(s) for r, s in roles.items()}
+        return cls(pools=pools)
+
+    def shifted(self, delta: float) -> ScaleState:
+        """The same memory with every timestamp moved by `delta` seconds.
+
+        Persisted state uses wall-clock time; the core runs on a monotonic clock. The controller
+        converts on save/restore with this, so windows keep their meaning across a restart.
+        """
+
+        def mv(rs: RoleState) -> RoleState:
+            return RoleState(
+                recommendations=tuple((t + delta, r) for t, r in rs.recommendations),
+                events=tuple((t + delta, d) for t, d in rs.events),
+                panic_until=None if rs.panic_until is None else rs.panic_until + delta,
+                missing_since=None if rs.missing_since is None else rs.missing_since + delta,
+            )
+
+        return ScaleState(
+            pools={p: {r: mv(s) for r, s in roles.items()} for p, roles in self.pools.items()}
+        )
