@@ -1,10 +1,10 @@
 """pd-autoscaler's own errors; adapters map third-party errors onto these with `raise ... from`.
 
-    AutoscalerError
-    ├── ConfigError          a policy or settings file is invalid (carries one line per problem)
-    ├── PolicyError          a policy kind failed at run time (e.g. a forecast fit)
-    ├── MetricsUnavailable   the metric source could not answer (the core then holds)
-    └── ActuationError       the cluster refused or failed a scale
+AutoscalerError
+├── ConfigError          a policy or settings file is invalid (carries one line per problem)
+├── PolicyError          a policy kind failed at run time (e.g. a forecast fit)
+├── MetricsUnavailable   the metric source could not answer (the core then holds)
+└── ActuationError       the cluster refused or failed a scale
 """
 
 from __future__ import annotations

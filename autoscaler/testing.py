@@ -96,7 +96,9 @@ class Ticker:
             taken_at=now,
             pools={pool: PoolObservation(roles={Role(k): v for k, v in roles.items()})},
         )
-        decision, self.state = decide(snap, self.state, self.policy, now=now, policies=self.policies)
+        decision, self.state = decide(
+            snap, self.state, self.policy, now=now, policies=self.policies
+        )
         self.decisions.append(decision)
         return decision.pools[pool].roles
 
@@ -108,7 +110,9 @@ class Ticker:
                 for name, roles in pools.items()
             },
         )
-        decision, self.state = decide(snap, self.state, self.policy, now=now, policies=self.policies)
+        decision, self.state = decide(
+            snap, self.state, self.policy, now=now, policies=self.policies
+        )
         self.decisions.append(decision)
         return decision
 

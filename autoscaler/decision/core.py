@@ -76,7 +76,9 @@ def _cap_pending(needs: list[Need], obs: RoleObservation) -> tuple[list[Need], b
     out = []
     for n in needs:
         if n.stock and n.want > obs.replicas:
-            out.append(replace(n, want=obs.replicas, note=(n.note + " capped: replicas pending").strip()))
+            out.append(
+                replace(n, want=obs.replicas, note=(n.note + " capped: replicas pending").strip())
+            )
             capped = True
         else:
             out.append(n)
@@ -135,7 +137,11 @@ def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
     w.desired = w.raw
 
     w.panic_until = stabilizer.panic_until(
-        raw=w.raw, ready=obs.ready, behavior=spec.behavior, previous_until=w.prev.panic_until, now=now
+        raw=w.raw,
+        ready=obs.ready,
+        behavior=spec.behavior,
+        previous_until=w.prev.panic_until,
+        now=now,
     )
     in_panic = w.panic_until is not None and w.panic_until > now
     value, why = stabilizer.stabilize(

@@ -15,7 +15,9 @@ import math
 from autoscaler.policy.config import Direction, RoleSpec
 
 
-def _changes_within(events: tuple[tuple[float, int], ...], *, period_s: float, now: float) -> tuple[int, int]:
+def _changes_within(
+    events: tuple[tuple[float, int], ...], *, period_s: float, now: float
+) -> tuple[int, int]:
     cut = now - period_s
     added = sum(d for t, d in events if t > cut and d > 0)
     removed = -sum(d for t, d in events if t > cut and d < 0)
@@ -40,9 +42,17 @@ def _limit(
         added, removed = _changes_within(events, period_s=rule.period_s, now=now)
         start = current - added + removed
         if up:
-            p = start + rule.value if rule.type == "pods" else math.ceil(start * (1 + rule.value / 100))
+            p = (
+                start + rule.value
+                if rule.type == "pods"
+                else math.ceil(start * (1 + rule.value / 100))
+            )
         else:
-            p = start - rule.value if rule.type == "pods" else math.floor(start * (1 - rule.value / 100))
+            p = (
+                start - rule.value
+                if rule.type == "pods"
+                else math.floor(start * (1 - rule.value / 100))
+            )
         proposals.append(p)
     if up:
         best = max(proposals) if direction.select == "max" else min(proposals)

@@ -6,7 +6,7 @@ For a load signal with per-replica mean `v` over `n` reporting replicas and targ
     keep = ceil(n * v / (t * (1 - tolerance)))    (consolidation: the fewest replicas that would
                                                    still sit under target*(1-tolerance))
 Worked example: 3 replicas with 8 waiting requests each, target 5, tolerance 0.1:
-    v/t = 1.6 > 1.1 -> want = ceil(24 / 5) = 5; keep = ceil(24 / 4.5) = 6 (irrelevant on the way up).
+    v/t = 1.6 > 1.1 -> want = ceil(24 / 5) = 5; keep = ceil(24 / 4.5) = 6 (unused on the way up).
 Latency quantiles (TTFT/ITL) are guards: above target*(1+tolerance) they ask for more replicas,
 under target*(1-tolerance) they do not object to fewer, in between they veto a scale-down.
 """

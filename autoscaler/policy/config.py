@@ -25,8 +25,8 @@ from pydantic import (
 from autoscaler import errors
 from autoscaler.types import Role, SignalName
 
-API_VERSION = "pd-autoscaler.io/v1alpha1"
-KIND = "AutoscalingPolicy"
+API_VERSION: Literal["pd-autoscaler.io/v1alpha1"] = "pd-autoscaler.io/v1alpha1"
+KIND: Literal["AutoscalingPolicy"] = "AutoscalingPolicy"
 
 
 class _Frozen(BaseModel):
@@ -308,7 +308,9 @@ class PoolSpec(_Frozen):
     def unit_gpus(self) -> int:
         """GPUs of one ratio unit (prefill:decode = a:b -> a*gp + b*gd)."""
         p, d = self.roles[Role.PREFILL], self.roles[Role.DECODE]
-        return self.coupling.prefill * p.gpus_per_replica + self.coupling.decode * d.gpus_per_replica
+        return (
+            self.coupling.prefill * p.gpus_per_replica + self.coupling.decode * d.gpus_per_replica
+        )
 
 
 def ratio_unit_bounds(pool: PoolSpec) -> tuple[int, int]:
@@ -344,7 +346,9 @@ class PolicyFile(_Frozen):
             msg = f"duplicate pool name(s): {', '.join(dup)}"
             raise ValueError(msg)
         refs = [
-            (r.deployment.namespace, r.deployment.name) for p in self.pools for r in p.roles.values()
+            (r.deployment.namespace, r.deployment.name)
+            for p in self.pools
+            for r in p.roles.values()
         ]
         dup_refs = sorted({f"{ns}/{n}" for ns, n in refs if refs.count((ns, n)) > 1})
         if dup_refs:
@@ -424,4 +428,3 @@ def load_policy_file(path: str | Path) -> PolicyFile:
     except UnicodeDecodeError as exc:
         raise errors.ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from exc
     return parse_policy(text, source=str(p))
-

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from autoscaler.decision.state import ScaleState
+from autoscaler.policy.config import PolicyFile
 from autoscaler.testing import Ticker, desired, obs, pool_policy
 
 NO_WINDOWS = {
@@ -42,7 +42,9 @@ Q5 = [{"signal": "queue_depth", "target": 5}]
         pytest.param(4, 100.0, 50, ("max-replicas",), id="max-bound"),
     ],
 )
-def test_hpa_formula_with_deadband(replicas: int, mean: float, want: int, clip: tuple[str, ...]) -> None:
+def test_hpa_formula_with_deadband(
+    replicas: int, mean: float, want: int, clip: tuple[str, ...]
+) -> None:
     """ceil(total / target), no change while |value/target - 1| <= tolerance, then bounds."""
     t = agg(Q5, scale_up={"stabilization_window_s": 0, "rules": []})
     (d,) = t.tick(0, aggregated=obs(replicas, queue_depth=mean)).values()
@@ -145,19 +147,37 @@ def test_down_window_holds_after_a_spike() -> None:
 @pytest.mark.parametrize(
     ("rules", "select", "start", "mean", "steps"),
     [
-        pytest.param([{"type": "pods", "value": 1, "period_s": 60}], "max", 2, 25.0, [3, 3, 4], id="pods-up"),
         pytest.param(
-            [{"type": "pods", "value": 1, "period_s": 60}, {"type": "percent", "value": 100, "period_s": 60}],
-            "max", 2, 25.0, [4, 4, 8], id="max-of-rules",
+            [{"type": "pods", "value": 1, "period_s": 60}], "max", 2, 25.0, [3, 3, 4], id="pods-up"
         ),
         pytest.param(
-            [{"type": "pods", "value": 1, "period_s": 60}, {"type": "percent", "value": 100, "period_s": 60}],
-            "min", 2, 25.0, [3, 3, 4], id="min-of-rules",
+            [
+                {"type": "pods", "value": 1, "period_s": 60},
+                {"type": "percent", "value": 100, "period_s": 60},
+            ],
+            "max",
+            2,
+            25.0,
+            [4, 4, 8],
+            id="max-of-rules",
+        ),
+        pytest.param(
+            [
+                {"type": "pods", "value": 1, "period_s": 60},
+                {"type": "percent", "value": 100, "period_s": 60},
+            ],
+            "min",
+            2,
+            25.0,
+            [3, 3, 4],
+            id="min-of-rules",
         ),
         pytest.param([], "disabled", 2, 25.0, [2, 2, 2], id="up-disabled"),
     ],
 )
-def test_scale_up_rate_limits(rules: list[dict[str, object]], select: str, start: int, mean: float, steps: list[int]) -> None:
+def test_scale_up_rate_limits(
+    rules: list[dict[str, object]], select: str, start: int, mean: float, steps: list[int]
+) -> None:
     """Pods/Percent per period, as HPA behaviors; ticks at 0, 30 and 61 s."""
     t = agg(Q5, scale_up={"stabilization_window_s": 0, "rules": rules, "select": select})
     current = start
@@ -171,7 +191,13 @@ def test_scale_up_rate_limits(rules: list[dict[str, object]], select: str, start
 
 def test_scale_down_percent_limit() -> None:
     """Percent down: at most half the replicas a period ago may go per period."""
-    t = agg(Q5, scale_down={"stabilization_window_s": 0, "rules": [{"type": "percent", "value": 50, "period_s": 60}]})
+    t = agg(
+        Q5,
+        scale_down={
+            "stabilization_window_s": 0,
+            "rules": [{"type": "percent", "value": 50, "period_s": 60}],
+        },
+    )
     (d,) = t.tick(0, aggregated=obs(10, queue_depth=0.0)).values()
     assert (d.desired, d.clipped_by) == (5, ("scale-down-limit",))
     (d,) = t.tick(30, aggregated=obs(5, queue_depth=0.0)).values()
@@ -220,7 +246,10 @@ def test_partial_data_never_scales_down(observation: object, want: int) -> None:
 
 def test_latency_guard_pushes_up_and_vetoes_down() -> None:
     """TTFT above target asks for more (at most 2x); near target it blocks a scale-down."""
-    sig = [{"signal": "ttft", "quantile": 0.9, "target": 1.0}, {"signal": "kv_cache", "target": 0.7}]
+    sig = [
+        {"signal": "ttft", "quantile": 0.9, "target": 1.0},
+        {"signal": "kv_cache", "target": 0.7},
+    ]
     t = agg(sig)
     (d,) = t.tick(0, aggregated=obs(4, ttft_p90=5.0, kv_cache=0.1)).values()
     assert d.desired == 8
@@ -247,7 +276,9 @@ def ratio_policy(**pool: object) -> Ticker:
     ("p_mean", "d_mean", "want"),
     [
         pytest.param(15.0, 0.0, {"prefill": 3, "decode": 9}, id="prefill-need-wins"),
-        pytest.param(0.0, 20.0, {"prefill": 4, "decode": 12}, id="decode-need-rounds-up"),  # 60/5=12
+        pytest.param(
+            0.0, 20.0, {"prefill": 4, "decode": 12}, id="decode-need-rounds-up"
+        ),  # 60/5=12
         pytest.param(0.0, 0.0, {"prefill": 1, "decode": 3}, id="both-idle-to-bounds"),
         pytest.param(100.0, 0.0, {"prefill": 8, "decode": 24}, id="capped-by-both-max"),
     ],
@@ -272,14 +303,19 @@ def test_pool_gpu_budget_trims_increases_only() -> None:
 
 def test_file_gpu_budget_across_pools() -> None:
     """The file-level budget holds across pools."""
-    from autoscaler.policy.config import PolicyFile
-
     role = {"signals": Q5, "behavior": NO_WINDOWS, "max_replicas": 40}
     pools = [
-        {"name": n, "roles": {"aggregated": {**role, "deployment": {"name": n}}}} for n in ("a", "b")
+        {"name": n, "roles": {"aggregated": {**role, "deployment": {"name": n}}}}
+        for n in ("a", "b")
     ]
     t = Ticker(PolicyFile.model_validate({"gpu_budget": 12, "pools": pools}))
-    dec = t.tick_many(0, {"a": {"aggregated": obs(2, queue_depth=50.0)}, "b": {"aggregated": obs(2, queue_depth=10.0)}})
+    dec = t.tick_many(
+        0,
+        {
+            "a": {"aggregated": obs(2, queue_depth=50.0)},
+            "b": {"aggregated": obs(2, queue_depth=10.0)},
+        },
+    )
     got = {p: next(iter(pd.roles.values())).desired for p, pd in dec.pools.items()}
     assert sum(got.values()) == 12
     assert got["b"] >= 2

@@ -1,0 +1,189 @@
+"""One control-loop tick, shared by the in-cluster controller, the simulator backtest and the demo.
+
+collect (actuator.status + source.fetch) -> decide (pure core) -> actuate (actuator.scale).
+There is no arithmetic here: every number comes from the core with its reason. A failure in one
+pool (its Deployment unreadable, a scale refused) never stops the others, and a metric source
+that cannot answer at all becomes "every signal missing", which the core turns into a hold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from autoscaler import errors
+from autoscaler.actuator.base import Actuator, WorkloadStatus
+from autoscaler.decision.core import decide
+from autoscaler.decision.state import ScaleState
+from autoscaler.metrics.source import MetricsSource, RoleTarget
+from autoscaler.policy import registry
+from autoscaler.policy.base import Policy
+from autoscaler.policy.config import PolicyFile, PolicyRef
+from autoscaler.types import (
+    Decision,
+    PoolDecision,
+    PoolObservation,
+    Role,
+    RoleObservation,
+    SignalSample,
+    Snapshot,
+)
+
+log = structlog.get_logger(__name__)
+
+DecisionHook = Callable[[Decision, PolicyFile], None]
+
+
+@dataclass(slots=True)
+class TickReport:
+    """What a tick did beyond the decision: for metrics, status and tests."""
+
+    decision: Decision
+    applied: dict[tuple[str, Role], int] = field(default_factory=dict)
+    failed: dict[tuple[str, Role], str] = field(default_factory=dict)
+    paused: list[str] = field(default_factory=list)
+    unobserved: dict[str, str] = field(default_factory=dict)
+    metrics_error: str | None = None
+
+
+def _ref_key(pool: str, role: Role, ref: PolicyRef, index: int) -> tuple[str, str, int, str]:
+    return (pool, role.value, index, json.dumps(ref.model_dump(mode="json"), sort_keys=True))
+
+
+class Loop:
+    """Holds the policy, the built policy kinds and the core's state between ticks."""
+
+    def __init__(
+        self,
+        policy: PolicyFile,
+        source: MetricsSource,
+        actuator: Actuator,
+        *,
+        state: ScaleState | None = None,
+        hooks: Sequence[DecisionHook] = (),
+    ) -> None:
+        self.source = source
+        self.actuator = actuator
+        self.state = state or ScaleState()
+        self.hooks = list(hooks)
+        self._built: dict[tuple[str, str, int, str], Policy] = {}
+        self.policy = policy
+        self.policies: dict[tuple[str, Role], list[Policy]] = {}
+        self.set_policy(policy)
+
+    def set_policy(self, policy: PolicyFile) -> None:
+        """Swap in a validated policy; policy kinds whose config is unchanged keep their state
+        (a forecast keeps its history across a hot reload)."""
+        built: dict[tuple[str, str, int, str], Policy] = {}
+        per_role: dict[tuple[str, Role], list[Policy]] = {}
+        for pool in policy.pools:
+            for role, spec in pool.roles.items():
+                for i, ref in enumerate(spec.policies):
+                    key = _ref_key(pool.name, role, ref, i)
+                    inst = self._built.get(key) or registry.build(
+                        ref,
+                        pool=pool.name,
+                        role=role,
+                        spec=spec,
+                        where=f"pools.{pool.name}.roles.{role.value}.policies.{i}",
+                    )
+                    built[key] = inst
+                    per_role.setdefault((pool.name, role), []).append(inst)
+        self._built = built
+        self.policies = per_role
+        self.policy = policy
+
+    def targets(self) -> list[RoleTarget]:
+        return [
+            RoleTarget(pool=p.name, role=r, spec=s)
+            for p in self.policy.pools
+            for r, s in p.roles.items()
+        ]
+
+    async def _statuses(self, report: TickReport) -> dict[str, dict[Role, WorkloadStatus]]:
+        out: dict[str, dict[Role, WorkloadStatus]] = {}
+        for pool in self.policy.pools:
+            roles: dict[Role, WorkloadStatus] = {}
+            try:
+                for role, spec in pool.roles.items():
+                    roles[role] = await self.actuator.status(spec.deployment)
+            except errors.ActuationError as exc:
+                report.unobserved[pool.name] = str(exc)
+                log.warning("pool_unobserved", pool=pool.name, error=str(exc))
+                continue
+            if any(s.paused for s in roles.values()):
+                report.paused.append(pool.name)
+                continue
+            out[pool.name] = roles
+        return out
+
+    async def tick(self, now: float) -> TickReport:
+        """Collect, decide, actuate; returns what happened. Never raises for one pool's trouble."""
+        report = TickReport(decision=Decision(at=now, pools={}))
+        statuses = await self._statuses(report)
+        targets = [t for t in self.targets() if t.pool in statuses]
+        samples: Mapping[tuple[str, Role], Mapping[str, SignalSample]] = {}
+        if targets:
+            try:
+                samples = await self.source.fetch(targets, now=now)
+            except errors.MetricsUnavailable as exc:
+                report.metrics_error = str(exc)
+                log.warning("metrics_unavailable", error=str(exc))
+        pools = {
+            name: PoolObservation(
+                roles={
+                    role: RoleObservation(
+                        replicas=st.replicas,
+                        ready=st.ready,
+                        pending=st.pending,
+                        signals=samples.get((name, role), {}),
+                    )
+                    for role, st in roles.items()
+                }
+            )
+            for name, roles in statuses.items()
+        }
+        decision, self.state = decide(
+            Snapshot(taken_at=now, pools=pools),
+            self.state,
+            self.policy,
+            now=now,
+            policies=self.policies,
+        )
+        report.decision = decision
+        for pd in decision.pools.values():
+            await self._apply(pd, report)
+        for hook in self.hooks:
+            hook(decision, self.policy)
+        return report
+
+    async def _apply(self, pd: PoolDecision, report: TickReport) -> None:
+        pool = self.policy.pool(pd.pool)
+        for role, rd in pd.roles.items():
+            log.info(
+                "decision",
+                pool=pd.pool,
+                role=role.value,
+                current=rd.current,
+                ready=rd.ready,
+                pending=rd.pending,
+                recommended=rd.recommended,
+                desired=rd.desired,
+                driver=rd.driver,
+                clipped_by=list(rd.clipped_by),
+                panic=rd.panic,
+                dry_run=pd.dry_run,
+            )
+            if not rd.changed or pd.dry_run:
+                continue
+            ref = pool.roles[role].deployment
+            try:
+                await self.actuator.scale(ref, rd.desired, reason=rd.reason)
+            except errors.ActuationError as exc:
+                report.failed[(pd.pool, role)] = str(exc)
+                log.warning("scale_failed", pool=pd.pool, role=role.value, error=str(exc))
+            else:
+                report.applied[(pd.pool, role)] = rd.desired
