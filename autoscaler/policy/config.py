@@ -387,7 +387,13 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 def format_validation_error(source: str, exc: ValidationError) -> list[str]:
     """`FILE: path.to.field: message (got VALUE)`, one line per problem."""
     lines = []
-    for err in exc.errors():
+    errs = exc.errors()
+    locs = [tuple(e["loc"]) for e in errs]
+    for err in errs:
+        loc = tuple(err["loc"])
+        # A list whose items failed also reports "too short after validation": noise.
+        if err["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
+            continue
         msg = err["msg"].removeprefix("Value error, ")
         got = ""
         if err["type"] not in ("missing",) and "input" in err:

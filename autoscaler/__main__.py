@@ -1,0 +1,7 @@
+"""`python -m autoscaler` is the `pd-autoscaler` command."""
+
+import sys
+
+from autoscaler.cli import main
+
+sys.exit(main())
