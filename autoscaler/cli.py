@@ -77,7 +77,7 @@ def explain() -> str:
         if "const" in node:
             return str(node["const"])
         if "$ref" in node:
-            return node["$ref"].rsplit("/", 1)[-1]
+            return str(node["$ref"]).rsplit("/", 1)[-1]
         if "anyOf" in node:
             return " | ".join(type_of(o) for o in node["anyOf"])
         if node.get("type") == "array":
