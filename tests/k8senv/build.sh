@@ -24,6 +24,16 @@ if [[ -f "$STAMP" ]]; then
   exit 0
 fi
 
+# Two test sessions (or a session and `make cluster`) may start on a fresh machine at once; the
+# second waits for the first build instead of racing it on the same directories.
+mkdir -p "$PD_CACHE"
+exec 9>"$PD_CACHE/.build.lock"
+flock 9
+if [[ -f "$STAMP" ]]; then
+  echo "$BIN"
+  exit 0
+fi
+
 command -v go >/dev/null || { echo "build.sh: go is not on PATH (needs Go >= 1.26)" >&2; exit 1; }
 
 # Keep the machine's GOPROXY; never fall back to direct VCS access (no network for it here).
