@@ -47,10 +47,40 @@ class TickReport:
     paused: list[str] = field(default_factory=list)
     unobserved: dict[str, str] = field(default_factory=dict)
     metrics_error: str | None = None
+    # What the core was given (replicas and signal samples per pool), for in-process servers
+    # (external metrics, KEDA) that re-publish it; None only before the first tick.
+    snapshot: Snapshot | None = None
 
 
 def _ref_key(pool: str, role: Role, ref: PolicyRef, index: int) -> tuple[str, str, int, str]:
     return (pool, role.value, index, json.dumps(ref.model_dump(mode="json"), sort_keys=True))
+
+
+BuiltPolicies = dict[tuple[str, str, int, str], Policy]
+
+
+def build_policies(
+    policy: PolicyFile, cache: BuiltPolicies | None = None
+) -> tuple[BuiltPolicies, dict[tuple[str, Role], list[Policy]]]:
+    """Instantiate every `policies:` entry of every role, reusing instances from `cache` whose
+    pool, role, position and config are unchanged."""
+    cache = cache or {}
+    built: BuiltPolicies = {}
+    per_role: dict[tuple[str, Role], list[Policy]] = {}
+    for pool in policy.pools:
+        for role, spec in pool.roles.items():
+            for i, ref in enumerate(spec.policies):
+                key = _ref_key(pool.name, role, ref, i)
+                inst = cache.get(key) or registry.build(
+                    ref,
+                    pool=pool.name,
+                    role=role,
+                    spec=spec,
+                    where=f"pools.{pool.name}.roles.{role.value}.policies.{i}",
+                )
+                built[key] = inst
+                per_role.setdefault((pool.name, role), []).append(inst)
+    return built, per_role
 
 
 class Loop:
@@ -69,7 +99,7 @@ class Loop:
         self.actuator = actuator
         self.state = state or ScaleState()
         self.hooks = list(hooks)
-        self._built: dict[tuple[str, str, int, str], Policy] = {}
+        self._built: BuiltPolicies = {}
         self.policy = policy
         self.policies: dict[tuple[str, Role], list[Policy]] = {}
         self.set_policy(policy)
@@ -77,23 +107,7 @@ class Loop:
     def set_policy(self, policy: PolicyFile) -> None:
         """Swap in a validated policy; policy kinds whose config is unchanged keep their state
         (a forecast keeps its history across a hot reload)."""
-        built: dict[tuple[str, str, int, str], Policy] = {}
-        per_role: dict[tuple[str, Role], list[Policy]] = {}
-        for pool in policy.pools:
-            for role, spec in pool.roles.items():
-                for i, ref in enumerate(spec.policies):
-                    key = _ref_key(pool.name, role, ref, i)
-                    inst = self._built.get(key) or registry.build(
-                        ref,
-                        pool=pool.name,
-                        role=role,
-                        spec=spec,
-                        where=f"pools.{pool.name}.roles.{role.value}.policies.{i}",
-                    )
-                    built[key] = inst
-                    per_role.setdefault((pool.name, role), []).append(inst)
-        self._built = built
-        self.policies = per_role
+        self._built, self.policies = build_policies(policy, self._built)
         self.policy = policy
 
     def targets(self) -> list[RoleTarget]:
@@ -146,8 +160,9 @@ class Loop:
             )
             for name, roles in statuses.items()
         }
+        report.snapshot = Snapshot(taken_at=now, pools=pools)
         decision, self.state = decide(
-            Snapshot(taken_at=now, pools=pools),
+            report.snapshot,
             self.state,
             self.policy,
             now=now,

@@ -112,8 +112,12 @@ def _combine(w: _Work, needs: list[Need], *, now: float) -> None:
         w.driver = top.describe()
         return
     # Scale-down (or hold): every source must agree; the one allowing the fewest removals wins.
-    top = max(needs, key=lambda n: min(n.keep, current))
-    w.raw = min(top.keep, current)
+    # A source without trustworthy data (missing, partial) allows none.
+    def allowed(n: Need) -> int:
+        return current if n.blocks_down else min(n.keep, current)
+
+    top = max(needs, key=allowed)
+    w.raw = allowed(top)
     if w.raw == current:
         w.driver = f"hold: {top.describe()}" + (f" ({top.note})" if top.note else "")
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from autoscaler.decision.state import ScaleState
 from autoscaler.policy.config import PolicyFile
 from autoscaler.testing import Ticker, desired, obs, pool_policy
