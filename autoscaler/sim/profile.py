@@ -1,0 +1,233 @@
+"""Simulator profiles: the performance constants of one vLLM replica, in one place.
+
+Every number comes from docs/SIM-MODEL.md section 2.8 (the "Basis" column cites the papers and
+repositories behind it); the comment next to each default says which row and why that value was
+picked inside the quoted range. A profile YAML may start from a built-in (`base:`) and override
+any field; validation errors name the file, the field and the offending value.
+
+Units are in the field names: step-time coefficients stay in milliseconds, as the papers publish
+them, and the engine converts them once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autoscaler import errors
+from autoscaler.policy.config import format_validation_error
+
+DEFAULT_PROFILE = "llama-8b-h100"
+
+
+class Profile(BaseModel):
+    """Performance model of one vLLM replica (SIM-MODEL.md sections 2.4-2.8).
+
+    Prefill step: `prefill_alpha_ms + prefill_beta_ms_per_token * sum(n) +
+    prefill_gamma_ms_per_token2 * sum(n^2)` over the chunks n of the step. Decode step:
+    `decode_alpha_ms + decode_beta_ms_per_seq * B + decode_gamma_ms_per_ctx_token * sum(L)` over
+    the B running sequences with contexts L. KV transfer (P->D): `kv_bytes_per_token * prompt /
+    kv_transfer_bytes_per_s + kv_transfer_setup_s`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    name: str = Field(min_length=1)
+    """Profile name (a built-in's, or the YAML's own)."""
+    model_name: str = Field(min_length=1)
+    """Served model name: the `model_name` label of the emitted vLLM metrics."""
+    prefill_alpha_ms: float = Field(ge=0)
+    """Fixed cost of a prefill step, ms."""
+    prefill_beta_ms_per_token: float = Field(gt=0)
+    """Cost per prompt (chunk) token, ms."""
+    prefill_gamma_ms_per_token2: float = Field(ge=0)
+    """Attention cost per squared chunk length, ms/token^2."""
+    decode_alpha_ms: float = Field(gt=0)
+    """Fixed cost of a decode step (weight read, all-reduce, CPU), ms."""
+    decode_beta_ms_per_seq: float = Field(ge=0)
+    """Cost per running sequence, ms."""
+    decode_gamma_ms_per_ctx_token: float = Field(ge=0)
+    """Cost per context token in the batch (KV read), ms."""
+    kv_capacity_tokens: int = Field(gt=0)
+    """KV-cache capacity of one replica, tokens."""
+    max_num_seqs: int = Field(gt=0)
+    """vLLM --max-num-seqs."""
+    max_num_batched_tokens: int = Field(gt=0)
+    """vLLM --max-num-batched-tokens (the chunked-prefill token budget per step)."""
+    cold_start_s: float = Field(ge=0)
+    """Time from requesting a replica (pod) to serving, seconds."""
+    kv_bytes_per_token: int = Field(gt=0)
+    """KV bytes per token moved from a prefill to a decode replica."""
+    kv_transfer_bytes_per_s: float = Field(gt=0)
+    """P->D KV transfer bandwidth per replica, bytes/s."""
+    kv_transfer_setup_s: float = Field(ge=0)
+    """Fixed setup time of one KV transfer, seconds."""
+    gpus_per_replica: int = Field(ge=1, le=64)
+    """GPUs one replica holds (its tensor-parallel size): the unit of GPU-hours."""
+
+    def prefill_step_s(self, chunks_sum: float, chunks_sq_sum: float) -> float:
+        """Duration of a pure prefill step over chunks with the given sum and sum of squares."""
+        ms = (
+            self.prefill_alpha_ms
+            + self.prefill_beta_ms_per_token * chunks_sum
+            + self.prefill_gamma_ms_per_token2 * chunks_sq_sum
+        )
+        return ms / 1000.0
+
+    def decode_step_s(self, batch: int, context_sum: float) -> float:
+        """Duration of a pure decode step of `batch` sequences holding `context_sum` tokens."""
+        ms = (
+            self.decode_alpha_ms
+            + self.decode_beta_ms_per_seq * batch
+            + self.decode_gamma_ms_per_ctx_token * context_sum
+        )
+        return ms / 1000.0
+
+    def idle_prefill_s(self, prompt_tokens: int) -> float:
+        """Prefill time of one prompt alone on an idle replica, chunked by the token budget
+        exactly as the engine does (full chunks of max_num_batched_tokens, then the rest)."""
+        m = self.max_num_batched_tokens
+        full, rest = divmod(int(prompt_tokens), m)
+        t = full * self.prefill_step_s(m, m * m)
+        if rest:
+            t += self.prefill_step_s(rest, rest * rest)
+        return t
+
+    def kv_transfer_s(self, prompt_tokens: int) -> float:
+        """P->D KV transfer time of one request's prompt."""
+        return (
+            self.kv_bytes_per_token * prompt_tokens / self.kv_transfer_bytes_per_s
+            + self.kv_transfer_setup_s
+        )
+
+
+# The two built-ins of SIM-MODEL.md section 2.8 (H100 80GB, BF16, vLLM V1).
+BUILTIN_PROFILES: dict[str, Profile] = {
+    "llama-8b-h100": Profile(
+        name="llama-8b-h100",
+        model_name="meta-llama/Llama-3.1-8B-Instruct",
+        # §2.8 "Prefill alpha_p": Vidur lin intercept + 1-2 ms CPU.
+        prefill_alpha_ms=4.0,
+        # §2.8 "Prefill beta_p": 0.025 recommended (range 0.021-0.030; Vidur lin x 1.1-1.2).
+        prefill_beta_ms_per_token=0.025,
+        # §2.8 "Prefill gamma_p": causal-attention FLOP count at about 400 TF/s (§2.4).
+        prefill_gamma_ms_per_token2=7e-7,
+        # §2.8 "Decode alpha_d": Vidur lin at B=1 + CPU overhead.
+        decode_alpha_ms=6.5,
+        # §2.8 "Decode beta_d": DistServe-fit scale.
+        decode_beta_ms_per_seq=0.03,
+        # §2.8 "Decode gamma_d": 128 KiB/token / (0.65 x 3.35 TB/s) (§2.5).
+        decode_gamma_ms_per_ctx_token=6e-5,
+        # §2.8 "KV capacity": about 430k tokens at gpu_memory_utilization 0.9 (§2.2).
+        kv_capacity_tokens=430_000,
+        # §2.8 / §2.3: vLLM V1 API-server defaults on >=70 GiB non-A100 GPUs.
+        max_num_seqs=1024,
+        max_num_batched_tokens=8192,
+        # §2.7 "Recommended defaults": 60 s cached, up to 120 s not; 120 s is the conservative
+        # end and matches the policy schema's default cold_start_s.
+        cold_start_s=120.0,
+        # §2.1: 2 (K,V) x 32 layers x 8 KV heads x 128 dims x 2 B = 128 KiB.
+        kv_bytes_per_token=131_072,
+        # §2.6: RDMA at 200 Gb/s, about 25 GB/s.
+        kv_transfer_bytes_per_s=25e9,
+        # §2.6: "bytes / BW + about 1-2 ms setup"; midpoint.
+        kv_transfer_setup_s=0.0015,
+        gpus_per_replica=1,
+    ),
+    "llama-70b-tp4-h100": Profile(
+        name="llama-70b-tp4-h100",
+        model_name="meta-llama/Llama-3.1-70B-Instruct",
+        # §2.8 "Prefill alpha_p", 70B TP4 column.
+        prefill_alpha_ms=12.0,
+        # §2.8 "Prefill beta_p": 0.060 recommended (range 0.054-0.12).
+        prefill_beta_ms_per_token=0.060,
+        # §2.8 "Prefill gamma_p": FLOP count at about 400 TF/s, per TP4 replica.
+        prefill_gamma_ms_per_token2=8e-7,
+        # §2.8 "Decode alpha_d": 17 ms (Vidur lin 14.5 ms + all-reduce; up to 29 on an old stack).
+        decode_alpha_ms=17.0,
+        # §2.8 "Decode beta_d".
+        decode_beta_ms_per_seq=0.06,
+        # §2.8 "Decode gamma_d": 80 KiB per GPU at TP4 / (0.65 x 3.35 TB/s).
+        decode_gamma_ms_per_ctx_token=3.7e-5,
+        # §2.8 "KV capacity": about 455k tokens (§2.2: 445-465k at TP4).
+        kv_capacity_tokens=455_000,
+        # §2.8: vLLM V1 H100 defaults.
+        max_num_seqs=1024,
+        max_num_batched_tokens=8192,
+        # §2.7: 70B TP4 180-300 s; midpoint.
+        cold_start_s=240.0,
+        # §2.1: 320 KiB per token in total (80 KiB on each of the 4 GPUs).
+        kv_bytes_per_token=327_680,
+        # Derived from §2.6: each of the 4 GPUs sends its 80 KiB/token shard over its own
+        # 200 Gb/s RDMA NIC (about 25 GB/s), so 4 x 25 GB/s per replica.
+        kv_transfer_bytes_per_s=100e9,
+        # §2.6: about 1-2 ms setup; midpoint.
+        kv_transfer_setup_s=0.0015,
+        # TP4: four GPUs per replica.
+        gpus_per_replica=4,
+    ),
+}
+
+
+def builtin(name: str) -> Profile:
+    """A built-in profile by name; ConfigError lists the known names otherwise."""
+    try:
+        return BUILTIN_PROFILES[name]
+    except KeyError:
+        known = ", ".join(sorted(BUILTIN_PROFILES))
+        raise errors.ConfigError([f"unknown profile {name!r}; built-ins: {known}"]) from None
+
+
+def parse_profile(text: str, *, source: str = "<profile>") -> Profile:
+    """Parse profile YAML: a mapping with optional `base` (a built-in name, default
+    llama-8b-h100) and any Profile field to override."""
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise errors.ConfigError([f"{source}: {where}malformed YAML: {problem}"]) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise errors.ConfigError(
+            [f"{source}: (top level): expected a mapping, got {type(data).__name__}"]
+        )
+    base_name = data.pop("base", DEFAULT_PROFILE)
+    if not isinstance(base_name, str) or base_name not in BUILTIN_PROFILES:
+        known = ", ".join(sorted(BUILTIN_PROFILES))
+        raise errors.ConfigError(
+            [f"{source}: base: unknown built-in profile (got {base_name!r}); known: {known}"]
+        )
+    merged = BUILTIN_PROFILES[base_name].model_dump()
+    if "name" not in data:
+        # An overridden profile is no longer the built-in: say so in its name.
+        merged["name"] = f"{base_name}+{Path(source).stem}" if data else base_name
+    merged.update(data)
+    try:
+        return Profile.model_validate(merged)
+    except ValidationError as exc:
+        raise errors.ConfigError(format_validation_error(source, exc)) from exc
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile YAML file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    return parse_profile(text, source=str(p))
+
+
+def resolve_profile(name_or_path: str | Path | None) -> Profile:
+    """A built-in by name, a YAML file by path, or the default when None."""
+    if name_or_path is None:
+        return BUILTIN_PROFILES[DEFAULT_PROFILE]
+    if isinstance(name_or_path, str) and name_or_path in BUILTIN_PROFILES:
+        return BUILTIN_PROFILES[name_or_path]
+    return load_profile(name_or_path)
