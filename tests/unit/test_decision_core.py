@@ -364,3 +364,11 @@ def test_pool_not_observed_is_left_out() -> None:
     dec = t.tick_many(15, {})
     assert dec.pools == {}
     assert t.state == before
+
+
+def test_budget_below_current_never_forces_scale_down() -> None:
+    """Lowering a budget under what runs now freezes growth; it does not remove replicas."""
+    role = {"signals": Q5, "behavior": NO_WINDOWS}
+    t = Ticker(pool_policy(prefill=role, decode=role, pool={"gpu_budget": 4}))
+    d = t.tick(0, prefill=obs(3, queue_depth=50.0), decode=obs(3, queue_depth=5.0))
+    assert desired(d) == {"prefill": 3, "decode": 3}
