@@ -1,0 +1,375 @@
+"""PrometheusSource: the MetricsSource that reads vLLM series from a Prometheus server.
+
+It sends one instant query per signal key per tick (see `queries.py` for how one query covers
+every pool and role), through prometheus-api-client's blocking calls run in a thread. It never
+decides what bad data means; it reports it:
+
+- a pod whose series is NaN/Inf, or whose newest gauge sample is older than `max_sample_age_s`,
+  is left out, so `SignalSample.replicas` drops below the ready count (partial data);
+- a role with no usable series gets `value=None` (missing);
+- a query that failed (HTTP error, timeout after retries) gives `value=None` for every role it
+  covers;
+- `MetricsUnavailable` is raised only when no query got an HTTP answer at all (Prometheus down
+  or unreachable), so the controller can tell "no eyes" from "blurry eyes".
+
+Each problem increments `pd_autoscaler_metric_source_errors_total{query,reason}` (when a
+`Telemetry` is given) and is logged once when it starts and once when it clears, naming the
+query, so a persistent gap does not flood the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+import structlog
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from autoscaler import errors
+from autoscaler.metrics import queries, source
+from autoscaler.types import Role, SignalSample
+
+if TYPE_CHECKING:
+    from autoscaler import telemetry as telemetry_mod
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrometheusSettings:
+    """How to reach Prometheus and how to judge what it returns."""
+
+    url: str
+    """Base URL, e.g. http://prometheus-operated.monitoring:9090 (a path prefix is kept)."""
+    bearer_token: str | None = None
+    """Sent as `Authorization: Bearer ...`."""
+    bearer_token_file: str | None = None
+    """Read before every tick (projected ServiceAccount tokens rotate); wins over bearer_token."""
+    ca_file: str | None = None
+    """PEM bundle to verify an https URL against (e.g. the service-CA of OpenShift monitoring)."""
+    insecure_skip_verify: bool = False
+    """Skip TLS verification (tests only)."""
+    timeout_s: float = 5.0
+    """Per HTTP request; also sent to Prometheus as the query timeout so it stops working too."""
+    retries: int = 2
+    """Extra attempts after a timeout, connection error or 5xx; 4xx (a bad query) is final."""
+    backoff_s: float = 0.25
+    """First retry delay; doubles per attempt."""
+    rate_window_s: float = 120.0
+    """Range of rate()/histogram windows. At least 4x the scrape interval, or rate() has too few
+    samples (Prometheus' own rule of thumb)."""
+    max_sample_age_s: float = 60.0
+    """A gauge sample older than this is stale and its pod left out. Prometheus already hides
+    series whose target went away (staleness markers); this catches what it cannot mark: a
+    restart of Prometheus with targets gone, or exporters with frozen explicit timestamps."""
+    discovery_interval_s: float = 300.0
+    """How often to re-check which metric spellings the cluster exposes."""
+    pod_label: str = "pod"
+    """Label carrying the pod name (kube-prometheus and the Prometheus Operator set `pod`)."""
+    namespace_label: str = "namespace"
+    """Label carrying the namespace."""
+    max_concurrency: int = 4
+    """Queries in flight at once."""
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """The result of one query: rows, or why there are none."""
+
+    rows: list[dict[str, Any]] | None
+    reason: str = ""
+    error: str = ""
+    answered: bool = True
+
+
+@dataclass(slots=True)
+class SourceStats:
+    """Counters for tests and debugging (the Prometheus-facing ones live in telemetry)."""
+
+    queries: int = 0
+    """HTTP query requests sent, retries included."""
+    ticks: int = 0
+    last_tick_queries: int = 0
+    problems: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    """(query key, reason) -> count."""
+
+
+class PrometheusSource:
+    """Reads every role's signals from Prometheus; see the module docstring for semantics."""
+
+    def __init__(
+        self,
+        settings: PrometheusSettings,
+        *,
+        telemetry: telemetry_mod.Telemetry | None = None,
+    ) -> None:
+        if settings.rate_window_s <= 0 or settings.timeout_s <= 0 or settings.retries < 0:
+            msg = "rate_window_s and timeout_s must be > 0, retries >= 0"
+            raise errors.ConfigError([f"prometheus: {msg}"])
+        self.settings = settings
+        self.stats = SourceStats()
+        self._telemetry = telemetry
+        self._names = queries.Names.all()
+        self._discovered_at: float | None = None
+        self._open_problems: dict[tuple[str, str, str], str] = {}
+        self._sem = asyncio.Semaphore(settings.max_concurrency)
+        session = requests.Session()
+        if settings.insecure_skip_verify:
+            session.verify = False
+        elif settings.ca_file:
+            session.verify = settings.ca_file
+        self._client = PrometheusConnect(
+            url=settings.url.rstrip("/"),
+            headers=self._headers(),
+            session=session,
+            # read=False: a read timeout surfaces as ReadTimeout, not a ConnectionError wrapping
+            # MaxRetryError, so "slow" and "unreachable" stay distinguishable. Retries are ours.
+            retry=Retry(total=0, read=False, connect=0, status=0, raise_on_status=False),
+            timeout=settings.timeout_s,
+            # Queries grow with the number of roles; POST has no URL length limit.
+            method="POST",
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    @property
+    def names(self) -> queries.Names:
+        """The metric spellings currently queried."""
+        return self._names
+
+    def _headers(self) -> dict[str, str] | None:
+        token = self.settings.bearer_token
+        if self.settings.bearer_token_file:
+            token = Path(self.settings.bearer_token_file).read_text(encoding="utf-8").strip()
+        return {"Authorization": f"Bearer {token}"} if token else None
+
+    # --- transport --------------------------------------------------------------------------
+
+    def _query_blocking(self, promql: str) -> list[dict[str, Any]]:
+        self.stats.queries += 1
+        params = {"timeout": f"{max(1, round(self.settings.timeout_s * 1000))}ms"}
+        result: list[dict[str, Any]] = self._client.custom_query(promql, params=params)
+        return result
+
+    async def _query(self, key: str, promql: str) -> _Outcome:
+        """Run one query with retries and backoff; never raises except on cancellation."""
+        delay = self.settings.backoff_s
+        outcome = _Outcome(rows=None)
+        for attempt in range(self.settings.retries + 1):
+            if attempt:
+                await asyncio.sleep(delay)
+                delay *= 2
+            try:
+                async with self._sem:
+                    rows = await asyncio.to_thread(self._query_blocking, promql)
+            except requests.exceptions.ReadTimeout as exc:
+                outcome = _Outcome(rows=None, reason="timeout", error=str(exc))
+            except requests.exceptions.ConnectionError as exc:
+                # Refused, reset, DNS, connect timeout: no HTTP answer.
+                outcome = _Outcome(rows=None, reason="unreachable", error=str(exc), answered=False)
+            except PrometheusApiClientException as exc:
+                outcome = _Outcome(rows=None, reason="error", error=str(exc))
+                if "HTTP Status Code 5" not in str(exc):
+                    break  # 4xx: the query itself is wrong; retrying will not help
+            except (requests.exceptions.RequestException, ValueError, KeyError) as exc:
+                # ValueError/KeyError: a 200 whose body is not Prometheus' JSON (a proxy page).
+                outcome = _Outcome(rows=None, reason="error", error=repr(exc))
+            else:
+                return _Outcome(rows=rows)
+        log.warning(
+            "prometheus_query_failed",
+            query=key,
+            reason=outcome.reason,
+            error=outcome.error[:300],
+            attempts=attempt + 1,
+        )
+        self._problem(key, outcome.reason)
+        return outcome
+
+    # --- discovery --------------------------------------------------------------------------
+
+    async def _maybe_discover(self, now: float) -> None:
+        interval = self.settings.discovery_interval_s
+        if self._discovered_at is not None and now - self._discovered_at < interval:
+            return
+        self._discovered_at = now
+        outcome = await self._query("discovery", queries.discovery_query())
+        if outcome.rows is None:
+            return  # keep the previous (or the full) set of spellings
+        present = {row["metric"].get("__name__", "") for row in outcome.rows}
+        names = queries.Names.from_present(present)
+        if names != self._names or not present:
+            escaped = sorted(n for n in present if n.startswith("vllm_"))
+            log.info(
+                "vllm_metric_names",
+                found=sorted(present),
+                queried={f.value: list(n) for f, n in names.by_family.items()},
+                escaped=escaped,
+            )
+            if escaped:
+                log.warning(
+                    "vllm_escaped_names",
+                    names=escaped,
+                    hint="a scrape path rewrote 'vllm:' to 'vllm_' (see docs/prometheus.md); "
+                    "both spellings are read",
+                )
+        self._names = names
+
+    # --- the MetricsSource protocol ---------------------------------------------------------
+
+    async def fetch(
+        self, targets: Sequence[source.RoleTarget], *, now: float
+    ) -> source.RoleSamples:
+        if not targets:
+            return {}
+        await self._maybe_discover(now)
+        builder = queries.Builder(
+            names=self._names,
+            rate_window_s=self.settings.rate_window_s,
+            pod_label=self.settings.pod_label,
+            namespace_label=self.settings.namespace_label,
+        )
+        try:
+            plan = queries.plan(targets, builder)
+        except ValueError as exc:
+            raise errors.ConfigError([f"prometheus: {exc}"]) from exc
+        if self.settings.bearer_token_file:
+            self._client.headers = self._headers()
+        before = self.stats.queries
+        outcomes = await asyncio.gather(*(self._query(q.key, q.promql) for q in plan.queries))
+        self.stats.ticks += 1
+        self.stats.last_tick_queries = self.stats.queries - before
+        if all(not o.answered for o in outcomes):
+            msg = f"Prometheus at {self.settings.url} unreachable: {outcomes[0].error[:200]}"
+            raise errors.MetricsUnavailable(msg)
+        samples: dict[tuple[str, Role], dict[str, SignalSample]] = {
+            (t.pool, t.role): {} for t in targets
+        }
+        # batched_tokens is tokens per step over the role's token budget (types.SignalName).
+        scale = {(t.pool, t.role.value): float(t.spec.max_num_batched_tokens) for t in targets}
+        for q, outcome in zip(plan.queries, outcomes, strict=True):
+            per_role = self._interpret(q, outcome, scale=scale if q.key == "batched_tokens" else {})
+            for pool, role in q.roles:
+                samples[(pool, Role(role))][q.key] = per_role[(pool, role)]
+        return samples
+
+    # --- interpretation ---------------------------------------------------------------------
+
+    def _interpret(
+        self, q: queries.Query, outcome: _Outcome, *, scale: Mapping[tuple[str, str], float]
+    ) -> Mapping[tuple[str, str], SignalSample]:
+        if outcome.rows is None:
+            detail = f"query failed: {outcome.reason}"
+            return {pr: SignalSample(value=None, replicas=0, detail=detail) for pr in q.roles}
+        grouped: dict[tuple[str, str], list[tuple[dict[str, str], float]]] = {
+            pr: [] for pr in q.roles
+        }
+        for row in outcome.rows:
+            labels: dict[str, str] = row["metric"]
+            pr = (labels.get(queries.POOL_LABEL, ""), labels.get(queries.ROLE_LABEL, ""))
+            if pr in grouped:
+                grouped[pr].append((labels, float(row["value"][1])))
+        out: dict[tuple[str, str], SignalSample] = {}
+        for pr, rows in grouped.items():
+            if q.kind is queries.Kind.QUANTILE:
+                sample, reasons = _quantile(rows)
+            else:
+                sample, reasons = self._per_pod(q.kind, rows, scale=scale.get(pr, 1.0))
+            out[pr] = sample
+            self._track(q.key, pr, reasons, sample.detail)
+        return out
+
+    def _per_pod(
+        self, kind: queries.Kind, rows: list[tuple[dict[str, str], float]], *, scale: float
+    ) -> tuple[SignalSample, tuple[str, ...]]:
+        """Combine per-pod series: drop NaN/Inf and stale pods, then mean (or sum for rates)."""
+        pod_label = self.settings.pod_label
+        values: dict[str, float] = {}
+        ages: dict[str, float] = {}
+        for labels, v in rows:
+            pod = labels.get(pod_label, "")
+            if labels.get(queries.PART_LABEL) == "age":
+                ages[pod] = v
+            else:
+                values[pod] = v
+        nan = sorted(p for p, v in values.items() if not math.isfinite(v))
+        stale = sorted(
+            p for p in values if p not in nan and ages.get(p, 0.0) > self.settings.max_sample_age_s
+        )
+        good = [v for p, v in values.items() if p not in nan and p not in stale]
+        reasons: list[str] = []
+        notes: list[str] = []
+        if nan:
+            reasons.append("nan")
+            notes.append(f"nan: {', '.join(nan)}")
+        if stale:
+            reasons.append("stale")
+            notes.append(f"stale: {', '.join(stale)}")
+        if not values:
+            reasons.append("empty")
+            notes.append("no series")
+        if not good:
+            return SignalSample(value=None, replicas=0, detail="; ".join(notes)), tuple(reasons)
+        value = sum(good) if kind is queries.Kind.SUM else sum(good) / len(good)
+        detail = "; ".join([f"{len(good)} pods", *notes])
+        return SignalSample(value=value / scale, replicas=len(good), detail=detail), tuple(reasons)
+
+    # --- problem tracking -------------------------------------------------------------------
+
+    def _problem(self, key: str, reason: str) -> None:
+        self.stats.problems[(key, reason)] += 1
+        if self._telemetry is not None:
+            self._telemetry.metric_source_error(query=key, reason=reason)
+
+    def _track(self, key: str, pr: tuple[str, str], reasons: tuple[str, ...], detail: str) -> None:
+        """Count every occurrence; log only when a role's problem starts, changes or clears."""
+        for reason in reasons:
+            self._problem(key, reason)
+        slot = (key, pr[0], pr[1])
+        problem = detail if reasons else ""
+        previous = self._open_problems.get(slot, "")
+        if problem == previous:
+            return
+        if problem:
+            self._open_problems[slot] = problem
+            log.warning(
+                "metric_data_problem",
+                query=key,
+                pool=pr[0],
+                role=pr[1],
+                reasons=list(reasons),
+                detail=detail,
+            )
+        else:
+            del self._open_problems[slot]
+            log.info("metric_data_recovered", query=key, pool=pr[0], role=pr[1], was=previous)
+
+
+def _quantile(
+    rows: list[tuple[dict[str, str], float]],
+) -> tuple[SignalSample, tuple[str, ...]]:
+    """A role's quantile from its value/rate/replicas parts."""
+    parts = {labels.get(queries.PART_LABEL, ""): v for labels, v in rows}
+    replicas = parts.get("replicas", 0.0)
+    rate = parts.get("rate")
+    value = parts.get("value")
+    if rate is None or not math.isfinite(replicas) or replicas < 1:
+        return SignalSample(value=None, replicas=0, detail="no series"), ("empty",)
+    n = int(replicas)
+    if rate == 0:
+        # No observation in the window (no request got its first token): nothing violated the
+        # SLO. Reported as 0 so an idle role is not frozen by "missing" data; a latency guard
+        # only ever vetoes a scale-down, it never drives one.
+        return SignalSample(value=0.0, replicas=n, detail=f"{n} pods; idle: no observations"), ()
+    if value is None or not math.isfinite(value) or not math.isfinite(rate):
+        return SignalSample(value=None, replicas=n, detail=f"{n} pods; nan quantile"), ("nan",)
+    return SignalSample(value=value, replicas=n, detail=f"{n} pods"), ()
