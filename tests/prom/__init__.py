@@ -1,0 +1,1 @@
+"""Tests against a real Prometheus (marker: prometheus)."""
