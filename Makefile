@@ -1,0 +1,42 @@
+# Every target installs what it needs: a fresh machine needs only python3 (>= 3.11), and for
+# the test suite Go (>= 1.24) and apt (the harness builds Kubernetes and installs Prometheus).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test test-fast lint cluster cluster-down clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## The main job: the controller on a simulated cluster replaying real (or generated) traffic.
+demo: install
+	$(BIN)/pd-autoscaler demo
+
+## Everything: unit, simulator, real Prometheus, real Kubernetes control plane, external metrics.
+test: install
+	$(BIN)/python -m pytest
+
+## Only the tests that need no external component (seconds).
+test-fast: install
+	$(BIN)/python -m pytest -m "not k8s and not prometheus and not external_metrics"
+
+lint: install
+	$(BIN)/ruff check autoscaler tests
+	$(BIN)/mypy
+
+## A local control plane for exploration (kube-apiserver, kcm, scheduler, etcd, kwok GPU nodes).
+cluster: install
+	$(BIN)/python -m tests.k8senv.cluster up
+
+cluster-down: install
+	$(BIN)/python -m tests.k8senv.cluster down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out
