@@ -1,0 +1,63 @@
+"""Polling and manifest helpers shared by the e2e tests.
+
+Tests wait for the cluster's controllers with bounded polls, never fixed sleeps: a poll returns as
+soon as the condition holds, and on timeout the error shows the last observed value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ..k8senv.cluster import GPU_RESOURCE
+
+T = TypeVar("T")
+
+# Any image works with kwok (nothing is pulled); on a real node (KUBECONFIG mode) pause runs.
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]],
+    *,
+    until: Callable[[T], bool] = bool,
+    timeout_s: float,
+    interval_s: float = 0.25,
+    what: str,
+) -> T:
+    """Call `probe` until `until(result)` holds; return that result or raise TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while True:
+        last = await probe()
+        if until(last):
+            return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not reached within {timeout_s:g}s; last value: {last!r}")
+        await asyncio.sleep(interval_s)
+
+
+def gpu_deployment(name: str, *, replicas: int, gpus: int = 1,
+                   labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Deployment whose Pods each request `gpus` GPUs; kwok's fake GPU nodes run them."""
+    match = {"app": name, **(labels or {})}
+    resources = {"limits": {GPU_RESOURCE: str(gpus)}, "requests": {GPU_RESOURCE: str(gpus)}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": match},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": match},
+            "template": {
+                "metadata": {"labels": match},
+                "spec": {
+                    "containers": [{"name": "vllm", "image": PAUSE_IMAGE, "resources": resources}],
+                    # Pods of a deleted namespace should go at once, freeing GPUs for the next test.
+                    "terminationGracePeriodSeconds": 0,
+                },
+            },
+        },
+    }
