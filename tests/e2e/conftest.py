@@ -41,7 +41,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..k8senv import cluster as k8senv
-from .support import wait_for
+from .support import manifest, wait_for
 
 
 def _external_kubeconfig() -> Path | None:
@@ -124,7 +124,7 @@ async def _discover(kubeconfig: Path, work: Path) -> k8senv.ClusterInfo:
     k8senv.make_ext_pki(pki, service=defaults.ext_service, namespace=defaults.ext_namespace,
                         host=host)
     return k8senv.ClusterInfo(
-        run_dir=work, kubeconfig=kubeconfig, api_url=cfg.host, bin_dir=None,
+        run_dir=work, kubeconfig=kubeconfig, api_url=str(cfg.host), bin_dir=None,
         ca_cert=ca_cert, ca_key=None, admin_cert=None, admin_key=None,
         front_proxy_ca=front_proxy_ca, front_proxy_client_cert=None,
         front_proxy_client_key=None, ext_cert=pki.crt("ext-server"),
@@ -158,8 +158,8 @@ async def k8s_namespace(request: pytest.FixtureRequest, k8s_api: ApiClient) -> A
     """A fresh namespace, ready for Pods (its `default` ServiceAccount exists)."""
     core = client.CoreV1Api(k8s_api)
     name = _namespace_name(request.node.name)
-    await core.create_namespace({"metadata": {"name": name,
-                                              "labels": {"pd-autoscaler/e2e": "true"}}})
+    await core.create_namespace(manifest({"metadata": {"name": name,
+                                                       "labels": {"pd-autoscaler/e2e": "true"}}}))
 
     async def default_sa() -> bool:
         try:

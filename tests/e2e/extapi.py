@@ -29,7 +29,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..k8senv.cluster import ClusterInfo
-from .support import wait_for
+from .support import manifest, wait_for
 
 EXTERNAL_METRICS = ("external.metrics.k8s.io", "v1beta1")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "pd-autoscaler-e2e"}
@@ -180,28 +180,27 @@ async def registered_apiservice(api: ApiClient, cluster: ClusterInfo, *, group: 
                 MANAGED_BY["app.kubernetes.io/managed-by"]:
             raise RuntimeError(f"APIService {name} exists and was not created by these tests")
         await reg.delete_api_service(name)
-    svc = {"apiVersion": "v1", "kind": "Service",
+    svc: dict[str, Any] = {"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": svc_name, "namespace": cluster.ext_namespace,
                         "labels": MANAGED_BY},
            "spec": {"type": "ExternalName", "externalName": cluster.ext_host}}
     try:
-        await core.create_namespaced_service(cluster.ext_namespace, svc)
+        await core.create_namespaced_service(cluster.ext_namespace, manifest(svc))
     except ApiException as exc:
         if exc.status != 409:
             raise
-        await core.replace_namespaced_service(svc_name, cluster.ext_namespace, {
-            **svc, "metadata": {**svc["metadata"],
-                                "resourceVersion": (await core.read_namespaced_service(
-                                    svc_name, cluster.ext_namespace)).metadata.resource_version}})
+        current = await core.read_namespaced_service(svc_name, cluster.ext_namespace)
+        svc["metadata"]["resourceVersion"] = current.metadata.resource_version
+        await core.replace_namespaced_service(svc_name, cluster.ext_namespace, manifest(svc))
     ca_bundle = base64.b64encode(cluster.ext_ca_cert.read_bytes()).decode()
-    await reg.create_api_service({
+    await reg.create_api_service(manifest({
         "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
         "metadata": {"name": name, "labels": MANAGED_BY},
         "spec": {"group": group, "version": version, "groupPriorityMinimum": 100,
                  "versionPriority": 100, "caBundle": ca_bundle,
                  "service": {"name": svc_name, "namespace": cluster.ext_namespace,
                              "port": port}},
-    })
+    }))
     try:
 
         async def available() -> list[Any]:

@@ -39,12 +39,21 @@ async def wait_for(
         await asyncio.sleep(interval_s)
 
 
+def manifest(obj: dict[str, Any]) -> Any:
+    """Pass a plain-dict manifest where kubernetes_asyncio's annotations want a model object.
+
+    The client serialises dicts exactly like models (and YAML-shaped dicts read far better in
+    tests), but its type hints name only the model classes; this states that choice once.
+    """
+    return obj
+
+
 def gpu_deployment(name: str, *, replicas: int, gpus: int = 1,
-                   labels: dict[str, str] | None = None) -> dict[str, Any]:
+                   labels: dict[str, str] | None = None) -> Any:
     """A Deployment whose Pods each request `gpus` GPUs; kwok's fake GPU nodes run them."""
     match = {"app": name, **(labels or {})}
     resources = {"limits": {GPU_RESOURCE: str(gpus)}, "requests": {GPU_RESOURCE: str(gpus)}}
-    return {
+    return manifest({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "labels": match},
@@ -60,4 +69,4 @@ def gpu_deployment(name: str, *, replicas: int, gpus: int = 1,
                 },
             },
         },
-    }
+    })

@@ -18,7 +18,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from ..k8senv.cluster import GPU_RESOURCE, ClusterInfo
 from .extapi import EXTERNAL_METRICS, ExtensionApiServer, registered_apiservice
-from .support import gpu_deployment, wait_for
+from .support import gpu_deployment, manifest, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -120,27 +120,27 @@ async def test_scale_only_service_account_is_denied_elsewhere(k8s_cluster: Clust
     core, rbac = client.CoreV1Api(k8s_api), client.RbacAuthorizationV1Api(k8s_api)
     await client.AppsV1Api(k8s_api).create_namespaced_deployment(
         ns, gpu_deployment("decode", replicas=0))
-    await core.create_namespaced_service_account(ns, {"metadata": {"name": sa}})
-    await rbac.create_namespaced_role(ns, {
+    await core.create_namespaced_service_account(ns, manifest({"metadata": {"name": sa}}))
+    await rbac.create_namespaced_role(ns, manifest({
         "metadata": {"name": "scale-only"},
         "rules": [{"apiGroups": ["apps"], "resources": ["deployments/scale"],
                    "verbs": ["patch"]}],
-    })
-    await rbac.create_namespaced_role_binding(ns, {
+    }))
+    await rbac.create_namespaced_role_binding(ns, manifest({
         "metadata": {"name": "scale-only"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                     "name": "scale-only"},
         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
-    })
+    }))
     token = (await core.create_namespaced_service_account_token(
-        sa, ns, {"spec": {"expirationSeconds": 600}})).status.token
+        sa, ns, manifest({"spec": {"expirationSeconds": 600}}))).status.token
 
     cfg = client.Configuration(host=k8s_cluster.api_url,
                                api_key={"BearerToken": token},
                                api_key_prefix={"BearerToken": "Bearer"})
     cfg.ssl_ca_cert = str(k8s_cluster.ca_cert)
     async with ApiClient(configuration=cfg) as as_sa:
-        review = await client.AuthenticationV1Api(as_sa).create_self_subject_review({})
+        review = await client.AuthenticationV1Api(as_sa).create_self_subject_review(manifest({}))
         assert review.status.user_info.username == f"system:serviceaccount:{ns}:{sa}"
 
         apps = client.AppsV1Api(as_sa)
@@ -154,8 +154,8 @@ async def test_scale_only_service_account_is_denied_elsewhere(k8s_cluster: Clust
                                                     {"spec": {"replicas": 1}})),
             ("get scale", apps.read_namespaced_deployment_scale("decode", ns)),
             ("replace scale", apps.replace_namespaced_deployment_scale(
-                "decode", ns, {"metadata": {"name": "decode", "namespace": ns},
-                               "spec": {"replicas": 3}})),
+                "decode", ns, manifest({"metadata": {"name": "decode", "namespace": ns},
+                                        "spec": {"replicas": 3}}))),
             ("patch deployment", apps.patch_namespaced_deployment(
                 "decode", ns, {"spec": {"replicas": 3}})),
             ("delete deployment", apps.delete_namespaced_deployment("decode", ns)),
@@ -177,7 +177,7 @@ async def test_aggregation_layer_reaches_local_extension_server(
     async with ExtensionApiServer(k8s_cluster, group=group, version=version) as server, \
             registered_apiservice(k8s_api, k8s_cluster, group=group, version=version,
                                   port=server.port, service="smoke-ext"):
-        me = await client.AuthenticationV1Api(k8s_api).create_self_subject_review({})
+        me = await client.AuthenticationV1Api(k8s_api).create_self_subject_review(manifest({}))
         body = await client.CustomObjectsApi(k8s_api).list_namespaced_custom_object(
             group, version, k8s_namespace, "echoes")
 
@@ -204,7 +204,7 @@ async def test_hpa_scales_on_external_metric_from_extension_server(
             registered_apiservice(k8s_api, k8s_cluster, group=group, version=version,
                                   port=server.port):
         server.external_metrics[metric] = 30  # 30 / averageValue 10 -> 3 replicas
-        await client.AutoscalingV2Api(k8s_api).create_namespaced_horizontal_pod_autoscaler(ns, {
+        await client.AutoscalingV2Api(k8s_api).create_namespaced_horizontal_pod_autoscaler(ns, manifest({
             "metadata": {"name": name},
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
@@ -214,7 +214,7 @@ async def test_hpa_scales_on_external_metric_from_extension_server(
                     "target": {"type": "AverageValue", "averageValue": "10"}}}],
                 "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}},
             },
-        })
+        }))
         up = await wait_for(lambda: _deployment(k8s_api, ns, name),
                             until=lambda d: d.spec.replicas == 3 and
                             (d.status.ready_replicas or 0) == 3,
