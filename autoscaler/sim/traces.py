@@ -1,0 +1,259 @@
+"""Request-trace loaders: file -> (arrival_s, prompt_tokens, output_tokens), sorted, from 0.
+
+The format is detected from the first line (the shared traces README describes the files):
+
+| format     | first line / record                                                    | time unit |
+|------------|------------------------------------------------------------------------|-----------|
+| `azure`    | `TIMESTAMP,ContextTokens,GeneratedTokens` (Azure LLM inference 2023/24) | datetime  |
+| `mooncake` | a JSON object with `timestamp`, `input_length`, `output_length` (JSONL) | ms        |
+| `burstgpt` | `Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type`  | s         |
+| `generic`  | `timestamp_s,input_tokens,output_tokens`                               | s         |
+
+Options: `speedup` divides every time (2.0 = the same requests in half the time); `rate_scale`
+thins (< 1: each request kept with that probability) or replicates (> 1: each request gives
+floor(rate_scale) copies plus one more with the fractional probability; copies land uniformly
+between the request and the next one, so the local rate shape is kept). Both are deterministic
+given `seed`. Token counts of 0 (BurstGPT failures) are kept; the engine serves them as 1 token.
+
+Errors are ConfigError lines naming the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from autoscaler import errors
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+AZURE_HEADER = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+BURSTGPT_HEADER = (
+    "Timestamp",
+    "Model",
+    "Request tokens",
+    "Response tokens",
+    "Total tokens",
+    "Log Type",
+)
+GENERIC_HEADER = ("timestamp_s", "input_tokens", "output_tokens")
+MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+
+
+class Trace(NamedTuple):
+    """A request stream: arrival times from 0 (sorted) and token counts, one row per request."""
+
+    arrival_s: FloatArray
+    prompt_tokens: IntArray
+    output_tokens: IntArray
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.arrival_s[-1]) if len(self.arrival_s) else 0.0
+
+
+def _fail(path: Path, line: int, problem: str, column: str | None = None) -> errors.ConfigError:
+    col = f" column {column!r}:" if column else ""
+    return errors.ConfigError([f"{path}: line {line}:{col} {problem}"])
+
+
+def detect_format(path: str | Path) -> str:
+    """`azure`, `mooncake`, `burstgpt` or `generic`, from the file's first line."""
+    p = Path(path)
+    first = _first_line(p)
+    return _detect(p, first)
+
+
+def _first_line(p: Path) -> str:
+    try:
+        with p.open(encoding="utf-8-sig") as f:
+            for line in f:
+                if line.strip():
+                    return line.strip()
+    except OSError as exc:
+        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise errors.ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from exc
+    raise errors.ConfigError([f"{p}: empty trace"])
+
+
+def _detect(p: Path, first: str) -> str:
+    if first.startswith("{"):
+        return "mooncake"
+    header = tuple(c.strip() for c in next(csv.reader([first])))
+    if header == AZURE_HEADER:
+        return "azure"
+    if header == BURSTGPT_HEADER:
+        return "burstgpt"
+    if header == GENERIC_HEADER:
+        return "generic"
+    known = "; ".join(",".join(h) for h in (AZURE_HEADER, BURSTGPT_HEADER, GENERIC_HEADER))
+    raise _fail(
+        p,
+        1,
+        f"unknown trace header {first[:120]!r}; expected one of: {known}; "
+        f"or JSON lines with {', '.join(MOONCAKE_KEYS)}",
+    )
+
+
+def load_trace(
+    path: str | Path,
+    *,
+    speedup: float = 1.0,
+    rate_scale: float = 1.0,
+    seed: int = 0,
+    duration_s: float | None = None,
+) -> Trace:
+    """Load a trace file (format detected), shift it to start at 0, sort it, then apply
+    `speedup`, `rate_scale` and the optional `duration_s` cut (after the speed-up)."""
+    p = Path(path)
+    if not speedup > 0 or math.isinf(speedup):
+        raise errors.ConfigError([f"{p}: speedup must be a positive number, got {speedup}"])
+    if not rate_scale > 0 or math.isinf(rate_scale):
+        raise errors.ConfigError([f"{p}: rate_scale must be a positive number, got {rate_scale}"])
+    fmt = detect_format(p)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except OSError as exc:  # pragma: no cover - detect_format read it already
+        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    if fmt == "mooncake":
+        t, prompt, output = _parse_mooncake(p, text)
+    else:
+        t, prompt, output = _parse_csv(p, text, fmt)
+    if len(t) == 0:
+        raise errors.ConfigError([f"{p}: trace has a header but no requests"])
+    order = np.argsort(t, kind="stable")
+    t = (t[order] - t[order[0]]) / speedup
+    trace = Trace(t, prompt[order], output[order])
+    if rate_scale != 1.0:
+        trace = scale_rate(trace, rate_scale, seed=seed)
+    if duration_s is not None:
+        keep = trace.arrival_s <= duration_s
+        trace = Trace(trace.arrival_s[keep], trace.prompt_tokens[keep], trace.output_tokens[keep])
+    return trace
+
+
+def scale_rate(trace: Trace, factor: float, *, seed: int = 0) -> Trace:
+    """Thin (factor < 1) or replicate (factor > 1) arrivals deterministically (see module doc)."""
+    rng = np.random.default_rng(seed)
+    n = len(trace.arrival_s)
+    whole = math.floor(factor)
+    frac = factor - whole
+    copies = np.full(n, whole, dtype=np.int64) + (rng.random(n) < frac)
+    idx = np.repeat(np.arange(n), copies)
+    # The first copy of each request keeps its time; further copies spread over the gap to the
+    # next request (the last request's copies stay on it).
+    first = np.ones(len(idx), dtype=bool)
+    first[1:] = idx[1:] != idx[:-1]
+    gaps = np.diff(trace.arrival_s, append=trace.arrival_s[-1]) if n else np.zeros(0)
+    t = trace.arrival_s[idx] + np.where(first, 0.0, rng.random(len(idx)) * gaps[idx])
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    if len(t):
+        t = t - t[0]
+    return Trace(t, trace.prompt_tokens[idx][order], trace.output_tokens[idx][order])
+
+
+def _int(p: Path, line: int, column: str, raw: str) -> int:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise _fail(p, line, f"not a number: {raw!r}", column) from None
+    if not math.isfinite(v) or v < 0 or v != int(v):
+        raise _fail(p, line, f"expected a non-negative integer, got {raw!r}", column)
+    return int(v)
+
+
+def _float(p: Path, line: int, column: str, raw: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise _fail(p, line, f"not a number: {raw!r}", column) from None
+    if not math.isfinite(v):
+        raise _fail(p, line, f"not a finite number: {raw!r}", column)
+    return v
+
+
+def _parse_csv(p: Path, text: str, fmt: str) -> tuple[FloatArray, IntArray, IntArray]:
+    reader = csv.reader(io.StringIO(text))
+    header = [c.strip() for c in next(reader)]
+    cols: tuple[str, ...]
+    if fmt == "azure":
+        cols = AZURE_HEADER
+        t_col, in_col, out_col = "TIMESTAMP", "ContextTokens", "GeneratedTokens"
+    elif fmt == "burstgpt":
+        cols = BURSTGPT_HEADER
+        t_col, in_col, out_col = "Timestamp", "Request tokens", "Response tokens"
+    else:
+        cols = GENERIC_HEADER
+        t_col, in_col, out_col = GENERIC_HEADER
+    it, ii, io_ = header.index(t_col), header.index(in_col), header.index(out_col)
+    stamps: list[str] = []
+    prompt: list[int] = []
+    output: list[int] = []
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(cols):
+            raise _fail(p, line, f"expected {len(cols)} columns, got {len(row)}")
+        stamps.append(row[it].strip())
+        prompt.append(_int(p, line, in_col, row[ii].strip()))
+        output.append(_int(p, line, out_col, row[io_].strip()))
+    if fmt == "azure":
+        t = _parse_datetimes(p, stamps, t_col)
+    else:
+        t = np.array([_float(p, i + 2, t_col, s) for i, s in enumerate(stamps)], dtype=np.float64)
+    return t, np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64)
+
+
+def _parse_datetimes(p: Path, stamps: list[str], column: str) -> FloatArray:
+    try:
+        ns = np.array(stamps, dtype="datetime64[ns]")
+    except ValueError:
+        # Find the offending row for the message (data rows start on line 2).
+        for i, s in enumerate(stamps):
+            try:
+                np.datetime64(s, "ns")
+            except ValueError:
+                raise _fail(p, i + 2, f"not a datetime: {s!r}", column) from None
+        raise  # pragma: no cover - the bulk parse failed, so one row must fail
+    if np.isnat(ns).any():
+        i = int(np.flatnonzero(np.isnat(ns))[0])
+        raise _fail(p, i + 2, f"not a datetime: {stamps[i]!r}", column)
+    seconds: FloatArray = (ns - ns.min()).astype(np.int64).astype(np.float64) / 1e9
+    return seconds
+
+
+def _parse_mooncake(p: Path, text: str) -> tuple[FloatArray, IntArray, IntArray]:
+    t: list[float] = []
+    prompt: list[int] = []
+    output: list[int] = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _fail(p, line_no, f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+        if not isinstance(rec, dict):
+            raise _fail(p, line_no, "expected a JSON object")
+        for key in MOONCAKE_KEYS:
+            if key not in rec:
+                raise _fail(p, line_no, "missing field", key)
+        t.append(_float(p, line_no, "timestamp", str(rec["timestamp"])) / 1000.0)
+        prompt.append(_int(p, line_no, "input_length", str(rec["input_length"])))
+        output.append(_int(p, line_no, "output_length", str(rec["output_length"])))
+    return (
+        np.array(t, dtype=np.float64),
+        np.array(prompt, dtype=np.int64),
+        np.array(output, dtype=np.int64),
+    )
