@@ -1,0 +1,1 @@
+"""Generated KEDA External Scaler stubs (see tests/server/gen_keda_pb.py)."""
