@@ -238,17 +238,14 @@ class PrometheusSource:
             pod_label=self.settings.pod_label,
             namespace_label=self.settings.namespace_label,
         )
-        try:
-            plan = queries.plan(targets, builder)
-        except ValueError as exc:
-            raise errors.ConfigError([f"prometheus: {exc}"]) from exc
+        plan = queries.plan(targets, builder)
         if self.settings.bearer_token_file:
             self._client.headers = self._headers()
         before = self.stats.queries
         outcomes = await asyncio.gather(*(self._query(q.key, q.promql) for q in plan.queries))
         self.stats.ticks += 1
         self.stats.last_tick_queries = self.stats.queries - before
-        if all(not o.answered for o in outcomes):
+        if outcomes and all(not o.answered for o in outcomes):
             msg = f"Prometheus at {self.settings.url} unreachable: {outcomes[0].error[:200]}"
             raise errors.MetricsUnavailable(msg)
         samples: dict[tuple[str, Role], dict[str, SignalSample]] = {
@@ -260,6 +257,10 @@ class PrometheusSource:
             per_role = self._interpret(q, outcome, scale=scale if q.key == "batched_tokens" else {})
             for pool, role in q.roles:
                 samples[(pool, Role(role))][q.key] = per_role[(pool, role)]
+        for (pool, role), why in plan.invalid.items():
+            for key in plan.expected[(pool, role)]:
+                samples[(pool, Role(role))][key] = SignalSample(value=None, detail=why)
+                self._track(key, (pool, role), ("invalid_selector",), why)
         return samples
 
     # --- interpretation ---------------------------------------------------------------------

@@ -165,6 +165,14 @@ def role_selector(
     dep = target.spec.deployment
     namespace = match.namespace if match.namespace is not None else dep.namespace
     pod_regex = match.pod_regex if match.pod_regex is not None else f"{re.escape(dep.name)}-.*"
+    try:
+        # Python's and Prometheus' (RE2) syntaxes differ at the edges (RE2 has no lookaround,
+        # which Prometheus then rejects with a 400 for the whole query), but what Python cannot
+        # compile RE2 cannot either: catch that here, per role.
+        re.compile(pod_regex)
+    except re.error as exc:
+        msg = f"metrics.pod_regex {pod_regex!r} of {target.pool}/{target.role.value}: {exc}"
+        raise ValueError(msg) from exc
     parts = [f"{namespace_label}={quote(namespace)}", f"{pod_label}=~{quote(pod_regex)}"]
     for name, value in sorted(match.labels.items()):
         if not _LABEL_NAME.match(name) or name.startswith("__"):
@@ -324,6 +332,9 @@ class Plan:
     queries: tuple[Query, ...]
     expected: Mapping[tuple[str, str], tuple[str, ...]]
     """(pool, role) -> the keys that role must report."""
+    invalid: Mapping[tuple[str, str], str]
+    """(pool, role) -> why its selector could not be built; such roles are left out of every
+    query, so one bad role cannot turn every pool's union into a 400."""
 
 
 def plan(targets: Sequence[source.RoleTarget], builder: Builder) -> Plan:
@@ -331,8 +342,16 @@ def plan(targets: Sequence[source.RoleTarget], builder: Builder) -> Plan:
     by_key: dict[str, list[RoleSelector]] = {}
     quantiles: dict[str, float] = {}
     expected: dict[tuple[str, str], tuple[str, ...]] = {}
+    invalid: dict[tuple[str, str], str] = {}
     for t in targets:
-        sel = role_selector(t, pod_label=builder.pod_label, namespace_label=builder.namespace_label)
+        sel: RoleSelector | None
+        try:
+            sel = role_selector(
+                t, pod_label=builder.pod_label, namespace_label=builder.namespace_label
+            )
+        except ValueError as exc:
+            invalid[(t.pool, t.role.value)] = str(exc)
+            sel = None
         keys: list[str] = []
         for spec in t.spec.signals:
             key = source.signal_key(spec)
@@ -341,9 +360,11 @@ def plan(targets: Sequence[source.RoleTarget], builder: Builder) -> Plan:
                 quantiles[key] = spec.quantile
         keys += source.RATE_KEYS
         expected[(t.pool, t.role.value)] = tuple(dict.fromkeys(keys))
+        if sel is None:
+            continue
         for key in expected[(t.pool, t.role.value)]:
             by_key.setdefault(key, []).append(sel)
     queries = tuple(
         builder.for_key(key, roles, quantile=quantiles.get(key)) for key, roles in by_key.items()
     )
-    return Plan(queries=queries, expected=expected)
+    return Plan(queries=queries, expected=expected, invalid=invalid)

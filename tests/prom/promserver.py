@@ -7,6 +7,7 @@ a restart. The scrape interval is 1 s so `rate()` over a few seconds has enough 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,23 @@ def eventually(check: Callable[[], Any], *, timeout: float = 30.0, every: float 
             if time.monotonic() > deadline:
                 raise AssertionError(f"still false after {timeout}s: {result!r}")
         time.sleep(every)
+
+
+async def eventually_async(
+    check: Callable[[], Awaitable[None]],
+    *,
+    timeout: float = 20.0,  # noqa: ASYNC109 - a polling deadline, not an I/O timeout
+    every: float = 0.5,
+) -> None:
+    """Await `check` until it stops raising AssertionError; re-raise the last one at the
+    deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            return
+        await asyncio.sleep(every)
