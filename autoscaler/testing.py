@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from autoscaler import errors
 from autoscaler.decision.core import PolicyMap, decide
 from autoscaler.decision.state import ScaleState
+from autoscaler.metrics.source import RoleSamples, RoleTarget
 from autoscaler.policy.config import PolicyFile
 from autoscaler.types import (
     Decision,
@@ -123,3 +125,55 @@ def desired(decisions: Mapping[Role, RoleDecision]) -> dict[str, int]:
 
 def signals_of(*specs: tuple[str, float]) -> Sequence[dict[str, Any]]:
     return [{"signal": s, "target": t} for s, t in specs]
+
+
+ReadyFn = Callable[[str, Role], Awaitable[int]]
+
+
+class FakeMetricsSource:
+    """A `MetricsSource` whose answers a test sets, for the controller tests (unit and e2e).
+
+    `set(...)` gives per-replica means reported by every ready replica (a gauge such as KV
+    cache); `set_totals(...)` gives sums over the role (a queue of 20 requests) which are spread
+    over the ready replicas, as Prometheus would report them. Ready counts come from `ready`
+    (e2e: read from the Deployment) or from `self.ready`. A key never set is absent (missing);
+    `unavailable` makes every fetch raise `MetricsUnavailable`.
+    """
+
+    def __init__(self, *, ready: ReadyFn | None = None) -> None:
+        self._ready_fn = ready
+        self.ready: dict[tuple[str, Role], int] = {}
+        self.means: dict[tuple[str, Role], dict[str, float | None]] = {}
+        self.totals: dict[tuple[str, Role], dict[str, float | None]] = {}
+        self.unavailable: str | None = None
+        self.fetches = 0
+
+    def set(self, pool: str, role: Role, /, **means: float | None) -> None:
+        self.means.setdefault((pool, role), {}).update(means)
+
+    def set_totals(self, pool: str, role: Role, /, **totals: float | None) -> None:
+        self.totals.setdefault((pool, role), {}).update(totals)
+
+    def clear(self, pool: str | None = None, role: Role | None = None) -> None:
+        """Forget values (all, one pool's, or one role's): their signals go missing."""
+        for store in (self.means, self.totals):
+            for key in [k for k in store if pool in (None, k[0]) and role in (None, k[1])]:
+                del store[key]
+
+    async def fetch(self, targets: Sequence[RoleTarget], *, now: float) -> RoleSamples:
+        del now
+        self.fetches += 1
+        if self.unavailable is not None:
+            raise errors.MetricsUnavailable(self.unavailable)
+        out: dict[tuple[str, Role], dict[str, SignalSample]] = {}
+        for t in targets:
+            key = (t.pool, t.role)
+            n = (await self._ready_fn(t.pool, t.role) if self._ready_fn is not None
+                 else self.ready.get(key, 1))
+            samples = {k: SignalSample(value=v, replicas=n)
+                       for k, v in self.means.get(key, {}).items()}
+            for k, total in self.totals.get(key, {}).items():
+                value = None if total is None else total / max(n, 1)
+                samples[k] = SignalSample(value=value, replicas=n)
+            out[key] = samples
+        return out

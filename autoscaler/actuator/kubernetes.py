@@ -1,0 +1,302 @@
+"""The Kubernetes actuator: reads Deployments, writes replicas through the scale subresource.
+
+This module and `controller.py` are the only places that talk to the API server. Every
+`ApiException` is mapped here onto our own errors (`raise ... from exc`), so the loop above
+reacts to meanings, not HTTP codes:
+
+- 404 -> `TargetNotFound`: the pool is skipped this tick, the others are served; one Warning
+  Event is attempted per disappearance (on the missing Deployment's name, so `kubectl get
+  events` in its namespace shows it), not one per tick.
+- 403 -> `Forbidden`, naming verb, resource and namespace: an RBAC gap is a one-line fix.
+- 409 on a scale -> re-read the scale subresource and retry once; a second conflict ->
+  `ActuationConflict` (the next tick decides on fresh numbers).
+- timeouts, connection errors, 5xx, 429 -> `ActuationUnavailable` and an exponential backoff
+  *for that Deployment only*: while it lasts, calls for it fail fast without touching the API,
+  so one sick target cannot slow the tick for the others.
+
+Reading: one GET of the Deployment per role and tick. The Deployment object carries the same
+`spec.replicas` as its scale subresource plus the status (ready/updated/unavailable replicas)
+and the annotations (`pd-autoscaler.io/paused`), so a separate scale read would be redundant.
+
+Pending replicas are counted as `spec.replicas - status.readyReplicas` (never negative), not by
+listing Pods: every replica requested but not serving is capacity on the way, whatever the
+reason (unschedulable because the GPUs are full, image pull, model load). That is exactly what
+the core needs to stop stock signals (a growing queue) from cascading scale-ups during a cold
+start, it costs no Pod list per tick (cheap at scale, and no `pods list` permission), and it
+follows the Deployment controller's own accounting. The trade-off: a crash-looping replica
+also counts as pending; flow signals (batched tokens, KV cache) still scale up past it.
+
+Writing: a (strategic merge) patch of `spec.replicas` on `deployments/scale`, with the
+resourceVersion just read as a precondition, never an update of the Deployment. RBAC can then
+grant `deployments/scale patch` on named Deployments and nothing that could change a spec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.api_client import ApiClient
+from kubernetes_asyncio.client.rest import ApiException
+
+from autoscaler import errors
+from autoscaler.actuator.base import WorkloadStatus
+from autoscaler.policy.config import DeploymentRef
+
+log = structlog.get_logger(__name__)
+
+PAUSED_ANNOTATION = "pd-autoscaler.io/paused"
+COMPONENT = "pd-autoscaler"
+
+# Errors a retry can cure: the API server is slow, restarting, or shedding load.
+_TRANSIENT_CODES = frozenset({429, 500, 502, 503, 504})
+_NETWORK_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError, OSError)
+
+
+async def make_api_client(kubeconfig: Path | None = None) -> ApiClient:
+    """An ApiClient from `kubeconfig` (or $KUBECONFIG / ~/.kube/config), else in-cluster config.
+
+    An explicit kubeconfig wins; without one, in-cluster config is tried first because a Pod
+    has no kubeconfig, and a developer's machine has no service-account token.
+    """
+    cfg = client.Configuration()
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            pass
+        else:
+            return ApiClient(configuration=cfg)
+    path = str(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG")
+    try:
+        await config.load_kube_config(config_file=path, client_configuration=cfg)
+    except (config.ConfigException, OSError) as exc:
+        raise errors.ConfigError(
+            [f"kubeconfig: {path or '~/.kube/config'}: cannot load: {exc}"]
+        ) from exc
+    return ApiClient(configuration=cfg)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """What an Event is about."""
+
+    kind: str
+    name: str
+    namespace: str
+    api_version: str = "v1"
+    uid: str | None = None
+
+    @classmethod
+    def deployment(cls, ref: DeploymentRef, uid: str | None = None) -> ObjectRef:
+        return cls("Deployment", ref.name, ref.namespace, "apps/v1", uid)
+
+
+class EventRecorder:
+    """Best-effort core/v1 Events: a failure is logged, never raised (Events are for humans;
+    losing one must not stop a scale)."""
+
+    def __init__(self, api: ApiClient, *, instance: str, timeout_s: float = 5.0) -> None:
+        self._core = client.CoreV1Api(api)
+        self._instance = instance
+        self._timeout_s = timeout_s
+
+    async def record(self, obj: ObjectRef, *, reason: str, message: str, warning: bool = False
+                     ) -> bool:
+        now = dt.datetime.now(dt.UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                name=f"{obj.name}.{time.time_ns():x}{secrets.token_hex(2)}",
+                namespace=obj.namespace,
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=obj.api_version, kind=obj.kind, name=obj.name,
+                namespace=obj.namespace, uid=obj.uid,
+            ),
+            reason=reason,
+            # The API server rejects messages over 1 KiB in events.k8s.io; stay well under.
+            message=message[:1000],
+            type="Warning" if warning else "Normal",
+            source=client.V1EventSource(component=COMPONENT),
+            reporting_component=COMPONENT,
+            reporting_instance=self._instance,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            await self._core.create_namespaced_event(
+                obj.namespace, body, _request_timeout=self._timeout_s
+            )
+        except ApiException as exc:
+            log.warning("event_failed", reason=reason, object=f"{obj.kind}/{obj.name}",
+                        namespace=obj.namespace, status=exc.status, error=exc.reason)
+            return False
+        except _NETWORK_ERRORS as exc:
+            log.warning("event_failed", reason=reason, object=f"{obj.kind}/{obj.name}",
+                        namespace=obj.namespace, error=repr(exc))
+            return False
+        return True
+
+
+@dataclass(slots=True)
+class _Backoff:
+    delay_s: float
+    until: float
+    error: str
+
+
+class KubernetesActuator:
+    """The `Actuator` protocol on a real cluster (see the module docstring for the semantics)."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        events: EventRecorder | None = None,
+        timeout_s: float = 10.0,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._apps = client.AppsV1Api(api)
+        self._events = events
+        self._timeout_s = timeout_s
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._clock = clock
+        self._backoff: dict[tuple[str, str], _Backoff] = {}
+        self._missing: set[tuple[str, str]] = set()
+        self._uids: dict[tuple[str, str], str] = {}
+
+    # -- the Actuator protocol ----------------------------------------------------------------
+
+    async def status(self, ref: DeploymentRef) -> WorkloadStatus:
+        key = (ref.namespace, ref.name)
+        self._check_backoff(key)
+        try:
+            dep = await self._apps.read_namespaced_deployment(
+                ref.name, ref.namespace, _request_timeout=self._timeout_s
+            )
+        except (ApiException, *_NETWORK_ERRORS) as exc:
+            mapped = self._map(exc, key, verb="get", resource="deployments", name=ref.name)
+            if isinstance(mapped, errors.TargetNotFound):
+                await self._report_missing(ref)
+            raise mapped from exc
+        self._found(key)
+        self._uids[key] = dep.metadata.uid
+        return status_of(dep)
+
+    async def scale(self, ref: DeploymentRef, replicas: int, *, reason: str) -> None:
+        key = (ref.namespace, ref.name)
+        self._check_backoff(key)
+        for attempt in (1, 2):
+            try:
+                current = await self._apps.read_namespaced_deployment_scale(
+                    ref.name, ref.namespace, _request_timeout=self._timeout_s
+                )
+                await self._apps.patch_namespaced_deployment_scale(
+                    ref.name,
+                    ref.namespace,
+                    {
+                        # The precondition: if the Deployment changed since we read it (another
+                        # writer, or it was deleted and re-created), the write is refused.
+                        "metadata": {"resourceVersion": current.metadata.resource_version},
+                        "spec": {"replicas": replicas},
+                    },
+                    _request_timeout=self._timeout_s,
+                )
+            except ApiException as exc:
+                if exc.status == 409 and attempt == 1:
+                    log.info("scale_conflict_retry", namespace=ref.namespace, name=ref.name)
+                    continue
+                if exc.status == 409:
+                    msg = f"deployments/{ref.name} in {ref.namespace} kept changing (409 twice)"
+                    raise errors.ActuationConflict(msg) from exc
+                raise self._map(exc, key, verb="patch", resource="deployments/scale",
+                                name=ref.name) from exc
+            except _NETWORK_ERRORS as exc:
+                raise self._map(exc, key, verb="patch", resource="deployments/scale",
+                                name=ref.name) from exc
+            self._found(key)
+            log.info("scaled", namespace=ref.namespace, name=ref.name, replicas=replicas,
+                     reason=reason)
+            return
+
+    def uid(self, ref: DeploymentRef) -> str | None:
+        """The Deployment's uid from the last read (for Events that point at this object)."""
+        return self._uids.get((ref.namespace, ref.name))
+
+    # -- error mapping and backoff ------------------------------------------------------------
+
+    def _check_backoff(self, key: tuple[str, str]) -> None:
+        b = self._backoff.get(key)
+        if b is not None and self._clock() < b.until:
+            left = b.until - self._clock()
+            msg = (f"deployments/{key[1]} in {key[0]}: backing off for {left:.1f}s after: "
+                   f"{b.error}")
+            raise errors.ActuationUnavailable(msg)
+
+    def _map(self, exc: BaseException, key: tuple[str, str], *, verb: str, resource: str,
+             name: str) -> errors.ActuationError:
+        ns = key[0]
+        status = exc.status if isinstance(exc, ApiException) else None
+        if status == 404:
+            return errors.TargetNotFound(f"{resource}/{name} not found in namespace {ns}")
+        if status == 403:
+            return errors.Forbidden(verb=verb, resource=resource, namespace=ns, name=name)
+        if status is None or status in _TRANSIENT_CODES:
+            what = f"HTTP {status} {getattr(exc, 'reason', '')}" if status else repr(exc)
+            prev = self._backoff.get(key)
+            delay = (self._backoff_initial_s if prev is None
+                     else min(prev.delay_s * 2, self._backoff_max_s))
+            self._backoff[key] = _Backoff(delay, self._clock() + delay, what)
+            log.warning("api_backoff", namespace=ns, name=name, verb=verb, resource=resource,
+                        error=what, retry_in_s=delay)
+            return errors.ActuationUnavailable(f"{verb} {resource}/{name} in {ns}: {what}")
+        return errors.ActuationError(
+            f"{verb} {resource}/{name} in {ns}: HTTP {status} {getattr(exc, 'reason', '')}"
+        )
+
+    def _found(self, key: tuple[str, str]) -> None:
+        self._backoff.pop(key, None)
+        self._missing.discard(key)
+
+    async def _report_missing(self, ref: DeploymentRef) -> None:
+        key = (ref.namespace, ref.name)
+        if key in self._missing:
+            return
+        self._missing.add(key)
+        log.warning("target_not_found", namespace=ref.namespace, name=ref.name)
+        if self._events is not None:
+            await self._events.record(
+                ObjectRef.deployment(ref), reason="TargetNotFound", warning=True,
+                message=(f"pd-autoscaler cannot find Deployment {ref.name}; its pool is "
+                         "skipped until it exists again"),
+            )
+
+
+def status_of(dep: Any) -> WorkloadStatus:
+    """A WorkloadStatus from a V1Deployment (see the module docstring on pending)."""
+    spec_replicas = int(dep.spec.replicas if dep.spec.replicas is not None else 1)
+    st = dep.status
+    ready = int((st.ready_replicas if st is not None else None) or 0)
+    annotations: Mapping[str, str] = dep.metadata.annotations or {}
+    return WorkloadStatus(
+        replicas=spec_replicas,
+        # During a rollout or a scale-down, ready pods can briefly exceed spec; the core wants
+        # the serving replicas that will stay.
+        ready=min(ready, spec_replicas),
+        pending=max(0, spec_replicas - ready),
+        paused=annotations.get(PAUSED_ANNOTATION, "").strip().lower() == "true",
+    )
