@@ -188,6 +188,7 @@ class Replica:
         # In-flight work.
         self.mode = _IDLE
         self.ver = 0
+        self.kicked = False
         self.st_chunks: list[tuple[_Req, int]] = []
         self.st_dec = 0
         self.st_dur = 0.0
@@ -230,7 +231,12 @@ class Replica:
         self.waiting.append(r)
         self.load += r.prompt if self.is_prefill else 1
         if self.mode == _IDLE:
-            self._plan(t)
+            if not self.kicked:
+                # Plan at the end of this instant, so requests arriving together (same
+                # timestamp, or handed off by the same prefill step) share the first step.
+                self.kicked = True
+                self.ver += 1
+                self.sim.push(t, self._on_event, self.ver)
         elif self.mode == _SEGMENT and not blocked:
             # A non-empty queue was blocked at the last boundary and stays blocked until a
             # completion (which ends the segment anyway): only a lone arrival needs a boundary.
@@ -284,6 +290,7 @@ class Replica:
 
     def _plan(self, t: float) -> None:
         """At a step boundary with nothing in flight: schedule the next step or segment."""
+        self.kicked = False
         if self.xfer:
             self._join_transfers(t)
         dec = self.n_dec
