@@ -650,7 +650,7 @@ def _status(code: int, reason: str, message: str) -> web.Response:
     return web.json_response(body, status=code)
 
 
-def _rfc3339(ts: float) -> str:
+def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -832,7 +832,7 @@ def make_app(
         fresh = fresh_points(store, opts.max_age_s, now_mono=mono_clock())
         if fresh is not None:
             snap, points = fresh
-            stamp = _rfc3339(snap.updated_wall)
+            stamp = rfc3339(snap.updated_wall)
             for p in points:
                 if p.name != metric:
                     continue
