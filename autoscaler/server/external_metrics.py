@@ -440,6 +440,53 @@ class LatestDecisionStore:
         return self._snap
 
 
+class ControllerStoreView:
+    """Our `DecisionStore` protocol over the controller's `server.store.DecisionStore`, so the
+    servers here read what `Controller.tick_once` records (including the raw signal samples,
+    which a plain Loop hook does not see). Conversions are cached per recorded tick."""
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        mono_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._wall = wall_clock
+        self._mono = mono_clock
+        self._cache: StoreSnapshot | None = None
+
+    def snapshot(self) -> StoreSnapshot | None:
+        latest = self._store.latest
+        if latest is None:
+            return None
+        cached = self._cache
+        if cached is not None and cached.version == latest.seq:
+            return cached
+        samples: dict[tuple[str, Role], Mapping[str, SignalSample]] = {}
+        if latest.snapshot is not None:
+            for pool, obs in latest.snapshot.pools.items():
+                for role, ro in obs.roles.items():
+                    samples[(pool, role)] = ro.signals
+        # The controller records wall time only; translate it to our monotonic clock.
+        mono = self._mono() - max(0.0, self._wall() - latest.wall_time)
+        snap = StoreSnapshot(
+            version=latest.seq,
+            points=tuple(points_from_decision(latest.decision, latest.policy, samples)),
+            updated_wall=latest.wall_time,
+            updated_mono=mono,
+            decision=latest.decision,
+            policy=latest.policy,
+        )
+        self._cache = snap
+        return snap
+
+    async def wait_for_update(self, after_version: int, timeout_s: float) -> StoreSnapshot | None:
+        await self._store.wait_newer(after_version, timeout_s=timeout_s)
+        return self.snapshot()
+
+
 def fresh_points(
     store: DecisionStore, max_age_s: float | None, *, now_mono: float
 ) -> tuple[StoreSnapshot, tuple[MetricPoint, ...]] | None:

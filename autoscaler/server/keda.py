@@ -376,3 +376,9 @@ def make_metrics_api_app(store: em.DecisionStore, **kwargs: Any) -> web.Applicat
     app = web.Application()
     app.add_routes(metrics_api_routes(store, **kwargs))
     return app
+
+
+def metrics_api_plugin(app: web.Application, store: Any) -> None:
+    """A `server.app.Plugin`: mounts the metrics-api routes on the controller's HTTP app, reading
+    the controller's `server.store.DecisionStore`."""
+    app.add_routes(metrics_api_routes(em.ControllerStoreView(store)))
