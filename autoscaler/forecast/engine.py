@@ -1,0 +1,221 @@
+"""One forecast series end to end: history -> periodic fit -> per-tick upper-quantile forecast.
+
+Per tick (`observe` + `predict`) the cost is a few microseconds: the sample goes into the open
+bin; when a bin closes the fitted filter consumes it (O(1)); the forecast path is recomputed
+only when a bin closed or a new fit was installed, and cached otherwise. Fits are started by
+`maybe_refit` through a `Refitter` and installed when done; a fit that fails keeps the previous
+fitted model (its parameters get older, its state stays current) and is retried at the next
+period.
+
+`predict` returns either a `Forecast` or a `Fallback` naming why there is none (too little
+history, no fit yet, the fit failed, no recent data, NaN or negative values), which the policy
+turns into a Need that leaves the decision to the reactive signals.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from autoscaler.forecast import history, models, refit
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """How one series is binned, fitted and forecast (validated by the policy's config)."""
+
+    model: str = "auto"
+    bin_s: float = 60.0
+    season_s: float = 86400.0
+    history_s: float = 8 * 86400.0
+    horizon_s: float = 135.0
+    quantile: float = 0.9
+    min_history_s: float = 7200.0
+    refit_every_s: float = 3600.0
+    validation_s: float = 6 * 3600.0
+    seasonal_window_s: float = 3 * 86400.0
+    holt_window_s: float = 6 * 3600.0
+    arima_window_s: float = 6 * 3600.0
+    arima_order: tuple[int, int, int] = (2, 1, 1)
+    fourier_terms: int = 6
+    stale_after_s: float = 600.0
+
+    @property
+    def season_bins(self) -> int:
+        return round(self.season_s / self.bin_s)
+
+    @property
+    def steps(self) -> int:
+        # The newest complete bin ends up to one bin before `now`, so the horizon can reach
+        # one bin further than horizon_s / bin_s.
+        return max(1, math.ceil(self.horizon_s / self.bin_s) + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """The provisioning forecast: the largest upper quantile over the horizon."""
+
+    upper: float  # series units (e.g. prompt tokens/s)
+    median: float  # the central path's value at the same step (log-scale mean -> median)
+    model: str
+    steps: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    reason: str
+
+
+class Forecaster:
+    """History, fitted model and refit schedule of one series of one role."""
+
+    def __init__(self, settings: Settings, *, key: str = "") -> None:
+        self.settings = settings
+        cap = math.ceil(settings.history_s / settings.bin_s)
+        self.history = history.BinnedHistory(bin_s=settings.bin_s, capacity=cap)
+        self.fit: models.FitResult | None = None  # the fit in use (ok=True)
+        self.last_error = ""  # why the newest attempt failed ("" if it did not)
+        self.fits = 0
+        self.failures = 0
+        self._model: models.Model | None = None
+        self._offsets = np.empty(0)
+        self._model_end: int | None = None  # bins consumed by _model (absolute, one past)
+        self._pending: refit.Handle | None = None
+        self._next_fit_at: float | None = None
+        # Spread refits of many pools over the period (crc32: stable across runs and processes,
+        # unlike hash()), so 1,000 pools started together do not all refit in the same tick.
+        self._phase = (zlib.crc32(key.encode()) % 1000) / 1000.0
+        self._cache: tuple[int | None, int, int, Forecast | Fallback] | None = None
+
+    # --- per tick --------------------------------------------------------------------------
+
+    def observe(self, now: float, value: float | None) -> None:
+        """Record this tick's sample; feed closed bins to the fitted filter."""
+        if self.history.record(now, value):
+            self._advance()
+
+    def _advance(self) -> None:
+        end = self.history.end_bin
+        if self._model is None or self._model_end is None or end is None:
+            return
+        n = end - self._model_end
+        if n <= 0:
+            return
+        fresh = self.history.tail(n) if n <= len(self.history) else None
+        if fresh is None or len(fresh) < n:
+            # More bins went by than the ring holds: the state is meaningless; refit.
+            self._model = None
+            return
+        for v in fresh:
+            self._model.update(float(np.log1p(v)) if not math.isnan(v) else math.nan)
+        self._model_end = end
+
+    def maybe_refit(self, now: float, refitter: refit.Refitter | None = None) -> bool:
+        """Install a finished fit; start a new one when due. True if one was started."""
+        self.poll()
+        if self._pending is not None:
+            return False
+        s = self.settings
+        if self.history.span_s() < s.min_history_s:
+            return False
+        if self._next_fit_at is not None and now < self._next_fit_at:
+            return False
+        first = self.fits == 0 and self.failures == 0
+        delay = s.refit_every_s * (0.5 + self._phase) if first else s.refit_every_s
+        self._next_fit_at = now + delay
+        self._pending = (refitter or refit.default()).submit(models.fit, self.job())
+        self.poll()
+        return True
+
+    def poll(self) -> None:
+        if self._pending is not None and self._pending.done():
+            handle, self._pending = self._pending, None
+            self.install(handle.result())
+
+    def job(self) -> models.FitJob:
+        s = self.settings
+        end = self.history.end_bin or 0
+        need = max(
+            s.seasonal_window_s, s.holt_window_s, s.arima_window_s
+        ) + s.validation_s
+        raw = self.history.tail(math.ceil(need / s.bin_s))
+        # Early on, hold out a third of what exists (rolling-origin needs some bins to walk).
+        vbins = min(math.ceil(s.validation_s / s.bin_s), max(len(raw) // 3, 1))
+        return models.FitJob(
+            model=s.model,
+            z=np.log1p(raw),
+            end_bin=end,
+            bin_s=s.bin_s,
+            season_bins=s.season_bins,
+            steps=s.steps,
+            quantile=s.quantile,
+            validation_bins=vbins,
+            seasonal_window_bins=math.ceil(s.seasonal_window_s / s.bin_s),
+            holt_window_bins=math.ceil(s.holt_window_s / s.bin_s),
+            arima_window_bins=math.ceil(s.arima_window_s / s.bin_s),
+            arima_order=s.arima_order,
+            fourier_terms=s.fourier_terms,
+        )
+
+    def install(self, result: models.FitResult) -> None:
+        """Adopt a fit result: a success replaces the model (and catches up with the bins that
+        closed while it ran); a failure keeps the previous model."""
+        if not result.ok or result.model is None:
+            self.failures += 1
+            self.last_error = result.error or "fit failed"
+            return
+        self.fits += 1
+        self.last_error = ""
+        self.fit = result
+        self._model = result.model
+        self._offsets = np.asarray(result.offsets, dtype=np.float64)
+        self._model_end = result.end_bin
+        self._advance()
+        self._cache = None
+
+    def predict(self, now: float) -> Forecast | Fallback:
+        """The upper-quantile forecast over [now, now + horizon_s], or why there is none."""
+        s = self.settings
+        end = self.history.end_bin
+        steps = (
+            max(1, math.ceil((now + s.horizon_s) / s.bin_s) - end) if end is not None else 0
+        )
+        key = (end, self.fits, steps)
+        if self._cache is not None and self._cache[:3] == key:
+            return self._cache[3]
+        out = self._predict(steps)
+        self._cache = (*key, out)
+        return out
+
+    def _predict(self, steps: int) -> Forecast | Fallback:
+        s = self.settings
+        if self._model is None:
+            have = self.history.span_s()
+            if have < s.min_history_s:
+                return Fallback(f"history {have / 60:.0f} min < {s.min_history_s / 60:.0f} min")
+            if self.last_error:
+                return Fallback(f"fit failed: {self.last_error}")
+            return Fallback("no fit yet")
+        recent = self.history.tail(max(1, round(s.stale_after_s / s.bin_s)))
+        if len(recent) == 0 or np.isnan(recent).all():
+            return Fallback(f"no data for {s.stale_after_s:.0f}s")
+        z = self._model.forecast(steps)
+        q = self._offsets
+        if steps > len(q):
+            # Beyond the calibrated steps, widen like a random walk: sqrt of the step ratio.
+            extra = q[-1] * np.sqrt(np.arange(len(q) + 1, steps + 1) / len(q))
+            q = np.concatenate((q, extra))
+        upper_path = np.expm1(z + q[:steps])
+        if not np.isfinite(upper_path).all():
+            return Fallback(f"{self._model.name} forecast is not finite")
+        i = int(np.argmax(upper_path))
+        upper = float(upper_path[i])
+        if upper < 0:
+            return Fallback(f"{self._model.name} forecast is negative ({upper:.3g})")
+        name = self._model.name
+        if self.fit is not None and self.fit.note:
+            name = f"{name} ({self.fit.note})"
+        return Forecast(upper=upper, median=float(np.expm1(z[i])), model=name, steps=steps)

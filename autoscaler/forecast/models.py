@@ -1,0 +1,472 @@
+"""Forecast models as cheap online filters whose parameters statsmodels estimates now and then.
+
+Every model works on z = log1p(rate) per bin: arrival rates are Poisson-like (variance grows with
+the level) and swing 3-4x per day, and on the log scale both the noise and the daily swing are
+roughly additive, which is what Holt-Winters' additive season and ARIMA assume.
+
+A *fit* (seconds of CPU, run off the tick's path) estimates parameters with statsmodels and
+returns a `Model`: a small filter that, between fits, consumes one closed bin in O(1)
+(`update`) and predicts a few steps ahead in O(steps) (`forecast`). So a tick never runs
+statsmodels; it runs a handful of float operations with the last fitted parameters, and the
+state (level, trend, season, ARIMA lags) stays current even when the parameters are an hour old.
+
+Models (all on z):
+- last_value      z_{t+k} = z_t                                  (reference)
+- seasonal_naive  z_{t+k} = z_{t+k-m}, m bins per season          (reference: same time yesterday)
+- holt            additive level + trend (statsmodels ExponentialSmoothing, trend="add")
+- holt_winters    Holt + additive season of m bins (needs 2 seasons to initialise)
+- arima           ARIMA(p,d,q) (statsmodels SARIMAX state-space MLE), SageServe's family
+- sarimax         regression on K daily Fourier terms + ARIMA errors: SARIMAX with Fourier exog,
+                  the cheap way to a 1,440-bin season (a seasonal AR lag of 1,440 would make the
+                  state vector 1,440 long and a fit take minutes)
+
+Upper quantiles come from rolling-origin validation, not from model theory: each fit holds out
+the newest bins, walks the filter through them forecasting `steps` ahead from every origin, and
+keeps the per-step empirical quantile of the log errors. That calibrates the P90 on the data
+the model is about to forecast, whatever the model's misspecification.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+ModelName = Literal[
+    "auto", "holt", "holt_winters", "sarimax", "arima", "last_value", "seasonal_naive"
+]
+CONCRETE: tuple[str, ...] = (
+    "last_value",
+    "seasonal_naive",
+    "holt",
+    "holt_winters",
+    "arima",
+    "sarimax",
+)
+SEASONAL: frozenset[str] = frozenset({"seasonal_naive", "holt_winters", "sarimax"})
+
+# Fewer validation errors than this and an empirical P90 is mostly noise (10 errors put the
+# P90 between the 9th and 10th largest); the fit is then refused rather than mis-calibrated.
+_MIN_ERRORS = 20
+
+
+class Model(Protocol):
+    """A fitted model as an online filter on z = log1p(rate)."""
+
+    name: str
+
+    def update(self, z: float) -> None:
+        """Consume the next bin (NaN = no data: advance on the model's own prediction)."""
+        ...
+
+    def forecast(self, steps: int) -> FloatArray:
+        """Mean of z for the next `steps` bins."""
+        ...
+
+
+# --- the filters ---------------------------------------------------------------------------
+
+
+class LastValue:
+    name = "last_value"
+
+    def __init__(self) -> None:
+        self.z = math.nan
+
+    def update(self, z: float) -> None:
+        if not math.isnan(z):
+            self.z = z
+
+    def forecast(self, steps: int) -> FloatArray:
+        return np.full(steps, self.z)
+
+
+class SeasonalNaive:
+    """Same bin one season ago; a gap keeps last season's value (its own forecast)."""
+
+    name = "seasonal_naive"
+
+    def __init__(self, m: int) -> None:
+        self.m = m
+        self.ring = np.full(m, np.nan)
+        self.pos = 0  # where the next bin goes; ring[pos] is the value one season before it
+        self.last = LastValue()
+
+    def update(self, z: float) -> None:
+        if not math.isnan(z):
+            self.ring[self.pos] = z
+        self.last.update(z)
+        self.pos = (self.pos + 1) % self.m
+
+    def forecast(self, steps: int) -> FloatArray:
+        idx = (self.pos + np.arange(steps)) % self.m
+        out = self.ring[idx]
+        return np.where(np.isnan(out), self.last.z, out)
+
+
+class ETS:
+    """Additive Holt / Holt-Winters in statsmodels' component form (the same recursion as
+    `ExponentialSmoothing._predict`, so fitted parameters carry over exactly):
+        l_t = a (y_t - s_{t-m}) + (1-a)(l_{t-1} + b_{t-1})
+        b_t = b* (l_t - l_{t-1}) + (1-b*) b_{t-1}
+        s_t = g (y_t - l_{t-1} - b_{t-1}) + (1-g) s_{t-m}
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        alpha: float,
+        beta: float,
+        gamma: float,
+        level: float,
+        trend: float,
+        seasons: FloatArray | None,
+    ) -> None:
+        self.name = name
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.level, self.trend = level, trend
+        self.seasons = None if seasons is None else np.array(seasons, dtype=np.float64)
+        self.pos = 0
+
+    def update(self, z: float) -> None:
+        s_old = 0.0 if self.seasons is None else float(self.seasons[self.pos])
+        lvl, b = self.level, self.trend
+        if math.isnan(z):
+            z = lvl + b + s_old  # no data: advance on the one-step forecast (zero error)
+        a = self.alpha
+        new_l = a * (z - s_old) + (1 - a) * (lvl + b)
+        self.trend = self.beta * (new_l - lvl) + (1 - self.beta) * b
+        self.level = new_l
+        if self.seasons is not None:
+            self.seasons[self.pos] = self.gamma * (z - lvl - b) + (1 - self.gamma) * s_old
+            self.pos = (self.pos + 1) % len(self.seasons)
+
+    def forecast(self, steps: int) -> FloatArray:
+        k = np.arange(1, steps + 1, dtype=np.float64)
+        out = self.level + k * self.trend
+        if self.seasons is not None:
+            out = out + self.seasons[(self.pos + np.arange(steps)) % len(self.seasons)]
+        return out
+
+
+class ARIMAFilter:
+    """ARIMA errors around a mean: u_t = z_t - mean(bin_t);  A(L) u_t = B(L) e_t, where A holds
+    the AR and differencing polynomial (ascending powers, A[0] = 1) and B the MA one.
+    One-step prediction: u^_t = -sum_k A[k] u_{t-k} + sum_k B[k] e_{t-k}."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        ar: FloatArray,
+        ma: FloatArray,
+        mean: Callable[[int], float],
+        next_bin: int,
+    ) -> None:
+        self.name = name
+        self.ar = [float(x) for x in ar[1:]]
+        self.ma = [float(x) for x in ma[1:]]
+        self.mean = mean
+        self.next_bin = next_bin
+        self.us = [0.0] * len(self.ar)  # most recent first
+        self.es = [0.0] * len(self.ma)
+        self.primed = False
+
+    def _predict(self, us: list[float], es: list[float]) -> float:
+        acc = 0.0
+        for a, u in zip(self.ar, us, strict=True):
+            acc -= a * u
+        for b, e in zip(self.ma, es, strict=True):
+            acc += b * e
+        return acc
+
+    def update(self, z: float) -> None:
+        u = z - self.mean(self.next_bin)
+        if not self.primed and not math.isnan(u):
+            # Start the lags at the first value, not 0: differencing would read a jump from 0.
+            self.us = [u] * len(self.us)
+            self.primed = True
+        pred = self._predict(self.us, self.es)
+        e = 0.0 if math.isnan(u) else u - pred
+        u = pred if math.isnan(u) else u
+        if self.us:
+            self.us = [u, *self.us[:-1]]
+        if self.es:
+            self.es = [e, *self.es[:-1]]
+        self.next_bin += 1
+
+    def forecast(self, steps: int) -> FloatArray:
+        us, es = list(self.us), list(self.es)
+        out = np.empty(steps)
+        for k in range(steps):
+            u = self._predict(us, es)
+            if us:
+                us = [u, *us[:-1]]
+            if es:
+                es = [0.0, *es[:-1]]
+            out[k] = u + self.mean(self.next_bin + k)
+        return out
+
+
+# --- fitting -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FitJob:
+    """Everything a fit needs, copied out of the history so it can run in another thread."""
+
+    model: str
+    z: FloatArray  # log1p of complete bins, oldest first; NaN = no data
+    end_bin: int  # absolute index one past z[-1]
+    bin_s: float
+    season_bins: int
+    steps: int  # bins ahead the provisioning horizon can reach
+    quantile: float
+    validation_bins: int
+    seasonal_window_bins: int
+    holt_window_bins: int
+    arima_window_bins: int
+    arima_order: tuple[int, int, int]
+    fourier_terms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FitResult:
+    """A fitted model with its calibration, or why there is none."""
+
+    ok: bool
+    end_bin: int
+    model: Model | None = None
+    name: str = ""
+    offsets: FloatArray = field(default_factory=lambda: np.empty(0))  # per-step z quantile
+    score: float = math.nan  # validation WAPE at the horizon step
+    scores: dict[str, float | str] = field(default_factory=dict)
+    error: str = ""
+    note: str = ""
+    cpu_s: float = 0.0
+
+
+def _fill(z: FloatArray) -> FloatArray:
+    """Linear interpolation across NaN gaps (statsmodels cannot take NaN); edges held."""
+    ok = ~np.isnan(z)
+    if ok.all():
+        return z
+    if not ok.any():
+        msg = "no data in the fit window"
+        raise ValueError(msg)
+    idx = np.arange(len(z))
+    return np.interp(idx, idx[ok], z[ok])
+
+
+def _replay(model: Model, z: FloatArray) -> Model:
+    for v in z:
+        model.update(float(v))
+    return model
+
+
+def _fit_ets(job: FitJob, train: FloatArray, *, seasonal: bool) -> Model:
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing  # noqa: PLC0415
+
+    m = job.season_bins
+    window = job.seasonal_window_bins if seasonal else job.holt_window_bins
+    data = train[-window:]
+    # Heuristic initialisation for the season: estimating 1,440 initial seasonal states by
+    # MLE would take minutes; the heuristic (a decomposition of the first 2 seasons) is
+    # statsmodels' documented alternative and leaves 3 parameters to optimise.
+    es = ExponentialSmoothing(
+        _fill(data),
+        trend="add",
+        seasonal="add" if seasonal else None,
+        seasonal_periods=m if seasonal else None,
+        initialization_method="heuristic" if seasonal else "estimated",
+    )
+    res = es.fit()
+    p = res.params
+    seasons = np.asarray(p["initial_seasons"], dtype=np.float64) if seasonal else None
+    model = ETS(
+        name="holt_winters" if seasonal else "holt",
+        alpha=float(p["smoothing_level"]),
+        beta=float(p["smoothing_trend"]),
+        gamma=float(p["smoothing_seasonal"]) if seasonal else 0.0,
+        level=float(p["initial_level"]),
+        trend=float(p["initial_trend"]),
+        seasons=seasons,
+    )
+    return _replay(model, data)
+
+
+def _fourier(bins: npt.NDArray[np.int64], *, bin_s: float, m: int, k: int) -> FloatArray:
+    phase = 2 * np.pi * (np.mod(bins, m) / m)
+    cols = [np.ones(len(bins))]
+    for j in range(1, k + 1):
+        cols += [np.sin(j * phase), np.cos(j * phase)]
+    return np.column_stack(cols)
+
+
+def _fit_arima(job: FitJob, train: FloatArray, *, seasonal: bool) -> Model:
+    from statsmodels.tsa.statespace.sarimax import SARIMAX  # noqa: PLC0415
+
+    start_bin = job.end_bin - len(job.z)
+    m, k = job.season_bins, job.fourier_terms
+    if seasonal:
+        # Daily shape: OLS of z on K harmonics over the whole seasonal window (milliseconds,
+        # and the season is then fixed between fits: days differ in level, not in shape).
+        w = min(len(train), job.seasonal_window_bins)
+        bins = np.arange(start_bin + len(train) - w, start_bin + len(train))
+        seg = train[-w:]
+        ok = ~np.isnan(seg)
+        x = _fourier(bins[ok], bin_s=job.bin_s, m=m, k=k)
+        beta, *_ = np.linalg.lstsq(x, seg[ok], rcond=None)
+
+        def mean(b: int) -> float:
+            return float(_fourier(np.array([b]), bin_s=job.bin_s, m=m, k=k)[0] @ beta)
+
+    else:
+
+        def mean(b: int) -> float:  # same signature as the seasonal mean
+            return 0.0
+
+    nw = min(len(train), job.arima_window_bins)
+    seg_bins = np.arange(start_bin + len(train) - nw, start_bin + len(train))
+    seg = _fill(train[-nw:])
+    u = seg - (np.array([mean(int(b)) for b in seg_bins]) if seasonal else 0.0)
+    p, d, q = job.arima_order
+    res = SARIMAX(u, order=(p, d, q), trend="n", concentrate_scale=True).fit(
+        disp=False, maxiter=50
+    )
+    ar = np.convolve(np.asarray(res.polynomial_ar, dtype=np.float64), _diff_poly(d))
+    ma = np.asarray(res.polynomial_ma, dtype=np.float64)
+    if not (np.isfinite(ar).all() and np.isfinite(ma).all()):
+        msg = "non-finite ARIMA parameters"
+        raise ValueError(msg)
+    model = ARIMAFilter(
+        name="sarimax" if seasonal else "arima",
+        ar=ar,
+        ma=ma,
+        mean=mean,
+        next_bin=int(seg_bins[0]),
+    )
+    return _replay(model, train[-nw:])
+
+
+def _diff_poly(d: int) -> FloatArray:
+    out = np.array([1.0])
+    for _ in range(d):
+        out = np.convolve(out, [1.0, -1.0])
+    return out
+
+
+def _fit_one(name: str, job: FitJob, train: FloatArray) -> Model:
+    m = job.season_bins
+    if name == "last_value":
+        return _replay(LastValue(), train[-1:] if len(train) else train)
+    if name == "seasonal_naive":
+        model = SeasonalNaive(m)
+        return _replay(model, train[-m:]) if len(train) >= m else _replay(model, train)
+    if name in ("holt", "holt_winters"):
+        return _fit_ets(job, train, seasonal=name == "holt_winters")
+    if name in ("arima", "sarimax"):
+        return _fit_arima(job, train, seasonal=name == "sarimax")
+    msg = f"unknown model {name!r}"
+    raise ValueError(msg)
+
+
+def min_bins(name: str, job: FitJob) -> int:
+    """Complete bins a model needs to be fitted and validated."""
+    # Seasonal models need 2 seasons to train (Holt-Winters' heuristic start decomposes two;
+    # a 1-season Fourier fit cannot tell the daily shape from a trend) plus the held-out bins.
+    base = 2 * job.season_bins if name in SEASONAL else 4 * job.steps + 10
+    return base + job.validation_bins
+
+
+def _validate(
+    model: Model, z_val: FloatArray, steps: int, quantile: float
+) -> tuple[FloatArray, float]:
+    """Walk the filter through held-out bins; per-step error quantiles and WAPE at `steps`."""
+    n = len(z_val)
+    fc = np.full((n, steps), np.nan)
+    for i in range(n):
+        fc[i] = model.forecast(steps)
+        model.update(float(z_val[i]))
+    actual = np.full((n, steps), np.nan)
+    for k in range(steps):
+        actual[: n - k, k] = z_val[k:]
+    err = actual - fc
+    counts = np.count_nonzero(~np.isnan(err), axis=0)
+    if counts.min() < _MIN_ERRORS:
+        msg = f"only {int(counts.min())} validation errors (< {_MIN_ERRORS})"
+        raise ValueError(msg)
+    offsets = np.nanquantile(err, quantile, axis=0)
+    last = ~np.isnan(err[:, -1])
+    a = np.expm1(actual[last, -1])
+    f = np.expm1(fc[last, -1])
+    wape = float(np.abs(a - f).sum() / max(a.sum(), 1e-12))
+    if not (np.isfinite(offsets).all() and math.isfinite(wape)):
+        msg = "non-finite validation errors"
+        raise ValueError(msg)
+    return offsets, wape
+
+
+def _candidates(job: FitJob) -> tuple[list[str], str]:
+    n = len(job.z)
+    if job.model != "auto":
+        if n >= min_bins(job.model, job):
+            return [job.model], ""
+        if job.model in SEASONAL and n >= min_bins("holt", job):
+            # Until 2 days exist a daily season cannot be estimated; Holt bridges the gap.
+            need_d = min_bins(job.model, job) * job.bin_s / 86400
+            return ["holt"], f"{job.model} needs {need_d:.2f} d of history"
+        return [], f"{job.model} needs {min_bins(job.model, job)} bins, have {n}"
+    names = [c for c in CONCRETE if n >= min_bins(c, job)]
+    return names, "" if names else f"needs {min_bins('holt', job)} bins, have {n}"
+
+
+def fit(job: FitJob) -> FitResult:
+    """Fit (and for `auto`, select by validation WAPE) a model; never raises; any thread."""
+    t0 = time.process_time()
+    names, note = _candidates(job)
+    if not names:
+        return FitResult(ok=False, end_bin=job.end_bin, error=note, cpu_s=0.0)
+    v = job.validation_bins
+    train, val = job.z[:-v], job.z[-v:]
+    best: tuple[float, str, Model, FloatArray] | None = None
+    scores: dict[str, float | str] = {}
+    for name in names:
+        try:
+            with warnings.catch_warnings():
+                # statsmodels warns on every hard optimisation (convergence, starting values);
+                # the validation score below is the judge of whether the fit is usable.
+                warnings.simplefilter("ignore")
+                model = _fit_one(name, job, train)
+                offsets, wape = _validate(model, val, job.steps, job.quantile)
+        except Exception as exc:  # a model failing must not stop the others
+            scores[name] = f"failed: {type(exc).__name__}: {exc}"[:200]
+            continue
+        scores[name] = wape
+        if best is None or wape < best[0]:
+            best = (wape, name, model, offsets)
+    cpu = time.process_time() - t0
+    if best is None:
+        errs = "; ".join(f"{k} {v}" for k, v in scores.items())
+        return FitResult(ok=False, end_bin=job.end_bin, error=errs, scores=scores, cpu_s=cpu)
+    wape, name, model, offsets = best
+    return FitResult(
+        ok=True,
+        end_bin=job.end_bin,
+        model=model,
+        name=name,
+        offsets=offsets,
+        score=wape,
+        scores=scores,
+        note=note,
+        cpu_s=cpu,
+    )
