@@ -230,8 +230,8 @@ def oracle(
       should).
 
     Worked example (8B, B=8192, n̄=1500): 4/8192 + 0.025 + 7e-7·1500 = 0.02654 ms/token ->
-    37.7k prompt tok/s per replica; at L̄=1200, B* = (50-6.5)/(0.03+0.072) = 426 sequences, step
-    50 ms -> 8.5k output tok/s per replica.
+    37.7k prompt tok/s per replica; at L̄=1200 the ITL bound allows (50-6.5)/(0.03+0.072) = 426
+    sequences but KV only 430000/1200 = 358, so B* = 358, step 43.0 ms -> 8.3k output tok/s.
     """
     t = np.asarray(arrival_s, dtype=np.float64)
     p = np.maximum(np.asarray(prompt_tokens, dtype=np.float64), 1.0)

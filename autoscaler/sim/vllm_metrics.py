@@ -112,7 +112,8 @@ class Histogram:
             placed = 0
             for i in range(i0, i1):
                 # Values <= bounds[i]: j <= (b - first) / inc.
-                upto = min(k, max(0, math.floor((bounds[i] - first) / inc) + 1))
+                x = (bounds[i] - first) / inc
+                upto = k if x >= k else max(0, math.floor(x) + 1)
                 self.counts[i] += (upto - placed) * weight
                 placed = upto
             self.counts[i1] += (k - placed) * weight

@@ -34,9 +34,7 @@ def test_single_request_disaggregated_ttft_is_prefill_plus_transfer() -> None:
     # 0.004 + 0.025 + 7e-7*1e6 ms = 29.7 ms; 131072*1000/25e9 + 1.5 ms = 6.74 ms.
     assert res.ttft_s[0] == pytest.approx(0.0297 + 0.00674288)
     assert res.mean_itl_s[0] == pytest.approx(expected_mean_itl(1000, 10))
-    assert res.finish_s[0] == pytest.approx(
-        0.5 + res.ttft_s[0] + 9 * res.mean_itl_s[0], rel=1e-12
-    )
+    assert res.finish_s[0] == pytest.approx(0.5 + res.ttft_s[0] + 9 * res.mean_itl_s[0], rel=1e-12)
 
 
 def test_single_request_aggregated() -> None:

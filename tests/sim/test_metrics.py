@@ -36,8 +36,10 @@ def test_observe_linear_equals_one_by_one(first: float, inc: float, k: int, w: i
     for j in range(k):
         loop.observe(first + inc * j, w)
     # Values within float noise of a bucket bound may legitimately land either side.
-    near = any(
-        abs((b - first) / inc - round((b - first) / inc)) < 1e-6 for b in ITL_BUCKETS if inc > 0
+    near = inc > 0 and any(
+        abs(b - (first + inc * round((b - first) / inc))) < 1e-12
+        for b in ITL_BUCKETS
+        if abs((b - first) / inc) < 1e9
     )
     if not near:
         assert bulk.counts == loop.counts
@@ -55,12 +57,18 @@ def test_render_text_new_and_old_names() -> None:
     m.iteration_tokens.observe(7, 10)
     m.finish("stop", 1.2)
     text = m.render_text()
-    assert 'vllm:kv_cache_usage_perc{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.25' in text
+    assert (
+        'vllm:kv_cache_usage_perc{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.25'
+        in text
+    )
     assert "vllm:prompt_tokens_total{" in text
     assert 'vllm:request_success_total{engine="0",finished_reason="stop",' in text
     assert 'vllm:inter_token_latency_seconds_bucket{engine="0",le="0.025",' in text
     assert 'vllm:iteration_tokens_total_bucket{engine="0",le="8.0",' in text
-    assert 'vllm:cache_config_info{block_size="16",engine="0",gpu_memory_utilization="0.9",num_gpu_blocks="26875"} 1.0' in text
+    assert (
+        'vllm:cache_config_info{block_size="16",engine="0",gpu_memory_utilization="0.9",num_gpu_blocks="26875"} 1.0'
+        in text
+    )
     assert "gpu_cache_usage_perc" not in text
     assert "# TYPE vllm:time_to_first_token_seconds histogram" in text
     old = m.render_text("old")
