@@ -49,6 +49,13 @@ class BinnedHistory:
         b = self.bin_of(t)
         closed = 0
         if self._open is None:
+            if self._end is not None and b < self._end:
+                return 0  # older than loaded (backfilled) bins
+            if self._end is not None:
+                # After a backfill: bins between the loaded ones and this sample had no data.
+                for k in range(max(self._end, b - self.capacity), b):
+                    self._put(k, math.nan)
+                closed = b - self._end
             self._open = b
         elif b < self._open:
             return 0

@@ -1,0 +1,141 @@
+"""Refill forecast history from Prometheus at start-up, so a restart keeps the daily shape.
+
+Without it a restarted controller forecasts nothing for `min_history_s` and no seasonal model
+for 2 days. Prometheus already holds the series (the same rates the source reads each tick), so
+the controller asks for them once, as a range query at the history's bin width, and loads them
+into each forecast policy's ring buffer before the first tick.
+
+The adapter (`metrics/prometheus.py`) implements `RangeRates`; this module only needs that
+one-method protocol, so it is tested with a fake. Timestamps: Prometheus speaks wall-clock
+seconds, the policies the controller's clock (`now`); the offset between the two is passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from autoscaler.metrics.source import RoleTarget
+from autoscaler.policy.base import Policy
+from autoscaler.policy.forecast import ForecastPolicy
+from autoscaler.types import Role
+
+log = structlog.get_logger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class RangeRates(Protocol):
+    async def __call__(
+        self, target: RoleTarget, series: str, *, start: float, end: float, step: float
+    ) -> tuple[FloatArray, FloatArray]:
+        """(wall-clock timestamps, values) of one role's `series` (a RATE_KEYS name, or
+        `running` for total decode concurrency) over [start, end] every `step` seconds; a
+        missing point is absent or NaN. May raise; backfill then skips that role."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Filled:
+    pool: str
+    role: Role
+    series: str
+    bins: int
+    error: str = ""
+
+
+def to_bins(
+    ts: FloatArray, values: FloatArray, *, start_bin: int, n: int, bin_s: float, offset: float
+) -> FloatArray:
+    """Average points into bins `start_bin .. start_bin+n-1` of the policy clock
+    (t_policy = t_wall + offset); NaN where no point fell."""
+    sums = np.zeros(n)
+    counts = np.zeros(n)
+    ok = np.isfinite(values)
+    k = np.floor((ts[ok] + offset) / bin_s).astype(np.int64) - start_bin
+    inside = (k >= 0) & (k < n)
+    np.add.at(sums, k[inside], values[ok][inside])
+    np.add.at(counts, k[inside], 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: FloatArray = np.where(counts > 0, sums / counts, np.nan)
+    return out
+
+
+async def backfill_policy(
+    policy: ForecastPolicy,
+    target: RoleTarget,
+    fetch: RangeRates,
+    *,
+    now: float,
+    wall_now: float,
+) -> int:
+    """Load up to `history_s` of complete bins before `now` into one policy's history."""
+    s = policy.settings
+    hist = policy.forecaster.history
+    offset = now - wall_now
+    end_bin = math.floor(now / s.bin_s)  # the bin holding `now` is open: fill up to it
+    n = hist.capacity
+    start_bin = end_bin - n
+    ts, values = await fetch(
+        target,
+        policy.series,
+        start=start_bin * s.bin_s - offset,
+        end=end_bin * s.bin_s - offset,
+        step=s.bin_s,
+    )
+    binned = to_bins(
+        np.asarray(ts, dtype=np.float64),
+        np.asarray(values, dtype=np.float64),
+        start_bin=start_bin,
+        n=n,
+        bin_s=s.bin_s,
+        offset=offset,
+    )
+    # Skip the leading bins before the series existed: an empty prefix is not history.
+    first = np.flatnonzero(~np.isnan(binned))
+    if len(first) == 0:
+        return 0
+    return hist.load(start_bin + int(first[0]), binned[first[0] :])
+
+
+async def backfill(
+    policies: Mapping[tuple[str, Role], Sequence[Policy]],
+    targets: Iterable[RoleTarget],
+    fetch: RangeRates,
+    *,
+    now: float,
+    wall_now: float,
+) -> list[Filled]:
+    """Backfill every forecast policy of the given roles; one role's failure skips only it."""
+    out = []
+    for target in targets:
+        for p in policies.get((target.pool, target.role), ()):
+            if not isinstance(p, ForecastPolicy):
+                continue
+            try:
+                n = await backfill_policy(p, target, fetch, now=now, wall_now=wall_now)
+            except Exception as exc:  # any adapter error: that role starts empty
+                out.append(Filled(target.pool, target.role, p.series, 0, f"{exc}"))
+                log.warning(
+                    "forecast_backfill_failed",
+                    pool=target.pool,
+                    role=target.role.value,
+                    series=p.series,
+                    error=str(exc),
+                )
+                continue
+            out.append(Filled(target.pool, target.role, p.series, n))
+            log.info(
+                "forecast_backfilled",
+                pool=target.pool,
+                role=target.role.value,
+                series=p.series,
+                bins=n,
+            )
+    return out
