@@ -232,11 +232,10 @@ class Replica:
         self.load += r.prompt if self.is_prefill else 1
         if self.mode == _IDLE:
             if not self.kicked:
-                # Plan at the end of this instant, so requests arriving together (same
+                # Plan once the current event is over, so requests arriving together (same
                 # timestamp, or handed off by the same prefill step) share the first step.
                 self.kicked = True
-                self.ver += 1
-                self.sim.push(t, self._on_event, self.ver)
+                self.sim.kicks.append(self)
         elif self.mode == _SEGMENT and not blocked:
             # A non-empty queue was blocked at the last boundary and stays blocked until a
             # completion (which ends the segment anyway): only a lone arrival needs a boundary.
@@ -288,12 +287,29 @@ class Replica:
 
     # --- the scheduler --------------------------------------------------------------------
 
+    def kick(self) -> None:
+        """Plan now if still idle (called by the loop after the event that enqueued work)."""
+        if self.kicked:
+            self.kicked = False
+            if self.mode == _IDLE and self.status != STOPPED:
+                self._plan(self.sim.now)
+
     def _plan(self, t: float) -> None:
         """At a step boundary with nothing in flight: schedule the next step or segment."""
         self.kicked = False
         if self.xfer:
             self._join_transfers(t)
         dec = self.n_dec
+        if dec and not self.pref and not self.waiting and not self.xfer:
+            free = self.cap - self.s_dec - self.s_pref - self.reserved
+            if dec <= free:
+                # Fast path (most boundaries of a decode replica): a pure decode segment.
+                m = self.metrics
+                m.waiting = 0
+                m.running = len(self.running)
+                m.kv_usage = (self.cap - free) / self.cap
+                self._start_segment(t, dec, free, preempted=False)
+                return
         free = self.cap - self.s_dec - self.s_pref - self.reserved
         budget = self.budget - dec
         need = dec
@@ -390,26 +406,7 @@ class Replica:
             self.ver += 1
             self.sim.push(t + dur, self._on_event, self.ver)
         elif dec:
-            h = self.dec_heap
-            while h[0][2].fin_step != h[0][0]:
-                heapq.heappop(h)
-            k = min(h[0][0] - self.step_idx, free // dec)
-            if preempted:
-                k = 1
-            if self.max_segment_steps and k > self.max_segment_steps:
-                k = self.max_segment_steps
-            tau0 = self.da + self.db * dec + self.dg * self.s_dec
-            g = self.dg * dec
-            self.sg_t0 = t
-            self.sg_tau0 = tau0
-            self.sg_g = g
-            self.sg_b = dec
-            self.sg_k = k
-            self.mode = _SEGMENT
-            self.ver += 1
-            self.sim.push(t + k * tau0 + g * k * (k - 1) / 2.0, self._on_event, self.ver)
-            if self.xfer:
-                self._boundary_at(min(r.xfer_done for r in self.xfer))
+            self._start_segment(t, dec, free, preempted=preempted)
         else:
             self.ver += 1
             if self.xfer:
@@ -417,6 +414,31 @@ class Replica:
                 self.sim.push(min(r.xfer_done for r in self.xfer), self._on_event, self.ver)
             else:
                 self._maybe_stop(t)
+
+    def _start_segment(self, t: float, dec: int, free: int, *, preempted: bool) -> None:
+        """Schedule the next k pure decode steps: until the first completion, until KV runs
+        out (each step needs `dec` more tokens), or one step after a preemption (the queue
+        gets another look), whichever comes first; cut earlier by a landing transfer."""
+        h = self.dec_heap
+        while h[0][2].fin_step != h[0][0]:
+            heapq.heappop(h)
+        k = min(h[0][0] - self.step_idx, free // dec)
+        if preempted:
+            k = 1
+        if self.max_segment_steps and k > self.max_segment_steps:
+            k = self.max_segment_steps
+        tau0 = self.da + self.db * dec + self.dg * self.s_dec
+        g = self.dg * dec
+        self.sg_t0 = t
+        self.sg_tau0 = tau0
+        self.sg_g = g
+        self.sg_b = dec
+        self.sg_k = k
+        self.mode = _SEGMENT
+        self.ver += 1
+        self.sim.push(t + k * tau0 + g * k * (k - 1) / 2.0, self._on_event, self.ver)
+        if self.xfer:
+            self._boundary_at(min(r.xfer_done for r in self.xfer))
 
     def _join_transfers(self, t: float) -> None:
         keep: list[_Req] = []
@@ -841,6 +863,8 @@ class Simulation:
         self.pools: dict[str, SimPool] = {}
         self._deployments: dict[tuple[str, str], SimDeployment] = {}
         self.events_processed = 0
+        # Idle replicas that got work during the current event; planned right after it.
+        self.kicks: list[Replica] = []
 
     # --- construction ---------------------------------------------------------------------
 
@@ -954,14 +978,27 @@ class Simulation:
             raise ValueError(msg)
         heap = self._heap
         pop = heapq.heappop
+        kicks = self.kicks
+        if kicks:
+            self._run_kicks()
         n = 0
         while heap and heap[0][0] <= t:
             ev_t, _, fn, arg = pop(heap)
             self.now = ev_t
             fn(arg)
+            if kicks:
+                self._run_kicks()
             n += 1
         self.events_processed += n
         self.now = t
+
+    def _run_kicks(self) -> None:
+        kicks = self.kicks
+        while kicks:
+            batch = kicks[:]
+            kicks.clear()
+            for rep in batch:
+                rep.kick()
 
     def run_until_idle(self, *, limit_s: float = 86_400.0, step_s: float = 60.0) -> float:
         """Advance until every pool's arrivals are in and all requests finished (or
@@ -994,6 +1031,8 @@ class Simulation:
     ) -> None:
         """Set a Deployment's spec.replicas at the current time."""
         self.deployment(ref).scale(replicas, self.now, reason=reason)
+        if self.kicks:
+            self._run_kicks()
 
     # --- results --------------------------------------------------------------------------
 
