@@ -1,0 +1,241 @@
+"""`pd-autoscaler sim serve`: simulated vLLM pods' `/metrics` over HTTP, in (scaled) wall time.
+
+A P/D pool (namespace `sim`, Deployments `sim-prefill` and `sim-decode`, `--replicas` each) is
+simulated by `sim.engine` and advanced to `speedup x` elapsed wall time every 100 ms. Each replica
+is a pod path, so one port serves a fleet that a real Prometheus scrapes as separate targets:
+
+    GET  /pods/<namespace>/<pod>/metrics   one replica's vLLM metrics (classic text 0.0.4)
+    GET  /targets                          live replicas as file_sd / http_sd JSON, with the
+                                           `namespace` and `pod` labels and `__metrics_path__`
+    GET  /truth                            the simulator's own numbers (ground truth for tests)
+    POST /pause, /resume                   freeze and thaw simulated time (gauges hold still)
+    GET  /healthz
+
+The exposition is always the classic text format, whatever Accept asks for: Prometheus 2.x
+negotiates OpenMetrics first, and prometheus-client's OpenMetrics output escapes `vllm:` names
+in a way older Prometheus versions drop (docs/prometheus.md). Starting replicas answer 503,
+like a vLLM pod whose server is not up yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from autoscaler.sim import engine, profile, traces, workload
+from autoscaler.types import Role
+
+log = structlog.get_logger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+NAMESPACE = "sim"
+POOL = "sim"
+# Default load when no trace is given: the Azure conversation shape at a rate one prefill and
+# one decode replica of the default profile carry without queueing much.
+DEFAULT_RATE_RPS = 4.0
+DEFAULT_DURATION_S = 6 * 3600.0
+ADVANCE_EVERY_S = 0.1
+
+
+def build_simulation(
+    *,
+    trace: traces.Trace,
+    prof: profile.Profile,
+    replicas: int,
+) -> engine.Simulation:
+    sim = engine.Simulation()
+    sim.add_pool(
+        POOL,
+        profile=prof,
+        deployments={
+            Role.PREFILL: (NAMESPACE, f"{POOL}-prefill"),
+            Role.DECODE: (NAMESPACE, f"{POOL}-decode"),
+        },
+        arrival_s=trace.arrival_s,
+        prompt_tokens=trace.prompt_tokens,
+        output_tokens=trace.output_tokens,
+        initial_replicas={Role.PREFILL: replicas, Role.DECODE: replicas},
+    )
+    return sim
+
+
+class SimServer:
+    """The HTTP face of a running Simulation."""
+
+    def __init__(self, sim: engine.Simulation, *, naming: str = "new", speedup: float = 1.0):
+        if naming not in ("new", "old"):
+            msg = f"naming must be new or old, got {naming!r}"
+            raise ValueError(msg)
+        self.sim = sim
+        self.naming = naming
+        self.speedup = speedup
+        self.paused = False
+        self._anchor_wall = time.monotonic()
+        self._anchor_sim = sim.now
+        self._runner: web.AppRunner | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+        app = web.Application()
+        app.router.add_get("/pods/{namespace}/{pod}/metrics", self._metrics)
+        app.router.add_get("/targets", self._targets)
+        app.router.add_get("/truth", self._truth)
+        app.router.add_post("/pause", self._pause)
+        app.router.add_post("/resume", self._resume)
+        app.router.add_get("/healthz", self._healthz)
+        self.app = app
+
+    # --- time -------------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Bring simulated time to the scaled wall clock (no-op while paused)."""
+        if self.paused:
+            return
+        target = self._anchor_sim + (time.monotonic() - self._anchor_wall) * self.speedup
+        if target > self.sim.now:
+            self.sim.advance_to(target)
+
+    async def _ticker(self) -> None:
+        while True:
+            self.advance()
+            await asyncio.sleep(ADVANCE_EVERY_S)
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def _replica(self, namespace: str, pod: str) -> engine.Replica | None:
+        for r in self.sim.replicas():
+            if r.dep.namespace == namespace and r.name == pod:
+                return r
+        return None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.advance()
+        rep = self._replica(request.match_info["namespace"], request.match_info["pod"])
+        if rep is None:
+            raise web.HTTPNotFound
+        if rep.status == engine.STARTING:
+            raise web.HTTPServiceUnavailable(text="starting")
+        body = rep.metrics.render_text(self.naming)  # type: ignore[arg-type]
+        return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _targets(self, request: web.Request) -> web.Response:
+        host = request.host
+        entries = [
+            {
+                "targets": [host],
+                "labels": {
+                    "__metrics_path__": f"/pods/{r.dep.namespace}/{r.name}/metrics",
+                    "namespace": r.dep.namespace,
+                    "pod": r.name,
+                    "role": r.role.value,
+                },
+            }
+            for r in self.sim.replicas()
+        ]
+        return web.json_response(entries)
+
+    async def _truth(self, request: web.Request) -> web.Response:
+        self.advance()
+        reps: list[dict[str, Any]] = []
+        for r in self.sim.replicas():
+            m = r.metrics.scrape()
+            reps.append(
+                {
+                    "namespace": r.dep.namespace,
+                    "pod": r.name,
+                    "role": r.role.value,
+                    "status": r.status,
+                    "waiting": m.waiting,
+                    "running": m.running,
+                    "kv_usage": m.kv_usage,
+                    "prompt_tokens": m.prompt_tokens,
+                    "generation_tokens": m.generation_tokens,
+                    "success": m.success,
+                    "iteration_tokens_sum": m.iteration_tokens.sum,
+                    "iteration_tokens_count": m.iteration_tokens.count,
+                    "max_num_batched_tokens": r.budget,
+                }
+            )
+        return web.json_response(
+            {"sim_time_s": self.sim.now, "paused": self.paused, "replicas": reps}
+        )
+
+    async def _pause(self, request: web.Request) -> web.Response:
+        self.advance()
+        self.paused = True
+        return web.json_response({"sim_time_s": self.sim.now, "paused": True})
+
+    async def _resume(self, request: web.Request) -> web.Response:
+        if self.paused:
+            self._anchor_wall = time.monotonic()
+            self._anchor_sim = self.sim.now
+            self.paused = False
+        return web.json_response({"sim_time_s": self.sim.now, "paused": False})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self._anchor_wall = time.monotonic()
+        self._anchor_sim = self.sim.now
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        # aiohttp exposes the port bound for port=0 nowhere but the private server object.
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._task = asyncio.create_task(self._ticker())
+        return self.port
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _trace(args: argparse.Namespace) -> traces.Trace:
+    if args.trace is not None:
+        return traces.load_trace(args.trace)
+    spec = workload.AZURE_CONV.with_rate(DEFAULT_RATE_RPS)
+    return workload.generate(spec, duration_s=DEFAULT_DURATION_S, diurnal=False)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    sim = build_simulation(
+        trace=_trace(args), prof=profile.resolve_profile(args.profile), replicas=args.replicas
+    )
+    server = SimServer(sim, naming=args.naming, speedup=args.speedup)
+    port = await server.start(args.host, args.port)
+    # The first stdout line is the URL, so a parent process (or a test) can use --port 0.
+    print(f"http://{args.host}:{port}", flush=True)
+    log.info("sim_serve_started", host=args.host, port=port, naming=args.naming)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `pd-autoscaler sim serve` (see autoscaler/cli.py)."""
+    if args.replicas < 1:
+        print("--replicas must be >= 1")
+        return 2
+    return asyncio.run(_serve(args))
