@@ -969,7 +969,9 @@ class Simulation:
             fn(self.now)
             self.push(start + (n + 1) * interval_s, tick, n + 1)
 
-        self.push(max(start, self.now), tick, 0)
+        # On the grid start + n*interval, from the first point not in the past.
+        first = 0 if self.now <= start else math.ceil((self.now - start) / interval_s)
+        self.push(start + first * interval_s, tick, first)
 
     def advance_to(self, t: float) -> None:
         """Process every event up to and including time t; afterwards `now == t`."""

@@ -239,6 +239,14 @@ def test_closed_form_matches_step_by_step(
         assert ma.iteration_tokens.counts == mb.iteration_tokens.counts
         assert ma.iteration_tokens.sum == mb.iteration_tokens.sum
     assert sim_a.events_processed <= sim_b.events_processed
+    # Every token after the first is one ITL observation, and the gaps add up to the decode
+    # time (exactly, unless a request was preempted while its first decode step was pending).
+    itl_count = sum(r.metrics.itl.count for r in sim_a.replicas(live_only=False))
+    itl_sum = sum(r.metrics.itl.sum for r in sim_a.replicas(live_only=False))
+    out_arr = np.array(out)
+    assert itl_count == int((out_arr - 1).sum())
+    if not disagg or pre_a.sum() == 0:
+        assert itl_sum == pytest.approx(float(np.sum(fin_a - ft_a)), rel=1e-9, abs=1e-9)
 
 
 def naive_aggregated(prompts: list[int], outputs: list[int]) -> list[float]:

@@ -179,3 +179,13 @@ async def test_actuator_unknown_deployment(policy: PolicyFile) -> None:
     act = SimActuator(_sim(policy))
     with pytest.raises(errors.ActuationError):
         await act.status(DeploymentRef(namespace="llm", name="nope"))
+
+
+def test_scrapes_stay_on_their_grid_when_attached_late(policy: PolicyFile) -> None:
+    """A source attached mid-run scrapes at the next multiple of its interval, never the past."""
+    sim = _sim(policy)
+    sim.advance_to(100.0)
+    seen: list[float] = []
+    sim.every(15.0, seen.append)
+    sim.advance_to(140.0)
+    assert seen == [105.0, 120.0, 135.0]
