@@ -11,6 +11,7 @@ set the Deployment to exactly our number, up and down.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import ssl
@@ -18,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +40,7 @@ from .support import gpu_deployment, manifest, wait_for
 pytestmark = [pytest.mark.external_metrics, pytest.mark.k8s]
 
 POOL = "llama"
+OVERLAY = Path(__file__).resolve().parents[2] / "manifests" / "overlays" / "external-metrics"
 ROLE = Role.AGGREGATED
 
 
@@ -263,3 +266,25 @@ async def test_hpa_follows_pd_autoscaler_through_the_aggregator(
             assert code in (0, 403)
         # Delete the HPA while the APIService still answers (K8S-TESTENV.md section 5).
         await client.AutoscalingV2Api(k8s_api).delete_namespaced_horizontal_pod_autoscaler(POOL, ns)
+
+
+async def test_overlay_apiservice_and_hpa_example_validate(
+    k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str
+) -> None:
+    """The real apiserver accepts the overlay's APIService and the example HPA (server-side
+    dry run: nothing is registered, so the cluster's own provider slot is untouched)."""
+    import yaml  # noqa: PLC0415
+
+    api_svc = yaml.safe_load((OVERLAY / "apiservice.yaml").read_text())
+    # As shipped (empty caBundle, for cert-manager's injector to fill) and filled in.
+    await client.ApiregistrationV1Api(k8s_api).create_api_service(
+        manifest(api_svc), dry_run="All"
+    )
+    api_svc["spec"]["caBundle"] = base64.b64encode(k8s_cluster.ext_ca_cert.read_bytes()).decode()
+    await client.ApiregistrationV1Api(k8s_api).create_api_service(manifest(api_svc), dry_run="All")
+    hpa = yaml.safe_load((OVERLAY / "hpa-example.yaml").read_text())
+    hpa["metadata"]["namespace"] = k8s_namespace
+    created = await client.AutoscalingV2Api(k8s_api).create_namespaced_horizontal_pod_autoscaler(
+        k8s_namespace, manifest(hpa), dry_run="All"
+    )
+    assert created.spec.behavior.scale_down.stabilization_window_seconds == 0
