@@ -98,8 +98,9 @@ class Settings:
     """Seconds between ticks; matches a typical Prometheus scrape interval."""
     leader_election: bool = True
     lease_name: str = "pd-autoscaler"
-    lease_duration_s: float = 15.0
-    """How long a standby waits after the leader's last renewal before taking over."""
+    lease_duration_s: int = 15
+    """How long a standby waits after the leader's last renewal before taking over (whole
+    seconds: Lease.spec.leaseDurationSeconds is an integer)."""
     renew_deadline_s: float = 10.0
     """The leader stops (and stops writing) when it could not renew for this long."""
     retry_period_s: float = 2.0
@@ -151,7 +152,7 @@ _ENV: dict[str, Callable[[str], Any]] = {
     "tick_s": float,
     "leader_election": _bool,
     "lease_name": str,
-    "lease_duration_s": float,
+    "lease_duration_s": int,
     "renew_deadline_s": float,
     "retry_period_s": float,
     "state_configmap": str,
