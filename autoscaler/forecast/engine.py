@@ -138,9 +138,7 @@ class Forecaster:
     def job(self) -> models.FitJob:
         s = self.settings
         end = self.history.end_bin or 0
-        need = max(
-            s.seasonal_window_s, s.holt_window_s, s.arima_window_s
-        ) + s.validation_s
+        need = max(s.seasonal_window_s, s.holt_window_s, s.arima_window_s) + s.validation_s
         raw = self.history.tail(math.ceil(need / s.bin_s))
         # Early on, hold out a third of what exists (rolling-origin needs some bins to walk).
         vbins = min(math.ceil(s.validation_s / s.bin_s), max(len(raw) // 3, 1))
@@ -180,9 +178,7 @@ class Forecaster:
         """The upper-quantile forecast over [now, now + horizon_s], or why there is none."""
         s = self.settings
         end = self.history.end_bin
-        steps = (
-            max(1, math.ceil((now + s.horizon_s) / s.bin_s) - end) if end is not None else 0
-        )
+        steps = max(1, math.ceil((now + s.horizon_s) / s.bin_s) - end) if end is not None else 0
         key = (end, self.fits, steps)
         if self._cache is not None and self._cache[:3] == key:
             return self._cache[3]

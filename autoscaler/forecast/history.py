@@ -53,9 +53,9 @@ class BinnedHistory:
                 return 0  # older than loaded (backfilled) bins
             if self._end is not None:
                 # After a backfill: bins between the loaded ones and this sample had no data.
+                closed = b - self._end
                 for k in range(max(self._end, b - self.capacity), b):
                     self._put(k, math.nan)
-                closed = b - self._end
             self._open = b
         elif b < self._open:
             return 0

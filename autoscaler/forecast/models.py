@@ -340,9 +340,7 @@ def _fit_arima(job: FitJob, train: FloatArray, *, seasonal: bool) -> Model:
     seg = _fill(train[-nw:])
     u = seg - (np.array([mean(int(b)) for b in seg_bins]) if seasonal else 0.0)
     p, d, q = job.arima_order
-    res = SARIMAX(u, order=(p, d, q), trend="n", concentrate_scale=True).fit(
-        disp=False, maxiter=50
-    )
+    res = SARIMAX(u, order=(p, d, q), trend="n", concentrate_scale=True).fit(disp=False, maxiter=50)
     ar = np.convolve(np.asarray(res.polynomial_ar, dtype=np.float64), _diff_poly(d))
     ma = np.asarray(res.polynomial_ma, dtype=np.float64)
     if not (np.isfinite(ar).all() and np.isfinite(ma).all()):

@@ -202,8 +202,10 @@ class ForecastPolicy:
         self.series: SeriesName = config.series or _DEFAULT_SERIES[role]
         self.source = f"forecast:{self.series}"
         self.refitter = refitter
-        horizon = config.horizon_s if config.horizon_s is not None else spec.cold_start_s + (
-            config.tick_s
+        horizon = (
+            config.horizon_s
+            if config.horizon_s is not None
+            else spec.cold_start_s + (config.tick_s)
         )
         self.settings = engine.Settings(
             model=config.model,
@@ -230,9 +232,7 @@ class ForecastPolicy:
         if self._fixed is None and self.series == "running":
             self._fixed = running[0].target
         # Load signals: flows proportional to work (not queues, not latency guards).
-        self._load = [
-            s for s in spec.signals if s.signal not in STOCK_SIGNALS | GUARD_SIGNALS
-        ]
+        self._load = [s for s in spec.signals if s.signal not in STOCK_SIGNALS | GUARD_SIGNALS]
         if self._fixed is None and not self._load:
             msg = (
                 f"pool {pool} role {role.value}: forecast needs capacity_per_replica, or a "
