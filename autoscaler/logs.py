@@ -15,6 +15,10 @@ import structlog
 Format = Literal["auto", "json", "console"]
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure(*, fmt: Format = "auto", level: str = "info") -> None:
     """Configure structlog once at start-up (idempotent)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -35,6 +39,8 @@ def configure(*, fmt: Format = "auto", level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Resolve sys.stderr at each call, not at configure time: it may be swapped later (tests
+        # capture it; a daemon may redirect it).
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from autoscaler.metrics.source import signal_key
+from autoscaler.metrics.source import REQUEST_RATE, signal_key
 from autoscaler.policy.config import RoleSpec, SignalSpec
 from autoscaler.types import GUARD_SIGNALS, STOCK_SIGNALS, Need, RoleObservation
 
@@ -38,6 +38,10 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
     current = obs.replicas
     tol = spec.behavior.tolerance if sig.tolerance is None else sig.tolerance
     sample = obs.signals.get(key)
+    if sig.signal in GUARD_SIGNALS and (sample is None or sample.missing) and _idle(obs):
+        # A latency quantile is NaN when no request was observed in the window: with zero
+        # request rate that is idleness, not an outage, and a guard has nothing to guard.
+        return Need(key, current, 0, None, sig.target, note="idle: no requests in window")
     if sample is None or sample.missing:
         detail = sample.detail if sample is not None and sample.detail else "no data"
         return Need(
@@ -85,6 +89,11 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
         blocks_down=partial,
         note=note,
     )
+
+
+def _idle(obs: RoleObservation) -> bool:
+    rate = obs.signals.get(REQUEST_RATE)
+    return rate is not None and not rate.missing and (rate.value or 0.0) <= _EPS
 
 
 def signal_needs(spec: RoleSpec, obs: RoleObservation) -> list[Need]:

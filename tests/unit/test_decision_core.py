@@ -372,3 +372,20 @@ def test_budget_below_current_never_forces_scale_down() -> None:
     t = Ticker(pool_policy(prefill=role, decode=role, pool={"gpu_budget": 4}))
     d = t.tick(0, prefill=obs(3, queue_depth=50.0), decode=obs(3, queue_depth=5.0))
     assert desired(d) == {"prefill": 3, "decode": 3}
+
+
+@pytest.mark.parametrize(
+    ("request_rate", "want"),
+    [
+        pytest.param(0.0, 1, id="idle-guard-has-no-opinion"),
+        pytest.param(2.5, 4, id="missing-under-traffic-vetoes"),
+        pytest.param(None, 4, id="unknown-traffic-vetoes"),
+    ],
+)
+def test_missing_latency_guard_when_idle(request_rate: float | None, want: int) -> None:
+    """TTFT is NaN when nothing was served in the window: with zero request rate that is idle
+    (scale down on the load signals); under traffic or unknown traffic it is missing data."""
+    t = agg([*Q5, {"signal": "ttft", "quantile": 0.9, "target": 1.0}])
+    o = obs(4, queue_depth=0.0, ttft_p90=None, request_rate=request_rate)
+    (d,) = t.tick(0, aggregated=o).values()
+    assert d.desired == want
