@@ -596,8 +596,13 @@ class Controller:
         failures = 0
         next_at = self._clock()
         while True:
-            if self._policy.version != version and self._policy.current is not None:
+            if self._policy.version != version:
                 version = self._policy.version
+                if self._policy.current is None:
+                    # Every policy document was deleted: nothing is ours to scale any more.
+                    log.warning("policy_none", action="idle until a policy ConfigMap appears")
+                    await self._wait_policy()
+                    continue
                 self._apply_policy(loop, self._policy.current)
             try:
                 await self.tick_once(loop)
