@@ -41,6 +41,7 @@ class Settings:
     arima_window_s: float = 6 * 3600.0
     arima_order: tuple[int, int, int] = (2, 1, 1)
     fourier_terms: int = 6
+    damped_trend: bool = True
     stale_after_s: float = 600.0
 
     @property
@@ -156,6 +157,7 @@ class Forecaster:
             arima_window_bins=math.ceil(s.arima_window_s / s.bin_s),
             arima_order=s.arima_order,
             fourier_terms=s.fourier_terms,
+            damped_trend=s.damped_trend,
         )
 
     def install(self, result: models.FitResult) -> None:
@@ -185,6 +187,18 @@ class Forecaster:
         out = self._predict(steps)
         self._cache = (*key, out)
         return out
+
+    def paths(self, steps: int) -> tuple[np.ndarray, np.ndarray] | Fallback:
+        """(median, upper quantile) of the series for the next `steps` bins after the newest
+        complete one, in series units; for evaluation and dashboards."""
+        if self._model is None:
+            return Fallback(self.last_error or "no fit yet")
+        z = self._model.forecast(steps)
+        q = self._offsets
+        if steps > len(q):
+            extra = q[-1] * np.sqrt(np.arange(len(q) + 1, steps + 1) / len(q))
+            q = np.concatenate((q, extra))
+        return np.expm1(z), np.expm1(z + q[:steps])
 
     def _predict(self, steps: int) -> Forecast | Fallback:
         s = self.settings

@@ -114,10 +114,12 @@ class SeasonalNaive:
 
 class ETS:
     """Additive Holt / Holt-Winters in statsmodels' component form (the same recursion as
-    `ExponentialSmoothing._predict`, so fitted parameters carry over exactly):
-        l_t = a (y_t - s_{t-m}) + (1-a)(l_{t-1} + b_{t-1})
-        b_t = b* (l_t - l_{t-1}) + (1-b*) b_{t-1}
-        s_t = g (y_t - l_{t-1} - b_{t-1}) + (1-g) s_{t-m}
+    `ExponentialSmoothing._predict`, so fitted parameters carry over exactly), with an optional
+    damped trend (phi < 1; phi = 1 is the plain additive trend):
+        l_t = a (y_t - s_{t-m}) + (1-a)(l_{t-1} + phi b_{t-1})
+        b_t = b* (l_t - l_{t-1}) + (1-b*) phi b_{t-1}
+        s_t = g (y_t - l_{t-1} - phi b_{t-1}) + (1-g) s_{t-m}
+        forecast k steps: l_t + (phi + ... + phi^k) b_t + s_{t+k-m}
     """
 
     def __init__(
@@ -130,8 +132,10 @@ class ETS:
         level: float,
         trend: float,
         seasons: FloatArray | None,
+        phi: float = 1.0,
     ) -> None:
         self.name = name
+        self.phi = phi
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.level, self.trend = level, trend
         self.seasons = None if seasons is None else np.array(seasons, dtype=np.float64)
@@ -139,7 +143,7 @@ class ETS:
 
     def update(self, z: float) -> None:
         s_old = 0.0 if self.seasons is None else float(self.seasons[self.pos])
-        lvl, b = self.level, self.trend
+        lvl, b = self.level, self.phi * self.trend
         if math.isnan(z):
             z = lvl + b + s_old  # no data: advance on the one-step forecast (zero error)
         a = self.alpha
@@ -152,7 +156,8 @@ class ETS:
 
     def forecast(self, steps: int) -> FloatArray:
         k = np.arange(1, steps + 1, dtype=np.float64)
-        out = self.level + k * self.trend
+        damp = k if self.phi == 1.0 else np.cumsum(self.phi**k)
+        out = self.level + damp * self.trend
         if self.seasons is not None:
             out = out + self.seasons[(self.pos + np.arange(steps)) % len(self.seasons)]
         return out
@@ -237,6 +242,7 @@ class FitJob:
     arima_window_bins: int
     arima_order: tuple[int, int, int]
     fourier_terms: int
+    damped_trend: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,6 +280,7 @@ def _replay(model: Model, z: FloatArray) -> Model:
 
 
 def _fit_ets(job: FitJob, train: FloatArray, *, seasonal: bool) -> Model:
+    damped = job.damped_trend
     from statsmodels.tsa.holtwinters import ExponentialSmoothing  # noqa: PLC0415
 
     m = job.season_bins
@@ -288,6 +295,7 @@ def _fit_ets(job: FitJob, train: FloatArray, *, seasonal: bool) -> Model:
         seasonal="add" if seasonal else None,
         seasonal_periods=m if seasonal else None,
         initialization_method="heuristic" if seasonal else "estimated",
+        damped_trend=damped,
     )
     res = es.fit()
     p = res.params
@@ -300,6 +308,7 @@ def _fit_ets(job: FitJob, train: FloatArray, *, seasonal: bool) -> Model:
         level=float(p["initial_level"]),
         trend=float(p["initial_trend"]),
         seasons=seasons,
+        phi=float(p["damping_trend"]) if damped else 1.0,
     )
     return _replay(model, data)
 
