@@ -130,16 +130,16 @@ class ForecastConfig(BaseModel):
     def _check(self) -> ForecastConfig:
         ratio = self.season_s / self.bin_s
         if abs(ratio - round(ratio)) > 1e-9:
-            msg = f"season_s {self.season_s} must be a whole number of bin_s {self.bin_s}"
+            msg = f"season_s {self.season_s:g} must be a whole number of bin_s {self.bin_s:g}"
             raise ValueError(msg)
         if self.history_s < 2 * self.season_s and self.model in models.SEASONAL:
             msg = (
-                f"history_s {self.history_s} must hold 2 seasons ({2 * self.season_s}) "
+                f"history_s {self.history_s:g} must hold 2 seasons ({2 * self.season_s:g}) "
                 f"for model {self.model}"
             )
             raise ValueError(msg)
         if self.min_history_s > self.history_s:
-            msg = f"min_history_s {self.min_history_s} > history_s {self.history_s}"
+            msg = f"min_history_s {self.min_history_s:g} > history_s {self.history_s:g}"
             raise ValueError(msg)
         lo, hi = self.learn_band
         if not 0 < lo < hi:
