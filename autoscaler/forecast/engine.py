@@ -35,6 +35,7 @@ class Settings:
     quantile: float = 0.9
     min_history_s: float = 7200.0
     refit_every_s: float = 3600.0
+    select_every_s: float = 6 * 3600.0
     validation_s: float = 6 * 3600.0
     seasonal_window_s: float = 3 * 86400.0
     holt_window_s: float = 6 * 3600.0
@@ -86,6 +87,8 @@ class Forecaster:
         self._model_end: int | None = None  # bins consumed by _model (absolute, one past)
         self._pending: refit.Handle | None = None
         self._next_fit_at: float | None = None
+        self._selected_at: float | None = None  # when `auto` last compared every model
+        self._selecting: float | None = None  # submit time of an in-flight `auto` selection
         # Spread refits of many pools over the period (crc32: stable across runs and processes,
         # unlike hash()), so 1,000 pools started together do not all refit in the same tick.
         self._phase = (zlib.crc32(key.encode()) % 1000) / 1000.0
@@ -127,7 +130,9 @@ class Forecaster:
         first = self.fits == 0 and self.failures == 0
         delay = s.refit_every_s * (0.5 + self._phase) if first else s.refit_every_s
         self._next_fit_at = now + delay
-        self._pending = (refitter or refit.default()).submit(models.fit, self.job())
+        job = self.job(now)
+        self._selecting = now if job.model == "auto" else None
+        self._pending = (refitter or refit.default()).submit(models.fit, job)
         self.poll()
         return True
 
@@ -136,15 +141,27 @@ class Forecaster:
             handle, self._pending = self._pending, None
             self.install(handle.result())
 
-    def job(self) -> models.FitJob:
+    def job(self, now: float | None = None) -> models.FitJob:
+        """A fit job from the current history. `auto` compares every model only every
+        `select_every_s` (a full tournament costs ~6x one fit); in between it refits the model
+        it chose last time."""
         s = self.settings
+        model = s.model
+        if (
+            model == "auto"
+            and self.fit is not None
+            and self._selected_at is not None
+            and now is not None
+            and now - self._selected_at < s.select_every_s
+        ):
+            model = self.fit.name
         end = self.history.end_bin or 0
         need = max(s.seasonal_window_s, s.holt_window_s, s.arima_window_s) + s.validation_s
         raw = self.history.tail(math.ceil(need / s.bin_s))
         # Early on, hold out a third of what exists (rolling-origin needs some bins to walk).
         vbins = min(math.ceil(s.validation_s / s.bin_s), max(len(raw) // 3, 1))
         return models.FitJob(
-            model=s.model,
+            model=model,
             z=np.log1p(raw),
             end_bin=end,
             bin_s=s.bin_s,
@@ -169,6 +186,9 @@ class Forecaster:
             return
         self.fits += 1
         self.last_error = ""
+        if self._selecting is not None:
+            self._selected_at = self._selecting
+            self._selecting = None
         self.fit = result
         self._model = result.model
         self._offsets = np.asarray(result.offsets, dtype=np.float64)

@@ -100,6 +100,9 @@ class ForecastConfig(BaseModel):
     refit_every_s: float = Field(default=3600, ge=60)
     """Seconds between refits. Between refits every closed bin still updates the model's state;
     only the parameters age, and hourly is plenty for a daily pattern."""
+    select_every_s: float = Field(default=6 * 3600, ge=60)
+    """auto only: seconds between full comparisons of every model; refits in between re-fit
+    only the model chosen last (a comparison costs the sum of all fits, ~3 s of CPU)."""
     validation_s: float = Field(default=6 * 3600, gt=0)
     """Newest history held out to choose a model and calibrate its quantile (rolling origin)."""
     seasonal_window_s: float = Field(default=3 * 86400, gt=0)
@@ -220,6 +223,7 @@ class ForecastPolicy:
             quantile=config.quantile,
             min_history_s=config.min_history_s,
             refit_every_s=config.refit_every_s,
+            select_every_s=config.select_every_s,
             validation_s=config.validation_s,
             seasonal_window_s=config.seasonal_window_s,
             holt_window_s=config.holt_window_s,

@@ -321,3 +321,19 @@ def test_prewarms_before_daily_ramp_and_never_cuts_below_load() -> None:
     at, _, why = ahead[0]
     assert at <= 300 - 90 + 15, ahead[:3]
     assert why.startswith("forecast:prompt_tokens_rate[holt_winters] P90"), why
+
+
+def test_auto_compares_models_then_refits_the_winner() -> None:
+    """auto runs the full comparison every select_every_s; refits in between fit the winner."""
+    cfg = {**FAST, "model": "auto", "refit_every_s": 600, "select_every_s": 3600}
+    p = policy(**cfg, capacity_per_replica=CAP)
+    rng = np.random.default_rng(3)
+    feed(p, 5460, lambda t: 2000.0 * (1 + 0.02 * rng.standard_normal()))
+    first = p.forecaster.fit
+    assert first is not None
+    assert set(first.scores) == {"last_value", "holt", "arima"}  # seasonal ones need 2 days
+    feed(p, 5460 + 900, lambda t: 2000.0 * (1 + 0.02 * rng.standard_normal()), start=5460)
+    again = p.forecaster.fit
+    assert again is not None
+    assert again is not first
+    assert set(again.scores) == {first.name}

@@ -1,0 +1,234 @@
+"""CPU cost of forecast policies: per tick for 1,000 pools, and per refit.
+
+Per tick (the controller's critical path): 1,000 pools x 2 roles, each with a forecast policy
+holding 3 days of 1-minute history and a fitted model (holt, holt_winters, arima, sarimax in
+rotation). Each tick records the sample, feeds closed bins to the filter and predicts; refits
+are handed to a refitter that never runs them here (in the controller they run off the tick).
+Reported: median over repetitions of process CPU per pool per tick, (a) for the policies alone
+and (b) as the extra cost of the whole decision core with forecasts vs without.
+
+Per refit (off the critical path): median process CPU of one fit per model on 8 days of
+history, and what that amortises to per pool per tick at the default refit period.
+
+    .venv/bin/python benchmarks/forecast_cost.py [--pools 1000] [--ticks 40] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from autoscaler.decision.core import PolicyMap, decide
+from autoscaler.decision.state import ScaleState
+from autoscaler.forecast import engine, models, refit
+from autoscaler.policy.base import Policy
+from autoscaler.policy.config import PolicyFile
+from autoscaler.policy.forecast import ForecastConfig, ForecastPolicy
+from autoscaler.types import PoolObservation, Role, RoleObservation, SignalSample, Snapshot
+
+BIN_S = 60.0
+TICK_S = 15.0
+KINDS = ("holt", "holt_winters", "arima", "sarimax")
+
+
+class Never:
+    """A refitter that accepts jobs and never finishes them: fits stay off this measurement."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+
+    def submit(self, fn: Any, job: models.FitJob) -> refit.Handle:
+        self.jobs += 1
+        return self
+
+    def done(self) -> bool:
+        return False
+
+    def result(self) -> models.FitResult:
+        raise AssertionError
+
+
+def synthetic(days: float, seed: int) -> np.ndarray:
+    """Prompt tokens/s with a 3x daily swing and 3 % noise."""
+    t = np.arange(int(days * 86400 / BIN_S)) * BIN_S
+    rng = np.random.default_rng(seed)
+    base = 20000 * (1 + 0.5 * np.sin(2 * np.pi * t / 86400))
+    return base * (1 + 0.03 * rng.standard_normal(len(t)))
+
+
+def role_dict(name: str, signal: str, target: float, kind: str) -> dict[str, Any]:
+    return {
+        "deployment": {"namespace": "bench", "name": name},
+        "max_replicas": 64,
+        "cold_start_s": 90,
+        "signals": [{"signal": signal, "target": target}],
+        "policies": [{"kind": "forecast", "model": kind, "capacity_per_replica": 5000.0}],
+    }
+
+
+def build(pools: int, *, forecasts: bool) -> PolicyFile:
+    doc = {
+        "pools": [
+            {
+                "name": f"p{i}",
+                "roles": {
+                    "prefill": role_dict(f"p{i}-prefill", "batched_tokens", 0.5, KINDS[i % 4]),
+                    "decode": role_dict(f"p{i}-decode", "kv_cache", 0.7, KINDS[i % 4]),
+                },
+            }
+            for i in range(pools)
+        ]
+    }
+    if not forecasts:
+        for p in doc["pools"]:
+            for r in p["roles"].values():  # type: ignore[attr-defined]
+                r["policies"] = []
+    return PolicyFile.model_validate(doc)
+
+
+def fitted(history: np.ndarray) -> dict[str, models.FitResult]:
+    out = {}
+    for kind in KINDS:
+        f = engine.Forecaster(engine.Settings(model=kind, horizon_s=105), key=kind)
+        f.history.load(0, history)
+        res = models.fit(f.job())
+        assert res.ok, (kind, res.error)
+        out[kind] = res
+    return out
+
+
+def make_policies(
+    pf: PolicyFile, history: np.ndarray, fits: dict[str, models.FitResult], never: Never
+) -> PolicyMap:
+    pm: dict[tuple[str, Role], list[Policy]] = {}
+    for i, pool in enumerate(pf.pools):
+        for role, spec in pool.roles.items():
+            cfg = ForecastConfig.model_validate(
+                {"model": KINDS[i % 4], "capacity_per_replica": 5000.0}
+            )
+            p = ForecastPolicy(cfg, pool=pool.name, role=role, spec=spec, refitter=never)
+            p.forecaster.history.load(0, history)
+            p.forecaster.install(copy.deepcopy(fits[KINDS[i % 4]]))
+            pm[(pool.name, role)] = [p]
+    return pm
+
+
+def snapshot(pf: PolicyFile, now: float, rate: float) -> Snapshot:
+    sig = {
+        "batched_tokens": SignalSample(0.45, 4),
+        "kv_cache": SignalSample(0.6, 4),
+        "request_rate": SignalSample(rate / 1000, 4),
+        "prompt_tokens_rate": SignalSample(rate, 4),
+        "generation_tokens_rate": SignalSample(rate / 10, 4),
+    }
+    ro = RoleObservation(replicas=4, ready=4, signals=sig)
+    return Snapshot(
+        taken_at=now,
+        pools={p.name: PoolObservation(roles=dict.fromkeys(p.roles, ro)) for p in pf.pools},
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--pools", type=int, default=1000)
+    ap.add_argument("--ticks", type=int, default=40)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--fit-samples", type=int, default=5)
+    args = ap.parse_args()
+
+    history = synthetic(3, seed=0)
+    start = len(history) * BIN_S
+    fits = fitted(history)
+    pf_on = build(args.pools, forecasts=True)
+    pf_off = build(args.pools, forecasts=False)
+    never = Never()
+    pm = make_policies(pf_on, history, fits, never)
+
+    # (a) the policies alone, every role of every pool, tick after tick.
+    per_pool_policy: list[float] = []
+    now = start
+    rng = np.random.default_rng(1)
+    ctxs = []
+    from autoscaler.policy.base import RoleContext  # noqa: PLC0415
+
+    for rep in range(args.reps + 1):
+        t0 = time.process_time()
+        for _ in range(args.ticks):
+            snap = snapshot(pf_on, now, 20000 * (1 + 0.03 * rng.standard_normal()))
+            for pool in pf_on.pools:
+                pobs = snap.pools[pool.name]
+                for role, spec in pool.roles.items():
+                    c = RoleContext(pool.name, role, spec, pobs.roles[role], now)
+                    for p in pm[(pool.name, role)]:
+                        ctxs.append(p.needs(c))
+            ctxs.clear()
+            now += TICK_S
+        dt = time.process_time() - t0
+        if rep > 0:  # the first repetition submits every pool's first refit job: warm-up
+            per_pool_policy.append(dt / (args.ticks * args.pools))
+
+    # (b) the whole decision core with and without the forecast policies.
+    core: dict[bool, list[float]] = {True: [], False: []}
+    for rep in range(args.reps):
+        for on in (True, False):
+            pf = pf_on if on else pf_off
+            state = ScaleState()
+            t0 = time.process_time()
+            for _ in range(args.ticks):
+                _, state = decide(
+                    snapshot(pf, now, 20000.0), state, pf, now=now, policies=pm if on else None
+                )
+                now += TICK_S
+            core[on].append((time.process_time() - t0) / (args.ticks * args.pools))
+        del rep
+
+    print(
+        f"# {args.pools} pools x 2 roles, forecasts on both roles ({', '.join(KINDS)} in "
+        f"rotation), {args.ticks} ticks x {args.reps} reps, tick {TICK_S:g} s, bins {BIN_S:g} s"
+    )
+    pol = statistics.median(per_pool_policy) * 1e3
+    on = statistics.median(core[True]) * 1e3
+    off = statistics.median(core[False]) * 1e3
+    print(
+        f"forecast policies alone: median {pol:.4f} ms CPU per pool per tick "
+        f"(min {min(per_pool_policy) * 1e3:.4f}, max {max(per_pool_policy) * 1e3:.4f})"
+    )
+    print(
+        f"decision core per pool per tick: with forecasts {on:.4f} ms, without {off:.4f} ms, "
+        f"forecast adds {on - off:.4f} ms"
+    )
+    hist_kib = next(iter(pm.values()))[0].forecaster.history.nbytes / 1024  # type: ignore[attr-defined]
+    print(
+        f"history memory: {hist_kib:.1f} KiB per role (8 days of 1-min float32 bins), "
+        f"{hist_kib * 2 * args.pools / 1024:.0f} MiB for all pools"
+    )
+
+    # Refit cost per model on 8 days of history (what a long-running controller holds).
+    long = synthetic(8, seed=2)
+    print(
+        "\n| model | fit CPU s (median) | min | max | amortised ms per pool per tick "
+        "(2 roles, refit every 3600 s) |"
+    )
+    print("|---|---|---|---|---|")
+    for kind in (*KINDS, "auto"):
+        cpu = []
+        for j in range(args.fit_samples):
+            f = engine.Forecaster(engine.Settings(model=kind, horizon_s=105), key=kind)
+            # Different 8-day windows: shift the series so each fit sees other data.
+            f.history.load(0, np.roll(long, j * 997))
+            res = models.fit(f.job())
+            assert res.ok, (kind, res.error)
+            cpu.append(res.cpu_s)
+        med = statistics.median(cpu)
+        amort = med * 2 / (3600 / TICK_S) * 1e3
+        print(f"| {kind} | {med:.3f} | {min(cpu):.3f} | {max(cpu):.3f} | {amort:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
