@@ -76,7 +76,10 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
     if spec.behavior.consolidation:
         keep = _ceil(total / (sig.target * (1 - tol)))
     else:
-        keep = _ceil(total / sig.target)
+        # The HPA formula both ways, deadband included: inside it the HPA returns the current
+        # count. Without this a fleet of >= 10 would shrink at ratio 0.9-1.0 (12 replicas at
+        # 0.917 x target: ceil(11.0) = 11) where the HPA holds.
+        keep = current if abs(ratio - 1) <= tol else _ceil(total / sig.target)
     if partial:
         keep = max(keep, current)
     return Need(

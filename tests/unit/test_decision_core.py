@@ -86,6 +86,21 @@ def test_without_consolidation_scale_down_uses_plain_formula() -> None:
 
 
 @pytest.mark.parametrize(
+    ("mean", "want"),
+    [
+        pytest.param(55 / 12, 12, id="inside-deadband-holds"),  # 55 / 60 = 0.917 >= 0.9
+        pytest.param(50 / 12, 10, id="below-deadband-shrinks"),  # 50 / 60 = 0.833 -> ceil(10)
+    ],
+)
+def test_without_consolidation_deadband_holds_scale_down(mean: float, want: int) -> None:
+    """consolidation: false keeps the HPA deadband on the way down: 12 replicas at 0.917 x
+    target stay 12 (the HPA's tolerance), not ceil(55 / 5) = 11."""
+    t = agg(Q5, consolidation=False)
+    (d,) = t.tick(0, aggregated=obs(12, queue_depth=mean)).values()
+    assert d.desired == want
+
+
+@pytest.mark.parametrize(
     ("count_pending", "signal", "want"),
     [
         pytest.param(True, "queue_depth", 4, id="queue-capped-while-pending"),
