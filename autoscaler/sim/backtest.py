@@ -1,0 +1,703 @@
+"""`pd-autoscaler backtest`: replay a trace through the controller and the baselines.
+
+Each run builds a fresh simulated cluster (`Simulation.from_policy`) fed by the same trace, and
+drives it with the real controller `Loop` over `SimMetricsSource` (a Prometheus that scrapes every
+`--scrape-s`) and `SimActuator`, one tick every `--tick-s`, until the last request has finished.
+The policy runs and the `keda-queue` baseline go through the Loop; `static-peak` has no
+controller (see `baselines.py` for both baselines).
+
+What is reported (docs/SIM-MODEL.md §3.2), per run, on the trace's first pool:
+
+* **SLO attainment**: the share of requests with TTFT <= max(ttft_floor_s, ttft_slowdown x its
+  prefill time on an idle replica) and mean ITL <= itl_mean_s (evaluate.py).
+* **GPU-hours**: every replica from its request (cold start included) to its stop (drain
+  included), counted over the trace's horizon [0, H), H = the last arrival rounded up to a whole
+  minute: the span the oracle covers, so that all columns add up the same interval. Requests
+  still running at H are served to the end and judged, but GPUs held after H are not billed.
+* **oracle_gpu_hours**: `evaluate.oracle`, a lower bound: per minute, the fewest replicas per role
+  whose modelled capacity covers that minute's prompt and output tokens at the SLO, with no cold
+  start, perfect foresight and no queueing (its docstring has the capacity model).
+* **scale events, reversals** (a role's change opposite to its previous one within 10 min),
+  **preemptions** (vLLM recompute evictions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import structlog
+
+from autoscaler import errors
+from autoscaler.loop import DecisionHook, Loop, TickReport
+from autoscaler.policy.config import PolicyFile, PoolSpec, load_policy_file
+from autoscaler.sim import baselines
+from autoscaler.sim.backends import SimActuator, SimMetricsSource
+from autoscaler.sim.engine import Simulation
+from autoscaler.sim.evaluate import SLO, Evaluation, Oracle, evaluate, oracle, request_outcome
+from autoscaler.sim.profile import BUILTIN_PROFILES, Profile, builtin, load_profile
+from autoscaler.sim.traces import Trace, load_trace
+from autoscaler.types import Role
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+DEFAULT_POLICY_FILE = "llama-8b-disagg.yaml"
+# The package keeps a copy of policies/llama-8b-disagg.yaml so an installed wheel has a default;
+# tests/sim/test_backtest.py keeps the two identical.
+PACKAGED_POLICY = Path(__file__).with_name("default_policy.yaml")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Prometheus rate()/histogram window of the simulated source. 60 s holds 12 scrapes at the
+# default 5 s scrape interval (Prometheus wants >= 4) and reacts twice as fast as the 120 s the
+# in-cluster source defaults to for 15-30 s scrapes.
+DEFAULT_WINDOW_S = 60.0
+# After the last arrival the controller keeps ticking until every request finished; this bounds
+# that tail (a stuck run still ends): the longest request of the Azure traces takes < 1 min.
+DRAIN_LIMIT_S = 3600.0
+# The oracle's and the plots' time bins.
+BIN_S = 60.0
+# A reversal: the opposite change of the same role within this window (10 min, §3.2).
+REVERSAL_WINDOW_S = 600.0
+
+
+def default_policy_path() -> Path:
+    """policies/llama-8b-disagg.yaml of the source tree when present, else the packaged copy."""
+    repo = REPO_ROOT / "policies" / DEFAULT_POLICY_FILE
+    return repo if repo.is_file() else PACKAGED_POLICY
+
+
+def resolve_profile_arg(value: str | Path | None) -> Profile:
+    """A built-in profile name, a profile YAML path, or the default (llama-8b-h100)."""
+    if value is None:
+        return builtin("llama-8b-h100")
+    text = str(value)
+    if text in BUILTIN_PROFILES:
+        return BUILTIN_PROFILES[text]
+    path = Path(text)
+    if not path.exists() and path.suffix not in (".yaml", ".yml") and "/" not in text:
+        known = ", ".join(sorted(BUILTIN_PROFILES))
+        msg = f"--profile {text!r}: neither a built-in profile ({known}) nor a file"
+        raise errors.ConfigError([msg])
+    return load_profile(path)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayConfig:
+    """How a trace is replayed and judged (the CLI flags)."""
+
+    tick_s: float = baselines.HPA_SYNC_PERIOD_S
+    scrape_s: float = 5.0
+    window_s: float = DEFAULT_WINDOW_S
+    slo: SLO = field(default_factory=SLO)
+
+    def __post_init__(self) -> None:
+        if not (self.tick_s > 0 and self.scrape_s > 0 and self.window_s >= self.scrape_s):
+            msg = (
+                f"--tick-s {self.tick_s} and --scrape-s {self.scrape_s} must be > 0 and the rate "
+                f"window {self.window_s} s at least one scrape"
+            )
+            raise errors.ConfigError([msg])
+
+
+@dataclass(slots=True)
+class Run:
+    """One simulated run: the cluster at the end and its evaluation."""
+
+    name: str
+    kind: str  # "policy" or the baseline's name
+    description: str
+    sim: Simulation
+    pool: str
+    evaluation: Evaluation
+    replicas: dict[Role, int] = field(default_factory=dict)  # static-peak's fixed fleet
+    wall_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Backtest:
+    """Every run of one backtest on one trace."""
+
+    trace_name: str
+    trace: Trace
+    profile: Profile
+    config: ReplayConfig
+    horizon_s: float
+    oracle: Oracle
+    runs: dict[str, Run]
+
+    @property
+    def oracle_gpu_hours(self) -> float:
+        return self.oracle.gpu_hours
+
+
+def horizon_of(trace: Trace) -> float:
+    """The billed span: the last arrival rounded up to a whole minute (the oracle's bins)."""
+    return max(1, math.ceil((trace.duration_s + 1e-9) / BIN_S)) * BIN_S
+
+
+def single_pool(policy: PolicyFile, pool: str | None = None) -> tuple[PolicyFile, PoolSpec]:
+    """The policy restricted to the pool the trace feeds (the first one unless named): the Loop
+    then observes only Deployments the simulation has."""
+    spec = policy.pools[0] if pool is None else policy.pool(pool)
+    if len(policy.pools) == 1:
+        return policy, spec
+    return policy.model_copy(update={"pools": (spec,)}), spec
+
+
+@contextlib.contextmanager
+def quiet_logs(level: int = logging.WARNING) -> Iterator[None]:
+    """Silence the Loop's per-tick `decision` events while replaying (thousands of lines an
+    hour that the summary replaces); warnings still show. Restores the previous set-up."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+TickCallback = Callable[[float, TickReport, Simulation], None]
+
+
+async def _drive(
+    sim: Simulation,
+    loop: Loop,
+    *,
+    pool: str,
+    tick_s: float,
+    horizon_s: float,
+    on_tick: TickCallback | None,
+) -> None:
+    p = sim.pool(pool)
+    limit = horizon_s + DRAIN_LIMIT_S
+    n = 0
+    while True:
+        n += 1
+        # Multiply, not accumulate: 240 additions of 15.0 are exact, 0.1-second ticks are not.
+        t = n * tick_s
+        sim.advance_to(t)
+        report = await loop.tick(t)
+        if on_tick is not None:
+            on_tick(t, report, sim)
+        if t >= horizon_s and p.arrivals_done and p.outstanding() == 0:
+            return
+        if t >= limit:
+            return
+
+
+def run_controller(
+    name: str,
+    policy: PolicyFile,
+    trace: Trace,
+    *,
+    profile: Profile,
+    config: ReplayConfig,
+    horizon_s: float,
+    kind: str = "policy",
+    description: str = "",
+    hooks: Sequence[DecisionHook] = (),
+    on_tick: TickCallback | None = None,
+) -> Run:
+    """Replay `trace` into the policy's (first) pool under the real controller Loop."""
+    t0 = time.perf_counter()
+    policy, spec = single_pool(policy)
+    sim = Simulation.from_policy(policy, {spec.name: tuple(trace)}, profile=profile)  # type: ignore[dict-item]
+    source = SimMetricsSource(sim, scrape_interval_s=config.scrape_s, window_s=config.window_s)
+    loop = Loop(policy, source, SimActuator(sim), hooks=hooks)
+    asyncio.run(
+        _drive(
+            sim, loop, pool=spec.name, tick_s=config.tick_s, horizon_s=horizon_s, on_tick=on_tick
+        )
+    )
+    ev = evaluate(
+        sim,
+        spec.name,
+        slo=config.slo,
+        end_s=horizon_s,
+        reversal_window_s=REVERSAL_WINDOW_S,
+        with_oracle=False,
+    )
+    return Run(name, kind, description, sim, spec.name, ev, wall_s=time.perf_counter() - t0)
+
+
+def run_static(
+    name: str,
+    pool: PoolSpec,
+    replicas: dict[Role, int],
+    trace: Trace,
+    *,
+    profile: Profile,
+    config: ReplayConfig,
+    horizon_s: float,
+    description: str = "",
+    on_progress: Callable[[float], None] | None = None,
+) -> Run:
+    """Replay `trace` on a fixed fleet (no controller)."""
+    t0 = time.perf_counter()
+    sim = Simulation()
+    sim.add_pool(
+        pool.name,
+        profile=profile,
+        deployments={r: (s.deployment.namespace, s.deployment.name) for r, s in pool.roles.items()},
+        arrival_s=trace.arrival_s,
+        prompt_tokens=trace.prompt_tokens,
+        output_tokens=trace.output_tokens,
+        initial_replicas=replicas,
+    )
+    # Advance in slices only to report progress; the result does not depend on the slicing.
+    step = max(config.tick_s, horizon_s / 50.0)
+    t = 0.0
+    while t < horizon_s:
+        t = min(horizon_s, t + step)
+        sim.advance_to(t)
+        if on_progress is not None:
+            on_progress(t)
+    sim.run_until_idle(limit_s=DRAIN_LIMIT_S)
+    ev = evaluate(
+        sim,
+        pool.name,
+        slo=config.slo,
+        end_s=horizon_s,
+        reversal_window_s=REVERSAL_WINDOW_S,
+        with_oracle=False,
+    )
+    return Run(
+        name,
+        baselines.STATIC_PEAK,
+        description,
+        sim,
+        pool.name,
+        ev,
+        replicas=dict(replicas),
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, i = name, 2
+    while out in taken:
+        out, i = f"{name}-{i}", i + 1
+    return out
+
+
+def run_backtest(
+    trace: Trace,
+    *,
+    trace_name: str,
+    policies: Sequence[tuple[str, PolicyFile]],
+    baseline_names: Sequence[str] = baselines.BASELINES,
+    profile: Profile,
+    config: ReplayConfig = ReplayConfig(),
+    progress: bool = False,
+    hooks: Sequence[DecisionHook] = (),
+    on_tick: TickCallback | None = None,
+    console: Console | None = None,
+) -> Backtest:
+    """Every policy, then every baseline (built from the first policy's pool), on `trace`.
+
+    `hooks` and `on_tick` apply to the policy runs only (the demo's live view)."""
+    if not policies:
+        msg = "a backtest needs at least one policy"
+        raise ValueError(msg)
+    unknown = [b for b in baseline_names if b not in baselines.BASELINES]
+    if unknown:
+        known = ", ".join(baselines.BASELINES)
+        raise errors.ConfigError([f"unknown baseline {', '.join(unknown)}; known: {known}"])
+    if len(trace.arrival_s) == 0:
+        raise errors.ConfigError([f"{trace_name}: the trace has no requests"])
+    horizon = horizon_of(trace)
+    base_policy, base_pool = single_pool(policies[0][1])
+    orc = oracle(
+        trace.arrival_s,
+        trace.prompt_tokens,
+        trace.output_tokens,
+        profile,
+        disaggregated=Role.AGGREGATED not in base_pool.roles,
+        slo=config.slo,
+        bin_s=BIN_S,
+    )
+    runs: dict[str, Run] = {}
+    with _Progress(enabled=progress, console=console) as prog:
+        for name, pol in policies:
+            key = _unique(name, set(runs))
+            tick = prog.task(key, horizon)
+
+            def cb(t: float, rep: TickReport, sim: Simulation, _tick: Any = tick) -> None:
+                _tick(t)
+                if on_tick is not None:
+                    on_tick(t, rep, sim)
+
+            runs[key] = run_controller(
+                key,
+                pol,
+                trace,
+                profile=profile,
+                config=config,
+                horizon_s=horizon,
+                description=f"policy file {name}",
+                hooks=hooks,
+                on_tick=cb,
+            )
+        for b in baseline_names:
+            key = _unique(b, set(runs))
+            tick = prog.task(key, horizon)
+            if b == baselines.KEDA_QUEUE:
+                kp = baselines.keda_queue_policy(base_policy, base_pool.name)
+                runs[key] = run_controller(
+                    key,
+                    kp,
+                    trace,
+                    profile=profile,
+                    config=config,
+                    horizon_s=horizon,
+                    kind=b,
+                    description=(
+                        "KEDA Prometheus scaler, sum(vllm:num_requests_waiting) threshold "
+                        f"{baselines.KEDA_QUEUE_THRESHOLD:g} per replica, HPA defaults "
+                        "(15 s sync, 10 % tolerance, 0/300 s up/down stabilization, "
+                        "+max(4 pods, 100 %)/15 s, -100 %/15 s), one HPA per role"
+                    ),
+                    on_tick=_progress_only(tick),
+                )
+            else:
+                reps = baselines.static_peak_replicas(trace, profile, base_pool, slo=config.slo)
+                runs[key] = run_static(
+                    key,
+                    base_pool,
+                    reps,
+                    trace,
+                    profile=profile,
+                    config=config,
+                    horizon_s=horizon,
+                    description=(
+                        "fixed fleet sized by the oracle capacity model for the busiest minute: "
+                        + ", ".join(f"{r.value} {n}" for r, n in reps.items())
+                    ),
+                    on_progress=tick,
+                )
+    return Backtest(trace_name, trace, profile, config, horizon, orc, runs)
+
+
+def _progress_only(update: Callable[[float], None]) -> TickCallback:
+    def cb(t: float, _report: TickReport, _sim: Simulation) -> None:
+        update(t)
+
+    return cb
+
+
+class _Progress:
+    """A rich progress bar per run (simulated time), or nothing."""
+
+    def __init__(self, *, enabled: bool, console: Console | None) -> None:
+        self.enabled = enabled
+        self.console = console
+        self._bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (  # noqa: PLC0415 - rich only when a bar is shown
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description:<16}"),
+                BarColumn(),
+                TextColumn("{task.fields[sim]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def task(self, name: str, total_s: float) -> Callable[[float], None]:
+        if self._bar is None:
+            return lambda _t: None
+        bar = self._bar
+        tid = bar.add_task(name, total=total_s, sim="")
+
+        def update(t: float) -> None:
+            bar.update(tid, completed=min(t, total_s), sim=f"{t / 60:5.1f} min simulated")
+
+        return update
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+def _f(x: float) -> float | None:
+    """JSON-safe float (NaN -> null)."""
+    return None if math.isnan(x) else float(x)
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    ev = run.evaluation
+    by_role = ev.gpu_hours_by_role
+    return {
+        "kind": run.kind,
+        "description": run.description,
+        "slo_attainment": _f(ev.slo_attainment),
+        "ttft_attainment": _f(ev.ttft_attainment),
+        "itl_attainment": _f(ev.itl_attainment),
+        "ttft_p50_s": _f(ev.ttft_p50_s),
+        "ttft_p99_s": _f(ev.ttft_p99_s),
+        "itl_p50_s": _f(ev.itl_p50_s),
+        "itl_p99_s": _f(ev.itl_p99_s),
+        "gpu_hours": ev.gpu_hours,
+        "gpu_hours_prefill": by_role.get(Role.PREFILL, 0.0),
+        "gpu_hours_decode": by_role.get(Role.DECODE, 0.0),
+        "gpu_hours_aggregated": by_role.get(Role.AGGREGATED, 0.0),
+        "scale_events": ev.scale_events,
+        "reversals": ev.reversals,
+        "preemptions": ev.preemptions,
+        "finished": ev.finished,
+        "max_replicas": {
+            r.value: int(run.sim.timeline(run.pool, r).replicas.max()) for r in by_role
+        },
+        "static_replicas": {r.value: n for r, n in run.replicas.items()} or None,
+        "wall_s": round(run.wall_s, 3),
+    }
+
+
+def summary_json(bt: Backtest) -> dict[str, Any]:
+    """The `--json` document (the keys of the issue's shape, plus context)."""
+    slo = bt.config.slo
+    return {
+        "trace": bt.trace_name,
+        "requests": len(bt.trace.arrival_s),
+        "duration_s": bt.trace.duration_s,
+        "horizon_s": bt.horizon_s,
+        "profile": bt.profile.name,
+        "slo": {
+            "ttft_floor_s": slo.ttft_floor_s,
+            "ttft_slowdown": slo.ttft_slowdown,
+            "itl_mean_s": slo.itl_mean_s,
+        },
+        "tick_s": bt.config.tick_s,
+        "scrape_s": bt.config.scrape_s,
+        "rate_window_s": bt.config.window_s,
+        "oracle_gpu_hours": bt.oracle_gpu_hours,
+        "oracle_method": (
+            "lower bound: per 60 s bin, the fewest replicas per role (>= 1) whose modelled "
+            "capacity covers the bin's prompt tokens/s (compute-bound full 8192-token steps) and "
+            "output tokens/s (largest batch within the ITL SLO and KV), with no cold start, "
+            "perfect foresight and no queueing (autoscaler/sim/evaluate.py oracle)"
+        ),
+        "gpu_hours_method": (
+            "replicas from request (cold start included) to stop (drain included), over "
+            "[0, horizon_s): the last arrival rounded up to a minute, as the oracle"
+        ),
+        "runs": {name: run_summary(run) for name, run in bt.runs.items()},
+    }
+
+
+def summary_table(bt: Backtest) -> Table:
+    from rich.table import Table  # noqa: PLC0415
+
+    n = len(bt.trace.arrival_s)
+    table = Table(
+        title=(
+            f"{bt.trace_name}: {n:,} requests over {bt.trace.duration_s / 60:.1f} min, "
+            f"profile {bt.profile.name}"
+        ),
+        caption=(
+            f"SLO: TTFT <= max({bt.config.slo.ttft_floor_s:g} s, {bt.config.slo.ttft_slowdown:g}"
+            f" x idle prefill), mean ITL <= {bt.config.slo.itl_mean_s * 1000:g} ms. "
+            "GPU-h over the trace's minutes; oracle = per-minute lower bound, no cold start."
+        ),
+    )
+    for col in ("run", "SLO att.", "TTFT p50/p99 s", "ITL p50/p99 ms", "GPU-h (P+D)", "x oracle",
+                "scales", "reversals", "preempt."):  # fmt: skip
+        table.add_column(col, justify="left" if col == "run" else "right")
+    orc = bt.oracle_gpu_hours
+    for name, run in bt.runs.items():
+        ev = run.evaluation
+        by = ev.gpu_hours_by_role
+        split = (
+            f"{by.get(Role.PREFILL, 0.0):.2f}+{by.get(Role.DECODE, 0.0):.2f}"
+            if Role.PREFILL in by
+            else f"{ev.gpu_hours:.2f}"
+        )
+        table.add_row(
+            name,
+            f"{ev.slo_attainment:.2%}",
+            f"{ev.ttft_p50_s:.3f}/{ev.ttft_p99_s:.2f}",
+            f"{ev.itl_p50_s * 1000:.1f}/{ev.itl_p99_s * 1000:.1f}",
+            f"{ev.gpu_hours:.2f} ({split})",
+            f"{ev.gpu_hours / orc:.2f}" if orc > 0 else "-",
+            str(ev.scale_events),
+            str(ev.reversals),
+            str(ev.preemptions),
+        )
+    reps = bt.oracle.replicas
+    split = "+".join(f"{int(v.sum()) * BIN_S / 3600:.2f}" for v in reps.values())
+    table.add_row("oracle", "-", "-", "-", f"{orc:.2f} ({split})", "1.00", "-", "-", "-")
+    return table
+
+
+def plot(bt: Backtest, path: Path) -> Path:
+    """A PNG: load, replicas per role for every run (and the oracle), SLO misses per minute."""
+    import matplotlib as mpl  # noqa: PLC0415 - matplotlib only when a plot is asked for
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    tr = bt.trace
+    h = bt.horizon_s
+    nb = round(h / BIN_S)
+    edges = np.arange(nb + 1) * BIN_S
+    mins = edges[:-1] / 60.0
+    req = np.histogram(tr.arrival_s, bins=edges)[0] / BIN_S
+    ptok = np.histogram(tr.arrival_s, bins=edges, weights=tr.prompt_tokens)[0] / BIN_S
+    first = next(iter(bt.runs.values()))
+    roles = list(first.sim.pool(first.pool).deployments)
+    fig, axes = plt.subplots(
+        2 + len(roles), 1, figsize=(11, 3.0 * (2 + len(roles))), sharex=True, squeeze=False
+    )
+    ax = axes[0][0]
+    ax.step(mins, req, where="post", color="black", label="requests/s")
+    ax.set_ylabel("requests/s")
+    ax2 = ax.twinx()
+    ax2.step(mins, ptok, where="post", color="tab:orange", alpha=0.7, label="prompt tokens/s")
+    ax2.set_ylabel("prompt tokens/s")
+    ax.set_title(f"{bt.trace_name}: load (per-minute means)")
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(lines, [str(ln.get_label()) for ln in lines], loc="upper left", fontsize=8)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, role in enumerate(roles):
+        ax = axes[1 + i][0]
+        for j, (name, run) in enumerate(bt.runs.items()):
+            tl = run.sim.timeline(run.pool, role)
+            t = np.append(tl.t, h) / 60.0
+            r = np.append(tl.replicas, tl.replicas[-1])
+            ax.step(t, r, where="post", label=name, color=colors[j % len(colors)],
+                    linewidth=1.6 if j == 0 else 1.1)  # fmt: skip
+        o = bt.oracle.replicas[role]
+        ax.step(np.append(mins, h / 60.0), np.append(o, o[-1]), where="post", color="grey",
+                linestyle=":", label="oracle")  # fmt: skip
+        ax.set_ylabel(f"{role.value} replicas")
+        ax.set_title(f"{role.value}: replicas requested (GPUs held, cold start included)")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.set_ylim(bottom=0)
+    ax = axes[-1][0]
+    for j, (name, run) in enumerate(bt.runs.items()):
+        res = run.sim.pool(run.pool).results()
+        out = request_outcome(res, bt.profile, bt.config.slo)
+        miss = np.histogram(res.arrival_s[~out.met], bins=edges)[0]
+        ax.step(mins, miss, where="post", label=f"{name} ({run.evaluation.slo_attainment:.2%} met)",
+                color=colors[j % len(colors)])  # fmt: skip
+    ax.set_ylabel("SLO misses / min")
+    ax.set_xlabel("trace time (min)")
+    ax.set_title("requests missing the SLO, by arrival minute")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def _policies(paths: Sequence[Path] | None) -> list[tuple[str, PolicyFile]]:
+    chosen = list(paths) if paths else [default_policy_path()]
+    return [(p.stem, load_policy_file(p)) for p in chosen]
+
+
+def _opt(args: argparse.Namespace, name: str, default: float) -> float:
+    value = getattr(args, name, None)
+    return default if value is None else float(value)
+
+
+def _config(args: argparse.Namespace) -> ReplayConfig:
+    d = SLO()
+    slo = SLO(
+        ttft_floor_s=_opt(args, "ttft_floor_s", d.ttft_floor_s),
+        ttft_slowdown=_opt(args, "ttft_slowdown", d.ttft_slowdown),
+        itl_mean_s=_opt(args, "itl_mean_s", d.itl_mean_s),
+    )
+    scrape = _opt(args, "scrape_s", 5.0)
+    return ReplayConfig(
+        tick_s=_opt(args, "tick_s", baselines.HPA_SYNC_PERIOD_S),
+        scrape_s=scrape,
+        window_s=_opt(args, "window_s", max(DEFAULT_WINDOW_S, scrape)),
+        slo=slo,
+    )
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console  # noqa: PLC0415
+
+    # Piped output gets 80 columns by default: too narrow for the summary table.
+    probe = Console(stderr=stderr)
+    return Console(stderr=stderr, width=max(probe.width, 132))
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the backtest the flags describe; print the table; write --json / --plot."""
+    try:
+        profile = resolve_profile_arg(getattr(args, "profile", None))
+        config = _config(args)
+        policies = _policies(getattr(args, "policy", None))
+        trace = load_trace(
+            args.trace,
+            speedup=getattr(args, "speedup", 1.0) or 1.0,
+            rate_scale=getattr(args, "rate_scale", 1.0) or 1.0,
+            duration_s=getattr(args, "duration_s", None),
+        )
+        names = getattr(args, "baseline", None)
+        baseline_names = list(baselines.BASELINES if names is None else names)
+        show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
+        with quiet_logs():
+            bt = run_backtest(
+                trace,
+                trace_name=Path(args.trace).name,
+                policies=policies,
+                baseline_names=baseline_names,
+                profile=profile,
+                config=config,
+                progress=show,
+                console=_console(stderr=True) if show else None,
+            )
+    except errors.ConfigError as exc:
+        for line in exc.problems:
+            print(f"backtest: {line}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValueError as exc:  # e.g. a request longer than the profile's KV capacity
+        print(f"backtest: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    console = _console()
+    console.print(summary_table(bt))
+    json_out = getattr(args, "json_out", None)
+    if json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(summary_json(bt), indent=2) + "\n", encoding="utf-8")
+        console.print(f"JSON: {json_out}")
+    plot_out = getattr(args, "plot", None)
+    if plot_out is not None:
+        console.print(f"plot: {plot(bt, Path(plot_out))}")
+    return EXIT_OK

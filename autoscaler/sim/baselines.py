@@ -1,0 +1,139 @@
+"""The baselines a backtest compares a policy with, built from the policy itself.
+
+* **keda-queue**: what users deploy today. One KEDA ScaledObject per role with the Prometheus
+  scaler on `sum(vllm:num_requests_waiting{pod=~"<deployment>-.*"})`, `threshold: 5` (the default
+  `AverageValue` metric type), so the HPA KEDA generates computes `ceil(sum / 5)` with its own
+  defaults (PEERS.md §1-2): 15 s sync period, 10 % tolerance, no scale-up stabilization, 300 s
+  scale-down stabilization, scale-up max(+4 pods, +100 %) per 15 s, scale-down -100 % per 15 s.
+  It is expressed as a PolicyFile on our own core with the rules the HPA lacks switched off:
+  consolidation (the HPA's scale-down uses the same formula as its scale-up), panic mode, and
+  pending replicas as capacity (the HPA keeps asking for more while pods start). Same Deployments
+  and the same min/max replicas as the policy, so only the control law differs.
+
+  Known difference: our core's deadband compares the mean over the replicas that report (the
+  ready ones) with the target, the HPA's compares `sum / (target x status.replicas)`, where
+  status.replicas also counts pods still starting. `ceil(sum / 5)` is the same; only whether a
+  change of at most 10 % is skipped can differ, and only while pods start.
+
+* **static-peak**: no autoscaler; each role holds, the whole time, the replicas the oracle's
+  capacity model (`evaluate.oracle`) asks for in the trace's busiest minute (max over minutes,
+  at least the role's min_replicas): the fixed fleet an operator sizes for the peak.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from autoscaler.policy.config import (
+    Behavior,
+    Coupling,
+    Direction,
+    Panic,
+    PolicyFile,
+    PoolSpec,
+    RoleSpec,
+    ScalingRule,
+    SignalSpec,
+)
+from autoscaler.sim.evaluate import SLO, oracle
+from autoscaler.types import Role, SignalName
+
+if TYPE_CHECKING:
+    from autoscaler.sim.profile import Profile
+    from autoscaler.sim.traces import Trace
+
+KEDA_QUEUE = "keda-queue"
+STATIC_PEAK = "static-peak"
+BASELINES: tuple[str, ...] = (KEDA_QUEUE, STATIC_PEAK)
+
+# The `threshold` of the KEDA Prometheus scaler users copy from vLLM/KServe examples: 5 waiting
+# requests per replica.
+KEDA_QUEUE_THRESHOLD = 5.0
+
+# kube-controller-manager --horizontal-pod-autoscaler-tolerance default.
+HPA_TOLERANCE = 0.1
+# --horizontal-pod-autoscaler-sync-period default: the tick the HPA baseline runs at.
+HPA_SYNC_PERIOD_S = 15.0
+
+
+def hpa_default_behavior() -> Behavior:
+    """The HPA's `behavior` defaults (autoscaling/v2), with our core's extra rules off."""
+    return Behavior(
+        tolerance=HPA_TOLERANCE,
+        # scaleUp: stabilizationWindowSeconds 0; policies Pods 4 / Percent 100 per 15 s; Max.
+        scale_up=Direction(
+            stabilization_window_s=0,
+            rules=(
+                ScalingRule(type="pods", value=4, period_s=15),
+                ScalingRule(type="percent", value=100, period_s=15),
+            ),
+            select="max",
+        ),
+        # scaleDown: stabilizationWindowSeconds 300; policy Percent 100 per 15 s.
+        scale_down=Direction(
+            stabilization_window_s=300,
+            rules=(ScalingRule(type="percent", value=100, period_s=15),),
+            select="max",
+        ),
+        panic=Panic(enabled=False),
+        consolidation=False,
+        count_pending=False,
+    )
+
+
+def keda_queue_role(spec: RoleSpec, *, threshold: float = KEDA_QUEUE_THRESHOLD) -> RoleSpec:
+    """One role's ScaledObject: queue depth only, HPA defaults, the role's own bounds."""
+    return RoleSpec(
+        deployment=spec.deployment,
+        min_replicas=spec.min_replicas,
+        max_replicas=spec.max_replicas,
+        gpus_per_replica=spec.gpus_per_replica,
+        max_num_batched_tokens=spec.max_num_batched_tokens,
+        cold_start_s=spec.cold_start_s,
+        signals=(SignalSpec(signal=SignalName.QUEUE_DEPTH, target=threshold),),
+        behavior=hpa_default_behavior(),
+        metrics=spec.metrics,
+    )
+
+
+def keda_queue_policy(
+    policy: PolicyFile, pool: str, *, threshold: float = KEDA_QUEUE_THRESHOLD
+) -> PolicyFile:
+    """The keda-queue baseline for one pool of `policy` (see the module docstring).
+
+    No ratio coupling and no GPU budget: one HPA per Deployment knows neither.
+    """
+    src = policy.pool(pool)
+    return PolicyFile(
+        pools=(
+            PoolSpec(
+                name=src.name,
+                roles={r: keda_queue_role(s, threshold=threshold) for r, s in src.roles.items()},
+                coupling=Coupling(mode="independent"),
+            ),
+        ),
+    )
+
+
+def static_peak_replicas(
+    trace: Trace,
+    profile: Profile,
+    pool: PoolSpec,
+    *,
+    slo: SLO | None = None,
+) -> dict[Role, int]:
+    """Replicas per role for the busiest minute of `trace` under the oracle's capacity model,
+    at least min_replicas (and 1) per role; not capped by max_replicas, since an operator who
+    sizes a static fleet for the peak would size it for the real peak."""
+    orc = oracle(
+        trace.arrival_s,
+        trace.prompt_tokens,
+        trace.output_tokens,
+        profile,
+        disaggregated=Role.AGGREGATED not in pool.roles,
+        slo=slo or SLO(),
+    )
+    return {
+        role: max(int(orc.replicas[role].max()), spec.min_replicas, 1)
+        for role, spec in pool.roles.items()
+    }
