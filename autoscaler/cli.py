@@ -145,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--out", type=Path, default=Path("out"), help="directory for plot and JSON")
     d.add_argument("--quiet", action="store_true", help="no live decision feed")
+    d.add_argument("--profile", default=None, help="simulator profile name or YAML file")
+    d.add_argument(
+        "--duration-s", type=float, default=None, help="replay only the first N seconds"
+    )
+    d.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="wall time to stretch the policy's replay to (default 20; 0 = full speed)",
+    )
     d.set_defaults(func=_delegate("demo"))
 
     b = sub.add_parser("backtest", help="replay a trace through the controller and baselines")
@@ -170,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tick-s", type=float, default=15.0, help="controller tick interval")
     b.add_argument("--scrape-s", type=float, default=5.0, help="metric scrape interval")
     b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--window-s", type=float, default=None, help="rate window (default 60 s)")
+    b.add_argument(
+        "--duration-s", type=float, default=None, help="replay only the first N seconds"
+    )
+    b.add_argument("--ttft-floor-s", type=float, default=None, help="SLO TTFT floor (0.5)")
+    b.add_argument(
+        "--ttft-slowdown", type=float, default=None, help="SLO TTFT x idle prefill (3.0)"
+    )
+    b.add_argument("--itl-mean-s", type=float, default=None, help="SLO mean ITL (0.05)")
     b.set_defaults(func=_delegate("backtest"))
 
     r = sub.add_parser("run", help="run the controller against a Kubernetes cluster")
