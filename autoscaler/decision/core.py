@@ -50,6 +50,7 @@ class _Work:
     spec: RoleSpec
     obs: RoleObservation
     prev: RoleState
+    now: float
     needs: tuple[Need, ...] = ()
     raw: int = 0
     driver: str = ""
@@ -61,6 +62,16 @@ class _Work:
     @property
     def current(self) -> int:
         return self.obs.replicas
+
+    @property
+    def events(self) -> tuple[tuple[float, int], ...]:
+        """Remembered scale events plus the change observed since the last tick (see RoleState)."""
+        prev = self.prev
+        if prev.last_replicas is None or prev.last_replicas == self.obs.replicas:
+            return prev.events
+        ours = prev.last_desired == self.obs.replicas and prev.last_at is not None
+        at = prev.last_at if ours and prev.last_at is not None else self.now
+        return (*prev.events, (at, self.obs.replicas - prev.last_replicas))
 
     def clip(self, value: int, why: str | None) -> None:
         if why is not None and value != self.desired:
@@ -158,7 +169,7 @@ def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
     )
     w.clip(value, why)
     value, why = limiter.rate_limit(
-        w.desired, current=w.current, spec=spec, events=w.prev.events, in_panic=in_panic, now=now
+        w.desired, current=w.current, spec=spec, events=w.events, in_panic=in_panic, now=now
     )
     w.clip(value, why)
     value, why = limiter.bound(w.desired, spec)
@@ -234,14 +245,15 @@ def _state(w: _Work, *, now: float) -> RoleState:
     periods = [r.period_s for r in (*b.scale_up.rules, *b.scale_down.rules)]
     keep_events = max(periods, default=0.0)
     recs = tuple((t, r) for t, r in w.prev.recommendations if t > now - keep_recs)
-    events = tuple((t, d) for t, d in w.prev.events if t > now - keep_events)
-    if w.desired != w.current:
-        events += ((now, w.desired - w.current),)
+    events = tuple((t, d) for t, d in w.events if t > now - keep_events)
     return RoleState(
         recommendations=(*recs, (now, w.raw)) if keep_recs > 0 else (),
         events=events,
         panic_until=w.panic_until,
         missing_since=w.missing_since,
+        last_replicas=w.current,
+        last_desired=w.desired,
+        last_at=now,
     )
 
 
@@ -265,7 +277,7 @@ def decide(
         if pobs is None or any(r not in pobs.roles for r in pool.roles):
             continue
         works = {
-            role: _Work(pool.name, role, spec, pobs.roles[role], state.role(pool.name, role))
+            role: _Work(pool.name, role, spec, pobs.roles[role], state.role(pool.name, role), now)
             for role, spec in pool.roles.items()
         }
         for role, w in works.items():

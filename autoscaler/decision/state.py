@@ -27,12 +27,23 @@ class RoleState:
         period.
     panic_until: the role is in panic mode until this time (None: not in panic).
     missing_since: since when every signal of the role has been missing (None: data present).
+    last_replicas / last_desired / last_at: the replicas observed and decided at the last tick.
+
+    Scale events are recorded when a change is *observed* (the next tick sees other replicas),
+    not when one is decided: in shadow mode, or when an HPA/KEDA is the actuator, or when a
+    write fails, nothing changed, and counting the unapplied decision against the rate limits
+    would clip (and oscillate) the following decisions. A change that matches our last decision
+    is dated at that decision; any other change (a person's `kubectl scale`) at the tick that
+    sees it.
     """
 
     recommendations: tuple[tuple[float, int], ...] = ()
     events: tuple[tuple[float, int], ...] = ()
     panic_until: float | None = None
     missing_since: float | None = None
+    last_replicas: int | None = None
+    last_desired: int | None = None
+    last_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +51,9 @@ class RoleState:
             "events": [list(e) for e in self.events],
             "panic_until": self.panic_until,
             "missing_since": self.missing_since,
+            "last_replicas": self.last_replicas,
+            "last_desired": self.last_desired,
+            "last_at": self.last_at,
         }
 
     @classmethod
@@ -49,11 +63,18 @@ class RoleState:
             events=tuple((float(t), int(d)) for t, d in data.get("events", [])),
             panic_until=_opt_float(data.get("panic_until")),
             missing_since=_opt_float(data.get("missing_since")),
+            last_replicas=_opt_int(data.get("last_replicas")),
+            last_desired=_opt_int(data.get("last_desired")),
+            last_at=_opt_float(data.get("last_at")),
         )
 
 
 def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +121,9 @@ class ScaleState:
                 events=tuple((t + delta, d) for t, d in rs.events),
                 panic_until=None if rs.panic_until is None else rs.panic_until + delta,
                 missing_since=None if rs.missing_since is None else rs.missing_since + delta,
+                last_replicas=rs.last_replicas,
+                last_desired=rs.last_desired,
+                last_at=None if rs.last_at is None else rs.last_at + delta,
             )
 
         return ScaleState(
