@@ -19,6 +19,7 @@ What KUBECONFIG mode assumes of a user's cluster (kind, say):
   address it can dial (for kind, the docker network gateway, e.g. 172.18.0.1) and
   `PD_E2E_EXT_BIND` to an address to listen on (e.g. 0.0.0.0). A fresh extension CA and cert
   are generated; the front-proxy CA is read from kube-system/extension-apiserver-authentication.
+- `kubectl` is the one on PATH (`ClusterInfo.kubectl` is None without one).
 - The HPA controller runs with upstream defaults (15 s sync, 5 min downscale stabilization);
   `hpa_sync_period_s` reflects that so tests can scale their timeouts.
 """
@@ -133,7 +134,7 @@ async def _discover(kubeconfig: Path, work: Path) -> k8senv.ClusterInfo:
         ext_host=host, ext_bind_host=os.environ.get("PD_E2E_EXT_BIND", "127.0.0.1"),
         gpu_nodes=gpu_nodes, gpus_per_node=min((gpus[n] for n in gpu_nodes), default=0),
         pod_ready_delay_s=0.0, hpa_sync_period_s=15.0, hpa_downscale_stabilization_s=300.0,
-        managed=False,
+        managed=False, kubectl=Path(found) if (found := shutil.which("kubectl")) else None,
     )
 
 

@@ -109,11 +109,9 @@ class ClusterInfo:
     hpa_sync_period_s: float
     hpa_downscale_stabilization_s: float
     managed: bool  # True when this process (or `cluster up`) started the control plane
+    # Our build's kubectl for a local cluster; in KUBECONFIG mode the one on PATH, if any.
+    kubectl: Path | None = None
     pids: dict[str, int] = dataclasses.field(default_factory=dict)
-
-    @property
-    def kubectl(self) -> Path | None:
-        return self.bin_dir / "kubectl" if self.bin_dir else None
 
     @property
     def ext_service_dns(self) -> str:
@@ -129,6 +127,8 @@ class ClusterInfo:
         raw: dict[str, Any] = json.loads(text)
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
+            if f.name not in raw:  # written by an older version: keep the field's default
+                continue
             value = raw[f.name]
             if value is not None and "Path" in str(f.type):
                 value = Path(value)
@@ -628,7 +628,7 @@ class LocalCluster:
             gpu_nodes=nodes, gpus_per_node=cfg.gpus_per_node,
             pod_ready_delay_s=cfg.pod_ready_delay_s, hpa_sync_period_s=cfg.hpa_sync_period_s,
             hpa_downscale_stabilization_s=cfg.hpa_downscale_stabilization_s, managed=True,
-            pids={name: p.pid for name, p in self.procs.items()},
+            kubectl=self.bin_dir / "kubectl", pids={name: p.pid for name, p in self.procs.items()},
         )
 
     # -- stop ----------------------------------------------------------------------------------
