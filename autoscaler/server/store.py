@@ -17,9 +17,11 @@ and, to serve HTTP next to /healthz and /metrics, pass a plug-in to `server.app.
     def register(app: web.Application, store: DecisionStore) -> None:
         app.router.add_get("/apis/...", handler)   # read store.latest in the handler
 
-`Latest.leader` says whether this process was the leader when the decision was made; a standby
-records nothing (its store stays at the last decision it made as leader, or None), so a server
-that must only answer from the leader checks `store.leader`.
+`Latest.leader` says whether this process was the leader when the decision was made. A standby
+records nothing, and the controller `clear()`s the store when it stops leading: a former leader
+must not go on serving its last numbers (an HPA or KEDA would keep following a decision nobody
+updates). So on a standby `store.latest` is None and the servers answer "no data" (an empty
+metric list, gRPC UNAVAILABLE, HTTP 503), never an old number.
 """
 
 from __future__ import annotations
@@ -95,6 +97,12 @@ class DecisionStore:
             self._changed.set()
             self._changed = None
         return self._latest
+
+    def clear(self) -> None:
+        """Forget the latest decision (this replica stopped leading). `seq` keeps counting, so a
+        reader's cache keyed by seq never mistakes a later decision for an earlier one; waiters in
+        `wait_newer` keep waiting for the next recorded tick."""
+        self._latest = None
 
     def hook(self, decision: Decision, policy: PolicyFile) -> None:
         """A `loop.DecisionHook` (no snapshot), for loops other than the controller's."""
