@@ -201,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--prometheus-url")
     r.add_argument("--dry-run", action="store_true", default=None)
+    # Adoption servers (docs/adoption.md); also PD_AUTOSCALER_* variables (docs/controller.md).
+    r.add_argument("--external-metrics-port", type=int, metavar="PORT",
+                   help="serve external.metrics.k8s.io over TLS on PORT")
+    r.add_argument("--external-metrics-cert-dir", type=Path, metavar="DIR",
+                   help="tls.crt and tls.key for --external-metrics-port")
+    r.add_argument("--keda-grpc-port", type=int, metavar="PORT",
+                   help="serve the KEDA External Scaler (gRPC) on PORT")
+    r.add_argument("--keda-metrics-api", action="store_true", default=None,
+                   help="serve KEDA's metrics-api JSON at /keda/v1/<pool>/<role> on the HTTP port")
+    r.add_argument("--leader-label", action="store_true", default=None,
+                   help="label this Pod pd-autoscaler.io/leader=true while leading (POD_NAME)")
     r.set_defaults(func=_delegate("run"))
 
     s = sub.add_parser("sim", help="simulator tools")

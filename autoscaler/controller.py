@@ -8,7 +8,10 @@ Wiring (every box is replaceable in tests):
     tick: Loop(policy, MetricsSource, KubernetesActuator) -> TickReport
           -> Events on scaled Deployments; state + last decision saved to the state ConfigMap;
              DecisionStore (in-process servers) and Telemetry (/metrics) updated
-    aiohttp: /healthz /readyz /metrics (+ server plug-ins) on every replica
+    aiohttp: /healthz /readyz /metrics (+ server plug-ins, e.g. KEDA metrics-api) on every replica
+    adoption servers when configured (external.metrics.k8s.io over TLS, KEDA gRPC scaler) on
+    every replica; standbys answer "no data", and the leader labels its Pod
+    pd-autoscaler.io/leader=true so the overlays' Services reach it alone
 
 Why the state lives in a ConfigMap of the controller's namespace (`pd-autoscaler-state`) and not
 in Deployment annotations: writing an annotation needs `patch deployments`, and RBAC cannot limit
@@ -42,7 +45,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from kubernetes_asyncio import client, watch
@@ -62,6 +65,13 @@ from autoscaler.policy.config import DeploymentRef, PolicyFile, parse_policy
 from autoscaler.server import app as app_mod
 from autoscaler.server.store import DecisionStore
 from autoscaler.types import Decision
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    # Imported at run time only when configured: the gRPC stack is not free to load.
+    from autoscaler.server import external_metrics as em
+    from autoscaler.server import keda
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +120,38 @@ class Settings:
     api_timeout_s: float = 10.0
     """Per-request timeout for API calls."""
     policy_poll_s: float = 5.0
+    # Adoption servers (docs/adoption.md); each is off unless configured. They bind `http_host`.
+    external_metrics_port: int | None = None
+    """Serve external.metrics.k8s.io/v1beta1 over TLS on this port (0: a free port)."""
+    external_metrics_cert_dir: Path | None = None
+    """Directory with the serving cert `tls.crt` and key `tls.key` (a mounted TLS Secret)."""
+    keda_grpc_port: int | None = None
+    """Serve the KEDA External Scaler (gRPC) on this port (0: a free port)."""
+    keda_grpc_cert_dir: Path | None = None
+    """`tls.crt`/`tls.key` for the gRPC scaler; unset: plaintext inside the cluster."""
+    keda_grpc_client_ca_file: Path | None = None
+    """Require client certificates signed by this CA (mTLS); needs `keda_grpc_cert_dir`."""
+    keda_metrics_api: bool = False
+    """Mount KEDA's metrics-api JSON endpoint (`/keda/v1/<pool>/<role>`) on the HTTP port."""
+    serve_max_age_s: float = 120.0
+    """The adoption servers answer "no data" once the latest decision is older than this."""
+    leader_label: bool = False
+    """Label this replica's Pod `pd-autoscaler.io/leader=true` while it leads (the adoption
+    overlays' Services select it); needs `pod_name` and `pods` get/patch in `pod_namespace`."""
+    pod_name: str | None = None
+    """This replica's Pod (`POD_NAME` from the downward API)."""
+    pod_namespace: str | None = None
+    """The Pod's namespace (`POD_NAMESPACE`); defaults to `namespace`."""
+
+    @property
+    def external_metrics_cert(self) -> tuple[Path, Path] | None:
+        d = self.external_metrics_cert_dir
+        return None if d is None else (d / "tls.crt", d / "tls.key")
+
+    @property
+    def keda_grpc_cert(self) -> tuple[Path, Path] | None:
+        d = self.keda_grpc_cert_dir
+        return None if d is None else (d / "tls.crt", d / "tls.key")
 
     def validate(self) -> None:
         problems = []
@@ -122,8 +164,31 @@ class Settings:
             )
         if min(self.lease_duration_s, self.renew_deadline_s, self.retry_period_s) < 1:
             problems.append("lease durations must be >= 1 s (the elector's own limit)")
-        if not 0 <= self.http_port <= 65535:
-            problems.append(f"http_port: must be 0-65535 (got {self.http_port})")
+        for name in ("http_port", "external_metrics_port", "keda_grpc_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                problems.append(f"{name}: must be 0-65535 (got {port})")
+        if self.external_metrics_port is not None and self.external_metrics_cert_dir is None:
+            # The aggregator only speaks TLS and verifies the name; there is no plaintext mode.
+            problems.append("external_metrics_cert_dir: required with external_metrics_port "
+                            "(a directory with tls.crt and tls.key)")
+        if self.keda_grpc_client_ca_file is not None and self.keda_grpc_cert_dir is None:
+            problems.append("keda_grpc_client_ca_file: needs keda_grpc_cert_dir (mTLS is TLS)")
+        # Checked at start-up so a missing Secret mount is one clear line, not a TLS traceback.
+        for name, files in (("external_metrics_cert_dir", self.external_metrics_cert),
+                            ("keda_grpc_cert_dir", self.keda_grpc_cert),
+                            ("keda_grpc_client_ca_file",
+                             (self.keda_grpc_client_ca_file,) if self.keda_grpc_client_ca_file
+                             else None)):
+            for f in files or ():
+                if not f.is_file():
+                    problems.append(f"{name}: {f} is not a readable file")
+        if self.serve_max_age_s <= self.tick_s:
+            problems.append(f"serve_max_age_s: must be > tick_s (got {self.serve_max_age_s}, "
+                            f"tick {self.tick_s}): every answer would be stale between ticks")
+        if self.leader_label and not self.pod_name:
+            problems.append("leader_label: needs the Pod name (set POD_NAME from the downward "
+                            "API: fieldRef metadata.name)")
         if problems:
             raise errors.ConfigError([f"settings: {p}" for p in problems])
 
@@ -160,7 +225,24 @@ _ENV: dict[str, Callable[[str], Any]] = {
     "http_port": int,
     "api_timeout_s": float,
     "policy_poll_s": float,
+    "external_metrics_port": int,
+    "external_metrics_cert_dir": Path,
+    "keda_grpc_port": int,
+    "keda_grpc_cert_dir": Path,
+    "keda_grpc_client_ca_file": Path,
+    "keda_metrics_api": _bool,
+    "serve_max_age_s": float,
+    "leader_label": _bool,
 }
+# The downward API's conventional names, unprefixed (as client-go tools read them).
+_POD_ENV = {"pod_name": "POD_NAME", "pod_namespace": "POD_NAMESPACE"}
+# `run` flag (argparse dest) -> field; flags win over the environment.
+_FLAGS = {"kubeconfig": "kubeconfig", "namespace": "namespace", "policy": "policy_file",
+          "prometheus_url": "prometheus_url", "dry_run": "dry_run",
+          "external_metrics_port": "external_metrics_port",
+          "external_metrics_cert_dir": "external_metrics_cert_dir",
+          "keda_grpc_port": "keda_grpc_port", "keda_metrics_api": "keda_metrics_api",
+          "leader_label": "leader_label"}
 
 
 def settings_from(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
@@ -174,10 +256,11 @@ def settings_from(args: argparse.Namespace | None, env: Mapping[str, str]) -> Se
                 values[name] = parse(env[var])
             except ValueError as exc:
                 problems.append(f"env {var}: {exc} (got {env[var]!r})")
+    for name, var in _POD_ENV.items():
+        if env.get(var):
+            values[name] = env[var]
     if args is not None:
-        flags = {"kubeconfig": "kubeconfig", "namespace": "namespace", "policy": "policy_file",
-                 "prometheus_url": "prometheus_url", "dry_run": "dry_run"}
-        for flag, name in flags.items():
+        for flag, name in _FLAGS.items():
             value = getattr(args, flag, None)
             if value is not None:
                 values[name] = value
@@ -383,6 +466,95 @@ class FencedActuator:
         await self.inner.scale(ref, replicas, reason=reason)
 
 
+# --- the leader label ---------------------------------------------------------------------
+
+LEADER_LABEL = "pd-autoscaler.io/leader"
+
+
+class LeaderLabeler:
+    """Keeps `pd-autoscaler.io/leader=true` on this replica's Pod exactly while it leads.
+
+    Why: only the leader ticks, so only it has numbers; the adoption overlays' Services
+    (external metrics, KEDA) select this label to reach it alone. `set()` never blocks the
+    caller (leadership changes happen inside the elector's callbacks): a background task
+    converges the Pod to the wanted state and retries with backoff, since a label left behind
+    by a failed removal would route the HPA to a standby (which answers "no data" only).
+    The first pass removes a label a previous run of this Pod may have left (a crash, or a
+    container restart keeps the Pod and its labels).
+    """
+
+    def __init__(self, api: ApiClient, *, pod: str, namespace: str, timeout_s: float,
+                 max_backoff_s: float = 30.0) -> None:
+        self._core = client.CoreV1Api(api)
+        self.pod = pod
+        self.namespace = namespace
+        self._timeout_s = timeout_s
+        self._max_backoff_s = max_backoff_s
+        self.want = False
+        self.has: bool | None = None  # unknown until the first successful patch
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def set(self, *, leader: bool) -> None:
+        self.want = leader
+        self._changed.set()
+
+    def start(self) -> None:
+        self._changed.set()
+        self._task = asyncio.create_task(self._converge(), name="leader-label")
+
+    async def _apply(self, leader: bool) -> None:
+        # Strategic merge patch: null deletes the key, so removal needs no read first.
+        body = {"metadata": {"labels": {LEADER_LABEL: "true" if leader else None}}}
+        await self._core.patch_namespaced_pod(self.pod, self.namespace, body,
+                                              _request_timeout=self._timeout_s)
+        self.has = leader
+        log.info("leader_label_set" if leader else "leader_label_removed", pod=self.pod)
+
+    async def _converge(self) -> None:
+        delay = 1.0
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            want = self.want
+            if want == self.has:
+                continue
+            try:
+                await self._apply(want)
+            except (ApiException, OSError, TimeoutError) as exc:
+                log.warning("leader_label_failed", pod=self.pod, namespace=self.namespace,
+                            leader=want, error=_api_error(exc), retry_in_s=delay)
+                # Wake early if leadership flips meanwhile; otherwise retry after the delay.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), delay)
+                self._changed.set()
+                delay = min(delay * 2, self._max_backoff_s)
+                continue
+            delay = 1.0
+
+    async def stop(self) -> None:
+        """Stop converging and make one last attempt to remove the label (shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.want = False
+        if self.has is not False:
+            try:
+                await self._apply(False)
+            except (ApiException, OSError, TimeoutError) as exc:
+                # The Pod is going away anyway; a restarted container removes it on start.
+                log.warning("leader_label_failed", pod=self.pod, leader=False,
+                            error=_api_error(exc))
+
+
+def _api_error(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return repr(exc)
+
+
 # --- the controller -----------------------------------------------------------------------
 
 
@@ -426,7 +598,17 @@ class Controller:
                                       timeout_s=settings.api_timeout_s)
         self.loop: Loop | None = None
         self.ticks = 0
-        self._plugins = plugins
+        self._plugins: tuple[app_mod.Plugin, ...] = tuple(plugins)
+        if settings.keda_metrics_api:
+            self._plugins += (self._keda_metrics_api,)
+        # The adoption servers (docs/adoption.md), started by run() when configured.
+        self.external_metrics: em.ExternalMetricsServer | None = None
+        self.keda_scaler: keda.KedaScalerServer | None = None
+        self.leader_labeler: LeaderLabeler | None = None
+        if settings.leader_label and settings.pod_name:
+            self.leader_labeler = LeaderLabeler(
+                api, pod=settings.pod_name, namespace=settings.pod_namespace or settings.namespace,
+                timeout_s=settings.api_timeout_s)
         self._clock = clock
         self._wall = wall
         self._serve_http = serve_http
@@ -458,6 +640,11 @@ class Controller:
             self.http_port = app_mod.bound_port(self._runner)
         policy_task = asyncio.create_task(self._watch_policy(), name="policy")
         try:
+            # Every replica serves (standbys answer "no data"), so a new leader is reachable as
+            # soon as its Pod carries the leader label; only the label moves on failover.
+            await self._start_servers()
+            if self.leader_labeler is not None:
+                self.leader_labeler.start()
             if s.leader_election:
                 await self._elect_forever()
             else:
@@ -468,11 +655,101 @@ class Controller:
                 await policy_task
             if self._lead_task is not None and self._lead_task is not asyncio.current_task():
                 await self._stop_leading_task()
+            if self.leader_labeler is not None:
+                # Before the lease goes: the leader Services must stop routing here first.
+                await self.leader_labeler.stop()
             if self._release_on_exit:
                 await self._release_lease()
+            await self._stop_servers()
             if self._runner is not None:
                 await self._runner.cleanup()
             log.info("controller_stop", identity=s.identity)
+
+    # -- adoption servers --------------------------------------------------------------------
+
+    def _keda_metrics_api(self, app: web.Application, store: DecisionStore) -> None:
+        """`keda.metrics_api_plugin` with this controller's staleness limit."""
+        from autoscaler.server import external_metrics as em  # noqa: PLC0415
+        from autoscaler.server import keda  # noqa: PLC0415
+
+        app.add_routes(keda.metrics_api_routes(em.ControllerStoreView(store),
+                                               max_age_s=self.settings.serve_max_age_s))
+
+    async def _start_servers(self) -> None:
+        s = self.settings
+        if s.external_metrics_port is None and s.keda_grpc_port is None:
+            return
+        from autoscaler.server import external_metrics as em  # noqa: PLC0415
+
+        view = em.ControllerStoreView(self.store)
+        cert = s.external_metrics_cert
+        if s.external_metrics_port is not None and cert is not None:
+            requestheader = await self._requestheader()
+            server = em.ExternalMetricsServer(
+                view,
+                em.ExternalMetricsSettings(
+                    cert_file=cert[0], key_file=cert[1], host=s.http_host,
+                    port=s.external_metrics_port, authorize_with_sar=True,
+                    options=em.ExternalMetricsOptions(max_age_s=s.serve_max_age_s)),
+                api=self.api, requestheader=requestheader)
+            self.external_metrics = server  # set first: _stop_servers cleans up a failed start
+            await self._start_one("external_metrics_port", s.external_metrics_port, server.start)
+        if s.keda_grpc_port is not None:
+            from autoscaler.server import keda  # noqa: PLC0415
+
+            tls = s.keda_grpc_cert
+            scaler = keda.KedaScalerServer(view, keda.KedaScalerSettings(
+                host=s.http_host, port=s.keda_grpc_port,
+                cert_file=tls[0] if tls else None, key_file=tls[1] if tls else None,
+                client_ca_file=s.keda_grpc_client_ca_file, max_age_s=s.serve_max_age_s))
+            self.keda_scaler = scaler
+            await self._start_one("keda_grpc_port", s.keda_grpc_port, scaler.start)
+
+    async def _start_one(self, name: str, port: int, start: Callable[[], Any]) -> None:
+        try:
+            await start()
+        except (OSError, RuntimeError) as exc:
+            # Port taken, unreadable or mismatched cert/key (ssl errors are OSErrors; grpc
+            # raises RuntimeError when it cannot bind): a configuration problem, exit 2.
+            msg = f"settings: {name}: cannot serve on {self.settings.http_host}:{port}: {exc}"
+            raise errors.ConfigError([msg]) from exc
+
+    async def _requestheader(self) -> em.RequestHeaderConfig:
+        """The aggregator's client CA and allowed names, from kube-system/
+        extension-apiserver-authentication. Transient API errors are retried (a standby that
+        exits here would crash-loop through an API server restart); RBAC or a cluster without
+        a front proxy is a configuration error."""
+        from autoscaler.server import external_metrics as em  # noqa: PLC0415
+
+        where = f"{em.CONFIGMAP_NAMESPACE}/{em.CONFIGMAP_NAME}"
+        delay = 1.0
+        while True:
+            try:
+                return await asyncio.wait_for(em.load_requestheader_config(self.api),
+                                              self.settings.api_timeout_s)
+            except ApiException as exc:
+                if exc.status in (401, 403, 404):
+                    msg = (f"settings: external_metrics_port: cannot read {where}: "
+                           f"{_api_error(exc)} (the overlay binds extension-apiserver-"
+                           "authentication-reader in kube-system to the ServiceAccount)")
+                    raise errors.ConfigError([msg]) from exc
+                error = _api_error(exc)
+            except (OSError, TimeoutError) as exc:
+                error = repr(exc)
+            except ValueError as exc:  # no requestheader CA: the cluster has no aggregator
+                raise errors.ConfigError([f"settings: external_metrics_port: {exc}"]) from exc
+            log.warning("requestheader_config_failed", configmap=where, error=error,
+                        retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _stop_servers(self) -> None:
+        if self.keda_scaler is not None:
+            await self.keda_scaler.stop()
+            self.keda_scaler = None
+        if self.external_metrics is not None:
+            await self.external_metrics.stop()
+            self.external_metrics = None
 
     # -- leader election ---------------------------------------------------------------------
 
@@ -527,11 +804,16 @@ class Controller:
         self.health.leader = leader
         self.store.leader = leader
         self.telemetry.set_leader(leader=leader)
+        if self.leader_labeler is not None:
+            self.leader_labeler.set(leader=leader)
         if leader:
             self.health.leading_since = self._clock()
             self.health.last_tick = None
         else:
             self.loop = None
+            # A standby serves nothing: its last numbers as leader would go stale unnoticed
+            # behind a Service that still (or again) routes to it.
+            self.store.clear()
 
     async def _release_lease(self) -> None:
         """On shutdown, hand the lease over at once (as client-go's ReleaseOnCancel does): an
