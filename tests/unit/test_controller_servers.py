@@ -1,0 +1,505 @@
+"""The controller's adoption servers without a cluster: settings (environment names as the
+manifests use them, flags, validation), start/stop wiring of the external-metrics API, the KEDA
+gRPC scaler and the metrics-api route inside `Controller.run`, the leader Pod label, and the
+"no data" answers of a standby. The same against the real control plane, with a real HPA, is
+tests/e2e/test_controller_servers_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+import yaml
+from kubernetes_asyncio.client.rest import ApiException
+
+from autoscaler import cli, controller, errors
+from autoscaler.server import external_metrics as em
+from autoscaler.server._keda_pb import externalscaler_pb2 as pb
+from autoscaler.server._keda_pb import externalscaler_pb2_grpc as pb_grpc
+from autoscaler.telemetry import Telemetry
+from autoscaler.testing import FakeMetricsSource
+from autoscaler.types import Role
+from tests.k8senv import cluster as k8senv
+from tests.server.certs import Pki, make_pki
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_API: Any = SimpleNamespace()
+POOL = "p"
+ROLE = Role.AGGREGATED
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def cert_dir(tmp_path: Path, pki: Pki) -> Path:
+    """A directory shaped like a mounted kubernetes.io/tls Secret."""
+    d = tmp_path / "tls"
+    d.mkdir()
+    shutil.copyfile(pki.crt("server"), d / "tls.crt")
+    shutil.copyfile(pki.key("server"), d / "tls.key")
+    return d
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def test_env_names_parse_into_settings(cert_dir: Path, tmp_path: Path) -> None:
+    """Every adoption variable, spelled as the manifests spell it, lands in its field; the
+    downward API's POD_NAME/POD_NAMESPACE are read unprefixed."""
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    env = {
+        "PD_AUTOSCALER_NAMESPACE": "pd-autoscaler",
+        "PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443",
+        "PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR": str(cert_dir),
+        "PD_AUTOSCALER_KEDA_GRPC_PORT": "9090",
+        "PD_AUTOSCALER_KEDA_GRPC_CERT_DIR": str(cert_dir),
+        "PD_AUTOSCALER_KEDA_GRPC_CLIENT_CA_FILE": str(ca),
+        "PD_AUTOSCALER_KEDA_METRICS_API": "true",
+        "PD_AUTOSCALER_SERVE_MAX_AGE_S": "90",
+        "PD_AUTOSCALER_LEADER_LABEL": "true",
+        "POD_NAME": "pd-autoscaler-abc",
+        "POD_NAMESPACE": "pd-autoscaler",
+    }
+    s = controller.settings_from(None, env)
+    assert (s.external_metrics_port, s.keda_grpc_port) == (6443, 9090)
+    assert s.external_metrics_cert == (cert_dir / "tls.crt", cert_dir / "tls.key")
+    assert s.keda_grpc_cert == (cert_dir / "tls.crt", cert_dir / "tls.key")
+    assert s.keda_grpc_client_ca_file == ca
+    assert s.keda_metrics_api
+    assert s.serve_max_age_s == 90.0
+    assert s.leader_label
+    assert (s.pod_name, s.pod_namespace) == ("pd-autoscaler-abc", "pd-autoscaler")
+    # POD_NAME also seeds the election identity when PD_AUTOSCALER_IDENTITY is unset.
+    assert s.identity.startswith("pd-autoscaler-abc-")
+
+
+def test_defaults_serve_nothing_extra() -> None:
+    """Without the variables no adoption server runs and no Pod is labelled (base manifests)."""
+    s = controller.settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x", "POD_NAME": "p"})
+    assert s.external_metrics_port is None
+    assert s.keda_grpc_port is None
+    assert not s.keda_metrics_api
+    assert not s.leader_label
+    c = controller.Controller(s, api=NO_API, source=FakeMetricsSource(), telemetry=Telemetry())
+    assert c.leader_labeler is None
+
+
+def test_run_flags_win_over_env(cert_dir: Path) -> None:
+    """The `run` flags parse through the real CLI parser and override the environment."""
+    args = cli.build_parser().parse_args([
+        "run", "--namespace", "ns", "--external-metrics-port", "7443",
+        "--external-metrics-cert-dir", str(cert_dir), "--keda-grpc-port", "9191",
+        "--keda-metrics-api", "--leader-label",
+    ])
+    env = {"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443", "PD_AUTOSCALER_KEDA_GRPC_PORT": "9090",
+           "POD_NAME": "me"}
+    s = controller.settings_from(args, env)
+    assert (s.external_metrics_port, s.keda_grpc_port) == (7443, 9191)
+    assert s.external_metrics_cert_dir == cert_dir
+    assert s.keda_metrics_api
+    assert s.leader_label
+    # Absent flags leave the environment alone (store_true defaults to None, not False).
+    bare = cli.build_parser().parse_args(["run"])
+    s = controller.settings_from(bare, {"PD_AUTOSCALER_NAMESPACE": "x",
+                                        "PD_AUTOSCALER_KEDA_METRICS_API": "true"})
+    assert s.keda_metrics_api
+
+
+@pytest.mark.parametrize(("env", "fragment"), [
+    pytest.param({"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443"},
+                 "external_metrics_cert_dir: required", id="port-without-cert"),
+    pytest.param({"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "https"},
+                 "PD_AUTOSCALER_EXTERNAL_METRICS_PORT", id="port-not-a-number"),
+    pytest.param({"PD_AUTOSCALER_KEDA_GRPC_PORT": "70000"},
+                 "keda_grpc_port: must be 0-65535", id="port-range"),
+    pytest.param({"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443",
+                  "PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR": "/nonexistent"},
+                 "/nonexistent/tls.crt is not a readable file", id="cert-missing"),
+    pytest.param({"PD_AUTOSCALER_KEDA_GRPC_PORT": "9090",
+                  "PD_AUTOSCALER_KEDA_GRPC_CLIENT_CA_FILE": "/etc/hostname"},
+                 "keda_grpc_client_ca_file: needs keda_grpc_cert_dir", id="mtls-without-tls"),
+    pytest.param({"PD_AUTOSCALER_LEADER_LABEL": "true"}, "POD_NAME", id="label-without-pod"),
+    pytest.param({"PD_AUTOSCALER_LEADER_LABEL": "sure"}, "expected true/false", id="bad-bool"),
+    pytest.param({"PD_AUTOSCALER_SERVE_MAX_AGE_S": "10"}, "serve_max_age_s: must be > tick_s",
+                 id="stale-within-a-tick"),
+])
+def test_invalid_settings_name_the_setting(env: dict[str, str], fragment: str) -> None:
+    """Each mistake is one ConfigError line naming the variable or field (exit code 2)."""
+    with pytest.raises(errors.ConfigError) as exc:
+        controller.settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x", **env})
+    assert fragment in str(exc.value)
+
+
+# --- the manifests set exactly the variables the controller reads ---------------------------
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> Path:
+    return k8senv.ensure_binaries() / "kubectl"
+
+
+def _controller_env(kubectl: Path, target: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    out = subprocess.run([str(kubectl), "kustomize", str(ROOT / "manifests" / target)],
+                         check=True, capture_output=True, text=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"
+              and d["metadata"]["name"] == "pd-autoscaler"]
+    env = {}
+    for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
+        # What the downward API would put there.
+        ref = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        env[e["name"]] = {"metadata.name": "pd-autoscaler-0",
+                          "metadata.namespace": "pd-autoscaler"}.get(ref, e.get("value", ""))
+    return env, docs
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/shadow", "overlays/kind",
+                                    "overlays/external-metrics", "keda"])
+def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) -> None:
+    """Every PD_AUTOSCALER_* variable a kustomization sets is a setting (a typo would be
+    silently ignored otherwise), and the rendered environment parses and validates."""
+    env, docs = _controller_env(kubectl, target)
+    known = {controller.ENV_PREFIX + name.upper() for name in controller._ENV}
+    ours = {k for k in env if k.startswith(controller.ENV_PREFIX)}
+    assert ours <= known, ours - known
+    assert {"POD_NAME", "POD_NAMESPACE"} <= set(env)
+    if "PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR" in env:
+        env["PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR"] = str(cert_dir)  # the Secret's mount
+    s = controller.settings_from(None, env)
+    pod_rules = [r for d in docs if d["kind"] == "Role" for r in d["rules"]
+                 if "pods" in r["resources"]]
+    if target in ("overlays/external-metrics", "keda"):
+        # The leader-only Services select the label; the controller sets it; RBAC allows it,
+        # in the controller's own namespace only.
+        assert s.leader_label
+        assert s.pod_name == "pd-autoscaler-0"
+        assert pod_rules == [{"apiGroups": [""], "resources": ["pods"],
+                              "verbs": ["get", "patch"]}]
+        roles = [d for d in docs if d["kind"] == "Role" and "pods" in str(d["rules"])]
+        assert {r["metadata"]["namespace"] for r in roles} == {"pd-autoscaler"}
+        services = [d for d in docs if d["kind"] == "Service"
+                    and "pd-autoscaler.io/leader" in d["spec"]["selector"]]
+        assert services
+        assert all(d["spec"]["selector"][controller.LEADER_LABEL] == "true" for d in services)
+    else:
+        # Nothing selects the label without an adoption overlay: no label, no pods grant.
+        assert not s.leader_label
+        assert not pod_rules
+    if target == "overlays/external-metrics":
+        assert s.external_metrics_port == 6443
+    if target == "keda":
+        assert s.keda_grpc_port == 9090
+        assert s.keda_metrics_api  # the Service's port 8080 is for metrics-api
+
+
+# --- start/stop wiring inside Controller.run ---------------------------------------------------
+
+
+class FakeCore:
+    """CoreV1Api stand-in: the state ConfigMap and Pod label patches (scripted failures)."""
+
+    def __init__(self) -> None:
+        self.cm: Any = None
+        self.labels: dict[str, str] = {controller.LEADER_LABEL: "true"}  # left by a crash
+        self.label_patches: list[str | None] = []
+        self.patch_errors: list[BaseException] = []
+
+    async def read_namespaced_config_map(self, name: str, ns: str, **_: Any) -> Any:
+        if self.cm is None:
+            raise ApiException(status=404)
+        return self.cm
+
+    async def patch_namespaced_config_map(self, name: str, ns: str, body: Any, **_: Any) -> Any:
+        if self.cm is None:
+            raise ApiException(status=404)
+        self.cm.data.update(body["data"])
+        return self.cm
+
+    async def create_namespaced_config_map(self, ns: str, body: Any, **_: Any) -> Any:
+        self.cm = SimpleNamespace(data=dict(body.data))
+        return self.cm
+
+    async def patch_namespaced_pod(self, name: str, ns: str, body: Any, **_: Any) -> Any:
+        assert (name, ns) == ("pod-a", "pd-autoscaler")
+        if self.patch_errors:
+            raise self.patch_errors.pop(0)
+        value = body["metadata"]["labels"][controller.LEADER_LABEL]
+        self.label_patches.append(value)
+        if value is None:
+            self.labels.pop(controller.LEADER_LABEL, None)
+        else:
+            self.labels[controller.LEADER_LABEL] = value
+        return None
+
+
+class FakeApps:
+    async def read_namespaced_deployment(self, name: str, ns: str, **_: Any) -> Any:
+        return SimpleNamespace(spec=SimpleNamespace(replicas=2),
+                               status=SimpleNamespace(ready_replicas=2),
+                               metadata=SimpleNamespace(annotations=None, uid="u1",
+                                                        resource_version="7"))
+
+
+POLICY = f"""
+apiVersion: pd-autoscaler.io/v1alpha1
+kind: AutoscalingPolicy
+dry_run: true
+pools:
+  - name: {POOL}
+    roles:
+      aggregated:
+        deployment: {{namespace: llm, name: d}}
+        max_replicas: 8
+        signals: [{{signal: queue_depth, target: 2}}]
+        behavior: {{panic: {{enabled: false}}}}
+"""
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch, *,
+                  elect: Callable[[controller.Controller], Awaitable[None]] | None = None,
+                  ) -> AsyncIterator[tuple[controller.Controller, FakeCore]]:
+    """A Controller with every server on a free port, fake API objects behind it."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+
+    async def requestheader(api: Any) -> em.RequestHeaderConfig:
+        del api
+        return em.RequestHeaderConfig.from_file(pki.crt("front-proxy-ca"),
+                                                allowed_names=("front-proxy-client",))
+
+    # The ConfigMap read and SubjectAccessReviews need an API server (covered in e2e).
+    monkeypatch.setattr(em, "load_requestheader_config", requestheader)
+    monkeypatch.setattr(em, "SubjectAccessReviewAuthorizer", lambda api: em.AllowAuthenticated())
+    settings = controller.Settings(
+        namespace="pd-autoscaler", identity="a", policy_file=policy, tick_s=0.2,
+        leader_election=elect is not None, http_host="127.0.0.1", http_port=0,
+        external_metrics_port=0, external_metrics_cert_dir=cert_dir, keda_grpc_port=0,
+        keda_metrics_api=True, leader_label=True, pod_name="pod-a", policy_poll_s=0.1)
+    source = FakeMetricsSource()
+    source.ready[(POOL, ROLE)] = 2
+    source.set_totals(POOL, ROLE, queue_depth=12)  # 12 waiting / target 2 -> 6 replicas
+    c = controller.Controller(settings, api=NO_API, source=source, telemetry=Telemetry())
+    core = FakeCore()
+    c.state_store._core = core  # type: ignore[assignment]
+    c.actuator._apps = FakeApps()  # type: ignore[assignment]
+    assert c.leader_labeler is not None
+    c.leader_labeler._core = core  # type: ignore[assignment]
+    if elect is not None:
+        monkeypatch.setattr(c, "_elect_forever", lambda: elect(c))
+    task = asyncio.create_task(c.run())
+    try:
+        await _until(lambda: c.keda_scaler is not None and c.keda_scaler._server is not None
+                     and c.http_port is not None, "servers up")
+        yield c, core
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _until(cond: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not cond():  # noqa: ASYNC110 - the state belongs to the code under test
+            await asyncio.sleep(0.02)
+    assert cond(), what
+
+
+class Clients:
+    """The three servers as KEDA and the aggregator call them."""
+
+    def __init__(self, c: controller.Controller, pki: Pki) -> None:
+        assert c.external_metrics is not None
+        assert c.keda_scaler is not None
+        self.ext_port = c.external_metrics.port
+        self.grpc_port = c.keda_scaler.port
+        self.http_port = c.http_port
+        tls = ssl.create_default_context(cafile=str(pki.crt("serving-ca")))
+        tls.load_cert_chain(*pki.pair("proxy"))  # the aggregator's front-proxy client cert
+        self.tls = tls
+
+    async def external(self) -> tuple[int, Any]:
+        url = (f"https://127.0.0.1:{self.ext_port}/apis/external.metrics.k8s.io/v1beta1/"
+               f"namespaces/llm/{em.DESIRED}?labelSelector=pool%3D{POOL}")
+        headers = {"X-Remote-User": "system:serviceaccount:kube-system:hpa"}
+        async with aiohttp.ClientSession() as http, \
+                http.get(url, ssl=self.tls, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async def metrics_api(self) -> tuple[int, Any]:
+        url = f"http://127.0.0.1:{self.http_port}/keda/v1/{POOL}/{ROLE.value}"
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            return resp.status, await resp.json()
+
+    async def grpc_metric(self) -> float | grpc.StatusCode:
+        ref = pb.ScaledObjectRef(name="so", namespace="llm",
+                                 scalerMetadata={"pool": POOL, "role": ROLE.value})
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            make_stub: Any = pb_grpc.ExternalScalerStub  # generated, untyped
+            stub = make_stub(channel)
+            try:
+                resp = await stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref,
+                                                                  metricName="m"))
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+        return float(resp.metricValues[0].metricValueFloat)
+
+
+async def test_leader_serves_all_three_and_stops_cleanly(
+        tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leading controller (no election) serves its decision on the external-metrics API,
+    the gRPC scaler and metrics-api; its Pod carries the leader label (a label left by a
+    previous run is cleared first). On shutdown the label goes and every port closes."""
+    async with running(tmp_path, pki, cert_dir, monkeypatch) as (c, core):
+        http = Clients(c, pki)
+        await _until(lambda: c.ticks > 0, "first tick")
+        status, body = await http.external()
+        assert status == 200
+        assert [(i["metricLabels"]["role"], i["value"]) for i in body["items"]] == [
+            ("aggregated", "6")]
+        assert await http.grpc_metric() == 6.0
+        status, body = await http.metrics_api()
+        assert (status, body["desiredReplicas"], body["currentReplicas"]) == (200, 6, 2)
+        await _until(lambda: core.labels.get(controller.LEADER_LABEL) == "true", "labelled")
+        ports = (http.ext_port, http.grpc_port, http.http_port)
+    assert core.label_patches[-1] is None  # removed on the way out
+    assert controller.LEADER_LABEL not in core.labels
+    assert c.external_metrics is None
+    assert c.keda_scaler is None
+    for port in ports:
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_standby_answers_no_data_and_clears_on_losing_the_lead(
+        tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A standby's servers answer cleanly with "no data": an empty ExternalMetricValueList
+    (the HPA holds), gRPC UNAVAILABLE (KEDA holds or falls back), HTTP 503. A leader that loses
+    the lease drops its numbers at once (not after the staleness limit) and its label."""
+    lead = asyncio.Event()
+    lost = asyncio.Event()
+
+    async def elect(c: controller.Controller) -> None:
+        # The elector's callbacks, scripted: standby until `lead`, leader until `lost`.
+        await lead.wait()
+        task = asyncio.create_task(c._lead())
+        await lost.wait()
+        await c._stopped_leading()
+        assert task.done()
+        await asyncio.Event().wait()
+
+    async with running(tmp_path, pki, cert_dir, monkeypatch, elect=elect) as (c, core):
+        http = Clients(c, pki)
+        await _until(lambda: core.label_patches == [None], "stale label removed at start")
+
+        async def no_data() -> None:
+            status, body = await http.external()
+            assert (status, body["kind"], body["items"]) == (200, "ExternalMetricValueList", [])
+            assert await http.grpc_metric() == grpc.StatusCode.UNAVAILABLE
+            status, body = await http.metrics_api()
+            assert status == 503
+            assert "no recent decision" in body["error"]
+
+        await no_data()
+        lead.set()
+        await _until(lambda: c.ticks > 0, "leading and ticking")
+        assert (await http.external())[1]["items"][0]["value"] == "6"
+        await _until(lambda: core.labels.get(controller.LEADER_LABEL) == "true", "labelled")
+        lost.set()
+        await _until(lambda: not c.health.leader, "standby again")
+        assert c.store.latest is None
+        await no_data()
+        await _until(lambda: controller.LEADER_LABEL not in core.labels, "label removed")
+        assert core.label_patches == [None, "true", None]
+
+
+async def test_label_retries_until_the_api_answers() -> None:
+    """A failed patch (API down, Pod not yet visible) is retried with backoff; a flip of
+    leadership meanwhile is applied as the latest wish, not replayed."""
+    core = FakeCore()
+    core.patch_errors = [ApiException(status=503), OSError("connection refused")]
+    labeler = controller.LeaderLabeler(NO_API, pod="pod-a", namespace="pd-autoscaler",
+                                       timeout_s=1, max_backoff_s=0.2)
+    labeler._core = core  # type: ignore[assignment]
+    labeler.set(leader=True)
+    labeler.start()
+    await _until(lambda: labeler.has is True, "labelled after two failures")
+    assert core.label_patches == ["true"]
+    labeler.set(leader=False)
+    labeler.set(leader=True)
+    await asyncio.sleep(0.1)
+    assert core.label_patches == ["true"]  # already labelled: no write
+    await labeler.stop()
+    assert core.label_patches == ["true", None]
+
+
+async def test_requestheader_errors_are_config_errors(
+        tmp_path: Path, cert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing RBAC binding is a one-line ConfigError naming the fix (exit 2); a transient
+    API error is retried."""
+    calls: list[int] = []
+
+    async def failing(api: Any) -> em.RequestHeaderConfig:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ApiException(status=503, reason="Service Unavailable")
+        raise ApiException(status=403, reason="Forbidden")
+
+    monkeypatch.setattr(em, "load_requestheader_config", failing)
+    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
+    settings = controller.Settings(namespace="pd-autoscaler", identity="a",
+                                   external_metrics_port=0, external_metrics_cert_dir=cert_dir)
+    c = controller.Controller(settings, api=NO_API, source=FakeMetricsSource(),
+                              telemetry=Telemetry(), serve_http=False)
+    with pytest.raises(errors.ConfigError) as exc:
+        await c._start_servers()
+    assert len(calls) == 2
+    assert "extension-apiserver-authentication-reader" in str(exc.value)
+    assert "HTTP 403" in str(exc.value)
+
+
+_real_sleep = asyncio.sleep
+
+
+async def _no_sleep(delay: float, result: Any = None) -> Any:
+    del delay
+    return await _real_sleep(0, result)
+
+
+async def test_port_in_use_is_a_config_error(
+        cert_dir: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A taken port names the setting instead of a bind traceback; nothing is left running."""
+    async def requestheader(api: Any) -> em.RequestHeaderConfig:
+        del api
+        return em.RequestHeaderConfig.from_file(pki.crt("front-proxy-ca"))
+
+    monkeypatch.setattr(em, "load_requestheader_config", requestheader)
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        settings = controller.Settings(namespace="x", identity="a", http_host="127.0.0.1",
+                                       keda_grpc_port=port)
+        c = controller.Controller(settings, api=NO_API, source=FakeMetricsSource(),
+                                  telemetry=Telemetry(), serve_http=False)
+        with pytest.raises(errors.ConfigError, match=f"keda_grpc_port: cannot serve on "
+                                                     f"127.0.0.1:{port}"):
+            await c._start_servers()
+        await c._stop_servers()
+        assert c.keda_scaler is None
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
