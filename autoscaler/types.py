@@ -34,6 +34,11 @@ class SignalName(StrEnum):
     - KV_CACHE: mean `vllm:kv_cache_usage_perc` (0-1).
     - RUNNING: mean `vllm:num_requests_running` per replica (requests).
     - TTFT / ITL: a latency quantile over the role's replicas (seconds); these are SLO guards.
+    - PROMPT_TOKENS_RATE / GENERATION_TOKENS_RATE: prompt (prefill) or generated (decode) tokens
+      per second, SUMMED over the role's replicas (`rate(vllm:prompt_tokens_total)`); the target
+      is per replica. Throughput is the flow signal production P/D systems scale on (HeteroScale:
+      decode tokens/s): it measures work done, is bounded by what the replicas can process, and
+      does not saturate at a step's token budget the way batched_tokens does.
     """
 
     QUEUE_DEPTH = "queue_depth"
@@ -42,6 +47,8 @@ class SignalName(StrEnum):
     RUNNING = "running"
     TTFT = "ttft"
     ITL = "itl"
+    PROMPT_TOKENS_RATE = "prompt_tokens_rate"
+    GENERATION_TOKENS_RATE = "generation_tokens_rate"
 
 
 # A queue is a stock, not a flow: while capacity is short it keeps growing at (arrivals -
@@ -53,6 +60,11 @@ STOCK_SIGNALS: frozenset[SignalName] = frozenset({SignalName.QUEUE_DEPTH})
 # Latency quantiles are not additive over replicas and say nothing linear about how many
 # replicas fewer would do: they can push up (guard) and veto a scale-down, never drive one.
 GUARD_SIGNALS: frozenset[SignalName] = frozenset({SignalName.TTFT, SignalName.ITL})
+
+# Signals whose sample value is a sum over the role's replicas rather than a per-replica mean.
+TOTAL_SIGNALS: frozenset[SignalName] = frozenset(
+    {SignalName.PROMPT_TOKENS_RATE, SignalName.GENERATION_TOKENS_RATE}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,14 @@ class _Work:
         return self.obs.replicas
 
     @property
+    def ready_rose_at(self) -> float | None:
+        """When the ready replicas last rose (this tick if they rose since the last one)."""
+        prev = self.prev
+        if prev.last_ready is not None and self.obs.ready > prev.last_ready:
+            return self.now
+        return prev.ready_rose_at
+
+    @property
     def events(self) -> tuple[tuple[float, int], ...]:
         """Remembered scale events plus the change observed since the last tick (see RoleState)."""
         prev = self.prev
@@ -79,17 +87,13 @@ class _Work:
         self.desired = value
 
 
-def _cap_pending(needs: list[Need], obs: RoleObservation) -> tuple[list[Need], bool]:
-    """Stock needs cannot push above the replicas already requested while some are pending."""
-    if obs.pending <= 0:
-        return needs, False
+def _cap_stock(needs: list[Need], obs: RoleObservation, why: str) -> tuple[list[Need], bool]:
+    """Stock needs cannot push above the replicas already requested."""
     capped = False
     out = []
     for n in needs:
         if n.stock and n.want > obs.replicas:
-            out.append(
-                replace(n, want=obs.replicas, note=(n.note + " capped: replicas pending").strip())
-            )
+            out.append(replace(n, want=obs.replicas, note=f"{n.note} capped: {why}".strip()))
             capped = True
         else:
             out.append(n)
@@ -143,12 +147,18 @@ def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
         for p in extra:
             needs.extend(p.needs(ctx))
     capped = False
+    cap_why = ""
     if spec.behavior.count_pending:
-        needs, capped = _cap_pending(needs, obs)
+        if obs.pending > 0:
+            cap_why = f"replicas pending ({obs.pending} will absorb it)"
+        elif w.ready_rose_at is not None and now - w.ready_rose_at < spec.behavior.stock_settle_s:
+            cap_why = f"replicas ready {now - w.ready_rose_at:.0f}s ago, still settling"
+        if cap_why:
+            needs, capped = _cap_stock(needs, obs, cap_why)
     w.needs = tuple(needs)
     _combine(w, needs, now=now)
     if capped and w.raw <= w.current:
-        w.driver += f"; {obs.pending} pending replica(s) absorb the queue"
+        w.driver += f"; {cap_why}"
     w.desired = w.raw
 
     w.panic_until = stabilizer.panic_until(
@@ -254,6 +264,8 @@ def _state(w: _Work, *, now: float) -> RoleState:
         last_replicas=w.current,
         last_desired=w.desired,
         last_at=now,
+        last_ready=w.obs.ready,
+        ready_rose_at=w.ready_rose_at,
     )
 
 

@@ -17,7 +17,7 @@ import math
 
 from autoscaler.metrics.source import REQUEST_RATE, signal_key
 from autoscaler.policy.config import RoleSpec, SignalSpec
-from autoscaler.types import GUARD_SIGNALS, STOCK_SIGNALS, Need, RoleObservation
+from autoscaler.types import GUARD_SIGNALS, STOCK_SIGNALS, TOTAL_SIGNALS, Need, RoleObservation
 
 # ceil() of a ratio that is an exact integer up to float noise (e.g. 15 / 5 * 1.0000000001)
 # must not round up a whole replica.
@@ -54,6 +54,9 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
             note=f"missing ({detail})",
         )
     value = float(sample.value)  # type: ignore[arg-type]  # not missing => not None
+    if sig.signal in TOTAL_SIGNALS:
+        # The source reports the role's total; the target is per replica.
+        value /= max(sample.replicas, 1)
     # Fewer reporting replicas than ready ones: the silent ones may be the loaded ones (HPA
     # counts them as 100 % on a scale-down), so this signal may push up but never down.
     partial = sample.replicas < obs.ready

@@ -28,6 +28,7 @@ class RoleState:
     panic_until: the role is in panic mode until this time (None: not in panic).
     missing_since: since when every signal of the role has been missing (None: data present).
     last_replicas / last_desired / last_at: the replicas observed and decided at the last tick.
+    last_ready / ready_rose_at: ready replicas at the last tick, and when they last rose.
 
     Scale events are recorded when a change is *observed* (the next tick sees other replicas),
     not when one is decided: in shadow mode, or when an HPA/KEDA is the actuator, or when a
@@ -44,6 +45,8 @@ class RoleState:
     last_replicas: int | None = None
     last_desired: int | None = None
     last_at: float | None = None
+    last_ready: int | None = None
+    ready_rose_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,8 @@ class RoleState:
             "last_replicas": self.last_replicas,
             "last_desired": self.last_desired,
             "last_at": self.last_at,
+            "last_ready": self.last_ready,
+            "ready_rose_at": self.ready_rose_at,
         }
 
     @classmethod
@@ -66,6 +71,8 @@ class RoleState:
             last_replicas=_opt_int(data.get("last_replicas")),
             last_desired=_opt_int(data.get("last_desired")),
             last_at=_opt_float(data.get("last_at")),
+            last_ready=_opt_int(data.get("last_ready")),
+            ready_rose_at=_opt_float(data.get("ready_rose_at")),
         )
 
 
@@ -124,6 +131,8 @@ class ScaleState:
                 last_replicas=rs.last_replicas,
                 last_desired=rs.last_desired,
                 last_at=None if rs.last_at is None else rs.last_at + delta,
+                last_ready=rs.last_ready,
+                ready_rose_at=None if rs.ready_rose_at is None else rs.ready_rose_at + delta,
             )
 
         return ScaleState(

@@ -46,10 +46,12 @@ class SignalSpec(_Frozen):
     """One signal and its target per ready replica."""
 
     signal: SignalName
-    """queue_depth | batched_tokens | kv_cache | running | ttft | itl."""
+    """queue_depth | batched_tokens | kv_cache | running | ttft | itl | prompt_tokens_rate |
+    generation_tokens_rate."""
     target: float = Field(gt=0)
     """Target per ready replica: requests for queue_depth/running, a 0-1 fraction for
-    batched_tokens/kv_cache, seconds for ttft/itl (the SLO the quantile must stay under)."""
+    batched_tokens/kv_cache, seconds for ttft/itl (the SLO the quantile must stay under),
+    tokens per second for prompt_tokens_rate/generation_tokens_rate."""
     quantile: float = Field(default=0.9, gt=0, lt=1)
     """For ttft/itl only: which quantile of the latency histogram is compared with the target."""
     tolerance: float | None = Field(default=None, ge=0, lt=1)
@@ -156,6 +158,10 @@ class Behavior(_Frozen):
     count_pending: bool = True
     """Pending replicas are capacity on the way: while some are pending, stock signals (the
     queue, latency guards) cannot ask for more. False mimics the HPA, which has no such rule."""
+    stock_settle_s: float = Field(default=60, ge=0, le=3600)
+    """After new replicas become ready, stock signals stay capped this long: the backlog takes
+    a moment to drain and latency quantiles still hold the burst's requests for the length of
+    their rate window (use the metric source's window). Only applies with count_pending."""
 
 
 class PolicyRef(_Frozen):

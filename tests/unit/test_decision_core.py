@@ -14,11 +14,14 @@ import pytest
 from autoscaler.decision.state import ScaleState
 from autoscaler.policy.config import PolicyFile
 from autoscaler.testing import Ticker, desired, obs, pool_policy
+from autoscaler.types import RoleObservation, SignalSample
 
 NO_WINDOWS = {
     "scale_up": {"stabilization_window_s": 0},
     "scale_down": {"stabilization_window_s": 0},
     "panic": {"enabled": False},
+    # Tests of other rules feed ready == replicas each tick; settling has its own test.
+    "stock_settle_s": 0,
 }
 
 
@@ -427,3 +430,30 @@ def test_observed_change_counts_against_rate_limit() -> None:
     # Someone scales by hand to 10 between ticks: seen at t=75, it uses up t=75's budget.
     (d,) = t.tick(75, aggregated=obs(10, queue_depth=100.0)).values()
     assert (d.desired, d.clipped_by) == (10, ("scale-up-limit",))
+
+
+def test_stock_signals_settle_after_new_replicas_become_ready() -> None:
+    """Right after replicas turn ready, the queue and latency windows still hold the burst:
+    stock needs stay capped for stock_settle_s; flow signals act at once."""
+    t = agg([*Q5, {"signal": "kv_cache", "target": 0.7}], stock_settle_s=60)
+    t.tick(0, aggregated=obs(4, pending=2, queue_depth=30.0, kv_cache=0.5))
+    (d,) = t.tick(15, aggregated=obs(4, queue_depth=30.0, kv_cache=0.5)).values()
+    assert d.desired == 4
+    assert "still settling" in d.driver
+    (d,) = t.tick(30, aggregated=obs(4, queue_depth=10.0, kv_cache=0.9)).values()
+    assert d.desired == 6  # kv: ceil(3.6 / 0.7) = 6, not capped
+    (d,) = t.tick(45, aggregated=obs(6, queue_depth=30.0, kv_cache=0.5)).values()
+    assert d.desired == 6  # two more ready at t=45: settling starts again
+    (d,) = t.tick(110, aggregated=obs(6, queue_depth=30.0, kv_cache=0.5)).values()
+    assert d.desired == 36  # 65 s after the last readiness: the queue counts again
+
+
+def test_throughput_signal_is_per_replica_of_a_total() -> None:
+    """prompt_tokens_rate arrives summed over replicas; the target is per replica."""
+    t = agg([{"signal": "prompt_tokens_rate", "target": 10000}])
+    o = RoleObservation(
+        replicas=2, ready=2, signals={"prompt_tokens_rate": SignalSample(value=45000.0, replicas=2)}
+    )
+    (d,) = t.tick(0, aggregated=o).values()
+    assert d.desired == 5
+    assert d.driver.startswith("prompt_tokens_rate=2.25e+04")
