@@ -149,7 +149,8 @@ class SimMetricsSource:
         _, reps = latest
         windows = [self._window(r, now) for r in reps]
         for sig in spec.signals:
-            samples[signal_key(sig)] = self._signal(sig, spec, windows)
+            if signal_key(sig) not in RATE_KEYS:  # throughput signals are the rates below
+                samples[signal_key(sig)] = self._signal(sig, spec, windows)
         for key in RATE_KEYS:
             samples[key] = self._rate(key, windows)
         return samples
