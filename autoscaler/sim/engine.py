@@ -335,7 +335,17 @@ class Replica:
                     need -= 1
                     budget += 1
                     v.fin_step = -1
+                    if v in self.fresh:
+                        # Joined from a transfer, no decode step yet: its last token is the
+                        # landing (last_tok already holds it).
+                        self.fresh.remove(v)
+                    else:
+                        # Its last token came out of the step that ended at this boundary.
+                        v.last_tok = t
                 else:
+                    # Prefilling: a first prefill (no token yet) or a recompute preempted again,
+                    # whose last token is still the one before the first preemption; last_tok
+                    # must keep it or the stall before the second preemption is lost.
                     kv = v.computed
                     self.s_pref -= kv
                     self.pref.remove(v)
@@ -346,12 +356,9 @@ class Replica:
                             del chunks[j]
                             break
                 free += kv
-                if v in self.fresh:
-                    self.fresh.remove(v)
                 v.target = v.prompt + v.gen
                 v.computed = 0
                 v.phase = _WAIT
-                v.last_tok = t
                 self.waiting.appendleft(v)
                 self.metrics.preemptions += 1
                 self.pool.preemptions[v.i] += 1
