@@ -120,7 +120,9 @@ class Need:
     `want` is the replicas this source asks for now (already equal to `current` when the source
     sits inside its tolerance band). `keep` is the fewest replicas it would still accept after a
     scale-down: the consolidation rule (the remaining replicas must sit under target*(1-tolerance)).
-    `stock` marks needs derived from accumulating signals (a queue). `blocks_down` is set by a
+    `stock` marks needs derived from accumulating signals (a queue, a latency quantile);
+    `windowed` those computed over a trailing window (latency quantiles), which keep reporting
+    a burst for the length of the window after capacity arrived. `blocks_down` is set by a
     source that has no trustworthy data: it freezes the role at no fewer than the current replicas.
     """
 
@@ -132,6 +134,7 @@ class Need:
     stock: bool = False
     blocks_down: bool = False
     note: str = ""
+    windowed: bool = False
 
     def describe(self) -> str:
         if self.value is None or self.target is None:

@@ -87,12 +87,14 @@ class _Work:
         self.desired = value
 
 
-def _cap_stock(needs: list[Need], obs: RoleObservation, why: str) -> tuple[list[Need], bool]:
-    """Stock needs cannot push above the replicas already requested."""
+def _cap_stock(
+    needs: list[Need], obs: RoleObservation, why: str, *, windowed_only: bool
+) -> tuple[list[Need], bool]:
+    """Stock needs (or only the windowed ones) cannot push above the replicas requested."""
     capped = False
     out = []
     for n in needs:
-        if n.stock and n.want > obs.replicas:
+        if n.stock and (n.windowed or not windowed_only) and n.want > obs.replicas:
             out.append(replace(n, want=obs.replicas, note=f"{n.note} capped: {why}".strip()))
             capped = True
         else:
@@ -126,6 +128,7 @@ def _combine(w: _Work, needs: list[Need], *, now: float) -> None:
         w.raw = top.want
         w.driver = top.describe()
         return
+
     # Scale-down (or hold): every source must agree; the one allowing the fewest removals wins.
     # A source without trustworthy data (missing, partial) allows none.
     def allowed(n: Need) -> int:
@@ -149,12 +152,17 @@ def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
     capped = False
     cap_why = ""
     if spec.behavior.count_pending:
+        settling = (
+            w.ready_rose_at is not None and now - w.ready_rose_at < spec.behavior.stock_settle_s
+        )
         if obs.pending > 0:
             cap_why = f"replicas pending ({obs.pending} will absorb it)"
-        elif w.ready_rose_at is not None and now - w.ready_rose_at < spec.behavior.stock_settle_s:
-            cap_why = f"replicas ready {now - w.ready_rose_at:.0f}s ago, still settling"
-        if cap_why:
-            needs, capped = _cap_stock(needs, obs, cap_why)
+            needs, capped = _cap_stock(needs, obs, cap_why, windowed_only=False)
+        elif settling and w.ready_rose_at is not None:
+            # A queue drains within seconds of new capacity; a latency quantile keeps the
+            # burst's requests for its whole window: only the windowed needs wait.
+            cap_why = f"replicas ready {now - w.ready_rose_at:.0f}s ago, latency window settling"
+            needs, capped = _cap_stock(needs, obs, cap_why, windowed_only=True)
     w.needs = tuple(needs)
     _combine(w, needs, now=now)
     if capped and w.raw <= w.current:

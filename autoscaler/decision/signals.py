@@ -71,7 +71,17 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
             want = current
         keep = 0 if ratio <= 1 - tol and not partial else current
         # A latency guard lags its cause just like a queue does: treat it as a stock signal.
-        return Need(key, want, keep, value, sig.target, stock=True, blocks_down=partial, note=note)
+        return Need(
+            key,
+            want,
+            keep,
+            value,
+            sig.target,
+            stock=True,
+            blocks_down=partial,
+            note=note,
+            windowed=True,
+        )
 
     reporting = sample.replicas if sample.replicas > 0 else max(obs.ready, 1)
     total = value * reporting

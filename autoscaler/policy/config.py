@@ -159,9 +159,9 @@ class Behavior(_Frozen):
     """Pending replicas are capacity on the way: while some are pending, stock signals (the
     queue, latency guards) cannot ask for more. False mimics the HPA, which has no such rule."""
     stock_settle_s: float = Field(default=60, ge=0, le=3600)
-    """After new replicas become ready, stock signals stay capped this long: the backlog takes
-    a moment to drain and latency quantiles still hold the burst's requests for the length of
-    their rate window (use the metric source's window). Only applies with count_pending."""
+    """After new replicas become ready, latency guards stay capped this long: their quantiles
+    still hold the burst's requests for the length of the metric source's rate window (set it
+    to that window). Only applies with count_pending."""
 
 
 class PolicyRef(_Frozen):

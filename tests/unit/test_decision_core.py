@@ -432,20 +432,21 @@ def test_observed_change_counts_against_rate_limit() -> None:
     assert (d.desired, d.clipped_by) == (10, ("scale-up-limit",))
 
 
-def test_stock_signals_settle_after_new_replicas_become_ready() -> None:
-    """Right after replicas turn ready, the queue and latency windows still hold the burst:
-    stock needs stay capped for stock_settle_s; flow signals act at once."""
-    t = agg([*Q5, {"signal": "kv_cache", "target": 0.7}], stock_settle_s=60)
-    t.tick(0, aggregated=obs(4, pending=2, queue_depth=30.0, kv_cache=0.5))
-    (d,) = t.tick(15, aggregated=obs(4, queue_depth=30.0, kv_cache=0.5)).values()
+def test_latency_guards_settle_after_new_replicas_become_ready() -> None:
+    """Right after replicas turn ready, a latency quantile still holds the burst for its window:
+    the guard stays capped for stock_settle_s; the queue and flow signals act at once."""
+    ttft = {"signal": "ttft", "quantile": 0.9, "target": 1.0}
+    t = agg([ttft, *Q5], stock_settle_s=60)
+    t.tick(0, aggregated=obs(4, pending=2, ttft_p90=4.0, queue_depth=0.0))
+    (d,) = t.tick(15, aggregated=obs(4, ttft_p90=4.0, queue_depth=0.0)).values()
     assert d.desired == 4
-    assert "still settling" in d.driver
-    (d,) = t.tick(30, aggregated=obs(4, queue_depth=10.0, kv_cache=0.9)).values()
-    assert d.desired == 6  # kv: ceil(3.6 / 0.7) = 6, not capped
-    (d,) = t.tick(45, aggregated=obs(6, queue_depth=30.0, kv_cache=0.5)).values()
-    assert d.desired == 6  # two more ready at t=45: settling starts again
-    (d,) = t.tick(110, aggregated=obs(6, queue_depth=30.0, kv_cache=0.5)).values()
-    assert d.desired == 36  # 65 s after the last readiness: the queue counts again
+    assert "latency window settling" in d.driver
+    (d,) = t.tick(30, aggregated=obs(4, ttft_p90=4.0, queue_depth=10.0)).values()
+    assert d.desired == 8  # the queue is not windowed: ceil(40 / 5) = 8
+    (d,) = t.tick(45, aggregated=obs(8, ttft_p90=4.0, queue_depth=0.0)).values()
+    assert d.desired == 8  # four more ready at t=45: the guard settles again
+    (d,) = t.tick(110, aggregated=obs(8, ttft_p90=4.0, queue_depth=0.0)).values()
+    assert d.desired == 16  # 65 s after the last readiness the guard counts: min(4, 2) x 8
 
 
 def test_throughput_signal_is_per_replica_of_a_total() -> None:
