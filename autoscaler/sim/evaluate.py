@@ -10,7 +10,8 @@ Follows docs/SIM-MODEL.md §3.2 (SLO attainment, cost, provisioning accuracy, st
   stopped (drain included), times its GPUs.
 * **Scale events** and **reversals**: a reversal is a change of a role's replicas in the
   opposite direction of that role's previous change within `reversal_window_s` (10 min).
-* **Oracle**: a lower bound on GPU-hours; see `oracle`.
+* **Oracle**: a fluid lower bound on the GPU-hours of a fleet reaching 99 % attainment (minute
+  throughput and prefill bursts against the TTFT deadlines); see `oracle`.
 """
 
 from __future__ import annotations
@@ -190,13 +191,144 @@ def evaluate(
 
 @dataclass(frozen=True, slots=True)
 class Oracle:
-    """Per-bin fewest replicas per role and the GPU-hours they add up to."""
+    """Per-bin fewest replicas per role and the GPU-hours they add up to.
+
+    `replicas` / `gpu_hours`: the SLO-aware bound (throughput and prefill bursts, at the
+    attainment target); `throughput_*`: the minute-mean throughput part alone;
+    `all_requests_gpu_hours`: the SLO-aware bound with no request allowed to miss."""
 
     bin_start_s: FloatArray
     replicas: dict[Role, IntArray]
     gpu_hours: float
     prefill_capacity_tok_s: float
     decode_capacity_tok_s: FloatArray
+    throughput_replicas: dict[Role, IntArray]
+    throughput_gpu_hours: float
+    all_requests_gpu_hours: float
+    attainment: float
+    miss_budget: int
+
+
+# Window widths (seconds) of the prefill burst bound: windows anchored at every arrival, clipped
+# to its minute. More widths only tighten the bound (each window is a valid constraint).
+BURST_WIDTHS_S: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
+
+
+def _range_max_table(x: FloatArray) -> list[FloatArray]:
+    """Sparse table: level j holds max(x[i : i + 2**j]) at index i."""
+    table = [x]
+    k = 1
+    while 2 * k <= len(x):
+        prev = table[-1]
+        table.append(np.maximum(prev[:-k], prev[k:]))
+        k *= 2
+    return table
+
+
+def _range_max(table: list[FloatArray], lo: IntArray, hi: IntArray) -> FloatArray:
+    """max(x[lo:hi]) per row (hi > lo), vectorised."""
+    span = hi - lo
+    level = np.frexp(span.astype(np.float64))[1].astype(np.int64) - 1  # floor(log2(span))
+    out = np.empty(len(lo), dtype=np.float64)
+    for j in np.unique(level).tolist():
+        m = level == j
+        tab = table[j]
+        out[m] = np.maximum(tab[lo[m]], tab[hi[m] - (1 << j)])
+    return out
+
+
+def _bin_max(values: IntArray, b: IntArray, nbins: int) -> IntArray:
+    """Max of values per bin (b sorted); 0 for empty bins."""
+    out = np.zeros(nbins, dtype=np.int64)
+    if len(b):
+        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        out[b[starts]] = np.maximum.reduceat(values, starts)
+    return out
+
+
+def prefill_misses_needed(
+    t: FloatArray,
+    work_s: FloatArray,
+    deadline_s: FloatArray,
+    *,
+    bin_s: float,
+    nbins: int,
+    widths_s: Sequence[float] = BURST_WIDTHS_S,
+) -> IntArray:
+    """need[m, n]: a lower bound on how many requests arriving in bin m miss their first-token
+    deadline when the bin has n prefill replicas (n = 0 .. the most any window asks for).
+
+    Fluid argument: the requests of a window of arrivals [s, e] cannot start before s and, if
+    they all meet their deadlines, are done by d = their latest deadline, so their work W (in
+    replica-seconds) fits in n·(d - s). When it does not, some must miss; dropping the k largest
+    removes at most k·w_max, so at least ceil((W - n·(d - s)) / w_max) miss. Windows are
+    anchored at every arrival with each width, clipped to the arrival's bin, and kept only when
+    d falls inside that bin too (so each constraint is about that bin's fleet alone, and misses
+    counted in different bins are different requests)."""
+    n = len(t)
+    b = np.minimum((t // bin_s).astype(np.int64), nbins - 1)
+    if n == 0:
+        return np.zeros((nbins, 1), dtype=np.int64)
+    cum = np.concatenate(([0.0], np.cumsum(work_s)))
+    d_table = _range_max_table(deadline_s)
+    w_table = _range_max_table(work_s)
+    bin_end_idx = np.searchsorted(b, np.arange(nbins), side="right")[b]
+    bin_end_t = (b + 1) * bin_s
+    lo = np.arange(n, dtype=np.int64)
+    rows: list[tuple[IntArray, FloatArray, FloatArray, FloatArray]] = []
+    top = 0.0
+    for w in widths_s:
+        hi = np.minimum(np.searchsorted(t, t + w, side="right"), bin_end_idx)
+        d = _range_max(d_table, lo, hi)
+        keep = d <= bin_end_t
+        span = np.maximum(d - t, 1e-12)
+        work = cum[hi] - cum[lo]
+        keep &= work > 0
+        if not keep.any():
+            continue
+        rows.append((b[keep], work[keep], span[keep], _range_max(w_table, lo[keep], hi[keep])))
+        top = max(top, float(np.max(work[keep] / span[keep])))
+    levels = math.ceil(top - 1e-9) if top > 0 else 0
+    need = np.zeros((nbins, levels + 1), dtype=np.int64)
+    for bw, work, span, wmax in rows:
+        for lev in range(levels + 1):
+            excess = work - lev * span
+            k = np.ceil(np.maximum(excess, 0.0) / wmax - 1e-9).astype(np.int64)
+            need[:, lev] = np.maximum(need[:, lev], _bin_max(k, bw, nbins))
+    return need
+
+
+def _fewest_with_budget(need: IntArray, floor: IntArray, budget: int) -> IntArray:
+    """Replicas per bin, each >= floor, minimising their sum while the misses need[m, n] add up
+    to at most `budget` (a small knapsack over bins: dynamic programming on the misses used)."""
+    nbins, width = need.shape
+    top = max(width - 1, int(floor.max()) if nbins else 0)
+    inf = np.iinfo(np.int64).max // 4
+    best = np.zeros(budget + 1, dtype=np.int64)  # best[k]: min replicas so far, <= k misses
+    pick = np.zeros((nbins, budget + 1), dtype=np.int64)
+    for m in range(nbins):
+        new = np.full(budget + 1, inf, dtype=np.int64)
+        arg = np.zeros(budget + 1, dtype=np.int64)
+        for lev in range(int(floor[m]), top + 1):
+            k = int(need[m, lev]) if lev < width else 0
+            if k > budget:
+                continue
+            cand = np.full(budget + 1, inf, dtype=np.int64)
+            cand[k:] = best[: budget + 1 - k] + lev
+            better = cand < new
+            new[better] = cand[better]
+            arg[better] = lev
+            if k == 0:
+                break  # more replicas only cost more
+        best = new
+        pick[m] = arg
+    out = np.zeros(nbins, dtype=np.int64)
+    k = budget
+    for m in range(nbins - 1, -1, -1):
+        lev = int(pick[m, k])
+        out[m] = lev
+        k -= int(need[m, lev]) if lev < width else 0
+    return out
 
 
 def oracle(
@@ -209,18 +341,20 @@ def oracle(
     slo: SLO = SLO(),
     bin_s: float = 60.0,
     min_replicas: int = 1,
+    attainment: float = 0.99,
 ) -> Oracle:
-    """A lower bound on GPU-hours: per bin (a minute), the fewest replicas per role whose
-    modelled capacity covers that bin's demand at the SLO, with no cold start and perfect
-    foresight (replicas appear and vanish at bin edges, at least `min_replicas` each).
+    """A fluid lower bound on GPU-hours: per bin (a minute), the fewest replicas per role whose
+    modelled capacity covers that bin's demand at the SLO for all but (1 - attainment) of the
+    requests, with no cold start and perfect foresight (replicas appear and vanish at bin edges,
+    at least `min_replicas` each). Per bin it is the larger of two bounds.
 
-    Demand of a bin: the prompt and output tokens of the requests arriving in it, per second.
-    Capacity, from the profile:
+    **Throughput** (`throughput_replicas`): the prompt and output tokens of the requests arriving
+    in the bin, per second, against the capacity per replica:
 
     * Prefill (compute-bound): a replica running back-to-back full steps of B = max_num_batched_
       tokens spends alpha_p/B + beta_p + gamma_p·n̄ per token, where n̄ = sum(p²)/sum(p) (capped at
       B) is the token-weighted prompt length of the bin (a step's sum(n²) ≈ B·n̄). Queueing delay
-      is ignored (utilisation may reach 1), which is what makes it a lower bound.
+      is ignored (utilisation may reach 1).
     * Decode (memory-bound, ITL-limited): the largest batch whose step time stays within the
       ITL SLO, B* = (itl_mean_s - alpha_d) / (beta_d + gamma_d·L̄), capped by max_num_seqs and
       by KV (B*·L̄ <= capacity), with L̄ the output-weighted mean context (prompt + output/2);
@@ -229,10 +363,33 @@ def oracle(
       demand / decode capacity) (the mixed step's shared fixed cost is ignored, as a bound
       should).
 
+    **Prefill bursts** (the TTFT half of the SLO, which a minute's mean cannot see): a request
+    arriving at a with prompt p must have its first token by a + max(ttft_floor_s,
+    ttft_slowdown x idle prefill(p)), so its prefill must end by that minus its KV transfer
+    (disaggregated). Its work, in replica-seconds, is at least p·(alpha/B + beta_p) +
+    gamma_p·p·min(p, B)/2 (full steps share the fixed cost; the engine cuts a prompt into full
+    chunks plus at most two partial ones, so sum(chunk²) >= p·min(p, B)/2). For windows of
+    arrivals [s, e] (anchored at every arrival, widths `BURST_WIDTHS_S`, within one bin, latest
+    deadline d in the bin) the work that meets its deadlines fits in n·(d - s), which gives how
+    many requests must miss with n replicas (`prefill_misses_needed`). Decode has no such term:
+    ITL is a per-step property, and the throughput bound already runs every replica at the
+    largest batch whose step meets the ITL SLO; a decode burst only raises the batch for a few
+    steps of requests that average their ITL over all their steps.
+
+    **Attainment**: a fleet reaching `attainment` over the trace may miss M = floor((1 -
+    attainment) x requests) requests, placed wherever they save most. The bound gives the misses
+    to the bins by a small dynamic programme (fewest replica-bins such that the misses each bin
+    needs add up to <= M), so it never charges for a burst that a 99 % fleet could sacrifice,
+    and it does not depend on a handful of requests. With attainment = 1 no request may miss
+    (`all_requests_gpu_hours`).
+
     Worked example (8B, B=8192, n̄=1500): 4/8192 + 0.025 + 7e-7·1500 = 0.02654 ms/token ->
     37.7k prompt tok/s per replica; at L̄=1200 the ITL bound allows (50-6.5)/(0.03+0.072) = 426
     sequences but KV only 430000/1200 = 358, so B* = 358, step 43.0 ms -> 8.3k output tok/s.
     """
+    if not 0.0 < attainment <= 1.0:
+        msg = f"attainment must be in (0, 1], got {attainment}"
+        raise ValueError(msg)
     t = np.asarray(arrival_s, dtype=np.float64)
     p = np.maximum(np.asarray(prompt_tokens, dtype=np.float64), 1.0)
     o = np.maximum(np.asarray(output_tokens, dtype=np.float64), 1.0)
@@ -264,20 +421,58 @@ def oracle(
     cap_d = bstar / step_ms * 1000.0
     dem_p = p_sum / bin_s
     dem_d = o_sum / bin_s
-    replicas: dict[Role, IntArray]
+    thru: dict[Role, IntArray]
     if disaggregated:
         n_p = np.maximum(np.ceil(dem_p / cap_p - 1e-9), min_replicas).astype(np.int64)
         n_d = np.maximum(np.ceil(dem_d / cap_d - 1e-9), min_replicas).astype(np.int64)
-        replicas = {Role.PREFILL: n_p, Role.DECODE: n_d}
+        thru = {Role.PREFILL: n_p, Role.DECODE: n_d}
+        burst_role = Role.PREFILL
+        alpha_ms = profile.prefill_alpha_ms
     else:
         n_a = np.maximum(np.ceil(dem_p / cap_p + dem_d / cap_d - 1e-9), min_replicas)
-        replicas = {Role.AGGREGATED: n_a.astype(np.int64)}
-    total = sum(int(v.sum()) for v in replicas.values())
-    gpu_hours = total * profile.gpus_per_replica * bin_s / 3600.0
+        thru = {Role.AGGREGATED: n_a.astype(np.int64)}
+        burst_role = Role.AGGREGATED
+        # A mixed step's fixed cost is alpha_d: take the smaller of the two.
+        alpha_ms = min(profile.prefill_alpha_ms, profile.decode_alpha_ms)
+    # Prefill bursts against the TTFT SLO.
+    work = (
+        p * (alpha_ms / m + profile.prefill_beta_ms_per_token)
+        + profile.prefill_gamma_ms_per_token2 * p * np.minimum(p, m) / 2.0
+    ) / 1000.0
+    prompts = np.maximum(np.asarray(prompt_tokens, dtype=np.int64), 1)
+    limit = np.maximum(slo.ttft_floor_s, slo.ttft_slowdown * idle_prefill_s(profile, prompts))
+    deadline = t + limit
+    if disaggregated:
+        deadline -= (
+            profile.kv_bytes_per_token * p / profile.kv_transfer_bytes_per_s
+            + profile.kv_transfer_setup_s
+        )
+    # A request whose deadline is before its arrival misses with any fleet: it spends budget.
+    hopeless = deadline <= t
+    work[hopeless] = 0.0
+    deadline[hopeless] = t[hopeless]
+    budget = math.floor((1.0 - attainment) * len(t) + 1e-9)
+    budget = max(budget - int(hopeless.sum()), 0)
+    need = prefill_misses_needed(t, work, deadline, bin_s=bin_s, nbins=nbins)
+    floor = thru[burst_role]
+    replicas = dict(thru)
+    replicas[burst_role] = _fewest_with_budget(need, floor, budget)
+    strict = _fewest_with_budget(need, floor, 0)
+    per_bin = profile.gpus_per_replica * bin_s / 3600.0
+
+    def hours(reps: dict[Role, IntArray]) -> float:
+        return sum(int(v.sum()) for v in reps.values()) * per_bin
+
+    strict_h = hours({**thru, burst_role: strict})
     return Oracle(
         bin_start_s=np.arange(nbins, dtype=np.float64) * bin_s,
         replicas=replicas,
-        gpu_hours=gpu_hours,
+        gpu_hours=hours(replicas),
         prefill_capacity_tok_s=float(np.mean(cap_p)),
         decode_capacity_tok_s=cap_d,
+        throughput_replicas=thru,
+        throughput_gpu_hours=hours(thru),
+        all_requests_gpu_hours=strict_h,
+        attainment=attainment,
+        miss_budget=budget,
     )

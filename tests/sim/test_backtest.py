@@ -119,13 +119,15 @@ def test_static_peak_is_the_oracle_busiest_minute() -> None:
         Role.DECODE: max(1, int(orc.replicas[Role.DECODE].max())),
     }
     assert got[Role.PREFILL] >= 2
-    # Independent check of the busiest minute's prefill need with the docstring's capacity model.
+    # Independent check of the busiest minute's prefill throughput need with the docstring's
+    # capacity model; the SLO-aware oracle (bursts against the TTFT SLO) asks for at least that.
     b = (tr.arrival_s // 60).astype(int)
     p = tr.prompt_tokens.astype(float)
     nbar = np.bincount(b, weights=p * p) / np.bincount(b, weights=p)
     cap = 1000.0 / (4 / 8192 + 0.025 + 7e-7 * np.minimum(nbar, 8192))
     need = np.ceil(np.bincount(b, weights=p) / 60.0 / cap - 1e-9)
-    assert got[Role.PREFILL] == int(need.max())
+    assert int(orc.throughput_replicas[Role.PREFILL].max()) == int(need.max())
+    assert got[Role.PREFILL] >= int(need.max())
 
 
 def test_packaged_default_policy_matches_repo() -> None:
@@ -197,13 +199,19 @@ def test_backtest_end_to_end_json_and_plot(
     assert doc["slo"] == {"ttft_floor_s": 0.5, "ttft_slowdown": 3.0, "itl_mean_s": 0.05}
     assert isinstance(doc["oracle_gpu_hours"], float)
     assert doc["oracle_gpu_hours"] > 0
+    # The SLO-aware bound sits between its throughput part and the no-miss bound.
+    assert doc["oracle_throughput_gpu_hours"] <= doc["oracle_gpu_hours"]
+    assert doc["oracle_gpu_hours"] <= doc["oracle_all_requests_gpu_hours"]
+    assert doc["oracle_attainment"] == 0.99
+    assert doc["oracle_miss_budget"] == doc["requests"] // 100
     assert set(doc["runs"]) == {"llama-8b-disagg", "keda-queue", "static-peak"}
     for name, run in doc["runs"].items():
         assert set(run) >= RUN_KEYS, name
         assert 0.0 <= run["slo_attainment"] <= 1.0
         assert run["gpu_hours"] == pytest.approx(run["gpu_hours_prefill"] + run["gpu_hours_decode"])
-        # Nobody beats the lower bound over the same horizon.
-        assert run["gpu_hours"] >= doc["oracle_gpu_hours"] - 1e-9, name
+        # Nobody reaching the oracle's attainment beats it over the same horizon.
+        if run["slo_attainment"] >= doc["oracle_attainment"]:
+            assert run["gpu_hours"] >= doc["oracle_gpu_hours"] - 1e-9, name
         assert all(isinstance(run[k], int) for k in ("scale_events", "reversals", "preemptions"))
     assert doc["runs"]["static-peak"]["scale_events"] == 0
     png = out_png.read_bytes()

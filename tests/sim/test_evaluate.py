@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from autoscaler.sim.engine import RequestResults, ScaleEvent
 from autoscaler.sim.evaluate import (
     SLO,
+    _fewest_with_budget,
     count_reversals,
     evaluate,
     idle_prefill_s,
@@ -17,7 +20,7 @@ from autoscaler.sim.evaluate import (
     request_outcome,
 )
 from autoscaler.types import Role
-from tests.sim.conftest import P8B, one_pool
+from tests.sim.conftest import CONV_TRACE, P8B, one_pool
 
 pytestmark = pytest.mark.sim
 
@@ -138,3 +141,111 @@ def test_evaluate_a_run() -> None:
     assert (ev.scale_events, ev.reversals) == (2, 1)
     assert ev.oracle_gpu_hours == pytest.approx(2 / 60)
     assert ev.ttft_p50_s < 0.05
+
+
+# --- the SLO-aware oracle: prefill bursts against the TTFT deadlines ---------------------------
+
+
+def _burst_work_s(p: int) -> float:
+    """A prompt's least prefill work on the 8B profile: full steps share alpha; sum(chunk²) is
+    at least p·min(p, B)/2."""
+    return (p * (4 / 8192 + 0.025) + 7e-7 * p * min(p, 8192) / 2) / 1000
+
+
+def _burst(n_burst: int, n_background: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n_burst 2000-token prompts at t=0, then n_background 10-token prompts spread over the
+    next minute (they only add to the miss budget)."""
+    t = np.r_[np.zeros(n_burst), np.linspace(60.0, 119.0, n_background)]
+    p = np.r_[np.full(n_burst, 2000), np.full(n_background, 10)]
+    return t, p.astype(np.int64), np.full(len(t), 5, dtype=np.int64)
+
+
+def test_oracle_counts_a_burst_against_the_ttft_deadline() -> None:
+    """40 prompts of 2000 tokens at once: 80k tokens in the minute is far below one replica's
+    throughput, but their prefill must end by 0.5 s minus the KV transfer, which takes 5
+    replicas; the throughput part alone stays at 1 and is kept alongside."""
+    t, p, o = _burst(40, 0)
+    work = 40 * _burst_work_s(2000)
+    assert 3 * P8B.idle_prefill_s(2000) < 0.5  # the floor is the deadline
+    span = 0.5 - P8B.kv_transfer_s(2000)
+    want = math.ceil(work / span)
+    assert want == 5
+    orc = oracle(t, p, o, P8B, disaggregated=True)
+    assert orc.throughput_replicas[Role.PREFILL].tolist() == [1]
+    assert orc.replicas[Role.PREFILL].tolist() == [want]
+    assert orc.replicas[Role.DECODE].tolist() == orc.throughput_replicas[Role.DECODE].tolist()
+    assert orc.miss_budget == 0  # floor(1 % of 40)
+    assert orc.gpu_hours == pytest.approx((want + 1) / 60)
+    assert orc.throughput_gpu_hours == pytest.approx(2 / 60)
+    assert orc.all_requests_gpu_hours == orc.gpu_hours
+    # Aggregated: no transfer, alpha = min(alpha_p, alpha_d) = alpha_p here.
+    agg = oracle(t, p, o, P8B, disaggregated=False)
+    assert agg.replicas[Role.AGGREGATED].tolist() == [math.ceil(work / 0.5)]
+
+
+@pytest.mark.parametrize(("background", "want"), [(200, 5), (460, 4)])
+def test_oracle_lets_one_percent_of_the_requests_miss(background: int, want: int) -> None:
+    """The 99 % target: the trace's 1 % may miss. With 240 requests (2 may miss) the burst still
+    needs 5 replicas; with 500 (5 may miss) 4 suffice, since with 4 the excess work over
+    4 x span is less than three of the burst's prompts."""
+    t, p, o = _burst(40, background)
+    w = _burst_work_s(2000)
+    span = 0.5 - P8B.kv_transfer_s(2000)
+    assert math.ceil((40 * w - 4 * span) / w) == 3
+    orc = oracle(t, p, o, P8B, disaggregated=True)
+    assert orc.miss_budget == (40 + background) // 100
+    assert orc.replicas[Role.PREFILL].tolist() == [want, 1]
+    strict = oracle(t, p, o, P8B, disaggregated=True, attainment=1.0)
+    assert strict.replicas[Role.PREFILL].tolist() == [5, 1]
+    assert orc.all_requests_gpu_hours == strict.gpu_hours
+
+
+def test_oracle_burst_deadline_uses_the_slowdown_for_long_prompts() -> None:
+    """Long prompts get 3 x their idle prefill: 6 prompts of 16k tokens at once (idle prefill
+    0.52 s each, deadline 1.57 s minus the transfer) need ceil(work / span) replicas."""
+    t, p, o = np.zeros(6), np.full(6, 16_384), np.full(6, 5)
+    span = 3 * P8B.idle_prefill_s(16_384) - P8B.kv_transfer_s(16_384)
+    want = math.ceil(6 * _burst_work_s(16_384) / span)
+    assert want == 2
+    assert oracle(t, p, o, P8B, disaggregated=True, attainment=1.0).replicas[
+        Role.PREFILL
+    ].tolist() == [want]
+
+
+def _misses(need: np.ndarray, levels: Sequence[int]) -> int:
+    """Misses of a per-bin choice of replicas (levels beyond the table need none)."""
+    width = need.shape[1]
+    return sum(int(need[m, n]) if n < width else 0 for m, n in enumerate(levels))
+
+
+def test_fewest_with_budget_matches_brute_force() -> None:
+    """The miss-budget allocation is the cheapest assignment (brute force over small cases)."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        nbins = int(rng.integers(1, 4))
+        width = int(rng.integers(1, 5))
+        # need[m, n] non-increasing in n and 0 at the top level.
+        raw = rng.integers(0, 6, size=(nbins, width))
+        need = np.sort(raw, axis=1)[:, ::-1].copy()
+        need[:, -1] = 0
+        floor = rng.integers(1, width + 1, size=nbins)
+        budget = int(rng.integers(0, 8))
+        got = _fewest_with_budget(need, floor, budget)
+        levels = [range(int(f), max(width, int(f) + 1)) for f in floor]
+        best = min(sum(c) for c in itertools.product(*levels) if _misses(need, c) <= budget)
+        assert int(got.sum()) == best
+        assert _misses(need, got.tolist()) <= budget
+        assert (got >= floor).all()
+
+
+def test_oracle_bounds_are_ordered_on_the_azure_trace() -> None:
+    """throughput part <= SLO-aware bound at 99 % <= no-miss bound; the conversation trace
+    (no bursts beyond one replica) is unchanged."""
+    from autoscaler.sim.traces import load_trace  # noqa: PLC0415
+
+    if not CONV_TRACE.exists():
+        pytest.skip("Azure trace not available")
+    tr = load_trace(CONV_TRACE)
+    orc = oracle(tr.arrival_s, tr.prompt_tokens, tr.output_tokens, P8B, disaggregated=True)
+    assert orc.throughput_gpu_hours <= orc.gpu_hours <= orc.all_requests_gpu_hours
+    assert orc.gpu_hours == orc.throughput_gpu_hours
