@@ -36,10 +36,10 @@ from kubernetes_asyncio.client.rest import ApiException
 from autoscaler import controller as ctl
 from autoscaler import errors
 from autoscaler.actuator import kubernetes as kube
-from autoscaler.policy.config import DeploymentRef
+from autoscaler.policy.config import DeploymentRef, load_policy_file
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeMetricsSource
-from autoscaler.types import Role
+from autoscaler.types import Role, SignalName
 
 from ..k8senv.cluster import ClusterInfo
 from .support import gpu_deployment, wait_for
@@ -440,11 +440,17 @@ async def test_manifest_rbac_allows_scaling_targets_and_nothing_else(
                 await act.scale(DeploymentRef(namespace=llm, name="other"), 2, reason="probe")
             assert f"patch deployments/scale/other in namespace {llm}" in str(forbidden.value)
 
-            # The controller itself, on the shipped policy (queue of 4 on prefill -> 2).
+            # The controller itself, on the shipped policy: a prefill queue of twice its
+            # per-replica target asks for 2 replicas (read the target: the policy gets tuned).
+            shipped = load_policy_file(ROOT / "policies" / "llama-8b-disagg.yaml")
+            q_target = next(
+                s.target for s in shipped.pool("llama-8b").roles[Role.PREFILL].signals
+                if s.signal is SignalName.QUEUE_DEPTH
+            )
             src = FakeMetricsSource(ready=ready_from(k8s_api, llm, {
                 ("llama-8b", Role.PREFILL): "llama-8b-prefill",
                 ("llama-8b", Role.DECODE): "llama-8b-decode"}))
-            src.set_totals("llama-8b", Role.PREFILL, queue_depth=4)
+            src.set_totals("llama-8b", Role.PREFILL, queue_depth=2 * q_target)
             src.set("llama-8b", Role.PREFILL, batched_tokens=0.1, ttft_p90=0.1)
             src.set("llama-8b", Role.DECODE, kv_cache=0.3, itl_p90=0.01)
             src.set_totals("llama-8b", Role.DECODE, running=10)
