@@ -145,10 +145,15 @@ def _combine(w: _Work, needs: list[Need], *, now: float) -> None:
 def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
     spec, obs = w.spec, w.obs
     needs: list[Need] = signals.signal_needs(spec, obs)
+    silent: list[Need] = []
     if extra:
         ctx = RoleContext(pool=w.pool, role=w.role, spec=spec, obs=obs, now=now)
         for p in extra:
-            needs.extend(p.needs(ctx))
+            got = p.needs(ctx)
+            needs.extend(got)
+            # A policy kind that fell back (a forecast with short history, a failed fit) has
+            # no value; say why in the decision reason, not only in the needs.
+            silent.extend(n for n in got if n.value is None and n.note)
     capped = False
     cap_why = ""
     if spec.behavior.count_pending:
@@ -167,6 +172,8 @@ def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
     _combine(w, needs, now=now)
     if capped and w.raw <= w.current:
         w.driver += f"; {cap_why}"
+    for n in silent:
+        w.driver += f"; {n.source}: {n.note}"
     w.desired = w.raw
 
     w.panic_until = stabilizer.panic_until(

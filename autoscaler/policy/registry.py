@@ -80,11 +80,12 @@ def validate_ref(ref: PolicyRef, *, where: str) -> BaseModel:
         problems = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
+            path = f"{where}.{loc}" if loc else where  # whole-model checks have no field
             got = ""
             if err["type"] != "missing" and not isinstance(err.get("input"), dict | list):
                 got = f" (got {err.get('input')!r})"
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}.{loc}: {msg}{got}")
+            problems.append(f"{path}: {msg}{got}")
         raise errors.ConfigError(problems) from exc
 
 

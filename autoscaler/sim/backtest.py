@@ -44,6 +44,7 @@ import numpy as np
 import structlog
 
 from autoscaler import errors
+from autoscaler.forecast import refit
 from autoscaler.loop import DecisionHook, Loop, TickReport
 from autoscaler.policy.config import PolicyFile, PoolSpec, load_policy_file
 from autoscaler.sim import baselines
@@ -223,12 +224,23 @@ def run_controller(
     policy, spec = single_pool(policy)
     sim = Simulation.from_policy(policy, {spec.name: tuple(trace)}, profile=profile)  # type: ignore[dict-item]
     source = SimMetricsSource(sim, scrape_interval_s=config.scrape_s, window_s=config.window_s)
-    loop = Loop(policy, source, SimActuator(sim), hooks=hooks)
-    asyncio.run(
-        _drive(
-            sim, loop, pool=spec.name, tick_s=config.tick_s, horizon_s=horizon_s, on_tick=on_tick
+    # Forecast refits run inline in simulated time: a background thread would make the replay
+    # depend on the machine's speed (and the result on the run).
+    previous = refit.set_default(refit.Inline())
+    try:
+        loop = Loop(policy, source, SimActuator(sim), hooks=hooks)
+        asyncio.run(
+            _drive(
+                sim,
+                loop,
+                pool=spec.name,
+                tick_s=config.tick_s,
+                horizon_s=horizon_s,
+                on_tick=on_tick,
+            )
         )
-    )
+    finally:
+        refit.set_default(previous)
     ev = evaluate(
         sim,
         spec.name,
