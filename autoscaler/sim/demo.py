@@ -6,9 +6,11 @@ scale change is added to a feed (time, pool/role, current -> desired, driver, cl
 policy's replay is paced to about `--seconds` of wall time so the decisions can be read; the
 baselines then run at full speed, and the summary table, JSON and plot close the demo.
 
-Traffic: `--trace`, else $PD_AUTOSCALER_TRACE, else the shared Azure conversation trace at
+Traffic: `--trace`, else $PD_AUTOSCALER_TRACE, else the shared Azure *code* trace at
 ../shared/traces/ (relative to the repository root) when present, else an hour of the built-in
-workload generator fitted to it (workload.py). The first line says which.
+workload generator fitted to it (workload.py). The first line says which. The code service is
+the bursty one (12x peak-to-mean over 10 s): it makes the controller scale, where one prefill and
+one decode replica carry the whole conversation hour.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from autoscaler import errors
 from autoscaler.policy.config import load_policy_file
 from autoscaler.sim import backtest
 from autoscaler.sim.traces import Trace, load_trace
-from autoscaler.sim.workload import AZURE_CONV, generate
+from autoscaler.sim.workload import AZURE_CODE, generate
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from autoscaler.types import Decision
 
 TRACE_ENV = "PD_AUTOSCALER_TRACE"
-SHARED_TRACE = backtest.REPO_ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+SHARED_TRACE = backtest.REPO_ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_code.csv"
 # Wall time the policy's replay is stretched to: long enough to read the feed, and with the
 # baselines (~2 s) and the plot well inside the one-minute budget of the demo.
 DEFAULT_SECONDS = 20.0
@@ -59,13 +61,13 @@ def pick_trace(args: argparse.Namespace) -> tuple[Trace, str, str]:
             return tr, Path(path).name, f"trace: {path} (from {why})"
     if SHARED_TRACE.is_file():
         tr = load_trace(SHARED_TRACE, duration_s=duration)
-        return tr, SHARED_TRACE.name, f"trace: {SHARED_TRACE} (the shared Azure conversation trace)"
+        return tr, SHARED_TRACE.name, f"trace: {SHARED_TRACE} (the shared Azure code trace)"
     span = GENERATED_S if duration is None else float(duration)
-    tr = generate(AZURE_CONV, duration_s=span, seed=0, diurnal=False)
+    tr = generate(AZURE_CODE, duration_s=span, seed=0, diurnal=False)
     return (
         tr,
-        f"generated-{AZURE_CONV.name}",
-        f"trace: built-in generator '{AZURE_CONV.name}' (fitted to the Azure conversation trace), "
+        f"generated-{AZURE_CODE.name}",
+        f"trace: built-in generator '{AZURE_CODE.name}' (fitted to the Azure code trace), "
         f"{span / 60:.0f} min, seed 0 - no trace at {SHARED_TRACE} and ${TRACE_ENV} unset",
     )
 
