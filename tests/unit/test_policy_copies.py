@@ -30,4 +30,5 @@ def test_copy_is_identical(copy: Path) -> None:
 def test_policies_dir_holds_policy_yaml_only() -> None:
     """policies/ is data: every file in it is a policy the validator accepts."""
     files = sorted(p.name for p in (REPO / "policies").iterdir())
-    assert files and all(name.endswith(".yaml") for name in files), files
+    assert files
+    assert all(name.endswith(".yaml") for name in files), files
