@@ -15,18 +15,27 @@ decides what bad data means; it reports it:
 Each problem increments `pd_autoscaler_metric_source_errors_total{query,reason}` (when a
 `Telemetry` is given) and is logged once when it starts and once when it clears, naming the
 query, so a persistent gap does not flood the log.
+
+`range_rates` (the `forecast.backfill.RangeRates` protocol) is the other entry point: range
+queries of one role's rate or concurrency, sent once at start-up to refill forecast history. It
+raises `MetricsUnavailable` when a range query fails after retries, and returns empty arrays
+when Prometheus has no data for the role.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import requests
 import structlog
 from prometheus_api_client import PrometheusConnect
@@ -41,6 +50,8 @@ if TYPE_CHECKING:
     from autoscaler import telemetry as telemetry_mod
 
 log = structlog.get_logger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +89,11 @@ class PrometheusSettings:
     """Label carrying the namespace."""
     max_concurrency: int = 4
     """Queries in flight at once."""
+    range_timeout_s: float = 30.0
+    """Per range request (forecast backfill at start-up); also sent as the query timeout."""
+    range_points_per_query: int = 1440
+    """Steps per range request: a longer range is split into several requests (a day of
+    1-minute bins each; Prometheus refuses more than 11,000 points per series)."""
 
 
 @dataclass(slots=True)
@@ -96,6 +112,8 @@ class SourceStats:
 
     queries: int = 0
     """HTTP query requests sent, retries included."""
+    range_queries: int = 0
+    """HTTP query_range requests sent (backfill), retries included."""
     ticks: int = 0
     last_tick_queries: int = 0
     problems: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
@@ -113,6 +131,9 @@ class PrometheusSource:
     ) -> None:
         if settings.rate_window_s <= 0 or settings.timeout_s <= 0 or settings.retries < 0:
             msg = "rate_window_s and timeout_s must be > 0, retries >= 0"
+            raise errors.ConfigError([f"prometheus: {msg}"])
+        if settings.range_timeout_s <= 0 or not 1 <= settings.range_points_per_query <= 11000:
+            msg = "range_timeout_s must be > 0, range_points_per_query 1-11000"
             raise errors.ConfigError([f"prometheus: {msg}"])
         self.settings = settings
         self.stats = SourceStats()
@@ -160,8 +181,30 @@ class PrometheusSource:
         result: list[dict[str, Any]] = self._client.custom_query(promql, params=params)
         return result
 
+    def _range_blocking(
+        self, promql: str, first: float, last: float, step: float
+    ) -> list[dict[str, Any]]:
+        self.stats.range_queries += 1
+        timeout = self.settings.range_timeout_s
+        result: list[dict[str, Any]] = self._client.custom_query_range(
+            promql,
+            start_time=datetime.fromtimestamp(first, tz=UTC),
+            # The client rounds start and end to whole seconds; half a step of slack keeps the
+            # last point (Prometheus evaluates start, start + step, ... up to end).
+            end_time=datetime.fromtimestamp(last + step / 2, tz=UTC),
+            step=f"{step:g}",
+            params={"timeout": f"{max(1, round(timeout * 1000))}ms"},
+            timeout=timeout,
+        )
+        return result
+
     async def _query(self, key: str, promql: str) -> _Outcome:
-        """Run one query with retries and backoff; never raises except on cancellation."""
+        """Run one instant query with retries and backoff; never raises except on
+        cancellation."""
+        return await self._call(key, functools.partial(self._query_blocking, promql))
+
+    async def _call(self, key: str, blocking: Callable[[], list[dict[str, Any]]]) -> _Outcome:
+        """Run one blocking request in a thread with retries and backoff."""
         delay = self.settings.backoff_s
         outcome = _Outcome(rows=None)
         for attempt in range(self.settings.retries + 1):
@@ -170,7 +213,7 @@ class PrometheusSource:
                 delay *= 2
             try:
                 async with self._sem:
-                    rows = await asyncio.to_thread(self._query_blocking, promql)
+                    rows = await asyncio.to_thread(blocking)
             except requests.exceptions.ReadTimeout as exc:
                 outcome = _Outcome(rows=None, reason="timeout", error=str(exc))
             except requests.exceptions.ConnectionError as exc:
@@ -262,6 +305,84 @@ class PrometheusSource:
                 samples[(pool, Role(role))][key] = SignalSample(value=None, detail=why)
                 self._track(key, (pool, role), ("invalid_selector",), why)
         return samples
+
+    # --- range queries (forecast backfill) --------------------------------------------------
+
+    async def range_rates(
+        self, target: source.RoleTarget, series: str, *, start: float, end: float, step: float
+    ) -> tuple[FloatArray, FloatArray]:
+        """One role's `series` (a RATE_KEYS name, or `running` for the sum of running requests)
+        over [start, end) in wall-clock seconds: one point per step, evaluated in the middle of
+        each interval [start + i*step, start + (i+1)*step), as the average tick inside a bin
+        would read it. Each point is the instant query's expression at that time (the rate
+        window widened to `step` when that is longer, so no sample falls between two points),
+        summed over the role's pods. Returns (timestamps, values), oldest first; a step where
+        no pod reported is absent.
+
+        Spellings: every name of a family is queried (not only what discovery found now), so
+        history from before a vLLM upgrade that renamed a metric is read too.
+
+        Raises ValueError for a series it cannot query or a role selector that cannot be built,
+        and MetricsUnavailable when a request fails after retries (any one of the range's
+        requests: the role then starts with no history rather than a hole in it)."""
+        empty = np.empty(0, dtype=np.float64)
+        if step <= 0 or end <= start:
+            return empty, empty.copy()
+        s = self.settings
+        builder = queries.Builder(
+            names=queries.Names.all(),
+            rate_window_s=max(s.rate_window_s, step),
+            pod_label=s.pod_label,
+            namespace_label=s.namespace_label,
+        )
+        selector = queries.role_selector(
+            target, pod_label=s.pod_label, namespace_label=s.namespace_label
+        )
+        promql = builder.role_total(series, selector)
+        if s.bearer_token_file:
+            self._client.headers = self._headers()
+        n = math.ceil((end - start) / step - 1e-9)
+        per = s.range_points_per_query
+        calls = [
+            functools.partial(
+                self._range_blocking,
+                promql,
+                start + (i + 0.5) * step,
+                start + (min(i + per, n) - 0.5) * step,
+                step,
+            )
+            for i in range(0, n, per)
+        ]
+        key = f"range_{series}"
+        outcomes = await asyncio.gather(*(self._call(key, c) for c in calls))
+        for outcome in outcomes:
+            if outcome.rows is None:
+                where = f"{target.pool}/{target.role.value}"
+                msg = (
+                    f"range query {series} of {where} failed ({outcome.reason}): "
+                    f"{outcome.error[:200]}"
+                )
+                raise errors.MetricsUnavailable(msg)
+        points = [
+            (float(t), float(v))
+            for outcome in outcomes
+            for row in outcome.rows or ()
+            for t, v in row.get("values", ())
+        ]
+        if not points:
+            log.info(
+                "prometheus_range_empty",
+                query=key,
+                pool=target.pool,
+                role=target.role.value,
+                start=start,
+                end=end,
+            )
+            return empty, empty.copy()
+        points.sort()
+        ts = np.fromiter((t for t, _ in points), dtype=np.float64, count=len(points))
+        values = np.fromiter((v for _, v in points), dtype=np.float64, count=len(points))
+        return ts, values
 
     # --- interpretation ---------------------------------------------------------------------
 

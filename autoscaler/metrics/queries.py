@@ -19,6 +19,9 @@ more pools only make each query longer, which is why the source sends them by PO
 
 Results carry a `pd_part` label where one query answers several questions at once (a gauge's
 value and its sample age; a quantile, the request rate behind it and how many pods reported).
+
+`Builder.role_total` is the range-query form used once at start-up to backfill forecast history:
+the same per-pod expressions for one role, summed into a single series.
 """
 
 from __future__ import annotations
@@ -107,6 +110,10 @@ def discovery_query() -> str:
     """One cheap instant query listing which candidate names currently have series."""
     alternatives = "|".join(re.escape(n) for n in ALL_NAMES)
     return f'count by (__name__) ({{__name__=~"{alternatives}"}})'
+
+
+# What `Builder.role_total` answers: the rates, and `running` (a role's decode concurrency).
+TOTAL_SERIES: tuple[str, ...] = (*source.RATE_KEYS, SignalName.RUNNING.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,22 +227,28 @@ class Builder:
         # left-hand series has the same labels, i.e. only for pods the earlier spelling missed.
         return " or ".join(f"({per_name(n)})" for n in self.names.present(family))
 
-    def gauge(self, family: Family, roles: Sequence[RoleSelector], *, agg: str) -> str:
-        """Per pod: the gauge (engines combined with `agg`) and the age of its newest sample.
-        `max by (..., engine)` first drops duplicate series of one engine (a pod scraped by two
-        jobs) before engines are combined."""
+    def gauge_value(self, family: Family, roles: Sequence[RoleSelector], *, agg: str) -> str:
+        """Per pod: the gauge, engines combined with `agg`. `max by (..., engine)` first drops
+        duplicate series of one engine (a pod scraped by two jobs) before engines are combined."""
         pp = self._per_pod
 
         def value(n: str) -> str:
             return f"{agg} by ({pp}) (max by ({pp}, engine) ({self._union(roles, n, _ident)}))"
+
+        return self._chain(family, value)
+
+    def gauge(self, family: Family, roles: Sequence[RoleSelector], *, agg: str) -> str:
+        """Per pod: the gauge (`gauge_value`) and the age of its newest sample."""
+        pp = self._per_pod
 
         def age(n: str) -> str:
             # timestamp() must wrap the bare selector: on any derived vector it returns the
             # evaluation time, not the sample's.
             return f"max by ({pp}) ({self._union(roles, n, _age)})"
 
+        value = self.gauge_value(family, roles, agg=agg)
         return (
-            f'label_replace({self._chain(family, value)}, "{PART_LABEL}", "value", "", "")'
+            f'label_replace({value}, "{PART_LABEL}", "value", "", "")'
             f' or label_replace({self._chain(family, age)}, "{PART_LABEL}", "age", "", "")'
         )
 
@@ -282,6 +295,24 @@ class Builder:
             f' or label_replace(count by ({pr}) ({per_pod_counts}), "{PART_LABEL}", "replicas",'
             ' "", "")'
         )
+
+    def role_total(self, series: str, role: RoleSelector) -> str:
+        """One role's total of `series` (one of TOTAL_SERIES) as a single series, for a range
+        query: the per-pod series the instant query of that key reads, pods whose value is
+        NaN or +-Inf left out (as `fetch` leaves them out), summed over the role's pods. For
+        `running` that is the role's concurrency (the instant sample's mean x pods).
+
+        Unlike the instant gauge query there is no sample-age check: at each step Prometheus'
+        lookback and staleness markers decide which pods count."""
+        if series == SignalName.RUNNING.value:
+            per_pod = self.gauge_value(Family.RUNNING, [role], agg="sum")
+        elif series in source.RATE_KEYS:
+            per_pod = self._promql(series, [role], quantile=None)[1]
+        else:
+            msg = f"no range query for series {series!r} (one of {', '.join(TOTAL_SERIES)})"
+            raise ValueError(msg)
+        # A comparison with a scalar filters: NaN fails both, +-Inf fails one.
+        return f"sum(({per_pod}) > -Inf < +Inf)"
 
     def for_key(self, key: str, roles: Sequence[RoleSelector], *, quantile: float | None) -> Query:
         """The query for one signal key (a `signal_key` or one of RATE_KEYS)."""
