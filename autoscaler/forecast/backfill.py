@@ -74,13 +74,17 @@ async def backfill_policy(
     *,
     now: float,
     wall_now: float,
+    max_history_s: float | None = None,
 ) -> int:
-    """Load up to `history_s` of complete bins before `now` into one policy's history."""
+    """Load up to `history_s` (and at most `max_history_s`) of complete bins before `now` into
+    one policy's history."""
     s = policy.settings
     hist = policy.forecaster.history
     offset = now - wall_now
     end_bin = math.floor(now / s.bin_s)  # the bin holding `now` is open: fill up to it
     n = hist.capacity
+    if max_history_s is not None:
+        n = min(n, max(1, math.floor(max_history_s / s.bin_s)))
     start_bin = end_bin - n
     ts, values = await fetch(
         target,
@@ -111,15 +115,19 @@ async def backfill(
     *,
     now: float,
     wall_now: float,
+    max_history_s: float | None = None,
 ) -> list[Filled]:
-    """Backfill every forecast policy of the given roles; one role's failure skips only it."""
+    """Backfill every forecast policy of the given roles; one role's failure skips only it.
+    `max_history_s` caps how far back each policy is filled (its `history_s` is the other cap)."""
     out = []
     for target in targets:
         for p in policies.get((target.pool, target.role), ()):
             if not isinstance(p, ForecastPolicy):
                 continue
             try:
-                n = await backfill_policy(p, target, fetch, now=now, wall_now=wall_now)
+                n = await backfill_policy(
+                    p, target, fetch, now=now, wall_now=wall_now, max_history_s=max_history_s
+                )
             except Exception as exc:  # any adapter error: that role starts empty
                 out.append(Filled(target.pool, target.role, p.series, 0, f"{exc}"))
                 log.warning(

@@ -78,3 +78,24 @@ def test_backfill_failure_skips_role() -> None:
     assert filled[0].bins == 0
     assert "503" in filled[0].error
     assert len(p.forecaster.history) == 0
+
+
+def test_backfill_is_capped_by_max_history_s() -> None:
+    """max_history_s (the controller's forecast_backfill_s) bounds the range asked for."""
+    p = policy(model="holt", capacity_per_replica=1000.0, history_s=2 * 86400)
+    fake = FakeRange()
+    target = RoleTarget(pool="p", role=Role.PREFILL, spec=role_spec())
+    filled = asyncio.run(
+        backfill.backfill(
+            {("p", Role.PREFILL): [p]},
+            [target],
+            fake,
+            now=NOW,
+            wall_now=WALL,
+            max_history_s=6 * 3600,
+        )
+    )
+    assert filled[0].bins == 360
+    (_, _, start, end, _) = fake.calls[0]
+    assert end - start == 6 * 3600
+    assert len(p.forecaster.history) == 360
