@@ -5,6 +5,8 @@ Wiring (every box is replaceable in tests):
     policy: --policy FILE (polled for changes)  |  ConfigMaps labelled pd-autoscaler.io/policy
                    \\ validated per document, last good kept; applied on the next tick
     leader election (coordination.k8s.io Lease) -> only the leader ticks and writes
+    on leading (and when a reload adds forecast roles): forecast history refilled from the
+          source's range queries before the next tick (bounded, never fatal)
     tick: Loop(policy, MetricsSource, KubernetesActuator) -> TickReport
           -> Events on scaled Deployments; state + last decision saved to the state ConfigMap;
              DecisionStore (in-process servers) and Telemetry (/metrics) updated
@@ -68,6 +70,8 @@ from autoscaler.types import Decision
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from autoscaler.forecast.backfill import RangeRates
 
     # Imported at run time only when configured: the gRPC stack is not free to load.
     from autoscaler.server import external_metrics as em
@@ -142,6 +146,13 @@ class Settings:
     """This replica's Pod (`POD_NAME` from the downward API)."""
     pod_namespace: str | None = None
     """The Pod's namespace (`POD_NAMESPACE`); defaults to `namespace`."""
+    # Forecast history backfill (docs/prometheus.md): range queries before the first tick.
+    forecast_backfill_s: float = 8 * 86400.0
+    """History refilled per forecast policy on gaining leadership or adding forecast roles
+    (also capped by each policy's history_s); 0 turns the backfill off."""
+    forecast_backfill_timeout_s: float = 30.0
+    """Bound on one backfill round; the first tick waits for it, so it must stay well inside
+    the liveness probe's stall limit (max(60 s, 4 ticks))."""
 
     @property
     def external_metrics_cert(self) -> tuple[Path, Path] | None:
@@ -189,6 +200,15 @@ class Settings:
         if self.leader_label and not self.pod_name:
             problems.append("leader_label: needs the Pod name (set POD_NAME from the downward "
                             "API: fieldRef metadata.name)")
+        if self.forecast_backfill_s < 0:
+            problems.append(f"forecast_backfill_s: must be >= 0 (got {self.forecast_backfill_s})")
+        # Half the stall limit of Health (Controller.__init__): a slow Prometheus must not make
+        # the liveness probe restart a new leader before its first tick.
+        stall_s = max(60.0, 4 * self.tick_s)
+        if not 0 < self.forecast_backfill_timeout_s <= stall_s / 2:
+            problems.append(f"forecast_backfill_timeout_s: must be > 0 and <= {stall_s / 2:g} "
+                            f"(got {self.forecast_backfill_timeout_s}): the first tick waits "
+                            "for it")
         if problems:
             raise errors.ConfigError([f"settings: {p}" for p in problems])
 
@@ -233,6 +253,8 @@ _ENV: dict[str, Callable[[str], Any]] = {
     "keda_metrics_api": _bool,
     "serve_max_age_s": float,
     "leader_label": _bool,
+    "forecast_backfill_s": float,
+    "forecast_backfill_timeout_s": float,
 }
 # The downward API's conventional names, unprefixed (as client-go tools read them).
 _POD_ENV = {"pod_name": "POD_NAME", "pod_namespace": "POD_NAMESPACE"}
@@ -874,6 +896,7 @@ class Controller:
         loop = Loop(policy, self.source, FencedActuator(self.actuator, self.is_leader),
                     state=state, hooks=[self.telemetry.record_decision])
         self.loop = loop
+        await self._backfill_forecasts(loop)
         tick_s = self.settings.tick_s
         failures = 0
         next_at = self._clock()
@@ -886,6 +909,7 @@ class Controller:
                     await self._wait_policy()
                     continue
                 self._apply_policy(loop, self._policy.current)
+                await self._backfill_forecasts(loop)
             try:
                 await self.tick_once(loop)
             except Exception as exc:  # the loop survives; cancellation propagates
@@ -912,6 +936,42 @@ class Controller:
             self.telemetry.config_reload(ok=False)
             return
         log.info("policy_applied", pools=[p.name for p in policy.pools], dry_run=policy.dry_run)
+
+    async def _backfill_forecasts(self, loop: Loop) -> None:
+        """Refill the history of forecast policies that have none yet (a new leader, or roles a
+        reload added) from Prometheus range queries, so a restart keeps the daily shape. Bounded
+        by forecast_backfill_timeout_s; a failure only logs (those roles learn live)."""
+        from autoscaler.forecast import backfill  # noqa: PLC0415 - only forecast users pay
+        from autoscaler.policy.forecast import ForecastPolicy  # noqa: PLC0415
+
+        fetch = range_rates_of(self.source)
+        s = self.settings
+        if fetch is None or s.forecast_backfill_s <= 0:
+            return
+        empty = {key: [p for p in ps if isinstance(p, ForecastPolicy)
+                       and p.forecaster.history.end_bin is None]
+                 for key, ps in loop.policies.items()}
+        todo = {key: ps for key, ps in empty.items() if ps}
+        if not todo:
+            return
+        targets = [t for t in loop.targets() if (t.pool, t.role) in todo]
+        t0 = self._clock()
+        try:
+            async with asyncio.timeout(s.forecast_backfill_timeout_s):
+                filled = await backfill.backfill(todo, targets, fetch, now=self._clock(),
+                                                 wall_now=self._wall(),
+                                                 max_history_s=s.forecast_backfill_s)
+        except TimeoutError:
+            # Roles filled before the deadline keep their history (each load is atomic).
+            log.warning("forecast_backfill_timeout", timeout_s=s.forecast_backfill_timeout_s,
+                        roles=len(todo))
+            return
+        except Exception as exc:  # never fatal: the forecast learns live instead
+            log.warning("forecast_backfill_failed", error=repr(exc))
+            return
+        log.info("forecast_backfill_done", policies=len(filled),
+                 bins=sum(f.bins for f in filled), failed=sum(1 for f in filled if f.error),
+                 seconds=round(self._clock() - t0, 3))
 
     async def tick_once(self, loop: Loop) -> TickReport:
         """One tick plus its side effects (Events, saved state, store, telemetry)."""
@@ -1109,6 +1169,17 @@ class Controller:
 
 
 # --- entry point --------------------------------------------------------------------------
+
+
+def range_rates_of(source: MetricsSource) -> RangeRates | None:
+    """The source's range queries for the forecast backfill (PrometheusSource's
+    `range_rates`, also behind telemetry's InstrumentedSource); None if it has none."""
+    for candidate in (source, getattr(source, "inner", None)):
+        fetch = getattr(candidate, "range_rates", None)
+        if callable(fetch):
+            found: RangeRates = fetch
+            return found
+    return None
 
 
 def build_source(settings: Settings, telemetry: telemetry_mod.Telemetry) -> MetricsSource:
