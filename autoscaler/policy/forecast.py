@@ -31,6 +31,12 @@ neither fights the other's scale-down. Configure the capacity when it is known f
 (the 8B profile: ~35k prompt tokens/s per H100 at 2k-token prompts, SIM-MODEL §2.8) or when the
 role has no load signal to learn from. For the `running` series the capacity defaults to the
 role's `running` signal target (a per-replica concurrency target is exactly that).
+
+History lives in memory. A new leader refills it before its first tick from Prometheus range
+queries of the same series (`autoscaler.forecast.backfill`, `PrometheusSource.range_rates`,
+docs/prometheus.md), so a restart or failover keeps the daily shape; a hot reload keeps the
+history of unchanged policies and backfills the ones it adds. The learned capacity is not
+backfilled: it is learned again from live ticks (or configure `capacity_per_replica`).
 """
 
 from __future__ import annotations
