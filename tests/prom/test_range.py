@@ -1,7 +1,8 @@
 """`PrometheusSource.range_rates` (the forecast backfill's range queries) against a real
 Prometheus scraping the fake fleet: the range series carry the values the instant queries read,
-per role, with the escaped spelling, NaN pods left out, no data as empty arrays, and long ranges
-split into several query_range requests on one grid."""
+per role, with the escaped spelling, NaN pods left out, no data as empty arrays, long ranges
+split into several query_range requests on one grid, and a backfill through them fills a
+forecast policy's history on its own clock."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import time
 import numpy as np
 import pytest
 
+from autoscaler import controller, telemetry
+from autoscaler.forecast import backfill, refit
 from autoscaler.metrics.source import RoleTarget
+from autoscaler.policy.forecast import ForecastConfig, ForecastPolicy
 from autoscaler.types import Role
 from tests.prom import fleet as fl
 from tests.prom.promserver import eventually_async
@@ -106,3 +110,42 @@ async def test_long_ranges_are_split_on_one_grid(fleet: fl.Fleet) -> None:
     assert ts2.tolist() == ts1.tolist()
     assert len(ts1) == 5
     assert v2.tolist() == v1.tolist() == [80.0] * 5
+
+
+async def test_backfill_from_real_prometheus_fills_forecast_history(fleet: fl.Fleet) -> None:
+    """backfill() through range_rates (behind the controller's InstrumentedSource, as
+    `controller.range_rates_of` finds it): the policy's complete bins since the fleet started
+    hold the role's prompt-token rate, on the policy's (monotonic) clock."""
+    target = _target(fleet, "alpha", P)
+    cfg = ForecastConfig(model="holt", bin_s=5, season_s=60, history_s=600, min_history_s=60,
+                         capacity_per_replica=1000.0)
+    src = fl.source(fleet.prom.url)
+    fetch = controller.range_rates_of(telemetry.InstrumentedSource(src, telemetry.Telemetry()))
+    assert fetch is not None
+
+    async def filled() -> ForecastPolicy:
+        # A fresh policy each try: a history that has bins keeps them (live data wins).
+        p = ForecastPolicy(cfg, pool="alpha", role=P, spec=target.spec, refitter=refit.Inline())
+        (f,) = await backfill.backfill(
+            {("alpha", P): [p]}, [target], fetch, now=time.monotonic(), wall_now=time.time()
+        )
+        assert f.error == ""
+        assert f.bins >= 3, f
+        return p
+
+    policy: ForecastPolicy | None = None
+
+    async def check() -> None:
+        nonlocal policy
+        policy = await filled()
+
+    try:
+        await eventually_async(check, timeout=40)
+    finally:
+        src.close()
+    assert policy is not None
+    values = policy.forecaster.history.tail(len(policy.forecaster.history))
+    good = values[~np.isnan(values)]
+    assert good.size >= 3
+    # The first bin may hold a rate over less than a window of samples (extrapolated).
+    np.testing.assert_allclose(good[1:], 3 * 2.0 * 1000, rtol=0.15)
