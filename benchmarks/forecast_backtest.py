@@ -48,7 +48,12 @@ def main() -> int:
         default=None,
         help="default: policies/llama-8b-forecast.yaml and policies/llama-8b-disagg.yaml",
     )
-    ap.add_argument("--baseline", action="append", default=None)
+    ap.add_argument(
+        "--baseline",
+        action="append",
+        default=None,
+        help="default: keda-queue; `none` runs the policies only (quicker iteration)",
+    )
     ap.add_argument("--ramp-rise", type=float, default=0.15)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -64,7 +69,7 @@ def main() -> int:
             trace,
             trace_name=args.trace.name,
             policies=[(p.stem, load_policy_file(p)) for p in paths],
-            baseline_names=args.baseline or ["keda-queue"],
+            baseline_names=[b for b in (args.baseline or ["keda-queue"]) if b != "none"],
             profile=profile,
         )
     summary = backtest.summary_json(bt)
@@ -76,9 +81,9 @@ def main() -> int:
     )
     print(
         "| run | SLO overall | SLO in ramps | TTFT p99 s | GPU-h (P+D) | x oracle "
-        "| scale events | reversals |"
+        "| scale events | reversals | missed TTFT / ITL |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, run in bt.runs.items():
         res = run.sim.pool(run.pool).results()
         out = request_outcome(res, bt.profile, bt.config.slo)
@@ -87,11 +92,14 @@ def main() -> int:
         ramp_att = float(out.met[in_ramp].mean()) if in_ramp.any() else float("nan")
         s = summary["runs"][name]
         s["slo_attainment_ramps"] = ramp_att
+        # Which half of the SLO the misses broke: TTFT is prefill's doing, ITL decode's.
+        s["missed_ttft"] = int((~out.ttft_ok).sum())
+        s["missed_itl"] = int((out.finished & ~out.itl_ok).sum())
         print(
             f"| {name} | {s['slo_attainment']:.2%} | {ramp_att:.2%} | {s['ttft_p99_s']:.2f} "
             f"| {s['gpu_hours']:.1f} ({s['gpu_hours_prefill']:.1f}+{s['gpu_hours_decode']:.1f}) "
             f"| {s['gpu_hours'] / bt.oracle_gpu_hours:.2f} | {s['scale_events']} "
-            f"| {s['reversals']} |",
+            f"| {s['reversals']} | {s['missed_ttft']} / {s['missed_itl']} |",
             flush=True,
         )
     if args.json:
