@@ -176,8 +176,15 @@ def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
         w.driver += f"; {n.source}: {n.note}"
     w.desired = w.raw
 
+    # Panic answers a surge of *flow* (work arriving faster than the ready replicas process
+    # it). A queue or latency spike is a stock: a 10 s burst can queue hundreds of requests that
+    # the ready replicas drain in seconds, long before any new replica could serve.
+    panic_raw = w.raw
+    if spec.behavior.stock_max_step is not None:
+        flow = max((n.want for n in needs if not n.stock), default=w.current)
+        panic_raw = min(w.raw, max(flow, w.current))
     w.panic_until = stabilizer.panic_until(
-        raw=w.raw,
+        raw=panic_raw,
         ready=obs.ready,
         behavior=spec.behavior,
         previous_until=w.prev.panic_until,

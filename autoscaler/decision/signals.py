@@ -86,6 +86,13 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
     reporting = sample.replicas if sample.replicas > 0 else max(obs.ready, 1)
     total = value * reporting
     want = current if abs(ratio - 1) <= tol else _ceil(total / sig.target)
+    step = spec.behavior.stock_max_step
+    if sig.signal in STOCK_SIGNALS and want > current and step is not None:
+        # A backlog says that capacity is short, not by how much: most of it is drained by the
+        # ready replicas before a new one could serve (1-5 min). One step may at most multiply
+        # the replicas by `step`; while they start, the pending cap holds, and flow signals
+        # size the rest.
+        want = min(want, max(current + 1, _ceil(current * step)))
     if spec.behavior.consolidation:
         keep = _ceil(total / (sig.target * (1 - tol)))
     else:

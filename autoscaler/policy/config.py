@@ -158,6 +158,10 @@ class Behavior(_Frozen):
     count_pending: bool = True
     """Pending replicas are capacity on the way: while some are pending, stock signals (the
     queue, latency guards) cannot ask for more. False mimics the HPA, which has no such rule."""
+    stock_max_step: float | None = Field(default=2.0, gt=1, le=100)
+    """A queue says capacity is short, not by how much (a 10 s burst queues hundreds of requests
+    the ready replicas drain in seconds): queue-driven scale-ups multiply the replicas by at most
+    this per decision, and a queue spike alone never enters panic. Null mimics the HPA/KEDA."""
     stock_settle_s: float = Field(default=60, ge=0, le=3600)
     """After new replicas become ready, latency guards stay capped this long: their quantiles
     still hold the burst's requests for the length of the metric source's rate window (set it

@@ -78,6 +78,7 @@ def hpa_default_behavior() -> Behavior:
         panic=Panic(enabled=False),
         consolidation=False,
         count_pending=False,
+        stock_max_step=None,
     )
 
 

@@ -69,6 +69,9 @@ def role_spec(ns: str, name: str, *, min_r: int = 1, max_r: int = 8, down_window
             "scale_down": {"stabilization_window_s": down_window_s,
                            "rules": [{"type": "percent", "value": 100, "period_s": 1}]},
             "panic": {"enabled": False},
+            # The queue is this suite's generic load knob: let it ask for the whole need at
+            # once (the stock step is a unit-tested rule of its own).
+            "stock_max_step": None,
         },
     }
 

@@ -54,7 +54,7 @@ def policy(ns: str) -> str:
     # measures the wiring, not the damping.
     behavior = {"scale_up": {"stabilization_window_s": 0, "rules": []},
                 "scale_down": {"stabilization_window_s": 0, "rules": []},
-                "panic": {"enabled": False}, "stock_settle_s": 0}
+                "panic": {"enabled": False}, "stock_settle_s": 0, "stock_max_step": None}
     return yaml.safe_dump({
         "apiVersion": "pd-autoscaler.io/v1alpha1", "kind": "AutoscalingPolicy", "dry_run": True,
         "pools": [{"name": POOL, "roles": {"aggregated": {

@@ -265,7 +265,7 @@ pools:
         deployment: {{namespace: llm, name: d}}
         max_replicas: 8
         signals: [{{signal: queue_depth, target: 2}}]
-        behavior: {{panic: {{enabled: false}}}}
+        behavior: {{panic: {{enabled: false}}, stock_max_step: null}}
 """
 
 

@@ -20,8 +20,10 @@ NO_WINDOWS = {
     "scale_up": {"stabilization_window_s": 0},
     "scale_down": {"stabilization_window_s": 0},
     "panic": {"enabled": False},
-    # Tests of other rules feed ready == replicas each tick; settling has its own test.
+    # Tests of other rules feed ready == replicas each tick and use the queue as a generic
+    # signal; settling and the stock step have their own tests.
     "stock_settle_s": 0,
+    "stock_max_step": None,
 }
 
 
@@ -458,3 +460,16 @@ def test_throughput_signal_is_per_replica_of_a_total() -> None:
     (d,) = t.tick(0, aggregated=o).values()
     assert d.desired == 5
     assert d.driver.startswith("prompt_tokens_rate=2.25e+04")
+
+
+def test_queue_spike_at_most_doubles_and_never_panics() -> None:
+    """A burst queues hundreds of requests the ready replicas drain in seconds: the queue may
+    double the replicas per decision but not jump to max, and does not enter panic; a flow
+    signal asking for the same does."""
+    t = agg(Q5, stock_max_step=2.0, panic={"enabled": True, "threshold": 2.0, "window_s": 60})
+    (d,) = t.tick(0, aggregated=obs(2, queue_depth=150.0)).values()
+    assert (d.desired, d.panic) == (4, False)
+    kv = [{"signal": "kv_cache", "target": 0.1}]
+    t = agg(kv, stock_max_step=2.0, panic={"enabled": True, "threshold": 2.0, "window_s": 60})
+    (d,) = t.tick(0, aggregated=obs(2, kv_cache=1.0)).values()
+    assert (d.desired, d.panic) == (20, True)
