@@ -414,15 +414,20 @@ def format_validation_error(source: str, exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_policy(text: str, *, source: str = "<policy>") -> PolicyFile:
-    """Parse and validate policy YAML text; raise ConfigError with one line per problem."""
+def load_yaml(text: str, *, source: str) -> Any:
+    """yaml.safe_load, with a syntax error as a ConfigError naming file, line and column."""
     try:
-        data: Any = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise errors.ConfigError([f"{source}: {where}malformed YAML: {problem}"]) from exc
+
+
+def parse_policy(text: str, *, source: str = "<policy>") -> PolicyFile:
+    """Parse and validate policy YAML text; raise ConfigError with one line per problem."""
+    data = load_yaml(text, source=source)
     if not isinstance(data, dict):
         kind = type(data).__name__ if data is not None else "an empty document"
         raise errors.ConfigError([f"{source}: (top level): expected a mapping, got {kind}"])

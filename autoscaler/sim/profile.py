@@ -12,13 +12,11 @@ them, and the engine converts them once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoscaler import errors
-from autoscaler.policy.config import format_validation_error
+from autoscaler.policy.config import format_validation_error, load_yaml
 
 DEFAULT_PROFILE = "llama-8b-h100"
 
@@ -184,13 +182,7 @@ def builtin(name: str) -> Profile:
 def parse_profile(text: str, *, source: str = "<profile>") -> Profile:
     """Parse profile YAML: a mapping with optional `base` (a built-in name, default
     llama-8b-h100) and any Profile field to override."""
-    try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise errors.ConfigError([f"{source}: {where}malformed YAML: {problem}"]) from exc
+    data = load_yaml(text, source=source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
