@@ -7,6 +7,13 @@ minutes where the trace's own 10-minute arrival rate rises by at least `--ramp-r
 over the next 15 minutes, the moments a cold start makes a reactive policy late.
 
     .venv/bin/python benchmarks/forecast_backtest.py --trace stitched-3d.csv
+
+`--capacity` instead measures what a forecast's `capacity_per_replica` for prefill should be:
+a fixed fleet of N prefill replicas (decode at max, so only TTFT can miss) under 20 minutes of
+Poisson arrivals with the trace's prompt/output mix, at each offered prompt tokens/s per replica,
+and prints the TTFT attainment (the first 2 minutes, a cold queue, are not counted).
+
+    .venv/bin/python benchmarks/forecast_backtest.py --trace stitched-3d.csv --capacity 1,2,4
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from autoscaler.policy.config import load_policy_file
 from autoscaler.sim import backtest
 from autoscaler.sim.evaluate import request_outcome
 from autoscaler.sim.profile import builtin
-from autoscaler.sim.traces import load_trace
+from autoscaler.sim.traces import Trace, load_trace
+from autoscaler.types import Role
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +44,49 @@ def ramp_minutes(arrival_s: np.ndarray, *, rise: float) -> np.ndarray:
     ahead[-15:] = np.nan
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.asarray(ahead >= (1 + rise) * smooth)
+
+
+def capacity_sweep(
+    trace: Trace, pool_policy: Path, fleets: list[int], per_replica: list[float]
+) -> None:
+    """TTFT attainment of a fixed prefill fleet per offered prompt tokens/s per replica."""
+    profile = builtin("llama-8b-h100")
+    _, pool = backtest.single_pool(load_policy_file(pool_policy))
+    decode_max = pool.roles[Role.DECODE].max_replicas
+    rng = np.random.default_rng(1)
+    dur, warm = 1200.0, 120.0
+    mean_prompt = float(trace.prompt_tokens.mean())
+    print(f"# prompt tokens mean {mean_prompt:.0f}; {dur:.0f} s Poisson per point, seed 1")
+    print("| prefill replicas | prompt tok/s per replica | req/s | TTFT met | TTFT p99 s |")
+    print("|---|---|---|---|---|")
+    for n in fleets:
+        for rate in per_replica:
+            lam = rate * n / mean_prompt
+            k = int(rng.poisson(lam * dur))
+            idx = rng.integers(0, len(trace.arrival_s), k)
+            sample = Trace(
+                np.sort(rng.uniform(0.0, dur, k)),
+                trace.prompt_tokens[idx],
+                trace.output_tokens[idx],
+            )
+            with backtest.quiet_logs():
+                run = backtest.run_static(
+                    "capacity",
+                    pool,
+                    {Role.PREFILL: n, Role.DECODE: decode_max},
+                    sample,
+                    profile=profile,
+                    config=backtest.ReplayConfig(),
+                    horizon_s=dur,
+                )
+            res = run.sim.pool(run.pool).results()
+            out = request_outcome(res, profile)
+            w = res.arrival_s >= warm
+            p99 = float(np.nanpercentile(out.ttft_s[w], 99))
+            print(
+                f"| {n} | {rate:,.0f} | {lam:.1f} | {out.ttft_ok[w].mean():.3%} | {p99:.2f} |",
+                flush=True,
+            )
 
 
 def main() -> int:
@@ -56,7 +107,25 @@ def main() -> int:
     )
     ap.add_argument("--ramp-rise", type=float, default=0.15)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--capacity",
+        metavar="N,N,...",
+        help="measure prefill capacity on fixed fleets of N replicas instead of a backtest",
+    )
+    ap.add_argument(
+        "--capacity-rates",
+        default="16000,20000,24000,28000,32000",
+        help="prompt tok/s per replica to offer with --capacity",
+    )
     args = ap.parse_args()
+    if args.capacity:
+        capacity_sweep(
+            load_trace(args.trace),
+            ROOT / "policies" / "llama-8b-disagg.yaml",
+            [int(x) for x in args.capacity.split(",")],
+            [float(x) for x in args.capacity_rates.split(",")],
+        )
+        return 0
     refit.set_default(refit.Inline())  # deterministic: fits run at the tick they fall due
     paths = args.policy or [
         ROOT / "policies" / "llama-8b-forecast.yaml",
