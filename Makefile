@@ -1,5 +1,5 @@
 # Every target installs what it needs: a fresh machine needs only python3 (>= 3.11), and for
-# the test suite Go (>= 1.24) and apt (the harness builds Kubernetes and installs Prometheus).
+# the test suite Go (>= 1.26: kwok v0.8 needs it) and apt (the harness builds Kubernetes and installs Prometheus).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
