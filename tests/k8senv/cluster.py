@@ -261,6 +261,19 @@ def make_ext_pki(pki: Pki, *, service: str, namespace: str, host: str) -> None:
                sans=ext_sans(service, namespace, host))
 
 
+def make_mtls_pki(cert_dir: Path, *, sans: tuple[str, ...] = ("DNS:localhost",
+                                                              "IP:127.0.0.1")) -> Path:
+    """A CA and one cert for both ends of an mTLS link (serverAuth and clientAuth), in the
+    layout KEDA's operator and adapter read from `--cert-dir`: ca.crt, tls.crt, tls.key."""
+    pki = Pki(cert_dir)
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    (cert_dir / "openssl.cnf").write_text(_OPENSSL_CNF)
+    _make_ca(pki, "ca", "pd-e2e-mtls-ca")
+    _make_leaf(pki, "tls", subject="/CN=pd-e2e-mtls", ca="ca", usage="serverAuth,clientAuth",
+               sans=sans)
+    return cert_dir
+
+
 def make_pki(pki: Pki, cfg: ClusterConfig, host: str) -> None:
     """All certificates and keys of a local cluster (file names as in kubeadm where it has one)."""
     pki.dir.mkdir(parents=True, exist_ok=True)
