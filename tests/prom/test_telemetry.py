@@ -34,7 +34,11 @@ def value(t: telemetry.Telemetry, name: str, **labels: str) -> float | None:
 def two_role_ticker() -> Ticker:
     return Ticker(
         pool_policy(
-            prefill={"signals": [{"signal": "queue_depth", "target": 5}], "max_replicas": 10},
+            prefill={
+                "signals": [{"signal": "queue_depth", "target": 5}],
+                "max_replicas": 10,
+                "behavior": {"stock_max_step": None},
+            },
             decode={"signals": [{"signal": "kv_cache", "target": 0.8}]},
         )
     )

@@ -33,7 +33,11 @@ def sample_decision() -> tuple[Decision, Any]:
     prefill: 2 replicas x 20 waiting -> ceil(40 / 5) = 8 (panic: 8 >= 2 x 2 ready);
     decode: 3 replicas at 0.5 -> 2 wanted, but the 300 s down window holds 3."""
     policy = testing.pool_policy(
-        prefill={"signals": [{"signal": "queue_depth", "target": 5}]},
+        prefill={
+            "signals": [{"signal": "queue_depth", "target": 5}],
+            # The whole queue need at once (the stock step has its own core tests).
+            "behavior": {"stock_max_step": None},
+        },
         decode={"signals": [{"signal": "kv_cache", "target": 0.8}]},
     )
     ticker = testing.Ticker(policy)
