@@ -307,6 +307,8 @@ async def test_real_keda_operator_follows_pd_autoscaler(
                 hpa = await wait_for(keda_hpa, timeout_s=60, what="KEDA creates its HPA")
                 [metric] = hpa.spec.metrics
                 assert metric.type == "External"
+                # KEDA prefixes s<trigger index>- to the name our GetMetricSpec gives.
+                assert metric.external.metric.name == f"s0-pd-desired-replicas-{POOL}-{ROLE.value}"
                 assert metric.external.target.average_value == "1"
 
                 await wait_for(replicas, until=lambda r: r == 4, timeout_s=budget_s,
