@@ -9,7 +9,7 @@
 # Module and build caches are shared with build.sh ($PD_CACHE/go); the binaries are keyed by
 # version under $PD_CACHE/keda-$KEDA_VERSION. Prints the bin directory on its last line.
 # A cold build downloads ~2 GB of modules and compiles ~2300 packages (cloud SDKs for all the
-# scalers): ~15 min on 2 cores; see tests/k8senv/README.md.
+# scalers): ~10 min on 2 cores; see tests/k8senv/README.md.
 set -euo pipefail
 
 KEDA_VERSION=${KEDA_VERSION:-v2.20.2}
