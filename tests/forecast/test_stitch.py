@@ -12,6 +12,7 @@ import pytest
 from autoscaler import errors
 from autoscaler.cli import main as cli_main
 from autoscaler.forecast import stitch
+from tests.conftest import shared_traces_missing
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
 ENVELOPE = SHARED / "servegen_aggregate_rate_10min.csv"
@@ -169,7 +170,7 @@ def test_cli_reports_errors_and_exit_code(
     assert "models available: a/x, b/y" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (ENVELOPE.exists() and CONV.exists()), reason="shared traces absent")
+@pytest.mark.skipif(shared_traces_missing(ENVELOPE, CONV), reason="shared traces absent")
 def test_real_envelope_and_azure_lengths() -> None:
     """On the shared traces: count matches the integral; the 10-minute peak is near R; token
     lengths have the conversation trace's medians (prompt 1,020, output 129)."""

@@ -20,6 +20,7 @@ from autoscaler.sim.evaluate import (
     request_outcome,
 )
 from autoscaler.types import Role
+from tests.conftest import shared_traces_missing
 from tests.sim.conftest import CONV_TRACE, P8B, one_pool
 
 pytestmark = pytest.mark.sim
@@ -243,7 +244,7 @@ def test_oracle_bounds_are_ordered_on_the_azure_trace() -> None:
     (no bursts beyond one replica) is unchanged."""
     from autoscaler.sim.traces import load_trace  # noqa: PLC0415
 
-    if not CONV_TRACE.exists():
+    if shared_traces_missing(CONV_TRACE):
         pytest.skip("Azure trace not available")
     tr = load_trace(CONV_TRACE)
     orc = oracle(tr.arrival_s, tr.prompt_tokens, tr.output_tokens, P8B, disaggregated=True)

@@ -13,6 +13,7 @@ from autoscaler import errors
 from autoscaler.sim import profile as profiles
 from autoscaler.sim.traces import detect_format, load_trace, scale_rate
 from autoscaler.sim.workload import AZURE_CODE, AZURE_CONV, fit_workload, generate
+from tests.conftest import shared_traces_missing
 from tests.sim.conftest import CONV_TRACE, SHARED_TRACES
 
 pytestmark = pytest.mark.sim
@@ -132,7 +133,7 @@ def test_speedup_and_rate_scale(tmp_path: Path) -> None:
         load_trace(p, speedup=0)
 
 
-@pytest.mark.skipif(not CONV_TRACE.exists(), reason="shared traces not present")
+@pytest.mark.skipif(shared_traces_missing(CONV_TRACE), reason="shared traces not present")
 def test_real_azure_trace_loads() -> None:
     """The shared Azure conversation trace: 19,366 requests over about 58 minutes."""
     tr = load_trace(CONV_TRACE)
@@ -220,7 +221,7 @@ def test_generator_daily_shape() -> None:
     assert int(np.argmax(hourly)) in range(16, 22)
 
 
-@pytest.mark.skipif(not SHARED_TRACES.exists(), reason="shared traces not present")
+@pytest.mark.skipif(shared_traces_missing(SHARED_TRACES), reason="shared traces not present")
 @pytest.mark.parametrize(
     ("name", "spec"),
     [
