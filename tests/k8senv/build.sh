@@ -16,36 +16,9 @@ PD_CACHE=${PD_CACHE:-$HOME/.cache/pd-autoscaler}
 
 KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-kwok-${KWOK_VERSION}"
 OUT="$PD_CACHE/$KEY"
-BIN="$OUT/bin"
-STAMP="$OUT/.complete"
-
-if [[ -f "$STAMP" ]]; then
-  echo "$BIN"
-  exit 0
-fi
-
-# Two test sessions (or a session and `make cluster`) may start on a fresh machine at once; the
-# second waits for the first build instead of racing it on the same directories.
-mkdir -p "$PD_CACHE"
-exec 9>"$PD_CACHE/.build.lock"
-flock 9
-if [[ -f "$STAMP" ]]; then
-  echo "$BIN"
-  exit 0
-fi
-
-command -v go >/dev/null || { echo "build.sh: go is not on PATH (needs Go >= 1.26)" >&2; exit 1; }
-
-# Keep the machine's GOPROXY; never fall back to direct VCS access (no network for it here).
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
-export GOMODCACHE="$PD_CACHE/go/mod" GOCACHE="$PD_CACHE/go/build"
-GOPROXY_NO_DIRECT=$(go env GOPROXY | sed -e 's/,direct$//' -e 's/|direct$//')
-export GOPROXY="$GOPROXY_NO_DIRECT"
-mkdir -p "$BIN" "$GOMODCACHE" "$GOCACHE"
-WORK=$(mktemp -d "$OUT/work.XXXX")
-trap 'rm -rf "$WORK"' EXIT
-start=$(date +%s)
-log() { echo "[build.sh +$(( $(date +%s) - start ))s] $*" >&2; }
+# shellcheck source=cached_build.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cached_build.sh"
+begin_cached_build build.sh "$OUT" .build.lock
 
 # --- kube-apiserver, kube-controller-manager, kube-scheduler, kubectl --------------------------
 # k8s.io/kubernetes replaces its staging modules with ./staging paths, which `go install pkg@ver`
@@ -100,5 +73,5 @@ if [[ ! -x "$BIN/kwok" ]]; then
 fi
 
 touch "$STAMP"
-log "done in $(( $(date +%s) - start ))s"
+log "done in $(( $(date +%s) - BUILD_START ))s"
 echo "$BIN"

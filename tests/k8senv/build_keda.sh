@@ -16,34 +16,11 @@ KEDA_VERSION=${KEDA_VERSION:-v2.20.2}
 PD_CACHE=${PD_CACHE:-$HOME/.cache/pd-autoscaler}
 
 OUT="$PD_CACHE/keda-${KEDA_VERSION}"
-BIN="$OUT/bin"
-STAMP="$OUT/.complete"
-
-if [[ -f "$STAMP" ]]; then
-  echo "$BIN"
-  exit 0
-fi
-
-mkdir -p "$PD_CACHE"
-exec 9>"$PD_CACHE/.build-keda.lock"
-flock 9
-if [[ -f "$STAMP" ]]; then
-  echo "$BIN"
-  exit 0
-fi
-
-command -v go >/dev/null || { echo "build_keda.sh: go is not on PATH (needs Go >= 1.26)" >&2; exit 1; }
-
-# Keep the machine's GOPROXY; never fall back to direct VCS access (no network for it here).
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
-export GOMODCACHE="${KEDA_GOMODCACHE:-$PD_CACHE/go/mod}" GOCACHE="${KEDA_GOCACHE:-$PD_CACHE/go/build}"
-GOPROXY_NO_DIRECT=$(go env GOPROXY | sed -e 's/,direct$//' -e 's/|direct$//')
-export GOPROXY="$GOPROXY_NO_DIRECT"
-mkdir -p "$BIN" "$GOMODCACHE" "$GOCACHE"
-WORK=$(mktemp -d "$OUT/work.XXXX")
-trap 'rm -rf "$WORK"' EXIT
-start=$(date +%s)
-log() { echo "[build_keda.sh +$(( $(date +%s) - start ))s] $*" >&2; }
+# KEDA_GOMODCACHE / KEDA_GOCACHE point the Go caches elsewhere (e.g. an earlier probe's).
+GOMODCACHE_OVERRIDE=${KEDA_GOMODCACHE:-} GOCACHE_OVERRIDE=${KEDA_GOCACHE:-}
+# shellcheck source=cached_build.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cached_build.sh"
+begin_cached_build build_keda.sh "$OUT" .build-keda.lock
 
 MOD=github.com/kedacore/keda/v2
 log "resolving $MOD@$KEDA_VERSION"
@@ -75,5 +52,5 @@ cp "$SRC"/config/crd/bases/*.yaml "$OUT/crds/"
 chmod -R u+w "$OUT/crds"
 
 touch "$STAMP"
-log "done in $(( $(date +%s) - start ))s"
+log "done in $(( $(date +%s) - BUILD_START ))s"
 echo "$BIN"
