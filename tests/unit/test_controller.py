@@ -24,6 +24,7 @@ from autoscaler.server import app as app_mod
 from autoscaler.server.store import DecisionStore
 from autoscaler.telemetry import Telemetry
 from autoscaler.types import Decision, Role
+from tests.unit.fakes import FakeStateCore
 
 POLICY = Path(__file__).resolve().parents[2] / "policies" / "llama-8b-disagg.yaml"
 REF = DeploymentRef(namespace="llm", name="p-prefill")
@@ -254,30 +255,10 @@ async def test_fence_refuses_writes_when_not_leader() -> None:
 # --- state persistence ----------------------------------------------------------------------
 
 
-class FakeCore:
-    def __init__(self) -> None:
-        self.cm: Any = None
-
-    async def read_namespaced_config_map(self, name: str, ns: str, **_: Any) -> Any:
-        if self.cm is None:
-            raise ApiException(status=404)
-        return self.cm
-
-    async def patch_namespaced_config_map(self, name: str, ns: str, body: Any, **_: Any) -> Any:
-        if self.cm is None:
-            raise ApiException(status=404)
-        self.cm.data.update(body["data"])
-        return self.cm
-
-    async def create_namespaced_config_map(self, ns: str, body: Any, **_: Any) -> Any:
-        self.cm = SimpleNamespace(data=dict(body.data))
-        return self.cm
-
-
 async def test_state_survives_restart_on_a_new_monotonic_clock() -> None:
     """Saved on wall-clock time, restored onto another process's monotonic clock."""
     store = controller.StateStore(NO_API, namespace="ns", name="st", timeout_s=1)
-    core = FakeCore()
+    core = FakeStateCore()
     store._core = core  # type: ignore[assignment]
     state = ScaleState(pools={"p": {Role.PREFILL: RoleState(recommendations=((50.0, 4),),
                                                              events=((50.0, 3),))}})

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler import controller, errors, telemetry
 from autoscaler.forecast import refit
@@ -22,6 +21,7 @@ from autoscaler.policy.forecast import ForecastPolicy
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
+from tests.unit.fakes import FakeReadyApps, FakeStateCore
 
 NO_API: Any = SimpleNamespace()
 A = Role.AGGREGATED
@@ -65,22 +65,6 @@ class RangeSource(FakeMetricsSource):
         return ts, np.full(len(ts), 5.0)
 
 
-class FakeCore:
-    async def read_namespaced_config_map(self, *_: Any, **__: Any) -> Any:
-        raise ApiException(status=404)
-
-    async def create_namespaced_config_map(self, *_: Any, **__: Any) -> Any:
-        return None
-
-
-class FakeApps:
-    async def read_namespaced_deployment(self, name: str, ns: str, **_: Any) -> Any:
-        return SimpleNamespace(spec=SimpleNamespace(replicas=2),
-                               status=SimpleNamespace(ready_replicas=2),
-                               metadata=SimpleNamespace(annotations=None, uid="u1",
-                                                        resource_version="7"))
-
-
 @pytest.fixture(autouse=True)
 def inline_refits() -> Any:
     previous = refit.set_default(refit.Inline())
@@ -97,8 +81,8 @@ async def running(tmp_path: Path, source: FakeMetricsSource, text: str, **settin
                             tick_s=0.2, leader_election=False, policy_poll_s=0.05, **settings)
     c = controller.Controller(s, api=NO_API, source=source, telemetry=Telemetry(),
                               serve_http=False, release_on_exit=False)
-    c.state_store._core = FakeCore()  # type: ignore[assignment]
-    c.actuator._apps = FakeApps()  # type: ignore[assignment]
+    c.state_store._core = FakeStateCore()  # type: ignore[assignment]
+    c.actuator._apps = FakeReadyApps()  # type: ignore[assignment]
     task = asyncio.create_task(c.run())
     try:
         yield c

@@ -31,6 +31,7 @@ from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
 from tests.k8senv import cluster as k8senv
 from tests.server.certs import Pki, make_pki
+from tests.unit.fakes import FakeReadyApps, FakeStateCore
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_API: Any = SimpleNamespace()
@@ -209,29 +210,14 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
 # --- start/stop wiring inside Controller.run ---------------------------------------------------
 
 
-class FakeCore:
+class FakeCore(FakeStateCore):
     """CoreV1Api stand-in: the state ConfigMap and Pod label patches (scripted failures)."""
 
     def __init__(self) -> None:
-        self.cm: Any = None
+        super().__init__()
         self.labels: dict[str, str] = {controller.LEADER_LABEL: "true"}  # left by a crash
         self.label_patches: list[str | None] = []
         self.patch_errors: list[BaseException] = []
-
-    async def read_namespaced_config_map(self, name: str, ns: str, **_: Any) -> Any:
-        if self.cm is None:
-            raise ApiException(status=404)
-        return self.cm
-
-    async def patch_namespaced_config_map(self, name: str, ns: str, body: Any, **_: Any) -> Any:
-        if self.cm is None:
-            raise ApiException(status=404)
-        self.cm.data.update(body["data"])
-        return self.cm
-
-    async def create_namespaced_config_map(self, ns: str, body: Any, **_: Any) -> Any:
-        self.cm = SimpleNamespace(data=dict(body.data))
-        return self.cm
 
     async def patch_namespaced_pod(self, name: str, ns: str, body: Any, **_: Any) -> Any:
         assert (name, ns) == ("pod-a", "pd-autoscaler")
@@ -244,14 +230,6 @@ class FakeCore:
         else:
             self.labels[controller.LEADER_LABEL] = value
         return None
-
-
-class FakeApps:
-    async def read_namespaced_deployment(self, name: str, ns: str, **_: Any) -> Any:
-        return SimpleNamespace(spec=SimpleNamespace(replicas=2),
-                               status=SimpleNamespace(ready_replicas=2),
-                               metadata=SimpleNamespace(annotations=None, uid="u1",
-                                                        resource_version="7"))
 
 
 POLICY = f"""
@@ -296,7 +274,7 @@ async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.
     c = controller.Controller(settings, api=NO_API, source=source, telemetry=Telemetry())
     core = FakeCore()
     c.state_store._core = core  # type: ignore[assignment]
-    c.actuator._apps = FakeApps()  # type: ignore[assignment]
+    c.actuator._apps = FakeReadyApps()  # type: ignore[assignment]
     assert c.leader_labeler is not None
     c.leader_labeler._core = core  # type: ignore[assignment]
     if elect is not None:
