@@ -23,7 +23,8 @@ EXIT_INVALID = 2
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from autoscaler.policy import config, registry  # noqa: PLC0415 - keep start-up light
+    from autoscaler import spec as config  # noqa: PLC0415 - keep start-up light
+    from autoscaler.policy import registry  # noqa: PLC0415
 
     if args.schema:
         print(json.dumps(config.PolicyFile.model_json_schema(), indent=2))
@@ -52,7 +53,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def explain() -> str:
     """Every field of the policy schema with its type and description, as an indented tree."""
-    from autoscaler.policy import config  # noqa: PLC0415
+    from autoscaler import spec as config  # noqa: PLC0415
 
     schema = config.PolicyFile.model_json_schema()
     defs: dict[str, Any] = schema.get("$defs", {})
@@ -105,7 +106,7 @@ def explain() -> str:
 _DELEGATED = {
     "demo": "autoscaler.sim.demo",
     "backtest": "autoscaler.sim.backtest",
-    "run": "autoscaler.controller",
+    "run": "autoscaler.controller.app",
     "sim-serve": "autoscaler.sim.serve",
     "trace-stitch": "autoscaler.forecast.stitch",
 }

@@ -21,7 +21,7 @@ from autoscaler.decision.state import ScaleState
 from autoscaler.metrics.source import MetricsSource, RoleTarget
 from autoscaler.policy import registry
 from autoscaler.policy.base import Policy
-from autoscaler.policy.config import PolicyFile, PolicyRef
+from autoscaler.spec import PolicyFile, PolicyRef
 from autoscaler.types import (
     Decision,
     PoolDecision,

@@ -27,7 +27,7 @@ from autoscaler import errors
 
 if TYPE_CHECKING:
     from autoscaler.metrics.source import MetricsSource, RoleSamples, RoleTarget
-    from autoscaler.policy.config import PolicyFile
+    from autoscaler.spec import PolicyFile
     from autoscaler.types import Decision, RoleDecision
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -16,7 +16,7 @@ from autoscaler import errors
 from autoscaler.decision.core import PolicyMap, decide
 from autoscaler.decision.state import ScaleState
 from autoscaler.metrics.source import RoleSamples, RoleTarget
-from autoscaler.policy.config import PolicyFile
+from autoscaler.spec import PolicyFile
 from autoscaler.types import (
     Decision,
     PoolObservation,

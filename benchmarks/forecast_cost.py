@@ -27,7 +27,7 @@ from autoscaler.decision.core import PolicyMap, decide
 from autoscaler.decision.state import ScaleState
 from autoscaler.forecast import engine, models, refit
 from autoscaler.policy.base import Policy
-from autoscaler.policy.config import PolicyFile
+from autoscaler.spec import PolicyFile
 from autoscaler.policy.forecast import ForecastConfig, ForecastPolicy
 from autoscaler.types import PoolObservation, Role, RoleObservation, SignalSample, Snapshot
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from autoscaler.metrics.source import RoleTarget
-from autoscaler.policy.config import PolicyFile, parse_policy
+from autoscaler.spec import PolicyFile, parse_policy
 from autoscaler.sim.backends import SimActuator, SimMetricsSource
 from autoscaler.sim.engine import Simulation
 from autoscaler.sim.evaluate import evaluate

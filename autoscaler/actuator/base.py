@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from autoscaler.policy.config import DeploymentRef
+    from autoscaler.spec import DeploymentRef
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The Kubernetes actuator: reads Deployments, writes replicas through the scale subresource.
 
-This module and `controller.py` are the only places that talk to the API server. Every
+This module and `controller/` are the only places that talk to the API server. Every
 `ApiException` is mapped here onto our own errors (`raise ... from exc`), so the loop above
 reacts to meanings, not HTTP codes:
 
@@ -51,7 +51,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler import errors
 from autoscaler.actuator.base import WorkloadStatus
-from autoscaler.policy.config import DeploymentRef
+from autoscaler.spec import DeploymentRef
 
 log = structlog.get_logger(__name__)
 

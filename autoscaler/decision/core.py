@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from autoscaler.decision import limiter, signals, stabilizer
 from autoscaler.decision.state import RoleState, ScaleState
 from autoscaler.policy.base import Policy, RoleContext
-from autoscaler.policy.config import PolicyFile, PoolSpec, RoleSpec, ratio_unit_bounds
+from autoscaler.spec import PolicyFile, PoolSpec, RoleSpec, ratio_unit_bounds
 from autoscaler.types import (
     Decision,
     Need,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from autoscaler.policy.config import Direction, RoleSpec
+from autoscaler.spec import Direction, RoleSpec
 
 
 def _changes_within(

@@ -10,7 +10,7 @@ fewest we scale down to (load must stay low for the whole window). Worked exampl
 
 from __future__ import annotations
 
-from autoscaler.policy.config import Behavior
+from autoscaler.spec import Behavior
 
 
 def panic_until(

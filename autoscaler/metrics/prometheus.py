@@ -16,7 +16,7 @@ Each problem increments `pd_autoscaler_metric_source_errors_total{query,reason}`
 `Telemetry` is given) and is logged once when it starts and once when it clears, naming the
 query, so a persistent gap does not flood the log.
 
-`range_rates` (the `forecast.backfill.RangeRates` protocol) is the other entry point: range
+`range_rates` (the `controller.backfill.RangeRates` protocol) is the other entry point: range
 queries of one role's rate or concurrency, sent once at start-up to refill forecast history. It
 raises `MetricsUnavailable` when a range query fails after retries, and returns empty arrays
 when Prometheus has no data for the role.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from autoscaler.types import Role, SignalName, SignalSample
 
 if TYPE_CHECKING:
-    from autoscaler.policy.config import RoleSpec, SignalSpec
+    from autoscaler.spec import RoleSpec, SignalSpec
 
 # Rates every source reports for every role, besides the configured signals: the forecast
 # policies and the dashboards use them. Units: requests/s, prompt tokens/s, generated tokens/s,

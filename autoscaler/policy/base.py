@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from autoscaler.policy.config import RoleSpec
+    from autoscaler.spec import RoleSpec
     from autoscaler.types import Need, Role, RoleObservation
 
 

@@ -33,7 +33,7 @@ role has no load signal to learn from. For the `running` series the capacity def
 role's `running` signal target (a per-replica concurrency target is exactly that).
 
 History lives in memory. A new leader refills it before its first tick from Prometheus range
-queries of the same series (`autoscaler.forecast.backfill`, `PrometheusSource.range_rates`,
+queries of the same series (`autoscaler.controller.backfill`, `PrometheusSource.range_rates`,
 docs/prometheus.md), so a restart or failover keeps the daily shape; a hot reload keeps the
 history of unchanged policies and backfills the ones it adds. The learned capacity is not
 backfilled: it is learned again from live ticks (or configure `capacity_per_replica`).
@@ -51,7 +51,7 @@ from autoscaler import errors
 from autoscaler.forecast import engine, models, refit
 from autoscaler.metrics import source
 from autoscaler.policy.base import Policy, RoleContext
-from autoscaler.policy.config import RoleSpec
+from autoscaler.spec import RoleSpec
 from autoscaler.types import GUARD_SIGNALS, STOCK_SIGNALS, Need, Role, SignalName
 
 SeriesName = Literal["request_rate", "prompt_tokens_rate", "generation_tokens_rate", "running"]

@@ -19,7 +19,7 @@ from autoscaler import errors
 
 if TYPE_CHECKING:
     from autoscaler.policy.base import Policy, PolicyPlugin
-    from autoscaler.policy.config import PolicyRef, RoleSpec
+    from autoscaler.spec import PolicyRef, RoleSpec
     from autoscaler.types import Role
 
 ENTRY_POINT_GROUP = "pd_autoscaler.policies"

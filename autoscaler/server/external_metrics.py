@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from autoscaler.policy.config import PolicyFile
+from autoscaler.spec import PolicyFile
 from autoscaler.types import Decision, Role, SignalSample
 
 log = structlog.get_logger(__name__)

@@ -5,7 +5,7 @@ external-metrics API, the KEDA scaler). Nothing here does I/O, and readers never
 
 How a server plugs in (the contract for `autoscaler/server/*`):
 
-    store = DecisionStore()                       # built by controller.py, one per process
+    store = DecisionStore()                       # built by the controller, one per process
     latest = store.latest                         # None until the first tick
     latest.decision.pools["llama-8b"].roles[Role.PREFILL].desired
     latest.samples("llama-8b", Role.PREFILL)      # {"queue_depth": SignalSample, ...}
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from autoscaler.policy.config import PolicyFile
+    from autoscaler.spec import PolicyFile
     from autoscaler.types import Decision, Role, SignalSample, Snapshot
 
 

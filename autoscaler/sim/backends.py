@@ -49,9 +49,9 @@ from autoscaler.sim.vllm_metrics import ITL_BUCKETS, TTFT_BUCKETS
 from autoscaler.types import Role, SignalName, SignalSample
 
 if TYPE_CHECKING:
-    from autoscaler.policy.config import DeploymentRef, RoleSpec, SignalSpec
     from autoscaler.sim.engine import Replica, SimDeployment, Simulation
     from autoscaler.sim.vllm_metrics import HistogramSnapshot, ScrapeSample
+    from autoscaler.spec import DeploymentRef, RoleSpec, SignalSpec
 
 _Series = deque[tuple[float, "ScrapeSample"]]
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from autoscaler.policy.config import (
+from autoscaler.sim.evaluate import SLO, oracle
+from autoscaler.spec import (
     Behavior,
     Coupling,
     Direction,
@@ -35,7 +36,6 @@ from autoscaler.policy.config import (
     ScalingRule,
     SignalSpec,
 )
-from autoscaler.sim.evaluate import SLO, oracle
 from autoscaler.types import Role, SignalName
 
 if TYPE_CHECKING:

@@ -25,17 +25,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoscaler import errors
-from autoscaler.policy.config import load_policy_file
 from autoscaler.sim import backtest
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.sim.workload import AZURE_CODE, generate
+from autoscaler.spec import load_policy_file
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from autoscaler.loop import TickReport
-    from autoscaler.policy.config import PolicyFile
     from autoscaler.sim.engine import Simulation
+    from autoscaler.spec import PolicyFile
     from autoscaler.types import Decision
 
 TRACE_ENV = "PD_AUTOSCALER_TRACE"

@@ -66,8 +66,8 @@ from autoscaler.sim.vllm_metrics import VllmMetrics
 from autoscaler.types import Role
 
 if TYPE_CHECKING:
-    from autoscaler.policy.config import DeploymentRef, PolicyFile
     from autoscaler.sim.profile import Profile
+    from autoscaler.spec import DeploymentRef, PolicyFile
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -33,10 +33,10 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
-from autoscaler import controller as ctl
 from autoscaler import errors
 from autoscaler.actuator import kubernetes as kube
-from autoscaler.policy.config import DeploymentRef, load_policy_file
+from autoscaler.controller import app as ctl
+from autoscaler.spec import DeploymentRef, load_policy_file
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role, SignalName

@@ -29,7 +29,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
-from autoscaler import controller as ctl
+from autoscaler.controller import app as ctl
 from autoscaler.server import external_metrics as em
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role

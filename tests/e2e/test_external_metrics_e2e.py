@@ -28,8 +28,8 @@ from kubernetes_asyncio.client.api_client import ApiClient
 
 from autoscaler.actuator.kubernetes import KubernetesActuator
 from autoscaler.loop import Loop
-from autoscaler.policy.config import PolicyFile
 from autoscaler.server import external_metrics as em
+from autoscaler.spec import PolicyFile
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
 

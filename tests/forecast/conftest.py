@@ -9,8 +9,8 @@ import pytest
 
 from autoscaler.forecast import refit
 from autoscaler.policy.base import RoleContext
-from autoscaler.policy.config import RoleSpec
 from autoscaler.policy.forecast import ForecastConfig, ForecastPolicy
+from autoscaler.spec import RoleSpec
 from autoscaler.types import Role, RoleObservation, SignalSample
 
 

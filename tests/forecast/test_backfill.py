@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from autoscaler.forecast import backfill
+from autoscaler.controller import backfill
 from autoscaler.metrics.source import RoleTarget
 from autoscaler.types import Role
 from tests.forecast.conftest import ctx, policy, role_spec

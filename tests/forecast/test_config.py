@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from autoscaler import errors
-from autoscaler.policy.config import parse_policy
 from autoscaler.policy.forecast import ForecastConfig
+from autoscaler.spec import parse_policy
 from tests.forecast.conftest import policy, role_spec
 
 DOC = """

@@ -18,8 +18,8 @@ import pytest
 from autoscaler.decision.core import PolicyMap
 from autoscaler.forecast import engine, models
 from autoscaler.policy import registry
-from autoscaler.policy.config import PolicyRef
 from autoscaler.policy.forecast import ForecastNeed, ForecastPolicy
+from autoscaler.spec import PolicyRef
 from autoscaler.testing import Ticker, obs, pool_policy
 from autoscaler.types import Need, Role
 from tests.forecast.conftest import ctx, policy

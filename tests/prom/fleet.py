@@ -14,7 +14,7 @@ from typing import Any
 
 from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource
 from autoscaler.metrics.source import RoleTarget
-from autoscaler.policy.config import PolicyFile
+from autoscaler.spec import PolicyFile
 from tests.prom.fakevllm import FakePod, FakeVllmServer
 from tests.prom.promserver import PromServer, eventually
 

@@ -24,7 +24,7 @@ from autoscaler import telemetry
 from autoscaler.actuator.base import WorkloadStatus
 from autoscaler.loop import Loop
 from autoscaler.metrics.prometheus import PrometheusSource
-from autoscaler.policy.config import DeploymentRef
+from autoscaler.spec import DeploymentRef
 from tests.prom import fleet as fl
 from tests.prom.promserver import PromServer, eventually
 

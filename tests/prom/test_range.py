@@ -11,8 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from autoscaler import controller, telemetry
-from autoscaler.forecast import backfill, refit
+from autoscaler import telemetry
+from autoscaler.controller import app as controller
+from autoscaler.controller import backfill
+from autoscaler.forecast import refit
 from autoscaler.metrics.source import RoleTarget
 from autoscaler.policy.forecast import ForecastConfig, ForecastPolicy
 from autoscaler.types import Role

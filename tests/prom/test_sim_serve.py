@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from autoscaler.metrics.source import RoleTarget
-from autoscaler.policy.config import PolicyFile
+from autoscaler.spec import PolicyFile
 from autoscaler.types import Role
 from tests.prom import fleet as fl
 from tests.prom.promserver import PromServer, eventually

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoscaler.policy.config import PolicyFile, parse_policy
 from autoscaler.sim.engine import SimPool, Simulation
 from autoscaler.sim.profile import BUILTIN_PROFILES, Profile
+from autoscaler.spec import PolicyFile, parse_policy
 from autoscaler.types import Role
 
 P8B = BUILTIN_PROFILES["llama-8b-h100"]

@@ -12,10 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler import errors
 from autoscaler.metrics.source import RATE_KEYS, RoleTarget
-from autoscaler.policy.config import DeploymentRef, PolicyFile
 from autoscaler.sim.backends import SimActuator, SimMetricsSource, histogram_quantile
 from autoscaler.sim.engine import Simulation
 from autoscaler.sim.vllm_metrics import ITL_BUCKETS, Histogram, VllmMetrics
+from autoscaler.spec import DeploymentRef, PolicyFile
 from autoscaler.types import Role
 from tests.sim.conftest import P8B
 

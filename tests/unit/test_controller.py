@@ -15,13 +15,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio.client.rest import ApiException
 
-from autoscaler import controller, errors, testing
+from autoscaler import errors, testing
 from autoscaler.actuator import kubernetes as kube
 from autoscaler.actuator.base import WorkloadStatus
+from autoscaler.controller import app as controller
 from autoscaler.decision.state import RoleState, ScaleState
-from autoscaler.policy.config import DeploymentRef, PolicyFile
 from autoscaler.server import app as app_mod
 from autoscaler.server.store import DecisionStore
+from autoscaler.spec import DeploymentRef, PolicyFile
 from autoscaler.telemetry import Telemetry
 from autoscaler.types import Decision, Role
 from tests.unit.fakes import FakeStateCore

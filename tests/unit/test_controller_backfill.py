@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from autoscaler import controller, errors, telemetry
+from autoscaler import errors, telemetry
+from autoscaler.controller import app as controller
 from autoscaler.forecast import refit
 from autoscaler.metrics.source import RoleTarget
 from autoscaler.policy.forecast import ForecastPolicy

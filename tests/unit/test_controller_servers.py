@@ -22,7 +22,8 @@ import pytest
 import yaml
 from kubernetes_asyncio.client.rest import ApiException
 
-from autoscaler import cli, controller, errors
+from autoscaler import cli, errors
+from autoscaler.controller import app as controller
 from autoscaler.server import external_metrics as em
 from autoscaler.server._keda_pb import externalscaler_pb2 as pb
 from autoscaler.server._keda_pb import externalscaler_pb2_grpc as pb_grpc

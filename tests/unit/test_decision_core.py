@@ -12,7 +12,7 @@ import math
 import pytest
 
 from autoscaler.decision.state import ScaleState
-from autoscaler.policy.config import PolicyFile
+from autoscaler.spec import PolicyFile
 from autoscaler.testing import Ticker, desired, obs, pool_policy
 from autoscaler.types import RoleObservation, SignalSample
 

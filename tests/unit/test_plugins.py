@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from autoscaler import errors
+from autoscaler import spec as config
 from autoscaler.loop import build_policies
-from autoscaler.policy import config, registry
+from autoscaler.policy import registry
 from autoscaler.testing import Ticker, obs, pool_policy
 from autoscaler.types import Role
 

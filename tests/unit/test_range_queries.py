@@ -16,7 +16,7 @@ from autoscaler import errors
 from autoscaler.metrics import queries
 from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource
 from autoscaler.metrics.source import RoleTarget
-from autoscaler.policy.config import RoleSpec
+from autoscaler.spec import RoleSpec
 from autoscaler.types import Role
 
 

@@ -63,15 +63,15 @@ from autoscaler.actuator.base import Actuator, WorkloadStatus
 from autoscaler.decision.state import ScaleState
 from autoscaler.loop import Loop, TickReport
 from autoscaler.metrics.source import MetricsSource
-from autoscaler.policy.config import DeploymentRef, PolicyFile, parse_policy
 from autoscaler.server import app as app_mod
 from autoscaler.server.store import DecisionStore
+from autoscaler.spec import DeploymentRef, PolicyFile, parse_policy
 from autoscaler.types import Decision
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from autoscaler.forecast.backfill import RangeRates
+    from autoscaler.controller.backfill import RangeRates
 
     # Imported at run time only when configured: the gRPC stack is not free to load.
     from autoscaler.server import external_metrics as em
@@ -941,7 +941,7 @@ class Controller:
         """Refill the history of forecast policies that have none yet (a new leader, or roles a
         reload added) from Prometheus range queries, so a restart keeps the daily shape. Bounded
         by forecast_backfill_timeout_s; a failure only logs (those roles learn live)."""
-        from autoscaler.forecast import backfill  # noqa: PLC0415 - only forecast users pay
+        from autoscaler.controller import backfill  # noqa: PLC0415 - only forecast users pay
         from autoscaler.policy.forecast import ForecastPolicy  # noqa: PLC0415
 
         fetch = range_rates_of(self.source)
