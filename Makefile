@@ -27,9 +27,11 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not k8s and not prometheus and not external_metrics"
 
+## Style, types, and the architecture contracts of pyproject.toml (docs/architecture.md).
 lint: install
 	$(BIN)/ruff check autoscaler tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## A local control plane for exploration (kube-apiserver, kcm, scheduler, etcd, kwok GPU nodes).
 cluster: install

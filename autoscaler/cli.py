@@ -24,7 +24,7 @@ EXIT_INVALID = 2
 
 def _validate(args: argparse.Namespace) -> int:
     from autoscaler import spec as config  # noqa: PLC0415 - keep start-up light
-    from autoscaler.policy import registry  # noqa: PLC0415
+    from autoscaler.policy import load, registry  # noqa: PLC0415
 
     if args.schema:
         print(json.dumps(config.PolicyFile.model_json_schema(), indent=2))
@@ -40,7 +40,7 @@ def _validate(args: argparse.Namespace) -> int:
     bad = 0
     for f in args.files:
         try:
-            policy = config.load_policy_file(f)
+            policy = load.load_policy_file(f)
         except errors.ConfigError as exc:
             bad += 1
             for line in exc.problems:

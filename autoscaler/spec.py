@@ -1,28 +1,25 @@
-"""Policy YAML -> frozen, validated pydantic models.
+"""The policy schema: frozen, validated pydantic models (the vocabulary's ground floor).
 
-One file describes one or more pools. Validation happens once, here, at the boundary: the core
-trusts what comes out. Every field carries a description, which feeds `pd-autoscaler validate
---explain` and the JSON Schema export, and every error names the file, the field path and the
-offending value (see `load_policy_file`).
+One file describes one or more pools. Validation happens once, at the boundary: the core trusts
+what comes out. Every field carries a description, which feeds `pd-autoscaler validate
+--explain` and the JSON Schema export. This module is a leaf (it imports only `types` and
+`errors`); reading YAML and validating each `policies:` entry with its kind's own model is
+`autoscaler.policy.load`, where every error names the file, the field path and the value.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from autoscaler import errors
 from autoscaler.types import Role, SignalName
 
 API_VERSION: Literal["pd-autoscaler.io/v1alpha1"] = "pd-autoscaler.io/v1alpha1"
@@ -166,6 +163,13 @@ class Behavior(_Frozen):
     """After new replicas become ready, latency guards stay capped this long: their quantiles
     still hold the burst's requests for the length of the metric source's rate window (set it
     to that window). Only applies with count_pending."""
+
+
+def signal_key(spec: SignalSpec) -> str:
+    """The key a signal's sample is reported under: `queue_depth`, ..., `ttft_p90`, `itl_p50`."""
+    if spec.signal in (SignalName.TTFT, SignalName.ITL):
+        return f"{spec.signal.value}_p{round(spec.quantile * 100):d}"
+    return spec.signal.value
 
 
 class PolicyRef(_Frozen):
@@ -369,14 +373,8 @@ class PolicyFile(_Frozen):
             if floor > self.gpu_budget:
                 msg = f"gpu_budget {self.gpu_budget} is below the {floor} GPUs min_replicas need"
                 raise ValueError(msg)
-        # Plug-in and forecast configs are validated by their own models; import here to keep
-        # the registry (which may load entry points) out of module import time.
-        from autoscaler.policy import registry  # noqa: PLC0415
-
-        for pi, pool in enumerate(self.pools):
-            for role, spec in pool.roles.items():
-                for qi, ref in enumerate(spec.policies):
-                    registry.validate_ref(ref, where=f"pools.{pi}.roles.{role.value}.policies.{qi}")
+        # Plug-in configs (`policies:` entries) are validated by their kinds' own models in
+        # policy/load.py: the schema stays a leaf that knows no registry.
         return self
 
     def pool(self, name: str) -> PoolSpec:
@@ -384,68 +382,3 @@ class PolicyFile(_Frozen):
             if p.name == name:
                 return p
         raise KeyError(name)
-
-
-# --- loading -----------------------------------------------------------------------------------
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
-    return ".".join(parts) or "(top level)"
-
-
-def format_validation_error(source: str, exc: ValidationError) -> list[str]:
-    """`FILE: path.to.field: message (got VALUE)`, one line per problem."""
-    lines = []
-    errs = exc.errors()
-    locs = [tuple(e["loc"]) for e in errs]
-    for err in errs:
-        loc = tuple(err["loc"])
-        # A list whose items failed also reports "too short after validation": noise.
-        if err["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
-            continue
-        msg = err["msg"].removeprefix("Value error, ")
-        got = ""
-        if err["type"] not in ("missing",) and "input" in err:
-            value = err["input"]
-            if not isinstance(value, dict | list):
-                got = f" (got {value!r})"
-        lines.append(f"{source}: {_loc(tuple(err['loc']))}: {msg}{got}")
-    return lines
-
-
-def load_yaml(text: str, *, source: str) -> Any:
-    """yaml.safe_load, with a syntax error as a ConfigError naming file, line and column."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise errors.ConfigError([f"{source}: {where}malformed YAML: {problem}"]) from exc
-
-
-def parse_policy(text: str, *, source: str = "<policy>") -> PolicyFile:
-    """Parse and validate policy YAML text; raise ConfigError with one line per problem."""
-    data = load_yaml(text, source=source)
-    if not isinstance(data, dict):
-        kind = type(data).__name__ if data is not None else "an empty document"
-        raise errors.ConfigError([f"{source}: (top level): expected a mapping, got {kind}"])
-    try:
-        return PolicyFile.model_validate(data)
-    except ValidationError as exc:
-        raise errors.ConfigError(format_validation_error(source, exc)) from exc
-    except errors.ConfigError as exc:
-        raise errors.ConfigError([f"{source}: {line}" for line in exc.problems]) from exc
-
-
-def load_policy_file(path: str | Path) -> PolicyFile:
-    """Read and validate one policy file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise errors.ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from exc
-    return parse_policy(text, source=str(p))

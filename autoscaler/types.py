@@ -66,6 +66,14 @@ TOTAL_SIGNALS: frozenset[SignalName] = frozenset(
     {SignalName.PROMPT_TOKENS_RATE, SignalName.GENERATION_TOKENS_RATE}
 )
 
+# Rates every source reports for every role, besides the configured signals: the forecast
+# policies and the dashboards use them. Units: requests/s, prompt tokens/s, generated tokens/s,
+# summed over the role's replicas.
+REQUEST_RATE = "request_rate"
+PROMPT_TOKENS_RATE = "prompt_tokens_rate"
+GENERATION_TOKENS_RATE = "generation_tokens_rate"
+RATE_KEYS: tuple[str, ...] = (REQUEST_RATE, PROMPT_TOKENS_RATE, GENERATION_TOKENS_RATE)
+
 
 @dataclass(frozen=True, slots=True)
 class SignalSample:

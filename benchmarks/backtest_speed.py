@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoscaler.spec import load_policy_file
+from autoscaler.policy.load import load_policy_file
 from autoscaler.sim.backtest import default_policy_path, quiet_logs, run_backtest
 from autoscaler.sim.profile import builtin
 from autoscaler.sim.traces import Trace, load_trace, scale_rate

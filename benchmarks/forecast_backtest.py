@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from autoscaler.forecast import refit
-from autoscaler.spec import load_policy_file
+from autoscaler.policy.load import load_policy_file
 from autoscaler.sim import backtest
 from autoscaler.sim.evaluate import request_outcome
 from autoscaler.sim.profile import builtin

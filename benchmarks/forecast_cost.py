@@ -27,8 +27,8 @@ from autoscaler.decision.core import PolicyMap, decide
 from autoscaler.decision.state import ScaleState
 from autoscaler.forecast import engine, models, refit
 from autoscaler.policy.base import Policy
-from autoscaler.spec import PolicyFile
 from autoscaler.policy.forecast import ForecastConfig, ForecastPolicy
+from autoscaler.spec import PolicyFile
 from autoscaler.types import PoolObservation, Role, RoleObservation, SignalSample, Snapshot
 
 BIN_S = 60.0

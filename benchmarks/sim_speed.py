@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 from autoscaler.metrics.source import RoleTarget
-from autoscaler.spec import PolicyFile, parse_policy
+from autoscaler.policy.load import parse_policy
 from autoscaler.sim.backends import SimActuator, SimMetricsSource
 from autoscaler.sim.engine import Simulation
 from autoscaler.sim.evaluate import evaluate
 from autoscaler.sim.profile import builtin
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.sim.workload import generate
+from autoscaler.spec import PolicyFile
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"

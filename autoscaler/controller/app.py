@@ -63,9 +63,10 @@ from autoscaler.actuator.base import Actuator, WorkloadStatus
 from autoscaler.decision.state import ScaleState
 from autoscaler.loop import Loop, TickReport
 from autoscaler.metrics.source import MetricsSource
+from autoscaler.policy.load import parse_policy
 from autoscaler.server import app as app_mod
 from autoscaler.server.store import DecisionStore
-from autoscaler.spec import DeploymentRef, PolicyFile, parse_policy
+from autoscaler.spec import DeploymentRef, PolicyFile
 from autoscaler.types import Decision
 
 if TYPE_CHECKING:

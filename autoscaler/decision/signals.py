@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import math
 
-from autoscaler.metrics.source import REQUEST_RATE, signal_key
-from autoscaler.spec import RoleSpec, SignalSpec
-from autoscaler.types import GUARD_SIGNALS, STOCK_SIGNALS, TOTAL_SIGNALS, Need, RoleObservation
+from autoscaler.spec import RoleSpec, SignalSpec, signal_key
+from autoscaler.types import (
+    GUARD_SIGNALS,
+    REQUEST_RATE,
+    STOCK_SIGNALS,
+    TOTAL_SIGNALS,
+    Need,
+    RoleObservation,
+)
 
 # ceil() of a ratio that is an exact integer up to float noise (e.g. 15 / 5 * 1.0000000001)
 # must not round up a whole replica.

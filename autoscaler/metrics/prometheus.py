@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,9 +45,6 @@ from urllib3.util.retry import Retry
 from autoscaler import errors
 from autoscaler.metrics import queries, source
 from autoscaler.types import Role, SignalSample
-
-if TYPE_CHECKING:
-    from autoscaler import telemetry as telemetry_mod
 
 log = structlog.get_logger(__name__)
 
@@ -127,7 +124,7 @@ class PrometheusSource:
         self,
         settings: PrometheusSettings,
         *,
-        telemetry: telemetry_mod.Telemetry | None = None,
+        telemetry: source.ErrorSink | None = None,
     ) -> None:
         if settings.rate_window_s <= 0 or settings.timeout_s <= 0 or settings.retries < 0:
             msg = "rate_window_s and timeout_s must be > 0, retries >= 0"

@@ -11,26 +11,32 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from autoscaler.types import Role, SignalName, SignalSample
+# The signal keys are vocabulary (the core and the forecast policy read samples by them), so they
+# live with the types and the schema; a source reports under them. Re-exported for the adapters.
+from autoscaler.spec import signal_key
+from autoscaler.types import (
+    GENERATION_TOKENS_RATE,
+    PROMPT_TOKENS_RATE,
+    RATE_KEYS,
+    REQUEST_RATE,
+    Role,
+    SignalSample,
+)
+
+__all__ = [
+    "GENERATION_TOKENS_RATE",
+    "PROMPT_TOKENS_RATE",
+    "RATE_KEYS",
+    "REQUEST_RATE",
+    "ErrorSink",
+    "MetricsSource",
+    "RoleSamples",
+    "RoleTarget",
+    "signal_key",
+]
 
 if TYPE_CHECKING:
-    from autoscaler.spec import RoleSpec, SignalSpec
-
-# Rates every source reports for every role, besides the configured signals: the forecast
-# policies and the dashboards use them. Units: requests/s, prompt tokens/s, generated tokens/s,
-# summed over the role's replicas.
-REQUEST_RATE = "request_rate"
-PROMPT_TOKENS_RATE = "prompt_tokens_rate"
-GENERATION_TOKENS_RATE = "generation_tokens_rate"
-RATE_KEYS: tuple[str, ...] = (REQUEST_RATE, PROMPT_TOKENS_RATE, GENERATION_TOKENS_RATE)
-
-
-def signal_key(spec: SignalSpec) -> str:
-    """The key a signal's sample is reported under: `queue_depth`, ..., `ttft_p90`, `itl_p50`."""
-    if spec.signal in (SignalName.TTFT, SignalName.ITL):
-        return f"{spec.signal.value}_p{round(spec.quantile * 100):d}"
-    return spec.signal.value
-
+    from autoscaler.spec import RoleSpec
 
 @dataclass(frozen=True, slots=True)
 class RoleTarget:
@@ -48,3 +54,12 @@ class MetricsSource(Protocol):
     async def fetch(self, targets: Sequence[RoleTarget], *, now: float) -> RoleSamples:
         """Samples for every target: each configured signal (by `signal_key`) plus RATE_KEYS."""
         ...
+
+
+class ErrorSink(Protocol):
+    """Where a source reports a failed or refused query (the controller's telemetry counts them).
+
+    A protocol, so the metrics adapters report problems without importing the telemetry module
+    that sits above them."""
+
+    def metric_source_error(self, *, query: str, reason: str) -> None: ...

@@ -49,9 +49,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler import errors
 from autoscaler.forecast import engine, models, refit
-from autoscaler.metrics import source
 from autoscaler.policy.base import Policy, RoleContext
-from autoscaler.spec import RoleSpec
+from autoscaler.spec import RoleSpec, signal_key
 from autoscaler.types import GUARD_SIGNALS, STOCK_SIGNALS, Need, Role, SignalName
 
 SeriesName = Literal["request_rate", "prompt_tokens_rate", "generation_tokens_rate", "running"]
@@ -273,7 +272,7 @@ class ForecastPolicy:
             return
         util = 0.0
         for spec in self._load:
-            s = obs.signals.get(source.signal_key(spec))
+            s = obs.signals.get(signal_key(spec))
             if s is None or s.missing or s.value is None or s.replicas < obs.ready:
                 return  # partial or missing: not a healthy, fully observed period
             util = max(util, s.value / spec.target)

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoscaler import errors
+from autoscaler.policy.load import load_policy_file
 from autoscaler.sim import backtest
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.sim.workload import AZURE_CODE, generate
-from autoscaler.spec import load_policy_file
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

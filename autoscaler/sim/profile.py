@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoscaler import errors
-from autoscaler.spec import format_validation_error, load_yaml
+from autoscaler.policy.load import format_validation_error, load_yaml
 
 DEFAULT_PROFILE = "llama-8b-h100"
 

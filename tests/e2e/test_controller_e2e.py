@@ -36,7 +36,8 @@ from kubernetes_asyncio.client.rest import ApiException
 from autoscaler import errors
 from autoscaler.actuator import kubernetes as kube
 from autoscaler.controller import app as ctl
-from autoscaler.spec import DeploymentRef, load_policy_file
+from autoscaler.policy.load import load_policy_file
+from autoscaler.spec import DeploymentRef
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role, SignalName

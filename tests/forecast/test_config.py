@@ -6,7 +6,7 @@ import pytest
 
 from autoscaler import errors
 from autoscaler.policy.forecast import ForecastConfig
-from autoscaler.spec import parse_policy
+from autoscaler.policy.load import parse_policy
 from tests.forecast.conftest import policy, role_spec
 
 DOC = """

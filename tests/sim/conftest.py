@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoscaler.policy.load import parse_policy
 from autoscaler.sim.engine import SimPool, Simulation
 from autoscaler.sim.profile import BUILTIN_PROFILES, Profile
-from autoscaler.spec import PolicyFile, parse_policy
+from autoscaler.spec import PolicyFile
 from autoscaler.types import Role
 
 P8B = BUILTIN_PROFILES["llama-8b-h100"]

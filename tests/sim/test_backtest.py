@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from autoscaler import cli
+from autoscaler.policy.load import load_policy_file
 from autoscaler.sim import backtest, baselines
 from autoscaler.sim.evaluate import SLO, oracle
 from autoscaler.sim.traces import Trace
 from autoscaler.sim.workload import AZURE_CODE, generate
-from autoscaler.spec import load_policy_file
 from autoscaler.testing import Ticker, obs
 from autoscaler.types import Role
 from tests.sim.conftest import P8B

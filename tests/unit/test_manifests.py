@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from autoscaler.spec import parse_policy
+from autoscaler.policy.load import parse_policy
 from tests.k8senv import cluster as k8senv
 
 ROOT = Path(__file__).resolve().parents[2]

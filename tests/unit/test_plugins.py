@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from autoscaler import errors
-from autoscaler import spec as config
 from autoscaler.loop import build_policies
-from autoscaler.policy import registry
+from autoscaler.policy import load, registry
 from autoscaler.testing import Ticker, obs, pool_policy
 from autoscaler.types import Role
 
@@ -84,7 +83,7 @@ pools:
         policies: [{kind: floor, replicas: -2}]
 """
     with pytest.raises(errors.ConfigError) as exc:
-        config.parse_policy(text, source="f.yaml")
+        load.parse_policy(text, source="f.yaml")
     assert exc.value.problems == (
         "f.yaml: pools.0.roles.aggregated.policies.0.replicas: "
         "Input should be greater than or equal to 0 (got -2)",
@@ -103,7 +102,7 @@ pools:
         policies: [{kind: nope}]
 """
     with pytest.raises(errors.ConfigError) as exc:
-        config.parse_policy(text, source="f.yaml")
+        load.parse_policy(text, source="f.yaml")
     (line,) = exc.value.problems
     assert line.startswith(
         "f.yaml: pools.0.roles.aggregated.policies.0.kind: unknown policy kind 'nope'"

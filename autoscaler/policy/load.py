@@ -1,0 +1,93 @@
+"""Policy YAML -> `spec.PolicyFile`: the one place a policy document is read and validated.
+
+The schema (`autoscaler.spec`) checks the document's own fields; each `policies:` entry is then
+validated here by its kind's own model (`policy.registry`), so a plug-in's config errors name
+the file and field path like any other. Every error is one line: `FILE: path.to.field: message
+(got VALUE)`; nothing is half-applied (a document is accepted whole or rejected).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from autoscaler import errors
+from autoscaler.policy import registry
+from autoscaler.spec import PolicyFile
+
+
+def validate_plugins(policy: PolicyFile) -> None:
+    """Validate every `policies:` entry with its kind's model; the first bad entry raises a
+    ConfigError naming its path (as the schema's own validation stops at the first model)."""
+    for pi, pool in enumerate(policy.pools):
+        for role, spec in pool.roles.items():
+            for qi, ref in enumerate(spec.policies):
+                registry.validate_ref(ref, where=f"pools.{pi}.roles.{role.value}.policies.{qi}")
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    return ".".join(parts) or "(top level)"
+
+
+def format_validation_error(source: str, exc: ValidationError) -> list[str]:
+    """`FILE: path.to.field: message (got VALUE)`, one line per problem."""
+    lines = []
+    errs = exc.errors()
+    locs = [tuple(e["loc"]) for e in errs]
+    for err in errs:
+        loc = tuple(err["loc"])
+        # A list whose items failed also reports "too short after validation": noise.
+        if err["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        got = ""
+        if err["type"] not in ("missing",) and "input" in err:
+            value = err["input"]
+            if not isinstance(value, dict | list):
+                got = f" (got {value!r})"
+        lines.append(f"{source}: {_loc(tuple(err['loc']))}: {msg}{got}")
+    return lines
+
+
+def load_yaml(text: str, *, source: str) -> Any:
+    """yaml.safe_load, with a syntax error as a ConfigError naming file, line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise errors.ConfigError([f"{source}: {where}malformed YAML: {problem}"]) from exc
+
+
+def parse_policy(text: str, *, source: str = "<policy>") -> PolicyFile:
+    """Parse and validate policy YAML text; raise ConfigError with one line per problem."""
+    data = load_yaml(text, source=source)
+    if not isinstance(data, dict):
+        kind = type(data).__name__ if data is not None else "an empty document"
+        raise errors.ConfigError([f"{source}: (top level): expected a mapping, got {kind}"])
+    try:
+        policy = PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        raise errors.ConfigError(format_validation_error(source, exc)) from exc
+    try:
+        validate_plugins(policy)
+    except errors.ConfigError as exc:
+        raise errors.ConfigError([f"{source}: {line}" for line in exc.problems]) from exc
+    return policy
+
+
+def load_policy_file(path: str | Path) -> PolicyFile:
+    """Read and validate one policy file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise errors.ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from exc
+    return parse_policy(text, source=str(p))
