@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from autoscaler import errors
+from autoscaler.actuator.base import ObjectRef, WorkloadStatus
 from autoscaler.decision.core import PolicyMap, decide
 from autoscaler.decision.state import ScaleState
 from autoscaler.metrics.source import RoleSamples, RoleTarget
-from autoscaler.spec import PolicyFile
+from autoscaler.spec import DeploymentRef, PolicyFile
 from autoscaler.types import (
     Decision,
     PoolObservation,
@@ -177,3 +178,80 @@ class FakeMetricsSource:
                 samples[k] = SignalSample(value=value, replicas=n)
             out[key] = samples
         return out
+
+
+class FakeActuator:
+    """A `ClusterActuator` without a cluster: every Deployment reports `statuses[ref]` (default
+    2 replicas, both ready) and `scale` records the write in `scales` without changing what
+    `status` reports (a test moves the cluster on with `statuses`). `fail` makes every call
+    raise it (an `ActuationError` subclass, say)."""
+
+    def __init__(self, default: WorkloadStatus | None = None) -> None:
+        self.default = default or WorkloadStatus(replicas=2, ready=2, pending=0)
+        self.statuses: dict[DeploymentRef, WorkloadStatus] = {}
+        self.scales: list[tuple[DeploymentRef, int, str]] = []
+        self.fail: Exception | None = None
+
+    async def status(self, ref: DeploymentRef) -> WorkloadStatus:
+        if self.fail is not None:
+            raise self.fail
+        return self.statuses.get(ref, self.default)
+
+    async def scale(self, ref: DeploymentRef, replicas: int, *, reason: str) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.scales.append((ref, replicas, reason))
+
+    def uid(self, ref: DeploymentRef) -> str | None:
+        del ref
+        return None
+
+
+class FakeEvents:
+    """An `EventSink` that keeps every Event: `recorded` holds (object, reason, message,
+    warning) in order."""
+
+    def __init__(self) -> None:
+        self.recorded: list[tuple[ObjectRef, str, str, bool]] = []
+
+    async def record(self, obj: ObjectRef, *, reason: str, message: str,
+                     warning: bool = False) -> bool:
+        self.recorded.append((obj, reason, message, warning))
+        return True
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _, _ in self.recorded]
+
+
+class FakeStateStore:
+    """The controller's state store in memory, with the real one's clock handling: saved on
+    wall time, restored onto the caller's monotonic clock. `saved` is the last `state.json`
+    (None until the first save); `load_errors` are raised by the next loads, in order."""
+
+    def __init__(self) -> None:
+        self.saved: str | None = None
+        self.decisions: list[Decision] = []
+        self.last_scale: dict[str, Any] = {}
+        self.load_errors: list[Exception] = []
+        self.saves = 0
+
+    async def load(self, *, mono_now: float, wall_now: float) -> ScaleState:
+        if self.load_errors:
+            raise self.load_errors.pop(0)
+        if self.saved is None:
+            return ScaleState()
+        return ScaleState.from_json(self.saved).shifted(mono_now - wall_now)
+
+    async def save(self, state: ScaleState, decision: Decision, *, mono_now: float,
+                   wall_now: float, identity: str) -> None:
+        del identity
+        self.saves += 1
+        self.saved = state.shifted(wall_now - mono_now).to_json()
+        self.decisions.append(decision)
+
+
+def fake_cluster() -> dict[str, Any]:
+    """The collaborators `controller.app.Controller` acts through, all fakes: pass them as
+    `Controller(settings, api=..., source=..., **fake_cluster())` and reach them back as
+    `c.actuator`, `c.events`, `c.state_store`."""
+    return {"actuator": FakeActuator(), "events": FakeEvents(), "state_store": FakeStateStore()}

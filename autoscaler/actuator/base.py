@@ -35,3 +35,34 @@ class Actuator(Protocol):
     async def scale(self, ref: DeploymentRef, replicas: int, *, reason: str) -> None:
         """Set the desired replicas; raises ActuationError when refused."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """What an Event is about."""
+
+    kind: str
+    name: str
+    namespace: str
+    api_version: str = "v1"
+    uid: str | None = None
+
+    @classmethod
+    def deployment(cls, ref: DeploymentRef, uid: str | None = None) -> ObjectRef:
+        return cls("Deployment", ref.name, ref.namespace, "apps/v1", uid)
+
+
+class EventSink(Protocol):
+    """Where the controller records Events for humans (`kubernetes.EventRecorder`; tests:
+    `testing.FakeEvents`). Best effort: returns False instead of raising."""
+
+    async def record(self, obj: ObjectRef, *, reason: str, message: str,
+                     warning: bool = False) -> bool: ...
+
+
+class ClusterActuator(Actuator, Protocol):
+    """An actuator that also knows the uid of what it last read (so Events point at it)."""
+
+    def uid(self, ref: DeploymentRef) -> str | None:
+        """The Deployment's uid from the last read; None if never read."""
+        ...

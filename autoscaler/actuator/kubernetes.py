@@ -50,7 +50,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler import errors
-from autoscaler.actuator.base import WorkloadStatus
+from autoscaler.actuator.base import EventSink, ObjectRef, WorkloadStatus
 from autoscaler.spec import DeploymentRef
 
 log = structlog.get_logger(__name__)
@@ -85,21 +85,6 @@ async def make_api_client(kubeconfig: Path | None = None) -> ApiClient:
             [f"kubeconfig: {path or '~/.kube/config'}: cannot load: {exc}"]
         ) from exc
     return ApiClient(configuration=cfg)
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
-    """What an Event is about."""
-
-    kind: str
-    name: str
-    namespace: str
-    api_version: str = "v1"
-    uid: str | None = None
-
-    @classmethod
-    def deployment(cls, ref: DeploymentRef, uid: str | None = None) -> ObjectRef:
-        return cls("Deployment", ref.name, ref.namespace, "apps/v1", uid)
 
 
 class EventRecorder:
@@ -163,13 +148,15 @@ class KubernetesActuator:
         self,
         api: ApiClient,
         *,
-        events: EventRecorder | None = None,
+        apps: client.AppsV1Api | None = None,
+        events: EventSink | None = None,
         timeout_s: float = 10.0,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._apps = client.AppsV1Api(api)
+        # `apps`: a stand-in for the generated client in unit tests; by default built on `api`.
+        self._apps = apps if apps is not None else client.AppsV1Api(api)
         self._events = events
         self._timeout_s = timeout_s
         self._backoff_initial_s = backoff_initial_s

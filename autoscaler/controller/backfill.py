@@ -12,8 +12,9 @@ seconds, the policies the controller's clock (`now`); the offset between the two
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,7 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from autoscaler.metrics.source import RoleTarget
+from autoscaler.loop import Loop
+from autoscaler.metrics.source import MetricsSource, RoleTarget
 from autoscaler.policy.base import Policy
 from autoscaler.policy.forecast import ForecastPolicy
 from autoscaler.types import Role
@@ -147,3 +149,46 @@ async def backfill(
                 bins=n,
             )
     return out
+
+
+def range_rates_of(source: MetricsSource) -> RangeRates | None:
+    """The source's range queries for the forecast backfill (PrometheusSource's
+    `range_rates`, also behind telemetry's InstrumentedSource); None if it has none."""
+    for candidate in (source, getattr(source, "inner", None)):
+        fetch = getattr(candidate, "range_rates", None)
+        if callable(fetch):
+            found: RangeRates = fetch
+            return found
+    return None
+
+
+async def refill(loop: Loop, source: MetricsSource, *, history_s: float, timeout_s: float,
+                 clock: Callable[[], float], wall: Callable[[], float]) -> None:
+    """Refill the history of forecast policies that have none yet (a new leader, or roles a
+    reload added) from Prometheus range queries, so a restart keeps the daily shape. Bounded
+    by `timeout_s`; a failure only logs (those roles learn live)."""
+    fetch = range_rates_of(source)
+    if fetch is None or history_s <= 0:
+        return
+    empty = {key: [p for p in ps if isinstance(p, ForecastPolicy)
+                   and p.forecaster.history.end_bin is None]
+             for key, ps in loop.policies.items()}
+    todo = {key: ps for key, ps in empty.items() if ps}
+    if not todo:
+        return
+    targets = [t for t in loop.targets() if (t.pool, t.role) in todo]
+    t0 = clock()
+    try:
+        async with asyncio.timeout(timeout_s):
+            filled = await backfill(todo, targets, fetch, now=clock(), wall_now=wall(),
+                                    max_history_s=history_s)
+    except TimeoutError:
+        # Roles filled before the deadline keep their history (each load is atomic).
+        log.warning("forecast_backfill_timeout", timeout_s=timeout_s, roles=len(todo))
+        return
+    except Exception as exc:  # never fatal: the forecast learns live instead
+        log.warning("forecast_backfill_failed", error=repr(exc))
+        return
+    log.info("forecast_backfill_done", policies=len(filled),
+             bins=sum(f.bins for f in filled), failed=sum(1 for f in filled if f.error),
+             seconds=round(clock() - t0, 3))

@@ -36,6 +36,8 @@ from kubernetes_asyncio.client.rest import ApiException
 from autoscaler import errors
 from autoscaler.actuator import kubernetes as kube
 from autoscaler.controller import app as ctl
+from autoscaler.controller.settings import POLICY_LABEL, Settings
+from autoscaler.controller.state_store import LAST_SCALE_KEY
 from autoscaler.policy.load import load_policy_file
 from autoscaler.spec import DeploymentRef
 from autoscaler.telemetry import Telemetry
@@ -84,7 +86,7 @@ def policy_text(*pools: dict[str, Any]) -> str:
 
 async def put_policy(api: ApiClient, ns: str, text: str, *, name: str = "policy") -> None:
     core = client.CoreV1Api(api)
-    body = {"metadata": {"name": name, "labels": {ctl.POLICY_LABEL: "true"}},
+    body = {"metadata": {"name": name, "labels": {POLICY_LABEL: "true"}},
             "data": {"policy.yaml": text}}
     try:
         await core.create_namespaced_config_map(ns, body)
@@ -148,11 +150,11 @@ async def running(cluster: ClusterInfo, ns: str, source: FakeMetricsSource, *,
     own = api is None
     release = overrides.pop("release_on_exit", True)
     api = api or await admin_client(cluster)
-    settings = ctl.Settings(namespace=ns, identity=identity, tick_s=TICK_S,
+    settings = Settings(namespace=ns, identity=identity, tick_s=TICK_S,
                             leader_election=leader_election, http_host="127.0.0.1",
                             http_port=0, **{**LEASE, **overrides})
-    c = ctl.Controller(settings, api=api, source=source, telemetry=Telemetry(),
-                       release_on_exit=release)
+    c = ctl.Controller.on_cluster(settings, api=api, source=source, telemetry=Telemetry(),
+                                  release_on_exit=release)
     task = asyncio.create_task(c.run(), name=identity)
     try:
         yield c, task
@@ -217,7 +219,7 @@ async def test_load_rises_prefill_scales_and_decode_follows_ratio(
         assert evs[0].reporting_instance == "ctl-a"
         cm = await client.CoreV1Api(k8s_api).read_namespaced_config_map(
             "pd-autoscaler-state", ns)
-        last = yaml.safe_load(cm.data[ctl.LAST_SCALE_KEY])
+        last = yaml.safe_load(cm.data[LAST_SCALE_KEY])
         assert last["m"]["prefill"]["to"] == 2
         assert last["m"]["decode"]["to"] == 4
 

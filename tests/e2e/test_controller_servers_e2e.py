@@ -30,6 +30,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler.controller import app as ctl
+from autoscaler.controller.leader import LEADER_LABEL
 from autoscaler.server import external_metrics as em
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
@@ -144,7 +145,7 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
 
 async def leader_label(api: ApiClient, ns: str, pod: str) -> str | None:
     obj = await client.CoreV1Api(api).read_namespaced_pod(pod, ns)
-    return (obj.metadata.labels or {}).get(ctl.LEADER_LABEL)
+    return (obj.metadata.labels or {}).get(LEADER_LABEL)
 
 
 def direct_get(cluster: ClusterInfo, port: int, ns: str) -> tuple[int, Any]:

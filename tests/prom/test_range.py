@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from autoscaler import telemetry
-from autoscaler.controller import app as controller
 from autoscaler.controller import backfill
 from autoscaler.forecast import refit
 from autoscaler.metrics.source import RoleTarget
@@ -116,13 +115,13 @@ async def test_long_ranges_are_split_on_one_grid(fleet: fl.Fleet) -> None:
 
 async def test_backfill_from_real_prometheus_fills_forecast_history(fleet: fl.Fleet) -> None:
     """backfill() through range_rates (behind the controller's InstrumentedSource, as
-    `controller.range_rates_of` finds it): the policy's complete bins since the fleet started
+    `backfill.range_rates_of` finds it): the policy's complete bins since the fleet started
     hold the role's prompt-token rate, on the policy's (monotonic) clock."""
     target = _target(fleet, "alpha", P)
     cfg = ForecastConfig(model="holt", bin_s=5, season_s=60, history_s=600, min_history_s=60,
                          capacity_per_replica=1000.0)
     src = fl.source(fleet.prom.url)
-    fetch = controller.range_rates_of(telemetry.InstrumentedSource(src, telemetry.Telemetry()))
+    fetch = backfill.range_rates_of(telemetry.InstrumentedSource(src, telemetry.Telemetry()))
     assert fetch is not None
 
     async def filled() -> ForecastPolicy:

@@ -18,7 +18,10 @@ from kubernetes_asyncio.client.rest import ApiException
 from autoscaler import errors, testing
 from autoscaler.actuator import kubernetes as kube
 from autoscaler.actuator.base import WorkloadStatus
-from autoscaler.controller import app as controller
+from autoscaler.actuator.fenced import FencedActuator
+from autoscaler.controller.policy_source import PolicyDocs
+from autoscaler.controller.settings import settings_from
+from autoscaler.controller.state_store import StateStore
 from autoscaler.decision.state import RoleState, ScaleState
 from autoscaler.server import app as app_mod
 from autoscaler.server.store import DecisionStore
@@ -46,7 +49,7 @@ def test_settings_env_then_flags() -> None:
     """PD_AUTOSCALER_* variables set defaults; flags override them."""
     env = {"PD_AUTOSCALER_NAMESPACE": "ops", "PD_AUTOSCALER_TICK_S": "5",
            "PD_AUTOSCALER_DRY_RUN": "true", "PD_AUTOSCALER_IDENTITY": "me"}
-    s = controller.settings_from(_args(namespace="flag-ns"), env)
+    s = settings_from(_args(namespace="flag-ns"), env)
     assert (s.namespace, s.tick_s, s.dry_run, s.identity) == ("flag-ns", 5.0, True, "me")
 
 
@@ -59,7 +62,7 @@ def test_settings_env_then_flags() -> None:
 def test_settings_errors_name_the_variable(env: dict[str, str], fragment: str) -> None:
     """A bad variable is a ConfigError naming it (exit code 2 through the CLI)."""
     with pytest.raises(errors.ConfigError) as exc:
-        controller.settings_from(_args(namespace="x"), env)
+        settings_from(_args(namespace="x"), env)
     assert fragment in str(exc.value)
 
 
@@ -83,7 +86,7 @@ pools:
 
 def test_policy_docs_merge_and_keep_last_good() -> None:
     """Documents merge by pools; an invalid update keeps that document's last good version."""
-    docs = controller.PolicyDocs()
+    docs = PolicyDocs()
     new, problems = docs.propose({"a.yaml": _doc("a", "da"), "b.yaml": _doc("b", "db")})
     assert problems == []
     docs.docs = new
@@ -99,7 +102,7 @@ def test_policy_docs_merge_and_keep_last_good() -> None:
 
 def test_policy_docs_reject_cross_document_conflicts() -> None:
     """Two documents scaling one Deployment are rejected as a whole; the old set stays."""
-    docs = controller.PolicyDocs()
+    docs = PolicyDocs()
     docs.docs, _ = docs.propose({"a.yaml": _doc("a", "same")})
     new, problems = docs.propose({"b.yaml": _doc("b", "same")})
     assert problems
@@ -109,7 +112,7 @@ def test_policy_docs_reject_cross_document_conflicts() -> None:
 
 def test_policy_docs_dry_run_if_any_document_asks() -> None:
     """Shadow mode in one document holds for the merged policy (never act on a shadow doc)."""
-    docs = controller.PolicyDocs()
+    docs = PolicyDocs()
     docs.docs, _ = docs.propose({"a.yaml": _doc("a", "da", extra="dry_run: true"),
                                  "b.yaml": _doc("b", "db")})
     merged = docs.merged()
@@ -166,23 +169,10 @@ class FakeApps:
         return None
 
 
-class FakeEvents:
-    def __init__(self) -> None:
-        self.recorded: list[tuple[kube.ObjectRef, str, str]] = []
-
-    async def record(self, obj: kube.ObjectRef, *, reason: str, message: str,
-                     warning: bool = False) -> bool:
-        del warning
-        self.recorded.append((obj, reason, message))
-        return True
-
-
-def _actuator(clock: list[float]) -> tuple[kube.KubernetesActuator, FakeApps, FakeEvents]:
-    events = FakeEvents()
-    # Any non-None api object: the generated API classes only build a real client for None.
-    act = kube.KubernetesActuator(NO_API, events=events, clock=lambda: clock[0])
+def _actuator(clock: list[float]) -> tuple[kube.KubernetesActuator, FakeApps, testing.FakeEvents]:
+    events = testing.FakeEvents()
     apps = FakeApps()
-    act._apps = apps  # type: ignore[assignment]
+    act = kube.KubernetesActuator(NO_API, apps=apps, events=events, clock=lambda: clock[0])
     return act, apps, events
 
 
@@ -211,7 +201,7 @@ async def test_not_found_and_forbidden_are_mapped() -> None:
     for _ in range(2):
         with pytest.raises(errors.TargetNotFound):
             await act.status(REF)
-    assert [r for _, r, _ in events.recorded] == ["TargetNotFound"]
+    assert events.reasons() == ["TargetNotFound"]
     apps.patch_errors = [ApiException(status=403)]
     with pytest.raises(errors.Forbidden) as exc:
         await act.scale(REF, 3, reason="t")
@@ -245,7 +235,7 @@ async def test_fence_refuses_writes_when_not_leader() -> None:
     """Only the leader writes: a lost lease turns a scale into an ActuationError."""
     act, apps, _ = _actuator([0.0])
     leader = [True]
-    fenced = controller.FencedActuator(act, lambda: leader[0])
+    fenced = FencedActuator(act, lambda: leader[0])
     await fenced.scale(REF, 2, reason="t")
     leader[0] = False
     with pytest.raises(errors.ActuationError, match="not the leader"):
@@ -258,9 +248,8 @@ async def test_fence_refuses_writes_when_not_leader() -> None:
 
 async def test_state_survives_restart_on_a_new_monotonic_clock() -> None:
     """Saved on wall-clock time, restored onto another process's monotonic clock."""
-    store = controller.StateStore(NO_API, namespace="ns", name="st", timeout_s=1)
     core = FakeStateCore()
-    store._core = core  # type: ignore[assignment]
+    store = StateStore(core, namespace="ns", name="st", timeout_s=1)
     state = ScaleState(pools={"p": {Role.PREFILL: RoleState(recommendations=((50.0, 4),),
                                                              events=((50.0, 3),))}})
     assert (await store.load(mono_now=60.0, wall_now=1000.0)).pools == {}

@@ -16,13 +16,14 @@ import pytest
 
 from autoscaler import errors, telemetry
 from autoscaler.controller import app as controller
+from autoscaler.controller import backfill
+from autoscaler.controller.settings import Settings, settings_from
 from autoscaler.forecast import refit
 from autoscaler.metrics.source import RoleTarget
 from autoscaler.policy.forecast import ForecastPolicy
 from autoscaler.telemetry import Telemetry
-from autoscaler.testing import FakeMetricsSource
+from autoscaler.testing import FakeMetricsSource, fake_cluster
 from autoscaler.types import Role
-from tests.unit.fakes import FakeReadyApps, FakeStateCore
 
 NO_API: Any = SimpleNamespace()
 A = Role.AGGREGATED
@@ -78,12 +79,10 @@ async def running(tmp_path: Path, source: FakeMetricsSource, text: str, **settin
                   ) -> AsyncIterator[controller.Controller]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(text)
-    s = controller.Settings(namespace="pd-autoscaler", identity="a", policy_file=policy,
+    s = Settings(namespace="pd-autoscaler", identity="a", policy_file=policy,
                             tick_s=0.2, leader_election=False, policy_poll_s=0.05, **settings)
     c = controller.Controller(s, api=NO_API, source=source, telemetry=Telemetry(),
-                              serve_http=False, release_on_exit=False)
-    c.state_store._core = FakeStateCore()  # type: ignore[assignment]
-    c.actuator._apps = FakeReadyApps()  # type: ignore[assignment]
+                              serve_http=False, release_on_exit=False, **fake_cluster())
     task = asyncio.create_task(c.run())
     try:
         yield c
@@ -159,8 +158,8 @@ async def test_no_backfill_without_range_queries_or_when_off(tmp_path: Path) -> 
 def test_range_rates_found_behind_instrumented_source() -> None:
     source = RangeSource()
     wrapped = telemetry.InstrumentedSource(source, Telemetry())
-    assert controller.range_rates_of(wrapped) == source.range_rates
-    assert controller.range_rates_of(FakeMetricsSource()) is None
+    assert backfill.range_rates_of(wrapped) == source.range_rates
+    assert backfill.range_rates_of(FakeMetricsSource()) is None
 
 
 @pytest.mark.parametrize(("env", "fragment"), [
@@ -171,7 +170,7 @@ def test_range_rates_found_behind_instrumented_source() -> None:
 ])
 def test_backfill_settings_are_validated(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(errors.ConfigError, match=fragment):
-        controller.settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x", **env})
-    ok = controller.settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x",
+        settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x", **env})
+    ok = settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x",
                                          "PD_AUTOSCALER_FORECAST_BACKFILL_S": "3600"})
     assert ok.forecast_backfill_s == 3600.0

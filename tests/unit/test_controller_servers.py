@@ -24,15 +24,22 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler import cli, errors
 from autoscaler.controller import app as controller
+from autoscaler.controller import backoff
+from autoscaler.controller import settings as settings_mod
+from autoscaler.controller.leader import LEADER_LABEL, LeaderLabeler
+from autoscaler.controller.servers import AdoptionServers
+from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
+from autoscaler.controller.state_store import StateStore
 from autoscaler.server import external_metrics as em
 from autoscaler.server._keda_pb import externalscaler_pb2 as pb
 from autoscaler.server._keda_pb import externalscaler_pb2_grpc as pb_grpc
+from autoscaler.server.store import DecisionStore
 from autoscaler.telemetry import Telemetry
-from autoscaler.testing import FakeMetricsSource
+from autoscaler.testing import FakeActuator, FakeEvents, FakeMetricsSource
 from autoscaler.types import Role
 from tests.k8senv import cluster as k8senv
 from tests.server.certs import Pki, make_pki
-from tests.unit.fakes import FakeReadyApps, FakeStateCore
+from tests.unit.fakes import FakeStateCore
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_API: Any = SimpleNamespace()
@@ -76,7 +83,7 @@ def test_env_names_parse_into_settings(cert_dir: Path, tmp_path: Path) -> None:
         "POD_NAME": "pd-autoscaler-abc",
         "POD_NAMESPACE": "pd-autoscaler",
     }
-    s = controller.settings_from(None, env)
+    s = settings_from(None, env)
     assert (s.external_metrics_port, s.keda_grpc_port) == (6443, 9090)
     assert s.external_metrics_cert == (cert_dir / "tls.crt", cert_dir / "tls.key")
     assert s.keda_grpc_cert == (cert_dir / "tls.crt", cert_dir / "tls.key")
@@ -91,12 +98,13 @@ def test_env_names_parse_into_settings(cert_dir: Path, tmp_path: Path) -> None:
 
 def test_defaults_serve_nothing_extra() -> None:
     """Without the variables no adoption server runs and no Pod is labelled (base manifests)."""
-    s = controller.settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x", "POD_NAME": "p"})
+    s = settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x", "POD_NAME": "p"})
     assert s.external_metrics_port is None
     assert s.keda_grpc_port is None
     assert not s.keda_metrics_api
     assert not s.leader_label
-    c = controller.Controller(s, api=NO_API, source=FakeMetricsSource(), telemetry=Telemetry())
+    c = controller.Controller.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
+                                         telemetry=Telemetry())
     assert c.leader_labeler is None
 
 
@@ -109,14 +117,14 @@ def test_run_flags_win_over_env(cert_dir: Path) -> None:
     ])
     env = {"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443", "PD_AUTOSCALER_KEDA_GRPC_PORT": "9090",
            "POD_NAME": "me"}
-    s = controller.settings_from(args, env)
+    s = settings_from(args, env)
     assert (s.external_metrics_port, s.keda_grpc_port) == (7443, 9191)
     assert s.external_metrics_cert_dir == cert_dir
     assert s.keda_metrics_api
     assert s.leader_label
     # Absent flags leave the environment alone (store_true defaults to None, not False).
     bare = cli.build_parser().parse_args(["run"])
-    s = controller.settings_from(bare, {"PD_AUTOSCALER_NAMESPACE": "x",
+    s = settings_from(bare, {"PD_AUTOSCALER_NAMESPACE": "x",
                                         "PD_AUTOSCALER_KEDA_METRICS_API": "true"})
     assert s.keda_metrics_api
 
@@ -142,7 +150,7 @@ def test_run_flags_win_over_env(cert_dir: Path) -> None:
 def test_invalid_settings_name_the_setting(env: dict[str, str], fragment: str) -> None:
     """Each mistake is one ConfigError line naming the variable or field (exit code 2)."""
     with pytest.raises(errors.ConfigError) as exc:
-        controller.settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x", **env})
+        settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x", **env})
     assert fragment in str(exc.value)
 
 
@@ -175,13 +183,13 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
     """Every PD_AUTOSCALER_* variable a kustomization sets is a setting (a typo would be
     silently ignored otherwise), and the rendered environment parses and validates."""
     env, docs = _controller_env(kubectl, target)
-    known = {controller.ENV_PREFIX + name.upper() for name in controller._ENV}
-    ours = {k for k in env if k.startswith(controller.ENV_PREFIX)}
+    known = {ENV_PREFIX + name.upper() for name in settings_mod._ENV}
+    ours = {k for k in env if k.startswith(ENV_PREFIX)}
     assert ours <= known, ours - known
     assert {"POD_NAME", "POD_NAMESPACE"} <= set(env)
     if "PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR" in env:
         env["PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR"] = str(cert_dir)  # the Secret's mount
-    s = controller.settings_from(None, env)
+    s = settings_from(None, env)
     pod_rules = [r for d in docs if d["kind"] == "Role" for r in d["rules"]
                  if "pods" in r["resources"]]
     if target in ("overlays/external-metrics", "keda"):
@@ -196,7 +204,7 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
         services = [d for d in docs if d["kind"] == "Service"
                     and "pd-autoscaler.io/leader" in d["spec"]["selector"]]
         assert services
-        assert all(d["spec"]["selector"][controller.LEADER_LABEL] == "true" for d in services)
+        assert all(d["spec"]["selector"][LEADER_LABEL] == "true" for d in services)
     else:
         # Nothing selects the label without an adoption overlay: no label, no pods grant.
         assert not s.leader_label
@@ -216,7 +224,7 @@ class FakeCore(FakeStateCore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.labels: dict[str, str] = {controller.LEADER_LABEL: "true"}  # left by a crash
+        self.labels: dict[str, str] = {LEADER_LABEL: "true"}  # left by a crash
         self.label_patches: list[str | None] = []
         self.patch_errors: list[BaseException] = []
 
@@ -224,12 +232,12 @@ class FakeCore(FakeStateCore):
         assert (name, ns) == ("pod-a", "pd-autoscaler")
         if self.patch_errors:
             raise self.patch_errors.pop(0)
-        value = body["metadata"]["labels"][controller.LEADER_LABEL]
+        value = body["metadata"]["labels"][LEADER_LABEL]
         self.label_patches.append(value)
         if value is None:
-            self.labels.pop(controller.LEADER_LABEL, None)
+            self.labels.pop(LEADER_LABEL, None)
         else:
-            self.labels[controller.LEADER_LABEL] = value
+            self.labels[LEADER_LABEL] = value
         return None
 
 
@@ -264,7 +272,7 @@ async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.
     # The ConfigMap read and SubjectAccessReviews need an API server (covered in e2e).
     monkeypatch.setattr(em, "load_requestheader_config", requestheader)
     monkeypatch.setattr(em, "SubjectAccessReviewAuthorizer", lambda api: em.AllowAuthenticated())
-    settings = controller.Settings(
+    settings = Settings(
         namespace="pd-autoscaler", identity="a", policy_file=policy, tick_s=0.2,
         leader_election=elect is not None, http_host="127.0.0.1", http_port=0,
         external_metrics_port=0, external_metrics_cert_dir=cert_dir, keda_grpc_port=0,
@@ -272,12 +280,12 @@ async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.
     source = FakeMetricsSource()
     source.ready[(POOL, ROLE)] = 2
     source.set_totals(POOL, ROLE, queue_depth=12)  # 12 waiting / target 2 -> 6 replicas
-    c = controller.Controller(settings, api=NO_API, source=source, telemetry=Telemetry())
     core = FakeCore()
-    c.state_store._core = core  # type: ignore[assignment]
-    c.actuator._apps = FakeReadyApps()  # type: ignore[assignment]
-    assert c.leader_labeler is not None
-    c.leader_labeler._core = core  # type: ignore[assignment]
+    c = controller.Controller(
+        settings, api=NO_API, source=source, telemetry=Telemetry(),
+        actuator=FakeActuator(), events=FakeEvents(),
+        state_store=StateStore(core, namespace="pd-autoscaler", name="st", timeout_s=1),
+        leader_labeler=LeaderLabeler(core, pod="pod-a", namespace="pd-autoscaler", timeout_s=1))
     if elect is not None:
         monkeypatch.setattr(c, "_elect_forever", lambda: elect(c))
     task = asyncio.create_task(c.run())
@@ -353,10 +361,10 @@ async def test_leader_serves_all_three_and_stops_cleanly(
         assert await http.grpc_metric() == 6.0
         status, body = await http.metrics_api()
         assert (status, body["desiredReplicas"], body["currentReplicas"]) == (200, 6, 2)
-        await _until(lambda: core.labels.get(controller.LEADER_LABEL) == "true", "labelled")
+        await _until(lambda: core.labels.get(LEADER_LABEL) == "true", "labelled")
         ports = (http.ext_port, http.grpc_port, http.http_port)
     assert core.label_patches[-1] is None  # removed on the way out
-    assert controller.LEADER_LABEL not in core.labels
+    assert LEADER_LABEL not in core.labels
     assert c.external_metrics is None
     assert c.keda_scaler is None
     for port in ports:
@@ -397,12 +405,12 @@ async def test_standby_answers_no_data_and_clears_on_losing_the_lead(
         lead.set()
         await _until(lambda: c.ticks > 0, "leading and ticking")
         assert (await http.external())[1]["items"][0]["value"] == "6"
-        await _until(lambda: core.labels.get(controller.LEADER_LABEL) == "true", "labelled")
+        await _until(lambda: core.labels.get(LEADER_LABEL) == "true", "labelled")
         lost.set()
         await _until(lambda: not c.health.leader, "standby again")
         assert c.store.latest is None
         await no_data()
-        await _until(lambda: controller.LEADER_LABEL not in core.labels, "label removed")
+        await _until(lambda: LEADER_LABEL not in core.labels, "label removed")
         assert core.label_patches == [None, "true", None]
 
 
@@ -411,9 +419,8 @@ async def test_label_retries_until_the_api_answers() -> None:
     leadership meanwhile is applied as the latest wish, not replayed."""
     core = FakeCore()
     core.patch_errors = [ApiException(status=503), OSError("connection refused")]
-    labeler = controller.LeaderLabeler(NO_API, pod="pod-a", namespace="pd-autoscaler",
-                                       timeout_s=1, max_backoff_s=0.2)
-    labeler._core = core  # type: ignore[assignment]
+    labeler = LeaderLabeler(core, pod="pod-a", namespace="pd-autoscaler", timeout_s=1,
+                            max_backoff_s=0.2)
     labeler.set(leader=True)
     labeler.start()
     await _until(lambda: labeler.has is True, "labelled after two failures")
@@ -439,24 +446,21 @@ async def test_requestheader_errors_are_config_errors(
         raise ApiException(status=403, reason="Forbidden")
 
     monkeypatch.setattr(em, "load_requestheader_config", failing)
-    monkeypatch.setattr(asyncio, "sleep", _no_sleep)
-    settings = controller.Settings(namespace="pd-autoscaler", identity="a",
+    monkeypatch.setattr(backoff, "sleep", _no_sleep)
+    settings = Settings(namespace="pd-autoscaler", identity="a",
                                    external_metrics_port=0, external_metrics_cert_dir=cert_dir)
-    c = controller.Controller(settings, api=NO_API, source=FakeMetricsSource(),
-                              telemetry=Telemetry(), serve_http=False)
+    servers = AdoptionServers(settings, store=DecisionStore(), api=NO_API)
     with pytest.raises(errors.ConfigError) as exc:
-        await c._start_servers()
+        await servers.start()
     assert len(calls) == 2
     assert "extension-apiserver-authentication-reader" in str(exc.value)
     assert "HTTP 403" in str(exc.value)
 
 
-_real_sleep = asyncio.sleep
-
-
-async def _no_sleep(delay: float, result: Any = None) -> Any:
-    del delay
-    return await _real_sleep(0, result)
+async def _no_sleep(delay: float, *, wake: asyncio.Event | None = None) -> None:
+    """The controller's one sleep seam, made instant (the retries still yield)."""
+    del delay, wake
+    await asyncio.sleep(0)
 
 
 async def test_port_in_use_is_a_config_error(
@@ -470,15 +474,14 @@ async def test_port_in_use_is_a_config_error(
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
     try:
-        settings = controller.Settings(namespace="x", identity="a", http_host="127.0.0.1",
+        settings = Settings(namespace="x", identity="a", http_host="127.0.0.1",
                                        keda_grpc_port=port)
-        c = controller.Controller(settings, api=NO_API, source=FakeMetricsSource(),
-                                  telemetry=Telemetry(), serve_http=False)
+        servers = AdoptionServers(settings, store=DecisionStore(), api=NO_API)
         with pytest.raises(errors.ConfigError, match=f"keda_grpc_port: cannot serve on "
                                                      f"127.0.0.1:{port}"):
-            await c._start_servers()
-        await c._stop_servers()
-        assert c.keda_scaler is None
+            await servers.start()
+        await servers.stop()
+        assert servers.keda_scaler is None
     finally:
         blocker.close()
         await blocker.wait_closed()
