@@ -43,10 +43,9 @@ class AdoptionServers:
 
     def keda_metrics_api(self, app: web.Application, store: DecisionStore) -> None:
         """`keda.metrics_api_plugin` with this controller's staleness limit."""
-        from autoscaler.server import external_metrics as em  # noqa: PLC0415
         from autoscaler.server import keda  # noqa: PLC0415
 
-        app.add_routes(keda.metrics_api_routes(em.ControllerStoreView(store),
+        app.add_routes(keda.metrics_api_routes(store,
                                                max_age_s=self.settings.serve_max_age_s))
 
     async def start(self) -> None:
@@ -55,7 +54,7 @@ class AdoptionServers:
             return
         from autoscaler.server import external_metrics as em  # noqa: PLC0415
 
-        view = em.ControllerStoreView(self._store)
+        view = self._store
         cert = s.external_metrics_cert
         if s.external_metrics_port is not None and cert is not None:
             requestheader = await self._requestheader()

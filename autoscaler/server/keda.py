@@ -35,13 +35,15 @@ import grpc
 import structlog
 from aiohttp import web
 
-from autoscaler.server import external_metrics as em
+from autoscaler.server import points
 from autoscaler.server._keda_pb import externalscaler_pb2 as pb
 from autoscaler.server._keda_pb import externalscaler_pb2_grpc as pb_grpc
+from autoscaler.server.points import MetricPoint, rfc3339
+from autoscaler.server.store import DecisionStore, StoreSnapshot, fresh_points
 
 log = structlog.get_logger(__name__)
 
-_REPLICA_METRICS = frozenset({em.DESIRED, em.CURRENT, em.RECOMMENDED})
+_REPLICA_METRICS = frozenset({points.DESIRED, points.CURRENT, points.RECOMMENDED})
 # How long a StreamIsActive waits for a new decision before re-checking (staleness, shutdown).
 _STREAM_RECHECK_S = 5.0
 
@@ -70,10 +72,10 @@ class TriggerRef:
         pool = meta.get("pool", "").strip()
         if not pool:
             raise ScalerError(grpc.StatusCode.INVALID_ARGUMENT, "trigger metadata needs `pool`")
-        metric = meta.get("metric", em.DESIRED).strip() or em.DESIRED
-        if metric not in _REPLICA_METRICS and not metric.startswith(em.PREFIX):
+        metric = meta.get("metric", points.DESIRED).strip() or points.DESIRED
+        if metric not in _REPLICA_METRICS and not metric.startswith(points.PREFIX):
             # Accept the bare signal key users see in the policy file (queue_depth -> pd_...).
-            metric = em.metric_name(metric)
+            metric = points.metric_name(metric)
         target = _number(meta, "targetValue", 1.0 if metric in _REPLICA_METRICS else None)
         if target is None or target <= 0:
             raise ScalerError(
@@ -113,23 +115,23 @@ def _number(meta: Mapping[str, str], key: str, default: float | None) -> float |
 
 
 def lookup(
-    store: em.DecisionStore,
+    store: DecisionStore,
     ref: TriggerRef,
     *,
     max_age_s: float | None,
     now_mono: float,
-) -> tuple[em.MetricPoint, em.StoreSnapshot]:
+) -> tuple[MetricPoint, StoreSnapshot]:
     """The one point a trigger names, or a ScalerError saying why there is none."""
-    fresh = em.fresh_points(store, max_age_s, now_mono=now_mono)
+    fresh = fresh_points(store, max_age_s, now_mono=now_mono)
     if fresh is None:
         raise ScalerError(
             grpc.StatusCode.UNAVAILABLE,
             "no recent decision from pd-autoscaler (not started, or stopped ticking)",
         )
-    snap, points = fresh
+    snap, exported = fresh
     pool_points = [
         p
-        for p in points
+        for p in exported
         if p.labels.get("pool") == ref.pool
         and (ref.namespace is None or p.labels.get("namespace") == ref.namespace)
     ]
@@ -161,7 +163,7 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
 
     def __init__(
         self,
-        store: em.DecisionStore,
+        store: DecisionStore,
         *,
         max_age_s: float | None = 120.0,
         mono_clock: Callable[[], float] = time.monotonic,
@@ -177,7 +179,7 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
             dict(obj.scalerMetadata), default_namespace=str(obj.namespace)
         )
 
-    def _point(self, ref: TriggerRef) -> em.MetricPoint:
+    def _point(self, ref: TriggerRef) -> MetricPoint:
         return lookup(self.store, ref, max_age_s=self.max_age_s, now_mono=self._mono())[0]
 
     async def _abort(self, context: Any, exc: ScalerError, rpc: str) -> None:
@@ -271,7 +273,7 @@ class KedaScalerSettings:
 class KedaScalerServer:
     """grpc.aio server for `ExternalScaler`; `start()` binds (port 0 = free port), `stop()`."""
 
-    def __init__(self, store: em.DecisionStore, settings: KedaScalerSettings) -> None:
+    def __init__(self, store: DecisionStore, settings: KedaScalerSettings) -> None:
         self.store = store
         self.settings = settings
         self.port = settings.port
@@ -321,7 +323,7 @@ _HTTP = {
 
 
 def metrics_api_routes(
-    store: em.DecisionStore,
+    store: DecisionStore,
     *,
     max_age_s: float | None = 120.0,
     prefix: str = "/keda/v1",
@@ -341,7 +343,7 @@ def metrics_api_routes(
         pool = request.match_info["pool"]
         role = request.match_info["role"]
         ns = request.query.get("namespace") or None
-        ref = TriggerRef(pool, role, em.DESIRED, ns, 1.0, 0.0)
+        ref = TriggerRef(pool, role, points.DESIRED, ns, 1.0, 0.0)
         try:
             point, snap = lookup(store, ref, max_age_s=max_age_s, now_mono=mono_clock())
         except ScalerError as exc:
@@ -360,10 +362,10 @@ def metrics_api_routes(
             "role": role,
             "namespace": labels.get("namespace"),
             "deployment": labels.get("deployment"),
-            "desiredReplicas": int(by_name[em.DESIRED]),
-            "currentReplicas": int(by_name.get(em.CURRENT, 0)),
-            "recommendedReplicas": int(by_name.get(em.RECOMMENDED, 0)),
-            "timestamp": em.rfc3339(snap.updated_wall),
+            "desiredReplicas": int(by_name[points.DESIRED]),
+            "currentReplicas": int(by_name.get(points.CURRENT, 0)),
+            "recommendedReplicas": int(by_name.get(points.RECOMMENDED, 0)),
+            "timestamp": rfc3339(snap.updated_wall),
             "signals": {n: v for n, v in by_name.items() if n not in _REPLICA_METRICS},
         }
         return web.json_response(body)
@@ -371,7 +373,7 @@ def metrics_api_routes(
     return [web.get(prefix + "/{pool}/{role}", handler)]
 
 
-def make_metrics_api_app(store: em.DecisionStore, **kwargs: Any) -> web.Application:
+def make_metrics_api_app(store: DecisionStore, **kwargs: Any) -> web.Application:
     """A stand-alone app with only the metrics-api routes (tests, or a separate port)."""
     app = web.Application()
     app.add_routes(metrics_api_routes(store, **kwargs))
@@ -381,4 +383,4 @@ def make_metrics_api_app(store: em.DecisionStore, **kwargs: Any) -> web.Applicat
 def metrics_api_plugin(app: web.Application, store: Any) -> None:
     """A `server.app.Plugin`: mounts the metrics-api routes on the controller's HTTP app, reading
     the controller's `server.store.DecisionStore`."""
-    app.add_routes(metrics_api_routes(em.ControllerStoreView(store)))
+    app.add_routes(metrics_api_routes(store))

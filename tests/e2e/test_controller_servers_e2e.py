@@ -31,7 +31,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler.controller import app as ctl
 from autoscaler.controller.leader import LEADER_LABEL
-from autoscaler.server import external_metrics as em
+from autoscaler.server import points
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
 
@@ -158,7 +158,7 @@ def direct_get(cluster: ClusterInfo, port: int, ns: str) -> tuple[int, Any]:
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
     try:
         conn.request("GET", f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/"
-                            f"{em.DESIRED}?labelSelector=pool%3D{POOL}",
+                            f"{points.DESIRED}?labelSelector=pool%3D{POOL}",
                      headers={"X-Remote-User": "system:admin", "X-Remote-Group": "system:masters"})
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read())

@@ -1,7 +1,7 @@
 """pd-autoscaler's external-metrics API behind the real aggregator, read by the real HPA.
 
 A `Loop` (fake metric source, real Deployment status, dry-run: the HPA is the actuator) feeds a
-`LatestDecisionStore`; `ExternalMetricsServer` serves it with the cluster's extension cert,
+`DecisionStore`; `ExternalMetricsServer` serves it with the cluster's extension cert,
 authenticating the aggregator by its front-proxy client cert (CA and allowed names read from
 kube-system/extension-apiserver-authentication) and authorizing the forwarded user with
 SubjectAccessReview. An HPA with `pd_desired_replicas`, AverageValue 1 and no damping must then
@@ -29,6 +29,8 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from autoscaler.actuator.kubernetes import KubernetesActuator
 from autoscaler.loop import Loop
 from autoscaler.server import external_metrics as em
+from autoscaler.server import points
+from autoscaler.server.store import DecisionStore
 from autoscaler.spec import PolicyFile
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
@@ -88,7 +90,7 @@ def hpa_manifest() -> dict[str, Any]:
                     "type": "External",
                     "external": {
                         "metric": {
-                            "name": em.DESIRED,
+                            "name": points.DESIRED,
                             "selector": {"matchLabels": {"pool": POOL, "role": ROLE.value}},
                         },
                         "target": {"type": "AverageValue", "averageValue": "1"},
@@ -131,7 +133,7 @@ async def ticking(loop: Loop, period_s: float = 1.0) -> AsyncIterator[None]:
 
 
 def _raw_get(port: int, host: str, ctx: ssl.SSLContext) -> int:
-    url = f"https://{host}:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/x/{em.DESIRED}"
+    url = f"https://{host}:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/x/{points.DESIRED}"
     req = urllib.request.Request(
         url,
         headers={
@@ -162,7 +164,7 @@ async def test_hpa_follows_pd_autoscaler_through_the_aggregator(
         return int(dep.status.ready_replicas or 0)
 
     source = FakeMetricsSource(ready=ready)
-    store = em.LatestDecisionStore()
+    store = DecisionStore()
     loop = Loop(policy_for(ns), source, KubernetesActuator(k8s_api), hooks=[store])
     settings = em.ExternalMetricsSettings(
         cert_file=k8s_cluster.ext_cert,
@@ -216,7 +218,7 @@ async def test_hpa_follows_pd_autoscaler_through_the_aggregator(
             f"--kubeconfig={k8s_cluster.kubeconfig}",
             "get",
             "--raw",
-            f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{em.DESIRED}"
+            f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{points.DESIRED}"
             f"?labelSelector=pool%3D{POOL}",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -4,7 +4,7 @@ KEDA v2.20.2's operator and metrics adapter (built from the Go module proxy by
 tests/k8senv/build_keda.sh, on first use) run as local processes against the test cluster: the
 operator serves its gRPC metrics service with mTLS, the adapter is registered as
 `v1beta1.external.metrics.k8s.io` (ExternalName -> localhost, as in extapi.py). A `Loop` (fake
-metric source, dry run) feeds a `LatestDecisionStore` served by `KedaScalerServer` on 127.0.0.1.
+metric source, dry run) feeds a `DecisionStore` served by `KedaScalerServer` on 127.0.0.1.
 The shipped example ScaledObject (manifests/keda/scaledobject-external.yaml), pointed at that
 port, makes KEDA create an HPA; kube-controller-manager's HPA then reads our number through the
 aggregator, the adapter, the operator and our gRPC scaler, and sets the Deployment to it.
@@ -34,8 +34,8 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler.actuator.kubernetes import KubernetesActuator
 from autoscaler.loop import Loop
-from autoscaler.server import external_metrics as em
 from autoscaler.server.keda import KedaScalerServer, KedaScalerSettings
+from autoscaler.server.store import DecisionStore
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
 
@@ -240,7 +240,7 @@ async def test_real_keda_operator_follows_pd_autoscaler(
         return int(dep.status.ready_replicas or 0)
 
     source = FakeMetricsSource(ready=ready)
-    store = em.LatestDecisionStore()
+    store = DecisionStore()
     loop = Loop(policy_for(ns), source, KubernetesActuator(k8s_api), hooks=[store])
 
     # The operator's gRPC metrics service and the adapter (its client) authenticate each other.

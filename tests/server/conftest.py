@@ -16,6 +16,7 @@ import pytest
 
 from autoscaler import testing
 from autoscaler.server import external_metrics as em
+from autoscaler.server.store import DecisionStore
 from autoscaler.types import Decision
 
 from .certs import Pki, make_pki
@@ -46,8 +47,8 @@ def sample_decision() -> tuple[Decision, Any]:
 
 
 @pytest.fixture
-def store() -> em.LatestDecisionStore:
-    s = em.LatestDecisionStore()
+def store() -> DecisionStore:
+    s = DecisionStore()
     decision, policy = sample_decision()
     s.update(decision, policy)
     return s
@@ -112,7 +113,7 @@ def get(
 
 def start_server(
     pki: Pki,
-    store: em.DecisionStore,
+    store: DecisionStore,
     *,
     allowed: tuple[str, ...] = ("front-proxy-client",),
     authorizer: em.Authorizer | None = None,
@@ -132,15 +133,15 @@ def start_server(
 
 
 @pytest.fixture
-def api_server(pki: Pki, store: em.LatestDecisionStore) -> Iterator[ThreadedServer]:
+def api_server(pki: Pki, store: DecisionStore) -> Iterator[ThreadedServer]:
     with start_server(pki, store) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def shared_server(pki: Pki) -> Iterator[tuple[ThreadedServer, em.LatestDecisionStore]]:
+def shared_server(pki: Pki) -> Iterator[tuple[ThreadedServer, DecisionStore]]:
     """One server for the fuzz tests (starting one per hypothesis example would dominate)."""
-    s = em.LatestDecisionStore()
+    s = DecisionStore()
     decision, policy = sample_decision()
     s.update(decision, policy)
     with start_server(pki, s) as srv:

@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoscaler.server import external_metrics as em
+from autoscaler.server import points
+from autoscaler.server.store import DecisionStore
 
 from .certs import Pki
 from .conftest import ThreadedServer, client_ctx, get, sample_decision, start_server
@@ -33,7 +35,7 @@ def values_path(metric: str, selector: str | None = None, ns: str = "t") -> str:
 def test_front_proxy_cert_with_allowed_cn_is_served(api_server: ThreadedServer, pki: Pki) -> None:
     """The aggregator's client cert (front-proxy CA, allowed CN) plus X-Remote-User gets data."""
     status, body = get(
-        api_server.port, values_path(em.DESIRED, "pool=p,role=prefill"), ctx=client_ctx(pki)
+        api_server.port, values_path(points.DESIRED, "pool=p,role=prefill"), ctx=client_ctx(pki)
     )
     assert status == 200, body
     assert [i["value"] for i in body["items"]] == ["8"]
@@ -43,7 +45,7 @@ def test_no_client_cert_is_401_even_with_remote_user(api_server: ThreadedServer,
     """Without a verified cert the X-Remote-* headers are not trusted: 401."""
     status, body = get(
         api_server.port,
-        values_path(em.DESIRED),
+        values_path(points.DESIRED),
         ctx=client_ctx(pki, None),
         headers={"X-Remote-User": "system:admin", "X-Remote-Group": "system:masters"},
     )
@@ -57,31 +59,31 @@ def test_cert_from_another_ca_is_rejected_in_the_handshake(
 ) -> None:
     """A client cert with the right CN but another issuer never reaches HTTP."""
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        get(api_server.port, values_path(em.DESIRED), ctx=client_ctx(pki, "rogue"))
+        get(api_server.port, values_path(points.DESIRED), ctx=client_ctx(pki, "rogue"))
 
 
 def test_disallowed_cn_is_403(api_server: ThreadedServer, pki: Pki) -> None:
     """A cert from the front-proxy CA whose CN is not in requestheader-allowed-names: 403."""
     status, body = get(
-        api_server.port, values_path(em.DESIRED), ctx=client_ctx(pki, "proxy-other-cn")
+        api_server.port, values_path(points.DESIRED), ctx=client_ctx(pki, "proxy-other-cn")
     )
     assert status == 403
     assert "not an allowed requestheader name" in body["message"]
 
 
 def test_empty_allowed_names_accepts_any_cn_from_the_ca(
-    pki: Pki, store: em.LatestDecisionStore
+    pki: Pki, store: DecisionStore
 ) -> None:
     """requestheader-allowed-names empty = any certificate the requestheader CA signed."""
     with start_server(pki, store, allowed=()) as srv:
-        status, _ = get(srv.port, values_path(em.DESIRED), ctx=client_ctx(pki, "proxy-other-cn"))
+        status, _ = get(srv.port, values_path(points.DESIRED), ctx=client_ctx(pki, "proxy-other-cn"))
     assert status == 200
 
 
 def test_missing_user_header_is_401(api_server: ThreadedServer, pki: Pki) -> None:
     """A proxy that forwards no user is not an authenticated request."""
     status, _ = get(
-        api_server.port, values_path(em.DESIRED), ctx=client_ctx(pki), headers={"X-Remote-User": ""}
+        api_server.port, values_path(points.DESIRED), ctx=client_ctx(pki), headers={"X-Remote-User": ""}
     )
     assert status == 401
 
@@ -105,20 +107,20 @@ class RecordingAuthorizer:
 
 
 def test_authorizer_sees_forwarded_identity_and_can_deny(
-    pki: Pki, store: em.LatestDecisionStore
+    pki: Pki, store: DecisionStore
 ) -> None:
     """The forwarded user, groups and extras reach the authorizer; a denial is a 403 Status."""
     authz = RecordingAuthorizer()
     with start_server(pki, store, authorizer=authz) as srv:
         ok, _ = get(
             srv.port,
-            values_path(em.DESIRED),
+            values_path(points.DESIRED),
             ctx=client_ctx(pki),
             headers={"X-Remote-User": "alice", "X-Remote-Extra-Scopes%2Fa": "x"},
         )
         denied, body = get(
             srv.port,
-            values_path(em.DESIRED),
+            values_path(points.DESIRED),
             ctx=client_ctx(pki),
             headers={"X-Remote-User": "mallory"},
         )
@@ -130,7 +132,7 @@ def test_authorizer_sees_forwarded_identity_and_can_deny(
         "alice",
         ("system:serviceaccounts",),
         "t",
-        em.DESIRED,
+        points.DESIRED,
     )
     assert user.extra == {"scopes/a": ("x",)}
 
@@ -161,11 +163,11 @@ def test_values_list_shape(api_server: ThreadedServer, pki: Pki) -> None:
 @pytest.mark.parametrize(
     ("metric", "selector", "want"),
     [
-        pytest.param(em.DESIRED, "pool=p,role=prefill", ["8"], id="desired-prefill"),
-        pytest.param(em.DESIRED, "pool=p,role=decode", ["3"], id="desired-decode"),
-        pytest.param(em.DESIRED, "role in (prefill,decode)", ["8", "3"], id="both-roles"),
-        pytest.param(em.DESIRED, "pool=other", [], id="no-match"),
-        pytest.param(em.CURRENT, "role=prefill", ["2"], id="current"),
+        pytest.param(points.DESIRED, "pool=p,role=prefill", ["8"], id="desired-prefill"),
+        pytest.param(points.DESIRED, "pool=p,role=decode", ["3"], id="desired-decode"),
+        pytest.param(points.DESIRED, "role in (prefill,decode)", ["8", "3"], id="both-roles"),
+        pytest.param(points.DESIRED, "pool=other", [], id="no-match"),
+        pytest.param(points.CURRENT, "role=prefill", ["2"], id="current"),
         pytest.param("pd_queue_depth", "role=prefill", ["20"], id="signal"),
         pytest.param("pd_queue_depth", "role=decode", [], id="signal-not-configured"),
         pytest.param("pd_nothing", None, [], id="unknown-metric-empty"),
@@ -183,7 +185,7 @@ def test_values_by_selector(
 def test_namespace_scoping(api_server: ThreadedServer, pki: Pki) -> None:
     """A pool is only visible from its Deployment's namespace."""
     status, body = get(
-        api_server.port, values_path(em.DESIRED, ns="elsewhere"), ctx=client_ctx(pki)
+        api_server.port, values_path(points.DESIRED, ns="elsewhere"), ctx=client_ctx(pki)
     )
     assert status == 200
     assert body["items"] == []
@@ -192,7 +194,7 @@ def test_namespace_scoping(api_server: ThreadedServer, pki: Pki) -> None:
 def test_stale_decision_serves_nothing(pki: Pki) -> None:
     """Once the last decision is older than max_age_s the HPA gets no value and holds."""
     now = [1000.0]
-    store = em.LatestDecisionStore(mono_clock=lambda: now[0])
+    store = DecisionStore(mono_clock=lambda: now[0])
     decision, policy = sample_decision()
     store.update(decision, policy)
     opts = em.ExternalMetricsOptions(max_age_s=60)
@@ -200,15 +202,15 @@ def test_stale_decision_serves_nothing(pki: Pki) -> None:
         # The server reads time.monotonic(); make the update look old instead.
         now[0] = -1e9
         store.update(decision, policy)
-        status, body = get(srv.port, values_path(em.DESIRED), ctx=client_ctx(pki))
+        status, body = get(srv.port, values_path(points.DESIRED), ctx=client_ctx(pki))
     assert status == 200
     assert body["items"] == []
 
 
 def test_no_decision_yet_serves_nothing(pki: Pki) -> None:
     """Before the first tick the list is empty (the HPA reports no metrics and holds)."""
-    with start_server(pki, em.LatestDecisionStore()) as srv:
-        status, body = get(srv.port, values_path(em.DESIRED), ctx=client_ctx(pki))
+    with start_server(pki, DecisionStore()) as srv:
+        status, body = get(srv.port, values_path(points.DESIRED), ctx=client_ctx(pki))
     assert (status, body["items"]) == (200, [])
 
 
@@ -228,11 +230,11 @@ def test_discovery(api_server: ThreadedServer, pki: Pki) -> None:
 @pytest.mark.parametrize(
     ("path", "code"),
     [
-        pytest.param(values_path(em.DESIRED, "pool in (p"), 400, id="bad-selector"),
-        pytest.param(values_path(em.DESIRED, ns="Bad_NS"), 400, id="bad-namespace"),
+        pytest.param(values_path(points.DESIRED, "pool in (p"), 400, id="bad-selector"),
+        pytest.param(values_path(points.DESIRED, ns="Bad_NS"), 400, id="bad-namespace"),
         pytest.param(f"{BASE}/namespaces/t/bad%20metric", 400, id="bad-metric"),
         pytest.param(
-            values_path(em.DESIRED) + "?labelSelector=a&labelSelector=b", 400, id="selector-twice"
+            values_path(points.DESIRED) + "?labelSelector=a&labelSelector=b", 400, id="selector-twice"
         ),
         pytest.param(f"{BASE}/namespaces/t", 404, id="no-metric"),
         pytest.param(f"{BASE}/namespaces/t/m/extra", 404, id="too-deep"),
@@ -252,7 +254,7 @@ def test_malformed_requests_get_status_errors(
 def test_wrong_method_is_405(api_server: ThreadedServer, pki: Pki) -> None:
     """The API is read-only."""
     status, body = get(
-        api_server.port, values_path(em.DESIRED), ctx=client_ctx(pki), method="DELETE"
+        api_server.port, values_path(points.DESIRED), ctx=client_ctx(pki), method="DELETE"
     )
     assert status == 405
     assert body["kind"] == "Status"
@@ -294,22 +296,22 @@ def _req(target: str, extra: str = "") -> bytes:
     ("data", "codes"),
     [
         pytest.param(
-            _req(values_path(em.DESIRED) + "?labelSelector=" + "a" * 20000),
+            _req(values_path(points.DESIRED) + "?labelSelector=" + "a" * 20000),
             {400, 414},
             id="long-url",
         ),
         pytest.param(
-            _req(values_path(em.DESIRED), "X-Big: " + "x" * 20000 + "\r\n"),
+            _req(values_path(points.DESIRED), "X-Big: " + "x" * 20000 + "\r\n"),
             {400, 431},
             id="big-header",
         ),
         pytest.param(
-            _req(values_path(em.DESIRED), "".join(f"X-H{i}: v\r\n" for i in range(500))),
+            _req(values_path(points.DESIRED), "".join(f"X-H{i}: v\r\n" for i in range(500))),
             {400, 431},
             id="many-headers",
         ),
         pytest.param(
-            _req(values_path(em.DESIRED, ",".join(f"k{i}=v" for i in range(200)))),
+            _req(values_path(points.DESIRED, ",".join(f"k{i}=v" for i in range(200)))),
             {400},
             id="many-selector-terms",
         ),
@@ -322,7 +324,7 @@ def test_oversized_input_gets_clean_4xx(
     """Long URLs, huge or many headers and huge selectors are refused with a 4xx, and the
     server keeps serving."""
     assert raw_request(api_server.port, pki, data) in codes
-    assert get(api_server.port, values_path(em.DESIRED), ctx=client_ctx(pki))[0] == 200
+    assert get(api_server.port, values_path(points.DESIRED), ctx=client_ctx(pki))[0] == 200
 
 
 # --- fuzzing against the running app --------------------------------------------------------

@@ -11,10 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler import testing
-from autoscaler.server import external_metrics as em
 from autoscaler.server import keda
 from autoscaler.server._keda_pb import externalscaler_pb2 as pb
 from autoscaler.server._keda_pb import externalscaler_pb2_grpc as pb_grpc
+from autoscaler.server.store import DecisionStore
 from autoscaler.types import Role
 
 from . import gen_keda_pb
@@ -28,7 +28,7 @@ def ref(**meta: str) -> pb.ScaledObjectRef:
 
 
 @pytest.fixture
-async def scaler(store: em.LatestDecisionStore) -> AsyncIterator[pb_grpc.ExternalScalerStub]:
+async def scaler(store: DecisionStore) -> AsyncIterator[pb_grpc.ExternalScalerStub]:
     server = keda.KedaScalerServer(store, keda.KedaScalerSettings(host="127.0.0.1", port=0))
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -143,7 +143,7 @@ async def test_errors(
 async def test_no_decision_is_unavailable_not_inactive() -> None:
     """Before the first decision IsActive errors (KEDA keeps replicas) instead of saying false."""
     server = keda.KedaScalerServer(
-        em.LatestDecisionStore(), keda.KedaScalerSettings(host="127.0.0.1", port=0)
+        DecisionStore(), keda.KedaScalerSettings(host="127.0.0.1", port=0)
     )
     await server.start()
     try:
@@ -157,7 +157,7 @@ async def test_no_decision_is_unavailable_not_inactive() -> None:
 
 
 async def test_stream_pushes_on_change(
-    store: em.LatestDecisionStore, scaler: pb_grpc.ExternalScalerStub
+    store: DecisionStore, scaler: pb_grpc.ExternalScalerStub
 ) -> None:
     """StreamIsActive sends the current state, then a message only when it flips."""
     policy = testing.pool_policy(
@@ -182,7 +182,7 @@ async def test_stream_pushes_on_change(
     stream.cancel()
 
 
-async def test_tls_with_client_cert(store: em.LatestDecisionStore, pki: object) -> None:
+async def test_tls_with_client_cert(store: DecisionStore, pki: object) -> None:
     """With cert, key and client CA the scaler requires mTLS (KEDA's tlsClientCert)."""
     from .certs import Pki  # noqa: PLC0415
 
@@ -220,7 +220,7 @@ async def test_tls_with_client_cert(store: em.LatestDecisionStore, pki: object) 
 
 
 @pytest.fixture
-async def http(store: em.LatestDecisionStore) -> AsyncIterator[TestClient]:
+async def http(store: DecisionStore) -> AsyncIterator[TestClient]:
     async with TestClient(TestServer(keda.make_metrics_api_app(store))) as c:
         yield c
 
@@ -253,7 +253,7 @@ async def test_metrics_api_errors(http: TestClient, path: str, code: int) -> Non
 
 async def test_metrics_api_without_decision_is_503() -> None:
     """No decision yet: 503, so KEDA counts a failure (and applies its fallback) instead of 0."""
-    async with TestClient(TestServer(keda.make_metrics_api_app(em.LatestDecisionStore()))) as c:
+    async with TestClient(TestServer(keda.make_metrics_api_app(DecisionStore()))) as c:
         resp = await c.get("/keda/v1/p/prefill")
         assert resp.status == 503
 

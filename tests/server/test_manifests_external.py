@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from autoscaler.server import external_metrics as em
-from autoscaler.server import keda
+from autoscaler.server import keda, points
 from tests.k8senv import cluster as k8senv
 
 pytestmark = pytest.mark.external_metrics
@@ -99,7 +99,7 @@ def test_hpa_example_passes_the_decision_through() -> None:
     hpa = yaml.safe_load((OVERLAY / "hpa-example.yaml").read_text())
     (metric,) = hpa["spec"]["metrics"]
     ext = metric["external"]
-    assert ext["metric"]["name"] == em.DESIRED
+    assert ext["metric"]["name"] == points.DESIRED
     assert set(ext["metric"]["selector"]["matchLabels"]) == {"pool", "role"}
     assert ext["target"] == {"type": "AverageValue", "averageValue": "1"}
     _behavior_passes_through(hpa["spec"]["behavior"])
@@ -127,7 +127,7 @@ def test_scaledobject_examples(name: str) -> None:
     if trigger["type"] in ("external", "external-push"):
         assert meta["scalerAddress"].startswith("pd-autoscaler-leader.pd-autoscaler.svc:")
         ref = keda.TriggerRef.from_metadata(meta, default_namespace=so["metadata"]["namespace"])
-        assert (ref.metric, ref.target) == (em.DESIRED, 1.0)
+        assert (ref.metric, ref.target) == (points.DESIRED, 1.0)
     else:
         assert trigger["type"] == "metrics-api"
         assert "/keda/v1/" in meta["url"]

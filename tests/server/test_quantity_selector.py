@@ -1,4 +1,5 @@
-"""Quantity formatting and label-selector parsing: the two pure parts of the metrics API."""
+"""Quantity formatting and label-selector parsing: the two pure parts of the metrics API
+(external_metrics/quantity.py and selector.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler.server.external_metrics import (
+from autoscaler.server.external_metrics.quantity import format_quantity
+from autoscaler.server.external_metrics.selector import (
     MAX_SELECTOR_CHARS,
     MAX_SELECTOR_TERMS,
     Requirement,
     SelectorError,
-    format_quantity,
     parse_selector,
 )
 

@@ -1,4 +1,5 @@
-"""The view over the controller's DecisionStore: same points as our own store, plus samples."""
+"""The one DecisionStore as metric points: what the controller records (decision and the
+snapshot it decided on) is what the external-metrics API and the KEDA scaler serve."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from autoscaler.server import external_metrics as em
+from autoscaler.server import points
 from autoscaler.server.store import DecisionStore
 from autoscaler.types import PoolObservation, Role, RoleObservation, SignalSample, Snapshot
 
@@ -15,12 +16,12 @@ from .conftest import sample_decision
 pytestmark = pytest.mark.external_metrics
 
 
-async def test_view_matches_and_adds_samples() -> None:
+async def test_points_match_and_add_samples() -> None:
     """Decision points come through unchanged; samples not behind a need (rates) are added;
     waiting for an update returns the next recorded tick."""
     decision, policy = sample_decision()
     ctrl = DecisionStore()
-    view = em.ControllerStoreView(ctrl)
+    view = ctrl
     assert view.snapshot() is None
     snap = Snapshot(
         taken_at=0,
@@ -47,10 +48,10 @@ async def test_view_matches_and_adds_samples() -> None:
     assert got is not None
     assert got.version == 1
     names = {(p.name, p.labels["role"]): p.value for p in got.points}
-    assert names[(em.DESIRED, "prefill")] == 8
+    assert names[(points.DESIRED, "prefill")] == 8
     assert names[("pd_request_rate", "prefill")] == 3.5
     assert ("pd_itl_p90", "prefill") not in names
-    ours = em.LatestDecisionStore()
+    ours = DecisionStore()  # a Loop hook's record: the decision without the snapshot
     ours.update(decision, policy)
     own = ours.snapshot()
     assert own is not None

@@ -31,8 +31,10 @@ from autoscaler.controller.servers import AdoptionServers
 from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
 from autoscaler.controller.state_store import StateStore
 from autoscaler.server import external_metrics as em
+from autoscaler.server import points
 from autoscaler.server._keda_pb import externalscaler_pb2 as pb
 from autoscaler.server._keda_pb import externalscaler_pb2_grpc as pb_grpc
+from autoscaler.server.external_metrics import server as em_server
 from autoscaler.server.store import DecisionStore
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeActuator, FakeEvents, FakeMetricsSource
@@ -271,7 +273,8 @@ async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.
 
     # The ConfigMap read and SubjectAccessReviews need an API server (covered in e2e).
     monkeypatch.setattr(em, "load_requestheader_config", requestheader)
-    monkeypatch.setattr(em, "SubjectAccessReviewAuthorizer", lambda api: em.AllowAuthenticated())
+    monkeypatch.setattr(em_server, "SubjectAccessReviewAuthorizer",
+                        lambda api: em.AllowAuthenticated())
     settings = Settings(
         namespace="pd-autoscaler", identity="a", policy_file=policy, tick_s=0.2,
         leader_election=elect is not None, http_host="127.0.0.1", http_port=0,
@@ -321,7 +324,7 @@ class Clients:
 
     async def external(self) -> tuple[int, Any]:
         url = (f"https://127.0.0.1:{self.ext_port}/apis/external.metrics.k8s.io/v1beta1/"
-               f"namespaces/llm/{em.DESIRED}?labelSelector=pool%3D{POOL}")
+               f"namespaces/llm/{points.DESIRED}?labelSelector=pool%3D{POOL}")
         headers = {"X-Remote-User": "system:serviceaccount:kube-system:hpa"}
         async with aiohttp.ClientSession() as http, \
                 http.get(url, ssl=self.tls, headers=headers) as resp:
