@@ -1,10 +1,16 @@
-"""Test doubles and one-line builders, shipped with the package (as structlog does).
+"""The public test kit: test doubles and one-line builders, shipped with the package (as
+structlog does). Its API is `__all__`, pinned by tests/unit/test_public_api.py.
 
 `obs(...)` builds a role observation, `pool_policy(...)` a validated single-pool policy, and
 `Ticker` drives `decide` on synthetic time so a scenario reads like a table:
 
     t = Ticker(pool_policy(prefill={"signals": [{"signal": "queue_depth", "target": 5}]}))
     t.tick(0, prefill=obs(2, queue_depth=20))  # -> desired 8
+
+For the controller (`autoscaler.controller.app.Controller`), the fakes of what it acts through:
+`FakeMetricsSource`, `FakeActuator`, `FakeEvents`, `FakeStateStore` (all four:
+`fake_cluster()`), and `FakeClock` for its `clock`/`wall`. Its waits go through
+`autoscaler.controller.backoff.sleep`, the one seam to patch.
 """
 
 from __future__ import annotations
@@ -27,6 +33,22 @@ from autoscaler.types import (
     SignalSample,
     Snapshot,
 )
+
+__all__ = [
+    "DEFAULT_POOL",
+    "FakeActuator",
+    "FakeClock",
+    "FakeEvents",
+    "FakeMetricsSource",
+    "FakeStateStore",
+    "ReadyFn",
+    "Ticker",
+    "desired",
+    "fake_cluster",
+    "obs",
+    "pool_policy",
+    "signals_of",
+]
 
 DEFAULT_POOL = "p"
 
@@ -255,3 +277,21 @@ def fake_cluster() -> dict[str, Any]:
     `Controller(settings, api=..., source=..., **fake_cluster())` and reach them back as
     `c.actuator`, `c.events`, `c.state_store`."""
     return {"actuator": FakeActuator(), "events": FakeEvents(), "state_store": FakeStateStore()}
+
+
+class FakeClock:
+    """A clock a test moves by hand: `clock()` is now, `advance(s)` moves it on. Pass one as the
+    controller's monotonic `clock` and another (offset) as its `wall`."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        if seconds < 0:
+            msg = f"a clock does not go back (advance {seconds})"
+            raise ValueError(msg)
+        self.now += seconds
+        return self.now

@@ -1,21 +1,24 @@
 """The policy-kind protocol: how a source of replica recommendations plugs into the core.
 
-A *kind* (reactive signals, forecast, or a third party's) is a `PolicyPlugin`: a name, a pydantic
-config model, and a `build` that returns a `Policy` for one role of one pool. Each tick the core
-asks every policy of a role for its `Need`s and combines them (scale-up: max; scale-down: every
-source must agree). A policy may keep state between ticks (a forecast keeps history and a fitted
-model), but `needs` must depend only on what it was given and what it observed before.
+A *kind* (reactive signals, forecast, or a third party's) is a `PolicyPlugin[ConfigT]`: a name,
+a pydantic config model `ConfigT` (its schema), and a `build` that returns a `Policy` for one role
+of one pool from an already validated `ConfigT`: the loader (`policy/load.py`) validates every
+`policies:` entry with `config_model` before anything is built, so `build` never re-checks.
+Each tick the core asks every policy of a role for its `Need`s and combines them (scale-up:
+max; scale-down: every source must agree). A policy may keep state between ticks (a forecast
+keeps history and a fitted model), but `needs` must depend only on what it was given and what
+it observed before. Plug-ins import this through the facade `autoscaler.plugin`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
-
     from autoscaler.spec import RoleSpec
     from autoscaler.types import Need, Role, RoleObservation
 
@@ -40,12 +43,22 @@ class Policy(Protocol):
         ...
 
 
-class PolicyPlugin(Protocol):
+class PluginConfig(BaseModel):
+    """A convenient base for a kind's config model: frozen, and an unknown key is an error (as
+    everywhere in a policy file). Any pydantic model works as `config_model`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class PolicyPlugin(Protocol[ConfigT]):
     """A policy kind: what the `pd_autoscaler.policies` entry points must resolve to."""
 
     kind: str
-    config_model: type[BaseModel]
+    config_model: type[ConfigT]
 
-    def build(self, config: BaseModel, *, pool: str, role: Role, spec: RoleSpec) -> Policy:
+    def build(self, config: ConfigT, *, pool: str, role: Role, spec: RoleSpec) -> Policy:
         """A policy instance for one role, from its validated config."""
         ...

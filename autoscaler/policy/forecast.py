@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler import errors
 from autoscaler.forecast import engine, models, refit
-from autoscaler.policy.base import Policy, RoleContext
+from autoscaler.policy.base import Policy, PolicyPlugin, RoleContext
 from autoscaler.spec import RoleSpec, signal_key
 from autoscaler.types import GUARD_SIGNALS, STOCK_SIGNALS, Need, Role, SignalName
 
@@ -339,11 +339,10 @@ class ForecastPolicy:
 
 class _Plugin:
     kind = "forecast"
-    config_model: type[BaseModel] = ForecastConfig
+    config_model = ForecastConfig
 
-    def build(self, config: BaseModel, *, pool: str, role: Role, spec: RoleSpec) -> Policy:
-        assert isinstance(config, ForecastConfig)
+    def build(self, config: ForecastConfig, *, pool: str, role: Role, spec: RoleSpec) -> Policy:
         return ForecastPolicy(config, pool=pool, role=role, spec=spec)
 
 
-PLUGIN = _Plugin()
+PLUGIN: PolicyPlugin[ForecastConfig] = _Plugin()

@@ -30,12 +30,13 @@ _BUILTIN: dict[str, str] = {
     "forecast": "autoscaler.policy.forecast:PLUGIN",
 }
 
-_cache: dict[str, PolicyPlugin] = {}
+# Any: each kind has its own config type; validate_ref hands build the type it validated.
+_cache: dict[str, PolicyPlugin[Any]] = {}
 
 
-def _load(target: str) -> PolicyPlugin:
+def _load(target: str) -> PolicyPlugin[Any]:
     module, _, attr = target.partition(":")
-    plugin: PolicyPlugin = getattr(importlib.import_module(module), attr)
+    plugin: PolicyPlugin[Any] = getattr(importlib.import_module(module), attr)
     return plugin
 
 
@@ -47,7 +48,7 @@ def available() -> dict[str, str]:
     return kinds
 
 
-def get(kind: str) -> PolicyPlugin:
+def get(kind: str) -> PolicyPlugin[Any]:
     """The plug-in for `kind`; raises KeyError naming the kinds that exist."""
     if kind in _cache:
         return _cache[kind]
@@ -75,7 +76,8 @@ def validate_ref(ref: PolicyRef, *, where: str) -> BaseModel:
     except KeyError as exc:
         raise errors.ConfigError([f"{where}.kind: {exc.args[0]}"]) from exc
     try:
-        return plugin.config_model.model_validate(_config_of(ref))
+        config: BaseModel = plugin.config_model.model_validate(_config_of(ref))
+        return config
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
