@@ -5,8 +5,9 @@ exactly these series, lets tests build as many independent instances as they lik
 library metrics (and anything a plug-in registers globally) out of the controller's endpoint.
 
 Label sets stay bounded: pool, role, signal/source names come from the policy file; decision
-reasons are reduced to the need that drove the number and the first rule that clipped it
-(`RoleDecision.driver` itself carries numbers, so it goes to the log, not to a label).
+reasons are reduced to the need that drove the number and the first rule that clipped it, read
+from the decision's data (`RoleDecision.cause`, `RoleDecision.clips`); the prose `driver` carries
+numbers, so it goes to the log, not to a label.
 
 Wiring: `record_decision` is a `loop.DecisionHook`; `InstrumentedSource` wraps any MetricsSource
 to export what it saw; `render()` returns the text for `/metrics`.
@@ -15,7 +16,6 @@ to export what it saw; `render()` returns the text for `/metrics`.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -215,7 +215,7 @@ class Telemetry:
                     else "hold"
                 )
                 self.decisions.labels(
-                    *key, direction, driver_of(rd), _first_clip(rd.clipped_by)
+                    *key, direction, driver_of(rd), _first_clip(rd)
                 ).inc()
                 for need in rd.needs:
                     nkey = (*key, need.source)
@@ -314,32 +314,15 @@ class InstrumentedSource:
         return samples
 
 
-_SOURCE_RE = re.compile(r"^(?:hold: |scale-down: )?([A-Za-z0-9_.:/-]+?)(?:=|: )")
-
-
 def driver_of(rd: RoleDecision) -> str:
-    """A bounded label for what set the number: the driving need's source, or a hold class.
-
-    `RoleDecision.driver` is free text with numbers in it ("queue_depth=12 target=5 -> 3",
-    "hold: all signals missing", "scale-down: kv_cache=0.2 target=0.8 -> 1 keep 1").
-    """
-    text = rd.driver
-    if text.startswith("hold: all signals missing"):
-        return "missing-data"
-    if text.startswith("missing data for"):
-        return "missing-data-floor"
-    sources = {n.source for n in rd.needs}
-    m = _SOURCE_RE.match(text)
-    if m and m.group(1) in sources:
-        return m.group(1)
-    return "other" if text else "none"
+    """A bounded label for what set the number: the driving need's source, or a missing-data
+    class ("missing-data", "missing-data-floor"); read from the decision's data, never its prose."""
+    return rd.cause.label()
 
 
-def _first_clip(clipped_by: tuple[str, ...]) -> str:
-    if not clipped_by:
-        return "none"
-    # "ratio 1:3" -> "ratio": the label names the rule, not its parameters.
-    return clipped_by[0].split(" ", 1)[0]
+def _first_clip(rd: RoleDecision) -> str:
+    # The rule's code ("ratio"), not its parameters ("1:3").
+    return rd.clips[0].code.value if rd.clips else "none"
 
 
 def _set_or_drop(g: Gauge, key: tuple[str, ...], value: float | None) -> None:

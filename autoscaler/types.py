@@ -150,13 +150,102 @@ class Need:
         return f"{self.source}={self.value:.4g} target={self.target:.4g} -> {self.want}"
 
 
+class Clip(StrEnum):
+    """Why `desired` moved away from `recommended`: one fixed code per rule of the pipeline.
+
+    The values are the strings the decisions have always carried (logs, Events, the status
+    ConfigMap) and the `clipped_by` label of `pd_autoscaler_decisions_total`."""
+
+    PANIC_NO_SCALE_DOWN = "panic-no-scale-down"
+    SCALE_UP_STABILIZED = "scale-up-stabilized"
+    SCALE_DOWN_STABILIZED = "scale-down-stabilized"
+    SCALE_UP_LIMIT = "scale-up-limit"
+    SCALE_DOWN_LIMIT = "scale-down-limit"
+    MIN_REPLICAS = "min-replicas"
+    MAX_REPLICAS = "max-replicas"
+    RATIO = "ratio"
+    POOL_GPU_BUDGET = "pool-gpu-budget"
+    GPU_BUDGET = "gpu-budget"
+
+
+@dataclass(frozen=True, slots=True)
+class Clipped:
+    """One clip: the rule and its parameters (the ratio's "1:3"); `str()` is its prose."""
+
+    code: Clip
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.code.value} {self.detail}" if self.detail else self.code.value
+
+
+class DriverKind(StrEnum):
+    """What set `recommended`: a need pushing up, every need holding, the need allowing the
+    fewest removals, or missing data (hold; after a while, the configured floor)."""
+
+    SCALE_UP = "scale-up"
+    HOLD = "hold"
+    SCALE_DOWN = "scale-down"
+    MISSING_DATA = "missing-data"
+    MISSING_DATA_FLOOR = "missing-data-floor"
+
+
+# A need's source becomes a Prometheus label value only if it is this tame (sources come from
+# the policy: signal keys, `forecast:<series>`, plug-in names); anything else is "other".
+_LABEL_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:/-")
+
+
+@dataclass(frozen=True, slots=True)
+class Driver:
+    """Why a role's `recommended` is what it is, as data: the kind, the need that decided (if
+    one did), the missing-data numbers, and notes (a pending cap, a silent policy's reason).
+
+    `render()` is the prose of logs, Events and the status ConfigMap; `label()` the bounded
+    value of the `driver` metric label. Neither is ever parsed back."""
+
+    kind: DriverKind
+    need: Need | None = None
+    missing_for_s: float | None = None
+    floor: int | None = None
+    notes: tuple[str, ...] = ()
+
+    def noted(self, note: str) -> Driver:
+        return Driver(self.kind, self.need, self.missing_for_s, self.floor, (*self.notes, note))
+
+    def label(self) -> str:
+        if self.kind in (DriverKind.MISSING_DATA, DriverKind.MISSING_DATA_FLOOR):
+            return self.kind.value
+        if self.need is None:
+            return "none"
+        source = self.need.source
+        return source if source and set(source) <= _LABEL_SAFE else "other"
+
+    def render(self) -> str:
+        n = self.need
+        match self.kind:
+            case DriverKind.MISSING_DATA:
+                text = "hold: all signals missing"
+            case DriverKind.MISSING_DATA_FLOOR:
+                text = f"missing data for {self.missing_for_s or 0:.0f}s: floor {self.floor}"
+            case DriverKind.SCALE_UP if n is not None:
+                text = n.describe()
+            case DriverKind.HOLD if n is not None:
+                text = f"hold: {n.describe()}" + (f" ({n.note})" if n.note else "")
+            case DriverKind.SCALE_DOWN if n is not None:
+                text = f"scale-down: {n.describe()} keep {n.keep}"
+            case _:
+                text = ""
+        return "".join([text, *(f"; {note}" for note in self.notes)])
+
+
 @dataclass(frozen=True, slots=True)
 class RoleDecision:
     """The outcome for one role, with every number's reason.
 
     `recommended` is the raw need (max over sources), `desired` the value after hysteresis,
-    limits, budget and coupling. `driver` names the source that set `recommended`; `clipped_by`
-    lists the rules that moved the number between the two, in pipeline order.
+    limits, budget and coupling. `cause` says what set `recommended`; `clips` lists the rules
+    that moved the number between the two, in pipeline order. `driver` and `clipped_by` are
+    their prose.
     """
 
     role: Role
@@ -165,10 +254,18 @@ class RoleDecision:
     pending: int
     recommended: int
     desired: int
-    driver: str
-    clipped_by: tuple[str, ...]
+    cause: Driver
+    clips: tuple[Clipped, ...]
     needs: tuple[Need, ...]
     panic: bool = False
+
+    @property
+    def driver(self) -> str:
+        return self.cause.render()
+
+    @property
+    def clipped_by(self) -> tuple[str, ...]:
+        return tuple(str(c) for c in self.clips)
 
     @property
     def changed(self) -> bool:

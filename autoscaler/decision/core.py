@@ -28,7 +28,11 @@ from autoscaler.decision.state import RoleState, ScaleState
 from autoscaler.policy.base import Policy, RoleContext
 from autoscaler.spec import PolicyFile, PoolSpec, RoleSpec, ratio_unit_bounds
 from autoscaler.types import (
+    Clip,
+    Clipped,
     Decision,
+    Driver,
+    DriverKind,
     Need,
     PoolDecision,
     PoolObservation,
@@ -53,11 +57,11 @@ class _Work:
     now: float
     needs: tuple[Need, ...] = ()
     raw: int = 0
-    driver: str = ""
+    cause: Driver = field(default_factory=lambda: Driver(DriverKind.HOLD))
     desired: int = 0
     panic_until: float | None = None
     missing_since: float | None = None
-    clips: list[str] = field(default_factory=list)
+    clips: list[Clipped] = field(default_factory=list)
 
     @property
     def current(self) -> int:
@@ -81,9 +85,9 @@ class _Work:
         at = prev.last_at if ours and prev.last_at is not None else self.now
         return (*prev.events, (at, self.obs.replicas - prev.last_replicas))
 
-    def clip(self, value: int, why: str | None) -> None:
+    def clip(self, value: int, why: Clip | None, detail: str = "") -> None:
         if why is not None and value != self.desired:
-            self.clips.append(why)
+            self.clips.append(Clipped(why, detail))
         self.desired = value
 
 
@@ -110,7 +114,7 @@ def _combine(w: _Work, needs: list[Need], *, now: float) -> None:
         # the configured time raise to the floor - never lower.
         w.missing_since = w.prev.missing_since if w.prev.missing_since is not None else now
         w.raw = current
-        w.driver = "hold: all signals missing"
+        w.cause = Driver(DriverKind.MISSING_DATA)
         md = w.spec.missing_data
         if (
             md.floor_after_s is not None
@@ -119,14 +123,15 @@ def _combine(w: _Work, needs: list[Need], *, now: float) -> None:
             and md.floor_replicas > current
         ):
             w.raw = md.floor_replicas
-            w.driver = f"missing data for {now - w.missing_since:.0f}s: floor {md.floor_replicas}"
+            w.cause = Driver(DriverKind.MISSING_DATA_FLOOR, missing_for_s=now - w.missing_since,
+                             floor=md.floor_replicas)
         return
     w.missing_since = None
     ups = [n for n in needs if n.want > current]
     if ups:
         top = max(ups, key=lambda n: n.want)
         w.raw = top.want
-        w.driver = top.describe()
+        w.cause = Driver(DriverKind.SCALE_UP, top)
         return
 
     # Scale-down (or hold): every source must agree; the one allowing the fewest removals wins.
@@ -137,9 +142,9 @@ def _combine(w: _Work, needs: list[Need], *, now: float) -> None:
     top = max(needs, key=allowed)
     w.raw = allowed(top)
     if w.raw == current:
-        w.driver = f"hold: {top.describe()}" + (f" ({top.note})" if top.note else "")
+        w.cause = Driver(DriverKind.HOLD, top)
     else:
-        w.driver = f"scale-down: {top.describe()} keep {top.keep}"
+        w.cause = Driver(DriverKind.SCALE_DOWN, top)
 
 
 def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
@@ -171,9 +176,9 @@ def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
     w.needs = tuple(needs)
     _combine(w, needs, now=now)
     if capped and w.raw <= w.current:
-        w.driver += f"; {cap_why}"
+        w.cause = w.cause.noted(cap_why)
     for n in silent:
-        w.driver += f"; {n.source}: {n.note}"
+        w.cause = w.cause.noted(f"{n.source}: {n.note}")
     w.desired = w.raw
 
     # Panic answers a surge of *flow* (work arriving faster than the ready replicas process
@@ -216,8 +221,8 @@ def _couple(pool: PoolSpec, works: Mapping[Role, _Work]) -> None:
     p, d = works[Role.PREFILL], works[Role.DECODE]
     lo, hi = ratio_unit_bounds(pool)
     k = min(max(math.ceil(p.desired / a), math.ceil(d.desired / b), lo), hi)
-    p.clip(a * k, f"ratio {a}:{b}")
-    d.clip(b * k, f"ratio {a}:{b}")
+    p.clip(a * k, Clip.RATIO, f"{a}:{b}")
+    d.clip(b * k, Clip.RATIO, f"{a}:{b}")
 
 
 @dataclass(slots=True)
@@ -232,7 +237,7 @@ class _Mover:
     def gpus(self) -> int:
         return self.units * self.gpus_per_unit
 
-    def apply(self, why: str) -> None:
+    def apply(self, why: Clip) -> None:
         for w, per in self.works:
             w.clip(self.units * per, why)
 
@@ -253,7 +258,7 @@ def _movers(pool: PoolSpec, works: Mapping[Role, _Work]) -> list[_Mover]:
     return out
 
 
-def _trim(movers: list[_Mover], budget: int | None, why: str) -> None:
+def _trim(movers: list[_Mover], budget: int | None, why: Clip) -> None:
     """Remove granted increases, largest relative increase first, until the budget holds."""
     if budget is None:
         return
@@ -318,11 +323,11 @@ def decide(
             _role_step(w, extra.get((pool.name, role), ()), now=now)
         _couple(pool, works)
         pool_movers = _movers(pool, works)
-        _trim(pool_movers, pool.gpu_budget, "pool-gpu-budget")
+        _trim(pool_movers, pool.gpu_budget, Clip.POOL_GPU_BUDGET)
         pool_works.append((pool, works))
 
     all_movers = [m for pool, works in pool_works for m in _movers(pool, works)]
-    _trim(all_movers, policy.gpu_budget, "gpu-budget")
+    _trim(all_movers, policy.gpu_budget, Clip.GPU_BUDGET)
 
     decisions: dict[str, PoolDecision] = {}
     new_pools: dict[str, dict[Role, RoleState]] = {p: dict(r) for p, r in state.pools.items()}
@@ -335,8 +340,8 @@ def decide(
                 pending=w.obs.pending,
                 recommended=w.raw,
                 desired=w.desired,
-                driver=w.driver,
-                clipped_by=tuple(dict.fromkeys(w.clips)),
+                cause=w.cause,
+                clips=tuple(dict.fromkeys(w.clips)),
                 needs=w.needs,
                 panic=w.panic_until is not None and w.panic_until > now,
             )

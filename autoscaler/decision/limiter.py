@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from autoscaler.spec import Direction, RoleSpec
+from autoscaler.types import Clip
 
 
 def _changes_within(
@@ -69,24 +70,24 @@ def rate_limit(
     events: tuple[tuple[float, int], ...],
     in_panic: bool,
     now: float,
-) -> tuple[int, str | None]:
+) -> tuple[int, Clip | None]:
     """Apply the role's rate limits; panic lifts the scale-up limit (immediate scale-up)."""
     if desired > current:
         if in_panic:
             return desired, None
         lim = _limit(spec.behavior.scale_up, up=True, current=current, events=events, now=now)
         if lim is not None and desired > lim:
-            return lim, "scale-up-limit"
+            return lim, Clip.SCALE_UP_LIMIT
     elif desired < current:
         lim = _limit(spec.behavior.scale_down, up=False, current=current, events=events, now=now)
         if lim is not None and desired < lim:
-            return lim, "scale-down-limit"
+            return lim, Clip.SCALE_DOWN_LIMIT
     return desired, None
 
 
-def bound(desired: int, spec: RoleSpec) -> tuple[int, str | None]:
+def bound(desired: int, spec: RoleSpec) -> tuple[int, Clip | None]:
     if desired < spec.min_replicas:
-        return spec.min_replicas, "min-replicas"
+        return spec.min_replicas, Clip.MIN_REPLICAS
     if desired > spec.max_replicas:
-        return spec.max_replicas, "max-replicas"
+        return spec.max_replicas, Clip.MAX_REPLICAS
     return desired, None

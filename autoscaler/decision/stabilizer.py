@@ -11,6 +11,7 @@ fewest we scale down to (load must stay low for the whole window). Worked exampl
 from __future__ import annotations
 
 from autoscaler.spec import Behavior
+from autoscaler.types import Clip
 
 
 def panic_until(
@@ -46,7 +47,7 @@ def stabilize(
     behavior: Behavior,
     in_panic: bool,
     now: float,
-) -> tuple[int, str | None]:
+) -> tuple[int, Clip | None]:
     """Clamp `current` between the up-window minimum and the down-window maximum.
 
     In panic the up window is skipped (scale up at once) and scale-down is forbidden.
@@ -70,5 +71,5 @@ def stabilize(
     if result == raw:
         return result, None
     if in_panic and result > raw:
-        return result, "panic-no-scale-down"
-    return result, "scale-down-stabilized" if result > raw else "scale-up-stabilized"
+        return result, Clip.PANIC_NO_SCALE_DOWN
+    return result, Clip.SCALE_DOWN_STABILIZED if result > raw else Clip.SCALE_UP_STABILIZED
