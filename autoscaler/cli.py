@@ -193,26 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_delegate("backtest"))
 
     r = sub.add_parser("run", help="run the controller against a Kubernetes cluster")
-    r.add_argument("--kubeconfig", type=Path)
-    r.add_argument("--namespace")
-    r.add_argument(
-        "--policy",
-        type=Path,
-        help="policy file (else ConfigMaps labelled pd-autoscaler.io/policy=true in --namespace)",
-    )
-    r.add_argument("--prometheus-url")
-    r.add_argument("--dry-run", action="store_true", default=None)
-    # Adoption servers (docs/adoption.md); also PD_AUTOSCALER_* variables (docs/controller.md).
-    r.add_argument("--external-metrics-port", type=int, metavar="PORT",
-                   help="serve external.metrics.k8s.io over TLS on PORT")
-    r.add_argument("--external-metrics-cert-dir", type=Path, metavar="DIR",
-                   help="tls.crt and tls.key for --external-metrics-port")
-    r.add_argument("--keda-grpc-port", type=int, metavar="PORT",
-                   help="serve the KEDA External Scaler (gRPC) on PORT")
-    r.add_argument("--keda-metrics-api", action="store_true", default=None,
-                   help="serve KEDA's metrics-api JSON at /keda/v1/<pool>/<role> on the HTTP port")
-    r.add_argument("--leader-label", action="store_true", default=None,
-                   help="label this Pod pd-autoscaler.io/leader=true while leading (POD_NAME)")
+    # The flags come from the settings' field list (autoscaler/controller/settings.py); each also
+    # has a PD_AUTOSCALER_* variable (docs/controller.md). Adoption servers: docs/adoption.md.
+    from autoscaler.controller import settings  # noqa: PLC0415 - only pydantic, loaded anyway
+
+    settings.add_flags(r)
     r.set_defaults(func=_delegate("run"))
 
     s = sub.add_parser("sim", help="simulator tools")

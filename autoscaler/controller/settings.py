@@ -1,6 +1,16 @@
-"""`pd-autoscaler run`'s settings: PD_AUTOSCALER_* variables, then the `run` flags on top.
+"""`pd-autoscaler run`'s settings: one field list gives the PD_AUTOSCALER_* variables, the
+`run` flags and the validation.
 
-Every field is documented on `Settings`; docs/controller.md lists the variables.
+Each field of `Settings` is read from `PD_AUTOSCALER_<FIELD>` (or the unprefixed name in its
+`env` metadata: the downward API's `POD_NAME`/`POD_NAMESPACE`); a field with `flag` metadata is
+also a `run` flag (`add_flags` builds them for the CLI parser), and a flag wins over the
+variable. docs/controller.md lists them. Bad values are one ConfigError line each, naming the
+variable, flag or field.
+
+Why a frozen pydantic model and not pydantic-settings' BaseSettings: the settings are built from
+an explicit environment mapping (so `run` and the tests take one path), flags and variables must
+keep their historical names and parsing (`true/yes/on/1`, empty = false), and the errors must
+name the variable; all of it is these few lines over `model_fields`.
 """
 
 from __future__ import annotations
@@ -8,10 +18,12 @@ from __future__ import annotations
 import argparse
 import secrets
 import socket
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.config import JsonDict
 
 from autoscaler import errors
 
@@ -19,26 +31,55 @@ ENV_PREFIX = "PD_AUTOSCALER_"
 POLICY_LABEL = "pd-autoscaler.io/policy"
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
+
+def _bool(value: object) -> object:
+    """The spellings the variables have always accepted; a flag gives a bool already."""
+    if not isinstance(value, str):
+        return value
+    low = value.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    msg = "expected true/false"
+    raise ValueError(msg)
+
+
+Bool = Annotated[bool, BeforeValidator(_bool)]
+
+
+def _meta(**kw: str) -> JsonDict:
+    """A field's `flag` (and its `metavar`, `help`) or its unprefixed `env` name."""
+    return dict(kw)
+
+
+class Settings(BaseModel):
     """Everything `pd-autoscaler run` needs; flags win over PD_AUTOSCALER_* variables."""
 
-    namespace: str
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    namespace: str = Field(..., json_schema_extra=_meta(flag="--namespace"))
     """Where the Lease, the state ConfigMap and the policy ConfigMaps live."""
     identity: str
     """Leader-election identity; the Pod name in a cluster (unique per replica)."""
-    kubeconfig: Path | None = None
-    policy_file: Path | None = None
+    kubeconfig: Path | None = Field(None, json_schema_extra=_meta(flag="--kubeconfig"))
+    policy_file: Path | None = Field(
+        None, json_schema_extra=_meta(
+            flag="--policy",
+            metavar="POLICY",
+            help=("policy file (else ConfigMaps labelled pd-autoscaler.io/policy=true in "
+                  "--namespace)"),
+        ))
     """A policy file instead of ConfigMaps (polled for changes every `policy_poll_s`)."""
     policy_selector: str = f"{POLICY_LABEL}=true"
-    prometheus_url: str | None = None
+    prometheus_url: str | None = Field(None, json_schema_extra=_meta(flag="--prometheus-url"))
     prometheus_token_file: str | None = None
     prometheus_ca_file: str | None = None
-    dry_run: bool = False
+    dry_run: Bool = Field(False, json_schema_extra=_meta(flag="--dry-run"))
     """Shadow mode: full decisions, logged and exported, no writes to Deployments."""
     tick_s: float = 15.0
     """Seconds between ticks; matches a typical Prometheus scrape interval."""
-    leader_election: bool = True
+    leader_election: Bool = True
     lease_name: str = "pd-autoscaler"
     lease_duration_s: int = 15
     """How long a standby waits after the leader's last renewal before taking over (whole
@@ -53,26 +94,49 @@ class Settings:
     """Per-request timeout for API calls."""
     policy_poll_s: float = 5.0
     # Adoption servers (docs/adoption.md); each is off unless configured. They bind `http_host`.
-    external_metrics_port: int | None = None
+    external_metrics_port: int | None = Field(
+        None, json_schema_extra=_meta(
+            flag="--external-metrics-port",
+            metavar="PORT",
+            help="serve external.metrics.k8s.io over TLS on PORT",
+        ))
     """Serve external.metrics.k8s.io/v1beta1 over TLS on this port (0: a free port)."""
-    external_metrics_cert_dir: Path | None = None
+    external_metrics_cert_dir: Path | None = Field(
+        None, json_schema_extra=_meta(
+            flag="--external-metrics-cert-dir",
+            metavar="DIR",
+            help="tls.crt and tls.key for --external-metrics-port",
+        ))
     """Directory with the serving cert `tls.crt` and key `tls.key` (a mounted TLS Secret)."""
-    keda_grpc_port: int | None = None
+    keda_grpc_port: int | None = Field(
+        None, json_schema_extra=_meta(
+            flag="--keda-grpc-port",
+            metavar="PORT",
+            help="serve the KEDA External Scaler (gRPC) on PORT",
+        ))
     """Serve the KEDA External Scaler (gRPC) on this port (0: a free port)."""
     keda_grpc_cert_dir: Path | None = None
     """`tls.crt`/`tls.key` for the gRPC scaler; unset: plaintext inside the cluster."""
     keda_grpc_client_ca_file: Path | None = None
     """Require client certificates signed by this CA (mTLS); needs `keda_grpc_cert_dir`."""
-    keda_metrics_api: bool = False
+    keda_metrics_api: Bool = Field(
+        False, json_schema_extra=_meta(
+            flag="--keda-metrics-api",
+            help="serve KEDA's metrics-api JSON at /keda/v1/<pool>/<role> on the HTTP port",
+        ))
     """Mount KEDA's metrics-api JSON endpoint (`/keda/v1/<pool>/<role>`) on the HTTP port."""
     serve_max_age_s: float = 120.0
     """The adoption servers answer "no data" once the latest decision is older than this."""
-    leader_label: bool = False
+    leader_label: Bool = Field(
+        False, json_schema_extra=_meta(
+            flag="--leader-label",
+            help="label this Pod pd-autoscaler.io/leader=true while leading (POD_NAME)",
+        ))
     """Label this replica's Pod `pd-autoscaler.io/leader=true` while it leads (the adoption
     overlays' Services select it); needs `pod_name` and `pods` get/patch in `pod_namespace`."""
-    pod_name: str | None = None
+    pod_name: str | None = Field(None, json_schema_extra=_meta(env="POD_NAME"))
     """This replica's Pod (`POD_NAME` from the downward API)."""
-    pod_namespace: str | None = None
+    pod_namespace: str | None = Field(None, json_schema_extra=_meta(env="POD_NAMESPACE"))
     """The Pod's namespace (`POD_NAMESPACE`); defaults to `namespace`."""
     # Forecast history backfill (docs/prometheus.md): range queries before the first tick.
     forecast_backfill_s: float = 8 * 86400.0
@@ -92,7 +156,8 @@ class Settings:
         d = self.keda_grpc_cert_dir
         return None if d is None else (d / "tls.crt", d / "tls.key")
 
-    def validate(self) -> None:
+    @model_validator(mode="after")
+    def _validate(self) -> Settings:
         problems = []
         if self.tick_s <= 0:
             problems.append(f"tick_s: must be > 0 (got {self.tick_s})")
@@ -139,83 +204,56 @@ class Settings:
                             "for it")
         if problems:
             raise errors.ConfigError([f"settings: {p}" for p in problems])
+        return self
 
 
-# (field, type, parser) for every PD_AUTOSCALER_* variable; docs/controller.md lists them.
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    msg = "expected true/false"
-    raise ValueError(msg)
+def _fields() -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for name, f in Settings.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        out[name] = {k: str(v) for k, v in extra.items()}
+    return out
 
 
-_ENV: dict[str, Callable[[str], Any]] = {
-    "namespace": str,
-    "identity": str,
-    "kubeconfig": Path,
-    "policy_file": Path,
-    "policy_selector": str,
-    "prometheus_url": str,
-    "prometheus_token_file": str,
-    "prometheus_ca_file": str,
-    "dry_run": _bool,
-    "tick_s": float,
-    "leader_election": _bool,
-    "lease_name": str,
-    "lease_duration_s": int,
-    "renew_deadline_s": float,
-    "retry_period_s": float,
-    "state_configmap": str,
-    "http_host": str,
-    "http_port": int,
-    "api_timeout_s": float,
-    "policy_poll_s": float,
-    "external_metrics_port": int,
-    "external_metrics_cert_dir": Path,
-    "keda_grpc_port": int,
-    "keda_grpc_cert_dir": Path,
-    "keda_grpc_client_ca_file": Path,
-    "keda_metrics_api": _bool,
-    "serve_max_age_s": float,
-    "leader_label": _bool,
-    "forecast_backfill_s": float,
-    "forecast_backfill_timeout_s": float,
-}
-# The downward API's conventional names, unprefixed (as client-go tools read them).
-_POD_ENV = {"pod_name": "POD_NAME", "pod_namespace": "POD_NAMESPACE"}
-# `run` flag (argparse dest) -> field; flags win over the environment.
-_FLAGS = {"kubeconfig": "kubeconfig", "namespace": "namespace", "policy": "policy_file",
-          "prometheus_url": "prometheus_url", "dry_run": "dry_run",
-          "external_metrics_port": "external_metrics_port",
-          "external_metrics_cert_dir": "external_metrics_cert_dir",
-          "keda_grpc_port": "keda_grpc_port", "keda_metrics_api": "keda_metrics_api",
-          "leader_label": "leader_label"}
+def env_names() -> dict[str, str]:
+    """field -> the variable it is read from."""
+    return {name: meta.get("env", ENV_PREFIX + name.upper()) for name, meta in _fields().items()}
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The `run` flags, from the fields that declare one (dest = the field name)."""
+    for name, meta in _fields().items():
+        flag = meta.get("flag")
+        if flag is None:
+            continue
+        annotation = Settings.model_fields[name].annotation
+        kw: dict[str, Any] = {"dest": name}
+        if annotation is bool:
+            # None, not False: an absent flag leaves the variable alone.
+            kw.update(action="store_true", default=None)
+        elif annotation in (Path, Path | None):
+            kw["type"] = Path
+        elif annotation in (int, int | None):
+            kw["type"] = int
+        for key in ("metavar", "help"):
+            if key in meta:
+                kw[key] = meta[key]
+        parser.add_argument(flag, **kw)
 
 
 def settings_from(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
-    """Settings from PD_AUTOSCALER_* variables, then the `run` flags on top."""
+    """Settings from the environment, then the `run` flags on top; ConfigError naming the
+    variable, flag or field of every bad value."""
     values: dict[str, Any] = {}
-    problems: list[str] = []
-    for name, parse in _ENV.items():
-        var = ENV_PREFIX + name.upper()
-        if var in env:
-            try:
-                values[name] = parse(env[var])
-            except ValueError as exc:
-                problems.append(f"env {var}: {exc} (got {env[var]!r})")
-    for name, var in _POD_ENV.items():
-        if env.get(var):
-            values[name] = env[var]
+    origin: dict[str, str] = {}
+    for name, var in env_names().items():
+        if env.get(var) or (var.startswith(ENV_PREFIX) and var in env):
+            values[name], origin[name] = env[var], f"env {var}"
     if args is not None:
-        for flag, name in _FLAGS.items():
-            value = getattr(args, flag, None)
+        for name, meta in _fields().items():
+            value = getattr(args, name, None) if "flag" in meta else None
             if value is not None:
-                values[name] = value
-    if problems:
-        raise errors.ConfigError(problems)
+                values[name], origin[name] = value, f"flag {meta['flag']}"
     if "namespace" not in values:
         # In a Pod, the ServiceAccount's namespace is the natural home of the controller.
         try:
@@ -225,7 +263,13 @@ def settings_from(args: argparse.Namespace | None, env: Mapping[str, str]) -> Se
     if "identity" not in values:
         pod = env.get("POD_NAME") or socket.gethostname()
         values["identity"] = f"{pod}-{secrets.token_hex(3)}"
-    settings = Settings(**values)
-    settings.validate()
-    return settings
-
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else ""
+            where = origin.get(name, f"settings: {name}")
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {msg} (got {err.get('input')!r})")
+        raise errors.ConfigError(problems) from exc

@@ -15,10 +15,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes_asyncio.client.rest import ApiException
 
-from autoscaler import errors, testing
+from autoscaler import cli, errors, testing
 from autoscaler.actuator import kubernetes as kube
 from autoscaler.actuator.base import WorkloadStatus
 from autoscaler.actuator.fenced import FencedActuator
+from autoscaler.controller import settings as settings_mod
 from autoscaler.controller.policy_source import PolicyDocs
 from autoscaler.controller.settings import settings_from
 from autoscaler.controller.state_store import StateStore
@@ -39,7 +40,7 @@ NO_API: Any = SimpleNamespace()
 
 
 def _args(**kw: Any) -> argparse.Namespace:
-    base = {"kubeconfig": None, "namespace": None, "policy": None, "prometheus_url": None,
+    base = {"kubeconfig": None, "namespace": None, "policy_file": None, "prometheus_url": None,
             "dry_run": None}
     base.update(kw)
     return argparse.Namespace(**base)
@@ -64,6 +65,25 @@ def test_settings_errors_name_the_variable(env: dict[str, str], fragment: str) -
     with pytest.raises(errors.ConfigError) as exc:
         settings_from(_args(namespace="x"), env)
     assert fragment in str(exc.value)
+
+
+def test_flags_and_variables_come_from_one_field_list() -> None:
+    """Every setting is a PD_AUTOSCALER_* variable (the downward API's two unprefixed); the
+    `run` flags are the fields that declare one, under their historical names."""
+    names = settings_mod.env_names()
+    assert names["tick_s"] == "PD_AUTOSCALER_TICK_S"
+    assert names["policy_file"] == "PD_AUTOSCALER_POLICY_FILE"
+    assert (names["pod_name"], names["pod_namespace"]) == ("POD_NAME", "POD_NAMESPACE")
+    assert set(names) == set(settings_mod.Settings.model_fields)
+    run = next(a for a in cli.build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    flags = {s for a in run._actions for s in a.option_strings} - {"-h", "--help"}
+    assert flags == {"--kubeconfig", "--namespace", "--policy", "--prometheus-url", "--dry-run",
+                     "--external-metrics-port", "--external-metrics-cert-dir",
+                     "--keda-grpc-port", "--keda-metrics-api", "--leader-label"}
+    args = cli.build_parser().parse_args(["run", "--policy", "p.yaml", "--dry-run"])
+    s = settings_from(args, {"PD_AUTOSCALER_NAMESPACE": "x"})
+    assert (s.policy_file, s.dry_run) == (Path("p.yaml"), True)
 
 
 # --- policy documents -----------------------------------------------------------------------

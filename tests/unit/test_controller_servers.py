@@ -185,7 +185,7 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
     """Every PD_AUTOSCALER_* variable a kustomization sets is a setting (a typo would be
     silently ignored otherwise), and the rendered environment parses and validates."""
     env, docs = _controller_env(kubectl, target)
-    known = {ENV_PREFIX + name.upper() for name in settings_mod._ENV}
+    known = set(settings_mod.env_names().values())
     ours = {k for k in env if k.startswith(ENV_PREFIX)}
     assert ours <= known, ours - known
     assert {"POD_NAME", "POD_NAMESPACE"} <= set(env)
