@@ -15,7 +15,8 @@ For the controller (`autoscaler.controller.app.Controller`), the fakes of what i
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from autoscaler import errors
@@ -39,6 +40,7 @@ __all__ = [
     "FakeActuator",
     "FakeClock",
     "FakeEvents",
+    "FakeLease",
     "FakeMetricsSource",
     "FakeStateStore",
     "ReadyFn",
@@ -295,3 +297,44 @@ class FakeClock:
             raise ValueError(msg)
         self.now += seconds
         return self.now
+
+
+class FakeLease:
+    """A leader-election lease the test hands over and takes back, in place of the elector:
+    `grant()` makes this replica the leader (the controller's leading task starts), `revoke()`
+    ends it (the controller's on-stopped callback runs, as when a renewal fails); then the
+    controller contends again and waits for the next `grant()`."""
+
+    def __init__(self) -> None:
+        self.holder = False
+        self.releases = 0
+        self._granted = asyncio.Event()
+        self._revoked = asyncio.Event()
+
+    def grant(self) -> None:
+        self._granted.set()
+
+    def revoke(self) -> None:
+        self._revoked.set()
+
+    def held(self) -> bool:
+        return self.holder
+
+    async def contend(self, *, on_started: Callable[[], Coroutine[Any, Any, None]],
+                      on_stopped: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        await self._granted.wait()
+        self._granted.clear()
+        self.holder = True
+        leading = asyncio.create_task(on_started(), name="fake-lease-leading")
+        try:
+            await self._revoked.wait()
+        finally:
+            self._revoked.clear()
+            self.holder = False
+        await on_stopped()
+        if not leading.done():
+            leading.cancel()
+
+    async def release(self) -> None:
+        self.releases += 1
+        self.holder = False

@@ -52,7 +52,7 @@ from autoscaler.actuator import kubernetes as kube
 from autoscaler.actuator.base import ClusterActuator, EventSink, ObjectRef
 from autoscaler.actuator.fenced import FencedActuator
 from autoscaler.controller import backoff
-from autoscaler.controller.leader import LeaderLabeler, Lease
+from autoscaler.controller.leader import LeaderLabeler, Lease, LeaseLike
 from autoscaler.controller.policy_source import PolicySource
 from autoscaler.controller.servers import AdoptionServers
 from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
@@ -80,6 +80,7 @@ class Controller:
         events: EventSink,
         state_store: StateStoreLike,
         leader_labeler: LeaderLabeler | None = None,
+        lease: LeaseLike | None = None,
         telemetry: telemetry_mod.Telemetry | None = None,
         store: DecisionStore | None = None,
         plugins: Sequence[app_mod.Plugin] = (),
@@ -98,7 +99,7 @@ class Controller:
         self.actuator = actuator
         self.state_store = state_store
         self.leader_labeler = leader_labeler
-        self.lease = Lease(settings, api, wall=wall)
+        self.lease: LeaseLike = lease or Lease(settings, api, wall=wall)
         self.policy_source = PolicySource(settings, api=api, health=self.health,
                                           telemetry=self.telemetry, events=events,
                                           is_leader=self.is_leader)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from kubernetes_asyncio import client
@@ -35,6 +35,17 @@ def api_error(exc: BaseException) -> str:
     if isinstance(exc, ApiException):
         return f"HTTP {exc.status} {exc.reason}"
     return repr(exc)
+
+
+class LeaseLike(Protocol):
+    """What the controller needs of the lease (`Lease`; tests: `testing.FakeLease`)."""
+
+    def held(self) -> bool: ...
+
+    async def contend(self, *, on_started: Callable[[], Coroutine[Any, Any, None]],
+                      on_stopped: Callable[[], Coroutine[Any, Any, None]]) -> None: ...
+
+    async def release(self) -> None: ...
 
 
 class Lease:

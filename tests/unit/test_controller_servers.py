@@ -11,7 +11,7 @@ import contextlib
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,7 +37,7 @@ from autoscaler.server._keda_pb import externalscaler_pb2_grpc as pb_grpc
 from autoscaler.server.external_metrics import server as em_server
 from autoscaler.server.store import DecisionStore
 from autoscaler.telemetry import Telemetry
-from autoscaler.testing import FakeActuator, FakeEvents, FakeMetricsSource
+from autoscaler.testing import FakeActuator, FakeEvents, FakeLease, FakeMetricsSource
 from autoscaler.types import Role
 from tests.k8senv import cluster as k8senv
 from tests.server.certs import Pki, make_pki
@@ -260,7 +260,7 @@ pools:
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch, *,
-                  elect: Callable[[controller.Controller], Awaitable[None]] | None = None,
+                  lease: FakeLease | None = None,
                   ) -> AsyncIterator[tuple[controller.Controller, FakeCore]]:
     """A Controller with every server on a free port, fake API objects behind it."""
     policy = tmp_path / "policy.yaml"
@@ -277,7 +277,7 @@ async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.
                         lambda api: em.AllowAuthenticated())
     settings = Settings(
         namespace="pd-autoscaler", identity="a", policy_file=policy, tick_s=0.2,
-        leader_election=elect is not None, http_host="127.0.0.1", http_port=0,
+        leader_election=lease is not None, http_host="127.0.0.1", http_port=0,
         external_metrics_port=0, external_metrics_cert_dir=cert_dir, keda_grpc_port=0,
         keda_metrics_api=True, leader_label=True, pod_name="pod-a", policy_poll_s=0.1)
     source = FakeMetricsSource()
@@ -288,9 +288,8 @@ async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.
         settings, api=NO_API, source=source, telemetry=Telemetry(),
         actuator=FakeActuator(), events=FakeEvents(),
         state_store=StateStore(core, namespace="pd-autoscaler", name="st", timeout_s=1),
-        leader_labeler=LeaderLabeler(core, pod="pod-a", namespace="pd-autoscaler", timeout_s=1))
-    if elect is not None:
-        monkeypatch.setattr(c, "_elect_forever", lambda: elect(c))
+        leader_labeler=LeaderLabeler(core, pod="pod-a", namespace="pd-autoscaler", timeout_s=1),
+        lease=lease)
     task = asyncio.create_task(c.run())
     try:
         await _until(lambda: c.keda_scaler is not None and c.keda_scaler._server is not None
@@ -380,19 +379,9 @@ async def test_standby_answers_no_data_and_clears_on_losing_the_lead(
     """A standby's servers answer cleanly with "no data": an empty ExternalMetricValueList
     (the HPA holds), gRPC UNAVAILABLE (KEDA holds or falls back), HTTP 503. A leader that loses
     the lease drops its numbers at once (not after the staleness limit) and its label."""
-    lead = asyncio.Event()
-    lost = asyncio.Event()
+    lease = FakeLease()  # standby until granted, leader until revoked
 
-    async def elect(c: controller.Controller) -> None:
-        # The elector's callbacks, scripted: standby until `lead`, leader until `lost`.
-        await lead.wait()
-        task = asyncio.create_task(c._lead())
-        await lost.wait()
-        await c._stopped_leading()
-        assert task.done()
-        await asyncio.Event().wait()
-
-    async with running(tmp_path, pki, cert_dir, monkeypatch, elect=elect) as (c, core):
+    async with running(tmp_path, pki, cert_dir, monkeypatch, lease=lease) as (c, core):
         http = Clients(c, pki)
         await _until(lambda: core.label_patches == [None], "stale label removed at start")
 
@@ -405,11 +394,11 @@ async def test_standby_answers_no_data_and_clears_on_losing_the_lead(
             assert "no recent decision" in body["error"]
 
         await no_data()
-        lead.set()
+        lease.grant()
         await _until(lambda: c.ticks > 0, "leading and ticking")
         assert (await http.external())[1]["items"][0]["value"] == "6"
         await _until(lambda: core.labels.get(LEADER_LABEL) == "true", "labelled")
-        lost.set()
+        lease.revoke()
         await _until(lambda: not c.health.leader, "standby again")
         assert c.store.latest is None
         await no_data()

@@ -21,7 +21,7 @@ PINNED = {
         "SignalName", "SignalSample", "SignalSpec",
     ],
     testing: [
-        "DEFAULT_POOL", "FakeActuator", "FakeClock", "FakeEvents", "FakeMetricsSource",
+        "DEFAULT_POOL", "FakeActuator", "FakeClock", "FakeEvents", "FakeLease", "FakeMetricsSource",
         "FakeStateStore", "ReadyFn", "Ticker", "desired", "fake_cluster", "obs", "pool_policy",
         "signals_of",
     ],
