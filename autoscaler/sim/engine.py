@@ -1,6 +1,6 @@
 """Discrete-event simulation of vLLM V1 serving on Kubernetes, fast enough for backtests.
 
-Model (constants in profile.py, from docs/SIM-MODEL.md §2.8):
+Model (constants in profile.py; the model and its sources: docs/simulator.md):
 
 * A *pool* serves one request stream, either **disaggregated** (a prefill and a decode
   Deployment) or **aggregated** (one Deployment doing both phases). Each Deployment has replicas;
@@ -13,10 +13,12 @@ Model (constants in profile.py, from docs/SIM-MODEL.md §2.8):
   prompt + generated tokens later) until the step fits; no new request is admitted in a step that
   preempted. New requests are admitted while running < max_num_seqs and the head of the queue
   fits in the KV left (the head blocks the rest: FCFS).
-* **Step time**: pure prefill `alpha_p + beta_p·sum(n) + gamma_p·sum(n²)` (n = chunk sizes);
-  pure decode `alpha_d + beta_d·B + gamma_d·sum(L)`; a mixed step (aggregated replicas, or decode
-  replicas recomputing a preempted request) costs the decode step plus the prefill chunk terms
-  `beta_p·sum(n) + gamma_p·sum(n²)` (one fixed cost, alpha_d, since both read the weights once).
+* **Step time**: pure prefill `alpha_p + beta_p·sum(c) + gamma_p·sum(c² + 2·c·p) + s·S` (c =
+  chunk sizes, p = each chunk's offset in its prompt: a chunk attends to the whole prefix, so a
+  prompt costs gamma_p·P² however it is chunked; S = sequences in the step, s = the scheduler's
+  per-sequence cost); pure decode `alpha_d + (beta_d + s)·B + gamma_d·sum(L)`; a mixed step
+  (aggregated replicas, or decode replicas recomputing a preempted request) costs the decode
+  step plus the prefill chunk terms (one fixed cost, alpha_d, since both read the weights once).
 * **KV** is counted in tokens (no 16-token block rounding, no watermark). A request holds
   prompt + generated tokens once decoding; a prefilling request holds its computed tokens.
 * **Prefill replica** (disaggregated): a request is done on it when its prefill completes (the
@@ -168,7 +170,9 @@ class Replica:
         self.pb = p.prefill_beta_ms_per_token / 1000.0
         self.pg = p.prefill_gamma_ms_per_token2 / 1000.0
         self.da = p.decode_alpha_ms / 1000.0
-        self.db = p.decode_beta_ms_per_seq / 1000.0
+        # Per decoding sequence: its GPU cost plus the scheduler's per-sequence CPU cost.
+        self.db = (p.decode_beta_ms_per_seq + p.sched_ms_per_seq) / 1000.0
+        self.ss = p.sched_ms_per_seq / 1000.0
         self.dg = p.decode_gamma_ms_per_ctx_token / 1000.0
         self.profile = p
         self.max_segment_steps = sim.max_segment_steps
@@ -397,15 +401,16 @@ class Replica:
         m.kv_usage = (self.s_dec + self.s_pref + self.reserved) / self.cap
         if chunks:
             csum = 0
-            csq = 0
-            for _, c in chunks:
+            attn = 0
+            for cr, c in chunks:
                 csum += c
-                csq += c * c
+                # The chunk attends to the cr.computed tokens of its prompt already in KV.
+                attn += c * (c + 2 * cr.computed)
             if dec:
                 dur = self.da + self.db * dec + self.dg * self.s_dec + self.pb * csum
             else:
                 dur = self.pa + self.pb * csum
-            dur += self.pg * csq
+            dur += self.pg * attn + self.ss * len(chunks)
             self.st_chunks = chunks
             self.st_dec = dec
             self.st_dur = dur

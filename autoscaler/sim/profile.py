@@ -1,9 +1,11 @@
 """Simulator profiles: the performance constants of one vLLM replica, in one place.
 
-Every number comes from docs/SIM-MODEL.md section 2.8 (the "Basis" column cites the papers and
-repositories behind it); the comment next to each default says which row and why that value was
-picked inside the quoted range. A profile YAML may start from a built-in (`base:`) and override
-any field; validation errors name the file, the field and the offending value.
+The model and the source of every constant are described in docs/simulator.md (its "Constants"
+table cites the papers, repositories and measurements behind each number); the comment next to
+each default here says which source and why that value was picked inside the quoted range. A
+profile names the model, GPU, tensor-parallel size and vLLM version it represents. A profile
+YAML may start from a built-in (`base:`) and override any field; validation errors name the
+file, the field and the offending value.
 
 Units are in the field names: step-time coefficients stay in milliseconds, as the papers publish
 them, and the engine converts them once.
@@ -22,13 +24,16 @@ DEFAULT_PROFILE = "llama-8b-h100"
 
 
 class Profile(BaseModel):
-    """Performance model of one vLLM replica (SIM-MODEL.md sections 2.4-2.8).
+    """Performance model of one vLLM replica (docs/simulator.md, "Step time").
 
-    Prefill step: `prefill_alpha_ms + prefill_beta_ms_per_token * sum(n) +
-    prefill_gamma_ms_per_token2 * sum(n^2)` over the chunks n of the step. Decode step:
-    `decode_alpha_ms + decode_beta_ms_per_seq * B + decode_gamma_ms_per_ctx_token * sum(L)` over
-    the B running sequences with contexts L. KV transfer (P->D): `kv_bytes_per_token * prompt /
-    kv_transfer_bytes_per_s + kv_transfer_setup_s`.
+    Prefill step: `prefill_alpha_ms + prefill_beta_ms_per_token * sum(c) +
+    prefill_gamma_ms_per_token2 * sum(c^2 + 2*c*p) + sched_ms_per_seq * S` over the chunks c of
+    the step, each at offset p of its prompt (a chunk attends to the whole prefix before it, so
+    a prompt of P tokens costs gamma*P^2 however it is chunked), S = sequences in the step.
+    Decode step: `decode_alpha_ms + (decode_beta_ms_per_seq + sched_ms_per_seq) * B +
+    decode_gamma_ms_per_ctx_token * sum(L)` over the B running sequences with contexts L. KV
+    transfer (P->D): `kv_bytes_per_token * prompt / kv_transfer_bytes_per_s +
+    kv_transfer_setup_s`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -37,6 +42,10 @@ class Profile(BaseModel):
     """Profile name (a built-in's, or the YAML's own)."""
     model_name: str = Field(min_length=1)
     """Served model name: the `model_name` label of the emitted vLLM metrics."""
+    gpu: str = Field(default="unspecified", min_length=1)
+    """GPU the constants were derived for (e.g. H100-80GB-SXM)."""
+    vllm_version: str = Field(default="unspecified", min_length=1)
+    """vLLM release range the constants represent (per-token cost changes between releases)."""
     prefill_alpha_ms: float = Field(ge=0)
     """Fixed cost of a prefill step, ms."""
     prefill_beta_ms_per_token: float = Field(gt=0)
@@ -49,6 +58,8 @@ class Profile(BaseModel):
     """Cost per running sequence, ms."""
     decode_gamma_ms_per_ctx_token: float = Field(ge=0)
     """Cost per context token in the batch (KV read), ms."""
+    sched_ms_per_seq: float = Field(default=0.0, ge=0)
+    """Scheduler/CPU cost per sequence scheduled in a step (decoding or prefilling), ms."""
     kv_capacity_tokens: int = Field(gt=0)
     """KV-cache capacity of one replica, tokens."""
     max_num_seqs: int = Field(gt=0)
@@ -66,12 +77,14 @@ class Profile(BaseModel):
     gpus_per_replica: int = Field(ge=1, le=64)
     """GPUs one replica holds (its tensor-parallel size): the unit of GPU-hours."""
 
-    def prefill_step_s(self, chunks_sum: float, chunks_sq_sum: float) -> float:
-        """Duration of a pure prefill step over chunks with the given sum and sum of squares."""
+    def prefill_step_s(self, chunks_sum: float, attn_sum: float, seqs: int = 1) -> float:
+        """Duration of a pure prefill step over `seqs` chunks with the given token sum and
+        attention sum (sum of c^2 + 2*c*p over chunks c at prompt offsets p)."""
         ms = (
             self.prefill_alpha_ms
             + self.prefill_beta_ms_per_token * chunks_sum
-            + self.prefill_gamma_ms_per_token2 * chunks_sq_sum
+            + self.prefill_gamma_ms_per_token2 * attn_sum
+            + self.sched_ms_per_seq * seqs
         )
         return ms / 1000.0
 
@@ -79,20 +92,24 @@ class Profile(BaseModel):
         """Duration of a pure decode step of `batch` sequences holding `context_sum` tokens."""
         ms = (
             self.decode_alpha_ms
-            + self.decode_beta_ms_per_seq * batch
+            + (self.decode_beta_ms_per_seq + self.sched_ms_per_seq) * batch
             + self.decode_gamma_ms_per_ctx_token * context_sum
         )
         return ms / 1000.0
 
     def idle_prefill_s(self, prompt_tokens: int) -> float:
         """Prefill time of one prompt alone on an idle replica, chunked by the token budget
-        exactly as the engine does (full chunks of max_num_batched_tokens, then the rest)."""
+        exactly as the engine does (full chunks of max_num_batched_tokens, then the rest).
+        The attention terms of the chunks sum to P^2 for a prompt of P tokens."""
+        p = max(int(prompt_tokens), 1)
         m = self.max_num_batched_tokens
-        full, rest = divmod(int(prompt_tokens), m)
-        t = full * self.prefill_step_s(m, m * m)
-        if rest:
-            t += self.prefill_step_s(rest, rest * rest)
-        return t
+        steps = -(-p // m)
+        ms = (
+            steps * (self.prefill_alpha_ms + self.sched_ms_per_seq)
+            + self.prefill_beta_ms_per_token * p
+            + self.prefill_gamma_ms_per_token2 * p * p
+        )
+        return ms / 1000.0
 
     def kv_transfer_s(self, prompt_tokens: int) -> float:
         """P->D KV transfer time of one request's prompt."""
@@ -102,23 +119,34 @@ class Profile(BaseModel):
         )
 
 
-# The two built-ins of SIM-MODEL.md section 2.8 (H100 80GB, BF16, vLLM V1).
+# The two built-ins (H100 80GB SXM, BF16, vLLM V1). Sources: docs/simulator.md "Constants".
+# "SIM-MODEL" below is the project's research notes (section numbers as cited there);
+# docs/simulator.md carries the figures a user needs.
 BUILTIN_PROFILES: dict[str, Profile] = {
     "llama-8b-h100": Profile(
         name="llama-8b-h100",
         model_name="meta-llama/Llama-3.1-8B-Instruct",
+        gpu="H100-80GB-SXM",
+        vllm_version="V1 (0.8-0.11)",
         # §2.8 "Prefill alpha_p": Vidur lin intercept + 1-2 ms CPU.
         prefill_alpha_ms=4.0,
         # §2.8 "Prefill beta_p": 0.025 recommended (range 0.021-0.030; Vidur lin x 1.1-1.2).
         prefill_beta_ms_per_token=0.025,
-        # §2.8 "Prefill gamma_p": causal-attention FLOP count at about 400 TF/s (§2.4).
+        # §2.8 "Prefill gamma_p": causal-attention FLOP count at about 400 TF/s (§2.4). Applied
+        # to c^2 + 2cp per chunk, so a prompt of P tokens pays gamma*P^2 (SIM-MODEL corrections).
         prefill_gamma_ms_per_token2=7e-7,
         # §2.8 "Decode alpha_d": Vidur lin at B=1 + CPU overhead.
         decode_alpha_ms=6.5,
         # §2.8 "Decode beta_d": DistServe-fit scale.
         decode_beta_ms_per_seq=0.03,
-        # §2.8 "Decode gamma_d": 128 KiB/token / (0.65 x 3.35 TB/s) (§2.5).
-        decode_gamma_ms_per_ctx_token=6e-5,
+        # SIM-MODEL corrections: measured single-request ITL at 8k-128k context implies about
+        # 4.4e-5 ms/token (128 KiB/token read at about 90 % of 3.35 TB/s), not §2.8's 6e-5 (65 %).
+        decode_gamma_ms_per_ctx_token=4.4e-5,
+        # Calibrated (benchmarks/sim_fidelity.py --calibrate): puts the saturation knee (mean TTFT
+        # passes 1 s, ShareGPT-like lengths, 5-minute Poisson runs) at 52.5 req/s, the middle of
+        # the 50-55 req/s where measured vLLM V1 curves break (SIM-MODEL corrections). Without it
+        # the knee is at 62 req/s.
+        sched_ms_per_seq=0.017,
         # §2.8 "KV capacity": about 430k tokens at gpu_memory_utilization 0.9 (§2.2).
         kv_capacity_tokens=430_000,
         # §2.8 / §2.3: vLLM V1 API-server defaults on >=70 GiB non-A100 GPUs.
@@ -138,6 +166,8 @@ BUILTIN_PROFILES: dict[str, Profile] = {
     "llama-70b-tp4-h100": Profile(
         name="llama-70b-tp4-h100",
         model_name="meta-llama/Llama-3.1-70B-Instruct",
+        gpu="H100-80GB-SXM",
+        vllm_version="V1 (0.8-0.11)",
         # §2.8 "Prefill alpha_p", 70B TP4 column.
         prefill_alpha_ms=12.0,
         # §2.8 "Prefill beta_p": 0.060 recommended (range 0.054-0.12).
@@ -148,8 +178,12 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         decode_alpha_ms=17.0,
         # §2.8 "Decode beta_d".
         decode_beta_ms_per_seq=0.06,
-        # §2.8 "Decode gamma_d": 80 KiB per GPU at TP4 / (0.65 x 3.35 TB/s).
-        decode_gamma_ms_per_ctx_token=3.7e-5,
+        # 80 KiB per GPU at TP4 read at about 90 % of 3.35 TB/s: the 8B correction's bandwidth
+        # share applied to §2.8's 3.7e-5 (at 65 %): 3.7e-5 x 0.65 / 0.90 = 2.67e-5 (derived).
+        decode_gamma_ms_per_ctx_token=2.67e-5,
+        # Calibrated like the 8B: knee at 23.5 req/s, the middle of the measured 22-25 (SIM-MODEL
+        # corrections); without it the knee is at 33.7 req/s.
+        sched_ms_per_seq=0.085,
         # §2.8 "KV capacity": about 455k tokens (§2.2: 445-465k at TP4).
         kv_capacity_tokens=455_000,
         # §2.8: vLLM V1 H100 defaults.
