@@ -55,8 +55,8 @@ import heapq
 import itertools
 import math
 import operator
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +83,8 @@ STARTING, READY, DRAINING, STOPPED = "starting", "ready", "draining", "stopped"
 
 _load = operator.attrgetter("load")
 
+ROUTING_POLICIES = ("least-loaded", "prefix-aware")
+
 
 class _Req:
     """One request's mutable state while it moves through the pool."""
@@ -93,6 +95,7 @@ class _Req:
         "fin_step",
         "gen",
         "gen_join",
+        "hashes",
         "i",
         "join_step",
         "last_tok",
@@ -105,8 +108,11 @@ class _Req:
         "xfer_done",
     )
 
-    def __init__(self, i: int, arrival: float, prompt: int, output: int) -> None:
+    def __init__(
+        self, i: int, arrival: float, prompt: int, output: int, hashes: Sequence[int] | None = None
+    ) -> None:
         self.i = i
+        self.hashes = hashes  # block hashes of the prompt's full blocks (prefix caching)
         self.arrival = arrival
         self.prompt = prompt
         self.output = output
@@ -176,6 +182,13 @@ class Replica:
         self.dg = p.decode_gamma_ms_per_ctx_token / 1000.0
         self.profile = p
         self.max_segment_steps = sim.max_segment_steps
+        # Prefix cache (vLLM V1 default on): an LRU of block hashes sized from the KV budget.
+        # Decode replicas get their KV over the wire and do not look up prompts.
+        self.cache: OrderedDict[int, None] | None = None
+        self.block_tokens = dep.pool.block_tokens
+        self.cache_blocks = max(1, self.cap // self.block_tokens)
+        if dep.pool.has_hashes and dep.role is not Role.DECODE:
+            self.cache = OrderedDict()
         # Scheduler state.
         self.waiting: deque[_Req] = deque()
         self.running: dict[int, _Req] = {}  # admission order (LIFO victims: popitem)
@@ -384,16 +397,19 @@ class Replica:
                 else:
                     if budget <= 0:
                         break
-                    c = min(r.target - r.computed, budget)
-                    if c > free - need:
+                    hit = self._cached_tokens(r) if self.cache is not None else 0
+                    c = min(r.target - hit, budget)
+                    if hit + c > free - need:
                         break
                     waiting.popleft()
+                    if self.cache is not None:
+                        self._admit_cached(r, hit)
                     r.phase = _PREFILL
                     self.running[r.i] = r
                     self.pref.append(r)
                     chunks.append((r, c))
                     budget -= c
-                    need += c
+                    need += hit + c
                 seats -= 1
         m = self.metrics
         m.waiting = len(self.waiting) + len(self.xfer)
@@ -406,11 +422,10 @@ class Replica:
                 csum += c
                 # The chunk attends to the cr.computed tokens of its prompt already in KV.
                 attn += c * (c + 2 * cr.computed)
-            if dec:
-                dur = self.da + self.db * dec + self.dg * self.s_dec + self.pb * csum
-            else:
-                dur = self.pa + self.pb * csum
-            dur += self.pg * attn + self.ss * len(chunks)
+            # The weights are read once per step; the token-linear (GEMM) work only costs more
+            # than that read above the roofline knee (alpha_d - alpha_p) / beta_p tokens.
+            dur = max(self.da, self.pa + self.pb * (dec + csum))
+            dur += self.db * dec + self.dg * self.s_dec + self.pg * attn + self.ss * len(chunks)
             self.st_chunks = chunks
             self.st_dec = dec
             self.st_dur = dur
@@ -439,7 +454,7 @@ class Replica:
             k = 1
         if self.max_segment_steps and k > self.max_segment_steps:
             k = self.max_segment_steps
-        tau0 = self.da + self.db * dec + self.dg * self.s_dec
+        tau0 = max(self.da, self.pa + self.pb * dec) + self.db * dec + self.dg * self.s_dec
         g = self.dg * dec
         self.sg_t0 = t
         self.sg_tau0 = tau0
@@ -451,6 +466,51 @@ class Replica:
         self.sim.push(t + k * tau0 + g * k * (k - 1) / 2.0, self._on_event, self.ver)
         if self.xfer:
             self._boundary_at(min(r.xfer_done for r in self.xfer))
+
+    # --- prefix cache -----------------------------------------------------------------------
+
+    def cached_blocks(self, hashes: Sequence[int]) -> int:
+        """Leading blocks of `hashes` this replica has cached (no LRU update)."""
+        cache = self.cache
+        if cache is None:
+            return 0
+        n = 0
+        for h in hashes:
+            if h not in cache:
+                break
+            n += 1
+        return n
+
+    def _cached_tokens(self, r: _Req) -> int:
+        """Tokens of r's prefill the cache would save: whole cached leading blocks of its prompt,
+        less at least one token (vLLM computes the last prompt token to sample from it)."""
+        if r.computed or not r.hashes:
+            return 0
+        return max(0, min(self.cached_blocks(r.hashes) * self.block_tokens, r.target - 1))
+
+    def _admit_cached(self, r: _Req, hit: int) -> None:
+        """Count the lookup, refresh the hit blocks and start r's prefill after them."""
+        m = self.metrics
+        m.prefix_queries += r.target
+        m.prefix_hits += hit
+        if hit:
+            cache = self.cache
+            assert cache is not None and r.hashes is not None
+            for h in r.hashes[: -(-hit // self.block_tokens)]:
+                cache.move_to_end(h)
+            r.computed = hit
+            self.s_pref += hit
+
+    def _cache_insert(self, hashes: Sequence[int]) -> None:
+        cache = self.cache
+        assert cache is not None
+        for h in hashes:
+            if h in cache:
+                cache.move_to_end(h)
+            else:
+                cache[h] = None
+        while len(cache) > self.cache_blocks:
+            cache.popitem(last=False)
 
     def _join_transfers(self, t: float) -> None:
         keep: list[_Req] = []
@@ -533,6 +593,8 @@ class Replica:
                 continue
             self.s_pref -= r.computed
             self.pref.remove(r)
+            if self.cache is not None and r.hashes:
+                self._cache_insert(r.hashes)
             if r.gen == 0:
                 m.prompt_tokens += r.prompt
                 m.ttft.observe(t - r.t_enter)
@@ -750,10 +812,28 @@ class SimPool:
         arrival_s: FloatArray,
         prompt_tokens: IntArray,
         output_tokens: IntArray,
+        block_hashes: Sequence[Sequence[int]] | None = None,
+        block_tokens: int = 16,
+        routing: str = "least-loaded",
     ) -> None:
         self.sim = sim
         self.name = name
         self.profile = profile
+        if routing not in ROUTING_POLICIES:
+            msg = f"pool {name}: routing must be one of {ROUTING_POLICIES}, got {routing!r}"
+            raise ValueError(msg)
+        if block_tokens < 1:
+            msg = f"pool {name}: block_tokens must be >= 1, got {block_tokens}"
+            raise ValueError(msg)
+        if block_hashes is not None and len(block_hashes) != len(arrival_s):
+            msg = f"pool {name}: block_hashes must have one entry per request"
+            raise ValueError(msg)
+        self.routing = routing
+        self.block_tokens = block_tokens
+        self.has_hashes = block_hashes is not None
+        self._hashes: list[tuple[int, ...]] | None = (
+            None if block_hashes is None else [tuple(h) for h in block_hashes]
+        )
         n = len(arrival_s)
         if not (len(prompt_tokens) == n == len(output_tokens)):
             msg = "arrival_s, prompt_tokens and output_tokens must have the same length"
@@ -787,8 +867,10 @@ class SimPool:
         b = profile.kv_bytes_per_token / profile.kv_transfer_bytes_per_s
         setup = profile.kv_transfer_setup_s
         self.xfer_s: Callable[[int], float] = lambda prompt: b * prompt + setup
+        # Requests reach the scheduler after the API server's front-end time.
+        self.frontend_s = profile.frontend_ms / 1000.0
         if n:
-            sim.push(self._arr[0], self._on_arrival, 0)
+            sim.push(self._arr[0] + self.frontend_s, self._on_arrival, 0)
 
     @property
     def disaggregated(self) -> bool:
@@ -804,21 +886,31 @@ class SimPool:
         n = len(arr)
         role = self.entry_role
         # Several requests can share a timestamp: take them all in one event.
+        hashes = self._hashes
+        fe = self.frontend_s
         while True:
-            self.route(role, _Req(i, arr[i], self._prm[i], self._out[i]), t)
+            h = None if hashes is None else hashes[i]
+            self.route(role, _Req(i, arr[i], self._prm[i], self._out[i], h), t)
             i += 1
-            if i >= n or arr[i] > t:
+            if i >= n or arr[i] + fe > t:
                 break
         self._next = i
         if i < n:
-            self.sim.push(arr[i], self._on_arrival, i)
+            self.sim.push(arr[i] + fe, self._on_arrival, i)
 
     def route(self, role: Role, r: _Req, t: float) -> None:
         serving = self.deployments[role].serving
         if not serving:
             self.backlog.setdefault(role, deque()).append(r)
             return
-        best = serving[0] if len(serving) == 1 else min(serving, key=_load)
+        if len(serving) == 1:
+            best = serving[0]
+        elif self.routing == "prefix-aware" and r.hashes and role is not Role.DECODE:
+            # llm-d's prefix-cache scorer: most cached leading blocks first, then least load.
+            hashes = r.hashes
+            best = max(serving, key=lambda rep: (rep.cached_blocks(hashes), -rep.load))
+        else:
+            best = min(serving, key=_load)
         best.enqueue(r, t)
 
     def flush(self, role: Role, t: float) -> None:
@@ -890,9 +982,15 @@ class Simulation:
         prompt_tokens: IntArray,
         output_tokens: IntArray,
         initial_replicas: Mapping[Role, int] | None = None,
+        block_hashes: Sequence[Sequence[int]] | None = None,
+        block_tokens: int = 16,
+        routing: str = "least-loaded",
     ) -> SimPool:
         """Add a pool: `deployments` maps each role (prefill+decode, or aggregated) to a
-        (namespace, name); `initial_replicas` are ready at time 0 (default 1 per role)."""
+        (namespace, name); `initial_replicas` are ready at time 0 (default 1 per role).
+        `block_hashes` (one sequence per request, each hash covering `block_tokens` prompt
+        tokens, chained as vLLM and Mooncake hash them) turns on the replicas' prefix caches;
+        `routing` is least-loaded or prefix-aware."""
         roles = set(deployments)
         if roles not in ({Role.PREFILL, Role.DECODE}, {Role.AGGREGATED}):
             msg = f"pool {name}: roles must be prefill+decode or aggregated, got {sorted(roles)}"
@@ -907,6 +1005,9 @@ class Simulation:
             arrival_s=arrival_s,
             prompt_tokens=prompt_tokens,
             output_tokens=output_tokens,
+            block_hashes=block_hashes,
+            block_tokens=block_tokens,
+            routing=routing,
         )
         self.pools[name] = pool
         for role, (ns, dep_name) in deployments.items():

@@ -50,13 +50,19 @@ def idle_prefill_s(profile: Profile, prompt_tokens: IntArray) -> FloatArray:
     vectorised `Profile.idle_prefill_s`."""
     m = profile.max_num_batched_tokens
     p = np.maximum(np.asarray(prompt_tokens, dtype=np.int64), 1)
-    steps = -(-p // m)
-    pf = p.astype(np.float64)
-    # Each chunk attends to the prefix before it: the attention terms sum to P² (engine.py).
+    full, rest = np.divmod(p, m)
+    a_d, a_p, b_p = (
+        profile.decode_alpha_ms,
+        profile.prefill_alpha_ms,
+        profile.prefill_beta_ms_per_token,
+    )
+    rest_f = rest.astype(np.float64)
+    # A step's token-linear cost is max(alpha_d, alpha_p + beta_p·tokens) (Profile.linear_ms);
+    # each chunk attends to the prefix before it, so the attention terms sum to P² (engine.py).
     ms = (
-        steps * (profile.prefill_alpha_ms + profile.sched_ms_per_seq)
-        + profile.prefill_beta_ms_per_token * pf
-        + profile.prefill_gamma_ms_per_token2 * pf * pf
+        full * (max(a_d, a_p + b_p * m) + profile.sched_ms_per_seq)
+        + np.where(rest > 0, np.maximum(a_d, a_p + b_p * rest_f) + profile.sched_ms_per_seq, 0.0)
+        + profile.prefill_gamma_ms_per_token2 * p.astype(np.float64) ** 2
     )
     out: FloatArray = ms / 1000.0
     return out
@@ -358,8 +364,8 @@ def oracle(
       its attention costs gamma_p·p² however it is chunked). Queueing delay is ignored
       (utilisation may reach 1); so are the scheduler's per-sequence costs, as a bound should.
     * Decode (memory-bound, ITL-limited): the largest batch whose step time stays within the
-      ITL SLO, B* = (itl_mean_s - alpha_d) / (beta_d + s + gamma_d·L̄) (s = the scheduler's
-      per-sequence cost), capped by max_num_seqs and
+      ITL SLO: step(B) = max(alpha_d, alpha_p + beta_p·B) + (beta_d + s + gamma_d·L̄)·B (s = the
+      scheduler's per-sequence cost) <= itl_mean_s, capped by max_num_seqs and
       by KV (B*·L̄ <= capacity), with L̄ the output-weighted mean context (prompt + output/2);
       throughput B*/step(B*) tokens/s, the most any replica can give within the SLO.
     * Aggregated replicas share their time: n = ceil(prefill demand / prefill capacity + decode
@@ -413,17 +419,27 @@ def oracle(
     cap_p = 1000.0 / per_tok_ms
     itl_ms = slo.itl_mean_s * 1000.0
     room = max(itl_ms - profile.decode_alpha_ms, 0.0)
+    # Above the roofline knee a step's linear part is alpha_p + beta_p·B (Profile.linear_ms).
+    room_p = max(itl_ms - profile.prefill_alpha_ms, 0.0)
     per_seq = (
         profile.decode_beta_ms_per_seq
         + profile.sched_ms_per_seq
         + profile.decode_gamma_ms_per_ctx_token * lbar
     )
-    bstar = np.floor(room / per_seq)
+    bstar = np.floor(
+        np.minimum(room / per_seq, room_p / (per_seq + profile.prefill_beta_ms_per_token))
+    )
     bstar = np.minimum(bstar, profile.max_num_seqs)
     with np.errstate(divide="ignore"):
         bstar = np.minimum(bstar, np.floor(profile.kv_capacity_tokens / np.maximum(lbar, 1.0)))
     bstar = np.maximum(bstar, 1.0)
-    step_ms = profile.decode_alpha_ms + per_seq * bstar
+    step_ms = (
+        np.maximum(
+            profile.decode_alpha_ms,
+            profile.prefill_alpha_ms + profile.prefill_beta_ms_per_token * bstar,
+        )
+        + per_seq * bstar
+    )
     cap_d = bstar / step_ms * 1000.0
     dem_p = p_sum / bin_s
     dem_d = o_sum / bin_s

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ValidationError
 
 from autoscaler import errors
-from autoscaler.policy.config import load_yaml
+from autoscaler.policy.config import format_validation_error, load_yaml
 from autoscaler.sim.engine import Simulation
 from autoscaler.sim.profile import Profile, resolve_profile
 from autoscaler.types import Role
@@ -76,6 +77,35 @@ class Dataset:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedPrefix:
+    """inference-perf's `shared_prefix` data: `groups` system prompts of `system_len` tokens,
+    each followed by `prompts_per_group` different questions; requests draw from these
+    groups x prompts_per_group prompts uniformly at random (so prompts repeat)."""
+
+    groups: int
+    prompts_per_group: int
+    system_len: int
+
+    def hashes(
+        self, n: int, prompt_len: int, rng: np.random.Generator, block: int = 16
+    ) -> list[list[int]]:
+        """Block hashes per request: a block inside the system prompt is shared by its group;
+        any later block belongs to its prompt alone (hashes chain, as vLLM's do)."""
+        pick = rng.integers(0, self.groups * self.prompts_per_group, n)
+        shared = self.system_len // block
+        out: list[list[int]] = []
+        for k in pick.tolist():
+            g = k // self.prompts_per_group
+            out.append(
+                [
+                    hash((g, b)) if b < shared else hash((g, k, b))
+                    for b in range(prompt_len // block)
+                ]
+            )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Source:
     """Where published points come from."""
 
@@ -106,6 +136,12 @@ class Experiment:
     points: dict[str, float]
     note: str = ""
     seed: int = 0
+    arrivals: str = "poisson"
+    """poisson, or constant (evenly spaced, as inference-perf's `constant` load)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Profile fields the experiment's server ran with (e.g. max_num_batched_tokens)."""
+    shared_prefix: SharedPrefix | None = None
+    """The prompts repeat (a fixed set, with per-group system prompts): prefix caching."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +149,15 @@ class DataFile:
     sources: dict[str, Source]
     datasets: dict[str, Dataset]
     experiments: list[Experiment] = field(default_factory=list)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    """Profiles defined in the data file (a built-in `base` plus derived fields)."""
+
+    def profile_for(self, exp: Experiment) -> Profile:
+        """The experiment's profile with the server settings it ran with."""
+        base = self.profiles.get(exp.profile) or resolve_profile(exp.profile)
+        if not exp.overrides:
+            return base
+        return Profile.model_validate({**base.model_dump(), **exp.overrides})
 
 
 def _need(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
@@ -154,6 +199,17 @@ def load_data(path: str | Path) -> DataFile:
             input_max=int(_need(d, "input_max", w, int)),
             total_max=int(_need(d, "total_max", w, int)),
         )
+    profiles: dict[str, Profile] = {}
+    for key, pr in (data.get("profiles") or {}).items():
+        w = f"{p}: profiles.{key}"
+        if not isinstance(pr, dict):
+            raise errors.ConfigError([f"{w}: expected a mapping"])
+        fields = {k: v for k, v in pr.items() if k not in ("base", "derivation")}
+        base = resolve_profile(_need(pr, "base", w, str))
+        try:
+            profiles[key] = Profile.model_validate({**base.model_dump(), **fields, "name": key})
+        except ValidationError as exc:
+            raise errors.ConfigError(format_validation_error(w, exc)) from exc
     exps: list[Experiment] = []
     seen: set[str] = set()
     for i, e in enumerate(data.get("experiments") or []):
@@ -172,7 +228,9 @@ def load_data(path: str | Path) -> DataFile:
         rate_raw = _need(e, "rate", w, (int, float, str))
         if isinstance(rate_raw, str):
             if rate_raw != "inf":
-                raise errors.ConfigError([f"{w}: rate: expected a number or 'inf', got {rate_raw!r}"])
+                raise errors.ConfigError(
+                    [f"{w}: rate: expected a number or 'inf', got {rate_raw!r}"]
+                )
             rate = math.inf
         else:
             rate = float(rate_raw)
@@ -184,6 +242,11 @@ def load_data(path: str | Path) -> DataFile:
         inp, out = e.get("input_len"), e.get("output_len")
         if ds is None and not (isinstance(inp, int) and isinstance(out, int)):
             raise errors.ConfigError([f"{w}: input_len/output_len: needed without a dataset"])
+        arrivals = str(e.get("arrivals", "poisson"))
+        if arrivals not in ("poisson", "constant"):
+            raise errors.ConfigError(
+                [f"{w}: arrivals: expected poisson or constant, got {arrivals!r}"]
+            )
         pts = _need(e, "points", w, dict)
         points: dict[str, float] = {}
         for m, v in pts.items():
@@ -192,6 +255,15 @@ def load_data(path: str | Path) -> DataFile:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise errors.ConfigError([f"{w}: points.{m}: expected a number > 0, got {v!r}"])
             points[m] = float(v)
+        sp_raw = e.get("shared_prefix")
+        sp = None
+        if sp_raw is not None:
+            ws = f"{w}: shared_prefix"
+            sp = SharedPrefix(
+                groups=int(_need(sp_raw, "groups", ws, int)),
+                prompts_per_group=int(_need(sp_raw, "prompts_per_group", ws, int)),
+                system_len=int(_need(sp_raw, "system_len", ws, int)),
+            )
         exps.append(
             Experiment(
                 id=eid,
@@ -211,9 +283,18 @@ def load_data(path: str | Path) -> DataFile:
                 points=points,
                 note=str(e.get("note", "")),
                 seed=int(e.get("seed", 0)),
+                arrivals=arrivals,
+                overrides=dict(e.get("overrides") or {}),
+                shared_prefix=sp,
             )
         )
-    return DataFile(sources=sources, datasets=datasets, experiments=exps)
+        prof = exps[-1].profile
+        if prof not in profiles:
+            try:
+                resolve_profile(prof)
+            except errors.ConfigError as exc:
+                raise errors.ConfigError([f"{w}: profile: {m}" for m in exc.problems]) from exc
+    return DataFile(sources=sources, datasets=datasets, experiments=exps, profiles=profiles)
 
 
 def workload(
@@ -230,6 +311,8 @@ def workload(
         output = np.full(n, exp.output_len, dtype=np.int64)
     if math.isinf(exp.rate):
         arrival = np.zeros(n)
+    elif exp.arrivals == "constant":
+        arrival = np.arange(n, dtype=np.float64) / exp.rate
     else:
         arrival = np.cumsum(rng.exponential(1.0 / exp.rate, n))
     return arrival, prompt, output
@@ -242,6 +325,8 @@ def simulate(
     output: IntArray,
     *,
     replicas: int = 1,
+    block_hashes: list[list[int]] | None = None,
+    routing: str = "least-loaded",
 ) -> dict[str, float]:
     """Run a fixed aggregated fleet on the requests and measure them as the client would."""
     sim = Simulation()
@@ -253,6 +338,8 @@ def simulate(
         prompt_tokens=prompt,
         output_tokens=output,
         initial_replicas={Role.AGGREGATED: replicas},
+        block_hashes=block_hashes,
+        routing=routing,
     )
     sim.run_until_idle(limit_s=7 * 86_400.0, step_s=600.0)
     res = sim.pool("bench").results()
@@ -274,12 +361,18 @@ def simulate(
 
 
 def run_experiment(
-    exp: Experiment, datasets: dict[str, Dataset], profile: Profile | None = None
+    exp: Experiment, data: DataFile, profile: Profile | None = None
 ) -> dict[str, float]:
-    """Simulated values of every metric for a published experiment."""
-    prof = profile if profile is not None else resolve_profile(exp.profile)
-    arrival, prompt, output = workload(exp, datasets)
-    return simulate(prof, arrival, prompt, output, replicas=exp.replicas)
+    """Simulated values of every metric for a published experiment (its own profile with its
+    server settings unless `profile` is given)."""
+    prof = profile if profile is not None else data.profile_for(exp)
+    arrival, prompt, output = workload(exp, data.datasets)
+    hashes = None
+    if exp.shared_prefix is not None:
+        assert exp.input_len is not None
+        rng = np.random.default_rng(exp.seed + 1)
+        hashes = exp.shared_prefix.hashes(len(arrival), exp.input_len, rng)
+    return simulate(prof, arrival, prompt, output, replicas=exp.replicas, block_hashes=hashes)
 
 
 def saturation_knee(

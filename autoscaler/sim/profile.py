@@ -26,12 +26,14 @@ DEFAULT_PROFILE = "llama-8b-h100"
 class Profile(BaseModel):
     """Performance model of one vLLM replica (docs/simulator.md, "Step time").
 
-    Prefill step: `prefill_alpha_ms + prefill_beta_ms_per_token * sum(c) +
-    prefill_gamma_ms_per_token2 * sum(c^2 + 2*c*p) + sched_ms_per_seq * S` over the chunks c of
-    the step, each at offset p of its prompt (a chunk attends to the whole prefix before it, so
-    a prompt of P tokens costs gamma*P^2 however it is chunked), S = sequences in the step.
-    Decode step: `decode_alpha_ms + (decode_beta_ms_per_seq + sched_ms_per_seq) * B +
-    decode_gamma_ms_per_ctx_token * sum(L)` over the B running sequences with contexts L. KV
+    A step of T tokens (one per decoding sequence plus the prefill chunks) costs
+    `max(decode_alpha_ms, prefill_alpha_ms + prefill_beta_ms_per_token * T)` (the weights are
+    read once; GEMM work dominates above the roofline knee) plus
+    `prefill_gamma_ms_per_token2 * sum(c^2 + 2*c*p)` over the chunks c of the step, each at
+    offset p of its prompt (a chunk attends to the whole prefix before it, so a prompt of P
+    tokens costs gamma*P^2 however it is chunked), plus `(decode_beta_ms_per_seq +
+    sched_ms_per_seq) * B + decode_gamma_ms_per_ctx_token * sum(L)` over the B decoding
+    sequences with contexts L, plus `sched_ms_per_seq` per prefilling sequence. KV
     transfer (P->D): `kv_bytes_per_token * prompt / kv_transfer_bytes_per_s +
     kv_transfer_setup_s`.
     """
@@ -60,6 +62,9 @@ class Profile(BaseModel):
     """Cost per context token in the batch (KV read), ms."""
     sched_ms_per_seq: float = Field(default=0.0, ge=0)
     """Scheduler/CPU cost per sequence scheduled in a step (decoding or prefilling), ms."""
+    frontend_ms: float = Field(default=0.0, ge=0)
+    """API-server time before a request reaches the scheduler (HTTP, tokenization), ms: it
+    delays the first token and the end alike."""
     kv_capacity_tokens: int = Field(gt=0)
     """KV-cache capacity of one replica, tokens."""
     max_num_seqs: int = Field(gt=0)
@@ -81,17 +86,23 @@ class Profile(BaseModel):
         """Duration of a pure prefill step over `seqs` chunks with the given token sum and
         attention sum (sum of c^2 + 2*c*p over chunks c at prompt offsets p)."""
         ms = (
-            self.prefill_alpha_ms
-            + self.prefill_beta_ms_per_token * chunks_sum
+            self.linear_ms(chunks_sum)
             + self.prefill_gamma_ms_per_token2 * attn_sum
             + self.sched_ms_per_seq * seqs
         )
         return ms / 1000.0
 
+    def linear_ms(self, tokens: float) -> float:
+        """The token-linear part of a step of `tokens` tokens: the weights are read once per
+        step (decode_alpha_ms), and the GEMM work costs more only above the roofline knee."""
+        return max(
+            self.decode_alpha_ms, self.prefill_alpha_ms + self.prefill_beta_ms_per_token * tokens
+        )
+
     def decode_step_s(self, batch: int, context_sum: float) -> float:
         """Duration of a pure decode step of `batch` sequences holding `context_sum` tokens."""
         ms = (
-            self.decode_alpha_ms
+            self.linear_ms(batch)
             + (self.decode_beta_ms_per_seq + self.sched_ms_per_seq) * batch
             + self.decode_gamma_ms_per_ctx_token * context_sum
         )
@@ -103,12 +114,10 @@ class Profile(BaseModel):
         The attention terms of the chunks sum to P^2 for a prompt of P tokens."""
         p = max(int(prompt_tokens), 1)
         m = self.max_num_batched_tokens
-        steps = -(-p // m)
-        ms = (
-            steps * (self.prefill_alpha_ms + self.sched_ms_per_seq)
-            + self.prefill_beta_ms_per_token * p
-            + self.prefill_gamma_ms_per_token2 * p * p
-        )
+        full, rest = divmod(p, m)
+        ms = full * self.linear_ms(m) + (self.linear_ms(rest) if rest else 0.0)
+        ms += (full + (1 if rest else 0)) * self.sched_ms_per_seq
+        ms += self.prefill_gamma_ms_per_token2 * p * p
         return ms / 1000.0
 
     def kv_transfer_s(self, prompt_tokens: int) -> float:
@@ -127,7 +136,7 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         name="llama-8b-h100",
         model_name="meta-llama/Llama-3.1-8B-Instruct",
         gpu="H100-80GB-SXM",
-        vllm_version="V1 (0.8-0.11)",
+        vllm_version="V1 (fitted on 0.15.1)",
         # §2.8 "Prefill alpha_p": Vidur lin intercept + 1-2 ms CPU.
         prefill_alpha_ms=4.0,
         # §2.8 "Prefill beta_p": 0.025 recommended (range 0.021-0.030; Vidur lin x 1.1-1.2).
@@ -135,18 +144,21 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         # §2.8 "Prefill gamma_p": causal-attention FLOP count at about 400 TF/s (§2.4). Applied
         # to c^2 + 2cp per chunk, so a prompt of P tokens pays gamma*P^2 (SIM-MODEL corrections).
         prefill_gamma_ms_per_token2=7e-7,
-        # §2.8 "Decode alpha_d": Vidur lin at B=1 + CPU overhead.
-        decode_alpha_ms=6.5,
-        # §2.8 "Decode beta_d": DistServe-fit scale.
-        decode_beta_ms_per_seq=0.03,
+        # Derived from the fitted Llama-2-7B profile (benchmarks/data/vllm_published.yaml, fit
+        # split: alpha_d 7.03 ms against Vidur's 5.6 ms of kernels at 1 token, so the V1 engine
+        # adds 1.43 ms a step) and the 8B's weight bytes (5.6 x 14.96/12.55 = 6.68 ms): 8.1 ms.
+        decode_alpha_ms=8.1,
+        # Fitted on the Llama-2-7B H100 measurements (fit split, +-15 % standard error); the
+        # per-sequence cost is the engine's, not the model's, so it carries over.
+        decode_beta_ms_per_seq=0.0406,
         # SIM-MODEL corrections: measured single-request ITL at 8k-128k context implies about
         # 4.4e-5 ms/token (128 KiB/token read at about 90 % of 3.35 TB/s), not §2.8's 6e-5 (65 %).
         decode_gamma_ms_per_ctx_token=4.4e-5,
-        # Calibrated (benchmarks/sim_fidelity.py --calibrate): puts the saturation knee (mean TTFT
-        # passes 1 s, ShareGPT-like lengths, 5-minute Poisson runs) at 52.5 req/s, the middle of
-        # the 50-55 req/s where measured vLLM V1 curves break (SIM-MODEL corrections). Without it
-        # the knee is at 62 req/s.
-        sched_ms_per_seq=0.017,
+        # The measured per-sequence cost (decode_beta_ms_per_seq) already holds the scheduler's
+        # share: a separate term fitted to zero (docs/simulator.md, "Saturation").
+        sched_ms_per_seq=0.0,
+        # Fitted on the Llama-2-7B measurements (same vLLM 0.15 API server): 14.4 ms.
+        frontend_ms=14.4,
         # §2.8 "KV capacity": about 430k tokens at gpu_memory_utilization 0.9 (§2.2).
         kv_capacity_tokens=430_000,
         # §2.8 / §2.3: vLLM V1 API-server defaults on >=70 GiB non-A100 GPUs.
@@ -167,23 +179,26 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         name="llama-70b-tp4-h100",
         model_name="meta-llama/Llama-3.1-70B-Instruct",
         gpu="H100-80GB-SXM",
-        vllm_version="V1 (0.8-0.11)",
+        vllm_version="V1 (fitted on 0.15.1)",
         # §2.8 "Prefill alpha_p", 70B TP4 column.
         prefill_alpha_ms=12.0,
         # §2.8 "Prefill beta_p": 0.060 recommended (range 0.054-0.12).
         prefill_beta_ms_per_token=0.060,
         # §2.8 "Prefill gamma_p": FLOP count at about 400 TF/s, per TP4 replica.
         prefill_gamma_ms_per_token2=8e-7,
-        # §2.8 "Decode alpha_d": 17 ms (Vidur lin 14.5 ms + all-reduce; up to 29 on an old stack).
-        decode_alpha_ms=17.0,
-        # §2.8 "Decode beta_d".
-        decode_beta_ms_per_seq=0.06,
+        # Fitted on Llama-2-70B TP4 H100 measurements (same layers, heads and hidden size as
+        # 3.1-70B; its 128k vocabulary adds about 1 % of weights): 16.5 ms (§2.8 had 17).
+        decode_alpha_ms=16.5,
+        # Fitted likewise: 0.0197 ms per sequence (standard error 80 %: weakly identified).
+        decode_beta_ms_per_seq=0.0197,
         # 80 KiB per GPU at TP4 read at about 90 % of 3.35 TB/s: the 8B correction's bandwidth
         # share applied to §2.8's 3.7e-5 (at 65 %): 3.7e-5 x 0.65 / 0.90 = 2.67e-5 (derived).
         decode_gamma_ms_per_ctx_token=2.67e-5,
-        # Calibrated like the 8B: knee at 23.5 req/s, the middle of the measured 22-25 (SIM-MODEL
-        # corrections); without it the knee is at 33.7 req/s.
-        sched_ms_per_seq=0.085,
+        # As the 8B: the fitted per-sequence cost holds the scheduler's share.
+        sched_ms_per_seq=0.0,
+        # Fitted likewise: 40 ms (TP4 broadcasts each request to four workers; the fit trades it
+        # against the queueing at 20 req/s, see docs/simulator.md "What still deviates").
+        frontend_ms=40.0,
         # §2.8 "KV capacity": about 455k tokens (§2.2: 445-465k at TP4).
         kv_capacity_tokens=455_000,
         # §2.8: vLLM V1 H100 defaults.

@@ -162,6 +162,8 @@ class VllmMetrics:
         "kv_usage",
         "model_name",
         "preemptions",
+        "prefix_hits",
+        "prefix_queries",
         "prompt_tokens",
         "running",
         "success",
@@ -181,6 +183,9 @@ class VllmMetrics:
         self.generation_tokens = 0
         self.success: dict[str, int] = {}
         self.preemptions = 0
+        # Prefix cache lookups and hits, in tokens (vLLM V1 counts tokens).
+        self.prefix_queries = 0
+        self.prefix_hits = 0
         # Histograms.
         self.iteration_tokens = Histogram(ITERATION_TOKENS_BUCKETS)
         self.ttft = Histogram(TTFT_BUCKETS)

@@ -31,9 +31,8 @@ def test_single_request_disaggregated_ttft_is_prefill_plus_transfer() -> None:
     sim.advance_to(10)
     res = pool.results()
     assert res.ttft_s[0] == pytest.approx(P8B.idle_prefill_s(1000) + P8B.kv_transfer_s(1000))
-    # 4 + 0.025*1000 + 7e-7*1000^2 + 0.017 (one sequence's scheduling) ms = 29.717 ms;
-    # 131072*1000/25e9 + 1.5 ms = 6.74 ms.
-    assert res.ttft_s[0] == pytest.approx(0.029717 + 0.00674288)
+    # max(alpha_d, 4 + 0.025*1000) + 7e-7*1000^2 ms = 29.7 ms; 131072*1000/25e9 + 1.5 ms = 6.74 ms.
+    assert res.ttft_s[0] == pytest.approx(0.0297 + 0.00674288)
     assert res.mean_itl_s[0] == pytest.approx(expected_mean_itl(1000, 10))
     assert res.finish_s[0] == pytest.approx(0.5 + res.ttft_s[0] + 9 * res.mean_itl_s[0], rel=1e-12)
 

@@ -45,10 +45,10 @@ def _results(
 
 def test_slo_verdicts() -> None:
     """TTFT limit = max(0.5 s, 3 x idle prefill); mean ITL <= 50 ms; 1-token outputs pass ITL."""
-    # Two full chunks; the second attends to the first: 2 x 4.017 + 0.025 x 16384 + 7e-7 x
-    # 16384² ms = 0.6055 s, so the limit is 1.82 s.
+    # Two full chunks; the second attends to the first: 2 x 4 + 0.025 x 16384 + 7e-7 x 16384²
+    # ms = 0.6055 s, so the limit is 1.82 s.
     long_idle = P8B.idle_prefill_s(16_384)
-    assert long_idle == pytest.approx((2 * 4.017 + 0.025 * 16_384 + 7e-7 * 16_384**2) / 1000)
+    assert long_idle == pytest.approx((2 * 4 + 0.025 * 16_384 + 7e-7 * 16_384**2) / 1000)
     res = _results(
         ttft=[0.49, 0.51, 1.8, 1.85, 0.1, 0.1, math.nan],
         itl=[0.01, 0.01, 0.01, 0.01, 0.0499, 0.0501, math.nan],
@@ -120,12 +120,14 @@ def test_oracle_decode_capacity_at_itl_slo() -> None:
     t = np.linspace(0, 59.9, n)
     # Context prompt + output/2 = 1150 + 50 = 1200 tokens.
     o = oracle(t, np.full(n, 1150), np.full(n, 100), P8B, disaggregated=True)
-    # Per sequence: beta_d 0.03 + scheduling 0.017 + gamma_d 4.4e-5 x 1200 ms. The ITL bound
-    # allows 435 sequences; KV (430k tokens / 1200) only 358.
-    per_seq = 0.03 + 0.017 + 4.4e-5 * 1200
-    assert math.floor(43.5 / per_seq) == 435
+    # Per sequence: beta_d 0.0406 + gamma_d 4.4e-5 x 1200 ms. Above the roofline knee a step
+    # costs 4 + 0.025·B + per_seq·B ms: the ITL bound allows (50 - 4) / (0.025 + per_seq) = 388
+    # sequences (448 below the knee); KV (430k tokens / 1200) only 358.
+    per_seq = 0.0406 + 4.4e-5 * 1200
+    assert math.floor(46 / (0.025 + per_seq)) == 388
     bstar = 430_000 // 1200
-    assert o.decode_capacity_tok_s[0] == pytest.approx(bstar / (6.5 + per_seq * bstar) * 1000)
+    step = max(8.1, 4 + 0.025 * bstar) + per_seq * bstar
+    assert o.decode_capacity_tok_s[0] == pytest.approx(bstar / step * 1000)
 
 
 def test_evaluate_a_run() -> None:

@@ -1,0 +1,113 @@
+"""Prefix caching: per-replica LRU block caches whose hits remove prefill work, the routing
+policies that make hits likely, the counters a vLLM pod exports, and the front-end delay."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autoscaler.sim.engine import Simulation
+from autoscaler.types import Role
+from tests.sim.conftest import P8B, one_pool, small_profile
+
+pytestmark = pytest.mark.sim
+
+BLOCK = 16
+
+
+def blocks(prefix: int, n: int) -> list[int]:
+    """n block hashes of a prompt family `prefix` (same family = same leading blocks)."""
+    return [prefix * 1000 + b for b in range(n)]
+
+
+def test_second_identical_prompt_skips_the_cached_blocks() -> None:
+    """The same 4096-token prompt twice, far apart: the second prefills only its last token
+    (vLLM computes at least one), so its TTFT is one small step; the counters say 4095 of the
+    8192 queried tokens hit."""
+    h = blocks(1, 4096 // BLOCK)
+    sim, pool = one_pool([0.0, 10.0], [4096, 4096], [2, 2], disaggregated=False,
+                         block_hashes=[h, h])  # fmt: skip
+    sim.run_until_idle()
+    ttft = pool.results().ttft_s
+    assert ttft[0] == pytest.approx(P8B.idle_prefill_s(4096))
+    # One token at offset 4095: max(alpha_d, alpha_p + beta_p) + gamma_p·(1 + 2·4095).
+    assert ttft[1] == pytest.approx(P8B.prefill_step_s(1, 1 + 2 * 4095))
+    assert ttft[1] < ttft[0] / 10
+    m = sim.deployment(("llm", "a")).replicas[0].metrics
+    assert (m.prefix_queries, m.prefix_hits) == (8192, 4095)
+
+
+def test_shared_prefix_hits_only_the_leading_blocks() -> None:
+    """Two prompts share their first 64 blocks and differ after: the second reuses exactly the
+    shared 1024 tokens."""
+    a = blocks(1, 128)
+    b = a[:64] + blocks(2, 64)
+    sim, pool = one_pool([0.0, 10.0], [2048, 2048], [2, 2], disaggregated=False,
+                         block_hashes=[a, b])  # fmt: skip
+    sim.run_until_idle()
+    m = sim.deployment(("llm", "a")).replicas[0].metrics
+    assert m.prefix_hits == 1024
+    # The uncached 1024 tokens attend to the cached 1024 before them.
+    want = P8B.prefill_step_s(1024, 1024**2 + 2 * 1024 * 1024)
+    assert pool.results().ttft_s[1] == pytest.approx(want)
+
+
+def test_lru_capacity_comes_from_the_kv_budget() -> None:
+    """A cache of 2048 tokens (128 blocks) keeps the most recent prompt only: after A then B
+    (each 128 blocks), A misses."""
+    prof = small_profile(kv_capacity_tokens=2048 + 16)
+    a, b = blocks(1, 128), blocks(2, 128)
+    sim, _ = one_pool([0.0, 10.0, 20.0], [2048, 2048, 2048], [1, 1, 1], disaggregated=False,
+                      block_hashes=[a, b, a], profile=prof)  # fmt: skip
+    sim.run_until_idle()
+    assert sim.deployment(("llm", "a")).replicas[0].metrics.prefix_hits == 0
+
+
+@pytest.mark.parametrize(("routing", "want_hits"), [("least-loaded", 2 * 2047), ("prefix-aware", 3 * 2047)])
+def test_prefix_aware_routing_finds_the_cached_replica(routing: str, want_hits: int) -> None:
+    """Two replicas. At t=0 replica 0 gets prompt `other` and replica 1 prompt `h`. Three more
+    `h` requests then arrive one at a time on an idle fleet: least-loaded sends them to the
+    oldest replica (a tie), where the first misses and the next two hit; prefix-aware sends all
+    three to replica 1, which holds `h`, so all three hit."""
+    h = blocks(7, 128)
+    other = blocks(8, 128)
+    arrival = [0.0, 0.0, 10.0, 20.0, 30.0]
+    hashes = [other, h, h, h, h]
+    sim, _ = one_pool(arrival, [2048] * 5, [1] * 5, disaggregated=False,
+                      initial={Role.AGGREGATED: 2}, block_hashes=hashes,
+                      routing=routing)  # fmt: skip
+    sim.run_until_idle()
+    reps = sim.deployment(("llm", "a")).replicas
+    assert sum(r.metrics.prefix_hits for r in reps) == want_hits
+
+
+def test_unknown_routing_is_refused() -> None:
+    with pytest.raises(ValueError, match="routing must be one of"):
+        one_pool([0.0], [10], [2], routing="random")
+
+
+def test_decode_replicas_do_not_look_up_prompts() -> None:
+    """Disaggregated: the prefill replica caches; the decode replica gets KV over the wire."""
+    h = blocks(3, 64)
+    sim, _ = one_pool([0.0, 10.0], [1024, 1024], [4, 4], block_hashes=[h, h])
+    sim.run_until_idle()
+    p = sim.deployment(("llm", "p")).replicas[0].metrics
+    d = sim.deployment(("llm", "d")).replicas[0].metrics
+    assert p.prefix_hits == 1023
+    assert (d.prefix_queries, d.prefix_hits) == (0, 0)
+
+
+def test_frontend_delay_shifts_first_token_and_end() -> None:
+    """frontend_ms delays a request's entry to the scheduler: TTFT and E2E grow by exactly it."""
+    base = small_profile(frontend_ms=0.0)
+    slow = small_profile(frontend_ms=25.0)
+    out = []
+    for prof in (base, slow):
+        sim = Simulation()
+        pool = sim.add_pool("x", profile=prof, deployments={Role.AGGREGATED: ("llm", "a")},
+                            arrival_s=np.array([0.0, 0.3]), prompt_tokens=np.array([500, 800]),
+                            output_tokens=np.array([20, 30]))  # fmt: skip
+        sim.run_until_idle()
+        out.append(pool.results())
+    assert out[1].ttft_s == pytest.approx(out[0].ttft_s + 0.025)
+    assert out[1].finish_s == pytest.approx(out[0].finish_s + 0.025)
