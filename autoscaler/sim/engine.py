@@ -495,7 +495,8 @@ class Replica:
         m.prefix_hits += hit
         if hit:
             cache = self.cache
-            assert cache is not None and r.hashes is not None
+            assert cache is not None
+            assert r.hashes is not None
             for h in r.hashes[: -(-hit // self.block_tokens)]:
                 cache.move_to_end(h)
             r.computed = hit

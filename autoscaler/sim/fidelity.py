@@ -306,7 +306,8 @@ def workload(
     if exp.dataset is not None:
         prompt, output = datasets[exp.dataset].sample(n, rng)
     else:
-        assert exp.input_len is not None and exp.output_len is not None
+        assert exp.input_len is not None
+        assert exp.output_len is not None
         prompt = np.full(n, exp.input_len, dtype=np.int64)
         output = np.full(n, exp.output_len, dtype=np.int64)
     if math.isinf(exp.rate):

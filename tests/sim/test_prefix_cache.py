@@ -63,7 +63,9 @@ def test_lru_capacity_comes_from_the_kv_budget() -> None:
     assert sim.deployment(("llm", "a")).replicas[0].metrics.prefix_hits == 0
 
 
-@pytest.mark.parametrize(("routing", "want_hits"), [("least-loaded", 2 * 2047), ("prefix-aware", 3 * 2047)])
+@pytest.mark.parametrize(
+    ("routing", "want_hits"), [("least-loaded", 2 * 2047), ("prefix-aware", 3 * 2047)]
+)
 def test_prefix_aware_routing_finds_the_cached_replica(routing: str, want_hits: int) -> None:
     """Two replicas. At t=0 replica 0 gets prompt `other` and replica 1 prompt `h`. Three more
     `h` requests then arrive one at a time on an idle fleet: least-loaded sends them to the
