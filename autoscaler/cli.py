@@ -108,6 +108,7 @@ _DELEGATED = {
     "run": "autoscaler.controller",
     "sim-serve": "autoscaler.sim.serve",
     "trace-stitch": "autoscaler.forecast.stitch",
+    "profile": "autoscaler.sim.profile_fit",
 }
 
 
@@ -137,18 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_validate)
 
     d = sub.add_parser("demo", help="the controller on a simulated cluster, replaying traffic")
-    d.add_argument(
-        "--trace", type=Path, help="trace file (default: shared trace or generator)"
-    )
-    d.add_argument(
-        "--policy", type=Path, help="policy file (default: the 8B policy)"
-    )
+    d.add_argument("--trace", type=Path, help="trace file (default: shared trace or generator)")
+    d.add_argument("--policy", type=Path, help="policy file (default: the 8B policy)")
     d.add_argument("--out", type=Path, default=Path("out"), help="directory for plot and JSON")
     d.add_argument("--quiet", action="store_true", help="no live decision feed")
     d.add_argument("--profile", default=None, help="simulator profile name or YAML file")
-    d.add_argument(
-        "--duration-s", type=float, default=None, help="replay only the first N seconds"
-    )
+    d.add_argument("--duration-s", type=float, default=None, help="replay only the first N seconds")
     d.add_argument(
         "--seconds",
         type=float,
@@ -181,9 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scrape-s", type=float, default=5.0, help="metric scrape interval")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("--window-s", type=float, default=None, help="rate window (default 60 s)")
-    b.add_argument(
-        "--duration-s", type=float, default=None, help="replay only the first N seconds"
-    )
+    b.add_argument("--duration-s", type=float, default=None, help="replay only the first N seconds")
     b.add_argument("--ttft-floor-s", type=float, default=None, help="SLO TTFT floor (0.5)")
     b.add_argument(
         "--ttft-slowdown", type=float, default=None, help="SLO TTFT x idle prefill (3.0)"
@@ -202,16 +195,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prometheus-url")
     r.add_argument("--dry-run", action="store_true", default=None)
     # Adoption servers (docs/adoption.md); also PD_AUTOSCALER_* variables (docs/controller.md).
-    r.add_argument("--external-metrics-port", type=int, metavar="PORT",
-                   help="serve external.metrics.k8s.io over TLS on PORT")
-    r.add_argument("--external-metrics-cert-dir", type=Path, metavar="DIR",
-                   help="tls.crt and tls.key for --external-metrics-port")
-    r.add_argument("--keda-grpc-port", type=int, metavar="PORT",
-                   help="serve the KEDA External Scaler (gRPC) on PORT")
-    r.add_argument("--keda-metrics-api", action="store_true", default=None,
-                   help="serve KEDA's metrics-api JSON at /keda/v1/<pool>/<role> on the HTTP port")
-    r.add_argument("--leader-label", action="store_true", default=None,
-                   help="label this Pod pd-autoscaler.io/leader=true while leading (POD_NAME)")
+    r.add_argument(
+        "--external-metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve external.metrics.k8s.io over TLS on PORT",
+    )
+    r.add_argument(
+        "--external-metrics-cert-dir",
+        type=Path,
+        metavar="DIR",
+        help="tls.crt and tls.key for --external-metrics-port",
+    )
+    r.add_argument(
+        "--keda-grpc-port",
+        type=int,
+        metavar="PORT",
+        help="serve the KEDA External Scaler (gRPC) on PORT",
+    )
+    r.add_argument(
+        "--keda-metrics-api",
+        action="store_true",
+        default=None,
+        help="serve KEDA's metrics-api JSON at /keda/v1/<pool>/<role> on the HTTP port",
+    )
+    r.add_argument(
+        "--leader-label",
+        action="store_true",
+        default=None,
+        help="label this Pod pd-autoscaler.io/leader=true while leading (POD_NAME)",
+    )
     r.set_defaults(func=_delegate("run"))
 
     s = sub.add_parser("sim", help="simulator tools")
@@ -225,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--naming", choices=["new", "old"], default="new")
     ss.add_argument("--speedup", type=float, default=1.0)
     ss.set_defaults(func=_delegate("sim-serve"))
+
+    pr = sub.add_parser("profile", help="fit or check a simulator profile against measurements")
+    psub = pr.add_subparsers(dest="profile_command", metavar="PROFILECOMMAND", required=True)
+    pf = psub.add_parser("fit", help="fit profile constants to `vllm bench serve` result files")
+    pc = psub.add_parser("check", help="replay `vllm bench serve` result files; per-point error")
+    for q in (pf, pc):
+        q.add_argument("results", nargs="+", type=Path, help="--save-result JSON files")
+        q.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                       help="a server setting of the runs (e.g. max_num_seqs=128)")  # fmt: skip
+    pf.add_argument("--base", default=None, help="starting profile (built-in name or YAML)")
+    pf.add_argument("--params", default="decode_alpha_ms,decode_beta_ms_per_seq,frontend_ms")
+    pf.add_argument("--max-evaluations", type=int, default=200)
+    pf.add_argument("--out", type=Path, required=True, help="profile YAML to write")
+    pc.add_argument("--profile", default=None, help="built-in name or YAML (default 8B)")
+    pr.set_defaults(func=_delegate("profile"))
 
     t = sub.add_parser("trace", help="trace tools")
     tsub = t.add_subparsers(dest="trace_command", metavar="TRACECOMMAND", required=True)

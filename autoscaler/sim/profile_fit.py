@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,8 @@ def experiment_from_bench_json(path: str | Path, *, profile: str) -> Experiment:
     completed = int(num("completed"))
     if completed <= 0:
         raise errors.ConfigError([f"{p}: completed: no request completed"])
+    input_len = max(1, round(num("total_input_tokens") / completed))
+    output_len = max(1, round(num("total_output_tokens") / completed))
     rate_raw = raw.get("request_rate", "inf")
     rate = math.inf if rate_raw in ("inf", None) else float(rate_raw)
     if raw.get("max_concurrency") not in (None, "None"):
@@ -222,10 +224,76 @@ def experiment_from_bench_json(path: str | Path, *, profile: str) -> Experiment:
         vllm_version="unspecified",
         rate=rate,
         num_prompts=completed,
-        input_len=max(1, round(num("total_input_tokens") / completed)),
-        output_len=max(1, round(num("total_output_tokens") / completed)),
+        input_len=input_len,
+        output_len=output_len,
         dataset=None,
         replicas=1,
         split="fit",
         points=points,
     )
+
+
+# --- `pd-autoscaler profile fit | check` -------------------------------------------------------
+
+
+def _experiments(paths: list[Path], profile: Profile, settings: list[str]) -> list[Experiment]:
+    overrides: dict[str, Any] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or key not in Profile.model_fields:
+            raise errors.ConfigError(
+                [f"--set: expected FIELD=VALUE with a profile field, got {item!r}"]
+            )
+        overrides[key] = float(value) if "." in value or "e" in value else int(value)
+    out = []
+    for p in paths:
+        exp = experiment_from_bench_json(p, profile=profile.name)
+        out.append(replace(exp, overrides=overrides))
+    return out
+
+
+def _print_points(points: list[PointError]) -> None:
+    print(f"{'measurement':28s} {'metric':18s} {'measured':>10s} {'simulated':>10s} {'error':>8s}")
+    for p in points:
+        print(
+            f"{p.experiment:28s} {p.metric:18s} {p.measured:10.1f} {p.simulated:10.1f} "
+            f"{100 * p.rel_error:+7.1f}%"
+        )
+    errs = sorted(abs(p.rel_error) for p in points)
+    within = sum(e <= 0.15 for e in errs) / len(errs)
+    print(f"{len(errs)} points: {100 * within:.0f} % within +-15 %, median |error| "
+          f"{100 * errs[len(errs) // 2]:.1f} %")  # fmt: skip
+
+
+def main(args: Any) -> int:
+    """CLI entry: `profile fit RESULTS... --out FILE` or `profile check RESULTS...`."""
+    from autoscaler.sim.profile import DEFAULT_PROFILE, resolve_profile  # noqa: PLC0415
+
+    data = DataFile(sources={}, datasets={})
+    if args.profile_command == "check":
+        prof = resolve_profile(args.profile)
+        exps = _experiments(args.results, prof, args.set or [])
+        _print_points(check_profile(prof, exps, data))
+        return 0
+    base = resolve_profile(args.base)
+    exps = _experiments(args.results, base, args.set or [])
+    params = [p for p in args.params.split(",") if p]
+    res = fit_profile(base, exps, data, params=params, max_evaluations=args.max_evaluations)
+    print(f"fitted {len(params)} constants of {base.name} on {len(exps)} measurements "
+          f"({res.evaluations} simulations):")  # fmt: skip
+    for c in res.constants:
+        print(f"  {c.name:32s} {c.start:12.5g} -> {c.value:12.5g}   "
+              f"standard error {100 * c.rel_std_error:.0f} %")  # fmt: skip
+    _print_points(res.points)
+    name = args.out.stem
+    fields = res.profile.model_dump()
+    fields["name"] = name
+    lines = [
+        f"# Fitted by `pd-autoscaler profile fit` from {len(exps)} measurement(s), starting from",
+        f"# {base.name}; fitted: {', '.join(params)}.",
+        f"base: {DEFAULT_PROFILE}",
+    ]
+    lines += [f"{k}: {json.dumps(v)}" for k, v in fields.items()]
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
