@@ -104,6 +104,8 @@ class _Req:
         "prompt",
         "remote",
         "t_enter",
+        "t_first",
+        "t_sched",
         "target",
         "xfer_done",
     )
@@ -124,6 +126,8 @@ class _Req:
         self.remote = False  # arrives at a decode replica: KV comes over the wire
         self.phase = _WAIT
         self.t_enter = arrival  # arrival at the current replica (its vLLM's request clock)
+        self.t_sched = -1.0  # first scheduled on the current replica (-1: not yet)
+        self.t_first = -1.0  # first token on the current replica
         self.last_tok = 0.0
         self.join_step = 0
         self.gen_join = 0
@@ -201,6 +205,7 @@ class Replica:
         self.s_pref = 0  # KV tokens held by prefilling requests
         self.reserved = 0  # KV tokens reserved for transfers in flight
         self.step_idx = 0  # decode steps done (a request's token count derives from it)
+        self.pending_iter = 0  # joined transfers' tokens, for the next step's iteration_tokens
         self.load = 0  # routing load: prompt tokens (prefill role) or requests outstanding
         # In-flight work.
         self.mode = _IDLE
@@ -245,6 +250,7 @@ class Replica:
         blocked = bool(self.waiting)
         r.phase = _WAIT
         r.t_enter = t
+        r.t_sched = -1.0
         self.waiting.append(r)
         self.load += r.prompt if self.is_prefill else 1
         if self.mode == _IDLE:
@@ -389,6 +395,7 @@ class Replica:
                     if kv > free - need:
                         break
                     waiting.popleft()
+                    r.t_sched = t
                     self.reserved += kv
                     free -= kv
                     r.phase = _XFER
@@ -402,6 +409,8 @@ class Replica:
                     if hit + c > free - need:
                         break
                     waiting.popleft()
+                    if r.t_sched < 0:
+                        r.t_sched = t
                     if self.cache is not None:
                         self._admit_cached(r, hit)
                     r.phase = _PREFILL
@@ -527,8 +536,14 @@ class Replica:
             pool.first_token[r.i] = tx
             m.ttft.observe(tx - r.t_enter)
             m.prompt_tokens += r.prompt
+            # vLLM's decode pod schedules the request with its prompt computed externally and
+            # emits the first token itself: the prompt and that token are in the step's
+            # iteration tokens, and the token is a generated one (it is streamed from here).
+            m.generation_tokens += 1
+            self.pending_iter += r.prompt + 1
             r.remote = False
             r.last_tok = tx
+            r.t_first = tx
             r.gen = 1
             if r.output <= 1:
                 self._done(r, tx)
@@ -567,7 +582,15 @@ class Replica:
         if self.fresh:
             self._fix_fresh(self.sg_t0 + tau0, tau0)
         m.generation_tokens += b * k
-        m.iteration_tokens.observe(b, k)
+        if self.pending_iter:
+            # Transfers that joined at this segment's start: their prompt and first token
+            # count in its first step.
+            m.iteration_tokens.observe(b + self.pending_iter)
+            self.pending_iter = 0
+            if k > 1:
+                m.iteration_tokens.observe(b, k - 1)
+        else:
+            m.iteration_tokens.observe(b, k)
         self.step_idx += k
         self.s_dec += b * k
         self.sg_t0 += dur
@@ -599,6 +622,7 @@ class Replica:
             if r.gen == 0:
                 m.prompt_tokens += r.prompt
                 m.ttft.observe(t - r.t_enter)
+                r.t_first = t
                 tokens += r.prompt
                 if not self.is_prefill:
                     pool.first_token[r.i] = t
@@ -613,7 +637,10 @@ class Replica:
                 del self.running[r.i]
                 self.load -= r.prompt
                 r.phase = _DONE
-                m.finish("length", t - r.t_enter)
+                # The P pod's request has max_tokens=1 and ends by length after its one token.
+                m.finish_request(
+                    "length", r.t_enter, r.t_sched, r.t_first, t, r.prompt, 1, max_tokens=1
+                )
                 pool.handoff(r, t)
             elif r.gen >= r.output:
                 del self.running[r.i]
@@ -627,6 +654,9 @@ class Replica:
                 r.fin_step = self.step_idx + r.output - r.gen
                 heapq.heappush(self.dec_heap, (r.fin_step, r.i, r))
         self.st_chunks = []
+        if self.pending_iter:
+            tokens += self.pending_iter
+            self.pending_iter = 0
         if tokens:
             m.iteration_tokens.observe(tokens)
         if dec:
@@ -650,7 +680,9 @@ class Replica:
         r.gen = r.output
         self.load -= 1
         self.pool.finish[r.i] = t
-        self.metrics.finish("stop", t - r.t_enter)
+        self.metrics.finish_request(
+            "stop", r.t_enter, r.t_sched, r.t_first, t, r.prompt, r.output, max_tokens=r.output
+        )
 
 
 class SimDeployment:
