@@ -20,8 +20,8 @@ Output layout, in order: the three state gauges, `vllm:cache_config_info`, the s
 (prompt and generation tokens, request_success with every finished_reason pre-registered at 0,
 preemptions, prefix-cache queries and hits in tokens), the histograms (iteration tokens, TTFT,
 ITL, e2e, then the per-request ones: queue, inference, prefill and decode time, prompt,
-generation and max generation tokens, n, max_tokens). No `_created` series are emitted (vLLM deployments commonly disable them and
-PromQL never needs them).
+generation and max generation tokens, n, max_tokens). No `_created` series are emitted (vLLM
+deployments commonly disable them and PromQL never needs them).
 """
 
 from __future__ import annotations
@@ -182,26 +182,26 @@ class VllmMetrics:
     """The metric state of one vLLM engine (one replica, engine index 0)."""
 
     __slots__ = (
+        "decode_time",
         "e2e",
+        "gen_tokens_hist",
         "generation_tokens",
+        "inference_time",
         "iteration_tokens",
         "itl",
         "kv_capacity_tokens",
         "kv_usage",
-        "model_name",
-        "gen_tokens_hist",
-        "inference_time",
         "max_gen_tokens_hist",
+        "model_name",
         "params_max_tokens",
         "params_n",
-        "prefill_time",
-        "decode_time",
         "preemptions",
+        "prefill_time",
         "prefix_hits",
         "prefix_queries",
+        "prompt_tokens",
         "prompt_tokens_hist",
         "queue_time",
-        "prompt_tokens",
         "running",
         "success",
         "ttft",

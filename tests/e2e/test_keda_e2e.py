@@ -100,7 +100,7 @@ class Processes:
                 cwd=self.log_dir,
                 start_new_session=True,
                 preexec_fn=k8senv._die_with_parent,
-            )  # noqa: PLW1509
+            )
 
     def check(self) -> None:
         for name, proc in self.procs.items():

@@ -435,7 +435,7 @@ class Rest:
         req = urllib.request.Request(
             self.base + path,
             data=data,
-            method=method,  # noqa: S310
+            method=method,
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
         try:
@@ -636,7 +636,7 @@ class LocalCluster:
                 cwd=self.run_dir,
                 start_new_session=True,
                 preexec_fn=None if self.detach else _die_with_parent,
-            )  # noqa: PLW1509
+            )
 
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():
