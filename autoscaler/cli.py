@@ -138,12 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_validate)
 
     d = sub.add_parser("demo", help="the controller on a simulated cluster, replaying traffic")
-    d.add_argument("--trace", type=Path, help="trace file (default: shared trace or generator)")
-    d.add_argument("--policy", type=Path, help="policy file (default: the 8B policy)")
+    d.add_argument(
+        "--trace", type=Path, help="trace file (default: shared trace or generator)"
+    )
+    d.add_argument(
+        "--policy", type=Path, help="policy file (default: the 8B policy)"
+    )
     d.add_argument("--out", type=Path, default=Path("out"), help="directory for plot and JSON")
     d.add_argument("--quiet", action="store_true", help="no live decision feed")
     d.add_argument("--profile", default=None, help="simulator profile name or YAML file")
-    d.add_argument("--duration-s", type=float, default=None, help="replay only the first N seconds")
+    d.add_argument(
+        "--duration-s", type=float, default=None, help="replay only the first N seconds"
+    )
     d.add_argument(
         "--seconds",
         type=float,
@@ -176,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scrape-s", type=float, default=5.0, help="metric scrape interval")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("--window-s", type=float, default=None, help="rate window (default 60 s)")
-    b.add_argument("--duration-s", type=float, default=None, help="replay only the first N seconds")
+    b.add_argument(
+        "--duration-s", type=float, default=None, help="replay only the first N seconds"
+    )
     b.add_argument("--ttft-floor-s", type=float, default=None, help="SLO TTFT floor (0.5)")
     b.add_argument(
         "--ttft-slowdown", type=float, default=None, help="SLO TTFT x idle prefill (3.0)"
@@ -195,36 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prometheus-url")
     r.add_argument("--dry-run", action="store_true", default=None)
     # Adoption servers (docs/adoption.md); also PD_AUTOSCALER_* variables (docs/controller.md).
-    r.add_argument(
-        "--external-metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve external.metrics.k8s.io over TLS on PORT",
-    )
-    r.add_argument(
-        "--external-metrics-cert-dir",
-        type=Path,
-        metavar="DIR",
-        help="tls.crt and tls.key for --external-metrics-port",
-    )
-    r.add_argument(
-        "--keda-grpc-port",
-        type=int,
-        metavar="PORT",
-        help="serve the KEDA External Scaler (gRPC) on PORT",
-    )
-    r.add_argument(
-        "--keda-metrics-api",
-        action="store_true",
-        default=None,
-        help="serve KEDA's metrics-api JSON at /keda/v1/<pool>/<role> on the HTTP port",
-    )
-    r.add_argument(
-        "--leader-label",
-        action="store_true",
-        default=None,
-        help="label this Pod pd-autoscaler.io/leader=true while leading (POD_NAME)",
-    )
+    r.add_argument("--external-metrics-port", type=int, metavar="PORT",
+                   help="serve external.metrics.k8s.io over TLS on PORT")
+    r.add_argument("--external-metrics-cert-dir", type=Path, metavar="DIR",
+                   help="tls.crt and tls.key for --external-metrics-port")
+    r.add_argument("--keda-grpc-port", type=int, metavar="PORT",
+                   help="serve the KEDA External Scaler (gRPC) on PORT")
+    r.add_argument("--keda-metrics-api", action="store_true", default=None,
+                   help="serve KEDA's metrics-api JSON at /keda/v1/<pool>/<role> on the HTTP port")
+    r.add_argument("--leader-label", action="store_true", default=None,
+                   help="label this Pod pd-autoscaler.io/leader=true while leading (POD_NAME)")
     r.set_defaults(func=_delegate("run"))
 
     s = sub.add_parser("sim", help="simulator tools")

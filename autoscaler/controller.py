@@ -181,45 +181,34 @@ class Settings:
                 problems.append(f"{name}: must be 0-65535 (got {port})")
         if self.external_metrics_port is not None and self.external_metrics_cert_dir is None:
             # The aggregator only speaks TLS and verifies the name; there is no plaintext mode.
-            problems.append(
-                "external_metrics_cert_dir: required with external_metrics_port "
-                "(a directory with tls.crt and tls.key)"
-            )
+            problems.append("external_metrics_cert_dir: required with external_metrics_port "
+                            "(a directory with tls.crt and tls.key)")
         if self.keda_grpc_client_ca_file is not None and self.keda_grpc_cert_dir is None:
             problems.append("keda_grpc_client_ca_file: needs keda_grpc_cert_dir (mTLS is TLS)")
         # Checked at start-up so a missing Secret mount is one clear line, not a TLS traceback.
-        for name, files in (
-            ("external_metrics_cert_dir", self.external_metrics_cert),
-            ("keda_grpc_cert_dir", self.keda_grpc_cert),
-            (
-                "keda_grpc_client_ca_file",
-                (self.keda_grpc_client_ca_file,) if self.keda_grpc_client_ca_file else None,
-            ),
-        ):
+        for name, files in (("external_metrics_cert_dir", self.external_metrics_cert),
+                            ("keda_grpc_cert_dir", self.keda_grpc_cert),
+                            ("keda_grpc_client_ca_file",
+                             (self.keda_grpc_client_ca_file,) if self.keda_grpc_client_ca_file
+                             else None)):
             for f in files or ():
                 if not f.is_file():
                     problems.append(f"{name}: {f} is not a readable file")
         if self.serve_max_age_s <= self.tick_s:
-            problems.append(
-                f"serve_max_age_s: must be > tick_s (got {self.serve_max_age_s}, "
-                f"tick {self.tick_s}): every answer would be stale between ticks"
-            )
+            problems.append(f"serve_max_age_s: must be > tick_s (got {self.serve_max_age_s}, "
+                            f"tick {self.tick_s}): every answer would be stale between ticks")
         if self.leader_label and not self.pod_name:
-            problems.append(
-                "leader_label: needs the Pod name (set POD_NAME from the downward "
-                "API: fieldRef metadata.name)"
-            )
+            problems.append("leader_label: needs the Pod name (set POD_NAME from the downward "
+                            "API: fieldRef metadata.name)")
         if self.forecast_backfill_s < 0:
             problems.append(f"forecast_backfill_s: must be >= 0 (got {self.forecast_backfill_s})")
         # Half the stall limit of Health (Controller.__init__): a slow Prometheus must not make
         # the liveness probe restart a new leader before its first tick.
         stall_s = max(60.0, 4 * self.tick_s)
         if not 0 < self.forecast_backfill_timeout_s <= stall_s / 2:
-            problems.append(
-                f"forecast_backfill_timeout_s: must be > 0 and <= {stall_s / 2:g} "
-                f"(got {self.forecast_backfill_timeout_s}): the first tick waits "
-                "for it"
-            )
+            problems.append(f"forecast_backfill_timeout_s: must be > 0 and <= {stall_s / 2:g} "
+                            f"(got {self.forecast_backfill_timeout_s}): the first tick waits "
+                            "for it")
         if problems:
             raise errors.ConfigError([f"settings: {p}" for p in problems])
 
@@ -270,18 +259,12 @@ _ENV: dict[str, Callable[[str], Any]] = {
 # The downward API's conventional names, unprefixed (as client-go tools read them).
 _POD_ENV = {"pod_name": "POD_NAME", "pod_namespace": "POD_NAMESPACE"}
 # `run` flag (argparse dest) -> field; flags win over the environment.
-_FLAGS = {
-    "kubeconfig": "kubeconfig",
-    "namespace": "namespace",
-    "policy": "policy_file",
-    "prometheus_url": "prometheus_url",
-    "dry_run": "dry_run",
-    "external_metrics_port": "external_metrics_port",
-    "external_metrics_cert_dir": "external_metrics_cert_dir",
-    "keda_grpc_port": "keda_grpc_port",
-    "keda_metrics_api": "keda_metrics_api",
-    "leader_label": "leader_label",
-}
+_FLAGS = {"kubeconfig": "kubeconfig", "namespace": "namespace", "policy": "policy_file",
+          "prometheus_url": "prometheus_url", "dry_run": "dry_run",
+          "external_metrics_port": "external_metrics_port",
+          "external_metrics_cert_dir": "external_metrics_cert_dir",
+          "keda_grpc_port": "keda_grpc_port", "keda_metrics_api": "keda_metrics_api",
+          "leader_label": "leader_label"}
 
 
 def settings_from(args: argparse.Namespace | None, env: Mapping[str, str]) -> Settings:
@@ -343,13 +326,10 @@ class PolicyDocs:
         ordered = [docs[k] for k in sorted(docs)]
         budgets = [k for k in sorted(docs) if docs[k].gpu_budget is not None]
         if budgets:
-            raise errors.ConfigError(
-                [
-                    f"{k}: gpu_budget: a file-level budget needs a single policy document; "
-                    f"{len(docs)} are loaded (use pools[].gpu_budget)"
-                    for k in budgets
-                ]
-            )
+            raise errors.ConfigError([
+                f"{k}: gpu_budget: a file-level budget needs a single policy document; "
+                f"{len(docs)} are loaded (use pools[].gpu_budget)" for k in budgets
+            ])
         data = {
             "dry_run": any(d.dry_run for d in ordered),
             "pools": [p.model_dump(mode="json") for d in ordered for p in d.pools],
@@ -359,9 +339,8 @@ class PolicyDocs:
         except ValueError as exc:
             raise errors.ConfigError([f"merged policy documents {sorted(docs)}: {exc}"]) from exc
 
-    def propose(
-        self, updates: Mapping[str, str], removed: Sequence[str] = ()
-    ) -> tuple[dict[str, PolicyFile], list[str]]:
+    def propose(self, updates: Mapping[str, str], removed: Sequence[str] = ()
+                ) -> tuple[dict[str, PolicyFile], list[str]]:
         """Validate `updates` (key -> YAML text) on top of the current documents; return the
         candidate set and the problems. Invalid documents keep their last good version."""
         docs = {k: v for k, v in self.docs.items() if k not in removed}
@@ -448,29 +427,20 @@ class StateStore:
         log.info("state_restored", configmap=self.name, pools=sorted(state.pools))
         return state
 
-    async def save(
-        self,
-        state: ScaleState,
-        decision: Decision,
-        *,
-        mono_now: float,
-        wall_now: float,
-        identity: str,
-    ) -> None:
+    async def save(self, state: ScaleState, decision: Decision, *, mono_now: float,
+                   wall_now: float, identity: str) -> None:
         data = {
             STATE_KEY: state.shifted(wall_now - mono_now).to_json(),
-            LAST_DECISION_KEY: json.dumps(decision_status(decision, wall=wall_now), sort_keys=True),
+            LAST_DECISION_KEY: json.dumps(decision_status(decision, wall=wall_now),
+                                          sort_keys=True),
             LAST_SCALE_KEY: json.dumps(self.last_scale, sort_keys=True),
         }
-        annotations = {
-            "pd-autoscaler.io/saved-by": identity,
-            "pd-autoscaler.io/saved-at": _rfc3339(wall_now),
-        }
+        annotations = {"pd-autoscaler.io/saved-by": identity,
+                       "pd-autoscaler.io/saved-at": _rfc3339(wall_now)}
         if self._exists is not False:
             try:
                 await self._core.patch_namespaced_config_map(
-                    self.name,
-                    self.namespace,
+                    self.name, self.namespace,
                     {"metadata": {"annotations": annotations}, "data": data},
                     _request_timeout=self._timeout_s,
                 )
@@ -482,13 +452,9 @@ class StateStore:
                 return
         body = client.V1ConfigMap(
             metadata=client.V1ObjectMeta(
-                name=self.name,
-                namespace=self.namespace,
-                annotations=annotations,
-                labels={
-                    "app.kubernetes.io/name": "pd-autoscaler",
-                    "app.kubernetes.io/component": "state",
-                },
+                name=self.name, namespace=self.namespace, annotations=annotations,
+                labels={"app.kubernetes.io/name": "pd-autoscaler",
+                        "app.kubernetes.io/component": "state"},
             ),
             data=data,
         )
@@ -539,15 +505,8 @@ class LeaderLabeler:
     container restart keeps the Pod and its labels).
     """
 
-    def __init__(
-        self,
-        api: ApiClient,
-        *,
-        pod: str,
-        namespace: str,
-        timeout_s: float,
-        max_backoff_s: float = 30.0,
-    ) -> None:
+    def __init__(self, api: ApiClient, *, pod: str, namespace: str, timeout_s: float,
+                 max_backoff_s: float = 30.0) -> None:
         self._core = client.CoreV1Api(api)
         self.pod = pod
         self.namespace = namespace
@@ -569,9 +528,8 @@ class LeaderLabeler:
     async def _apply(self, leader: bool) -> None:
         # Strategic merge patch: null deletes the key, so removal needs no read first.
         body = {"metadata": {"labels": {LEADER_LABEL: "true" if leader else None}}}
-        await self._core.patch_namespaced_pod(
-            self.pod, self.namespace, body, _request_timeout=self._timeout_s
-        )
+        await self._core.patch_namespaced_pod(self.pod, self.namespace, body,
+                                              _request_timeout=self._timeout_s)
         self.has = leader
         log.info("leader_label_set" if leader else "leader_label_removed", pod=self.pod)
 
@@ -586,14 +544,8 @@ class LeaderLabeler:
             try:
                 await self._apply(want)
             except (ApiException, OSError, TimeoutError) as exc:
-                log.warning(
-                    "leader_label_failed",
-                    pod=self.pod,
-                    namespace=self.namespace,
-                    leader=want,
-                    error=_api_error(exc),
-                    retry_in_s=delay,
-                )
+                log.warning("leader_label_failed", pod=self.pod, namespace=self.namespace,
+                            leader=want, error=_api_error(exc), retry_in_s=delay)
                 # Wake early if leadership flips meanwhile; otherwise retry after the delay.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), delay)
@@ -615,9 +567,8 @@ class LeaderLabeler:
                 await self._apply(False)
             except (ApiException, OSError, TimeoutError) as exc:
                 # The Pod is going away anyway; a restarted container removes it on start.
-                log.warning(
-                    "leader_label_failed", pod=self.pod, leader=False, error=_api_error(exc)
-                )
+                log.warning("leader_label_failed", pod=self.pod, leader=False,
+                            error=_api_error(exc))
 
 
 def _api_error(exc: BaseException) -> str:
@@ -660,18 +611,13 @@ class Controller:
         self.source = source
         self.store = store or DecisionStore()
         self.health = app_mod.Health(stall_after_s=max(60.0, 4 * settings.tick_s))
-        self.events = kube.EventRecorder(
-            api, instance=settings.identity, timeout_s=settings.api_timeout_s
-        )
-        self.actuator = kube.KubernetesActuator(
-            api, events=self.events, timeout_s=settings.api_timeout_s, clock=clock
-        )
-        self.state_store = StateStore(
-            api,
-            namespace=settings.namespace,
-            name=settings.state_configmap,
-            timeout_s=settings.api_timeout_s,
-        )
+        self.events = kube.EventRecorder(api, instance=settings.identity,
+                                         timeout_s=settings.api_timeout_s)
+        self.actuator = kube.KubernetesActuator(api, events=self.events,
+                                                timeout_s=settings.api_timeout_s, clock=clock)
+        self.state_store = StateStore(api, namespace=settings.namespace,
+                                      name=settings.state_configmap,
+                                      timeout_s=settings.api_timeout_s)
         self.loop: Loop | None = None
         self.ticks = 0
         self._plugins: tuple[app_mod.Plugin, ...] = tuple(plugins)
@@ -683,11 +629,8 @@ class Controller:
         self.leader_labeler: LeaderLabeler | None = None
         if settings.leader_label and settings.pod_name:
             self.leader_labeler = LeaderLabeler(
-                api,
-                pod=settings.pod_name,
-                namespace=settings.pod_namespace or settings.namespace,
-                timeout_s=settings.api_timeout_s,
-            )
+                api, pod=settings.pod_name, namespace=settings.pod_namespace or settings.namespace,
+                timeout_s=settings.api_timeout_s)
         self._clock = clock
         self._wall = wall
         self._serve_http = serve_http
@@ -709,22 +652,12 @@ class Controller:
 
     async def run(self) -> None:
         s = self.settings
-        log.info(
-            "controller_start",
-            identity=s.identity,
-            namespace=s.namespace,
-            dry_run=s.dry_run,
-            tick_s=s.tick_s,
-            leader_election=s.leader_election,
-            policy=str(s.policy_file) if s.policy_file else f"configmaps {s.policy_selector}",
-        )
+        log.info("controller_start", identity=s.identity, namespace=s.namespace,
+                 dry_run=s.dry_run, tick_s=s.tick_s, leader_election=s.leader_election,
+                 policy=str(s.policy_file) if s.policy_file else f"configmaps {s.policy_selector}")
         if self._serve_http:
-            app = app_mod.create_app(
-                health=self.health,
-                store=self.store,
-                telemetry=self.telemetry,
-                plugins=self._plugins,
-            )
+            app = app_mod.create_app(health=self.health, store=self.store,
+                                     telemetry=self.telemetry, plugins=self._plugins)
             self._runner = await app_mod.start(app, host=s.http_host, port=s.http_port)
             self.http_port = app_mod.bound_port(self._runner)
         policy_task = asyncio.create_task(self._watch_policy(), name="policy")
@@ -761,11 +694,8 @@ class Controller:
         from autoscaler.server import external_metrics as em  # noqa: PLC0415
         from autoscaler.server import keda  # noqa: PLC0415
 
-        app.add_routes(
-            keda.metrics_api_routes(
-                em.ControllerStoreView(store), max_age_s=self.settings.serve_max_age_s
-            )
-        )
+        app.add_routes(keda.metrics_api_routes(em.ControllerStoreView(store),
+                                               max_age_s=self.settings.serve_max_age_s))
 
     async def _start_servers(self) -> None:
         s = self.settings
@@ -780,33 +710,20 @@ class Controller:
             server = em.ExternalMetricsServer(
                 view,
                 em.ExternalMetricsSettings(
-                    cert_file=cert[0],
-                    key_file=cert[1],
-                    host=s.http_host,
-                    port=s.external_metrics_port,
-                    authorize_with_sar=True,
-                    options=em.ExternalMetricsOptions(max_age_s=s.serve_max_age_s),
-                ),
-                api=self.api,
-                requestheader=requestheader,
-            )
+                    cert_file=cert[0], key_file=cert[1], host=s.http_host,
+                    port=s.external_metrics_port, authorize_with_sar=True,
+                    options=em.ExternalMetricsOptions(max_age_s=s.serve_max_age_s)),
+                api=self.api, requestheader=requestheader)
             self.external_metrics = server  # set first: _stop_servers cleans up a failed start
             await self._start_one("external_metrics_port", s.external_metrics_port, server.start)
         if s.keda_grpc_port is not None:
             from autoscaler.server import keda  # noqa: PLC0415
 
             tls = s.keda_grpc_cert
-            scaler = keda.KedaScalerServer(
-                view,
-                keda.KedaScalerSettings(
-                    host=s.http_host,
-                    port=s.keda_grpc_port,
-                    cert_file=tls[0] if tls else None,
-                    key_file=tls[1] if tls else None,
-                    client_ca_file=s.keda_grpc_client_ca_file,
-                    max_age_s=s.serve_max_age_s,
-                ),
-            )
+            scaler = keda.KedaScalerServer(view, keda.KedaScalerSettings(
+                host=s.http_host, port=s.keda_grpc_port,
+                cert_file=tls[0] if tls else None, key_file=tls[1] if tls else None,
+                client_ca_file=s.keda_grpc_client_ca_file, max_age_s=s.serve_max_age_s))
             self.keda_scaler = scaler
             await self._start_one("keda_grpc_port", s.keda_grpc_port, scaler.start)
 
@@ -830,25 +747,21 @@ class Controller:
         delay = 1.0
         while True:
             try:
-                return await asyncio.wait_for(
-                    em.load_requestheader_config(self.api), self.settings.api_timeout_s
-                )
+                return await asyncio.wait_for(em.load_requestheader_config(self.api),
+                                              self.settings.api_timeout_s)
             except ApiException as exc:
                 if exc.status in (401, 403, 404):
-                    msg = (
-                        f"settings: external_metrics_port: cannot read {where}: "
-                        f"{_api_error(exc)} (the overlay binds extension-apiserver-"
-                        "authentication-reader in kube-system to the ServiceAccount)"
-                    )
+                    msg = (f"settings: external_metrics_port: cannot read {where}: "
+                           f"{_api_error(exc)} (the overlay binds extension-apiserver-"
+                           "authentication-reader in kube-system to the ServiceAccount)")
                     raise errors.ConfigError([msg]) from exc
                 error = _api_error(exc)
             except (OSError, TimeoutError) as exc:
                 error = repr(exc)
             except ValueError as exc:  # no requestheader CA: the cluster has no aggregator
                 raise errors.ConfigError([f"settings: external_metrics_port: {exc}"]) from exc
-            log.warning(
-                "requestheader_config_failed", configmap=where, error=error, retry_in_s=delay
-            )
+            log.warning("requestheader_config_failed", configmap=where, error=error,
+                        retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
@@ -934,8 +847,7 @@ class Controller:
         coord = client.CoordinationV1Api(self.api)
         try:
             await coord.patch_namespaced_lease(
-                s.lease_name,
-                s.namespace,
+                s.lease_name, s.namespace,
                 {"spec": {"holderIdentity": None, "leaseDurationSeconds": 1}},
                 _request_timeout=s.api_timeout_s,
             )
@@ -981,13 +893,8 @@ class Controller:
         state = await self._restore_state()
         policy = await self._wait_policy()
         version = self._policy.version
-        loop = Loop(
-            policy,
-            self.source,
-            FencedActuator(self.actuator, self.is_leader),
-            state=state,
-            hooks=[self.telemetry.record_decision],
-        )
+        loop = Loop(policy, self.source, FencedActuator(self.actuator, self.is_leader),
+                    state=state, hooks=[self.telemetry.record_decision])
         self.loop = loop
         await self._backfill_forecasts(loop)
         tick_s = self.settings.tick_s
@@ -1008,7 +915,8 @@ class Controller:
             except Exception as exc:  # the loop survives; cancellation propagates
                 failures += 1
                 delay = min(tick_s * 2 ** min(failures, 6), 300.0)
-                log.exception("tick_failed", error=repr(exc), failures=failures, retry_in_s=delay)
+                log.exception("tick_failed", error=repr(exc), failures=failures,
+                              retry_in_s=delay)
                 await asyncio.sleep(delay)
                 next_at = self._clock()
                 continue
@@ -1040,14 +948,9 @@ class Controller:
         s = self.settings
         if fetch is None or s.forecast_backfill_s <= 0:
             return
-        empty = {
-            key: [
-                p
-                for p in ps
-                if isinstance(p, ForecastPolicy) and p.forecaster.history.end_bin is None
-            ]
-            for key, ps in loop.policies.items()
-        }
+        empty = {key: [p for p in ps if isinstance(p, ForecastPolicy)
+                       and p.forecaster.history.end_bin is None]
+                 for key, ps in loop.policies.items()}
         todo = {key: ps for key, ps in empty.items() if ps}
         if not todo:
             return
@@ -1055,32 +958,20 @@ class Controller:
         t0 = self._clock()
         try:
             async with asyncio.timeout(s.forecast_backfill_timeout_s):
-                filled = await backfill.backfill(
-                    todo,
-                    targets,
-                    fetch,
-                    now=self._clock(),
-                    wall_now=self._wall(),
-                    max_history_s=s.forecast_backfill_s,
-                )
+                filled = await backfill.backfill(todo, targets, fetch, now=self._clock(),
+                                                 wall_now=self._wall(),
+                                                 max_history_s=s.forecast_backfill_s)
         except TimeoutError:
             # Roles filled before the deadline keep their history (each load is atomic).
-            log.warning(
-                "forecast_backfill_timeout",
-                timeout_s=s.forecast_backfill_timeout_s,
-                roles=len(todo),
-            )
+            log.warning("forecast_backfill_timeout", timeout_s=s.forecast_backfill_timeout_s,
+                        roles=len(todo))
             return
         except Exception as exc:  # never fatal: the forecast learns live instead
             log.warning("forecast_backfill_failed", error=repr(exc))
             return
-        log.info(
-            "forecast_backfill_done",
-            policies=len(filled),
-            bins=sum(f.bins for f in filled),
-            failed=sum(1 for f in filled if f.error),
-            seconds=round(self._clock() - t0, 3),
-        )
+        log.info("forecast_backfill_done", policies=len(filled),
+                 bins=sum(f.bins for f in filled), failed=sum(1 for f in filled if f.error),
+                 seconds=round(self._clock() - t0, 3))
 
     async def tick_once(self, loop: Loop) -> TickReport:
         """One tick plus its side effects (Events, saved state, store, telemetry)."""
@@ -1094,21 +985,16 @@ class Controller:
         state_json = loop.state.to_json()
         if state_json != self._saved_state:
             try:
-                await self.state_store.save(
-                    loop.state,
-                    report.decision,
-                    mono_now=self._clock(),
-                    wall_now=self._wall(),
-                    identity=self.settings.identity,
-                )
+                await self.state_store.save(loop.state, report.decision, mono_now=self._clock(),
+                                            wall_now=self._wall(),
+                                            identity=self.settings.identity)
             except (ApiException, OSError, TimeoutError) as exc:
                 # Next tick retries (the state still differs); scaling goes on meanwhile.
                 log.warning("state_save_failed", error=repr(exc))
             else:
                 self._saved_state = state_json
-        self.store.record(
-            report.decision, loop.policy, snapshot=report.snapshot, applied=report.applied
-        )
+        self.store.record(report.decision, loop.policy, snapshot=report.snapshot,
+                          applied=report.applied)
         self.health.last_tick = self._clock()
         self.telemetry.observe_tick(self._clock() - t0)
         return report
@@ -1118,11 +1004,8 @@ class Controller:
             rd = report.decision.pools[pool].roles[role]
             ref = loop.policy.pool(pool).roles[role].deployment
             self.state_store.last_scale.setdefault(pool, {})[role.value] = {
-                "from": rd.current,
-                "to": replicas,
-                "driver": rd.driver,
-                "clipped_by": list(rd.clipped_by),
-                "time": _rfc3339(wall),
+                "from": rd.current, "to": replicas, "driver": rd.driver,
+                "clipped_by": list(rd.clipped_by), "time": _rfc3339(wall),
             }
             await self.events.record(
                 kube.ObjectRef.deployment(ref, self.actuator.uid(ref)),
@@ -1167,9 +1050,8 @@ class Controller:
                     self._offer({key: text}, (), source=key)
             await asyncio.sleep(self.settings.policy_poll_s)
 
-    def _offer(
-        self, updates: Mapping[str, str], removed: Sequence[str], *, source: str
-    ) -> list[str]:
+    def _offer(self, updates: Mapping[str, str], removed: Sequence[str], *, source: str
+               ) -> list[str]:
         docs, problems = self._policy.docs.propose(updates, removed)
         if problems:
             self._reject(problems, source=source)
@@ -1180,23 +1062,15 @@ class Controller:
                 self._publish_policy(merged)
                 if merged is not None:
                     self.telemetry.config_reload(ok=True)
-                    log.info(
-                        "policy_loaded",
-                        source=source,
-                        pools=[p.name for p in merged.pools],
-                        dry_run=merged.dry_run,
-                    )
+                    log.info("policy_loaded", source=source,
+                             pools=[p.name for p in merged.pools], dry_run=merged.dry_run)
         return problems
 
     def _reject(self, problems: Sequence[str], *, source: str) -> None:
         self.health.problem = problems[0] if problems else ""
         self.telemetry.config_reload(ok=False)
-        log.error(
-            "policy_rejected",
-            source=source,
-            problems=list(problems),
-            kept="last good policy" if self._policy.current is not None else "none",
-        )
+        log.error("policy_rejected", source=source, problems=list(problems),
+                  kept="last good policy" if self._policy.current is not None else "none")
 
     async def _watch_configmaps(self) -> None:
         """List + watch labelled ConfigMaps; re-list on 410 Gone or any watch failure."""
@@ -1206,8 +1080,7 @@ class Controller:
         while True:
             try:
                 listing = await core.list_namespaced_config_map(
-                    s.namespace,
-                    label_selector=s.policy_selector,
+                    s.namespace, label_selector=s.policy_selector,
                     _request_timeout=s.api_timeout_s,
                 )
                 self.health.api_reachable = True
@@ -1215,13 +1088,9 @@ class Controller:
                 rv = listing.metadata.resource_version
                 delay = 1.0
                 w = watch.Watch()
-                async with w.stream(
-                    core.list_namespaced_config_map,
-                    s.namespace,
-                    label_selector=s.policy_selector,
-                    resource_version=rv,
-                    timeout_seconds=300,
-                ) as stream:
+                async with w.stream(core.list_namespaced_config_map, s.namespace,
+                                    label_selector=s.policy_selector, resource_version=rv,
+                                    timeout_seconds=300) as stream:
                     async for event in stream:
                         kind = event["type"]
                         obj = event["object"]
@@ -1237,9 +1106,8 @@ class Controller:
                 if exc.status == 410:
                     log.info("policy_watch_expired")
                     continue
-                log.warning(
-                    "policy_watch_failed", status=exc.status, error=exc.reason, retry_in_s=delay
-                )
+                log.warning("policy_watch_failed", status=exc.status, error=exc.reason,
+                            retry_in_s=delay)
                 self.health.problem = f"policy ConfigMaps: HTTP {exc.status} {exc.reason}"
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -1259,10 +1127,8 @@ class Controller:
         for cm in items:
             await self._sync_configmap(cm)
         if not items and self._policy.current is None:
-            self.health.problem = (
-                f"no ConfigMap labelled {self.settings.policy_selector} in "
-                f"{self.settings.namespace}"
-            )
+            self.health.problem = (f"no ConfigMap labelled {self.settings.policy_selector} in "
+                                   f"{self.settings.namespace}")
 
     async def _drop_configmap(self, name: str) -> None:
         prefix = self._doc_key(name, "")
@@ -1280,33 +1146,26 @@ class Controller:
         self._policy.resource_versions[name] = rv
         data: Mapping[str, str] = cm.data or {}
         prefix = self._doc_key(name, "")
-        updates = {
-            self._doc_key(name, k): v for k, v in data.items() if k.endswith(POLICY_SUFFIXES)
-        }
+        updates = {self._doc_key(name, k): v for k, v in data.items()
+                   if k.endswith(POLICY_SUFFIXES)}
         ignored = sorted(k for k in data if not k.endswith(POLICY_SUFFIXES))
         if ignored:
-            log.warning(
-                "policy_keys_ignored",
-                configmap=name,
-                keys=ignored,
-                hint=f"policy keys must end in {' or '.join(POLICY_SUFFIXES)}",
-            )
+            log.warning("policy_keys_ignored", configmap=name, keys=ignored,
+                        hint=f"policy keys must end in {' or '.join(POLICY_SUFFIXES)}")
         removed = [k for k in self._policy.docs.docs if k.startswith(prefix) and k not in updates]
         problems = self._offer(updates, removed, source=f"configmap/{name}")
         if not self.is_leader():
             return  # only the leader writes, Events included; every replica logs
-        ref = kube.ObjectRef("ConfigMap", name, self.settings.namespace, "v1", cm.metadata.uid)
+        ref = kube.ObjectRef("ConfigMap", name, self.settings.namespace, "v1",
+                             cm.metadata.uid)
         if problems:
             await self.events.record(
-                ref,
-                reason="PolicyRejected",
-                warning=True,
+                ref, reason="PolicyRejected", warning=True,
                 message="invalid policy, last good policy kept: " + "; ".join(problems),
             )
         else:
-            await self.events.record(
-                ref, reason="PolicyApplied", message=f"policy from {name} validated and applied"
-            )
+            await self.events.record(ref, reason="PolicyApplied",
+                                     message=f"policy from {name} validated and applied")
 
 
 # --- entry point --------------------------------------------------------------------------
@@ -1325,7 +1184,8 @@ def range_rates_of(source: MetricsSource) -> RangeRates | None:
 
 def build_source(settings: Settings, telemetry: telemetry_mod.Telemetry) -> MetricsSource:
     if not settings.prometheus_url:
-        msg = f"settings: prometheus_url: required (--prometheus-url or {ENV_PREFIX}PROMETHEUS_URL)"
+        msg = ("settings: prometheus_url: required (--prometheus-url or "
+               f"{ENV_PREFIX}PROMETHEUS_URL)")
         raise errors.ConfigError([msg])
     from autoscaler.metrics import prometheus  # noqa: PLC0415 - only `run` pays for it
 

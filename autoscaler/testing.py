@@ -168,14 +168,10 @@ class FakeMetricsSource:
         out: dict[tuple[str, Role], dict[str, SignalSample]] = {}
         for t in targets:
             key = (t.pool, t.role)
-            n = (
-                await self._ready_fn(t.pool, t.role)
-                if self._ready_fn is not None
-                else self.ready.get(key, 1)
-            )
-            samples = {
-                k: SignalSample(value=v, replicas=n) for k, v in self.means.get(key, {}).items()
-            }
+            n = (await self._ready_fn(t.pool, t.role) if self._ready_fn is not None
+                 else self.ready.get(key, 1))
+            samples = {k: SignalSample(value=v, replicas=n)
+                       for k, v in self.means.get(key, {}).items()}
             for k, total in self.totals.get(key, {}).items():
                 value = None if total is None else total / max(n, 1)
                 samples[k] = SignalSample(value=value, replicas=n)

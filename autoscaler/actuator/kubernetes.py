@@ -111,9 +111,8 @@ class EventRecorder:
         self._instance = instance
         self._timeout_s = timeout_s
 
-    async def record(
-        self, obj: ObjectRef, *, reason: str, message: str, warning: bool = False
-    ) -> bool:
+    async def record(self, obj: ObjectRef, *, reason: str, message: str, warning: bool = False
+                     ) -> bool:
         now = dt.datetime.now(dt.UTC)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(
@@ -121,11 +120,8 @@ class EventRecorder:
                 namespace=obj.namespace,
             ),
             involved_object=client.V1ObjectReference(
-                api_version=obj.api_version,
-                kind=obj.kind,
-                name=obj.name,
-                namespace=obj.namespace,
-                uid=obj.uid,
+                api_version=obj.api_version, kind=obj.kind, name=obj.name,
+                namespace=obj.namespace, uid=obj.uid,
             ),
             reason=reason,
             # The API server rejects messages over 1 KiB in events.k8s.io; stay well under.
@@ -143,23 +139,12 @@ class EventRecorder:
                 obj.namespace, body, _request_timeout=self._timeout_s
             )
         except ApiException as exc:
-            log.warning(
-                "event_failed",
-                reason=reason,
-                object=f"{obj.kind}/{obj.name}",
-                namespace=obj.namespace,
-                status=exc.status,
-                error=exc.reason,
-            )
+            log.warning("event_failed", reason=reason, object=f"{obj.kind}/{obj.name}",
+                        namespace=obj.namespace, status=exc.status, error=exc.reason)
             return False
         except _NETWORK_ERRORS as exc:
-            log.warning(
-                "event_failed",
-                reason=reason,
-                object=f"{obj.kind}/{obj.name}",
-                namespace=obj.namespace,
-                error=repr(exc),
-            )
+            log.warning("event_failed", reason=reason, object=f"{obj.kind}/{obj.name}",
+                        namespace=obj.namespace, error=repr(exc))
             return False
         return True
 
@@ -238,17 +223,14 @@ class KubernetesActuator:
                 if exc.status == 409:
                     msg = f"deployments/{ref.name} in {ref.namespace} kept changing (409 twice)"
                     raise errors.ActuationConflict(msg) from exc
-                raise self._map(
-                    exc, key, verb="patch", resource="deployments/scale", name=ref.name
-                ) from exc
+                raise self._map(exc, key, verb="patch", resource="deployments/scale",
+                                name=ref.name) from exc
             except _NETWORK_ERRORS as exc:
-                raise self._map(
-                    exc, key, verb="patch", resource="deployments/scale", name=ref.name
-                ) from exc
+                raise self._map(exc, key, verb="patch", resource="deployments/scale",
+                                name=ref.name) from exc
             self._found(key)
-            log.info(
-                "scaled", namespace=ref.namespace, name=ref.name, replicas=replicas, reason=reason
-            )
+            log.info("scaled", namespace=ref.namespace, name=ref.name, replicas=replicas,
+                     reason=reason)
             return
 
     def uid(self, ref: DeploymentRef) -> str | None:
@@ -261,12 +243,12 @@ class KubernetesActuator:
         b = self._backoff.get(key)
         if b is not None and self._clock() < b.until:
             left = b.until - self._clock()
-            msg = f"deployments/{key[1]} in {key[0]}: backing off for {left:.1f}s after: {b.error}"
+            msg = (f"deployments/{key[1]} in {key[0]}: backing off for {left:.1f}s after: "
+                   f"{b.error}")
             raise errors.ActuationUnavailable(msg)
 
-    def _map(
-        self, exc: BaseException, key: tuple[str, str], *, verb: str, resource: str, name: str
-    ) -> errors.ActuationError:
+    def _map(self, exc: BaseException, key: tuple[str, str], *, verb: str, resource: str,
+             name: str) -> errors.ActuationError:
         ns = key[0]
         status = exc.status if isinstance(exc, ApiException) else None
         if status == 404:
@@ -276,21 +258,11 @@ class KubernetesActuator:
         if status is None or status in _TRANSIENT_CODES:
             what = f"HTTP {status} {getattr(exc, 'reason', '')}" if status else repr(exc)
             prev = self._backoff.get(key)
-            delay = (
-                self._backoff_initial_s
-                if prev is None
-                else min(prev.delay_s * 2, self._backoff_max_s)
-            )
+            delay = (self._backoff_initial_s if prev is None
+                     else min(prev.delay_s * 2, self._backoff_max_s))
             self._backoff[key] = _Backoff(delay, self._clock() + delay, what)
-            log.warning(
-                "api_backoff",
-                namespace=ns,
-                name=name,
-                verb=verb,
-                resource=resource,
-                error=what,
-                retry_in_s=delay,
-            )
+            log.warning("api_backoff", namespace=ns, name=name, verb=verb, resource=resource,
+                        error=what, retry_in_s=delay)
             return errors.ActuationUnavailable(f"{verb} {resource}/{name} in {ns}: {what}")
         return errors.ActuationError(
             f"{verb} {resource}/{name} in {ns}: HTTP {status} {getattr(exc, 'reason', '')}"
@@ -308,13 +280,9 @@ class KubernetesActuator:
         log.warning("target_not_found", namespace=ref.namespace, name=ref.name)
         if self._events is not None:
             await self._events.record(
-                ObjectRef.deployment(ref),
-                reason="TargetNotFound",
-                warning=True,
-                message=(
-                    f"pd-autoscaler cannot find Deployment {ref.name}; its pool is "
-                    "skipped until it exists again"
-                ),
+                ObjectRef.deployment(ref), reason="TargetNotFound", warning=True,
+                message=(f"pd-autoscaler cannot find Deployment {ref.name}; its pool is "
+                         "skipped until it exists again"),
             )
 
 

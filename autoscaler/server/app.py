@@ -75,7 +75,8 @@ def create_app(
 
     def probe(ok: bool, detail: str) -> web.Response:
         body = json.dumps({"ok": ok, "detail": detail, "leader": health.leader})
-        return web.Response(status=200 if ok else 503, text=body, content_type="application/json")
+        return web.Response(status=200 if ok else 503, text=body,
+                            content_type="application/json")
 
     async def healthz(_: web.Request) -> web.Response:
         return probe(*health.live(clock()))

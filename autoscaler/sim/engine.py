@@ -639,8 +639,9 @@ class Replica:
                 r.phase = _DONE
                 # The P pod's request has max_tokens=1 and ends by length after its one token.
                 m.finish_request(
-                    "length", r.t_enter, r.t_sched, r.t_first, t, r.prompt, 1, max_tokens=1
-                )
+                    "length", t_arrival=r.t_enter, t_scheduled=r.t_sched, t_first_token=r.t_first,
+                    t_end=t, prompt_tokens=r.prompt, generation_tokens=1, max_tokens=1,
+                )  # fmt: skip
                 pool.handoff(r, t)
             elif r.gen >= r.output:
                 del self.running[r.i]
@@ -681,8 +682,9 @@ class Replica:
         self.load -= 1
         self.pool.finish[r.i] = t
         self.metrics.finish_request(
-            "stop", r.t_enter, r.t_sched, r.t_first, t, r.prompt, r.output, max_tokens=r.output
-        )
+            "stop", t_arrival=r.t_enter, t_scheduled=r.t_sched, t_first_token=r.t_first, t_end=t,
+            prompt_tokens=r.prompt, generation_tokens=r.output, max_tokens=r.output,
+        )  # fmt: skip
 
 
 class SimDeployment:

@@ -253,13 +253,13 @@ class VllmMetrics:
     def finish_request(
         self,
         reason: str,
+        *,
         t_arrival: float,
         t_scheduled: float,
         t_first_token: float,
         t_end: float,
         prompt_tokens: int,
         generation_tokens: int,
-        *,
         max_tokens: int,
     ) -> None:
         """A request finished: the counter and every per-request histogram vLLM V1 records

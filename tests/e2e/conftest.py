@@ -61,9 +61,8 @@ def _report(request: pytest.FixtureRequest, line: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def k8s_cluster(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[k8senv.ClusterInfo]:
+def k8s_cluster(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[k8senv.ClusterInfo]:
     """The cluster for this session: a local one we start, or the one KUBECONFIG names."""
     external = _external_kubeconfig()
     if external is not None:
@@ -90,9 +89,8 @@ def _config_from_env() -> k8senv.ClusterConfig:
         defaults,
         gpu_nodes=int(os.environ.get("PD_E2E_GPU_NODES", defaults.gpu_nodes)),
         gpus_per_node=int(os.environ.get("PD_E2E_GPUS_PER_NODE", defaults.gpus_per_node)),
-        pod_ready_delay_s=float(
-            os.environ.get("PD_E2E_POD_READY_DELAY", defaults.pod_ready_delay_s)
-        ),
+        pod_ready_delay_s=float(os.environ.get("PD_E2E_POD_READY_DELAY",
+                                               defaults.pod_ready_delay_s)),
     )
 
 
@@ -100,7 +98,8 @@ def _describe_external(kubeconfig: Path, work: Path) -> k8senv.ClusterInfo:
     state = kubeconfig.parent / k8senv.STATE_FILE
     if state.is_file():
         # Started by `python -m tests.k8senv.cluster up`: everything is known; never stop it.
-        return dataclasses.replace(k8senv.ClusterInfo.from_json(state.read_text()), managed=False)
+        return dataclasses.replace(k8senv.ClusterInfo.from_json(state.read_text()),
+                                   managed=False)
     return asyncio.run(_discover(kubeconfig, work))
 
 
@@ -112,49 +111,30 @@ async def _discover(kubeconfig: Path, work: Path) -> k8senv.ClusterInfo:
         shutil.copyfile(cfg.ssl_ca_cert, ca_cert)
     async with ApiClient(configuration=cfg) as api:
         core = client.CoreV1Api(api)
-        auth = await core.read_namespaced_config_map(
-            "extension-apiserver-authentication", "kube-system"
-        )
+        auth = await core.read_namespaced_config_map("extension-apiserver-authentication",
+                                                     "kube-system")
         front_proxy_ca = work / "front-proxy-ca.crt"
         front_proxy_ca.write_text(auth.data.get("requestheader-client-ca-file", ""))
         nodes = (await core.list_node()).items
-    gpus = {
-        n.metadata.name: int((n.status.allocatable or {}).get(k8senv.GPU_RESOURCE, "0"))
-        for n in nodes
-    }
+    gpus = {n.metadata.name: int((n.status.allocatable or {}).get(k8senv.GPU_RESOURCE, "0"))
+            for n in nodes}
     gpu_nodes = tuple(sorted(name for name, count in gpus.items() if count > 0))
     host = os.environ.get("PD_E2E_EXT_HOST", "localhost")
     defaults = k8senv.ClusterConfig()
     pki = k8senv.Pki(work / "pki")
-    k8senv.make_ext_pki(
-        pki, service=defaults.ext_service, namespace=defaults.ext_namespace, host=host
-    )
+    k8senv.make_ext_pki(pki, service=defaults.ext_service, namespace=defaults.ext_namespace,
+                        host=host)
     return k8senv.ClusterInfo(
-        run_dir=work,
-        kubeconfig=kubeconfig,
-        api_url=str(cfg.host),
-        bin_dir=None,
-        ca_cert=ca_cert,
-        ca_key=None,
-        admin_cert=None,
-        admin_key=None,
-        front_proxy_ca=front_proxy_ca,
-        front_proxy_client_cert=None,
-        front_proxy_client_key=None,
-        ext_cert=pki.crt("ext-server"),
-        ext_key=pki.key("ext-server"),
-        ext_ca_cert=pki.crt("ext-ca"),
-        ext_service=defaults.ext_service,
-        ext_namespace=defaults.ext_namespace,
-        ext_host=host,
-        ext_bind_host=os.environ.get("PD_E2E_EXT_BIND", "127.0.0.1"),
-        gpu_nodes=gpu_nodes,
-        gpus_per_node=min((gpus[n] for n in gpu_nodes), default=0),
-        pod_ready_delay_s=0.0,
-        hpa_sync_period_s=15.0,
-        hpa_downscale_stabilization_s=300.0,
-        managed=False,
-        kubectl=Path(found) if (found := shutil.which("kubectl")) else None,
+        run_dir=work, kubeconfig=kubeconfig, api_url=str(cfg.host), bin_dir=None,
+        ca_cert=ca_cert, ca_key=None, admin_cert=None, admin_key=None,
+        front_proxy_ca=front_proxy_ca, front_proxy_client_cert=None,
+        front_proxy_client_key=None, ext_cert=pki.crt("ext-server"),
+        ext_key=pki.key("ext-server"), ext_ca_cert=pki.crt("ext-ca"),
+        ext_service=defaults.ext_service, ext_namespace=defaults.ext_namespace,
+        ext_host=host, ext_bind_host=os.environ.get("PD_E2E_EXT_BIND", "127.0.0.1"),
+        gpu_nodes=gpu_nodes, gpus_per_node=min((gpus[n] for n in gpu_nodes), default=0),
+        pod_ready_delay_s=0.0, hpa_sync_period_s=15.0, hpa_downscale_stabilization_s=300.0,
+        managed=False, kubectl=Path(found) if (found := shutil.which("kubectl")) else None,
     )
 
 
@@ -162,7 +142,8 @@ async def _discover(kubeconfig: Path, work: Path) -> k8senv.ClusterInfo:
 async def k8s_api(k8s_cluster: k8senv.ClusterInfo) -> AsyncIterator[ApiClient]:
     """An admin ApiClient on the test's own event loop (closed after the test)."""
     cfg = client.Configuration()
-    await config.load_kube_config(config_file=str(k8s_cluster.kubeconfig), client_configuration=cfg)
+    await config.load_kube_config(config_file=str(k8s_cluster.kubeconfig),
+                                  client_configuration=cfg)
     async with ApiClient(configuration=cfg) as api:
         yield api
 
@@ -178,9 +159,8 @@ async def k8s_namespace(request: pytest.FixtureRequest, k8s_api: ApiClient) -> A
     """A fresh namespace, ready for Pods (its `default` ServiceAccount exists)."""
     core = client.CoreV1Api(k8s_api)
     name = _namespace_name(request.node.name)
-    await core.create_namespace(
-        manifest({"metadata": {"name": name, "labels": {"pd-autoscaler/e2e": "true"}}})
-    )
+    await core.create_namespace(manifest({"metadata": {"name": name,
+                                                       "labels": {"pd-autoscaler/e2e": "true"}}}))
 
     async def default_sa() -> bool:
         try:
@@ -211,9 +191,8 @@ async def _delete_namespace(core: client.CoreV1Api, name: str) -> None:
         return len((await core.list_namespaced_pod(name)).items)
 
     # A timeout here fails the test's teardown on purpose: leftover Pods skew later tests.
-    await wait_for(
-        pods_left, until=lambda n: n == 0, timeout_s=60, what=f"Pods of namespace {name} deleted"
-    )
+    await wait_for(pods_left, until=lambda n: n == 0, timeout_s=60,
+                   what=f"Pods of namespace {name} deleted")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -53,14 +53,8 @@ class ExtensionApiServer:
     `server.external_metrics["queue_depth"] = 30` to change what the HPA reads.
     """
 
-    def __init__(
-        self,
-        cluster: ClusterInfo,
-        *,
-        group: str,
-        version: str,
-        allowed_names: tuple[str, ...] = ("front-proxy-client",),
-    ) -> None:
+    def __init__(self, cluster: ClusterInfo, *, group: str, version: str,
+                 allowed_names: tuple[str, ...] = ("front-proxy-client",)) -> None:
         self.cluster = cluster
         self.group = group
         self.version = version
@@ -73,9 +67,8 @@ class ExtensionApiServer:
     async def __aenter__(self) -> ExtensionApiServer:
         app = web.Application()
         app.router.add_get(f"/apis/{self.group}/{self.version}", self._discovery)
-        app.router.add_get(
-            f"/apis/{self.group}/{self.version}/namespaces/{{ns}}/{{resource}}", self._namespaced
-        )
+        app.router.add_get(f"/apis/{self.group}/{self.version}/namespaces/{{ns}}/{{resource}}",
+                           self._namespaced)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -91,9 +84,8 @@ class ExtensionApiServer:
             await self._runner.cleanup()
 
     def _tls(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(
-            ssl.Purpose.CLIENT_AUTH, cafile=str(self.cluster.front_proxy_ca)
-        )
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
+                                         cafile=str(self.cluster.front_proxy_ca))
         ctx.load_cert_chain(str(self.cluster.ext_cert), str(self.cluster.ext_key))
         # Only the aggregator (holding the front-proxy client cert) may talk to us; X-Remote-*
         # headers from anyone else would let them claim any identity.
@@ -109,35 +101,22 @@ class ExtensionApiServer:
                     cn = value
         if self.allowed_names and cn not in self.allowed_names:
             raise web.HTTPUnauthorized(text=f"client cert CN {cn!r} not allowed")
-        seen = SeenRequest(
-            path=request.path,
-            query=dict(request.query),
-            peer_cn=cn,
-            user=request.headers.get("X-Remote-User", ""),
-            groups=tuple(request.headers.getall("X-Remote-Group", [])),
-        )
+        seen = SeenRequest(path=request.path, query=dict(request.query), peer_cn=cn,
+                           user=request.headers.get("X-Remote-User", ""),
+                           groups=tuple(request.headers.getall("X-Remote-Group", [])))
         self.seen.append(seen)
         return seen
 
     async def _discovery(self, request: web.Request) -> web.Response:
         self._authenticate(request)
         kind = "ExternalMetricValueList" if self._is_external_metrics else "EchoList"
-        return web.json_response(
-            {
-                "kind": "APIResourceList",
-                "apiVersion": "v1",
-                "groupVersion": f"{self.group}/{self.version}",
-                "resources": [
-                    {
-                        "name": "*" if self._is_external_metrics else "echoes",
-                        "singularName": "",
-                        "namespaced": True,
-                        "kind": kind,
-                        "verbs": ["get", "list"],
-                    }
-                ],
-            }
-        )
+        return web.json_response({
+            "kind": "APIResourceList", "apiVersion": "v1",
+            "groupVersion": f"{self.group}/{self.version}",
+            "resources": [{"name": "*" if self._is_external_metrics else "echoes",
+                           "singularName": "", "namespaced": True, "kind": kind,
+                           "verbs": ["get", "list"]}],
+        })
 
     @property
     def _is_external_metrics(self) -> bool:
@@ -151,37 +130,18 @@ class ExtensionApiServer:
                 raise web.HTTPNotFound(text=f"no external metric {resource!r}")
             now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             selector = _parse_selector(request.query.get("labelSelector", ""))
-            return web.json_response(
-                {
-                    "kind": "ExternalMetricValueList",
-                    "apiVersion": f"{self.group}/{self.version}",
-                    "metadata": {},
-                    "items": [
-                        {
-                            "metricName": resource,
-                            "metricLabels": selector,
-                            "timestamp": now,
-                            "value": _quantity(self.external_metrics[resource]),
-                        }
-                    ],
-                }
-            )
-        return web.json_response(
-            {
-                "kind": "EchoList",
-                "apiVersion": f"{self.group}/{self.version}",
+            return web.json_response({
+                "kind": "ExternalMetricValueList", "apiVersion": f"{self.group}/{self.version}",
                 "metadata": {},
-                "items": [
-                    {
-                        "namespace": request.match_info["ns"],
-                        "resource": resource,
-                        "user": seen.user,
-                        "groups": list(seen.groups),
-                        "peerCN": seen.peer_cn,
-                    }
-                ],
-            }
-        )
+                "items": [{"metricName": resource, "metricLabels": selector, "timestamp": now,
+                           "value": _quantity(self.external_metrics[resource])}],
+            })
+        return web.json_response({
+            "kind": "EchoList", "apiVersion": f"{self.group}/{self.version}", "metadata": {},
+            "items": [{"namespace": request.match_info["ns"], "resource": resource,
+                       "user": seen.user, "groups": list(seen.groups),
+                       "peerCN": seen.peer_cn}],
+        })
 
 
 def _parse_selector(raw: str) -> dict[str, str]:
@@ -200,16 +160,9 @@ def _quantity(value: float) -> str:
 
 
 @contextlib.asynccontextmanager
-async def registered_apiservice(
-    api: ApiClient,
-    cluster: ClusterInfo,
-    *,
-    group: str,
-    version: str,
-    port: int,
-    service: str | None = None,
-    timeout_s: float = 60.0,
-) -> AsyncIterator[dict[str, Any]]:
+async def registered_apiservice(api: ApiClient, cluster: ClusterInfo, *, group: str,
+                                version: str, port: int, service: str | None = None,
+                                timeout_s: float = 60.0) -> AsyncIterator[dict[str, Any]]:
     """Register `group/version` to the server on `port`; wait until the aggregator reports it
     Available; on exit delete the APIService first, then the Service.
 
@@ -223,17 +176,14 @@ async def registered_apiservice(
     reg = client.ApiregistrationV1Api(api)
     with contextlib.suppress(ApiException):
         existing = await reg.read_api_service(name)
-        if (existing.metadata.labels or {}).get("app.kubernetes.io/managed-by") != MANAGED_BY[
-            "app.kubernetes.io/managed-by"
-        ]:
+        if (existing.metadata.labels or {}).get("app.kubernetes.io/managed-by") != \
+                MANAGED_BY["app.kubernetes.io/managed-by"]:
             raise RuntimeError(f"APIService {name} exists and was not created by these tests")
         await reg.delete_api_service(name)
-    svc: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": svc_name, "namespace": cluster.ext_namespace, "labels": MANAGED_BY},
-        "spec": {"type": "ExternalName", "externalName": cluster.ext_host},
-    }
+    svc: dict[str, Any] = {"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": svc_name, "namespace": cluster.ext_namespace,
+                        "labels": MANAGED_BY},
+           "spec": {"type": "ExternalName", "externalName": cluster.ext_host}}
     try:
         await core.create_namespaced_service(cluster.ext_namespace, manifest(svc))
     except ApiException as exc:
@@ -243,35 +193,22 @@ async def registered_apiservice(
         svc["metadata"]["resourceVersion"] = current.metadata.resource_version
         await core.replace_namespaced_service(svc_name, cluster.ext_namespace, manifest(svc))
     ca_bundle = base64.b64encode(cluster.ext_ca_cert.read_bytes()).decode()
-    await reg.create_api_service(
-        manifest(
-            {
-                "apiVersion": "apiregistration.k8s.io/v1",
-                "kind": "APIService",
-                "metadata": {"name": name, "labels": MANAGED_BY},
-                "spec": {
-                    "group": group,
-                    "version": version,
-                    "groupPriorityMinimum": 100,
-                    "versionPriority": 100,
-                    "caBundle": ca_bundle,
-                    "service": {"name": svc_name, "namespace": cluster.ext_namespace, "port": port},
-                },
-            }
-        )
-    )
+    await reg.create_api_service(manifest({
+        "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+        "metadata": {"name": name, "labels": MANAGED_BY},
+        "spec": {"group": group, "version": version, "groupPriorityMinimum": 100,
+                 "versionPriority": 100, "caBundle": ca_bundle,
+                 "service": {"name": svc_name, "namespace": cluster.ext_namespace,
+                             "port": port}},
+    }))
     try:
 
         async def available() -> list[Any]:
             obj = await reg.read_api_service(name)
             return [c for c in (obj.status.conditions or []) if c.type == "Available"]
 
-        conds = await wait_for(
-            available,
-            until=lambda cs: any(c.status == "True" for c in cs),
-            timeout_s=timeout_s,
-            what=f"APIService {name} Available",
-        )
+        conds = await wait_for(available, until=lambda cs: any(c.status == "True" for c in cs),
+                               timeout_s=timeout_s, what=f"APIService {name} Available")
         yield {"name": name, "service": svc_name, "conditions": conds}
     finally:
         with contextlib.suppress(ApiException):

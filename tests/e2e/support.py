@@ -48,30 +48,25 @@ def manifest(obj: dict[str, Any]) -> Any:
     return obj
 
 
-def gpu_deployment(
-    name: str, *, replicas: int, gpus: int = 1, labels: dict[str, str] | None = None
-) -> Any:
+def gpu_deployment(name: str, *, replicas: int, gpus: int = 1,
+                   labels: dict[str, str] | None = None) -> Any:
     """A Deployment whose Pods each request `gpus` GPUs; kwok's fake GPU nodes run them."""
     match = {"app": name, **(labels or {})}
     resources = {"limits": {GPU_RESOURCE: str(gpus)}, "requests": {GPU_RESOURCE: str(gpus)}}
-    return manifest(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "labels": match},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": match},
-                "template": {
-                    "metadata": {"labels": match},
-                    "spec": {
-                        "containers": [
-                            {"name": "vllm", "image": PAUSE_IMAGE, "resources": resources}
-                        ],
-                        # Pods of a deleted namespace should go at once, freeing GPUs for the next test.
-                        "terminationGracePeriodSeconds": 0,
-                    },
+    return manifest({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": match},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": match},
+            "template": {
+                "metadata": {"labels": match},
+                "spec": {
+                    "containers": [{"name": "vllm", "image": PAUSE_IMAGE, "resources": resources}],
+                    # Pods of a deleted namespace should go at once, freeing GPUs for the next test.
+                    "terminationGracePeriodSeconds": 0,
                 },
             },
-        }
-    )
+        },
+    })

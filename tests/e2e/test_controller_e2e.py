@@ -54,15 +54,8 @@ LEASE: dict[str, Any] = {"lease_duration_s": 3, "renew_deadline_s": 2.0, "retry_
 # --- helpers --------------------------------------------------------------------------------
 
 
-def role_spec(
-    ns: str,
-    name: str,
-    *,
-    min_r: int = 1,
-    max_r: int = 8,
-    down_window_s: float = 4,
-    signals: tuple[tuple[str, float], ...] = (("queue_depth", 2),),
-) -> dict[str, Any]:
+def role_spec(ns: str, name: str, *, min_r: int = 1, max_r: int = 8, down_window_s: float = 4,
+              signals: tuple[tuple[str, float], ...] = (("queue_depth", 2),)) -> dict[str, Any]:
     """A role with fast, deterministic behaviour: no panic, generous rate limits."""
     return {
         "deployment": {"namespace": ns, "name": name},
@@ -71,14 +64,10 @@ def role_spec(
         "cold_start_s": 5,
         "signals": [{"signal": s, "target": t} for s, t in signals],
         "behavior": {
-            "scale_up": {
-                "stabilization_window_s": 0,
-                "rules": [{"type": "pods", "value": 10, "period_s": 1}],
-            },
-            "scale_down": {
-                "stabilization_window_s": down_window_s,
-                "rules": [{"type": "percent", "value": 100, "period_s": 1}],
-            },
+            "scale_up": {"stabilization_window_s": 0,
+                         "rules": [{"type": "pods", "value": 10, "period_s": 1}]},
+            "scale_down": {"stabilization_window_s": down_window_s,
+                           "rules": [{"type": "percent", "value": 100, "period_s": 1}]},
             "panic": {"enabled": False},
             # The queue is this suite's generic load knob: let it ask for the whole need at
             # once (the stock step is a unit-tested rule of its own).
@@ -88,21 +77,14 @@ def role_spec(
 
 
 def policy_text(*pools: dict[str, Any]) -> str:
-    return yaml.safe_dump(
-        {
-            "apiVersion": "pd-autoscaler.io/v1alpha1",
-            "kind": "AutoscalingPolicy",
-            "pools": list(pools),
-        }
-    )
+    return yaml.safe_dump({"apiVersion": "pd-autoscaler.io/v1alpha1",
+                           "kind": "AutoscalingPolicy", "pools": list(pools)})
 
 
 async def put_policy(api: ApiClient, ns: str, text: str, *, name: str = "policy") -> None:
     core = client.CoreV1Api(api)
-    body = {
-        "metadata": {"name": name, "labels": {ctl.POLICY_LABEL: "true"}},
-        "data": {"policy.yaml": text},
-    }
+    body = {"metadata": {"name": name, "labels": {ctl.POLICY_LABEL: "true"}},
+            "data": {"policy.yaml": text}}
     try:
         await core.create_namespaced_config_map(ns, body)
     except ApiException as exc:
@@ -123,14 +105,12 @@ async def ready_replicas(api: ApiClient, ns: str, name: str) -> int:
 
 async def events_for(api: ApiClient, ns: str, name: str, reason: str) -> list[Any]:
     evs = await client.CoreV1Api(api).list_namespaced_event(
-        ns, field_selector=f"involvedObject.name={name},reason={reason}"
-    )
+        ns, field_selector=f"involvedObject.name={name},reason={reason}")
     return list(evs.items)
 
 
-def ready_from(
-    api: ApiClient, ns: str, names: dict[tuple[str, Role], str]
-) -> Callable[[str, Role], Any]:
+def ready_from(api: ApiClient, ns: str, names: dict[tuple[str, Role], str]
+               ) -> Callable[[str, Role], Any]:
     """What Prometheus would see: series from the ready Pods of each role's Deployment."""
 
     async def ready(pool: str, role: Role) -> int:
@@ -147,12 +127,9 @@ async def create_deployments(api: ApiClient, ns: str, *specs: tuple[str, int]) -
     for name, replicas in specs:
         await apps.create_namespaced_deployment(ns, gpu_deployment(name, replicas=replicas))
     for name, replicas in specs:
-        await wait_for(
-            lambda n=name: ready_replicas(api, ns, n),  # type: ignore[misc]
-            until=lambda r, want=replicas: r == want,  # type: ignore[misc]
-            timeout_s=60,
-            what=f"{name} ready",
-        )
+        await wait_for(lambda n=name: ready_replicas(api, ns, n),  # type: ignore[misc]
+                       until=lambda r, want=replicas: r == want,  # type: ignore[misc]
+                       timeout_s=60, what=f"{name} ready")
 
 
 async def admin_client(cluster: ClusterInfo) -> ApiClient:
@@ -162,32 +139,19 @@ async def admin_client(cluster: ClusterInfo) -> ApiClient:
 
 
 @contextlib.asynccontextmanager
-async def running(
-    cluster: ClusterInfo,
-    ns: str,
-    source: FakeMetricsSource,
-    *,
-    identity: str = "ctl-a",
-    api: ApiClient | None = None,
-    leader_election: bool = True,
-    **overrides: Any,
-) -> AsyncIterator[tuple[ctl.Controller, asyncio.Task[None]]]:
+async def running(cluster: ClusterInfo, ns: str, source: FakeMetricsSource, *,
+                  identity: str = "ctl-a", api: ApiClient | None = None,
+                  leader_election: bool = True, **overrides: Any
+                  ) -> AsyncIterator[tuple[ctl.Controller, asyncio.Task[None]]]:
     """A controller replica running in this event loop; cancelled (lease released) on exit."""
     own = api is None
     release = overrides.pop("release_on_exit", True)
     api = api or await admin_client(cluster)
-    settings = ctl.Settings(
-        namespace=ns,
-        identity=identity,
-        tick_s=TICK_S,
-        leader_election=leader_election,
-        http_host="127.0.0.1",
-        http_port=0,
-        **{**LEASE, **overrides},
-    )
-    c = ctl.Controller(
-        settings, api=api, source=source, telemetry=Telemetry(), release_on_exit=release
-    )
+    settings = ctl.Settings(namespace=ns, identity=identity, tick_s=TICK_S,
+                            leader_election=leader_election, http_host="127.0.0.1",
+                            http_port=0, **{**LEASE, **overrides})
+    c = ctl.Controller(settings, api=api, source=source, telemetry=Telemetry(),
+                       release_on_exit=release)
     task = asyncio.create_task(c.run(), name=identity)
     try:
         yield c, task
@@ -200,11 +164,8 @@ async def running(
 
 
 async def until_leader(c: ctl.Controller, timeout_s: float = 15) -> None:
-    await wait_for(
-        lambda: _const(c.health.leader and c.ticks > 0),
-        timeout_s=timeout_s,
-        what=f"{c.settings.identity} leading and ticking",
-    )
+    await wait_for(lambda: _const(c.health.leader and c.ticks > 0), timeout_s=timeout_s,
+                   what=f"{c.settings.identity} leading and ticking")
 
 
 async def _const(v: Any) -> Any:
@@ -224,60 +185,37 @@ async def stays(probe: Callable[[], Any], want: Any, *, for_s: float, what: str)
 
 
 async def test_load_rises_prefill_scales_and_decode_follows_ratio(
-    k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str
-) -> None:
+        k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str) -> None:
     """Queue load on prefill -> prefill replicas rise via deployments/scale; in ratio mode
     (1:2) decode moves with it to exactly twice as many; an Event records each change."""
     ns = k8s_namespace
     await create_deployments(k8s_api, ns, ("m-prefill", 1), ("m-decode", 2))
-    pool = {
-        "name": "m",
-        "coupling": {"mode": "ratio", "prefill": 1, "decode": 2},
-        "roles": {
-            "prefill": role_spec(ns, "m-prefill", max_r=2),
-            "decode": role_spec(ns, "m-decode", min_r=2, max_r=6, signals=(("running", 100),)),
-        },
-    }
+    pool = {"name": "m", "coupling": {"mode": "ratio", "prefill": 1, "decode": 2},
+            "roles": {"prefill": role_spec(ns, "m-prefill", max_r=2),
+                      "decode": role_spec(ns, "m-decode", min_r=2, max_r=6,
+                                          signals=(("running", 100),))}}
     await put_policy(k8s_api, ns, policy_text(pool))
-    src = FakeMetricsSource(
-        ready=ready_from(
-            k8s_api, ns, {("m", Role.PREFILL): "m-prefill", ("m", Role.DECODE): "m-decode"}
-        )
-    )
+    src = FakeMetricsSource(ready=ready_from(k8s_api, ns, {("m", Role.PREFILL): "m-prefill",
+                                                          ("m", Role.DECODE): "m-decode"}))
     src.set_totals("m", Role.PREFILL, queue_depth=0)
     src.set_totals("m", Role.DECODE, running=20)
     async with running(k8s_cluster, ns, src) as (c, _):
         await until_leader(c)
-        await stays(
-            lambda: spec_replicas(k8s_api, ns, "m-prefill"), 1, for_s=1.5, what="idle prefill"
-        )
+        await stays(lambda: spec_replicas(k8s_api, ns, "m-prefill"), 1, for_s=1.5,
+                    what="idle prefill")
         src.set_totals("m", Role.PREFILL, queue_depth=4)  # 4 waiting / target 2 -> 2 replicas
-        await wait_for(
-            lambda: spec_replicas(k8s_api, ns, "m-prefill"),
-            until=lambda r: r == 2,
-            timeout_s=20,
-            what="prefill scaled to 2",
-        )
-        await wait_for(
-            lambda: spec_replicas(k8s_api, ns, "m-decode"),
-            until=lambda r: r == 4,
-            timeout_s=20,
-            what="decode at 2 x prefill",
-        )
-        await wait_for(
-            lambda: ready_replicas(k8s_api, ns, "m-decode"),
-            until=lambda r: r == 4,
-            timeout_s=30,
-            what="decode Pods ready",
-        )
-        evs = await wait_for(
-            lambda: events_for(k8s_api, ns, "m-prefill", "ScaledUp"),
-            timeout_s=10,
-            what="ScaledUp Event",
-        )
+        await wait_for(lambda: spec_replicas(k8s_api, ns, "m-prefill"), until=lambda r: r == 2,
+                       timeout_s=20, what="prefill scaled to 2")
+        await wait_for(lambda: spec_replicas(k8s_api, ns, "m-decode"), until=lambda r: r == 4,
+                       timeout_s=20, what="decode at 2 x prefill")
+        await wait_for(lambda: ready_replicas(k8s_api, ns, "m-decode"), until=lambda r: r == 4,
+                       timeout_s=30, what="decode Pods ready")
+        evs = await wait_for(lambda: events_for(k8s_api, ns, "m-prefill", "ScaledUp"),
+                             timeout_s=10, what="ScaledUp Event")
         assert "New size: 2" in evs[0].message
         assert evs[0].reporting_instance == "ctl-a"
-        cm = await client.CoreV1Api(k8s_api).read_namespaced_config_map("pd-autoscaler-state", ns)
+        cm = await client.CoreV1Api(k8s_api).read_namespaced_config_map(
+            "pd-autoscaler-state", ns)
         last = yaml.safe_load(cm.data[ctl.LAST_SCALE_KEY])
         assert last["m"]["prefill"]["to"] == 2
         assert last["m"]["decode"]["to"] == 4
@@ -287,8 +225,7 @@ async def test_load_rises_prefill_scales_and_decode_follows_ratio(
 
 
 async def test_gpu_exhaustion_counts_pending_then_stabilized_scale_down(
-    k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str
-) -> None:
+        k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str) -> None:
     """With the GPUs full, new Pods stay Pending and are counted as pending replicas; a growing
     queue then causes no further scale-ups. When load falls, replicas drop only after the
     scale-down stabilization window."""
@@ -296,27 +233,17 @@ async def test_gpu_exhaustion_counts_pending_then_stabilized_scale_down(
     total = len(k8s_cluster.gpu_nodes) * k8s_cluster.gpus_per_node
     await create_deployments(k8s_api, ns, ("filler", total - 2), ("agg", 1))  # 1 GPU left
     window_s = 6.0
-    pool = {
-        "name": "g",
-        "roles": {"aggregated": role_spec(ns, "agg", max_r=12, down_window_s=window_s)},
-    }
+    pool = {"name": "g", "roles": {"aggregated": role_spec(ns, "agg", max_r=12,
+                                                           down_window_s=window_s)}}
     await put_policy(k8s_api, ns, policy_text(pool))
     src = FakeMetricsSource(ready=ready_from(k8s_api, ns, {("g", Role.AGGREGATED): "agg"}))
     src.set_totals("g", Role.AGGREGATED, queue_depth=10)  # -> 5 replicas
     async with running(k8s_cluster, ns, src) as (c, _):
         await until_leader(c)
-        await wait_for(
-            lambda: spec_replicas(k8s_api, ns, "agg"),
-            until=lambda r: r == 5,
-            timeout_s=20,
-            what="scaled to 5",
-        )
-        await wait_for(
-            lambda: ready_replicas(k8s_api, ns, "agg"),
-            until=lambda r: r == 2,
-            timeout_s=30,
-            what="2 ready (GPUs full)",
-        )
+        await wait_for(lambda: spec_replicas(k8s_api, ns, "agg"), until=lambda r: r == 5,
+                       timeout_s=20, what="scaled to 5")
+        await wait_for(lambda: ready_replicas(k8s_api, ns, "agg"), until=lambda r: r == 2,
+                       timeout_s=30, what="2 ready (GPUs full)")
         pods = await client.CoreV1Api(k8s_api).list_namespaced_pod(ns, label_selector="app=agg")
         assert sum(p.status.phase == "Pending" for p in pods.items) == 3
 
@@ -325,12 +252,8 @@ async def test_gpu_exhaustion_counts_pending_then_stabilized_scale_down(
             assert latest is not None
             return latest.decision.pools["g"].roles[Role.AGGREGATED]
 
-        await wait_for(
-            lambda: _const(decided().pending),
-            until=lambda p: p == 3,
-            timeout_s=10,
-            what="controller counts 3 pending",
-        )
+        await wait_for(lambda: _const(decided().pending), until=lambda p: p == 3, timeout_s=10,
+                       what="controller counts 3 pending")
         # The queue keeps growing while replicas cold-start: no cascade beyond 5.
         src.set_totals("g", Role.AGGREGATED, queue_depth=40)
         await stays(lambda: spec_replicas(k8s_api, ns, "agg"), 5, for_s=3, what="no cascade")
@@ -338,12 +261,8 @@ async def test_gpu_exhaustion_counts_pending_then_stabilized_scale_down(
 
         src.set_totals("g", Role.AGGREGATED, queue_depth=0)
         t0 = time.monotonic()
-        await wait_for(
-            lambda: spec_replicas(k8s_api, ns, "agg"),
-            until=lambda r: r == 1,
-            timeout_s=window_s + 15,
-            what="scaled down to min",
-        )
+        await wait_for(lambda: spec_replicas(k8s_api, ns, "agg"), until=lambda r: r == 1,
+                       timeout_s=window_s + 15, what="scaled down to min")
         waited = time.monotonic() - t0
         assert waited >= window_s - 1.0, f"scaled down after {waited:.1f}s < window {window_s}s"
 
@@ -352,8 +271,7 @@ async def test_gpu_exhaustion_counts_pending_then_stabilized_scale_down(
 
 
 async def test_bad_policy_update_rejected_good_update_applied(
-    k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str
-) -> None:
+        k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str) -> None:
     """An invalid ConfigMap update -> PolicyRejected Event + `policy_rejected` log naming the
     field; the last good policy keeps scaling. A valid update applies without a restart."""
     ns = k8s_namespace
@@ -368,40 +286,25 @@ async def test_bad_policy_update_rejected_good_update_applied(
     with structlog.testing.capture_logs() as logs:
         async with running(k8s_cluster, ns, src) as (c, _):
             await until_leader(c)
-            await wait_for(
-                lambda: spec_replicas(k8s_api, ns, "h"),
-                until=lambda r: r == 2,
-                timeout_s=20,
-                what="scaled to max 2",
-            )
+            await wait_for(lambda: spec_replicas(k8s_api, ns, "h"), until=lambda r: r == 2,
+                           timeout_s=20, what="scaled to max 2")
             await put_policy(k8s_api, ns, doc(-1))
-            evs = await wait_for(
-                lambda: events_for(k8s_api, ns, "policy", "PolicyRejected"),
-                timeout_s=10,
-                what="PolicyRejected Event",
-            )
+            evs = await wait_for(lambda: events_for(k8s_api, ns, "policy", "PolicyRejected"),
+                                 timeout_s=10, what="PolicyRejected Event")
             assert "pools.0.roles.aggregated.max_replicas" in evs[0].message
             assert evs[0].type == "Warning"
             ticks = c.ticks
-            await stays(
-                lambda: spec_replicas(k8s_api, ns, "h"), 2, for_s=2, what="old policy holds"
-            )
+            await stays(lambda: spec_replicas(k8s_api, ns, "h"), 2, for_s=2,
+                        what="old policy holds")
             assert c.ticks > ticks  # still ticking on the last good policy
             assert c.policy is not None
             assert c.policy.pools[0].roles[Role.AGGREGATED].max_replicas == 2
 
             await put_policy(k8s_api, ns, doc(4))
-            await wait_for(
-                lambda: spec_replicas(k8s_api, ns, "h"),
-                until=lambda r: r == 4,
-                timeout_s=20,
-                what="new max 4 applied without restart",
-            )
-            await wait_for(
-                lambda: events_for(k8s_api, ns, "policy", "PolicyApplied"),
-                timeout_s=10,
-                what="PolicyApplied Event",
-            )
+            await wait_for(lambda: spec_replicas(k8s_api, ns, "h"), until=lambda r: r == 4,
+                           timeout_s=20, what="new max 4 applied without restart")
+            await wait_for(lambda: events_for(k8s_api, ns, "policy", "PolicyApplied"),
+                           timeout_s=10, what="PolicyApplied Event")
     rejected = [e for e in logs if e["event"] == "policy_rejected"]
     assert rejected
     assert any("max_replicas" in p for p in rejected[0]["problems"])
@@ -412,35 +315,23 @@ async def test_bad_policy_update_rejected_good_update_applied(
 
 
 async def test_only_leader_writes_and_standby_takes_over_without_undoing(
-    k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str
-) -> None:
+        k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str) -> None:
     """Two replicas: only the leader ticks and writes. Killing it (no lease release), the
     standby takes over within the lease duration, restores the state and keeps the replicas
     the old leader set until the scale-down window (started under the old leader) has passed."""
     ns = k8s_namespace
     await create_deployments(k8s_api, ns, ("l", 1))
     window_s = 12.0
-    await put_policy(
-        k8s_api,
-        ns,
-        policy_text(
-            {
-                "name": "l",
-                "roles": {"aggregated": role_spec(ns, "l", max_r=6, down_window_s=window_s)},
-            }
-        ),
-    )
+    await put_policy(k8s_api, ns, policy_text(
+        {"name": "l", "roles": {"aggregated": role_spec(ns, "l", max_r=6,
+                                                        down_window_s=window_s)}}))
     src = FakeMetricsSource(ready=ready_from(k8s_api, ns, {("l", Role.AGGREGATED): "l"}))
     src.set_totals("l", Role.AGGREGATED, queue_depth=8)  # -> 4
     async with running(k8s_cluster, ns, src, identity="ctl-a", release_on_exit=False) as (a, ta):
         await until_leader(a)
         async with running(k8s_cluster, ns, src, identity="ctl-b") as (b, _):
-            await wait_for(
-                lambda: spec_replicas(k8s_api, ns, "l"),
-                until=lambda r: r == 4,
-                timeout_s=20,
-                what="leader scaled to 4",
-            )
+            await wait_for(lambda: spec_replicas(k8s_api, ns, "l"), until=lambda r: r == 4,
+                           timeout_s=20, what="leader scaled to 4")
             await asyncio.sleep(2 * LEASE["retry_period_s"])
             assert not b.health.leader
             assert b.ticks == 0
@@ -451,12 +342,8 @@ async def test_only_leader_writes_and_standby_takes_over_without_undoing(
             # Load falls, and the leader dies right after one more tick saw it.
             src.set_totals("l", Role.AGGREGATED, queue_depth=0)
             seen = a.ticks
-            await wait_for(
-                lambda: _const(a.ticks),
-                until=lambda t: t >= seen + 2,
-                timeout_s=5,
-                what="leader saw the low load",
-            )
+            await wait_for(lambda: _const(a.ticks), until=lambda t: t >= seen + 2, timeout_s=5,
+                           what="leader saw the low load")
             t_drop = time.monotonic()
             ta.cancel()  # a crash: the lease is not released
             with contextlib.suppress(asyncio.CancelledError):
@@ -469,18 +356,10 @@ async def test_only_leader_writes_and_standby_takes_over_without_undoing(
             # A fresh state would scale down now; the restored one keeps 4 for the window.
             left = window_s - (time.monotonic() - t_drop)
             assert left > 3, "test timing: too little of the window left to observe"
-            await stays(
-                lambda: spec_replicas(k8s_api, ns, "l"),
-                4,
-                for_s=left - 2.5,
-                what="new leader keeps the old leader's decision",
-            )
-            await wait_for(
-                lambda: spec_replicas(k8s_api, ns, "l"),
-                until=lambda r: r == 1,
-                timeout_s=15,
-                what="scale-down after the window",
-            )
+            await stays(lambda: spec_replicas(k8s_api, ns, "l"), 4, for_s=left - 2.5,
+                        what="new leader keeps the old leader's decision")
+            await wait_for(lambda: spec_replicas(k8s_api, ns, "l"), until=lambda r: r == 1,
+                           timeout_s=15, what="scale-down after the window")
             evs = await events_for(k8s_api, ns, "l", "ScaledDown")
             assert {e.reporting_instance for e in evs} == {"ctl-b"}
 
@@ -489,16 +368,11 @@ async def test_only_leader_writes_and_standby_takes_over_without_undoing(
 
 
 def _rendered(kubectl: Path, ctl_ns: str, llm_ns: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [str(kubectl), "kustomize", str(ROOT / "manifests" / "base")],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = subprocess.run([str(kubectl), "kustomize", str(ROOT / "manifests" / "base")],
+                         check=True, capture_output=True, text=True).stdout
     # The manifests' namespaces, mapped onto this test's fresh ones (objects and references).
-    text = out.replace("namespace: pd-autoscaler", f"namespace: {ctl_ns}").replace(
-        "namespace: llm", f"namespace: {llm_ns}"
-    )
+    text = (out.replace("namespace: pd-autoscaler", f"namespace: {ctl_ns}")
+            .replace("namespace: llm", f"namespace: {llm_ns}"))
     return [d for d in yaml.safe_load_all(text) if d]
 
 
@@ -517,8 +391,7 @@ async def _apply(api: ApiClient, docs: list[dict[str, Any]]) -> None:
 
 async def _sa_client(api: ApiClient, cluster: ClusterInfo, ns: str, sa: str) -> ApiClient:
     req = await client.CoreV1Api(api).create_namespaced_service_account_token(
-        sa, ns, {"spec": {"expirationSeconds": 3600}}
-    )
+        sa, ns, {"spec": {"expirationSeconds": 3600}})
     cfg = client.Configuration()
     cfg.host = cluster.api_url
     cfg.ssl_ca_cert = str(cluster.ca_cert)
@@ -528,8 +401,7 @@ async def _sa_client(api: ApiClient, cluster: ClusterInfo, ns: str, sa: str) -> 
 
 
 async def test_manifest_rbac_allows_scaling_targets_and_nothing_else(
-    k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str
-) -> None:
+        k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str) -> None:
     """With the token of the manifests' ServiceAccount and their Roles (rendered by kustomize),
     the controller runs (lease, state, policy watch, events) and scales its targets; patching
     another Deployment's scale, or any Deployment's spec, is denied by the API server."""
@@ -537,37 +409,30 @@ async def test_manifest_rbac_allows_scaling_targets_and_nothing_else(
     ns = k8s_namespace
     llm = f"{ns}-llm"
     core = client.CoreV1Api(k8s_api)
-    await core.create_namespace(
-        {"metadata": {"name": llm, "labels": {"pd-autoscaler/e2e": "true"}}}
-    )
+    await core.create_namespace({"metadata": {"name": llm, "labels": {"pd-autoscaler/e2e": "true"}}})
     try:
         docs = _rendered(k8s_cluster.kubectl, ns, llm)
         (dep,) = [d for d in docs if d["kind"] == "Deployment"]
         assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "pd-autoscaler"
         await _apply(k8s_api, docs)
-        await create_deployments(
-            k8s_api, llm, ("llama-8b-prefill", 1), ("llama-8b-decode", 1), ("other", 1)
-        )
+        await create_deployments(k8s_api, llm, ("llama-8b-prefill", 1), ("llama-8b-decode", 1),
+                                 ("other", 1))
         sa_api = await _sa_client(k8s_api, k8s_cluster, ns, "pd-autoscaler")
         async with sa_api:
             # Direct probes of what the token may do.
-            await client.AppsV1Api(sa_api).read_namespaced_deployment_scale("llama-8b-prefill", llm)
+            await client.AppsV1Api(sa_api).read_namespaced_deployment_scale(
+                "llama-8b-prefill", llm)
             denied = [
                 client.AppsV1Api(sa_api).patch_namespaced_deployment_scale(
-                    "other", llm, {"spec": {"replicas": 2}}
-                ),
+                    "other", llm, {"spec": {"replicas": 2}}),
                 client.AppsV1Api(sa_api).patch_namespaced_deployment(
-                    "llama-8b-prefill", llm, {"spec": {"replicas": 2}}
-                ),
+                    "llama-8b-prefill", llm, {"spec": {"replicas": 2}}),
                 client.AppsV1Api(sa_api).patch_namespaced_deployment(
-                    "llama-8b-prefill",
-                    llm,
-                    {"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}},
-                ),
+                    "llama-8b-prefill", llm,
+                    {"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}}),
                 client.CoreV1Api(sa_api).list_namespaced_secret(ns),
                 client.CoreV1Api(sa_api).patch_namespaced_config_map(
-                    "pd-autoscaler-policy", ns, {"data": {"x": "y"}}
-                ),
+                    "pd-autoscaler-policy", ns, {"data": {"x": "y"}}),
             ]
             for call in denied:
                 with pytest.raises(ApiException) as exc:
@@ -582,41 +447,26 @@ async def test_manifest_rbac_allows_scaling_targets_and_nothing_else(
             # per-replica target asks for 2 replicas (read the target: the policy gets tuned).
             shipped = load_policy_file(ROOT / "policies" / "llama-8b-disagg.yaml")
             q_target = next(
-                s.target
-                for s in shipped.pool("llama-8b").roles[Role.PREFILL].signals
+                s.target for s in shipped.pool("llama-8b").roles[Role.PREFILL].signals
                 if s.signal is SignalName.QUEUE_DEPTH
             )
-            src = FakeMetricsSource(
-                ready=ready_from(
-                    k8s_api,
-                    llm,
-                    {
-                        ("llama-8b", Role.PREFILL): "llama-8b-prefill",
-                        ("llama-8b", Role.DECODE): "llama-8b-decode",
-                    },
-                )
-            )
+            src = FakeMetricsSource(ready=ready_from(k8s_api, llm, {
+                ("llama-8b", Role.PREFILL): "llama-8b-prefill",
+                ("llama-8b", Role.DECODE): "llama-8b-decode"}))
             src.set_totals("llama-8b", Role.PREFILL, queue_depth=2 * q_target)
             src.set("llama-8b", Role.PREFILL, batched_tokens=0.1, ttft_p90=0.1)
             src.set("llama-8b", Role.DECODE, kv_cache=0.3, itl_p90=0.01)
             src.set_totals("llama-8b", Role.DECODE, running=10)
             async with running(k8s_cluster, ns, src, api=sa_api, identity="sa-ctl") as (c, _):
                 await until_leader(c)
-                await wait_for(
-                    lambda: spec_replicas(k8s_api, llm, "llama-8b-prefill"),
-                    until=lambda r: r == 2,
-                    timeout_s=20,
-                    what="SA-run controller scaled prefill",
-                )
-                await wait_for(
-                    lambda: events_for(k8s_api, llm, "llama-8b-prefill", "ScaledUp"),
-                    timeout_s=10,
-                    what="ScaledUp Event by the SA",
-                )
+                await wait_for(lambda: spec_replicas(k8s_api, llm, "llama-8b-prefill"),
+                               until=lambda r: r == 2, timeout_s=20,
+                               what="SA-run controller scaled prefill")
+                await wait_for(lambda: events_for(k8s_api, llm, "llama-8b-prefill", "ScaledUp"),
+                               timeout_s=10, what="ScaledUp Event by the SA")
                 await core.read_namespaced_config_map("pd-autoscaler-state", ns)
                 lease = await client.CoordinationV1Api(k8s_api).read_namespaced_lease(
-                    "pd-autoscaler", ns
-                )
+                    "pd-autoscaler", ns)
                 assert lease.spec.holder_identity == "sa-ctl"
             assert await spec_replicas(k8s_api, llm, "other") == 1
     finally:
@@ -626,74 +476,48 @@ async def test_manifest_rbac_allows_scaling_targets_and_nothing_else(
         async def pods_left() -> int:
             return len((await core.list_namespaced_pod(llm)).items)
 
-        await wait_for(
-            pods_left, until=lambda n: n == 0, timeout_s=60, what=f"Pods of {llm} deleted"
-        )
+        await wait_for(pods_left, until=lambda n: n == 0, timeout_s=60,
+                       what=f"Pods of {llm} deleted")
 
 
 # --- 6. missing metrics, deleted target -----------------------------------------------------
 
 
 async def test_missing_metrics_hold_and_deleted_deployment_spares_other_pools(
-    k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str
-) -> None:
+        k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str) -> None:
     """Metrics gone mid-run: no scale-down even past the window. A Deployment deleted mid-run:
     its pool is skipped (TargetNotFound Event), the other pool is still scaled."""
     ns = k8s_namespace
     await create_deployments(k8s_api, ns, ("a", 1), ("b", 1))
-    await put_policy(
-        k8s_api,
-        ns,
-        policy_text(
-            {"name": "pa", "roles": {"aggregated": role_spec(ns, "a", max_r=4, down_window_s=1)}},
-            {"name": "pb", "roles": {"aggregated": role_spec(ns, "b", max_r=4, down_window_s=1)}},
-        ),
-    )
-    src = FakeMetricsSource(
-        ready=ready_from(k8s_api, ns, {("pa", Role.AGGREGATED): "a", ("pb", Role.AGGREGATED): "b"})
-    )
+    await put_policy(k8s_api, ns, policy_text(
+        {"name": "pa", "roles": {"aggregated": role_spec(ns, "a", max_r=4, down_window_s=1)}},
+        {"name": "pb", "roles": {"aggregated": role_spec(ns, "b", max_r=4, down_window_s=1)}}))
+    src = FakeMetricsSource(ready=ready_from(k8s_api, ns, {("pa", Role.AGGREGATED): "a",
+                                                          ("pb", Role.AGGREGATED): "b"}))
     src.set_totals("pa", Role.AGGREGATED, queue_depth=6)  # -> 3
     src.set_totals("pb", Role.AGGREGATED, queue_depth=4)  # -> 2
     with structlog.testing.capture_logs() as logs:
         async with running(k8s_cluster, ns, src) as (c, _):
             await until_leader(c)
             for name, want in (("a", 3), ("b", 2)):
-                await wait_for(
-                    lambda n=name: spec_replicas(k8s_api, ns, n),  # type: ignore[misc]
-                    until=lambda r, w=want: r == w,  # type: ignore[misc]
-                    timeout_s=20,
-                    what=f"{name} scaled to {want}",
-                )
+                await wait_for(lambda n=name: spec_replicas(k8s_api, ns, n),  # type: ignore[misc]
+                               until=lambda r, w=want: r == w,  # type: ignore[misc]
+                               timeout_s=20, what=f"{name} scaled to {want}")
             # Prometheus down entirely, then one signal vanishing: hold, never scale down.
             src.unavailable = "connection refused"
-            await stays(
-                lambda: spec_replicas(k8s_api, ns, "a"),
-                3,
-                for_s=3,
-                what="hold while metrics unavailable",
-            )
+            await stays(lambda: spec_replicas(k8s_api, ns, "a"), 3, for_s=3,
+                        what="hold while metrics unavailable")
             src.unavailable = None
             src.clear("pa")
-            await stays(
-                lambda: spec_replicas(k8s_api, ns, "a"),
-                3,
-                for_s=2,
-                what="hold while the signal is missing",
-            )
+            await stays(lambda: spec_replicas(k8s_api, ns, "a"), 3, for_s=2,
+                        what="hold while the signal is missing")
 
             await client.AppsV1Api(k8s_api).delete_namespaced_deployment("a", ns)
-            await wait_for(
-                lambda: events_for(k8s_api, ns, "a", "TargetNotFound"),
-                timeout_s=10,
-                what="TargetNotFound Event",
-            )
+            await wait_for(lambda: events_for(k8s_api, ns, "a", "TargetNotFound"),
+                           timeout_s=10, what="TargetNotFound Event")
             src.set_totals("pb", Role.AGGREGATED, queue_depth=8)  # -> 4
-            await wait_for(
-                lambda: spec_replicas(k8s_api, ns, "b"),
-                until=lambda r: r == 4,
-                timeout_s=20,
-                what="pool pb still served",
-            )
+            await wait_for(lambda: spec_replicas(k8s_api, ns, "b"), until=lambda r: r == 4,
+                           timeout_s=20, what="pool pb still served")
             assert c.health.leader
     assert any(e["event"] == "metrics_unavailable" for e in logs)
     assert any(e["event"] == "pool_unobserved" and e["pool"] == "pa" for e in logs)

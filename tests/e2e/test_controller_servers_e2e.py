@@ -52,55 +52,25 @@ def policy(ns: str) -> str:
     # Shadow mode: the HPA actuates. No windows, no rate limits, no panic, no settling after
     # new replicas turn ready: the decision follows the queue within a tick, so the test
     # measures the wiring, not the damping.
-    behavior = {
-        "scale_up": {"stabilization_window_s": 0, "rules": []},
-        "scale_down": {"stabilization_window_s": 0, "rules": []},
-        "panic": {"enabled": False},
-        "stock_settle_s": 0,
-        "stock_max_step": None,
-    }
-    return yaml.safe_dump(
-        {
-            "apiVersion": "pd-autoscaler.io/v1alpha1",
-            "kind": "AutoscalingPolicy",
-            "dry_run": True,
-            "pools": [
-                {
-                    "name": POOL,
-                    "roles": {
-                        "aggregated": {
-                            "deployment": {"namespace": ns, "name": POOL},
-                            "min_replicas": 1,
-                            "max_replicas": 6,
-                            "signals": [{"signal": "queue_depth", "target": 10}],
-                            "behavior": behavior,
-                        }
-                    },
-                }
-            ],
-        }
-    )
+    behavior = {"scale_up": {"stabilization_window_s": 0, "rules": []},
+                "scale_down": {"stabilization_window_s": 0, "rules": []},
+                "panic": {"enabled": False}, "stock_settle_s": 0, "stock_max_step": None}
+    return yaml.safe_dump({
+        "apiVersion": "pd-autoscaler.io/v1alpha1", "kind": "AutoscalingPolicy", "dry_run": True,
+        "pools": [{"name": POOL, "roles": {"aggregated": {
+            "deployment": {"namespace": ns, "name": POOL}, "min_replicas": 1, "max_replicas": 6,
+            "signals": [{"signal": "queue_depth", "target": 10}], "behavior": behavior}}}],
+    })
 
 
 def controller_pod(name: str) -> Any:
     """What the Deployment's template gives a controller replica, as far as the Service sees."""
-    return manifest(
-        {
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "pd-autoscaler"}},
-            "spec": {
-                "terminationGracePeriodSeconds": 0,
-                "containers": [
-                    {
-                        "name": "controller",
-                        "image": PAUSE_IMAGE,
-                        "ports": [
-                            {"name": "ext-metrics", "containerPort": 6443, "protocol": "TCP"}
-                        ],
-                    }
-                ],
-            },
-        }
-    )
+    return manifest({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "pd-autoscaler"}},
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
+            "name": "controller", "image": PAUSE_IMAGE,
+            "ports": [{"name": "ext-metrics", "containerPort": 6443, "protocol": "TCP"}]}]},
+    })
 
 
 class LeaderServiceProxy:
@@ -123,14 +93,10 @@ class LeaderServiceProxy:
 
     async def endpoints(self) -> list[str]:
         slices = await self._discovery.list_namespaced_endpoint_slice(
-            self.ns, label_selector=f"kubernetes.io/service-name={self.service}"
-        )
-        return sorted(
-            ep.target_ref.name
-            for s in slices.items
-            for ep in (s.endpoints or [])
-            if ep.target_ref is not None and ep.conditions is not None and ep.conditions.ready
-        )
+            self.ns, label_selector=f"kubernetes.io/service-name={self.service}")
+        return sorted(ep.target_ref.name for s in slices.items for ep in (s.endpoints or [])
+                      if ep.target_ref is not None and ep.conditions is not None
+                      and ep.conditions.ready)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -190,12 +156,9 @@ def direct_get(cluster: ClusterInfo, port: int, ns: str) -> tuple[int, Any]:
     ctx.load_cert_chain(str(cluster.front_proxy_client_cert), str(cluster.front_proxy_client_key))
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
     try:
-        conn.request(
-            "GET",
-            f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/"
-            f"{em.DESIRED}?labelSelector=pool%3D{POOL}",
-            headers={"X-Remote-User": "system:admin", "X-Remote-Group": "system:masters"},
-        )
+        conn.request("GET", f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/"
+                            f"{em.DESIRED}?labelSelector=pool%3D{POOL}",
+                     headers={"X-Remote-User": "system:admin", "X-Remote-Group": "system:masters"})
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read())
     finally:
@@ -214,8 +177,8 @@ async def hpa(api: ApiClient, ns: str) -> AsyncIterator[None]:
 
 
 async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
-    k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str, tmp_path: Path
-) -> None:
+        k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str,
+        tmp_path: Path) -> None:
     """ctl-a leads: its Pod is labelled, the Service's only endpoint is ctl-a, and a real HPA
     sets pd-autoscaler's 4. The standby ctl-b serves an empty list. ctl-a stops: the label
     moves to ctl-b, the endpoint follows, and the HPA follows ctl-b's 1."""
@@ -223,12 +186,8 @@ async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
     core = client.CoreV1Api(k8s_api)
     apps = client.AppsV1Api(k8s_api)
     await apps.create_namespaced_deployment(ns, gpu_deployment(POOL, replicas=1))
-    await wait_for(
-        lambda: ready_replicas(k8s_api, ns, POOL),
-        until=lambda r: r == 1,
-        timeout_s=30,
-        what=f"{POOL} ready",
-    )
+    await wait_for(lambda: ready_replicas(k8s_api, ns, POOL), until=lambda r: r == 1,
+                   timeout_s=30, what=f"{POOL} ready")
     for name in ("ctl-a", "ctl-b"):
         await core.create_namespaced_pod(ns, controller_pod(name))
     service = yaml.safe_load(OVERLAY_SERVICE.read_text())
@@ -242,13 +201,8 @@ async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
     shutil.copyfile(k8s_cluster.ext_cert, cert_dir / "tls.crt")
     shutil.copyfile(k8s_cluster.ext_key, cert_dir / "tls.key")
     server_settings: dict[str, Any] = {
-        "dry_run": True,
-        "external_metrics_port": 0,
-        "external_metrics_cert_dir": cert_dir,
-        "leader_label": True,
-        "pod_namespace": ns,
-        "serve_max_age_s": 30.0,
-    }
+        "dry_run": True, "external_metrics_port": 0, "external_metrics_cert_dir": cert_dir,
+        "leader_label": True, "pod_namespace": ns, "serve_max_age_s": 30.0}
     source = FakeMetricsSource(ready=ready_from(k8s_api, ns, {(POOL, ROLE): POOL}))
     source.set_totals(POOL, ROLE, queue_depth=40)  # target 10 -> 4 replicas
     budget_s = 10 * k8s_cluster.hpa_sync_period_s + 20
@@ -260,66 +214,45 @@ async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
         latest = c.store.latest
         return None if latest is None else latest.decision.pools[POOL].roles[ROLE].desired
 
-    proxy = LeaderServiceProxy(k8s_api, ns, service["metadata"]["name"], k8s_cluster.ext_bind_host)
+    proxy = LeaderServiceProxy(k8s_api, ns, service["metadata"]["name"],
+                               k8s_cluster.ext_bind_host)
     group, version = EXTERNAL_METRICS
     async with contextlib.AsyncExitStack() as stack:
-        a, a_task = await stack.enter_async_context(
-            running(k8s_cluster, ns, source, identity="ctl-a", pod_name="ctl-a", **server_settings)
-        )
-        await wait_for(
-            lambda: asyncio.sleep(0, a.health.leader and desired(a) == 4),
-            timeout_s=20,
-            what="ctl-a leads and decides 4",
-        )
+        a, a_task = await stack.enter_async_context(running(
+            k8s_cluster, ns, source, identity="ctl-a", pod_name="ctl-a", **server_settings))
+        await wait_for(lambda: asyncio.sleep(0, a.health.leader and desired(a) == 4),
+                       timeout_s=20, what="ctl-a leads and decides 4")
         # The standby starts second, so which one leads is known.
-        b, _ = await stack.enter_async_context(
-            running(k8s_cluster, ns, source, identity="ctl-b", pod_name="ctl-b", **server_settings)
-        )
+        b, _ = await stack.enter_async_context(running(
+            k8s_cluster, ns, source, identity="ctl-b", pod_name="ctl-b", **server_settings))
         await stack.enter_async_context(proxy)
-        await wait_for(
-            lambda: asyncio.sleep(0, b.health.ready()[0]),
-            timeout_s=10,
-            what="ctl-b ready (standby)",
-        )
+        await wait_for(lambda: asyncio.sleep(0, b.health.ready()[0]), timeout_s=10,
+                       what="ctl-b ready (standby)")
         assert a.external_metrics is not None
         assert b.external_metrics is not None
         proxy.ports = {"ctl-a": a.external_metrics.port, "ctl-b": b.external_metrics.port}
-        await wait_for(
-            lambda: leader_label(k8s_api, ns, "ctl-a"),
-            until=lambda v: v == "true",
-            timeout_s=10,
-            what="ctl-a's Pod labelled leader",
-        )
+        await wait_for(lambda: leader_label(k8s_api, ns, "ctl-a"), until=lambda v: v == "true",
+                       timeout_s=10, what="ctl-a's Pod labelled leader")
         assert await leader_label(k8s_api, ns, "ctl-b") is None
-        await wait_for(
-            proxy.endpoints,
-            until=lambda eps: eps == ["ctl-a"],
-            timeout_s=20,
-            what="the overlay's Service selects only the leader",
-        )
+        await wait_for(proxy.endpoints, until=lambda eps: eps == ["ctl-a"], timeout_s=20,
+                       what="the overlay's Service selects only the leader")
 
         # The standby serves, cleanly, nothing: an HPA routed there would hold, not scale.
         assert not b.health.leader
         assert b.store.latest is None
         if k8s_cluster.front_proxy_client_cert is not None:
-            status, body = await asyncio.to_thread(
-                direct_get, k8s_cluster, b.external_metrics.port, ns
-            )
+            status, body = await asyncio.to_thread(direct_get, k8s_cluster,
+                                                   b.external_metrics.port, ns)
             assert (status, body["items"]) == (200, [])
 
         async with (
             # Registered once the leader is reachable: the aggregator checks discovery first.
-            registered_apiservice(
-                k8s_api, k8s_cluster, group=group, version=version, port=proxy.port
-            ),
+            registered_apiservice(k8s_api, k8s_cluster, group=group, version=version,
+                                  port=proxy.port),
             hpa(k8s_api, ns),
         ):
-            await wait_for(
-                replicas,
-                until=lambda r: r == 4,
-                timeout_s=budget_s,
-                what="HPA follows ctl-a's pd_desired_replicas 4",
-            )
+            await wait_for(replicas, until=lambda r: r == 4, timeout_s=budget_s,
+                           what="HPA follows ctl-a's pd_desired_replicas 4")
             assert set(proxy.routed) == {"ctl-a"}
 
             # Failover: ctl-a stops (SIGTERM: label removed, lease released); ctl-b takes
@@ -328,37 +261,19 @@ async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
             with contextlib.suppress(asyncio.CancelledError):
                 await a_task
             assert await leader_label(k8s_api, ns, "ctl-a") is None
-            await wait_for(
-                lambda: leader_label(k8s_api, ns, "ctl-b"),
-                until=lambda v: v == "true",
-                timeout_s=15,
-                what="ctl-b's Pod labelled leader",
-            )
-            await wait_for(
-                proxy.endpoints,
-                until=lambda eps: eps == ["ctl-b"],
-                timeout_s=20,
-                what="the Service's endpoint moves to the new leader",
-            )
+            await wait_for(lambda: leader_label(k8s_api, ns, "ctl-b"),
+                           until=lambda v: v == "true", timeout_s=15,
+                           what="ctl-b's Pod labelled leader")
+            await wait_for(proxy.endpoints, until=lambda eps: eps == ["ctl-b"], timeout_s=20,
+                           what="the Service's endpoint moves to the new leader")
             assert a.store.latest is None  # the old leader serves nothing either
 
             source.set_totals(POOL, ROLE, queue_depth=0)
-            await wait_for(
-                lambda: asyncio.sleep(0, desired(b)),
-                until=lambda d: d == 1,
-                timeout_s=20,
-                what="ctl-b decides 1",
-            )
-            await wait_for(
-                replicas,
-                until=lambda r: r == 1,
-                timeout_s=budget_s,
-                what="HPA follows ctl-b down to 1",
-            )
+            await wait_for(lambda: asyncio.sleep(0, desired(b)), until=lambda d: d == 1,
+                           timeout_s=20, what="ctl-b decides 1")
+            await wait_for(replicas, until=lambda r: r == 1, timeout_s=budget_s,
+                           what="HPA follows ctl-b down to 1")
             assert proxy.routed[-1] == "ctl-b"
-            hpa_status = (
-                await client.AutoscalingV2Api(k8s_api).read_namespaced_horizontal_pod_autoscaler(
-                    POOL, ns
-                )
-            ).status
+            hpa_status = (await client.AutoscalingV2Api(k8s_api)
+                          .read_namespaced_horizontal_pod_autoscaler(POOL, ns)).status
             assert hpa_status.desired_replicas == 1

@@ -278,7 +278,9 @@ async def test_overlay_apiservice_and_hpa_example_validate(
 
     api_svc = yaml.safe_load((OVERLAY / "apiservice.yaml").read_text())
     # As shipped (empty caBundle, for cert-manager's injector to fill) and filled in.
-    await client.ApiregistrationV1Api(k8s_api).create_api_service(manifest(api_svc), dry_run="All")
+    await client.ApiregistrationV1Api(k8s_api).create_api_service(
+        manifest(api_svc), dry_run="All"
+    )
     api_svc["spec"]["caBundle"] = base64.b64encode(k8s_cluster.ext_ca_cert.read_bytes()).decode()
     await client.ApiregistrationV1Api(k8s_api).create_api_service(manifest(api_svc), dry_run="All")
     hpa = yaml.safe_load((OVERLAY / "hpa-example.yaml").read_text())

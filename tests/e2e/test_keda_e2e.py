@@ -64,14 +64,9 @@ def keda_bin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     log = tmp_path_factory.mktemp("keda-build") / "build.log"
     _report(request, f"ensuring KEDA {KEDA_VERSION} binaries (cold build ~10 min; log {log})")
     with log.open("a") as err:
-        result = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)],
-            check=False,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env={**os.environ, "KEDA_VERSION": KEDA_VERSION},
-        )
+        result = subprocess.run(["bash", str(BUILD_SCRIPT)], check=False, stdout=subprocess.PIPE,
+                                stderr=err, text=True, env={**os.environ,
+                                                            "KEDA_VERSION": KEDA_VERSION})
     if result.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         pytest.fail(f"build_keda.sh failed (exit {result.returncode}); log {log}\n{tail}")
@@ -92,15 +87,9 @@ class Processes:
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         with (self.log_dir / f"{name}.log").open("ab") as out:
             self.procs[name] = subprocess.Popen(
-                args,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **env},
-                cwd=self.log_dir,
-                start_new_session=True,
-                preexec_fn=k8senv._die_with_parent,
-            )
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **env}, cwd=self.log_dir, start_new_session=True,
+                preexec_fn=k8senv._die_with_parent)  # noqa: PLW1509
 
     def check(self) -> None:
         for name, proc in self.procs.items():
@@ -149,25 +138,17 @@ async def _install_crds(cluster: k8senv.ClusterInfo, crd_dir: Path, api: ApiClie
     assert cluster.kubectl is not None
     # Server-side: the ScaledObject CRD is too large for kubectl's last-applied annotation.
     proc = await asyncio.create_subprocess_exec(
-        str(cluster.kubectl),
-        f"--kubeconfig={cluster.kubeconfig}",
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        str(crd_dir),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+        str(cluster.kubectl), f"--kubeconfig={cluster.kubeconfig}", "apply", "--server-side",
+        "--force-conflicts", "-f", str(crd_dir),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     ext = client.ApiextensionsV1Api(api)
 
     async def established() -> bool:
         crd = await ext.read_custom_resource_definition("scaledobjects.keda.sh")
-        return any(
-            c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])
-        )
+        return any(c.type == "Established" and c.status == "True"
+                   for c in (crd.status.conditions or []))
 
     await wait_for(established, timeout_s=30, what="ScaledObject CRD Established")
 
@@ -177,15 +158,10 @@ async def _external_metric(cluster: k8senv.ClusterInfo, ns: str, metric: Any) ->
     labels = ",".join(f"{k}={v}" for k, v in (metric.selector.match_labels or {}).items())
     # Not subprocess.run: the scaler answering this request runs on this very event loop.
     proc = await asyncio.create_subprocess_exec(
-        str(cluster.kubectl),
-        f"--kubeconfig={cluster.kubeconfig}",
-        "get",
-        "--raw",
+        str(cluster.kubectl), f"--kubeconfig={cluster.kubeconfig}", "get", "--raw",
         f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric.name}"
         f"?labelSelector={urllib.parse.quote(labels)}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     body = json.loads(out)
@@ -203,7 +179,8 @@ def scaled_object(ns: str, scaler_port: int) -> dict[str, Any]:
     spec["pollingInterval"] = 2
     trigger = spec["triggers"][0]
     assert trigger["type"] == "external"
-    trigger["metadata"].update(scalerAddress=f"127.0.0.1:{scaler_port}", pool=POOL, role=ROLE.value)
+    trigger["metadata"].update(scalerAddress=f"127.0.0.1:{scaler_port}", pool=POOL,
+                               role=ROLE.value)
     return obj
 
 
@@ -232,17 +209,13 @@ async def deleted_at_exit(api: ApiClient, ns: str, name: str) -> AsyncIterator[N
         except TimeoutError:
             with contextlib.suppress(ApiException):
                 await objs.patch_namespaced_custom_object(
-                    *SO[:2], ns, SO[2], name, manifest({"metadata": {"finalizers": None}})
-                )
+                    *SO[:2], ns, SO[2], name, manifest({"metadata": {"finalizers": None}}))
             raise
 
 
 @pytest.mark.timeout(2400)  # the first run on a machine builds KEDA (keda_bin) within it
 async def test_real_keda_operator_follows_pd_autoscaler(
-    keda_bin: Path,
-    k8s_cluster: k8senv.ClusterInfo,
-    k8s_api: ApiClient,
-    k8s_namespace: str,
+    keda_bin: Path, k8s_cluster: k8senv.ClusterInfo, k8s_api: ApiClient, k8s_namespace: str,
     tmp_path: Path,
 ) -> None:
     """Queue 40 (target 10) -> pd-autoscaler wants 4 -> KEDA's HPA sets 4; queue 0 -> 1."""
@@ -253,7 +226,8 @@ async def test_real_keda_operator_follows_pd_autoscaler(
     # On a user's cluster (KUBECONFIG mode) with its own metrics adapter or KEDA, touch nothing:
     # not its APIService (registered_apiservice refuses too) and not its KEDA CRDs.
     with contextlib.suppress(ApiException):
-        existing = await client.ApiregistrationV1Api(k8s_api).read_api_service(f"{version}.{group}")
+        existing = await client.ApiregistrationV1Api(k8s_api).read_api_service(
+            f"{version}.{group}")
         key = "app.kubernetes.io/managed-by"
         if (existing.metadata.labels or {}).get(key) != MANAGED_BY[key]:
             pytest.fail(f"APIService {version}.{group} exists and was not created by these tests")
@@ -276,12 +250,8 @@ async def test_real_keda_operator_follows_pd_autoscaler(
     grpc_port = k8senv.free_port()
     probe_port = k8senv.free_port()
     adapter_port = k8senv.free_port()
-    env = {
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "WATCH_NAMESPACE": "",
-        "KEDA_CLUSTER_OBJECT_NAMESPACE": "keda",
-        "POD_NAMESPACE": "keda",
-    }
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "WATCH_NAMESPACE": "",
+           "KEDA_CLUSTER_OBJECT_NAMESPACE": "keda", "POD_NAMESPACE": "keda"}
     kube = f"{cluster.kubeconfig}"
     budget_s = 20 * cluster.hpa_sync_period_s + 30
     log_dir = tmp_path / "logs"
@@ -297,73 +267,49 @@ async def test_real_keda_operator_follows_pd_autoscaler(
         return int((await apps.read_namespaced_deployment(POOL, ns)).spec.replicas)
 
     with processes(log_dir) as procs:
-        procs.spawn(
-            "keda-operator",
-            [
-                str(keda_bin / "keda-operator"),
-                "--zap-log-level=info",
-                "--leader-elect=false",
-                # --ca-dir: CAs for scalers' TLS (none here); it reads every file there as a CA.
-                f"--cert-dir={certs}",
-                f"--ca-dir={no_cas}",
-                "--metrics-bind-address=0",
-                f"--health-probe-bind-address=127.0.0.1:{probe_port}",
-                f"--metrics-service-bind-address=127.0.0.1:{grpc_port}",
-            ],
-            env,
-        )
-        procs.spawn(
-            "keda-adapter",
-            [
-                str(keda_bin / "keda-adapter"),
-                f"--secure-port={adapter_port}",
-                f"--bind-address={cluster.ext_bind_host}",
-                f"--tls-cert-file={cluster.ext_cert}",
-                f"--tls-private-key-file={cluster.ext_key}",
-                f"--cert-dir={certs}",
-                f"--metrics-service-address=127.0.0.1:{grpc_port}",
-                f"--port={k8senv.free_port()}",
-                f"--authentication-kubeconfig={kube}",
-                f"--authorization-kubeconfig={kube}",
-                f"--lister-kubeconfig={kube}",
-            ],
-            env,
-        )
+        procs.spawn("keda-operator", [
+            str(keda_bin / "keda-operator"), "--zap-log-level=info", "--leader-elect=false",
+            # --ca-dir: CAs for scalers' TLS (none here); it reads every file there as a CA.
+            f"--cert-dir={certs}", f"--ca-dir={no_cas}", "--metrics-bind-address=0",
+            f"--health-probe-bind-address=127.0.0.1:{probe_port}",
+            f"--metrics-service-bind-address=127.0.0.1:{grpc_port}",
+        ], env)
+        procs.spawn("keda-adapter", [
+            str(keda_bin / "keda-adapter"), f"--secure-port={adapter_port}",
+            f"--bind-address={cluster.ext_bind_host}", f"--tls-cert-file={cluster.ext_cert}",
+            f"--tls-private-key-file={cluster.ext_key}", f"--cert-dir={certs}",
+            f"--metrics-service-address=127.0.0.1:{grpc_port}",
+            f"--port={k8senv.free_port()}", f"--authentication-kubeconfig={kube}",
+            f"--authorization-kubeconfig={kube}", f"--lister-kubeconfig={kube}",
+        ], env)
 
         async def operator_ready() -> bool:
             procs.check()
             return await asyncio.to_thread(_healthy, probe_port)
 
         try:
-            await wait_for(operator_ready, timeout_s=60, interval_s=0.5, what="KEDA operator ready")
+            await wait_for(operator_ready, timeout_s=60, interval_s=0.5,
+                           what="KEDA operator ready")
             async with (
-                KedaScalerServer(
-                    store, KedaScalerSettings(host="127.0.0.1", port=0, max_age_s=30)
-                ) as scaler,
+                KedaScalerServer(store, KedaScalerSettings(host="127.0.0.1", port=0,
+                                                           max_age_s=30)) as scaler,
                 ticking(loop),
-                registered_apiservice(
-                    k8s_api, cluster, group=group, version=version, port=adapter_port
-                ),
+                registered_apiservice(k8s_api, cluster, group=group, version=version,
+                                      port=adapter_port),
                 deleted_at_exit(k8s_api, ns, POOL),
             ):
                 source.set_totals(POOL, ROLE, queue_depth=40)
-                await wait_for(
-                    lambda: asyncio.sleep(0, desired()),
-                    until=lambda d: d == 4,
-                    timeout_s=30,
-                    what="pd-autoscaler decides 4",
-                )
+                await wait_for(lambda: asyncio.sleep(0, desired()), until=lambda d: d == 4,
+                               timeout_s=30, what="pd-autoscaler decides 4")
                 await client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
-                    *SO[:2], ns, SO[2], manifest(scaled_object(ns, scaler.port))
-                )
+                    *SO[:2], ns, SO[2], manifest(scaled_object(ns, scaler.port)))
                 hpas = client.AutoscalingV2Api(k8s_api)
 
                 async def keda_hpa() -> Any:
                     procs.check()
                     with contextlib.suppress(ApiException):
                         return await hpas.read_namespaced_horizontal_pod_autoscaler(
-                            f"keda-hpa-{POOL}", ns
-                        )
+                            f"keda-hpa-{POOL}", ns)
                     return None
 
                 hpa = await wait_for(keda_hpa, timeout_s=60, what="KEDA creates its HPA")
@@ -373,12 +319,8 @@ async def test_real_keda_operator_follows_pd_autoscaler(
                 assert metric.external.metric.name == f"s0-pd-desired-replicas-{POOL}-{ROLE.value}"
                 assert metric.external.target.average_value == "1"
 
-                await wait_for(
-                    replicas,
-                    until=lambda r: r == 4,
-                    timeout_s=budget_s,
-                    what="KEDA's HPA scales to pd-autoscaler's 4",
-                )
+                await wait_for(replicas, until=lambda r: r == 4, timeout_s=budget_s,
+                               what="KEDA's HPA scales to pd-autoscaler's 4")
                 assert desired() == 4
                 hpa = await hpas.read_namespaced_horizontal_pod_autoscaler(f"keda-hpa-{POOL}", ns)
                 assert hpa.status.desired_replicas == 4
@@ -387,21 +329,12 @@ async def test_real_keda_operator_follows_pd_autoscaler(
                 assert await _external_metric(cluster, ns, metric.external.metric) == ["4"]
 
                 source.set_totals(POOL, ROLE, queue_depth=0)
-                await wait_for(
-                    lambda: asyncio.sleep(0, desired()),
-                    until=lambda d: d == 1,
-                    timeout_s=60,
-                    what="pd-autoscaler decides 1",
-                )
-                await wait_for(
-                    replicas,
-                    until=lambda r: r == 1,
-                    timeout_s=budget_s,
-                    what="KEDA's HPA scales down to 1",
-                )
+                await wait_for(lambda: asyncio.sleep(0, desired()), until=lambda d: d == 1,
+                               timeout_s=60, what="pd-autoscaler decides 1")
+                await wait_for(replicas, until=lambda r: r == 1, timeout_s=budget_s,
+                               what="KEDA's HPA scales down to 1")
                 so = await client.CustomObjectsApi(k8s_api).get_namespaced_custom_object(
-                    *SO[:2], ns, SO[2], POOL
-                )
+                    *SO[:2], ns, SO[2], POOL)
                 conds = {c["type"]: c["status"] for c in so["status"]["conditions"]}
                 assert conds.get("Ready") == "True", conds
         except BaseException:

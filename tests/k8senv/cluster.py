@@ -119,9 +119,8 @@ class ClusterInfo:
 
     def to_json(self) -> str:
         raw = dataclasses.asdict(self)
-        return json.dumps(
-            {k: str(v) if isinstance(v, Path) else v for k, v in raw.items()}, indent=2
-        )
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in raw.items()},
+                          indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> ClusterInfo:
@@ -155,7 +154,8 @@ def ensure_binaries(log_path: Path | None = None) -> Path:
     else:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("a") as log:
-            result = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, stderr=log, text=True)
+            result = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, stderr=log,
+                                    text=True)
         out = result.stdout
     if result.returncode != 0:
         tail = _tail(log_path) if log_path else ""
@@ -167,14 +167,8 @@ def ensure_binaries(log_path: Path | None = None) -> Path:
     return bin_dir
 
 
-_BINARIES = (
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kubectl",
-    "kwok",
-)
+_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
+             "kwok")
 
 
 # --- PKI (openssl CLI: the venv has no `cryptography`, Debian always ships openssl) -----------
@@ -204,9 +198,8 @@ class Pki:
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    result = subprocess.run(
-        ["openssl", *args], cwd=cwd, check=False, capture_output=True, text=True
-    )
+    result = subprocess.run(["openssl", *args], cwd=cwd, check=False, capture_output=True,
+                            text=True)
     if result.returncode != 0:
         raise ClusterError(f"openssl {' '.join(args)} failed: {result.stderr.strip()}")
 
@@ -214,92 +207,35 @@ def _openssl(*args: str, cwd: Path) -> None:
 def _ec_key(pki: Pki, name: str) -> None:
     # P-256 keys are generated instantly (RSA-2048 takes ~100 ms each); Go, OpenSSL and Python's
     # ssl module all accept them for TLS and the apiserver signs SA tokens with ES256.
-    _openssl(
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        str(pki.key(name)),
-        cwd=pki.dir,
-    )
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-out", str(pki.key(name)), cwd=pki.dir)
 
 
 def _make_ca(pki: Pki, name: str, cn: str) -> None:
     _ec_key(pki, name)
     # Our own config, so the CA extensions do not depend on the distribution's openssl.cnf
     # (Go rejects CA certs without basicConstraints CA:TRUE).
-    _openssl(
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        str(pki.key(name)),
-        "-subj",
-        f"/CN={cn}",
-        "-days",
-        "3650",
-        "-sha256",
-        "-config",
-        "openssl.cnf",
-        "-extensions",
-        "v3_ca",
-        "-out",
-        str(pki.crt(name)),
-        cwd=pki.dir,
-    )
+    _openssl("req", "-x509", "-new", "-key", str(pki.key(name)), "-subj", f"/CN={cn}",
+             "-days", "3650", "-sha256", "-config", "openssl.cnf", "-extensions", "v3_ca",
+             "-out", str(pki.crt(name)), cwd=pki.dir)
 
 
-def _make_leaf(
-    pki: Pki, name: str, *, subject: str, ca: str, usage: str, sans: tuple[str, ...] = ()
-) -> None:
+def _make_leaf(pki: Pki, name: str, *, subject: str, ca: str, usage: str,
+               sans: tuple[str, ...] = ()) -> None:
     _ec_key(pki, name)
     csr = pki.dir / f"{name}.csr"
     ext = pki.dir / f"{name}.ext"
-    lines = [
-        "basicConstraints = critical,CA:FALSE",
-        "keyUsage = critical,digitalSignature",
-        f"extendedKeyUsage = {usage}",
-        "authorityKeyIdentifier = keyid",
-        "subjectKeyIdentifier = hash",
-    ]
+    lines = ["basicConstraints = critical,CA:FALSE", "keyUsage = critical,digitalSignature",
+             f"extendedKeyUsage = {usage}", "authorityKeyIdentifier = keyid",
+             "subjectKeyIdentifier = hash"]
     if sans:
         lines.append("subjectAltName = " + ",".join(sans))
     ext.write_text("\n".join(lines) + "\n")
-    _openssl(
-        "req",
-        "-new",
-        "-key",
-        str(pki.key(name)),
-        "-subj",
-        subject,
-        "-config",
-        "openssl.cnf",
-        "-out",
-        str(csr),
-        cwd=pki.dir,
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(pki.crt(ca)),
-        "-CAkey",
-        str(pki.key(ca)),
-        "-set_serial",
-        str(secrets.randbits(63)),
-        "-days",
-        "3650",
-        "-sha256",
-        "-extfile",
-        str(ext),
-        "-out",
-        str(pki.crt(name)),
-        cwd=pki.dir,
-    )
+    _openssl("req", "-new", "-key", str(pki.key(name)), "-subj", subject, "-config",
+             "openssl.cnf", "-out", str(csr), cwd=pki.dir)
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(pki.crt(ca)), "-CAkey", str(pki.key(ca)),
+             "-set_serial", str(secrets.randbits(63)), "-days", "3650", "-sha256",
+             "-extfile", str(ext), "-out", str(pki.crt(name)), cwd=pki.dir)
 
 
 def ext_sans(service: str, namespace: str, host: str) -> tuple[str, ...]:
@@ -309,13 +245,8 @@ def ext_sans(service: str, namespace: str, host: str) -> tuple[str, ...]:
     is the one verified; the wildcard lets tests register further Services in the same
     namespace, and localhost/127.0.0.1 let tests call their server directly.
     """
-    sans = [
-        f"DNS:{service}.{namespace}.svc",
-        f"DNS:*.{namespace}.svc",
-        "DNS:localhost",
-        "IP:127.0.0.1",
-        "IP:::1",
-    ]
+    sans = [f"DNS:{service}.{namespace}.svc", f"DNS:*.{namespace}.svc", "DNS:localhost",
+            "IP:127.0.0.1", "IP:::1"]
     if host not in ("localhost", "127.0.0.1"):
         sans.append(f"IP:{host}" if _is_ip(host) else f"DNS:{host}")
     return tuple(sans)
@@ -326,28 +257,20 @@ def make_ext_pki(pki: Pki, *, service: str, namespace: str, host: str) -> None:
     pki.dir.mkdir(parents=True, exist_ok=True)
     (pki.dir / "openssl.cnf").write_text(_OPENSSL_CNF)
     _make_ca(pki, "ext-ca", "pd-e2e-extension-ca")
-    _make_leaf(
-        pki,
-        "ext-server",
-        subject=f"/CN={service}",
-        ca="ext-ca",
-        usage="serverAuth",
-        sans=ext_sans(service, namespace, host),
-    )
+    _make_leaf(pki, "ext-server", subject=f"/CN={service}", ca="ext-ca", usage="serverAuth",
+               sans=ext_sans(service, namespace, host))
 
 
-def make_mtls_pki(
-    cert_dir: Path, *, sans: tuple[str, ...] = ("DNS:localhost", "IP:127.0.0.1")
-) -> Path:
+def make_mtls_pki(cert_dir: Path, *, sans: tuple[str, ...] = ("DNS:localhost",
+                                                              "IP:127.0.0.1")) -> Path:
     """A CA and one cert for both ends of an mTLS link (serverAuth and clientAuth), in the
     layout KEDA's operator and adapter read from `--cert-dir`: ca.crt, tls.crt, tls.key."""
     pki = Pki(cert_dir)
     cert_dir.mkdir(parents=True, exist_ok=True)
     (cert_dir / "openssl.cnf").write_text(_OPENSSL_CNF)
     _make_ca(pki, "ca", "pd-e2e-mtls-ca")
-    _make_leaf(
-        pki, "tls", subject="/CN=pd-e2e-mtls", ca="ca", usage="serverAuth,clientAuth", sans=sans
-    )
+    _make_leaf(pki, "tls", subject="/CN=pd-e2e-mtls", ca="ca", usage="serverAuth,clientAuth",
+               sans=sans)
     return cert_dir
 
 
@@ -357,59 +280,31 @@ def make_pki(pki: Pki, cfg: ClusterConfig, host: str) -> None:
     (pki.dir / "openssl.cnf").write_text(_OPENSSL_CNF)
     _make_ca(pki, "ca", "pd-e2e-kube-ca")
     _make_ca(pki, "front-proxy-ca", "pd-e2e-front-proxy-ca")
-    _make_leaf(
-        pki,
-        "apiserver",
-        subject="/CN=kube-apiserver",
-        ca="ca",
-        usage="serverAuth",
-        sans=(
-            "DNS:localhost",
-            "DNS:kubernetes",
-            "DNS:kubernetes.default",
-            "DNS:kubernetes.default.svc",
-            "DNS:kubernetes.default.svc.cluster.local",
-            "IP:127.0.0.1",
-            "IP:10.96.0.1",
-            f"IP:{cfg.advertise_address}",
-        ),
-    )
+    _make_leaf(pki, "apiserver", subject="/CN=kube-apiserver", ca="ca", usage="serverAuth",
+               sans=("DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
+                     "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local",
+                     "IP:127.0.0.1", "IP:10.96.0.1", f"IP:{cfg.advertise_address}"))
     # O=system:masters: bootstrap RBAC binds it to cluster-admin.
-    _make_leaf(
-        pki, "admin", subject="/O=system:masters/CN=pd-e2e-admin", ca="ca", usage="clientAuth"
-    )
+    _make_leaf(pki, "admin", subject="/O=system:masters/CN=pd-e2e-admin", ca="ca",
+               usage="clientAuth")
     # CN must match --requestheader-allowed-names.
-    _make_leaf(
-        pki,
-        "front-proxy-client",
-        subject="/CN=front-proxy-client",
-        ca="front-proxy-ca",
-        usage="clientAuth",
-    )
-    _make_leaf(
-        pki,
-        "ext-server",
-        subject=f"/CN={cfg.ext_service}",
-        ca="ca",
-        usage="serverAuth",
-        sans=ext_sans(cfg.ext_service, cfg.ext_namespace, host),
-    )
+    _make_leaf(pki, "front-proxy-client", subject="/CN=front-proxy-client",
+               ca="front-proxy-ca", usage="clientAuth")
+    _make_leaf(pki, "ext-server", subject=f"/CN={cfg.ext_service}", ca="ca",
+               usage="serverAuth", sans=ext_sans(cfg.ext_service, cfg.ext_namespace, host))
     _ec_key(pki, "sa")
-    _openssl(
-        "pkey", "-in", str(pki.key("sa")), "-pubout", "-out", str(pki.dir / "sa.pub"), cwd=pki.dir
-    )
+    _openssl("pkey", "-in", str(pki.key("sa")), "-pubout", "-out", str(pki.dir / "sa.pub"),
+             cwd=pki.dir)
 
 
 def write_kubeconfig(path: Path, *, server: str, ca: Path, cert: Path, key: Path) -> None:
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": "pd-e2e", "cluster": {"server": server, "certificate-authority": str(ca)}}
-        ],
-        "users": [
-            {"name": "admin", "user": {"client-certificate": str(cert), "client-key": str(key)}}
-        ],
+        "clusters": [{"name": "pd-e2e", "cluster": {"server": server,
+                                                    "certificate-authority": str(ca)}}],
+        "users": [{"name": "admin", "user": {"client-certificate": str(cert),
+                                             "client-key": str(key)}}],
         "contexts": [{"name": "pd-e2e", "context": {"cluster": "pd-e2e", "user": "admin"}}],
         "current-context": "pd-e2e",
     }
@@ -428,16 +323,12 @@ class Rest:
         if cert and key:
             self.ctx.load_cert_chain(str(cert), str(key))
 
-    def call(
-        self, method: str, path: str, body: object | None = None, *, timeout: float = 10.0
-    ) -> tuple[int, Any]:
+    def call(self, method: str, path: str, body: object | None = None,
+             *, timeout: float = 10.0) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.base + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
+        req = urllib.request.Request(self.base + path, data=data, method=method,  # noqa: S310
+                                     headers={"Content-Type": "application/json",
+                                              "Accept": "application/json"})
         try:
             with urllib.request.urlopen(req, context=self.ctx, timeout=timeout) as resp:  # noqa: S310
                 raw = resp.read()
@@ -505,11 +396,8 @@ def _pid_runs(pid: int, exe: str) -> bool:
 
 # Stop order: clients first, then the apiserver while etcd still answers (with etcd gone its
 # graceful termination hangs), then etcd. Each step takes ~0.1-1 s; SIGKILL after the grace.
-_STOP_ORDER = (
-    ("kwok", "kube-scheduler", "kube-controller-manager"),
-    ("kube-apiserver",),
-    ("etcd",),
-)
+_STOP_ORDER = (("kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",),
+               ("etcd",))
 
 
 def kill_groups(pids: dict[str, int], exes: dict[str, str], *, grace_s: float = 5.0) -> None:
@@ -556,11 +444,9 @@ def _install_cleanup_handlers() -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         previous = signal.getsignal(sig)
 
-        def handler(
-            signum: int,
-            frame: FrameType | None,
-            previous: Callable[[int, FrameType | None], Any] | int | None = previous,
-        ) -> None:
+        def handler(signum: int, frame: FrameType | None,
+                    previous: Callable[[int, FrameType | None], Any] | int | None = previous
+                    ) -> None:
             _stop_all()
             if callable(previous):
                 previous(signum, frame)
@@ -578,14 +464,8 @@ class LocalCluster:
     then stops them from another process using `cluster.json`.
     """
 
-    def __init__(
-        self,
-        run_dir: Path,
-        cfg: ClusterConfig | None = None,
-        *,
-        bin_dir: Path | None = None,
-        detach: bool = False,
-    ) -> None:
+    def __init__(self, run_dir: Path, cfg: ClusterConfig | None = None, *,
+                 bin_dir: Path | None = None, detach: bool = False) -> None:
         self.run_dir = run_dir.resolve()
         self.cfg = cfg or ClusterConfig()
         self.bin_dir = bin_dir
@@ -629,22 +509,15 @@ class LocalCluster:
         self.logs[name] = log
         with log.open("ab") as out:
             self.procs[name] = subprocess.Popen(
-                [str(self.bin_dir / name), *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.run_dir,
-                start_new_session=True,
-                preexec_fn=None if self.detach else _die_with_parent,
-            )
+                [str(self.bin_dir / name), *args], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=self.run_dir, start_new_session=True,
+                preexec_fn=None if self.detach else _die_with_parent)  # noqa: PLW1509
 
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
-                raise ClusterError(
-                    f"{name} exited with {proc.returncode}; log {self.logs[name]}:"
-                    f"\n{_tail(self.logs[name])}"
-                )
+                raise ClusterError(f"{name} exited with {proc.returncode}; log {self.logs[name]}:"
+                                   f"\n{_tail(self.logs[name])}")
 
     def _wait(self, what: str, probe: Callable[[], bool], deadline: float) -> None:
         while True:
@@ -667,32 +540,19 @@ class LocalCluster:
         kcm_port, sched_port = free_port(), free_port()
         api_url = f"https://127.0.0.1:{api_port}"
         kubeconfig = run / "admin.kubeconfig"
-        write_kubeconfig(
-            kubeconfig,
-            server=api_url,
-            ca=pki.crt("ca"),
-            cert=pki.crt("admin"),
-            key=pki.key("admin"),
-        )
+        write_kubeconfig(kubeconfig, server=api_url, ca=pki.crt("ca"), cert=pki.crt("admin"),
+                         key=pki.key("admin"))
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{etcd_peer}"
 
-        self._spawn(
-            "etcd",
-            [
-                "--name=pd-e2e",
-                f"--data-dir={run / 'etcd'}",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls={peer_url}",
-                f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=pd-e2e={peer_url}",
-                # Test data is disposable: skipping fsync makes etcd (and thus every write) fast.
-                "--unsafe-no-fsync",
-                "--quota-backend-bytes=2147483648",
-                "--log-level=warn",
-            ],
-        )
+        self._spawn("etcd", [
+            "--name=pd-e2e", f"--data-dir={run / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=pd-e2e={peer_url}",
+            # Test data is disposable: skipping fsync makes etcd (and thus every write) fast.
+            "--unsafe-no-fsync", "--quota-backend-bytes=2147483648", "--log-level=warn",
+        ])
 
         def etcd_healthy() -> bool:
             with urllib.request.urlopen(etcd_url + "/health", timeout=2) as r:  # noqa: S310
@@ -700,84 +560,59 @@ class LocalCluster:
 
         self._wait("etcd /health", etcd_healthy, deadline)
 
-        self._spawn(
-            "kube-apiserver",
-            [
-                f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={api_port}",
-                f"--advertise-address={cfg.advertise_address}",
-                f"--tls-cert-file={pki.crt('apiserver')}",
-                f"--tls-private-key-file={pki.key('apiserver')}",
-                f"--client-ca-file={pki.crt('ca')}",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={run / 'pki' / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki.key('sa')}",
-                "--service-cluster-ip-range=10.96.0.0/16",
-                "--authorization-mode=Node,RBAC",
-                "--allow-privileged=true",
-                # Aggregation layer: the apiserver proxies to extension servers with the
-                # front-proxy client cert and passes the user in X-Remote-* headers.
-                f"--requestheader-client-ca-file={pki.crt('front-proxy-ca')}",
-                "--requestheader-allowed-names=front-proxy-client",
-                "--requestheader-username-headers=X-Remote-User",
-                "--requestheader-group-headers=X-Remote-Group",
-                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-                f"--proxy-client-cert-file={pki.crt('front-proxy-client')}",
-                f"--proxy-client-key-file={pki.key('front-proxy-client')}",
-                f"--cert-dir={run / 'apiserver-certs'}",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )
+        self._spawn("kube-apiserver", [
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", f"--secure-port={api_port}",
+            f"--advertise-address={cfg.advertise_address}",
+            f"--tls-cert-file={pki.crt('apiserver')}",
+            f"--tls-private-key-file={pki.key('apiserver')}",
+            f"--client-ca-file={pki.crt('ca')}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={run / 'pki' / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki.key('sa')}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            # Aggregation layer: the apiserver proxies to extension servers with the
+            # front-proxy client cert and passes the user in X-Remote-* headers.
+            f"--requestheader-client-ca-file={pki.crt('front-proxy-ca')}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki.crt('front-proxy-client')}",
+            f"--proxy-client-key-file={pki.key('front-proxy-client')}",
+            f"--cert-dir={run / 'apiserver-certs'}",
+            "--profiling=false", "--v=1",
+        ])
         rest = Rest(api_url, ca=pki.crt("ca"), cert=pki.crt("admin"), key=pki.key("admin"))
-        self._wait(
-            "kube-apiserver /readyz", lambda: rest.call("GET", "/readyz")[0] == 200, deadline
-        )
+        self._wait("kube-apiserver /readyz", lambda: rest.call("GET", "/readyz")[0] == 200,
+                   deadline)
 
         hpa_sync = f"{cfg.hpa_sync_period_s:g}s"
         hpa_down = f"{cfg.hpa_downscale_stabilization_s:g}s"
-        common = [
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            "--leader-elect=false",
-            "--bind-address=127.0.0.1",
-            "--kube-api-qps=100",
-            "--kube-api-burst=200",
-            "--v=1",
-        ]
-        self._spawn(
-            "kube-controller-manager",
-            [
-                *common,
-                f"--secure-port={kcm_port}",
-                "--controllers=*",
-                # The serviceaccount controller must run: admission rejects Pods until the
-                # namespace's `default` ServiceAccount exists.
-                f"--service-account-private-key-file={pki.key('sa')}",
-                f"--root-ca-file={pki.crt('ca')}",
-                "--use-service-account-credentials=false",
-                f"--horizontal-pod-autoscaler-sync-period={hpa_sync}",
-                f"--horizontal-pod-autoscaler-downscale-stabilization={hpa_down}",
-            ],
-        )
+        common = [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+                  f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false",
+                  "--bind-address=127.0.0.1", "--kube-api-qps=100", "--kube-api-burst=200",
+                  "--v=1"]
+        self._spawn("kube-controller-manager", [
+            *common, f"--secure-port={kcm_port}", "--controllers=*",
+            # The serviceaccount controller must run: admission rejects Pods until the
+            # namespace's `default` ServiceAccount exists.
+            f"--service-account-private-key-file={pki.key('sa')}",
+            f"--root-ca-file={pki.crt('ca')}", "--use-service-account-credentials=false",
+            f"--horizontal-pod-autoscaler-sync-period={hpa_sync}",
+            f"--horizontal-pod-autoscaler-downscale-stabilization={hpa_down}",
+        ])
         self._spawn("kube-scheduler", [*common, f"--secure-port={sched_port}"])
         kwok_cfg = run / "kwok.yaml"
         kwok_cfg.write_text(kwok_stages(self.bin_dir.parent / "stages", cfg.pod_ready_delay_s))
         key, value = KWOK_NODE_ANNOTATION
-        self._spawn(
-            "kwok",
-            [
-                f"--kubeconfig={kubeconfig}",
-                f"--config={kwok_cfg}",
-                "--manage-all-nodes=false",
-                f"--manage-nodes-with-annotation-selector={key}={value}",
-                "--cidr=10.244.0.0/16",
-                "--node-ip=10.0.0.1",
-                "--node-lease-duration-seconds=40",
-            ],
-        )
+        self._spawn("kwok", [
+            f"--kubeconfig={kubeconfig}", f"--config={kwok_cfg}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={key}={value}",
+            "--cidr=10.244.0.0/16", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=40",
+        ])
 
         nodes = tuple(f"gpu-node-{i}" for i in range(cfg.gpu_nodes))
         for name in nodes:
@@ -785,44 +620,28 @@ class LocalCluster:
             if status not in (201, 409):
                 raise ClusterError(f"creating node {name}: {status} {body}")
 
-        for name, port in (("kube-controller-manager", kcm_port), ("kube-scheduler", sched_port)):
+        for name, port in (("kube-controller-manager", kcm_port),
+                           ("kube-scheduler", sched_port)):
             self._wait(f"{name} /healthz", _healthz_probe(port), deadline)
-        self._wait(
-            "ServiceAccount default/default",
-            lambda: (
-                rest.call("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200
-            ),
-            deadline,
-        )
+        self._wait("ServiceAccount default/default",
+                   lambda: rest.call("GET", "/api/v1/namespaces/default/serviceaccounts/default"
+                                     )[0] == 200, deadline)
         self._wait("GPU nodes Ready", lambda: _nodes_ready(rest, nodes), deadline)
 
         return ClusterInfo(
-            run_dir=run,
-            kubeconfig=kubeconfig,
-            api_url=api_url,
-            bin_dir=self.bin_dir,
-            ca_cert=pki.crt("ca"),
-            ca_key=pki.key("ca"),
-            admin_cert=pki.crt("admin"),
-            admin_key=pki.key("admin"),
+            run_dir=run, kubeconfig=kubeconfig, api_url=api_url, bin_dir=self.bin_dir,
+            ca_cert=pki.crt("ca"), ca_key=pki.key("ca"),
+            admin_cert=pki.crt("admin"), admin_key=pki.key("admin"),
             front_proxy_ca=pki.crt("front-proxy-ca"),
             front_proxy_client_cert=pki.crt("front-proxy-client"),
             front_proxy_client_key=pki.key("front-proxy-client"),
-            ext_cert=pki.crt("ext-server"),
-            ext_key=pki.key("ext-server"),
-            ext_ca_cert=pki.crt("ca"),
-            ext_service=cfg.ext_service,
-            ext_namespace=cfg.ext_namespace,
-            ext_host="localhost",
-            ext_bind_host="127.0.0.1",
-            gpu_nodes=nodes,
-            gpus_per_node=cfg.gpus_per_node,
-            pod_ready_delay_s=cfg.pod_ready_delay_s,
-            hpa_sync_period_s=cfg.hpa_sync_period_s,
-            hpa_downscale_stabilization_s=cfg.hpa_downscale_stabilization_s,
-            managed=True,
-            kubectl=self.bin_dir / "kubectl",
-            pids={name: p.pid for name, p in self.procs.items()},
+            ext_cert=pki.crt("ext-server"), ext_key=pki.key("ext-server"),
+            ext_ca_cert=pki.crt("ca"), ext_service=cfg.ext_service,
+            ext_namespace=cfg.ext_namespace, ext_host="localhost", ext_bind_host="127.0.0.1",
+            gpu_nodes=nodes, gpus_per_node=cfg.gpus_per_node,
+            pod_ready_delay_s=cfg.pod_ready_delay_s, hpa_sync_period_s=cfg.hpa_sync_period_s,
+            hpa_downscale_stabilization_s=cfg.hpa_downscale_stabilization_s, managed=True,
+            kubectl=self.bin_dir / "kubectl", pids={name: p.pid for name, p in self.procs.items()},
         )
 
     # -- stop ----------------------------------------------------------------------------------
@@ -835,7 +654,8 @@ class LocalCluster:
         if not procs:
             return
         assert self.bin_dir is not None
-        kill_groups({n: p.pid for n, p in procs.items()}, {n: str(self.bin_dir / n) for n in procs})
+        kill_groups({n: p.pid for n, p in procs.items()},
+                    {n: str(self.bin_dir / n) for n in procs})
         for p in procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=5)  # reap, so no zombies linger in long test sessions
@@ -879,13 +699,9 @@ def gpu_node(name: str, gpus: int) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "annotations": {key: value},
-            "labels": {
-                "type": "kwok",
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "nvidia.com/gpu.present": "true",
-            },
+            "labels": {"type": "kwok", "kubernetes.io/hostname": name,
+                       "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                       "nvidia.com/gpu.present": "true"},
         },
         # No taint: test Pods then need no toleration, and kwok nodes are the only nodes.
         "spec": {},
@@ -899,25 +715,18 @@ def kwok_stages(stage_dir: Path, pod_ready_delay_s: float) -> str:
     kwok picks `duration + rand(jitter - duration)`, or exactly `jitter` when jitter <= duration,
     so equal values give a fixed delay; the per-Pod annotation overrides both for the same reason.
     """
-    files = [
-        "node/fast/node-initialize.yaml",
-        "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
-        "pod/fast/pod-ready.yaml",
-        "pod/fast/pod-complete.yaml",
-        "pod/fast/pod-delete.yaml",
-    ]
+    files = ["node/fast/node-initialize.yaml",
+             "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+             "pod/fast/pod-ready.yaml", "pod/fast/pod-complete.yaml", "pod/fast/pod-delete.yaml"]
     docs = []
     ms = int(pod_ready_delay_s * 1000)
     expr = {"expressionFrom": f'.metadata.annotations["{POD_READY_DELAY_ANNOTATION}"]'}
     for rel in files:
         doc = yaml.safe_load((stage_dir / rel).read_text())
         if doc["metadata"]["name"] == "pod-ready" and ms > 0:
-            doc["spec"]["delay"] = {
-                "durationMilliseconds": ms,
-                "durationFrom": expr,
-                "jitterDurationMilliseconds": ms,
-                "jitterDurationFrom": expr,
-            }
+            doc["spec"]["delay"] = {"durationMilliseconds": ms, "durationFrom": expr,
+                                    "jitterDurationMilliseconds": ms,
+                                    "jitterDurationFrom": expr}
         docs.append(doc)
     return yaml.safe_dump_all(docs, sort_keys=False)
 
@@ -961,27 +770,20 @@ def load_running(run_dir: Path) -> ClusterInfo | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.k8senv.cluster",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
-    parser.add_argument(
-        "command",
-        choices=["up", "down", "status", "build", "run"],
-        help="up: start in the background and print `export KUBECONFIG=...`; "
-        "run: start in the foreground until Ctrl-C; down: stop; "
-        "status: print cluster.json; build: only build the binaries",
-    )
+    parser = argparse.ArgumentParser(prog="python -m tests.k8senv.cluster",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("command", choices=["up", "down", "status", "build", "run"],
+                        help="up: start in the background and print `export KUBECONFIG=...`; "
+                             "run: start in the foreground until Ctrl-C; down: stop; "
+                             "status: print cluster.json; build: only build the binaries")
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)
     defaults = ClusterConfig()
     parser.add_argument("--gpu-nodes", type=int, default=defaults.gpu_nodes)
     parser.add_argument("--gpus-per-node", type=int, default=defaults.gpus_per_node)
-    parser.add_argument(
-        "--pod-ready-delay", type=float, default=defaults.pod_ready_delay_s, metavar="SECONDS"
-    )
-    parser.add_argument(
-        "--hpa-sync-period", type=float, default=defaults.hpa_sync_period_s, metavar="SECONDS"
-    )
+    parser.add_argument("--pod-ready-delay", type=float, default=defaults.pod_ready_delay_s,
+                        metavar="SECONDS")
+    parser.add_argument("--hpa-sync-period", type=float, default=defaults.hpa_sync_period_s,
+                        metavar="SECONDS")
     args = parser.parse_args(argv)
     run_dir: Path = args.run_dir.resolve()
 
@@ -1004,25 +806,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# already running in {run_dir}", file=sys.stderr)
         print(f"export KUBECONFIG={existing.kubeconfig}")
         return 0
-    cfg = ClusterConfig(
-        gpu_nodes=args.gpu_nodes,
-        gpus_per_node=args.gpus_per_node,
-        pod_ready_delay_s=args.pod_ready_delay,
-        hpa_sync_period_s=args.hpa_sync_period,
-    )
-    print(
-        f"# building binaries (minutes on first run, log: {run_dir.parent / 'build.log'})",
-        file=sys.stderr,
-    )
+    cfg = ClusterConfig(gpu_nodes=args.gpu_nodes, gpus_per_node=args.gpus_per_node,
+                        pod_ready_delay_s=args.pod_ready_delay,
+                        hpa_sync_period_s=args.hpa_sync_period)
+    print("# building binaries (minutes on first run, log: "
+          f"{run_dir.parent / 'build.log'})", file=sys.stderr)
     bin_dir = ensure_binaries(run_dir.parent / "build.log")
     t0 = time.monotonic()
     cluster = LocalCluster(run_dir, cfg, bin_dir=bin_dir, detach=args.command == "up")
     info = cluster.start()
-    print(
-        f"# cluster up in {time.monotonic() - t0:.1f}s; logs in {run_dir / 'logs'}; "
-        f"kubectl: {info.kubectl}",
-        file=sys.stderr,
-    )
+    print(f"# cluster up in {time.monotonic() - t0:.1f}s; logs in {run_dir / 'logs'}; "
+          f"kubectl: {info.kubectl}", file=sys.stderr)
     print(f"export KUBECONFIG={info.kubeconfig}", flush=True)
     if args.command == "up":
         return 0

@@ -34,8 +34,7 @@ class FakeReadyApps:
     """AppsV1Api stand-in: every Deployment has 2 replicas, both ready."""
 
     async def read_namespaced_deployment(self, name: str, ns: str, **_: Any) -> Any:
-        return SimpleNamespace(
-            spec=SimpleNamespace(replicas=2),
-            status=SimpleNamespace(ready_replicas=2),
-            metadata=SimpleNamespace(annotations=None, uid="u1", resource_version="7"),
-        )
+        return SimpleNamespace(spec=SimpleNamespace(replicas=2),
+                               status=SimpleNamespace(ready_replicas=2),
+                               metadata=SimpleNamespace(annotations=None, uid="u1",
+                                                        resource_version="7"))

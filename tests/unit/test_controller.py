@@ -35,38 +35,26 @@ NO_API: Any = SimpleNamespace()
 
 
 def _args(**kw: Any) -> argparse.Namespace:
-    base = {
-        "kubeconfig": None,
-        "namespace": None,
-        "policy": None,
-        "prometheus_url": None,
-        "dry_run": None,
-    }
+    base = {"kubeconfig": None, "namespace": None, "policy": None, "prometheus_url": None,
+            "dry_run": None}
     base.update(kw)
     return argparse.Namespace(**base)
 
 
 def test_settings_env_then_flags() -> None:
     """PD_AUTOSCALER_* variables set defaults; flags override them."""
-    env = {
-        "PD_AUTOSCALER_NAMESPACE": "ops",
-        "PD_AUTOSCALER_TICK_S": "5",
-        "PD_AUTOSCALER_DRY_RUN": "true",
-        "PD_AUTOSCALER_IDENTITY": "me",
-    }
+    env = {"PD_AUTOSCALER_NAMESPACE": "ops", "PD_AUTOSCALER_TICK_S": "5",
+           "PD_AUTOSCALER_DRY_RUN": "true", "PD_AUTOSCALER_IDENTITY": "me"}
     s = controller.settings_from(_args(namespace="flag-ns"), env)
     assert (s.namespace, s.tick_s, s.dry_run, s.identity) == ("flag-ns", 5.0, True, "me")
 
 
-@pytest.mark.parametrize(
-    ("env", "fragment"),
-    [
-        pytest.param({"PD_AUTOSCALER_TICK_S": "fast"}, "PD_AUTOSCALER_TICK_S", id="not-a-number"),
-        pytest.param({"PD_AUTOSCALER_DRY_RUN": "maybe"}, "expected true/false", id="bad-bool"),
-        pytest.param({"PD_AUTOSCALER_LEASE_DURATION_S": "5"}, "lease_duration_s", id="lease-order"),
-        pytest.param({"PD_AUTOSCALER_TICK_S": "0"}, "tick_s: must be > 0", id="zero-tick"),
-    ],
-)
+@pytest.mark.parametrize(("env", "fragment"), [
+    pytest.param({"PD_AUTOSCALER_TICK_S": "fast"}, "PD_AUTOSCALER_TICK_S", id="not-a-number"),
+    pytest.param({"PD_AUTOSCALER_DRY_RUN": "maybe"}, "expected true/false", id="bad-bool"),
+    pytest.param({"PD_AUTOSCALER_LEASE_DURATION_S": "5"}, "lease_duration_s", id="lease-order"),
+    pytest.param({"PD_AUTOSCALER_TICK_S": "0"}, "tick_s: must be > 0", id="zero-tick"),
+])
 def test_settings_errors_name_the_variable(env: dict[str, str], fragment: str) -> None:
     """A bad variable is a ConfigError naming it (exit code 2 through the CLI)."""
     with pytest.raises(errors.ConfigError) as exc:
@@ -121,9 +109,8 @@ def test_policy_docs_reject_cross_document_conflicts() -> None:
 def test_policy_docs_dry_run_if_any_document_asks() -> None:
     """Shadow mode in one document holds for the merged policy (never act on a shadow doc)."""
     docs = controller.PolicyDocs()
-    docs.docs, _ = docs.propose(
-        {"a.yaml": _doc("a", "da", extra="dry_run: true"), "b.yaml": _doc("b", "db")}
-    )
+    docs.docs, _ = docs.propose({"a.yaml": _doc("a", "da", extra="dry_run: true"),
+                                 "b.yaml": _doc("b", "db")})
     merged = docs.merged()
     assert merged is not None
     assert merged.dry_run
@@ -140,17 +127,13 @@ def _dep(spec: int, ready: int | None, annotations: dict[str, str] | None = None
     )
 
 
-@pytest.mark.parametrize(
-    ("dep", "want"),
-    [
-        pytest.param(_dep(4, 1), WorkloadStatus(4, 1, 3), id="pending-is-spec-minus-ready"),
-        pytest.param(_dep(2, None), WorkloadStatus(2, 0, 2), id="no-ready-yet"),
-        pytest.param(_dep(2, 3), WorkloadStatus(2, 2, 0), id="surplus-ready-clamped"),
-        pytest.param(
-            _dep(2, 2, {kube.PAUSED_ANNOTATION: "True"}), WorkloadStatus(2, 2, 0, True), id="paused"
-        ),
-    ],
-)
+@pytest.mark.parametrize(("dep", "want"), [
+    pytest.param(_dep(4, 1), WorkloadStatus(4, 1, 3), id="pending-is-spec-minus-ready"),
+    pytest.param(_dep(2, None), WorkloadStatus(2, 0, 2), id="no-ready-yet"),
+    pytest.param(_dep(2, 3), WorkloadStatus(2, 2, 0), id="surplus-ready-clamped"),
+    pytest.param(_dep(2, 2, {kube.PAUSED_ANNOTATION: "True"}), WorkloadStatus(2, 2, 0, True),
+                 id="paused"),
+])
 def test_status_of(dep: Any, want: WorkloadStatus) -> None:
     """Pending counts every requested-but-unready replica; the paused annotation is honoured."""
     assert kube.status_of(dep) == want
@@ -174,9 +157,8 @@ class FakeApps:
     async def read_namespaced_deployment_scale(self, name: str, ns: str, **_: Any) -> Any:
         return _dep(2, 2)
 
-    async def patch_namespaced_deployment_scale(
-        self, name: str, ns: str, body: Any, **_: Any
-    ) -> Any:
+    async def patch_namespaced_deployment_scale(self, name: str, ns: str, body: Any,
+                                                **_: Any) -> Any:
         if self.patch_errors:
             raise self.patch_errors.pop(0)
         self.patches.append(body)
@@ -187,9 +169,8 @@ class FakeEvents:
     def __init__(self) -> None:
         self.recorded: list[tuple[kube.ObjectRef, str, str]] = []
 
-    async def record(
-        self, obj: kube.ObjectRef, *, reason: str, message: str, warning: bool = False
-    ) -> bool:
+    async def record(self, obj: kube.ObjectRef, *, reason: str, message: str,
+                     warning: bool = False) -> bool:
         del warning
         self.recorded.append((obj, reason, message))
         return True
@@ -279,13 +260,11 @@ async def test_state_survives_restart_on_a_new_monotonic_clock() -> None:
     store = controller.StateStore(NO_API, namespace="ns", name="st", timeout_s=1)
     core = FakeStateCore()
     store._core = core  # type: ignore[assignment]
-    state = ScaleState(
-        pools={"p": {Role.PREFILL: RoleState(recommendations=((50.0, 4),), events=((50.0, 3),))}}
-    )
+    state = ScaleState(pools={"p": {Role.PREFILL: RoleState(recommendations=((50.0, 4),),
+                                                             events=((50.0, 3),))}})
     assert (await store.load(mono_now=60.0, wall_now=1000.0)).pools == {}
-    await store.save(
-        state, Decision(at=60.0, pools={}), mono_now=60.0, wall_now=1000.0, identity="a"
-    )
+    await store.save(state, Decision(at=60.0, pools={}), mono_now=60.0, wall_now=1000.0,
+                     identity="a")
     assert json.loads(core.cm.data["state.json"])["pools"]["p"]["prefill"]["events"] == [[990.0, 3]]
     # New process: monotonic clock at 5 s, wall clock 30 s later than the save.
     restored = await store.load(mono_now=5.0, wall_now=1030.0)
@@ -298,10 +277,8 @@ async def test_state_survives_restart_on_a_new_monotonic_clock() -> None:
 async def test_store_wait_newer() -> None:
     """Push-style readers wake on the next recorded decision."""
     store = DecisionStore()
-    policy = testing.pool_policy(
-        prefill={"signals": [{"signal": "queue_depth", "target": 2}]},
-        decode={"signals": [{"signal": "kv_cache", "target": 0.7}]},
-    )
+    policy = testing.pool_policy(prefill={"signals": [{"signal": "queue_depth", "target": 2}]},
+                                 decode={"signals": [{"signal": "kv_cache", "target": 0.7}]})
     waiter = asyncio.create_task(store.wait_newer(0, timeout_s=5))
     await asyncio.sleep(0)
     store.record(Decision(at=1.0, pools={}), policy)
@@ -315,9 +292,8 @@ async def test_probes_and_metrics() -> None:
     """/readyz waits for a policy and the API; /healthz fails when the leader's ticks stall."""
     health = app_mod.Health(stall_after_s=30)
     now = [0.0]
-    app = app_mod.create_app(
-        health=health, store=DecisionStore(), telemetry=Telemetry(), clock=lambda: now[0]
-    )
+    app = app_mod.create_app(health=health, store=DecisionStore(), telemetry=Telemetry(),
+                             clock=lambda: now[0])
     async with TestClient(TestServer(app)) as http:
         assert (await http.get("/readyz")).status == 503
         health.policy_loaded = health.api_reachable = True
@@ -339,8 +315,7 @@ async def test_fake_metrics_source_spreads_totals() -> None:
     src.set_totals("p", Role.PREFILL, queue_depth=20)
     policy: PolicyFile = testing.pool_policy(
         prefill={"signals": [{"signal": "queue_depth", "target": 2}]},
-        decode={"signals": [{"signal": "kv_cache", "target": 0.7}]},
-    )
+        decode={"signals": [{"signal": "kv_cache", "target": 0.7}]})
     from autoscaler.metrics.source import RoleTarget  # noqa: PLC0415
 
     spec = policy.pools[0].roles[Role.PREFILL]

@@ -28,14 +28,8 @@ A = Role.AGGREGATED
 
 
 def _pool(name: str, *, forecast: bool) -> str:
-    policies = (
-        (
-            "        policies: [{kind: forecast, model: holt, series: request_rate, "
-            "capacity_per_replica: 10}]\n"
-        )
-        if forecast
-        else ""
-    )
+    policies = ("        policies: [{kind: forecast, model: holt, series: request_rate, "
+                "capacity_per_replica: 10}]\n") if forecast else ""
     return f"""
   - name: {name}
     roles:
@@ -47,10 +41,8 @@ def _pool(name: str, *, forecast: bool) -> str:
 
 
 def _policy(*pools: str) -> str:
-    return (
-        "apiVersion: pd-autoscaler.io/v1alpha1\nkind: AutoscalingPolicy\ndry_run: true\n"
-        "pools:" + "".join(pools)
-    )
+    return ("apiVersion: pd-autoscaler.io/v1alpha1\nkind: AutoscalingPolicy\ndry_run: true\n"
+            "pools:" + "".join(pools))
 
 
 class RangeSource(FakeMetricsSource):
@@ -61,9 +53,8 @@ class RangeSource(FakeMetricsSource):
         self.behaviour = behaviour
         self.calls: list[tuple[str, str, float, float, float]] = []
 
-    async def range_rates(
-        self, target: RoleTarget, series: str, *, start: float, end: float, step: float
-    ) -> tuple[np.ndarray, np.ndarray]:
+    async def range_rates(self, target: RoleTarget, series: str, *, start: float, end: float,
+                          step: float) -> tuple[np.ndarray, np.ndarray]:
         self.calls.append((target.pool, series, start, end, step))
         if self.behaviour == "fail":
             msg = "range query request_rate failed (timeout)"
@@ -82,23 +73,14 @@ def inline_refits() -> Any:
 
 
 @contextlib.asynccontextmanager
-async def running(
-    tmp_path: Path, source: FakeMetricsSource, text: str, **settings: Any
-) -> AsyncIterator[controller.Controller]:
+async def running(tmp_path: Path, source: FakeMetricsSource, text: str, **settings: Any
+                  ) -> AsyncIterator[controller.Controller]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(text)
-    s = controller.Settings(
-        namespace="pd-autoscaler",
-        identity="a",
-        policy_file=policy,
-        tick_s=0.2,
-        leader_election=False,
-        policy_poll_s=0.05,
-        **settings,
-    )
-    c = controller.Controller(
-        s, api=NO_API, source=source, telemetry=Telemetry(), serve_http=False, release_on_exit=False
-    )
+    s = controller.Settings(namespace="pd-autoscaler", identity="a", policy_file=policy,
+                            tick_s=0.2, leader_election=False, policy_poll_s=0.05, **settings)
+    c = controller.Controller(s, api=NO_API, source=source, telemetry=Telemetry(),
+                              serve_http=False, release_on_exit=False)
     c.state_store._core = FakeStateCore()  # type: ignore[assignment]
     c.actuator._apps = FakeReadyApps()  # type: ignore[assignment]
     task = asyncio.create_task(c.run())
@@ -123,7 +105,8 @@ def _forecast(c: controller.Controller, pool: str) -> ForecastPolicy:
     return p
 
 
-async def test_backfill_before_the_first_tick_and_for_roles_a_reload_adds(tmp_path: Path) -> None:
+async def test_backfill_before_the_first_tick_and_for_roles_a_reload_adds(
+        tmp_path: Path) -> None:
     """The first tick already has history (a day, capped by forecast_backfill_s) and forecasts;
     a reload that adds a forecast role backfills that role only."""
     source = RangeSource()
@@ -133,19 +116,16 @@ async def test_backfill_before_the_first_tick_and_for_roles_a_reload_adds(tmp_pa
         hist = _forecast(c, "a").forecaster.history
         assert len(hist) == 1440
         assert hist.observed() == 1440
-        assert [
-            (pool, series, end - start, step) for pool, series, start, end, step in source.calls
-        ] == [("a", "request_rate", 86400.0, 60.0)]
+        assert [(pool, series, end - start, step) for pool, series, start, end, step
+                in source.calls] == [("a", "request_rate", 86400.0, 60.0)]
         rd = c.store.latest
         assert rd is not None
-        need = next(
-            n for n in rd.decision.pools["a"].roles[A].needs if n.source == "forecast:request_rate"
-        )
+        need = next(n for n in rd.decision.pools["a"].roles[A].needs
+                    if n.source == "forecast:request_rate")
         assert need.value == pytest.approx(5.0, rel=0.1)  # forecast from the first tick
 
         (tmp_path / "policy.yaml").write_text(
-            _policy(_pool("a", forecast=True), _pool("b", forecast=True))
-        )
+            _policy(_pool("a", forecast=True), _pool("b", forecast=True)))
         await _until(lambda: len(source.calls) == 2, "reload backfilled")
         assert source.calls[1][0] == "b"
         await _until(lambda: len(_forecast(c, "b").forecaster.history) > 0, "b filled")
@@ -157,9 +137,8 @@ async def test_backfill_failure_or_timeout_is_not_fatal(tmp_path: Path, behaviou
     """A failing or hanging range query costs at most forecast_backfill_timeout_s: the loop
     ticks, the forecast starts empty and learns live."""
     source = RangeSource(behaviour=behaviour)
-    async with running(
-        tmp_path, source, _policy(_pool("a", forecast=True)), forecast_backfill_timeout_s=0.3
-    ) as c:
+    async with running(tmp_path, source, _policy(_pool("a", forecast=True)),
+                       forecast_backfill_timeout_s=0.3) as c:
         await _until(lambda: c.ticks > 1, "ticking")
         assert len(source.calls) == 1
         assert _forecast(c, "a").forecaster.history.end_bin is None
@@ -170,9 +149,8 @@ async def test_no_backfill_without_range_queries_or_when_off(tmp_path: Path) -> 
     async with running(tmp_path, FakeMetricsSource(), _policy(_pool("a", forecast=True))) as c:
         await _until(lambda: c.ticks > 0, "first tick")
     source = RangeSource()
-    async with running(
-        tmp_path, source, _policy(_pool("a", forecast=True)), forecast_backfill_s=0.0
-    ) as c:
+    async with running(tmp_path, source, _policy(_pool("a", forecast=True)),
+                       forecast_backfill_s=0.0) as c:
         await _until(lambda: c.ticks > 0, "first tick")
     assert source.calls == []
 
@@ -184,25 +162,15 @@ def test_range_rates_found_behind_instrumented_source() -> None:
     assert controller.range_rates_of(FakeMetricsSource()) is None
 
 
-@pytest.mark.parametrize(
-    ("env", "fragment"),
-    [
-        pytest.param(
-            {"PD_AUTOSCALER_FORECAST_BACKFILL_S": "-1"},
-            "forecast_backfill_s: must be >= 0",
-            id="negative",
-        ),
-        pytest.param(
-            {"PD_AUTOSCALER_FORECAST_BACKFILL_TIMEOUT_S": "45"},
-            "forecast_backfill_timeout_s: must be > 0 and <= 30",
-            id="beyond-liveness",
-        ),
-    ],
-)
+@pytest.mark.parametrize(("env", "fragment"), [
+    pytest.param({"PD_AUTOSCALER_FORECAST_BACKFILL_S": "-1"}, "forecast_backfill_s: must be >= 0",
+                 id="negative"),
+    pytest.param({"PD_AUTOSCALER_FORECAST_BACKFILL_TIMEOUT_S": "45"},
+                 "forecast_backfill_timeout_s: must be > 0 and <= 30", id="beyond-liveness"),
+])
 def test_backfill_settings_are_validated(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(errors.ConfigError, match=fragment):
         controller.settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x", **env})
-    ok = controller.settings_from(
-        None, {"PD_AUTOSCALER_NAMESPACE": "x", "PD_AUTOSCALER_FORECAST_BACKFILL_S": "3600"}
-    )
+    ok = controller.settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x",
+                                         "PD_AUTOSCALER_FORECAST_BACKFILL_S": "3600"})
     assert ok.forecast_backfill_s == 3600.0

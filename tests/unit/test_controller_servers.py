@@ -101,26 +101,13 @@ def test_defaults_serve_nothing_extra() -> None:
 
 def test_run_flags_win_over_env(cert_dir: Path) -> None:
     """The `run` flags parse through the real CLI parser and override the environment."""
-    args = cli.build_parser().parse_args(
-        [
-            "run",
-            "--namespace",
-            "ns",
-            "--external-metrics-port",
-            "7443",
-            "--external-metrics-cert-dir",
-            str(cert_dir),
-            "--keda-grpc-port",
-            "9191",
-            "--keda-metrics-api",
-            "--leader-label",
-        ]
-    )
-    env = {
-        "PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443",
-        "PD_AUTOSCALER_KEDA_GRPC_PORT": "9090",
-        "POD_NAME": "me",
-    }
+    args = cli.build_parser().parse_args([
+        "run", "--namespace", "ns", "--external-metrics-port", "7443",
+        "--external-metrics-cert-dir", str(cert_dir), "--keda-grpc-port", "9191",
+        "--keda-metrics-api", "--leader-label",
+    ])
+    env = {"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443", "PD_AUTOSCALER_KEDA_GRPC_PORT": "9090",
+           "POD_NAME": "me"}
     s = controller.settings_from(args, env)
     assert (s.external_metrics_port, s.keda_grpc_port) == (7443, 9191)
     assert s.external_metrics_cert_dir == cert_dir
@@ -128,55 +115,29 @@ def test_run_flags_win_over_env(cert_dir: Path) -> None:
     assert s.leader_label
     # Absent flags leave the environment alone (store_true defaults to None, not False).
     bare = cli.build_parser().parse_args(["run"])
-    s = controller.settings_from(
-        bare, {"PD_AUTOSCALER_NAMESPACE": "x", "PD_AUTOSCALER_KEDA_METRICS_API": "true"}
-    )
+    s = controller.settings_from(bare, {"PD_AUTOSCALER_NAMESPACE": "x",
+                                        "PD_AUTOSCALER_KEDA_METRICS_API": "true"})
     assert s.keda_metrics_api
 
 
-@pytest.mark.parametrize(
-    ("env", "fragment"),
-    [
-        pytest.param(
-            {"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443"},
-            "external_metrics_cert_dir: required",
-            id="port-without-cert",
-        ),
-        pytest.param(
-            {"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "https"},
-            "PD_AUTOSCALER_EXTERNAL_METRICS_PORT",
-            id="port-not-a-number",
-        ),
-        pytest.param(
-            {"PD_AUTOSCALER_KEDA_GRPC_PORT": "70000"},
-            "keda_grpc_port: must be 0-65535",
-            id="port-range",
-        ),
-        pytest.param(
-            {
-                "PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443",
-                "PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR": "/nonexistent",
-            },
-            "/nonexistent/tls.crt is not a readable file",
-            id="cert-missing",
-        ),
-        pytest.param(
-            {
-                "PD_AUTOSCALER_KEDA_GRPC_PORT": "9090",
-                "PD_AUTOSCALER_KEDA_GRPC_CLIENT_CA_FILE": "/etc/hostname",
-            },
-            "keda_grpc_client_ca_file: needs keda_grpc_cert_dir",
-            id="mtls-without-tls",
-        ),
-        pytest.param({"PD_AUTOSCALER_LEADER_LABEL": "true"}, "POD_NAME", id="label-without-pod"),
-        pytest.param({"PD_AUTOSCALER_LEADER_LABEL": "sure"}, "expected true/false", id="bad-bool"),
-        pytest.param(
-            {"PD_AUTOSCALER_SERVE_MAX_AGE_S": "10"},
-            "serve_max_age_s: must be > tick_s",
-            id="stale-within-a-tick",
-        ),
-    ],
-)
+@pytest.mark.parametrize(("env", "fragment"), [
+    pytest.param({"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443"},
+                 "external_metrics_cert_dir: required", id="port-without-cert"),
+    pytest.param({"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "https"},
+                 "PD_AUTOSCALER_EXTERNAL_METRICS_PORT", id="port-not-a-number"),
+    pytest.param({"PD_AUTOSCALER_KEDA_GRPC_PORT": "70000"},
+                 "keda_grpc_port: must be 0-65535", id="port-range"),
+    pytest.param({"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443",
+                  "PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR": "/nonexistent"},
+                 "/nonexistent/tls.crt is not a readable file", id="cert-missing"),
+    pytest.param({"PD_AUTOSCALER_KEDA_GRPC_PORT": "9090",
+                  "PD_AUTOSCALER_KEDA_GRPC_CLIENT_CA_FILE": "/etc/hostname"},
+                 "keda_grpc_client_ca_file: needs keda_grpc_cert_dir", id="mtls-without-tls"),
+    pytest.param({"PD_AUTOSCALER_LEADER_LABEL": "true"}, "POD_NAME", id="label-without-pod"),
+    pytest.param({"PD_AUTOSCALER_LEADER_LABEL": "sure"}, "expected true/false", id="bad-bool"),
+    pytest.param({"PD_AUTOSCALER_SERVE_MAX_AGE_S": "10"}, "serve_max_age_s: must be > tick_s",
+                 id="stale-within-a-tick"),
+])
 def test_invalid_settings_name_the_setting(env: dict[str, str], fragment: str) -> None:
     """Each mistake is one ConfigError line naming the variable or field (exit code 2)."""
     with pytest.raises(errors.ConfigError) as exc:
@@ -193,30 +154,22 @@ def kubectl() -> Path:
 
 
 def _controller_env(kubectl: Path, target: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    out = subprocess.run(
-        [str(kubectl), "kustomize", str(ROOT / "manifests" / target)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = subprocess.run([str(kubectl), "kustomize", str(ROOT / "manifests" / target)],
+                         check=True, capture_output=True, text=True).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
-    (dep,) = [
-        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "pd-autoscaler"
-    ]
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"
+              and d["metadata"]["name"] == "pd-autoscaler"]
     env = {}
     for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]:
         # What the downward API would put there.
         ref = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
-        env[e["name"]] = {
-            "metadata.name": "pd-autoscaler-0",
-            "metadata.namespace": "pd-autoscaler",
-        }.get(ref, e.get("value", ""))
+        env[e["name"]] = {"metadata.name": "pd-autoscaler-0",
+                          "metadata.namespace": "pd-autoscaler"}.get(ref, e.get("value", ""))
     return env, docs
 
 
-@pytest.mark.parametrize(
-    "target", ["base", "overlays/shadow", "overlays/kind", "overlays/external-metrics", "keda"]
-)
+@pytest.mark.parametrize("target", ["base", "overlays/shadow", "overlays/kind",
+                                    "overlays/external-metrics", "keda"])
 def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) -> None:
     """Every PD_AUTOSCALER_* variable a kustomization sets is a setting (a typo would be
     silently ignored otherwise), and the rendered environment parses and validates."""
@@ -228,22 +181,19 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
     if "PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR" in env:
         env["PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR"] = str(cert_dir)  # the Secret's mount
     s = controller.settings_from(None, env)
-    pod_rules = [
-        r for d in docs if d["kind"] == "Role" for r in d["rules"] if "pods" in r["resources"]
-    ]
+    pod_rules = [r for d in docs if d["kind"] == "Role" for r in d["rules"]
+                 if "pods" in r["resources"]]
     if target in ("overlays/external-metrics", "keda"):
         # The leader-only Services select the label; the controller sets it; RBAC allows it,
         # in the controller's own namespace only.
         assert s.leader_label
         assert s.pod_name == "pd-autoscaler-0"
-        assert pod_rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]
+        assert pod_rules == [{"apiGroups": [""], "resources": ["pods"],
+                              "verbs": ["get", "patch"]}]
         roles = [d for d in docs if d["kind"] == "Role" and "pods" in str(d["rules"])]
         assert {r["metadata"]["namespace"] for r in roles} == {"pd-autoscaler"}
-        services = [
-            d
-            for d in docs
-            if d["kind"] == "Service" and "pd-autoscaler.io/leader" in d["spec"]["selector"]
-        ]
+        services = [d for d in docs if d["kind"] == "Service"
+                    and "pd-autoscaler.io/leader" in d["spec"]["selector"]]
         assert services
         assert all(d["spec"]["selector"][controller.LEADER_LABEL] == "true" for d in services)
     else:
@@ -298,43 +248,26 @@ pools:
 
 
 @contextlib.asynccontextmanager
-async def running(
-    tmp_path: Path,
-    pki: Pki,
-    cert_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    *,
-    elect: Callable[[controller.Controller], Awaitable[None]] | None = None,
-) -> AsyncIterator[tuple[controller.Controller, FakeCore]]:
+async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch, *,
+                  elect: Callable[[controller.Controller], Awaitable[None]] | None = None,
+                  ) -> AsyncIterator[tuple[controller.Controller, FakeCore]]:
     """A Controller with every server on a free port, fake API objects behind it."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
 
     async def requestheader(api: Any) -> em.RequestHeaderConfig:
         del api
-        return em.RequestHeaderConfig.from_file(
-            pki.crt("front-proxy-ca"), allowed_names=("front-proxy-client",)
-        )
+        return em.RequestHeaderConfig.from_file(pki.crt("front-proxy-ca"),
+                                                allowed_names=("front-proxy-client",))
 
     # The ConfigMap read and SubjectAccessReviews need an API server (covered in e2e).
     monkeypatch.setattr(em, "load_requestheader_config", requestheader)
     monkeypatch.setattr(em, "SubjectAccessReviewAuthorizer", lambda api: em.AllowAuthenticated())
     settings = controller.Settings(
-        namespace="pd-autoscaler",
-        identity="a",
-        policy_file=policy,
-        tick_s=0.2,
-        leader_election=elect is not None,
-        http_host="127.0.0.1",
-        http_port=0,
-        external_metrics_port=0,
-        external_metrics_cert_dir=cert_dir,
-        keda_grpc_port=0,
-        keda_metrics_api=True,
-        leader_label=True,
-        pod_name="pod-a",
-        policy_poll_s=0.1,
-    )
+        namespace="pd-autoscaler", identity="a", policy_file=policy, tick_s=0.2,
+        leader_election=elect is not None, http_host="127.0.0.1", http_port=0,
+        external_metrics_port=0, external_metrics_cert_dir=cert_dir, keda_grpc_port=0,
+        keda_metrics_api=True, leader_label=True, pod_name="pod-a", policy_poll_s=0.1)
     source = FakeMetricsSource()
     source.ready[(POOL, ROLE)] = 2
     source.set_totals(POOL, ROLE, queue_depth=12)  # 12 waiting / target 2 -> 6 replicas
@@ -348,14 +281,8 @@ async def running(
         monkeypatch.setattr(c, "_elect_forever", lambda: elect(c))
     task = asyncio.create_task(c.run())
     try:
-        await _until(
-            lambda: (
-                c.keda_scaler is not None
-                and c.keda_scaler._server is not None
-                and c.http_port is not None
-            ),
-            "servers up",
-        )
+        await _until(lambda: c.keda_scaler is not None and c.keda_scaler._server is not None
+                     and c.http_port is not None, "servers up")
         yield c, core
     finally:
         task.cancel()
@@ -384,15 +311,11 @@ class Clients:
         self.tls = tls
 
     async def external(self) -> tuple[int, Any]:
-        url = (
-            f"https://127.0.0.1:{self.ext_port}/apis/external.metrics.k8s.io/v1beta1/"
-            f"namespaces/llm/{em.DESIRED}?labelSelector=pool%3D{POOL}"
-        )
+        url = (f"https://127.0.0.1:{self.ext_port}/apis/external.metrics.k8s.io/v1beta1/"
+               f"namespaces/llm/{em.DESIRED}?labelSelector=pool%3D{POOL}")
         headers = {"X-Remote-User": "system:serviceaccount:kube-system:hpa"}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(url, ssl=self.tls, headers=headers) as resp,
-        ):
+        async with aiohttp.ClientSession() as http, \
+                http.get(url, ssl=self.tls, headers=headers) as resp:
             return resp.status, await resp.json()
 
     async def metrics_api(self) -> tuple[int, Any]:
@@ -401,24 +324,21 @@ class Clients:
             return resp.status, await resp.json()
 
     async def grpc_metric(self) -> float | grpc.StatusCode:
-        ref = pb.ScaledObjectRef(
-            name="so", namespace="llm", scalerMetadata={"pool": POOL, "role": ROLE.value}
-        )
+        ref = pb.ScaledObjectRef(name="so", namespace="llm",
+                                 scalerMetadata={"pool": POOL, "role": ROLE.value})
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
             make_stub: Any = pb_grpc.ExternalScalerStub  # generated, untyped
             stub = make_stub(channel)
             try:
-                resp = await stub.GetMetrics(
-                    pb.GetMetricsRequest(scaledObjectRef=ref, metricName="m")
-                )
+                resp = await stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref,
+                                                                  metricName="m"))
             except grpc.aio.AioRpcError as exc:
                 return exc.code()
         return float(resp.metricValues[0].metricValueFloat)
 
 
 async def test_leader_serves_all_three_and_stops_cleanly(
-    tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+        tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A leading controller (no election) serves its decision on the external-metrics API,
     the gRPC scaler and metrics-api; its Pod carries the leader label (a label left by a
     previous run is cleared first). On shutdown the label goes and every port closes."""
@@ -428,8 +348,7 @@ async def test_leader_serves_all_three_and_stops_cleanly(
         status, body = await http.external()
         assert status == 200
         assert [(i["metricLabels"]["role"], i["value"]) for i in body["items"]] == [
-            ("aggregated", "6")
-        ]
+            ("aggregated", "6")]
         assert await http.grpc_metric() == 6.0
         status, body = await http.metrics_api()
         assert (status, body["desiredReplicas"], body["currentReplicas"]) == (200, 6, 2)
@@ -445,8 +364,7 @@ async def test_leader_serves_all_three_and_stops_cleanly(
 
 
 async def test_standby_answers_no_data_and_clears_on_losing_the_lead(
-    tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+        tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A standby's servers answer cleanly with "no data": an empty ExternalMetricValueList
     (the HPA holds), gRPC UNAVAILABLE (KEDA holds or falls back), HTTP 503. A leader that loses
     the lease drops its numbers at once (not after the staleness limit) and its label."""
@@ -492,9 +410,8 @@ async def test_label_retries_until_the_api_answers() -> None:
     leadership meanwhile is applied as the latest wish, not replayed."""
     core = FakeCore()
     core.patch_errors = [ApiException(status=503), OSError("connection refused")]
-    labeler = controller.LeaderLabeler(
-        NO_API, pod="pod-a", namespace="pd-autoscaler", timeout_s=1, max_backoff_s=0.2
-    )
+    labeler = controller.LeaderLabeler(NO_API, pod="pod-a", namespace="pd-autoscaler",
+                                       timeout_s=1, max_backoff_s=0.2)
     labeler._core = core  # type: ignore[assignment]
     labeler.set(leader=True)
     labeler.start()
@@ -509,8 +426,7 @@ async def test_label_retries_until_the_api_answers() -> None:
 
 
 async def test_requestheader_errors_are_config_errors(
-    tmp_path: Path, cert_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+        tmp_path: Path, cert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A missing RBAC binding is a one-line ConfigError naming the fix (exit 2); a transient
     API error is retried."""
     calls: list[int] = []
@@ -523,15 +439,10 @@ async def test_requestheader_errors_are_config_errors(
 
     monkeypatch.setattr(em, "load_requestheader_config", failing)
     monkeypatch.setattr(asyncio, "sleep", _no_sleep)
-    settings = controller.Settings(
-        namespace="pd-autoscaler",
-        identity="a",
-        external_metrics_port=0,
-        external_metrics_cert_dir=cert_dir,
-    )
-    c = controller.Controller(
-        settings, api=NO_API, source=FakeMetricsSource(), telemetry=Telemetry(), serve_http=False
-    )
+    settings = controller.Settings(namespace="pd-autoscaler", identity="a",
+                                   external_metrics_port=0, external_metrics_cert_dir=cert_dir)
+    c = controller.Controller(settings, api=NO_API, source=FakeMetricsSource(),
+                              telemetry=Telemetry(), serve_http=False)
     with pytest.raises(errors.ConfigError) as exc:
         await c._start_servers()
     assert len(calls) == 2
@@ -548,10 +459,8 @@ async def _no_sleep(delay: float, result: Any = None) -> Any:
 
 
 async def test_port_in_use_is_a_config_error(
-    cert_dir: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
-) -> None:
+        cert_dir: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
     """A taken port names the setting instead of a bind traceback; nothing is left running."""
-
     async def requestheader(api: Any) -> em.RequestHeaderConfig:
         del api
         return em.RequestHeaderConfig.from_file(pki.crt("front-proxy-ca"))
@@ -560,19 +469,12 @@ async def test_port_in_use_is_a_config_error(
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = blocker.sockets[0].getsockname()[1]
     try:
-        settings = controller.Settings(
-            namespace="x", identity="a", http_host="127.0.0.1", keda_grpc_port=port
-        )
-        c = controller.Controller(
-            settings,
-            api=NO_API,
-            source=FakeMetricsSource(),
-            telemetry=Telemetry(),
-            serve_http=False,
-        )
-        with pytest.raises(
-            errors.ConfigError, match=f"keda_grpc_port: cannot serve on 127.0.0.1:{port}"
-        ):
+        settings = controller.Settings(namespace="x", identity="a", http_host="127.0.0.1",
+                                       keda_grpc_port=port)
+        c = controller.Controller(settings, api=NO_API, source=FakeMetricsSource(),
+                                  telemetry=Telemetry(), serve_http=False)
+        with pytest.raises(errors.ConfigError, match=f"keda_grpc_port: cannot serve on "
+                                                     f"127.0.0.1:{port}"):
             await c._start_servers()
         await c._stop_servers()
         assert c.keda_scaler is None

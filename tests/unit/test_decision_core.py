@@ -414,30 +414,15 @@ def test_missing_latency_guard_when_idle(request_rate: float | None, want: int) 
 def test_shadow_mode_does_not_throttle_itself() -> None:
     """A decision nobody applied (shadow mode, HPA/KEDA as the actuator, a failed write) is not
     a scale event: the next ticks report the same desired count instead of oscillating."""
-    t = agg(
-        Q5,
-        scale_up={
-            "stabilization_window_s": 0,
-            "rules": [{"type": "pods", "value": 3, "period_s": 60}],
-        },
-    )
-    got = [
-        next(iter(t.tick(now, aggregated=obs(1, queue_depth=20.0)).values())).desired
-        for now in (0, 15, 30, 45)
-    ]
+    t = agg(Q5, scale_up={"stabilization_window_s": 0, "rules": [{"type": "pods", "value": 3, "period_s": 60}]})
+    got = [next(iter(t.tick(now, aggregated=obs(1, queue_depth=20.0)).values())).desired for now in (0, 15, 30, 45)]
     assert got == [4, 4, 4, 4]
 
 
 def test_observed_change_counts_against_rate_limit() -> None:
     """A change we decided and then observed is dated at the decision; a change somebody else
     made is dated when seen. Both count against the period's rules."""
-    t = agg(
-        Q5,
-        scale_up={
-            "stabilization_window_s": 0,
-            "rules": [{"type": "pods", "value": 3, "period_s": 60}],
-        },
-    )
+    t = agg(Q5, scale_up={"stabilization_window_s": 0, "rules": [{"type": "pods", "value": 3, "period_s": 60}]})
     (d,) = t.tick(0, aggregated=obs(1, queue_depth=40.0)).values()
     assert d.desired == 4
     (d,) = t.tick(15, aggregated=obs(4, queue_depth=20.0)).values()

@@ -29,12 +29,8 @@ def kubectl() -> Path:
 
 
 def render(kubectl: Path, target: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [str(kubectl), "kustomize", str(MANIFESTS / target)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    out = subprocess.run([str(kubectl), "kustomize", str(MANIFESTS / target)], check=True,
+                         capture_output=True, text=True)
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
@@ -75,38 +71,29 @@ def test_rbac_is_least_privilege(kubectl: Path) -> None:
         assert not _grants(docs, "deployments", verb), verb
     assert not _grants(docs, "pods", "list")  # pending is counted from Deployment status
 
-    (policy_cm,) = [
-        cm
-        for cm in by_kind(docs, "ConfigMap")
-        if cm["metadata"]["labels"].get("pd-autoscaler.io/policy") == "true"
-    ]
+    (policy_cm,) = [cm for cm in by_kind(docs, "ConfigMap")
+                    if cm["metadata"]["labels"].get("pd-autoscaler.io/policy") == "true"]
     targets: set[tuple[str, str]] = set()
     for key, text in policy_cm["data"].items():
         policy = parse_policy(text, source=key)
-        targets |= {
-            (r.deployment.namespace, r.deployment.name)
-            for p in policy.pools
-            for r in p.roles.values()
-        }
-    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(docs, "Role")}
+        targets |= {(r.deployment.namespace, r.deployment.name)
+                    for p in policy.pools for r in p.roles.values()}
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r
+             for r in by_kind(docs, "Role")}
     for ns, name in targets:
         role = roles[(ns, "pd-autoscaler-targets")]
         scale = [r for r in role["rules"] if r["resources"] == ["deployments/scale"]]
         assert scale
         assert scale[0]["verbs"] == ["get", "patch"]
         assert name in scale[0]["resourceNames"]
-    granted = {
-        (role["metadata"]["namespace"], n)
-        for role in by_kind(docs, "Role")
-        for r in role["rules"]
-        if "deployments/scale" in r["resources"]
-        for n in r.get("resourceNames", [])
-    }
+    granted = {(role["metadata"]["namespace"], n)
+               for role in by_kind(docs, "Role")
+               for r in role["rules"] if "deployments/scale" in r["resources"]
+               for n in r.get("resourceNames", [])}
     assert granted == targets  # no Deployment beyond the policy's
 
-    named = {
-        tuple(r["resources"]): r.get("resourceNames") for r in _grants(docs, "configmaps", "update")
-    }
+    named = {tuple(r["resources"]): r.get("resourceNames") for r in _grants(docs, "configmaps",
+                                                                            "update")}
     assert named == {("configmaps",): ["pd-autoscaler-state"]}
 
 
@@ -115,9 +102,8 @@ def test_shadow_overlay_cannot_scale(kubectl: Path) -> None:
     docs = render(kubectl, "overlays/shadow")
     assert not _grants(docs, "deployments/scale", "patch")
     (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "pd-autoscaler"]
-    env = {
-        e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}
     assert env["PD_AUTOSCALER_DRY_RUN"] == "true"
 
 
@@ -167,7 +153,7 @@ def test_dockerfile_rules() -> None:
     for image in froms:
         resolved = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
         assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", resolved), resolved
-    final = lines[max(i for i, ln in enumerate(lines) if ln.startswith("FROM ")) :]
+    final = lines[max(i for i, ln in enumerate(lines) if ln.startswith("FROM ")):]
     users = [ln.split()[1] for ln in final if ln.startswith("USER ")]
     assert users, "final stage sets USER"
     uid = users[-1].split(":")[0]

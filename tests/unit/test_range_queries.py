@@ -21,14 +21,12 @@ from autoscaler.types import Role
 
 
 def _target(**metrics: Any) -> RoleTarget:
-    spec = RoleSpec.model_validate(
-        {
-            "deployment": {"namespace": "llm", "name": "llama-prefill"},
-            "max_replicas": 8,
-            "signals": [{"signal": "queue_depth", "target": 4}],
-            "metrics": metrics,
-        }
-    )
+    spec = RoleSpec.model_validate({
+        "deployment": {"namespace": "llm", "name": "llama-prefill"},
+        "max_replicas": 8,
+        "signals": [{"signal": "queue_depth", "target": 4}],
+        "metrics": metrics,
+    })
     return RoleTarget(pool="llama", role=Role.PREFILL, spec=spec)
 
 
@@ -55,11 +53,9 @@ def test_role_total_of_running_is_the_gauge_without_its_age() -> None:
     """`running` sums the pods' running gauges (engines folded as the instant query does)."""
     b, sel = _builder()
     promql = b.role_total("running", sel)
-    assert promql.startswith(
-        "sum(((sum by (pd_pool, pd_role, pod) (max by (pd_pool, pd_role, "
-        "pod, engine) (label_replace(label_replace(vllm:num_requests_"
-        "running{"
-    )
+    assert promql.startswith("sum(((sum by (pd_pool, pd_role, pod) (max by (pd_pool, pd_role, "
+                             "pod, engine) (label_replace(label_replace(vllm:num_requests_"
+                             "running{")
     assert "timestamp(" not in promql
     assert "rate(" not in promql
 
@@ -78,27 +74,11 @@ class StubClient:
         self.answers = answers or []
         self.headers: dict[str, str] | None = None
 
-    def custom_query_range(
-        self,
-        query: str,
-        *,
-        start_time: datetime,
-        end_time: datetime,
-        step: str,
-        params: dict[str, str],
-        timeout: float,
-    ) -> Any:
+    def custom_query_range(self, query: str, *, start_time: datetime, end_time: datetime,
+                           step: str, params: dict[str, str], timeout: float) -> Any:
         first, last = start_time.timestamp(), end_time.timestamp()
-        self.calls.append(
-            {
-                "query": query,
-                "first": first,
-                "end": last,
-                "step": float(step),
-                "params": params,
-                "timeout": timeout,
-            }
-        )
+        self.calls.append({"query": query, "first": first, "end": last, "step": float(step),
+                           "params": params, "timeout": timeout})
         if self.answers:
             answer = self.answers.pop(0)
             if isinstance(answer, BaseException):
@@ -128,9 +108,8 @@ async def test_range_rates_splits_long_ranges_on_one_grid() -> None:
     stub = StubClient()
     src = _source(stub, range_points_per_query=4)
     start = 1_700_000_000.0
-    ts, values = await src.range_rates(
-        _target(), "request_rate", start=start, end=start + 10 * 60, step=60
-    )
+    ts, values = await src.range_rates(_target(), "request_rate", start=start,
+                                       end=start + 10 * 60, step=60)
     assert len(stub.calls) == 3
     assert ts.tolist() == [start + 30 + 60 * i for i in range(10)]
     np.testing.assert_allclose(values, ts / 1000)
@@ -161,11 +140,8 @@ async def test_range_rates_failure_raises_after_retries() -> None:
     http500 = PrometheusApiClientException("HTTP Status Code 503 (b'overloaded')")
     stub = StubClient(answers=[http500, http500])
     src = _source(stub)
-    with pytest.raises(
-        errors.MetricsUnavailable,
-        match="range query running of llama/prefill "
-        r"failed \(error\).*503",
-    ):
+    with pytest.raises(errors.MetricsUnavailable, match="range query running of llama/prefill "
+                       r"failed \(error\).*503"):
         await src.range_rates(_target(), "running", start=0.0, end=600.0, step=60)
     assert len(stub.calls) == 2
     assert src.stats.problems[("range_running", "error")] == 1
