@@ -969,6 +969,16 @@ class SimPool:
             preemptions=self.preemptions.copy(),
         )
 
+    def prefix_cache_hit_rate(self) -> float:
+        """Prefix-cache hits / queries (tokens) over the pool's replicas so far; nan if the
+        pool has no block hashes (no lookups)."""
+        q = h = 0
+        for dep in self.deployments.values():
+            for rep in dep.replicas:
+                q += rep.metrics.prefix_queries
+                h += rep.metrics.prefix_hits
+        return h / q if q else math.nan
+
     @property
     def arrivals_done(self) -> bool:
         return self._next >= len(self._arr)
@@ -1062,7 +1072,7 @@ class Simulation:
     def from_policy(
         cls,
         policy: PolicyFile,
-        workloads: Mapping[str, tuple[FloatArray, IntArray, IntArray]],
+        workloads: Mapping[str, tuple[Any, ...]],
         *,
         profile: Profile | Mapping[str, Profile],
         initial_replicas: Mapping[str, Mapping[Role, int]] | None = None,
@@ -1070,10 +1080,10 @@ class Simulation:
     ) -> Simulation:
         """A simulation of every pool of a policy file that has a workload.
 
-        `workloads` maps pool name -> (arrival_s, prompt_tokens, output_tokens), e.g. a
-        trace-loader or workload-generator result. `profile` is one profile for all pools or
-        one per pool name. Initial replicas default to each role's min_replicas (at least 1),
-        ready at time 0.
+        `workloads` maps pool name -> (arrival_s, prompt_tokens, output_tokens[, block_hashes,
+        block_tokens]), e.g. a trace-loader or workload-generator result (a Trace). `profile` is
+        one profile for all pools or one per pool name. Initial replicas default to each role's
+        min_replicas (at least 1), ready at time 0.
         """
         sim = cls(max_segment_steps=max_segment_steps)
         unknown = sorted(set(workloads) - {p.name for p in policy.pools})
@@ -1087,7 +1097,10 @@ class Simulation:
             init = {role: max(1, spec.min_replicas) for role, spec in pool.roles.items()}
             if initial_replicas is not None and pool.name in initial_replicas:
                 init.update(initial_replicas[pool.name])
-            arrival, prompt, output = workloads[pool.name]
+            arrival, prompt, output, *extra = workloads[pool.name]
+            # A Trace also carries its block hashes and tokens per hash (prefix caching).
+            hashes = extra[0] if extra else None
+            block_tokens = extra[1] if len(extra) > 1 else 16
             sim.add_pool(
                 pool.name,
                 profile=prof,
@@ -1099,6 +1112,8 @@ class Simulation:
                 prompt_tokens=prompt,
                 output_tokens=output,
                 initial_replicas=init,
+                block_hashes=hashes,
+                block_tokens=block_tokens,
             )
         return sim
 

@@ -146,6 +146,8 @@ class Evaluation:
     reversals: int
     preemptions: int
     oracle_gpu_hours: float | None = None
+    prefix_cache_hit_rate: float = math.nan
+    """Prefix-cache hits / queries in tokens (nan when the trace has no block hashes)."""
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -193,6 +195,7 @@ def evaluate(
         reversals=count_reversals(events, window_s=reversal_window_s),
         preemptions=int(res.preemptions.sum()),
         oracle_gpu_hours=oracle_h,
+        prefix_cache_hit_rate=p.prefix_cache_hit_rate(),
     )
 
 

@@ -3,10 +3,15 @@ policies that make hits likely, the counters a vLLM pod exports, and the front-e
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from autoscaler import errors
+from autoscaler.policy.config import parse_policy
 from autoscaler.sim.engine import Simulation
+from autoscaler.sim.traces import load_trace
 from autoscaler.types import Role
 from tests.sim.conftest import P8B, one_pool, small_profile
 
@@ -113,3 +118,47 @@ def test_frontend_delay_shifts_first_token_and_end() -> None:
         out.append(pool.results())
     assert out[1].ttft_s == pytest.approx(out[0].ttft_s + 0.025)
     assert out[1].finish_s == pytest.approx(out[0].finish_s + 0.025)
+
+
+def test_mooncake_hash_ids_reach_the_prefix_cache(tmp_path: Path) -> None:
+    """A Mooncake trace's hash_ids (512-token blocks) are kept through loading, sorting and rate
+    scaling, and a backtest-style simulation of it reports the prefix-cache hit rate: the second
+    request repeats the first one's two leading blocks."""
+    p = tmp_path / "mc.jsonl"
+    p.write_text(
+        '{"timestamp": 5000, "input_length": 1100, "output_length": 4, "hash_ids": [7, 8, 9]}\n'
+        '{"timestamp": 0, "input_length": 1500, "output_length": 4, "hash_ids": [7, 8, 3]}\n'
+        '{"timestamp": 9000, "input_length": 300, "output_length": 4}\n'
+    )
+    tr = load_trace(p)
+    assert tr.block_tokens == 512
+    # Sorted by time; whole blocks only (1100 tokens: 2 blocks, 1500: 2, 300: none).
+    assert tr.block_hashes == [(7, 8), (7, 8), ()]
+    assert load_trace(p, rate_scale=2.0, seed=3).block_hashes is not None
+    sim = Simulation.from_policy(
+        parse_policy(POLICY), {"x": tuple(tr)}, profile=small_profile()
+    )
+    sim.run_until_idle()
+    pool = sim.pool("x")
+    # Queries: 1500 + 1100 + 300 tokens; hits: the 1024 cached tokens of the second request.
+    assert pool.prefix_cache_hit_rate() == pytest.approx(1024 / 2900)
+
+
+def test_mooncake_hash_ids_must_be_integers(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": ["a"]}\n')
+    with pytest.raises(errors.ConfigError, match="hash_ids") as ei:
+        load_trace(p)
+    assert "bad.jsonl" in str(ei.value)
+    assert "expected a list of integers" in str(ei.value)
+
+
+POLICY = """
+pools:
+  - name: x
+    roles:
+      aggregated:
+        deployment: {name: x}
+        max_replicas: 2
+        signals: [{signal: kv_cache, target: 0.7}]
+"""
