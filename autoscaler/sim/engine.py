@@ -152,6 +152,20 @@ def _steps_within(tau0: float, g: float, dt: float) -> int:
     return k
 
 
+class _StepPlan:
+    """The step being planned at a boundary: KV left, token budget left, KV the step needs,
+    decoding requests in it and the prefill chunks (request, tokens) it carries."""
+
+    __slots__ = ("budget", "chunks", "dec", "free", "need")
+
+    def __init__(self, *, free: int, budget: int, need: int, dec: int) -> None:
+        self.free = free
+        self.budget = budget
+        self.need = need
+        self.dec = dec
+        self.chunks: list[tuple[_Req, int]] = []
+
+
 class Replica:
     """One vLLM engine (pod) of a simulated Deployment."""
 
@@ -318,7 +332,12 @@ class Replica:
                 self._plan(self.sim.now)
 
     def _plan(self, t: float) -> None:
-        """At a step boundary with nothing in flight: schedule the next step or segment."""
+        """At a step boundary with nothing in flight: schedule the next step or segment.
+
+        In order: land transfers; take the fast path (a pure decode segment) when nothing else
+        is pending; else give the running prefills their chunks (`_continue_prefills`), then
+        either preempt until the step fits (`_preempt_until_fits`) or admit from the queue
+        (`_admit_waiting`), publish the gauges, and launch the step (`_launch`)."""
         self.kicked = False
         if self.xfer:
             self._join_transfers(t)
@@ -333,97 +352,123 @@ class Replica:
                 m.kv_usage = (self.cap - free) / self.cap
                 self._start_segment(t, dec, free, preempted=False)
                 return
-        free = self.cap - self.s_dec - self.s_pref - self.reserved
-        budget = self.budget - dec
-        need = dec
-        chunks: list[tuple[_Req, int]] = []
-        for r in self.pref:
-            if budget <= 0:
-                break
-            c = min(r.target - r.computed, budget)
-            chunks.append((r, c))
-            budget -= c
-            need += c
-        preempted = False
-        if need > free:
-            preempted = True
-            while need > free and self.running:
-                _, v = self.running.popitem()
-                if v.phase == _DECODE:
-                    v.gen = self._gen(v)
-                    kv = v.prompt + v.gen
-                    self.s_dec -= kv
-                    self.n_dec -= 1
-                    dec -= 1
-                    need -= 1
-                    budget += 1
-                    v.fin_step = -1
-                    if v in self.fresh:
-                        # Joined from a transfer, no decode step yet: its last token is the
-                        # landing (last_tok already holds it).
-                        self.fresh.remove(v)
-                    else:
-                        # Its last token came out of the step that ended at this boundary.
-                        v.last_tok = t
-                else:
-                    # Prefilling: a first prefill (no token yet) or a recompute preempted again,
-                    # whose last token is still the one before the first preemption; last_tok
-                    # must keep it or the stall before the second preemption is lost.
-                    kv = v.computed
-                    self.s_pref -= kv
-                    self.pref.remove(v)
-                    for j, (cr, c) in enumerate(chunks):
-                        if cr is v:
-                            need -= c
-                            budget += c
-                            del chunks[j]
-                            break
-                free += kv
-                v.target = v.prompt + v.gen
-                v.computed = 0
-                v.phase = _WAIT
-                self.waiting.appendleft(v)
-                self.metrics.preemptions += 1
-                self.pool.preemptions[v.i] += 1
+        plan = self._continue_prefills()
+        preempted = plan.need > plan.free
+        if preempted:
+            self._preempt_until_fits(plan, t)
         else:
-            waiting = self.waiting
-            seats = self.max_seqs - len(self.running) - len(self.xfer)
-            while waiting and seats > 0:
-                r = waiting[0]
-                if r.remote:
-                    kv = r.prompt + 1
-                    if kv > free - need:
-                        break
-                    waiting.popleft()
-                    r.t_sched = t
-                    self.reserved += kv
-                    free -= kv
-                    r.phase = _XFER
-                    r.xfer_done = t + self.pool.xfer_s(r.prompt)
-                    self.xfer.append(r)
-                else:
-                    if budget <= 0:
-                        break
-                    hit = self._cached_tokens(r) if self.cache is not None else 0
-                    c = min(r.target - hit, budget)
-                    if hit + c > free - need:
-                        break
-                    waiting.popleft()
-                    if r.t_sched < 0:
-                        r.t_sched = t
-                    if self.cache is not None:
-                        self._admit_cached(r, hit)
-                    r.phase = _PREFILL
-                    self.running[r.i] = r
-                    self.pref.append(r)
-                    chunks.append((r, c))
-                    budget -= c
-                    need += hit + c
-                seats -= 1
+            self._admit_waiting(plan, t)
         m = self.metrics
         m.waiting = len(self.waiting) + len(self.xfer)
         m.running = len(self.running)
         m.kv_usage = (self.s_dec + self.s_pref + self.reserved) / self.cap
+        self._launch(plan, t, preempted=preempted)
+
+    def _continue_prefills(self) -> _StepPlan:
+        """The step's starting point: every decoding request takes one token of the budget and
+        KV, and the running prefills take chunks of what is left, in order."""
+        dec = self.n_dec
+        plan = _StepPlan(
+            free=self.cap - self.s_dec - self.s_pref - self.reserved,
+            budget=self.budget - dec,
+            need=dec,
+            dec=dec,
+        )
+        for r in self.pref:
+            if plan.budget <= 0:
+                break
+            c = min(r.target - r.computed, plan.budget)
+            plan.chunks.append((r, c))
+            plan.budget -= c
+            plan.need += c
+        return plan
+
+    def _preempt_until_fits(self, plan: _StepPlan, t: float) -> None:
+        """KV is short: preempt the most recently admitted running request (RECOMPUTE: its KV
+        is dropped and it goes back to the head of the queue) until the step fits."""
+        while plan.need > plan.free and self.running:
+            _, v = self.running.popitem()
+            if v.phase == _DECODE:
+                v.gen = self._gen(v)
+                kv = v.prompt + v.gen
+                self.s_dec -= kv
+                self.n_dec -= 1
+                plan.dec -= 1
+                plan.need -= 1
+                plan.budget += 1
+                v.fin_step = -1
+                if v in self.fresh:
+                    # Joined from a transfer, no decode step yet: its last token is the
+                    # landing (last_tok already holds it).
+                    self.fresh.remove(v)
+                else:
+                    # Its last token came out of the step that ended at this boundary.
+                    v.last_tok = t
+            else:
+                # Prefilling: a first prefill (no token yet) or a recompute preempted again,
+                # whose last token is still the one before the first preemption; last_tok
+                # must keep it or the stall before the second preemption is lost.
+                kv = v.computed
+                self.s_pref -= kv
+                self.pref.remove(v)
+                for j, (cr, c) in enumerate(plan.chunks):
+                    if cr is v:
+                        plan.need -= c
+                        plan.budget += c
+                        del plan.chunks[j]
+                        break
+            plan.free += kv
+            v.target = v.prompt + v.gen
+            v.computed = 0
+            v.phase = _WAIT
+            self.waiting.appendleft(v)
+            self.metrics.preemptions += 1
+            self.pool.preemptions[v.i] += 1
+
+    def _admit_waiting(self, plan: _StepPlan, t: float) -> None:
+        """Admit from the head of the FIFO queue while seats, budget and KV last (the head
+        blocks the rest): a remote request reserves KV and starts its transfer; a local one
+        starts its prefill after any cached prefix blocks."""
+        waiting = self.waiting
+        seats = self.max_seqs - len(self.running) - len(self.xfer)
+        while waiting and seats > 0:
+            r = waiting[0]
+            if r.remote:
+                kv = r.prompt + 1
+                if kv > plan.free - plan.need:
+                    break
+                waiting.popleft()
+                r.t_sched = t
+                self.reserved += kv
+                plan.free -= kv
+                r.phase = _XFER
+                r.xfer_done = t + self.pool.xfer_s(r.prompt)
+                self.xfer.append(r)
+            else:
+                if plan.budget <= 0:
+                    break
+                hit = self._cached_tokens(r) if self.cache is not None else 0
+                c = min(r.target - hit, plan.budget)
+                if hit + c > plan.free - plan.need:
+                    break
+                waiting.popleft()
+                if r.t_sched < 0:
+                    r.t_sched = t
+                if self.cache is not None:
+                    self._admit_cached(r, hit)
+                r.phase = _PREFILL
+                self.running[r.i] = r
+                self.pref.append(r)
+                plan.chunks.append((r, c))
+                plan.budget -= c
+                plan.need += hit + c
+            seats -= 1
+
+    def _launch(self, plan: _StepPlan, t: float, *, preempted: bool) -> None:
+        """Start the planned work: one explicit step if it carries prefill chunks, else a
+        closed-form decode segment, else wait for a transfer (or stop, if draining)."""
+        dec = plan.dec
+        chunks = plan.chunks
         if chunks:
             csum = 0
             attn = 0
@@ -442,7 +487,7 @@ class Replica:
             self.ver += 1
             self.sim.push(t + dur, self._on_event, self.ver)
         elif dec:
-            self._start_segment(t, dec, free, preempted=preempted)
+            self._start_segment(t, dec, plan.free, preempted=preempted)
         else:
             self.ver += 1
             if self.xfer:
