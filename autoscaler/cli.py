@@ -109,6 +109,7 @@ _DELEGATED = {
     "run": "autoscaler.controller.app",
     "sim-serve": "autoscaler.sim.serve",
     "trace-stitch": "autoscaler.forecast.stitch",
+    "profile": "autoscaler.sim.profile_fit",
 }
 
 
@@ -211,6 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--naming", choices=["new", "old"], default="new")
     ss.add_argument("--speedup", type=float, default=1.0)
     ss.set_defaults(func=_delegate("sim-serve"))
+
+    pr = sub.add_parser("profile", help="fit or check a simulator profile against measurements")
+    psub = pr.add_subparsers(dest="profile_command", metavar="PROFILECOMMAND", required=True)
+    pf = psub.add_parser("fit", help="fit profile constants to `vllm bench serve` result files")
+    pc = psub.add_parser("check", help="replay `vllm bench serve` result files; per-point error")
+    for q in (pf, pc):
+        q.add_argument("results", nargs="+", type=Path, help="--save-result JSON files")
+        q.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                       help="a server setting of the runs (e.g. max_num_seqs=128)")  # fmt: skip
+    pf.add_argument("--base", default=None, help="starting profile (built-in name or YAML)")
+    pf.add_argument("--params", default="decode_alpha_ms,decode_beta_ms_per_seq,frontend_ms")
+    pf.add_argument("--max-evaluations", type=int, default=200)
+    pf.add_argument("--out", type=Path, required=True, help="profile YAML to write")
+    pc.add_argument("--profile", default=None, help="built-in name or YAML (default 8B)")
+    pr.set_defaults(func=_delegate("profile"))
 
     t = sub.add_parser("trace", help="trace tools")
     tsub = t.add_subparsers(dest="trace_command", metavar="TRACECOMMAND", required=True)

@@ -22,7 +22,8 @@ What is reported (docs/SIM-MODEL.md §3.2), per run, on the trace's first pool:
   **oracle_throughput_gpu_hours**: the minute-mean throughput part alone (the bound before
   bursts were counted); **oracle_all_requests_gpu_hours**: the SLO-aware bound with no misses.
 * **scale events, reversals** (a role's change opposite to its previous one within 10 min),
-  **preemptions** (vLLM recompute evictions).
+  **preemptions** (vLLM recompute evictions), and the **prefix-cache hit rate** (tokens; for
+  traces with block hashes).
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def run_controller(
     """Replay `trace` into the policy's (first) pool under the real controller Loop."""
     t0 = time.perf_counter()
     policy, spec = single_pool(policy)
-    sim = Simulation.from_policy(policy, {spec.name: tuple(trace)}, profile=profile)  # type: ignore[dict-item]
+    sim = Simulation.from_policy(policy, {spec.name: tuple(trace)}, profile=profile)
     source = SimMetricsSource(sim, scrape_interval_s=config.scrape_s, window_s=config.window_s)
     # Forecast refits run inline in simulated time: a background thread would make the replay
     # depend on the machine's speed (and the result on the run).
@@ -490,6 +491,7 @@ def run_summary(run: Run) -> dict[str, Any]:
         "scale_events": ev.scale_events,
         "reversals": ev.reversals,
         "preemptions": ev.preemptions,
+        "prefix_cache_hit_rate": _f(ev.prefix_cache_hit_rate),
         "finished": ev.finished,
         "max_replicas": {
             r.value: int(run.sim.timeline(run.pool, r).replicas.max()) for r in by_role

@@ -1,6 +1,6 @@
 """Discrete-event simulation of vLLM V1 serving on Kubernetes, fast enough for backtests.
 
-Model (constants in profile.py, from docs/SIM-MODEL.md §2.8):
+Model (constants in profile.py; the model and its sources: docs/simulator.md):
 
 * A *pool* serves one request stream, either **disaggregated** (a prefill and a decode
   Deployment) or **aggregated** (one Deployment doing both phases). Each Deployment has replicas;
@@ -13,10 +13,12 @@ Model (constants in profile.py, from docs/SIM-MODEL.md §2.8):
   prompt + generated tokens later) until the step fits; no new request is admitted in a step that
   preempted. New requests are admitted while running < max_num_seqs and the head of the queue
   fits in the KV left (the head blocks the rest: FCFS).
-* **Step time**: pure prefill `alpha_p + beta_p·sum(n) + gamma_p·sum(n²)` (n = chunk sizes);
-  pure decode `alpha_d + beta_d·B + gamma_d·sum(L)`; a mixed step (aggregated replicas, or decode
-  replicas recomputing a preempted request) costs the decode step plus the prefill chunk terms
-  `beta_p·sum(n) + gamma_p·sum(n²)` (one fixed cost, alpha_d, since both read the weights once).
+* **Step time**: pure prefill `alpha_p + beta_p·sum(c) + gamma_p·sum(c² + 2·c·p) + s·S` (c =
+  chunk sizes, p = each chunk's offset in its prompt: a chunk attends to the whole prefix, so a
+  prompt costs gamma_p·P² however it is chunked; S = sequences in the step, s = the scheduler's
+  per-sequence cost); pure decode `alpha_d + (beta_d + s)·B + gamma_d·sum(L)`; a mixed step
+  (aggregated replicas, or decode replicas recomputing a preempted request) costs the decode
+  step plus the prefill chunk terms (one fixed cost, alpha_d, since both read the weights once).
 * **KV** is counted in tokens (no 16-token block rounding, no watermark). A request holds
   prompt + generated tokens once decoding; a prefilling request holds its computed tokens.
 * **Prefill replica** (disaggregated): a request is done on it when its prefill completes (the
@@ -53,8 +55,8 @@ import heapq
 import itertools
 import math
 import operator
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +83,8 @@ STARTING, READY, DRAINING, STOPPED = "starting", "ready", "draining", "stopped"
 
 _load = operator.attrgetter("load")
 
+ROUTING_POLICIES = ("least-loaded", "prefix-aware")
+
 
 class _Req:
     """One request's mutable state while it moves through the pool."""
@@ -91,6 +95,7 @@ class _Req:
         "fin_step",
         "gen",
         "gen_join",
+        "hashes",
         "i",
         "join_step",
         "last_tok",
@@ -99,12 +104,17 @@ class _Req:
         "prompt",
         "remote",
         "t_enter",
+        "t_first",
+        "t_sched",
         "target",
         "xfer_done",
     )
 
-    def __init__(self, i: int, arrival: float, prompt: int, output: int) -> None:
+    def __init__(
+        self, i: int, arrival: float, prompt: int, output: int, hashes: Sequence[int] | None = None
+    ) -> None:
         self.i = i
+        self.hashes = hashes  # block hashes of the prompt's full blocks (prefix caching)
         self.arrival = arrival
         self.prompt = prompt
         self.output = output
@@ -116,6 +126,8 @@ class _Req:
         self.remote = False  # arrives at a decode replica: KV comes over the wire
         self.phase = _WAIT
         self.t_enter = arrival  # arrival at the current replica (its vLLM's request clock)
+        self.t_sched = -1.0  # first scheduled on the current replica (-1: not yet)
+        self.t_first = -1.0  # first token on the current replica
         self.last_tok = 0.0
         self.join_step = 0
         self.gen_join = 0
@@ -138,6 +150,20 @@ def _steps_within(tau0: float, g: float, dt: float) -> int:
     while k > 0 and k * tau0 + g * k * (k - 1) / 2.0 > dt:
         k -= 1
     return k
+
+
+class _StepPlan:
+    """The step being planned at a boundary: KV left, token budget left, KV the step needs,
+    decoding requests in it and the prefill chunks (request, tokens) it carries."""
+
+    __slots__ = ("budget", "chunks", "dec", "free", "need")
+
+    def __init__(self, *, free: int, budget: int, need: int, dec: int) -> None:
+        self.free = free
+        self.budget = budget
+        self.need = need
+        self.dec = dec
+        self.chunks: list[tuple[_Req, int]] = []
 
 
 class Replica:
@@ -168,10 +194,19 @@ class Replica:
         self.pb = p.prefill_beta_ms_per_token / 1000.0
         self.pg = p.prefill_gamma_ms_per_token2 / 1000.0
         self.da = p.decode_alpha_ms / 1000.0
-        self.db = p.decode_beta_ms_per_seq / 1000.0
+        # Per decoding sequence: its GPU cost plus the scheduler's per-sequence CPU cost.
+        self.db = (p.decode_beta_ms_per_seq + p.sched_ms_per_seq) / 1000.0
+        self.ss = p.sched_ms_per_seq / 1000.0
         self.dg = p.decode_gamma_ms_per_ctx_token / 1000.0
         self.profile = p
         self.max_segment_steps = sim.max_segment_steps
+        # Prefix cache (vLLM V1 default on): an LRU of block hashes sized from the KV budget.
+        # Decode replicas get their KV over the wire and do not look up prompts.
+        self.cache: OrderedDict[int, None] | None = None
+        self.block_tokens = dep.pool.block_tokens
+        self.cache_blocks = max(1, self.cap // self.block_tokens)
+        if dep.pool.has_hashes and dep.role is not Role.DECODE:
+            self.cache = OrderedDict()
         # Scheduler state.
         self.waiting: deque[_Req] = deque()
         self.running: dict[int, _Req] = {}  # admission order (LIFO victims: popitem)
@@ -184,6 +219,7 @@ class Replica:
         self.s_pref = 0  # KV tokens held by prefilling requests
         self.reserved = 0  # KV tokens reserved for transfers in flight
         self.step_idx = 0  # decode steps done (a request's token count derives from it)
+        self.pending_iter = 0  # joined transfers' tokens, for the next step's iteration_tokens
         self.load = 0  # routing load: prompt tokens (prefill role) or requests outstanding
         # In-flight work.
         self.mode = _IDLE
@@ -228,6 +264,7 @@ class Replica:
         blocked = bool(self.waiting)
         r.phase = _WAIT
         r.t_enter = t
+        r.t_sched = -1.0
         self.waiting.append(r)
         self.load += r.prompt if self.is_prefill else 1
         if self.mode == _IDLE:
@@ -295,7 +332,12 @@ class Replica:
                 self._plan(self.sim.now)
 
     def _plan(self, t: float) -> None:
-        """At a step boundary with nothing in flight: schedule the next step or segment."""
+        """At a step boundary with nothing in flight: schedule the next step or segment.
+
+        In order: land transfers; take the fast path (a pure decode segment) when nothing else
+        is pending; else give the running prefills their chunks (`_continue_prefills`), then
+        either preempt until the step fits (`_preempt_until_fits`) or admit from the queue
+        (`_admit_waiting`), publish the gauges, and launch the step (`_launch`)."""
         self.kicked = False
         if self.xfer:
             self._join_transfers(t)
@@ -310,102 +352,134 @@ class Replica:
                 m.kv_usage = (self.cap - free) / self.cap
                 self._start_segment(t, dec, free, preempted=False)
                 return
-        free = self.cap - self.s_dec - self.s_pref - self.reserved
-        budget = self.budget - dec
-        need = dec
-        chunks: list[tuple[_Req, int]] = []
-        for r in self.pref:
-            if budget <= 0:
-                break
-            c = min(r.target - r.computed, budget)
-            chunks.append((r, c))
-            budget -= c
-            need += c
-        preempted = False
-        if need > free:
-            preempted = True
-            while need > free and self.running:
-                _, v = self.running.popitem()
-                if v.phase == _DECODE:
-                    v.gen = self._gen(v)
-                    kv = v.prompt + v.gen
-                    self.s_dec -= kv
-                    self.n_dec -= 1
-                    dec -= 1
-                    need -= 1
-                    budget += 1
-                    v.fin_step = -1
-                    if v in self.fresh:
-                        # Joined from a transfer, no decode step yet: its last token is the
-                        # landing (last_tok already holds it).
-                        self.fresh.remove(v)
-                    else:
-                        # Its last token came out of the step that ended at this boundary.
-                        v.last_tok = t
-                else:
-                    # Prefilling: a first prefill (no token yet) or a recompute preempted again,
-                    # whose last token is still the one before the first preemption; last_tok
-                    # must keep it or the stall before the second preemption is lost.
-                    kv = v.computed
-                    self.s_pref -= kv
-                    self.pref.remove(v)
-                    for j, (cr, c) in enumerate(chunks):
-                        if cr is v:
-                            need -= c
-                            budget += c
-                            del chunks[j]
-                            break
-                free += kv
-                v.target = v.prompt + v.gen
-                v.computed = 0
-                v.phase = _WAIT
-                self.waiting.appendleft(v)
-                self.metrics.preemptions += 1
-                self.pool.preemptions[v.i] += 1
+        plan = self._continue_prefills()
+        preempted = plan.need > plan.free
+        if preempted:
+            self._preempt_until_fits(plan, t)
         else:
-            waiting = self.waiting
-            seats = self.max_seqs - len(self.running) - len(self.xfer)
-            while waiting and seats > 0:
-                r = waiting[0]
-                if r.remote:
-                    kv = r.prompt + 1
-                    if kv > free - need:
-                        break
-                    waiting.popleft()
-                    self.reserved += kv
-                    free -= kv
-                    r.phase = _XFER
-                    r.xfer_done = t + self.pool.xfer_s(r.prompt)
-                    self.xfer.append(r)
-                else:
-                    if budget <= 0:
-                        break
-                    c = min(r.target - r.computed, budget)
-                    if c > free - need:
-                        break
-                    waiting.popleft()
-                    r.phase = _PREFILL
-                    self.running[r.i] = r
-                    self.pref.append(r)
-                    chunks.append((r, c))
-                    budget -= c
-                    need += c
-                seats -= 1
+            self._admit_waiting(plan, t)
         m = self.metrics
         m.waiting = len(self.waiting) + len(self.xfer)
         m.running = len(self.running)
         m.kv_usage = (self.s_dec + self.s_pref + self.reserved) / self.cap
+        self._launch(plan, t, preempted=preempted)
+
+    def _continue_prefills(self) -> _StepPlan:
+        """The step's starting point: every decoding request takes one token of the budget and
+        KV, and the running prefills take chunks of what is left, in order."""
+        dec = self.n_dec
+        plan = _StepPlan(
+            free=self.cap - self.s_dec - self.s_pref - self.reserved,
+            budget=self.budget - dec,
+            need=dec,
+            dec=dec,
+        )
+        for r in self.pref:
+            if plan.budget <= 0:
+                break
+            c = min(r.target - r.computed, plan.budget)
+            plan.chunks.append((r, c))
+            plan.budget -= c
+            plan.need += c
+        return plan
+
+    def _preempt_until_fits(self, plan: _StepPlan, t: float) -> None:
+        """KV is short: preempt the most recently admitted running request (RECOMPUTE: its KV
+        is dropped and it goes back to the head of the queue) until the step fits."""
+        while plan.need > plan.free and self.running:
+            _, v = self.running.popitem()
+            if v.phase == _DECODE:
+                v.gen = self._gen(v)
+                kv = v.prompt + v.gen
+                self.s_dec -= kv
+                self.n_dec -= 1
+                plan.dec -= 1
+                plan.need -= 1
+                plan.budget += 1
+                v.fin_step = -1
+                if v in self.fresh:
+                    # Joined from a transfer, no decode step yet: its last token is the
+                    # landing (last_tok already holds it).
+                    self.fresh.remove(v)
+                else:
+                    # Its last token came out of the step that ended at this boundary.
+                    v.last_tok = t
+            else:
+                # Prefilling: a first prefill (no token yet) or a recompute preempted again,
+                # whose last token is still the one before the first preemption; last_tok
+                # must keep it or the stall before the second preemption is lost.
+                kv = v.computed
+                self.s_pref -= kv
+                self.pref.remove(v)
+                for j, (cr, c) in enumerate(plan.chunks):
+                    if cr is v:
+                        plan.need -= c
+                        plan.budget += c
+                        del plan.chunks[j]
+                        break
+            plan.free += kv
+            v.target = v.prompt + v.gen
+            v.computed = 0
+            v.phase = _WAIT
+            self.waiting.appendleft(v)
+            self.metrics.preemptions += 1
+            self.pool.preemptions[v.i] += 1
+
+    def _admit_waiting(self, plan: _StepPlan, t: float) -> None:
+        """Admit from the head of the FIFO queue while seats, budget and KV last (the head
+        blocks the rest): a remote request reserves KV and starts its transfer; a local one
+        starts its prefill after any cached prefix blocks."""
+        waiting = self.waiting
+        seats = self.max_seqs - len(self.running) - len(self.xfer)
+        while waiting and seats > 0:
+            r = waiting[0]
+            if r.remote:
+                kv = r.prompt + 1
+                if kv > plan.free - plan.need:
+                    break
+                waiting.popleft()
+                r.t_sched = t
+                self.reserved += kv
+                plan.free -= kv
+                r.phase = _XFER
+                r.xfer_done = t + self.pool.xfer_s(r.prompt)
+                self.xfer.append(r)
+            else:
+                if plan.budget <= 0:
+                    break
+                hit = self._cached_tokens(r) if self.cache is not None else 0
+                c = min(r.target - hit, plan.budget)
+                if hit + c > plan.free - plan.need:
+                    break
+                waiting.popleft()
+                if r.t_sched < 0:
+                    r.t_sched = t
+                if self.cache is not None:
+                    self._admit_cached(r, hit)
+                r.phase = _PREFILL
+                self.running[r.i] = r
+                self.pref.append(r)
+                plan.chunks.append((r, c))
+                plan.budget -= c
+                plan.need += hit + c
+            seats -= 1
+
+    def _launch(self, plan: _StepPlan, t: float, *, preempted: bool) -> None:
+        """Start the planned work: one explicit step if it carries prefill chunks, else a
+        closed-form decode segment, else wait for a transfer (or stop, if draining)."""
+        dec = plan.dec
+        chunks = plan.chunks
         if chunks:
             csum = 0
-            csq = 0
-            for _, c in chunks:
+            attn = 0
+            for cr, c in chunks:
                 csum += c
-                csq += c * c
-            if dec:
-                dur = self.da + self.db * dec + self.dg * self.s_dec + self.pb * csum
-            else:
-                dur = self.pa + self.pb * csum
-            dur += self.pg * csq
+                # The chunk attends to the cr.computed tokens of its prompt already in KV.
+                attn += c * (c + 2 * cr.computed)
+            # The weights are read once per step; the token-linear (GEMM) work only costs more
+            # than that read above the roofline knee (alpha_d - alpha_p) / beta_p tokens.
+            dur = max(self.da, self.pa + self.pb * (dec + csum))
+            dur += self.db * dec + self.dg * self.s_dec + self.pg * attn + self.ss * len(chunks)
             self.st_chunks = chunks
             self.st_dec = dec
             self.st_dur = dur
@@ -413,7 +487,7 @@ class Replica:
             self.ver += 1
             self.sim.push(t + dur, self._on_event, self.ver)
         elif dec:
-            self._start_segment(t, dec, free, preempted=preempted)
+            self._start_segment(t, dec, plan.free, preempted=preempted)
         else:
             self.ver += 1
             if self.xfer:
@@ -434,7 +508,7 @@ class Replica:
             k = 1
         if self.max_segment_steps and k > self.max_segment_steps:
             k = self.max_segment_steps
-        tau0 = self.da + self.db * dec + self.dg * self.s_dec
+        tau0 = max(self.da, self.pa + self.pb * dec) + self.db * dec + self.dg * self.s_dec
         g = self.dg * dec
         self.sg_t0 = t
         self.sg_tau0 = tau0
@@ -446,6 +520,52 @@ class Replica:
         self.sim.push(t + k * tau0 + g * k * (k - 1) / 2.0, self._on_event, self.ver)
         if self.xfer:
             self._boundary_at(min(r.xfer_done for r in self.xfer))
+
+    # --- prefix cache -----------------------------------------------------------------------
+
+    def cached_blocks(self, hashes: Sequence[int]) -> int:
+        """Leading blocks of `hashes` this replica has cached (no LRU update)."""
+        cache = self.cache
+        if cache is None:
+            return 0
+        n = 0
+        for h in hashes:
+            if h not in cache:
+                break
+            n += 1
+        return n
+
+    def _cached_tokens(self, r: _Req) -> int:
+        """Tokens of r's prefill the cache would save: whole cached leading blocks of its prompt,
+        less at least one token (vLLM computes the last prompt token to sample from it)."""
+        if r.computed or not r.hashes:
+            return 0
+        return max(0, min(self.cached_blocks(r.hashes) * self.block_tokens, r.target - 1))
+
+    def _admit_cached(self, r: _Req, hit: int) -> None:
+        """Count the lookup, refresh the hit blocks and start r's prefill after them."""
+        m = self.metrics
+        m.prefix_queries += r.target
+        m.prefix_hits += hit
+        if hit:
+            cache = self.cache
+            assert cache is not None
+            assert r.hashes is not None
+            for h in r.hashes[: -(-hit // self.block_tokens)]:
+                cache.move_to_end(h)
+            r.computed = hit
+            self.s_pref += hit
+
+    def _cache_insert(self, hashes: Sequence[int]) -> None:
+        cache = self.cache
+        assert cache is not None
+        for h in hashes:
+            if h in cache:
+                cache.move_to_end(h)
+            else:
+                cache[h] = None
+        while len(cache) > self.cache_blocks:
+            cache.popitem(last=False)
 
     def _join_transfers(self, t: float) -> None:
         keep: list[_Req] = []
@@ -461,8 +581,14 @@ class Replica:
             pool.first_token[r.i] = tx
             m.ttft.observe(tx - r.t_enter)
             m.prompt_tokens += r.prompt
+            # vLLM's decode pod schedules the request with its prompt computed externally and
+            # emits the first token itself: the prompt and that token are in the step's
+            # iteration tokens, and the token is a generated one (it is streamed from here).
+            m.generation_tokens += 1
+            self.pending_iter += r.prompt + 1
             r.remote = False
             r.last_tok = tx
+            r.t_first = tx
             r.gen = 1
             if r.output <= 1:
                 self._done(r, tx)
@@ -501,7 +627,15 @@ class Replica:
         if self.fresh:
             self._fix_fresh(self.sg_t0 + tau0, tau0)
         m.generation_tokens += b * k
-        m.iteration_tokens.observe(b, k)
+        if self.pending_iter:
+            # Transfers that joined at this segment's start: their prompt and first token
+            # count in its first step.
+            m.iteration_tokens.observe(b + self.pending_iter)
+            self.pending_iter = 0
+            if k > 1:
+                m.iteration_tokens.observe(b, k - 1)
+        else:
+            m.iteration_tokens.observe(b, k)
         self.step_idx += k
         self.s_dec += b * k
         self.sg_t0 += dur
@@ -528,9 +662,12 @@ class Replica:
                 continue
             self.s_pref -= r.computed
             self.pref.remove(r)
+            if self.cache is not None and r.hashes:
+                self._cache_insert(r.hashes)
             if r.gen == 0:
                 m.prompt_tokens += r.prompt
                 m.ttft.observe(t - r.t_enter)
+                r.t_first = t
                 tokens += r.prompt
                 if not self.is_prefill:
                     pool.first_token[r.i] = t
@@ -545,7 +682,11 @@ class Replica:
                 del self.running[r.i]
                 self.load -= r.prompt
                 r.phase = _DONE
-                m.finish("length", t - r.t_enter)
+                # The P pod's request has max_tokens=1 and ends by length after its one token.
+                m.finish_request(
+                    "length", t_arrival=r.t_enter, t_scheduled=r.t_sched, t_first_token=r.t_first,
+                    t_end=t, prompt_tokens=r.prompt, generation_tokens=1, max_tokens=1,
+                )  # fmt: skip
                 pool.handoff(r, t)
             elif r.gen >= r.output:
                 del self.running[r.i]
@@ -559,6 +700,9 @@ class Replica:
                 r.fin_step = self.step_idx + r.output - r.gen
                 heapq.heappush(self.dec_heap, (r.fin_step, r.i, r))
         self.st_chunks = []
+        if self.pending_iter:
+            tokens += self.pending_iter
+            self.pending_iter = 0
         if tokens:
             m.iteration_tokens.observe(tokens)
         if dec:
@@ -582,7 +726,10 @@ class Replica:
         r.gen = r.output
         self.load -= 1
         self.pool.finish[r.i] = t
-        self.metrics.finish("stop", t - r.t_enter)
+        self.metrics.finish_request(
+            "stop", t_arrival=r.t_enter, t_scheduled=r.t_sched, t_first_token=r.t_first, t_end=t,
+            prompt_tokens=r.prompt, generation_tokens=r.output, max_tokens=r.output,
+        )  # fmt: skip
 
 
 class SimDeployment:
@@ -745,10 +892,28 @@ class SimPool:
         arrival_s: FloatArray,
         prompt_tokens: IntArray,
         output_tokens: IntArray,
+        block_hashes: Sequence[Sequence[int]] | None = None,
+        block_tokens: int = 16,
+        routing: str = "least-loaded",
     ) -> None:
         self.sim = sim
         self.name = name
         self.profile = profile
+        if routing not in ROUTING_POLICIES:
+            msg = f"pool {name}: routing must be one of {ROUTING_POLICIES}, got {routing!r}"
+            raise ValueError(msg)
+        if block_tokens < 1:
+            msg = f"pool {name}: block_tokens must be >= 1, got {block_tokens}"
+            raise ValueError(msg)
+        if block_hashes is not None and len(block_hashes) != len(arrival_s):
+            msg = f"pool {name}: block_hashes must have one entry per request"
+            raise ValueError(msg)
+        self.routing = routing
+        self.block_tokens = block_tokens
+        self.has_hashes = block_hashes is not None
+        self._hashes: list[tuple[int, ...]] | None = (
+            None if block_hashes is None else [tuple(h) for h in block_hashes]
+        )
         n = len(arrival_s)
         if not (len(prompt_tokens) == n == len(output_tokens)):
             msg = "arrival_s, prompt_tokens and output_tokens must have the same length"
@@ -782,8 +947,10 @@ class SimPool:
         b = profile.kv_bytes_per_token / profile.kv_transfer_bytes_per_s
         setup = profile.kv_transfer_setup_s
         self.xfer_s: Callable[[int], float] = lambda prompt: b * prompt + setup
+        # Requests reach the scheduler after the API server's front-end time.
+        self.frontend_s = profile.frontend_ms / 1000.0
         if n:
-            sim.push(self._arr[0], self._on_arrival, 0)
+            sim.push(self._arr[0] + self.frontend_s, self._on_arrival, 0)
 
     @property
     def disaggregated(self) -> bool:
@@ -799,21 +966,31 @@ class SimPool:
         n = len(arr)
         role = self.entry_role
         # Several requests can share a timestamp: take them all in one event.
+        hashes = self._hashes
+        fe = self.frontend_s
         while True:
-            self.route(role, _Req(i, arr[i], self._prm[i], self._out[i]), t)
+            h = None if hashes is None else hashes[i]
+            self.route(role, _Req(i, arr[i], self._prm[i], self._out[i], h), t)
             i += 1
-            if i >= n or arr[i] > t:
+            if i >= n or arr[i] + fe > t:
                 break
         self._next = i
         if i < n:
-            self.sim.push(arr[i], self._on_arrival, i)
+            self.sim.push(arr[i] + fe, self._on_arrival, i)
 
     def route(self, role: Role, r: _Req, t: float) -> None:
         serving = self.deployments[role].serving
         if not serving:
             self.backlog.setdefault(role, deque()).append(r)
             return
-        best = serving[0] if len(serving) == 1 else min(serving, key=_load)
+        if len(serving) == 1:
+            best = serving[0]
+        elif self.routing == "prefix-aware" and r.hashes and role is not Role.DECODE:
+            # llm-d's prefix-cache scorer: most cached leading blocks first, then least load.
+            hashes = r.hashes
+            best = max(serving, key=lambda rep: (rep.cached_blocks(hashes), -rep.load))
+        else:
+            best = min(serving, key=_load)
         best.enqueue(r, t)
 
     def flush(self, role: Role, t: float) -> None:
@@ -836,6 +1013,16 @@ class SimPool:
             finish_s=self.finish.copy(),
             preemptions=self.preemptions.copy(),
         )
+
+    def prefix_cache_hit_rate(self) -> float:
+        """Prefix-cache hits / queries (tokens) over the pool's replicas so far; nan if the
+        pool has no block hashes (no lookups)."""
+        q = h = 0
+        for dep in self.deployments.values():
+            for rep in dep.replicas:
+                q += rep.metrics.prefix_queries
+                h += rep.metrics.prefix_hits
+        return h / q if q else math.nan
 
     @property
     def arrivals_done(self) -> bool:
@@ -885,9 +1072,15 @@ class Simulation:
         prompt_tokens: IntArray,
         output_tokens: IntArray,
         initial_replicas: Mapping[Role, int] | None = None,
+        block_hashes: Sequence[Sequence[int]] | None = None,
+        block_tokens: int = 16,
+        routing: str = "least-loaded",
     ) -> SimPool:
         """Add a pool: `deployments` maps each role (prefill+decode, or aggregated) to a
-        (namespace, name); `initial_replicas` are ready at time 0 (default 1 per role)."""
+        (namespace, name); `initial_replicas` are ready at time 0 (default 1 per role).
+        `block_hashes` (one sequence per request, each hash covering `block_tokens` prompt
+        tokens, chained as vLLM and Mooncake hash them) turns on the replicas' prefix caches;
+        `routing` is least-loaded or prefix-aware."""
         roles = set(deployments)
         if roles not in ({Role.PREFILL, Role.DECODE}, {Role.AGGREGATED}):
             msg = f"pool {name}: roles must be prefill+decode or aggregated, got {sorted(roles)}"
@@ -902,6 +1095,9 @@ class Simulation:
             arrival_s=arrival_s,
             prompt_tokens=prompt_tokens,
             output_tokens=output_tokens,
+            block_hashes=block_hashes,
+            block_tokens=block_tokens,
+            routing=routing,
         )
         self.pools[name] = pool
         for role, (ns, dep_name) in deployments.items():
@@ -921,7 +1117,7 @@ class Simulation:
     def from_policy(
         cls,
         policy: PolicyFile,
-        workloads: Mapping[str, tuple[FloatArray, IntArray, IntArray]],
+        workloads: Mapping[str, tuple[Any, ...]],
         *,
         profile: Profile | Mapping[str, Profile],
         initial_replicas: Mapping[str, Mapping[Role, int]] | None = None,
@@ -929,10 +1125,10 @@ class Simulation:
     ) -> Simulation:
         """A simulation of every pool of a policy file that has a workload.
 
-        `workloads` maps pool name -> (arrival_s, prompt_tokens, output_tokens), e.g. a
-        trace-loader or workload-generator result. `profile` is one profile for all pools or
-        one per pool name. Initial replicas default to each role's min_replicas (at least 1),
-        ready at time 0.
+        `workloads` maps pool name -> (arrival_s, prompt_tokens, output_tokens[, block_hashes,
+        block_tokens]), e.g. a trace-loader or workload-generator result (a Trace). `profile` is
+        one profile for all pools or one per pool name. Initial replicas default to each role's
+        min_replicas (at least 1), ready at time 0.
         """
         sim = cls(max_segment_steps=max_segment_steps)
         unknown = sorted(set(workloads) - {p.name for p in policy.pools})
@@ -946,7 +1142,10 @@ class Simulation:
             init = {role: max(1, spec.min_replicas) for role, spec in pool.roles.items()}
             if initial_replicas is not None and pool.name in initial_replicas:
                 init.update(initial_replicas[pool.name])
-            arrival, prompt, output = workloads[pool.name]
+            arrival, prompt, output, *extra = workloads[pool.name]
+            # A Trace also carries its block hashes and tokens per hash (prefix caching).
+            hashes = extra[0] if extra else None
+            block_tokens = extra[1] if len(extra) > 1 else 16
             sim.add_pool(
                 pool.name,
                 profile=prof,
@@ -958,6 +1157,8 @@ class Simulation:
                 prompt_tokens=prompt,
                 output_tokens=output,
                 initial_replicas=init,
+                block_hashes=hashes,
+                block_tokens=block_tokens,
             )
         return sim
 

@@ -51,13 +51,20 @@ def idle_prefill_s(profile: Profile, prompt_tokens: IntArray) -> FloatArray:
     m = profile.max_num_batched_tokens
     p = np.maximum(np.asarray(prompt_tokens, dtype=np.int64), 1)
     full, rest = np.divmod(p, m)
-    a = profile.prefill_alpha_ms
-    b = profile.prefill_beta_ms_per_token
-    g = profile.prefill_gamma_ms_per_token2
-    full_ms = full * (a + b * m + g * m * m)
+    a_d, a_p, b_p = (
+        profile.decode_alpha_ms,
+        profile.prefill_alpha_ms,
+        profile.prefill_beta_ms_per_token,
+    )
     rest_f = rest.astype(np.float64)
-    rest_ms = np.where(rest > 0, a + b * rest_f + g * rest_f * rest_f, 0.0)
-    out: FloatArray = (full_ms + rest_ms) / 1000.0
+    # A step's token-linear cost is max(alpha_d, alpha_p + beta_p·tokens) (Profile.linear_ms);
+    # each chunk attends to the prefix before it, so the attention terms sum to P² (engine.py).
+    ms = (
+        full * (max(a_d, a_p + b_p * m) + profile.sched_ms_per_seq)
+        + np.where(rest > 0, np.maximum(a_d, a_p + b_p * rest_f) + profile.sched_ms_per_seq, 0.0)
+        + profile.prefill_gamma_ms_per_token2 * p.astype(np.float64) ** 2
+    )
+    out: FloatArray = ms / 1000.0
     return out
 
 
@@ -139,6 +146,8 @@ class Evaluation:
     reversals: int
     preemptions: int
     oracle_gpu_hours: float | None = None
+    prefix_cache_hit_rate: float = math.nan
+    """Prefix-cache hits / queries in tokens (nan when the trace has no block hashes)."""
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -186,6 +195,7 @@ def evaluate(
         reversals=count_reversals(events, window_s=reversal_window_s),
         preemptions=int(res.preemptions.sum()),
         oracle_gpu_hours=oracle_h,
+        prefix_cache_hit_rate=p.prefix_cache_hit_rate(),
     )
 
 
@@ -352,11 +362,13 @@ def oracle(
     in the bin, per second, against the capacity per replica:
 
     * Prefill (compute-bound): a replica running back-to-back full steps of B = max_num_batched_
-      tokens spends alpha_p/B + beta_p + gamma_p·n̄ per token, where n̄ = sum(p²)/sum(p) (capped at
-      B) is the token-weighted prompt length of the bin (a step's sum(n²) ≈ B·n̄). Queueing delay
-      is ignored (utilisation may reach 1).
+      tokens spends alpha_p/B + beta_p + gamma_p·n̄ per token, where n̄ = sum(p²)/sum(p) is the
+      token-weighted prompt length of the bin (a prompt's chunks attend to their whole prefix, so
+      its attention costs gamma_p·p² however it is chunked). Queueing delay is ignored
+      (utilisation may reach 1); so are the scheduler's per-sequence costs, as a bound should.
     * Decode (memory-bound, ITL-limited): the largest batch whose step time stays within the
-      ITL SLO, B* = (itl_mean_s - alpha_d) / (beta_d + gamma_d·L̄), capped by max_num_seqs and
+      ITL SLO: step(B) = max(alpha_d, alpha_p + beta_p·B) + (beta_d + s + gamma_d·L̄)·B (s = the
+      scheduler's per-sequence cost) <= itl_mean_s, capped by max_num_seqs and
       by KV (B*·L̄ <= capacity), with L̄ the output-weighted mean context (prompt + output/2);
       throughput B*/step(B*) tokens/s, the most any replica can give within the SLO.
     * Aggregated replicas share their time: n = ceil(prefill demand / prefill capacity + decode
@@ -366,9 +378,8 @@ def oracle(
     **Prefill bursts** (the TTFT half of the SLO, which a minute's mean cannot see): a request
     arriving at a with prompt p must have its first token by a + max(ttft_floor_s,
     ttft_slowdown x idle prefill(p)), so its prefill must end by that minus its KV transfer
-    (disaggregated). Its work, in replica-seconds, is at least p·(alpha/B + beta_p) +
-    gamma_p·p·min(p, B)/2 (full steps share the fixed cost; the engine cuts a prompt into full
-    chunks plus at most two partial ones, so sum(chunk²) >= p·min(p, B)/2). For windows of
+    (disaggregated). Its work, in replica-seconds, is at least p·(alpha/B + beta_p) + gamma_p·p²
+    (full steps share the fixed cost; the chunks' attention terms sum to p²). For windows of
     arrivals [s, e] (anchored at every arrival, widths `BURST_WIDTHS_S`, within one bin, latest
     deadline d in the bin) the work that meets its deadlines fits in n·(d - s), which gives how
     many requests must miss with n replicas (`prefill_misses_needed`). Decode has no such term:
@@ -383,9 +394,9 @@ def oracle(
     and it does not depend on a handful of requests. With attainment = 1 no request may miss
     (`all_requests_gpu_hours`).
 
-    Worked example (8B, B=8192, n̄=1500): 4/8192 + 0.025 + 7e-7·1500 = 0.02654 ms/token ->
-    37.7k prompt tok/s per replica; at L̄=1200 the ITL bound allows (50-6.5)/(0.03+0.072) = 426
-    sequences but KV only 430000/1200 = 358, so B* = 358, step 43.0 ms -> 8.3k output tok/s.
+    Worked example (constants of docs/simulator.md at the time of writing: 8B, B=8192,
+    n̄=1500): alpha_p/B + beta_p + gamma_p·1500 per token; the decode bound takes the largest
+    batch within the ITL SLO and the KV capacity (tests/sim/test_evaluate.py recomputes it).
     """
     if not 0.0 < attainment <= 1.0:
         msg = f"attainment must be in (0, 1], got {attainment}"
@@ -401,7 +412,7 @@ def oracle(
     ctx = np.bincount(b, weights=o * (p + o / 2.0), minlength=nbins)
     m = float(profile.max_num_batched_tokens)
     with np.errstate(invalid="ignore", divide="ignore"):
-        nbar = np.where(p_sum > 0, np.minimum(p_sq / p_sum, m), 0.0)
+        nbar = np.where(p_sum > 0, p_sq / p_sum, 0.0)
         lbar = np.where(o_sum > 0, ctx / o_sum, 0.0)
     per_tok_ms = (
         profile.prefill_alpha_ms / m
@@ -411,13 +422,27 @@ def oracle(
     cap_p = 1000.0 / per_tok_ms
     itl_ms = slo.itl_mean_s * 1000.0
     room = max(itl_ms - profile.decode_alpha_ms, 0.0)
-    per_seq = profile.decode_beta_ms_per_seq + profile.decode_gamma_ms_per_ctx_token * lbar
-    bstar = np.floor(room / per_seq)
+    # Above the roofline knee a step's linear part is alpha_p + beta_p·B (Profile.linear_ms).
+    room_p = max(itl_ms - profile.prefill_alpha_ms, 0.0)
+    per_seq = (
+        profile.decode_beta_ms_per_seq
+        + profile.sched_ms_per_seq
+        + profile.decode_gamma_ms_per_ctx_token * lbar
+    )
+    bstar = np.floor(
+        np.minimum(room / per_seq, room_p / (per_seq + profile.prefill_beta_ms_per_token))
+    )
     bstar = np.minimum(bstar, profile.max_num_seqs)
     with np.errstate(divide="ignore"):
         bstar = np.minimum(bstar, np.floor(profile.kv_capacity_tokens / np.maximum(lbar, 1.0)))
     bstar = np.maximum(bstar, 1.0)
-    step_ms = profile.decode_alpha_ms + per_seq * bstar
+    step_ms = (
+        np.maximum(
+            profile.decode_alpha_ms,
+            profile.prefill_alpha_ms + profile.prefill_beta_ms_per_token * bstar,
+        )
+        + per_seq * bstar
+    )
     cap_d = bstar / step_ms * 1000.0
     dem_p = p_sum / bin_s
     dem_d = o_sum / bin_s
@@ -437,7 +462,7 @@ def oracle(
     # Prefill bursts against the TTFT SLO.
     work = (
         p * (alpha_ms / m + profile.prefill_beta_ms_per_token)
-        + profile.prefill_gamma_ms_per_token2 * p * np.minimum(p, m) / 2.0
+        + profile.prefill_gamma_ms_per_token2 * p * p
     ) / 1000.0
     prompts = np.maximum(np.asarray(prompt_tokens, dtype=np.int64), 1)
     limit = np.maximum(slo.ttft_floor_s, slo.ttft_slowdown * idle_prefill_s(profile, prompts))

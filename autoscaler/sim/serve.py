@@ -1,12 +1,14 @@
 """`pd-autoscaler sim serve`: simulated vLLM pods' `/metrics` over HTTP, in (scaled) wall time.
 
 A P/D pool (namespace `sim`, Deployments `sim-prefill` and `sim-decode`, `--replicas` each) is
-simulated by `sim.engine` and advanced to `speedup x` elapsed wall time every 100 ms. Each replica
-is a pod path, so one port serves a fleet that a real Prometheus scrapes as separate targets:
+simulated by `sim.engine` and advanced to `speedup x` elapsed wall time every 100 ms. Each
+replica is a pod with its own address, as a vLLM pod is: it listens on its own port of `--host`
+and answers `GET /metrics` there, so a scrape config written for vLLM pods works unchanged. The
+control port serves:
 
-    GET  /pods/<namespace>/<pod>/metrics   one replica's vLLM metrics (classic text 0.0.4)
-    GET  /targets                          live replicas as file_sd / http_sd JSON, with the
-                                           `namespace` and `pod` labels and `__metrics_path__`
+    GET  /targets                          live pods as file_sd / http_sd JSON: each pod's
+                                           host:port, with `namespace`, `pod` and `role` labels
+    GET  /pods/<namespace>/<pod>/metrics   the same exposition by path (for a quick curl)
     GET  /truth                            the simulator's own numbers (ground truth for tests)
     POST /pause, /resume                   freeze and thaw simulated time (gauges hold still)
     GET  /healthz
@@ -82,6 +84,9 @@ class SimServer:
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
         self.port = 0
+        self.host = "127.0.0.1"
+        # One listener per pod (replica): its runner and port.
+        self._pods: dict[tuple[str, str], tuple[web.AppRunner, int]] = {}
         app = web.Application()
         app.router.add_get("/pods/{namespace}/{pod}/metrics", self._metrics)
         app.router.add_get("/targets", self._targets)
@@ -115,9 +120,13 @@ class SimServer:
         return None
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        return self._exposition(
+            self._replica(request.match_info["namespace"], request.match_info["pod"])
+        )
+
+    def _exposition(self, rep: engine.Replica | None) -> web.Response:
         self.advance()
-        rep = self._replica(request.match_info["namespace"], request.match_info["pod"])
-        if rep is None:
+        if rep is None or rep.status == engine.STOPPED:
             raise web.HTTPNotFound
         if rep.status == engine.STARTING:
             raise web.HTTPServiceUnavailable(text="starting")
@@ -125,20 +134,38 @@ class SimServer:
         return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
 
     async def _targets(self, request: web.Request) -> web.Response:
-        host = request.host
+        self.advance()
+        await self.ensure_pods()
         entries = [
             {
-                "targets": [host],
-                "labels": {
-                    "__metrics_path__": f"/pods/{r.dep.namespace}/{r.name}/metrics",
-                    "namespace": r.dep.namespace,
-                    "pod": r.name,
-                    "role": r.role.value,
-                },
+                "targets": [f"{self.host}:{self._pods[(r.dep.namespace, r.name)][1]}"],
+                "labels": {"namespace": r.dep.namespace, "pod": r.name, "role": r.role.value},
             }
             for r in self.sim.replicas()
         ]
         return web.json_response(entries)
+
+    async def ensure_pods(self) -> None:
+        """Give every live replica its own listener (new replicas appear as pods do)."""
+        for r in self.sim.replicas():
+            key = (r.dep.namespace, r.name)
+            if key in self._pods:
+                continue
+            app = web.Application()
+
+            async def pod_metrics(request: web.Request, rep: engine.Replica = r) -> web.Response:
+                return self._exposition(rep)
+
+            app.router.add_get("/metrics", pod_metrics)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, self.host, 0)
+            await site.start()
+            self._pods[key] = (runner, _bound_port(site))
+
+    def pod_address(self, namespace: str, pod: str) -> str:
+        """host:port of a pod's listener (after ensure_pods)."""
+        return f"{self.host}:{self._pods[(namespace, pod)][1]}"
 
     async def _truth(self, request: web.Request) -> web.Response:
         self.advance()
@@ -190,10 +217,9 @@ class SimServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        # aiohttp exposes the port bound for port=0 nowhere but the private server object.
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self.host = host
+        self.port = _bound_port(site) or port
+        await self.ensure_pods()
         self._task = asyncio.create_task(self._ticker())
         return self.port
 
@@ -202,8 +228,17 @@ class SimServer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for runner, _ in self._pods.values():
+            await runner.cleanup()
+        self._pods.clear()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    """The port a site bound (aiohttp exposes it for port=0 only on the private server)."""
+    sockets = getattr(site._server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else 0
 
 
 def _trace(args: argparse.Namespace) -> traces.Trace:

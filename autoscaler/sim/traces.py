@@ -6,6 +6,10 @@ The format is detected from the first line (the shared traces README describes t
 |------------|------------------------------------------------------------------------|-----------|
 | `azure`    | `TIMESTAMP,ContextTokens,GeneratedTokens` (Azure LLM inference 2023/24) | datetime  |
 | `mooncake` | a JSON object with `timestamp`, `input_length`, `output_length` (JSONL) | ms        |
+
+Mooncake records may carry `hash_ids` (one id per 512-token block of the prompt, chained: equal
+ids mean equal prefixes): they are kept as `Trace.block_hashes` (with `block_tokens` 512), so the
+simulator's prefix caches see the trace's reuse.
 | `burstgpt` | `Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type`  | s         |
 | `generic`  | `timestamp_s,input_tokens,output_tokens`                               | s         |
 
@@ -48,12 +52,32 @@ GENERIC_HEADER = ("timestamp_s", "input_tokens", "output_tokens")
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
 
 
+MOONCAKE_BLOCK_TOKENS = 512
+
+
 class Trace(NamedTuple):
-    """A request stream: arrival times from 0 (sorted) and token counts, one row per request."""
+    """A request stream: arrival times from 0 (sorted) and token counts, one row per request;
+    optionally each prompt's block hashes (prefix caching), `block_tokens` tokens per hash."""
 
     arrival_s: FloatArray
     prompt_tokens: IntArray
     output_tokens: IntArray
+    block_hashes: list[tuple[int, ...]] | None = None
+    block_tokens: int = 16
+
+    def take(self, idx: npt.NDArray[np.int64] | npt.NDArray[np.bool_]) -> Trace:
+        """The rows `idx` selects (an index or a mask), hashes included."""
+        hashes = self.block_hashes
+        if hashes is not None:
+            rows = np.arange(len(self.arrival_s))[idx]
+            hashes = [hashes[i] for i in rows.tolist()]
+        return Trace(
+            self.arrival_s[idx],
+            self.prompt_tokens[idx],
+            self.output_tokens[idx],
+            hashes,
+            self.block_tokens,
+        )
 
     @property
     def duration_s(self) -> float:
@@ -124,20 +148,20 @@ def load_trace(
         text = p.read_text(encoding="utf-8-sig")
     except OSError as exc:  # pragma: no cover - detect_format read it already
         raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    hashes: list[tuple[int, ...]] | None = None
     if fmt == "mooncake":
-        t, prompt, output = _parse_mooncake(p, text)
+        t, prompt, output, hashes = _parse_mooncake(p, text)
     else:
         t, prompt, output = _parse_csv(p, text, fmt)
     if len(t) == 0:
         raise errors.ConfigError([f"{p}: trace has a header but no requests"])
     order = np.argsort(t, kind="stable")
-    t = (t[order] - t[order[0]]) / speedup
-    trace = Trace(t, prompt[order], output[order])
+    trace = Trace(t, prompt, output, hashes, MOONCAKE_BLOCK_TOKENS).take(order)
+    trace = trace._replace(arrival_s=(trace.arrival_s - trace.arrival_s[0]) / speedup)
     if rate_scale != 1.0:
         trace = scale_rate(trace, rate_scale, seed=seed)
     if duration_s is not None:
-        keep = trace.arrival_s <= duration_s
-        trace = Trace(trace.arrival_s[keep], trace.prompt_tokens[keep], trace.output_tokens[keep])
+        trace = trace.take(trace.arrival_s <= duration_s)
     return trace
 
 
@@ -159,7 +183,8 @@ def scale_rate(trace: Trace, factor: float, *, seed: int = 0) -> Trace:
     t = t[order]
     if len(t):
         t = t - t[0]
-    return Trace(t, trace.prompt_tokens[idx][order], trace.output_tokens[idx][order])
+    # Copies are the same prompts: they keep their block hashes.
+    return trace.take(idx[order])._replace(arrival_s=t)
 
 
 def _int(p: Path, line: int, column: str, raw: str) -> int:
@@ -233,10 +258,14 @@ def _parse_datetimes(p: Path, stamps: list[str], column: str) -> FloatArray:
     return seconds
 
 
-def _parse_mooncake(p: Path, text: str) -> tuple[FloatArray, IntArray, IntArray]:
+def _parse_mooncake(
+    p: Path, text: str
+) -> tuple[FloatArray, IntArray, IntArray, list[tuple[int, ...]] | None]:
     t: list[float] = []
     prompt: list[int] = []
     output: list[int] = []
+    hashes: list[tuple[int, ...]] = []
+    with_hashes = 0
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -252,8 +281,20 @@ def _parse_mooncake(p: Path, text: str) -> tuple[FloatArray, IntArray, IntArray]
         t.append(_float(p, line_no, "timestamp", str(rec["timestamp"])) / 1000.0)
         prompt.append(_int(p, line_no, "input_length", str(rec["input_length"])))
         output.append(_int(p, line_no, "output_length", str(rec["output_length"])))
+        ids = rec.get("hash_ids")
+        if ids is None:
+            hashes.append(())
+            continue
+        if not isinstance(ids, list) or not all(
+            isinstance(h, int) and not isinstance(h, bool) for h in ids
+        ):
+            raise _fail(p, line_no, "expected a list of integers", "hash_ids")
+        # Only whole blocks are cacheable: a trailing partial block's id is dropped.
+        hashes.append(tuple(ids[: prompt[-1] // MOONCAKE_BLOCK_TOKENS]))
+        with_hashes += 1
     return (
         np.array(t, dtype=np.float64),
         np.array(prompt, dtype=np.int64),
         np.array(output, dtype=np.int64),
+        hashes if with_hashes else None,
     )

@@ -16,9 +16,12 @@ formatting and ordering are byte-for-byte what a real vLLM pod's `prometheus_cli
 `naming="new"` uses `vllm:kv_cache_usage_perc` and `vllm:inter_token_latency_seconds`;
 `naming="old"` uses their pre-rename names `vllm:gpu_cache_usage_perc` and
 `vllm:time_per_output_token_seconds` (VLLM-METRICS.md section 2), everything else is identical.
-Output layout, in order: the three state gauges, `vllm:cache_config_info`, the four counters, the
-four histograms. No `_created` series are emitted (vLLM deployments commonly disable them and
-PromQL never needs them).
+Output layout, in order: the three state gauges, `vllm:cache_config_info`, the six counters
+(prompt and generation tokens, request_success with every finished_reason pre-registered at 0,
+preemptions, prefix-cache queries and hits in tokens), the histograms (iteration tokens, TTFT,
+ITL, e2e, then the per-request ones: queue, inference, prefill and decode time, prompt,
+generation and max generation tokens, n, max_tokens). No `_created` series are emitted (vLLM
+deployments commonly disable them and PromQL never needs them).
 """
 
 from __future__ import annotations
@@ -66,6 +69,31 @@ E2E_BUCKETS: tuple[float, ...] = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
+
+# VLLM-METRICS.md §3c: request-level timing histograms share the e2e buckets.
+REQUEST_TIME_BUCKETS = E2E_BUCKETS
+# VLLM-METRICS.md §3c: `request_params_n` buckets.
+PARAMS_N_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20)
+# Llama-3.1's context length: vLLM's default max_model_len for the built-in profiles' models,
+# which bounds the 1-2-5 token-count buckets.
+DEFAULT_MAX_MODEL_LEN = 131_072
+# vLLM V1 registers one request_success series per FinishReason at start-up (stop, length,
+# abort), so a pod exposes all three at 0 before any request ends.
+FINISHED_REASONS = ("stop", "length", "abort")
+
+
+def buckets_1_2_5(limit: int) -> tuple[float, ...]:
+    """1, 2, 5, 10, 20, 50, ... up to `limit` (vLLM's build_1_2_5_buckets)."""
+    out: list[float] = []
+    mantissa, exponent = (1, 2, 5), 0
+    while True:
+        for m in mantissa:
+            v = m * 10**exponent
+            if v > limit:
+                return tuple(out)
+            out.append(float(v))
+        exponent += 1
+
 
 # vLLM V1 default block size (SIM-MODEL.md §2.3): cache_config_info reports capacity in blocks.
 BLOCK_SIZE = 16
@@ -154,22 +182,39 @@ class VllmMetrics:
     """The metric state of one vLLM engine (one replica, engine index 0)."""
 
     __slots__ = (
+        "decode_time",
         "e2e",
+        "gen_tokens_hist",
         "generation_tokens",
+        "inference_time",
         "iteration_tokens",
         "itl",
         "kv_capacity_tokens",
         "kv_usage",
+        "max_gen_tokens_hist",
         "model_name",
+        "params_max_tokens",
+        "params_n",
         "preemptions",
+        "prefill_time",
+        "prefix_hits",
+        "prefix_queries",
         "prompt_tokens",
+        "prompt_tokens_hist",
+        "queue_time",
         "running",
         "success",
         "ttft",
         "waiting",
     )
 
-    def __init__(self, *, model_name: str, kv_capacity_tokens: int) -> None:
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        kv_capacity_tokens: int,
+        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+    ) -> None:
         self.model_name = model_name
         self.kv_capacity_tokens = kv_capacity_tokens
         # Gauges, set by the engine once per scheduler step (as vLLM does).
@@ -179,18 +224,57 @@ class VllmMetrics:
         # Counters.
         self.prompt_tokens = 0
         self.generation_tokens = 0
-        self.success: dict[str, int] = {}
+        self.success: dict[str, int] = dict.fromkeys(FINISHED_REASONS, 0)
         self.preemptions = 0
+        # Prefix cache lookups and hits, in tokens (vLLM V1 counts tokens).
+        self.prefix_queries = 0
+        self.prefix_hits = 0
         # Histograms.
         self.iteration_tokens = Histogram(ITERATION_TOKENS_BUCKETS)
         self.ttft = Histogram(TTFT_BUCKETS)
         self.itl = Histogram(ITL_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
+        self.queue_time = Histogram(REQUEST_TIME_BUCKETS)
+        self.prefill_time = Histogram(REQUEST_TIME_BUCKETS)
+        self.decode_time = Histogram(REQUEST_TIME_BUCKETS)
+        self.inference_time = Histogram(REQUEST_TIME_BUCKETS)
+        tok = buckets_1_2_5(max_model_len)
+        self.prompt_tokens_hist = Histogram(tok)
+        self.gen_tokens_hist = Histogram(tok)
+        self.max_gen_tokens_hist = Histogram(tok)
+        self.params_max_tokens = Histogram(tok)
+        self.params_n = Histogram(PARAMS_N_BUCKETS)
 
     def finish(self, reason: str, e2e_s: float) -> None:
-        """A request finished on this engine."""
+        """A request finished on this engine (counter and e2e only)."""
         self.success[reason] = self.success.get(reason, 0) + 1
         self.e2e.observe(e2e_s)
+
+    def finish_request(
+        self,
+        reason: str,
+        *,
+        t_arrival: float,
+        t_scheduled: float,
+        t_first_token: float,
+        t_end: float,
+        prompt_tokens: int,
+        generation_tokens: int,
+        max_tokens: int,
+    ) -> None:
+        """A request finished: the counter and every per-request histogram vLLM V1 records
+        (queue = arrival to first scheduled, prefill = scheduled to first token, decode = first
+        token to end, inference = scheduled to end; n is always 1 here)."""
+        self.finish(reason, t_end - t_arrival)
+        self.queue_time.observe(max(0.0, t_scheduled - t_arrival))
+        self.prefill_time.observe(max(0.0, t_first_token - t_scheduled))
+        self.decode_time.observe(max(0.0, t_end - t_first_token))
+        self.inference_time.observe(max(0.0, t_end - t_scheduled))
+        self.prompt_tokens_hist.observe(prompt_tokens)
+        self.gen_tokens_hist.observe(generation_tokens)
+        self.max_gen_tokens_hist.observe(generation_tokens)
+        self.params_max_tokens.observe(max_tokens)
+        self.params_n.observe(1)
 
     def scrape(self) -> ScrapeSample:
         return ScrapeSample(
@@ -266,6 +350,12 @@ class VllmMetrics:
         out.append(ok)
         counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
                 self.preemptions)  # fmt: skip
+        counter("vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                self.prefix_queries)  # fmt: skip
+        counter("vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                self.prefix_hits)  # fmt: skip
         hist("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
              self.iteration_tokens)  # fmt: skip
         hist("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
@@ -278,6 +368,27 @@ class VllmMetrics:
                  "Histogram of time per output token in seconds.", self.itl)  # fmt: skip
         hist("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
              self.e2e)  # fmt: skip
+        hist("vllm:request_queue_time_seconds",
+             "Histogram of time spent in WAITING phase for request.", self.queue_time)  # fmt: skip
+        hist("vllm:request_inference_time_seconds",
+             "Histogram of time spent in RUNNING phase for request.",
+             self.inference_time)  # fmt: skip
+        hist("vllm:request_prefill_time_seconds",
+             "Histogram of time spent in PREFILL phase for request.",
+             self.prefill_time)  # fmt: skip
+        hist("vllm:request_decode_time_seconds",
+             "Histogram of time spent in DECODE phase for request.", self.decode_time)  # fmt: skip
+        hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.",
+             self.prompt_tokens_hist)  # fmt: skip
+        hist("vllm:request_generation_tokens", "Number of generation tokens processed.",
+             self.gen_tokens_hist)  # fmt: skip
+        hist("vllm:request_max_num_generation_tokens",
+             "Histogram of maximum number of requested generation tokens.",
+             self.max_gen_tokens_hist)  # fmt: skip
+        hist("vllm:request_params_n", "Histogram of the n request parameter.",
+             self.params_n)  # fmt: skip
+        hist("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.",
+             self.params_max_tokens)  # fmt: skip
         return out
 
     def render_text(self, naming: Naming = "new") -> str:

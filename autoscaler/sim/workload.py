@@ -157,6 +157,56 @@ def generate(
     return Trace(t, prompt, output)
 
 
+def with_sessions(
+    trace: Trace,
+    *,
+    sessions: int,
+    prefix_tokens: int,
+    turns_share: float = 0.0,
+    seed: int = 0,
+    block_tokens: int = 16,
+) -> Trace:
+    """Give a trace's prompts shared prefixes, as sessions of a chat or agent front end make:
+    each request belongs to one of `sessions` sessions (uniformly), whose first
+    `prefix_tokens` tokens (a system prompt, tool definitions) every request of the session
+    repeats. With `turns_share` > 0, that share of requests is a follow-up turn: it also
+    repeats the whole previous prompt of its session (conversation history). The rest of each
+    prompt is its own. The result carries block hashes of `block_tokens` tokens (vLLM's block
+    size by default), chained like vLLM's: a block's hash stands for its whole prefix.
+
+    No trace the project ships has session ids; these numbers are the caller's scenario."""
+    if sessions < 1 or prefix_tokens < 0 or not 0.0 <= turns_share <= 1.0:
+        msg = (
+            "sessions >= 1, prefix_tokens >= 0, 0 <= turns_share <= 1; "
+            f"got {sessions}, {prefix_tokens}, {turns_share}"
+        )
+        raise ValueError(msg)
+    rng = np.random.default_rng(seed)
+    n = len(trace.arrival_s)
+    sess = rng.integers(0, sessions, n)
+    follow = rng.random(n) < turns_share
+    prompts = trace.prompt_tokens.copy()
+    last: dict[int, tuple[int, ...]] = {}
+    out: list[tuple[int, ...]] = []
+    for i in range(n):
+        s_id = int(sess[i])
+        shared = [hash(("session", s_id, b)) for b in range(prefix_tokens // block_tokens)]
+        prev = last.get(s_id)
+        if follow[i] and prev is not None:
+            # A follow-up turn: the previous prompt (its blocks) and then new tokens.
+            base = list(prev)
+            prompts[i] = max(int(prompts[i]), (len(base) + 1) * block_tokens)
+        else:
+            base = shared
+            prompts[i] = max(int(prompts[i]), prefix_tokens)
+        n_blocks = int(prompts[i]) // block_tokens
+        own = [hash(("request", i, b)) for b in range(len(base), n_blocks)]
+        hashes = tuple((base + own)[:n_blocks])
+        last[s_id] = hashes
+        out.append(hashes)
+    return Trace(trace.arrival_s, prompts, trace.output_tokens, out, block_tokens)
+
+
 def _lognormal(
     rng: np.random.Generator, p50: float, p99: float, cap: int, n: int
 ) -> np.ndarray[tuple[int], np.dtype[np.int64]]:

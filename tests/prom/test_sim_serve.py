@@ -149,3 +149,33 @@ async def test_paused_gauges_match_exactly(prom: PromServer, sim_url: str) -> No
             want = sum(r[field] for r in reps) / len(reps)
             assert got[key].value == pytest.approx(want, abs=1e-9), (role, key, json.dumps(reps))
             assert got[key].replicas == len(reps)
+
+
+async def test_every_pod_has_its_own_address(prom: PromServer, sim_url: str) -> None:
+    """Like vLLM pods, each simulated pod answers GET /metrics on its own host:port; the
+    service-discovery file lists those addresses, and Prometheus scrapes the V1 families there
+    (the per-request histograms and the prefix-cache counters included) under each pod."""
+    entries = await asyncio.to_thread(_get_list, f"{sim_url}/targets")
+    addrs = [e["targets"][0] for e in entries]
+    assert len(addrs) == len(set(addrs)) == 4
+    assert all("__metrics_path__" not in e["labels"] for e in entries)
+    for e in entries:
+        body = await asyncio.to_thread(_text, f"http://{e['targets'][0]}/metrics")
+        assert "vllm:prefix_cache_queries_total" in body
+        assert "vllm:request_queue_time_seconds_bucket" in body
+    pods = {s["metric"]["pod"] for s in prom.query("vllm:request_success_total")}
+    assert pods == {e["labels"]["pod"] for e in entries}
+    reasons = {s["metric"]["finished_reason"] for s in prom.query("vllm:request_success_total")}
+    assert reasons == {"stop", "length", "abort"}
+    assert prom.query("vllm:request_prefill_time_seconds_count")
+
+
+def _get_list(url: str) -> list[dict[str, Any]]:
+    body: list[dict[str, Any]] = requests.get(url, timeout=5).json()
+    return body
+
+
+def _text(url: str) -> str:
+    r = requests.get(url, timeout=5)
+    r.raise_for_status()
+    return r.text

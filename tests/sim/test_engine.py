@@ -31,7 +31,7 @@ def test_single_request_disaggregated_ttft_is_prefill_plus_transfer() -> None:
     sim.advance_to(10)
     res = pool.results()
     assert res.ttft_s[0] == pytest.approx(P8B.idle_prefill_s(1000) + P8B.kv_transfer_s(1000))
-    # 0.004 + 0.025 + 7e-7*1e6 ms = 29.7 ms; 131072*1000/25e9 + 1.5 ms = 6.74 ms.
+    # max(alpha_d, 4 + 0.025*1000) + 7e-7*1000^2 ms = 29.7 ms; 131072*1000/25e9 + 1.5 ms = 6.74 ms.
     assert res.ttft_s[0] == pytest.approx(0.0297 + 0.00674288)
     assert res.mean_itl_s[0] == pytest.approx(expected_mean_itl(1000, 10))
     assert res.finish_s[0] == pytest.approx(0.5 + res.ttft_s[0] + 9 * res.mean_itl_s[0], rel=1e-12)
@@ -47,13 +47,32 @@ def test_single_request_aggregated() -> None:
 
 
 def test_long_prompt_is_chunked_by_token_budget() -> None:
-    """A 20k-token prompt takes three prefill steps: 8192 + 8192 + 3616 tokens."""
+    """A 20k-token prompt takes three prefill steps: 8192 + 8192 + 3616 tokens, each chunk
+    attending to the prefix computed before it (c² + 2·c·p), so the attention terms add up to
+    the unchunked prompt's 20000²."""
     sim, pool = one_pool([0.0], [20_000], [2], disaggregated=False)
     sim.advance_to(5)
     m = 8192
-    want = 2 * P8B.prefill_step_s(m, m * m) + P8B.prefill_step_s(3616, 3616**2)
+    want = (
+        P8B.prefill_step_s(m, m * m)
+        + P8B.prefill_step_s(m, m * m + 2 * m * m)
+        + P8B.prefill_step_s(3616, 3616**2 + 2 * 3616 * 2 * m)
+    )
+    assert m * m + (m * m + 2 * m * m) + (3616**2 + 2 * 3616 * 2 * m) == 20_000**2
     assert pool.results().ttft_s[0] == pytest.approx(want)
     assert want == pytest.approx(P8B.idle_prefill_s(20_000))
+
+
+def test_long_prompt_ttft_is_quadratic_in_the_whole_prompt() -> None:
+    """Chunking does not hide attention: a 64k prompt's TTFT grows with 64k², so it costs more
+    than eight times an 8k prompt by the gamma·(64k² - 8·8k²) term (issue: long prompts were
+    23-60 % too fast when each chunk was priced alone)."""
+    sim, pool = one_pool([0.0, 100.0], [8192, 65_536], [2, 2], disaggregated=False)
+    sim.advance_to(200)
+    t8, t64 = pool.results().ttft_s
+    extra = P8B.prefill_gamma_ms_per_token2 * (65_536**2 - 8 * 8192**2) / 1000.0
+    assert t64 - 8 * t8 == pytest.approx(extra)
+    assert extra > 2.0  # seconds: the term the per-chunk pricing left out
 
 
 def test_batched_decode_step_time() -> None:
@@ -62,7 +81,7 @@ def test_batched_decode_step_time() -> None:
     sim, pool = one_pool([0.0, 0.0], [100, 300], [3, 3], disaggregated=False)
     sim.advance_to(5)
     res = pool.results()
-    prefill = P8B.prefill_step_s(400, 100**2 + 300**2)
+    prefill = P8B.prefill_step_s(400, 100**2 + 300**2, seqs=2)
     assert res.first_token_s == pytest.approx([prefill, prefill])
     s1 = P8B.decode_step_s(2, 101 + 301)
     s2 = P8B.decode_step_s(2, 102 + 302)
@@ -292,7 +311,7 @@ def test_itl_keeps_the_gap_of_a_fresh_transfer_preempted_before_its_first_step(k
 def naive_aggregated(prompts: list[int], outputs: list[int]) -> list[float]:
     """Independent reference: all requests arrive at 0 on one aggregated replica with ample KV;
     one prefill step for all prompts, then one decode step at a time."""
-    t = P8B.prefill_step_s(sum(prompts), sum(p * p for p in prompts))
+    t = P8B.prefill_step_s(sum(prompts), sum(p * p for p in prompts), seqs=len(prompts))
     ctx = [p + 1 for p in prompts]
     left = [o - 1 for o in outputs]
     finish = [t if o == 1 else math.nan for o in outputs]
