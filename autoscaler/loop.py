@@ -117,7 +117,10 @@ class Loop:
             for r, s in p.roles.items()
         ]
 
-    async def _statuses(self, report: TickReport) -> dict[str, dict[Role, WorkloadStatus]]:
+    async def _statuses(
+        self, report: TickReport, held: dict[str, dict[Role, int]]
+    ) -> dict[str, dict[Role, WorkloadStatus]]:
+        """Observed pools to decide; paused pools' replicas go to `held` (budgets count them)."""
         out: dict[str, dict[Role, WorkloadStatus]] = {}
         for pool in self.policy.pools:
             roles: dict[Role, WorkloadStatus] = {}
@@ -130,6 +133,7 @@ class Loop:
                 continue
             if any(s.paused for s in roles.values()):
                 report.paused.append(pool.name)
+                held[pool.name] = {role: st.replicas for role, st in roles.items()}
                 continue
             out[pool.name] = roles
         return out
@@ -137,7 +141,8 @@ class Loop:
     async def tick(self, now: float) -> TickReport:
         """Collect, decide, actuate; returns what happened. Never raises for one pool's trouble."""
         report = TickReport(decision=Decision(at=now, pools={}))
-        statuses = await self._statuses(report)
+        held: dict[str, dict[Role, int]] = {}
+        statuses = await self._statuses(report, held)
         targets = [t for t in self.targets() if t.pool in statuses]
         samples: Mapping[tuple[str, Role], Mapping[str, SignalSample]] = {}
         if targets:
@@ -160,7 +165,7 @@ class Loop:
             )
             for name, roles in statuses.items()
         }
-        report.snapshot = Snapshot(taken_at=now, pools=pools)
+        report.snapshot = Snapshot(taken_at=now, pools=pools, held=held)
         decision, self.state = decide(
             report.snapshot,
             self.state,

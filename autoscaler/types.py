@@ -111,6 +111,9 @@ class Snapshot:
 
     taken_at: float
     pools: Mapping[str, PoolObservation]
+    held: Mapping[str, Mapping[Role, int]] = field(default_factory=dict)
+    """Replicas (spec.replicas) of pools observed but not decided this tick (paused by an
+    operator): they still hold their GPUs, so the file-wide budget counts them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,40 @@ class RoleState:
     last_ready: int | None = None
     ready_rose_at: float | None = None
 
+    def clamped(self, now: float, *, panic_window_s: float) -> RoleState:
+        """This memory with nothing dated after `now` (and panic ending within one panic window).
+
+        A timestamp from the future comes from a clock that ran ahead: the leader that saved
+        the state had a skewed wall clock, or a restore was edited by hand. Kept as is, a
+        recommendation dated an hour ahead stays inside every stabilization window for that
+        hour plus the window, and delays scale-down far beyond it (4,185 s instead of 600 s
+        was measured). Clamped to `now` it counts as seen now: held for one window, no more."""
+
+        def c(t: float | None) -> float | None:
+            return None if t is None else min(t, now)
+
+        horizon = now + panic_window_s
+        panic = self.panic_until
+        if (
+            all(t <= now for t, _ in self.recommendations)
+            and all(t <= now for t, _ in self.events)
+            and all(t is None or t <= now for t in (self.missing_since, self.last_at,
+                                                    self.ready_rose_at))
+            and (panic is None or panic <= horizon)
+        ):
+            return self
+        return RoleState(
+            recommendations=tuple((min(t, now), r) for t, r in self.recommendations),
+            events=tuple((min(t, now), d) for t, d in self.events),
+            panic_until=None if panic is None else min(panic, horizon),
+            missing_since=c(self.missing_since),
+            last_replicas=self.last_replicas,
+            last_desired=self.last_desired,
+            last_at=c(self.last_at),
+            last_ready=self.last_ready,
+            ready_rose_at=c(self.ready_rose_at),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "recommendations": [list(r) for r in self.recommendations],
