@@ -8,11 +8,12 @@ offending value (see `load_policy_file`).
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,15 +23,36 @@ from pydantic import (
     model_validator,
 )
 
-from autoscaler import errors
+from autoscaler import errors, yamlsafe
 from autoscaler.types import Role, SignalName
 
 API_VERSION: Literal["pd-autoscaler.io/v1alpha1"] = "pd-autoscaler.io/v1alpha1"
 KIND: Literal["AutoscalingPolicy"] = "AutoscalingPolicy"
 
 
+# Sane ranges: every number a policy can set is bounded, so a typo (an extra zero, 1e308, inf)
+# is an error naming the field instead of a fleet of 10**400 replicas or a target no float can
+# divide by. The bounds sit far outside any real deployment.
+MAX_REPLICAS = 10_000
+"""Per role; the largest vLLM fleets are in the hundreds of replicas per model."""
+MIN_TARGET = 1e-6
+"""Smallest signal target: a microsecond, a millionth of the KV cache, 1e-6 tokens/s."""
+MAX_TARGET = 1e9
+"""Largest signal target, the same ceiling the metric source applies to sample values."""
+MAX_TOLERANCE = 0.9
+"""A deadband of +-90 % already means "almost never scale"; 0.9999999999999999 means never."""
+MAX_RULE_VALUE = 10_000
+"""Pods or percent per scaling-rule period."""
+MAX_GPUS = 1_000_000
+"""GPU budgets."""
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # allow_inf_nan=False: `inf`, `.nan` and numbers YAML parses to infinity (1e999) are
+    # refused by every float field.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class DeploymentRef(_Frozen):
@@ -48,13 +70,13 @@ class SignalSpec(_Frozen):
     signal: SignalName
     """queue_depth | batched_tokens | kv_cache | running | ttft | itl | prompt_tokens_rate |
     generation_tokens_rate."""
-    target: float = Field(gt=0)
+    target: float = Field(ge=MIN_TARGET, le=MAX_TARGET)
     """Target per ready replica: requests for queue_depth/running, a 0-1 fraction for
     batched_tokens/kv_cache, seconds for ttft/itl (the SLO the quantile must stay under),
     tokens per second for prompt_tokens_rate/generation_tokens_rate."""
-    quantile: float = Field(default=0.9, gt=0, lt=1)
+    quantile: float = Field(default=0.9, ge=0.01, le=0.999)
     """For ttft/itl only: which quantile of the latency histogram is compared with the target."""
-    tolerance: float | None = Field(default=None, ge=0, lt=1)
+    tolerance: float | None = Field(default=None, ge=0, le=MAX_TOLERANCE)
     """Overrides the role's tolerance for this signal."""
 
     @model_validator(mode="after")
@@ -71,7 +93,7 @@ class ScalingRule(_Frozen):
 
     type: Literal["pods", "percent"]
     """pods: an absolute number of replicas; percent: relative to the replicas a period ago."""
-    value: int = Field(gt=0)
+    value: int = Field(gt=0, le=MAX_RULE_VALUE)
     """How many pods, or which percentage."""
     period_s: float = Field(gt=0, le=3600)
     """Length of the sliding window the limit applies to, seconds."""
@@ -116,7 +138,7 @@ class Panic(_Frozen):
 
     enabled: bool = True
     """Whether panic mode is on."""
-    threshold: float = Field(default=2.0, gt=1)
+    threshold: float = Field(default=2.0, gt=1, le=100)
     """Ratio of wanted to ready replicas that enters panic."""
     window_s: float = Field(default=60, gt=0, le=3600)
     """How long panic lasts after the last tick that met the threshold, seconds."""
@@ -127,9 +149,9 @@ class MissingData(_Frozen):
     Missing data never lowers replicas: the role holds; optionally, after `floor_after_s` without
     any data, it is raised to at least `floor_replicas`."""
 
-    floor_after_s: float | None = Field(default=None, gt=0)
+    floor_after_s: float | None = Field(default=None, gt=0, le=86400)
     """Seconds of all-signals-missing after which the floor applies; null disables the floor."""
-    floor_replicas: int | None = Field(default=None, ge=0)
+    floor_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS)
     """The floor (a scale-up only, never a scale-down)."""
 
     @model_validator(mode="after")
@@ -143,7 +165,7 @@ class MissingData(_Frozen):
 class Behavior(_Frozen):
     """Hysteresis for one role."""
 
-    tolerance: float = Field(default=0.1, ge=0, lt=1)
+    tolerance: float = Field(default=0.1, ge=0, le=MAX_TOLERANCE)
     """Deadband: no scale-up while value/target <= 1+tolerance; a scale-down only to a count
     at which every signal stays <= target*(1-tolerance) (consolidation)."""
     scale_up: Direction = Field(default_factory=_default_up)
@@ -193,13 +215,13 @@ class RoleSpec(_Frozen):
 
     deployment: DeploymentRef
     """The Deployment this role scales."""
-    min_replicas: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
     """Lower bound on replicas."""
-    max_replicas: int = Field(ge=1)
+    max_replicas: int = Field(ge=1, le=MAX_REPLICAS)
     """Upper bound on replicas."""
     gpus_per_replica: int = Field(default=1, ge=1, le=64)
     """GPUs one replica requests (its tensor-parallel size); used by GPU budgets."""
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1, le=10_000_000)
     """vLLM's --max-num-batched-tokens on these pods (not exported as a metric), the
     denominator of batched_tokens."""
     cold_start_s: float = Field(default=120, ge=0, le=3600)
@@ -269,7 +291,7 @@ class PoolSpec(_Frozen):
     """`prefill` and `decode`, or `aggregated` alone."""
     coupling: Coupling = Field(default_factory=Coupling)
     """Independent or fixed-ratio scaling of prefill and decode."""
-    gpu_budget: int | None = Field(default=None, ge=1)
+    gpu_budget: int | None = Field(default=None, ge=1, le=MAX_GPUS)
     """Most GPUs this pool may hold (sum of replicas x gpus_per_replica); null = unlimited."""
 
     @field_validator("roles")
@@ -343,24 +365,25 @@ class PolicyFile(_Frozen):
     """Document kind."""
     dry_run: bool = False
     """Shadow mode: decide and report, never write replicas."""
-    gpu_budget: int | None = Field(default=None, ge=1)
+    gpu_budget: int | None = Field(default=None, ge=1, le=MAX_GPUS)
     """Most GPUs all pools of this file may hold together; null = unlimited."""
     pools: tuple[PoolSpec, ...] = Field(min_length=1)
     """The pools."""
 
     @model_validator(mode="after")
     def _check(self) -> PolicyFile:
-        names = [p.name for p in self.pools]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        # Counter, not list.count: a 7,000-pool file spent seconds in the quadratic version.
+        names = collections.Counter(p.name for p in self.pools)
+        dup = sorted(n for n, c in names.items() if c > 1)
         if dup:
             msg = f"duplicate pool name(s): {', '.join(dup)}"
             raise ValueError(msg)
-        refs = [
+        refs = collections.Counter(
             (r.deployment.namespace, r.deployment.name)
             for p in self.pools
             for r in p.roles.values()
-        ]
-        dup_refs = sorted({f"{ns}/{n}" for ns, n in refs if refs.count((ns, n)) > 1})
+        )
+        dup_refs = sorted(f"{ns}/{n}" for (ns, n), c in refs.items() if c > 1)
         if dup_refs:
             msg = f"Deployment(s) scaled by more than one role: {', '.join(dup_refs)}"
             raise ValueError(msg)
@@ -409,20 +432,26 @@ def format_validation_error(source: str, exc: ValidationError) -> list[str]:
         if err["type"] not in ("missing",) and "input" in err:
             value = err["input"]
             if not isinstance(value, dict | list):
-                got = f" (got {value!r})"
+                text = _repr(value)
+                got = f" (got {text[:60]}...{len(text)} characters)" if len(text) > 80 else (
+                    f" (got {text})"
+                )
         lines.append(f"{source}: {_loc(tuple(err['loc']))}: {msg}{got}")
     return lines
 
 
-def load_yaml(text: str, *, source: str) -> Any:
-    """yaml.safe_load, with a syntax error as a ConfigError naming file, line and column."""
+def _repr(value: Any) -> str:
+    # repr() of a 5,000-digit int raises ValueError (Python's int-to-str limit).
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise errors.ConfigError([f"{source}: {where}malformed YAML: {problem}"]) from exc
+        return repr(value)
+    except ValueError:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+
+
+def load_yaml(text: str, *, source: str) -> Any:
+    """Bounded, strict yaml.safe_load (size, depth, alias expansion, duplicate keys: see
+    autoscaler/yamlsafe.py); every problem a ConfigError naming file, line and column."""
+    return yamlsafe.load(text, source=source)
 
 
 def parse_policy(text: str, *, source: str = "<policy>") -> PolicyFile:
@@ -437,6 +466,14 @@ def parse_policy(text: str, *, source: str = "<policy>") -> PolicyFile:
         raise errors.ConfigError(format_validation_error(source, exc)) from exc
     except errors.ConfigError as exc:
         raise errors.ConfigError([f"{source}: {line}" for line in exc.problems]) from exc
+
+
+async def parse_policy_async(text: str, *, source: str = "<policy>") -> PolicyFile:
+    """`parse_policy` in a worker thread. A 1 MiB policy takes seconds to parse and validate;
+    on the event loop that renews the leader lease and answers probes that is an outage.
+    The controller's ConfigMap watch should call this instead of `parse_policy` (the hook for
+    the controller work of issue 17)."""
+    return await asyncio.to_thread(parse_policy, text, source=source)
 
 
 def load_policy_file(path: str | Path) -> PolicyFile:

@@ -48,8 +48,8 @@ def test_non_finite_or_negative_value_holds_with_a_reason(value: float) -> None:
 
 
 def test_total_signal_overflowing_ratio_holds() -> None:
-    """A value that is finite but whose ratio to a tiny target overflows (1e308 / 1e-10)."""
-    t = Ticker(pool_policy(aggregated={"signals": [{"signal": "queue_depth", "target": 1e-10}],
+    """A value that is finite but whose ratio to the smallest target overflows (1e308 / 1e-6)."""
+    t = Ticker(pool_policy(aggregated={"signals": [{"signal": "queue_depth", "target": 1e-6}],
                                        "max_replicas": 50}))
     rd = t.tick(0, aggregated=obs(4, queue_depth=1e308))[A]
     assert rd.desired == 4
