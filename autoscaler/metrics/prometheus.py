@@ -239,16 +239,33 @@ class PrometheusSource:
                     break
             else:
                 self._track_dropped(key, vector.dropped)
+                self._track_query(key, None)
                 return _Outcome(rows=vector.rows)
+        self._track_query(key, outcome, attempts=attempt + 1)
+        self._problem(key, outcome.reason)
+        return outcome
+
+    def _track_query(self, key: str, failed: _Outcome | None, *, attempts: int = 0) -> None:
+        """Log a query's failure when it starts or its reason changes, and its recovery; a
+        hostile answer repeated every tick is one line, not one per tick (it is counted in
+        telemetry every time)."""
+        slot = (key, "query", "")
+        previous = self._open_problems.get(slot, "")
+        if failed is None:
+            if previous:
+                del self._open_problems[slot]
+                log.info("prometheus_query_recovered", query=key, was=previous)
+            return
+        if failed.reason == previous:
+            return
+        self._open_problems[slot] = failed.reason
         log.warning(
             "prometheus_query_failed",
             query=key,
-            reason=outcome.reason,
-            error=outcome.error[:300],
-            attempts=attempt + 1,
+            reason=failed.reason,
+            error=failed.error[:300],
+            attempts=attempts,
         )
-        self._problem(key, outcome.reason)
-        return outcome
 
     def _track_dropped(self, key: str, dropped: tuple[str, ...]) -> None:
         """Malformed rows: counted every time, logged when the query's problem changes."""
