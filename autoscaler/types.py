@@ -187,3 +187,7 @@ class PoolDecision:
 class Decision:
     at: float
     pools: Mapping[str, PoolDecision]
+    failed: Mapping[str, str] = field(default_factory=dict)
+    """Pools whose decision raised (a plug-in's bug, an arithmetic corner nobody foresaw):
+    pool -> the error. They are left undecided this tick, keep their state, and the other
+    pools are decided as usual."""

@@ -291,12 +291,16 @@ def _prev(state: ScaleState, pool: str, role: Role, spec: RoleSpec, now: float) 
 
 def _held_gpus(pool: PoolSpec, snapshot: Snapshot, state: ScaleState) -> int:
     """GPUs a pool that is not decided this tick still holds: a paused pool's observed replicas
-    (`snapshot.held`), else an unobservable pool's replicas at its last observation, else its
-    min_replicas (never observed: the least it can hold once the policy applies)."""
+    (`snapshot.held`), a pool whose decision failed at its observed replicas, else an
+    unobservable pool's replicas at its last observation, else its min_replicas (never
+    observed: the least it can hold once the policy applies)."""
     held = snapshot.held.get(pool.name, {})
+    observed = snapshot.pools.get(pool.name)
     total = 0
     for role, spec in pool.roles.items():
         replicas = held.get(role)
+        if replicas is None and observed is not None and role in observed.roles:
+            replicas = observed.roles[role].replicas  # observed, but its decision failed
         if replicas is None:
             replicas = state.role(pool.name, role).last_replicas
         if replicas is None:
@@ -340,6 +344,7 @@ def decide(
     """
     extra = policies or {}
     pool_works: list[tuple[PoolSpec, dict[Role, _Work]]] = []
+    failed: dict[str, str] = {}
     for pool in policy.pools:
         pobs: PoolObservation | None = snapshot.pools.get(pool.name)
         if pobs is None or any(r not in pobs.roles for r in pool.roles):
@@ -349,11 +354,17 @@ def decide(
                                                                       spec, now), now)
             for role, spec in pool.roles.items()
         }
-        for role, w in works.items():
-            _role_step(w, extra.get((pool.name, role), ()), now=now)
-        _couple(pool, works)
-        pool_movers = _movers(pool, works)
-        _trim(pool_movers, pool.gpu_budget, "pool-gpu-budget")
+        try:
+            for role, w in works.items():
+                _role_step(w, extra.get((pool.name, role), ()), now=now)
+            _couple(pool, works)
+            pool_movers = _movers(pool, works)
+            _trim(pool_movers, pool.gpu_budget, "pool-gpu-budget")
+        except Exception as exc:  # one pool's failure must not stop the others
+            # Left undecided (no write, state kept), like an unobservable pool; the caller
+            # reports it. Containment, not a cure: the cause still needs fixing.
+            failed[pool.name] = f"{type(exc).__name__}: {exc}"[:500]
+            continue
         pool_works.append((pool, works))
 
     all_movers = [m for pool, works in pool_works for m in _movers(pool, works)]
@@ -385,4 +396,4 @@ def decide(
         }
         decisions[pool.name] = PoolDecision(pool=pool.name, roles=roles, dry_run=policy.dry_run)
         new_pools[pool.name] = {role: _state(w, now=now) for role, w in works.items()}
-    return Decision(at=now, pools=decisions), ScaleState(pools=new_pools)
+    return Decision(at=now, pools=decisions, failed=failed), ScaleState(pools=new_pools)

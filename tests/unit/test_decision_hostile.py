@@ -142,3 +142,55 @@ def test_clamped_is_identity_for_sane_state() -> None:
     assert rs.clamped(10.0, panic_window_s=60) is rs
     far = RoleState(panic_until=10_000.0)
     assert far.clamped(10.0, panic_window_s=60).panic_until == 70.0
+
+
+@dataclass
+class _Raises:
+    """A plug-in with a bug."""
+
+    def needs(self, ctx: RoleContext) -> Sequence[Need]:
+        raise ZeroDivisionError("plugin bug")
+
+
+def test_a_pool_whose_decision_raises_is_contained() -> None:
+    """Pool a's plug-in raises: a is left undecided (state kept, reported in failed), b is
+    decided as usual, and the file-wide budget still counts a at its observed size."""
+    policy = two_pools(8)
+    obs_a = RoleObservation(
+        replicas=3, ready=3, signals={"running": SignalSample(value=5.0, replicas=3)}
+    )
+    snap = _snap(0)
+    snap = Snapshot(taken_at=0, pools={**snap.pools, "a": PoolObservation(roles={A: obs_a})})
+    state = ScaleState(pools={"a": {A: RoleState(last_replicas=3, last_at=-15.0)}})
+    decision, new_state = decide(snap, state, policy, now=0, policies={("a", A): [_Raises()]})
+    assert set(decision.pools) == {"b"}
+    assert decision.failed == {"a": "ZeroDivisionError: plugin bug"}
+    assert new_state.role("a", A) == state.role("a", A)
+    assert decision.pools["b"].roles[A].desired == 5  # 8 GPUs minus a's 3
+
+
+async def test_loop_logs_a_crashing_pool_once_per_change() -> None:
+    import structlog  # noqa: PLC0415
+
+    from autoscaler.actuator.base import WorkloadStatus  # noqa: PLC0415
+    from autoscaler.loop import Loop  # noqa: PLC0415
+    from autoscaler.testing import FakeMetricsSource  # noqa: PLC0415
+
+    class Act:
+        async def status(self, ref: object) -> WorkloadStatus:
+            return WorkloadStatus(replicas=2, ready=2, pending=0)
+
+        async def scale(self, ref: object, replicas: int, *, reason: str) -> None:
+            return None
+
+    policy = two_pools(8)
+    loop = Loop(policy, FakeMetricsSource(), Act())
+    loop.policies[("a", A)] = [_Raises()]
+    with structlog.testing.capture_logs() as logs:
+        for t in range(3):
+            report = await loop.tick(float(t))
+            assert report.crashed == {"a": "ZeroDivisionError: plugin bug"}
+        loop.policies[("a", A)] = []
+        await loop.tick(3.0)
+    events = [e["event"] for e in logs if e["event"].startswith("pool_decision")]
+    assert events == ["pool_decision_failed", "pool_decision_recovered"]
