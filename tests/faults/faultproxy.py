@@ -56,12 +56,16 @@ BODY_MODES: dict[str, Callable[[Doc], Any]] = {
         **doc, "data": {"resultType": "scalar", "result": [time.time(), "1"]}
     },
     "result_number": lambda doc: {**doc, "data": {"resultType": "vector", "result": 42}},
+    "empty_result": lambda doc: {**doc, "data": {"resultType": "vector", "result": []}},
+    "duplicate_rows": lambda doc: {
+        **doc, "data": {**doc["data"], "result": doc["data"]["result"] * 2}
+    },
 }
 
 # Modes that rewrite the rows of one pod (set per proxy: `victim`).
 ROW_MODES = ("negative", "huge_value", "inf_value", "not_a_number", "no_value")
 
-TRANSPORT_MODES = ("trickle", "huge", "not_json")
+TRANSPORT_MODES = ("trickle", "huge", "not_json", "http_500", "reset")
 
 MODES = ("pass", *BODY_MODES, *ROW_MODES, *TRANSPORT_MODES)
 
@@ -133,6 +137,18 @@ class FaultProxy:
                 self._huge(h)
             elif mode == "trickle":
                 self._trickle(h, up.content)
+            elif mode == "http_500":
+                self._send(h, 500, b"<html>Internal Server Error</html>", "text/html")
+            elif mode == "reset":
+                # Headers promised, then the connection dropped mid-body.
+                h.send_response(200)
+                h.send_header("Content-Type", "application/json")
+                h.send_header("Content-Length", str(len(up.content)))
+                h.end_headers()
+                h.wfile.write(up.content[: len(up.content) // 2])
+                h.wfile.flush()
+                h.close_connection = True
+                h.connection.shutdown(2)
             elif mode == "not_json":
                 self._send(h, 200, b"<html><body>502 Bad Gateway (an ingress page)</body></html>",
                            "text/html")
