@@ -15,13 +15,12 @@ Every refusal is a `ConfigError` naming the source, the line and column when the
 the key or the limit. libyaml's C parser is used when PyYAML has it (several times faster on
 large documents); the checks are the same either way.
 
-`load_async` runs the same in a worker thread, for callers on an event loop that must keep
-serving (lease renewals, probes) while a large document is parsed.
+For callers on an event loop, `policy.config.parse_policy_async` runs the whole parse (this and
+the validation) in a worker thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import yaml
@@ -127,8 +126,3 @@ def load(text: str, *, source: str) -> Any:
     except RecursionError as exc:  # the prescan bounds depth; belt and braces
         msg = f"{source}: nested too deeply to parse"
         raise errors.ConfigError([msg]) from exc
-
-
-async def load_async(text: str, *, source: str) -> Any:
-    """`load` in a worker thread: the event loop keeps running while a large document parses."""
-    return await asyncio.to_thread(load, text, source=source)
