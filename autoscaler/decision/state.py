@@ -139,14 +139,31 @@ class ScaleState:
 
     @classmethod
     def from_json(cls, text: str) -> ScaleState:
-        """Parse persisted state; raises ValueError on anything malformed (callers start fresh)."""
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            msg = "unsupported state version"
-            raise ValueError(msg)
-        pools: dict[str, dict[Role, RoleState]] = {}
-        for pool, roles in data.get("pools", {}).items():
-            pools[str(pool)] = {Role(r): RoleState.from_dict(s) for r, s in roles.items()}
+        """Parse persisted state; raises ValueError on anything malformed (callers start fresh).
+
+        "Anything" includes what a hand edit or a bad restore produces besides bad JSON: `pools`
+        a list, a role's state a list, `last_replicas: 1e999` (int() of infinity raises
+        OverflowError), nesting too deep to decode. Each of those used to escape as another
+        exception type past the caller's `except ValueError` and stop the leader's ticks."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+                msg = "unsupported state version"
+                raise ValueError(msg)
+            raw_pools = data.get("pools", {})
+            if not isinstance(raw_pools, dict):
+                msg = f"pools is a {type(raw_pools).__name__}, not an object"
+                raise ValueError(msg)
+            pools: dict[str, dict[Role, RoleState]] = {}
+            for pool, roles in raw_pools.items():
+                if not isinstance(roles, dict) or not all(isinstance(v, dict)
+                                                          for v in roles.values()):
+                    msg = f"pool {pool!r}: roles must map role names to objects"
+                    raise ValueError(msg)
+                pools[str(pool)] = {Role(r): RoleState.from_dict(s) for r, s in roles.items()}
+        except (TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+            msg = f"malformed state: {type(exc).__name__}: {exc}"[:300]
+            raise ValueError(msg) from exc
         return cls(pools=pools)
 
     def shifted(self, delta: float) -> ScaleState:

@@ -194,3 +194,26 @@ async def test_loop_logs_a_crashing_pool_once_per_change() -> None:
         await loop.tick(3.0)
     events = [e["event"] for e in logs if e["event"].startswith("pool_decision")]
     assert events == ["pool_decision_failed", "pool_decision_recovered"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "null",
+        "[1]",
+        '{"version": 1, "pools": []}',
+        '{"version": 1, "pools": {"p": []}}',
+        '{"version": 1, "pools": {"p": {"aggregated": [1]}}}',
+        '{"version": 1, "pools": {"p": {"aggregated": {"last_replicas": 1e999}}}}',
+        '{"version": 1, "pools": {"p": {"aggregated": {"recommendations": [[1]]}}}}',
+        '{"version": 1, "pools": {"p": {"nonsense-role": {}}}}',
+        '{"version": 1, "pools": {"p": {"aggregated": {"events": 7}}}}',
+        '{"version": 1, "pools": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"version": 1, "pools": {"p": {"aggregated": {"last_at": "soon"}}}}',
+    ],
+)
+def test_malformed_state_is_a_value_error(text: str) -> None:
+    """A hand-edited or badly restored state is reported as ValueError (the controller then
+    starts fresh), never another exception type that would stop the leader's ticks."""
+    with pytest.raises(ValueError, match=r"."):
+        ScaleState.from_json(text)
