@@ -31,7 +31,7 @@ import asyncio
 import collections
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -303,9 +303,17 @@ class PrometheusSource:
                 outcome = _Outcome(rows=None, reason="error", error=str(exc))
                 if "HTTP Status Code 5" not in str(exc):
                     break  # 4xx: the query itself is wrong; retrying will not help
-            except (requests.exceptions.RequestException, ValueError, KeyError) as exc:
-                # ValueError/KeyError: a 200 whose body is not Prometheus' JSON (a proxy page).
-                outcome = _Outcome(rows=None, reason="error", error=repr(exc))
+            except (
+                requests.exceptions.RequestException,
+                ValueError,
+                KeyError,
+                TypeError,
+                AttributeError,
+                RecursionError,
+            ) as exc:
+                # A 200 whose body is not Prometheus' JSON (a proxy page, `data: null`, a list):
+                # the client library indexes into it and fails with any of these.
+                outcome = _Outcome(rows=None, reason="malformed", error=repr(exc))
             else:
                 return _Outcome(rows=rows)
         log.warning(
@@ -456,12 +464,7 @@ class PrometheusSource:
                     f"{outcome.error[:200]}"
                 )
                 raise errors.MetricsUnavailable(msg)
-        points = [
-            (float(t), float(v))
-            for outcome in outcomes
-            for row in outcome.rows or ()
-            for t, v in row.get("values", ())
-        ]
+        points = _range_points(row for outcome in outcomes for row in outcome.rows or ())
         if not points:
             log.info(
                 "prometheus_range_empty",
@@ -580,6 +583,27 @@ class PrometheusSource:
         else:
             del self._open_problems[slot]
             log.info("metric_data_recovered", query=key, pool=pr[0], role=pr[1], was=previous)
+
+
+def _range_points(rows: Iterable[Any]) -> list[tuple[float, float]]:
+    """(time, value) pairs of matrix rows, keeping only well-formed points whose value a rate
+    or a concurrency can take (validate.value_problem): a malformed row or point is dropped, as
+    a missing step is."""
+    out: list[tuple[float, float]] = []
+    for row in rows:
+        values = row.get("values") if isinstance(row, dict) else None
+        if not isinstance(values, list):
+            continue
+        for pair in values:
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                continue
+            try:
+                t, v = float(pair[0]), float(pair[1])
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(t) and validate.value_problem(v) is None:
+                out.append((t, v))
+    return out
 
 
 def _quantile(
