@@ -86,7 +86,8 @@ async def instant_query(
     try:
         async with asyncio.timeout(deadline_s):
             body, status = await _post(
-                session, url, form, headers=headers, ssl_arg=endpoint.ssl, max_bytes=max_bytes
+                session, url, form, headers=headers, ssl_arg=endpoint.ssl, max_bytes=max_bytes,
+                deadline_s=deadline_s,
             )
     except TimeoutError as exc:
         # aiohttp raises its own TimeoutError subclasses for connect timeouts: no answer at all.
@@ -111,8 +112,15 @@ async def _post(
     headers: dict[str, str] | None,
     ssl_arg: ssl.SSLContext | bool,
     max_bytes: int,
+    deadline_s: float,
 ) -> tuple[bytes, int]:
-    async with session.post(url, data=form, headers=headers, ssl=ssl_arg) as resp:
+    # The connect gets most of the deadline on its own clock, so a blackholed address fails as
+    # aiohttp's ConnectionTimeoutError (no answer: "unreachable") before the whole-query
+    # deadline (an answer too slow: "timeout") fires.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=deadline_s * 0.9)
+    async with session.post(
+        url, data=form, headers=headers, ssl=ssl_arg, timeout=timeout
+    ) as resp:
         length = resp.content_length
         if length is not None and length > max_bytes:
             msg = f"Content-Length {length} bytes over the {max_bytes}-byte cap"
