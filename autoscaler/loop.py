@@ -47,6 +47,8 @@ class TickReport:
     paused: list[str] = field(default_factory=list)
     unobserved: dict[str, str] = field(default_factory=dict)
     metrics_error: str | None = None
+    crashed: dict[str, str] = field(default_factory=dict)
+    """Pools whose decision raised this tick (Decision.failed): undecided, nothing written."""
     # What the core was given (replicas and signal samples per pool), for in-process servers
     # (external metrics, KEDA) that re-publish it; None only before the first tick.
     snapshot: Snapshot | None = None
@@ -100,6 +102,7 @@ class Loop:
         self.state = state or ScaleState()
         self.hooks = list(hooks)
         self._built: BuiltPolicies = {}
+        self._crashed: dict[str, str] = {}
         self.policy = policy
         self.policies: dict[tuple[str, Role], list[Policy]] = {}
         self.set_policy(policy)
@@ -117,7 +120,10 @@ class Loop:
             for r, s in p.roles.items()
         ]
 
-    async def _statuses(self, report: TickReport) -> dict[str, dict[Role, WorkloadStatus]]:
+    async def _statuses(
+        self, report: TickReport, held: dict[str, dict[Role, int]]
+    ) -> dict[str, dict[Role, WorkloadStatus]]:
+        """Observed pools to decide; paused pools' replicas go to `held` (budgets count them)."""
         out: dict[str, dict[Role, WorkloadStatus]] = {}
         for pool in self.policy.pools:
             roles: dict[Role, WorkloadStatus] = {}
@@ -130,6 +136,7 @@ class Loop:
                 continue
             if any(s.paused for s in roles.values()):
                 report.paused.append(pool.name)
+                held[pool.name] = {role: st.replicas for role, st in roles.items()}
                 continue
             out[pool.name] = roles
         return out
@@ -137,7 +144,8 @@ class Loop:
     async def tick(self, now: float) -> TickReport:
         """Collect, decide, actuate; returns what happened. Never raises for one pool's trouble."""
         report = TickReport(decision=Decision(at=now, pools={}))
-        statuses = await self._statuses(report)
+        held: dict[str, dict[Role, int]] = {}
+        statuses = await self._statuses(report, held)
         targets = [t for t in self.targets() if t.pool in statuses]
         samples: Mapping[tuple[str, Role], Mapping[str, SignalSample]] = {}
         if targets:
@@ -160,7 +168,7 @@ class Loop:
             )
             for name, roles in statuses.items()
         }
-        report.snapshot = Snapshot(taken_at=now, pools=pools)
+        report.snapshot = Snapshot(taken_at=now, pools=pools, held=held)
         decision, self.state = decide(
             report.snapshot,
             self.state,
@@ -169,11 +177,23 @@ class Loop:
             policies=self.policies,
         )
         report.decision = decision
+        report.crashed = dict(decision.failed)
+        self._log_crashes(decision.failed)
         for pd in decision.pools.values():
             await self._apply(pd, report)
         for hook in self.hooks:
             hook(decision, self.policy)
         return report
+
+    def _log_crashes(self, failed: Mapping[str, str]) -> None:
+        """A pool whose decision raises is logged when that starts or its error changes, and
+        when it decides again: not once per tick."""
+        for pool, error in failed.items():
+            if self._crashed.get(pool) != error:
+                log.error("pool_decision_failed", pool=pool, error=error)
+        for pool in set(self._crashed) - set(failed):
+            log.info("pool_decision_recovered", pool=pool, was=self._crashed[pool])
+        self._crashed = dict(failed)
 
     async def _apply(self, pd: PoolDecision, report: TickReport) -> None:
         pool = self.policy.pool(pd.pool)

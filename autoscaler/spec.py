@@ -9,6 +9,7 @@ what comes out. Every field carries a description, which feeds `pd-autoscaler va
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Literal
 
@@ -26,8 +27,29 @@ API_VERSION: Literal["pd-autoscaler.io/v1alpha1"] = "pd-autoscaler.io/v1alpha1"
 KIND: Literal["AutoscalingPolicy"] = "AutoscalingPolicy"
 
 
+# Sane ranges: every number a policy can set is bounded, so a typo (an extra zero, 1e308, inf)
+# is an error naming the field instead of a fleet of 10**400 replicas or a target no float can
+# divide by. The bounds sit far outside any real deployment.
+MAX_REPLICAS = 10_000
+"""Per role; the largest vLLM fleets are in the hundreds of replicas per model."""
+MIN_TARGET = 1e-6
+"""Smallest signal target: a microsecond, a millionth of the KV cache, 1e-6 tokens/s."""
+MAX_TARGET = 1e9
+"""Largest signal target, the same ceiling the metric source applies to sample values."""
+MAX_TOLERANCE = 0.9
+"""A deadband of +-90 % already means "almost never scale"; 0.9999999999999999 means never."""
+MAX_RULE_VALUE = 10_000
+"""Pods or percent per scaling-rule period."""
+MAX_GPUS = 1_000_000
+"""GPU budgets."""
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # allow_inf_nan=False: `inf`, `.nan` and numbers YAML parses to infinity (1e999) are
+    # refused by every float field.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class DeploymentRef(_Frozen):
@@ -45,13 +67,13 @@ class SignalSpec(_Frozen):
     signal: SignalName
     """queue_depth | batched_tokens | kv_cache | running | ttft | itl | prompt_tokens_rate |
     generation_tokens_rate."""
-    target: float = Field(gt=0)
+    target: float = Field(ge=MIN_TARGET, le=MAX_TARGET)
     """Target per ready replica: requests for queue_depth/running, a 0-1 fraction for
     batched_tokens/kv_cache, seconds for ttft/itl (the SLO the quantile must stay under),
     tokens per second for prompt_tokens_rate/generation_tokens_rate."""
-    quantile: float = Field(default=0.9, gt=0, lt=1)
+    quantile: float = Field(default=0.9, ge=0.01, le=0.999)
     """For ttft/itl only: which quantile of the latency histogram is compared with the target."""
-    tolerance: float | None = Field(default=None, ge=0, lt=1)
+    tolerance: float | None = Field(default=None, ge=0, le=MAX_TOLERANCE)
     """Overrides the role's tolerance for this signal."""
 
     @model_validator(mode="after")
@@ -68,7 +90,7 @@ class ScalingRule(_Frozen):
 
     type: Literal["pods", "percent"]
     """pods: an absolute number of replicas; percent: relative to the replicas a period ago."""
-    value: int = Field(gt=0)
+    value: int = Field(gt=0, le=MAX_RULE_VALUE)
     """How many pods, or which percentage."""
     period_s: float = Field(gt=0, le=3600)
     """Length of the sliding window the limit applies to, seconds."""
@@ -113,7 +135,7 @@ class Panic(_Frozen):
 
     enabled: bool = True
     """Whether panic mode is on."""
-    threshold: float = Field(default=2.0, gt=1)
+    threshold: float = Field(default=2.0, gt=1, le=100)
     """Ratio of wanted to ready replicas that enters panic."""
     window_s: float = Field(default=60, gt=0, le=3600)
     """How long panic lasts after the last tick that met the threshold, seconds."""
@@ -124,9 +146,9 @@ class MissingData(_Frozen):
     Missing data never lowers replicas: the role holds; optionally, after `floor_after_s` without
     any data, it is raised to at least `floor_replicas`."""
 
-    floor_after_s: float | None = Field(default=None, gt=0)
+    floor_after_s: float | None = Field(default=None, gt=0, le=86400)
     """Seconds of all-signals-missing after which the floor applies; null disables the floor."""
-    floor_replicas: int | None = Field(default=None, ge=0)
+    floor_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS)
     """The floor (a scale-up only, never a scale-down)."""
 
     @model_validator(mode="after")
@@ -140,7 +162,7 @@ class MissingData(_Frozen):
 class Behavior(_Frozen):
     """Hysteresis for one role."""
 
-    tolerance: float = Field(default=0.1, ge=0, lt=1)
+    tolerance: float = Field(default=0.1, ge=0, le=MAX_TOLERANCE)
     """Deadband: no scale-up while value/target <= 1+tolerance; a scale-down only to a count
     at which every signal stays <= target*(1-tolerance) (consolidation)."""
     scale_up: Direction = Field(default_factory=_default_up)
@@ -197,13 +219,13 @@ class RoleSpec(_Frozen):
 
     deployment: DeploymentRef
     """The Deployment this role scales."""
-    min_replicas: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
     """Lower bound on replicas."""
-    max_replicas: int = Field(ge=1)
+    max_replicas: int = Field(ge=1, le=MAX_REPLICAS)
     """Upper bound on replicas."""
     gpus_per_replica: int = Field(default=1, ge=1, le=64)
     """GPUs one replica requests (its tensor-parallel size); used by GPU budgets."""
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1, le=10_000_000)
     """vLLM's --max-num-batched-tokens on these pods (not exported as a metric), the
     denominator of batched_tokens."""
     cold_start_s: float = Field(default=120, ge=0, le=3600)
@@ -273,7 +295,7 @@ class PoolSpec(_Frozen):
     """`prefill` and `decode`, or `aggregated` alone."""
     coupling: Coupling = Field(default_factory=Coupling)
     """Independent or fixed-ratio scaling of prefill and decode."""
-    gpu_budget: int | None = Field(default=None, ge=1)
+    gpu_budget: int | None = Field(default=None, ge=1, le=MAX_GPUS)
     """Most GPUs this pool may hold (sum of replicas x gpus_per_replica); null = unlimited."""
 
     @field_validator("roles")
@@ -347,24 +369,25 @@ class PolicyFile(_Frozen):
     """Document kind."""
     dry_run: bool = False
     """Shadow mode: decide and report, never write replicas."""
-    gpu_budget: int | None = Field(default=None, ge=1)
+    gpu_budget: int | None = Field(default=None, ge=1, le=MAX_GPUS)
     """Most GPUs all pools of this file may hold together; null = unlimited."""
     pools: tuple[PoolSpec, ...] = Field(min_length=1)
     """The pools."""
 
     @model_validator(mode="after")
     def _check(self) -> PolicyFile:
-        names = [p.name for p in self.pools]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        # Counter, not list.count: a 7,000-pool file spent seconds in the quadratic version.
+        names = collections.Counter(p.name for p in self.pools)
+        dup = sorted(n for n, c in names.items() if c > 1)
         if dup:
             msg = f"duplicate pool name(s): {', '.join(dup)}"
             raise ValueError(msg)
-        refs = [
+        refs = collections.Counter(
             (r.deployment.namespace, r.deployment.name)
             for p in self.pools
             for r in p.roles.values()
-        ]
-        dup_refs = sorted({f"{ns}/{n}" for ns, n in refs if refs.count((ns, n)) > 1})
+        )
+        dup_refs = sorted(f"{ns}/{n}" for (ns, n), c in refs.items() if c > 1)
         if dup_refs:
             msg = f"Deployment(s) scaled by more than one role: {', '.join(dup_refs)}"
             raise ValueError(msg)

@@ -119,6 +119,9 @@ class Snapshot:
 
     taken_at: float
     pools: Mapping[str, PoolObservation]
+    held: Mapping[str, Mapping[Role, int]] = field(default_factory=dict)
+    """Replicas (spec.replicas) of pools observed but not decided this tick (paused by an
+    operator): they still hold their GPUs, so the file-wide budget counts them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,3 +292,7 @@ class PoolDecision:
 class Decision:
     at: float
     pools: Mapping[str, PoolDecision]
+    failed: Mapping[str, str] = field(default_factory=dict)
+    """Pools whose decision raised (a plug-in's bug, an arithmetic corner nobody foresaw):
+    pool -> the error. They are left undecided this tick, keep their state, and the other
+    pools are decided as usual."""

@@ -8,8 +8,15 @@ reacts to meanings, not HTTP codes:
   Event is attempted per disappearance (on the missing Deployment's name, so `kubectl get
   events` in its namespace shows it), not one per tick.
 - 403 -> `Forbidden`, naming verb, resource and namespace: an RBAC gap is a one-line fix.
-- 409 on a scale -> re-read the scale subresource and retry once; a second conflict ->
-  `ActuationConflict` (the next tick decides on fresh numbers).
+- a scale whose Deployment no longer has the replicas this actuator read for the decision (an
+  operator's `kubectl scale`, another controller, between our `status()` and our write) is not
+  written: `ActuationConflict`, and the next tick decides on the new number. Without this
+  precondition the controller read 4, an operator set 10, and the controller patched 3.
+- 409 on a scale -> re-read the scale subresource and retry once (the replicas precondition and
+  the write fence are checked again first); a second conflict -> `ActuationConflict`.
+- `fence` (optional): checked immediately before every PATCH, the retry included; when it
+  returns False nothing is written and `ActuationError` says why (a replica that lost the lease
+  while its first PATCH was in flight must not send the retry).
 - timeouts, connection errors, 5xx, 429 -> `ActuationUnavailable` and an exponential backoff
   *for that Deployment only*: while it lasts, calls for it fail fast without touching the API,
   so one sick target cannot slow the tick for the others.
@@ -27,7 +34,10 @@ follows the Deployment controller's own accounting. The trade-off: a crash-loopi
 also counts as pending; flow signals (batched tokens, KV cache) still scale up past it.
 
 Writing: a (strategic merge) patch of `spec.replicas` on `deployments/scale`, with the
-resourceVersion just read as a precondition, never an update of the Deployment. RBAC can then
+resourceVersion just read as a precondition, never an update of the Deployment. The replicas
+are compared with those read by `status()` rather than the resourceVersion of that read: every
+status update (a pod turning ready) moves the resourceVersion, and refusing on those would
+conflict on most ticks of a fleet that is starting up. RBAC can then
 grant `deployments/scale patch` on named Deployments and nothing that could change a spec.
 """
 
@@ -154,9 +164,13 @@ class KubernetesActuator:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
         # `apps`: a stand-in for the generated client in unit tests; by default built on `api`.
         self._apps = apps if apps is not None else client.AppsV1Api(api)
+        self._fence = fence
+        # spec.replicas as last read by status(): what the decision was made on.
+        self._observed: dict[tuple[str, str], int] = {}
         self._events = events
         self._timeout_s = timeout_s
         self._backoff_initial_s = backoff_initial_s
@@ -182,7 +196,9 @@ class KubernetesActuator:
             raise mapped from exc
         self._found(key)
         self._uids[key] = dep.metadata.uid
-        return status_of(dep)
+        status = status_of(dep)
+        self._observed[key] = status.replicas
+        return status
 
     async def scale(self, ref: DeploymentRef, replicas: int, *, reason: str) -> None:
         key = (ref.namespace, ref.name)
@@ -192,6 +208,8 @@ class KubernetesActuator:
                 current = await self._apps.read_namespaced_deployment_scale(
                     ref.name, ref.namespace, _request_timeout=self._timeout_s
                 )
+                self._check_unchanged(key, ref, current, replicas)
+                self._check_fence(ref, replicas)
                 await self._apps.patch_namespaced_deployment_scale(
                     ref.name,
                     ref.namespace,
@@ -216,9 +234,30 @@ class KubernetesActuator:
                 raise self._map(exc, key, verb="patch", resource="deployments/scale",
                                 name=ref.name) from exc
             self._found(key)
+            self._observed[key] = replicas
             log.info("scaled", namespace=ref.namespace, name=ref.name, replicas=replicas,
                      reason=reason)
             return
+
+    def _check_unchanged(self, key: tuple[str, str], ref: DeploymentRef, current: Any,
+                         replicas: int) -> None:
+        """Refuse to write over replicas someone else set since the decision's read."""
+        observed = self._observed.get(key)
+        now = current.spec.replicas if current.spec is not None else None
+        if observed is None or now is None or now == observed:
+            return
+        self._observed[key] = int(now)
+        log.warning("scale_precondition_failed", namespace=ref.namespace, name=ref.name,
+                    decided_on=observed, found=now, wanted=replicas)
+        msg = (f"deployments/{ref.name} in {ref.namespace}: replicas changed from {observed} to "
+               f"{now} since they were read; not writing {replicas}, the next tick re-decides")
+        raise errors.ActuationConflict(msg)
+
+    def _check_fence(self, ref: DeploymentRef, replicas: int) -> None:
+        if self._fence is not None and not self._fence():
+            msg = (f"deployments/{ref.name} in {ref.namespace}: fence closed (no longer the "
+                   f"leader); not writing {replicas}")
+            raise errors.ActuationError(msg)
 
     def uid(self, ref: DeploymentRef) -> str | None:
         """The Deployment's uid from the last read (for Events that point at this object)."""

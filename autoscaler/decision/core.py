@@ -14,7 +14,8 @@ The pipeline, per role, then per pool, then per file:
  6. rate limit  HPA Pods/Percent per period rules (lifted for scale-up in panic)
  7. bounds      min/max replicas
  8. coupling    ratio mode: prefill:decode = a:b exactly, the larger need wins, both bounds hold
- 9. budget      GPU budget per pool, then across the file: only increases are trimmed
+ 9. budget      GPU budget per pool, then across the file: only increases are trimmed; pools
+                not decided this tick (paused, unobservable) count at their current size
 """
 
 from __future__ import annotations
@@ -106,6 +107,17 @@ def _cap_stock(
     return out, capped
 
 
+def _sane(n: Need) -> Need:
+    """A policy kind's need within [0, MAX_WANT] replicas: a plug-in (or a forecast on absurd
+    history) asking for 10**400 replicas must not overflow the arithmetic that follows."""
+    if 0 <= n.want <= signals.MAX_WANT and 0 <= n.keep <= signals.MAX_WANT:
+        return n
+    want = min(max(n.want, 0), signals.MAX_WANT)
+    keep = min(max(n.keep, 0), signals.MAX_WANT)
+    note = f"{n.note} clamped: asked want {n.want} keep {n.keep}".strip()
+    return replace(n, want=want, keep=keep, note=note)
+
+
 def _combine(w: _Work, needs: list[Need], *, now: float) -> None:
     current = w.current
     present = [n for n in needs if n.value is not None]
@@ -154,7 +166,7 @@ def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
     if extra:
         ctx = RoleContext(pool=w.pool, role=w.role, spec=spec, obs=obs, now=now)
         for p in extra:
-            got = p.needs(ctx)
+            got = [_sane(n) for n in p.needs(ctx)]
             needs.extend(got)
             # A policy kind that fell back (a forecast with short history, a failed fit) has
             # no value; say why in the decision reason, not only in the needs.
@@ -276,6 +288,32 @@ def _trim(movers: list[_Mover], budget: int | None, why: Clip) -> None:
         movers[i].apply(why)
 
 
+def _prev(state: ScaleState, pool: str, role: Role, spec: RoleSpec, now: float) -> RoleState:
+    """The role's memory with nothing dated in the future (a skewed clock; see
+    RoleState.clamped), so no window outlasts its length after a restore."""
+    return state.role(pool, role).clamped(now, panic_window_s=spec.behavior.panic.window_s)
+
+
+def _held_gpus(pool: PoolSpec, snapshot: Snapshot, state: ScaleState) -> int:
+    """GPUs a pool that is not decided this tick still holds: a paused pool's observed replicas
+    (`snapshot.held`), a pool whose decision failed at its observed replicas, else an
+    unobservable pool's replicas at its last observation, else its min_replicas (never
+    observed: the least it can hold once the policy applies)."""
+    held = snapshot.held.get(pool.name, {})
+    observed = snapshot.pools.get(pool.name)
+    total = 0
+    for role, spec in pool.roles.items():
+        replicas = held.get(role)
+        if replicas is None and observed is not None and role in observed.roles:
+            replicas = observed.roles[role].replicas  # observed, but its decision failed
+        if replicas is None:
+            replicas = state.role(pool.name, role).last_replicas
+        if replicas is None:
+            replicas = spec.min_replicas
+        total += replicas * spec.gpus_per_replica
+    return total
+
+
 def _state(w: _Work, *, now: float) -> RoleState:
     b = w.spec.behavior
     keep_recs = max(b.scale_up.stabilization_window_s, b.scale_down.stabilization_window_s)
@@ -311,23 +349,37 @@ def decide(
     """
     extra = policies or {}
     pool_works: list[tuple[PoolSpec, dict[Role, _Work]]] = []
+    failed: dict[str, str] = {}
     for pool in policy.pools:
         pobs: PoolObservation | None = snapshot.pools.get(pool.name)
         if pobs is None or any(r not in pobs.roles for r in pool.roles):
             continue
         works = {
-            role: _Work(pool.name, role, spec, pobs.roles[role], state.role(pool.name, role), now)
+            role: _Work(pool.name, role, spec, pobs.roles[role], _prev(state, pool.name, role,
+                                                                      spec, now), now)
             for role, spec in pool.roles.items()
         }
-        for role, w in works.items():
-            _role_step(w, extra.get((pool.name, role), ()), now=now)
-        _couple(pool, works)
-        pool_movers = _movers(pool, works)
-        _trim(pool_movers, pool.gpu_budget, Clip.POOL_GPU_BUDGET)
+        try:
+            for role, w in works.items():
+                _role_step(w, extra.get((pool.name, role), ()), now=now)
+            _couple(pool, works)
+            pool_movers = _movers(pool, works)
+            _trim(pool_movers, pool.gpu_budget, Clip.POOL_GPU_BUDGET)
+        except Exception as exc:  # one pool's failure must not stop the others
+            # Left undecided (no write, state kept), like an unobservable pool; the caller
+            # reports it. Containment, not a cure: the cause still needs fixing.
+            failed[pool.name] = f"{type(exc).__name__}: {exc}"[:500]
+            continue
         pool_works.append((pool, works))
 
     all_movers = [m for pool, works in pool_works for m in _movers(pool, works)]
-    _trim(all_movers, policy.gpu_budget, Clip.GPU_BUDGET)
+    budget = policy.gpu_budget
+    if budget is not None:
+        decided = {pool.name for pool, _ in pool_works}
+        budget -= sum(
+            _held_gpus(pool, snapshot, state) for pool in policy.pools if pool.name not in decided
+        )
+    _trim(all_movers, budget, Clip.GPU_BUDGET)
 
     decisions: dict[str, PoolDecision] = {}
     new_pools: dict[str, dict[Role, RoleState]] = {p: dict(r) for p, r in state.pools.items()}
@@ -349,4 +401,4 @@ def decide(
         }
         decisions[pool.name] = PoolDecision(pool=pool.name, roles=roles, dry_run=policy.dry_run)
         new_pools[pool.name] = {role: _state(w, now=now) for role, w in works.items()}
-    return Decision(at=now, pools=decisions), ScaleState(pools=new_pools)
+    return Decision(at=now, pools=decisions, failed=failed), ScaleState(pools=new_pools)

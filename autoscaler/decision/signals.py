@@ -34,7 +34,16 @@ _EPS = 1e-9
 _GUARD_MAX_STEP = 2.0
 
 
+# No role needs more replicas than this in one decision. A need beyond it (a value of 1e300
+# over a target of 1e-300) is clamped here, where it is computed, so nothing downstream ever
+# holds an integer too large for a float (panic's want/ready ratio, rate-limit percentages)
+# and max_replicas clips it further.
+MAX_WANT = 1_000_000
+
+
 def _ceil(x: float) -> int:
+    if x >= MAX_WANT:
+        return MAX_WANT
     return max(0, math.ceil(x - _EPS))
 
 
@@ -63,6 +72,18 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
     if sig.signal in TOTAL_SIGNALS:
         # The source reports the role's total; the target is per replica.
         value /= max(sample.replicas, 1)
+    if not math.isfinite(value / sig.target) or value < 0:
+        # A source bug or a hostile answer that got through (sources drop such pods): not a
+        # number to scale on. Held like missing data, with the value in the reason.
+        return Need(
+            source=key,
+            want=current,
+            keep=current,
+            value=None,
+            target=sig.target,
+            blocks_down=True,
+            note=f"invalid value {value!r} (target {sig.target!r})",
+        )
     # Fewer reporting replicas than ready ones: the silent ones may be the loaded ones (HPA
     # counts them as 100 % on a scale-down), so this signal may push up but never down.
     partial = sample.replicas < obs.ready

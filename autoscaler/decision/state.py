@@ -48,6 +48,40 @@ class RoleState:
     last_ready: int | None = None
     ready_rose_at: float | None = None
 
+    def clamped(self, now: float, *, panic_window_s: float) -> RoleState:
+        """This memory with nothing dated after `now` (and panic ending within one panic window).
+
+        A timestamp from the future comes from a clock that ran ahead: the leader that saved
+        the state had a skewed wall clock, or a restore was edited by hand. Kept as is, a
+        recommendation dated an hour ahead stays inside every stabilization window for that
+        hour plus the window, and delays scale-down far beyond it (4,185 s instead of 600 s
+        was measured). Clamped to `now` it counts as seen now: held for one window, no more."""
+
+        def c(t: float | None) -> float | None:
+            return None if t is None else min(t, now)
+
+        horizon = now + panic_window_s
+        panic = self.panic_until
+        if (
+            all(t <= now for t, _ in self.recommendations)
+            and all(t <= now for t, _ in self.events)
+            and all(t is None or t <= now for t in (self.missing_since, self.last_at,
+                                                    self.ready_rose_at))
+            and (panic is None or panic <= horizon)
+        ):
+            return self
+        return RoleState(
+            recommendations=tuple((min(t, now), r) for t, r in self.recommendations),
+            events=tuple((min(t, now), d) for t, d in self.events),
+            panic_until=None if panic is None else min(panic, horizon),
+            missing_since=c(self.missing_since),
+            last_replicas=self.last_replicas,
+            last_desired=self.last_desired,
+            last_at=c(self.last_at),
+            last_ready=self.last_ready,
+            ready_rose_at=c(self.ready_rose_at),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "recommendations": [list(r) for r in self.recommendations],
@@ -105,14 +139,31 @@ class ScaleState:
 
     @classmethod
     def from_json(cls, text: str) -> ScaleState:
-        """Parse persisted state; raises ValueError on anything malformed (callers start fresh)."""
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-            msg = "unsupported state version"
-            raise ValueError(msg)
-        pools: dict[str, dict[Role, RoleState]] = {}
-        for pool, roles in data.get("pools", {}).items():
-            pools[str(pool)] = {Role(r): RoleState.from_dict(s) for r, s in roles.items()}
+        """Parse persisted state; raises ValueError on anything malformed (callers start fresh).
+
+        "Anything" includes what a hand edit or a bad restore produces besides bad JSON: `pools`
+        a list, a role's state a list, `last_replicas: 1e999` (int() of infinity raises
+        OverflowError), nesting too deep to decode. Each of those used to escape as another
+        exception type past the caller's `except ValueError` and stop the leader's ticks."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+                msg = "unsupported state version"
+                raise ValueError(msg)
+            raw_pools = data.get("pools", {})
+            if not isinstance(raw_pools, dict):
+                msg = f"pools is a {type(raw_pools).__name__}, not an object"
+                raise ValueError(msg)
+            pools: dict[str, dict[Role, RoleState]] = {}
+            for pool, roles in raw_pools.items():
+                if not isinstance(roles, dict) or not all(isinstance(v, dict)
+                                                          for v in roles.values()):
+                    msg = f"pool {pool!r}: roles must map role names to objects"
+                    raise ValueError(msg)
+                pools[str(pool)] = {Role(r): RoleState.from_dict(s) for r, s in roles.items()}
+        except (TypeError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+            msg = f"malformed state: {type(exc).__name__}: {exc}"[:300]
+            raise ValueError(msg) from exc
         return cls(pools=pools)
 
     def shifted(self, delta: float) -> ScaleState:

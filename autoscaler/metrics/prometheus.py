@@ -1,14 +1,16 @@
 """PrometheusSource: the MetricsSource that reads vLLM series from a Prometheus server.
 
 It sends one instant query per signal key per tick (see `queries.py` for how one query covers
-every pool and role), through prometheus-api-client's blocking calls run in a thread. It never
-decides what bad data means; it reports it:
+every pool and role) over aiohttp (`metrics/http.py`: a deadline for the whole query and a cap
+on the body), and judges every answer before using it (`metrics/validate.py`). It never decides
+what bad data means; it reports it:
 
-- a pod whose series is NaN/Inf, or whose newest gauge sample is older than `max_sample_age_s`,
-  is left out, so `SignalSample.replicas` drops below the ready count (partial data);
+- a pod whose series is NaN/Inf, negative or absurd (validate.value_problem), or whose newest
+  gauge sample is older than `max_sample_age_s`, is left out, so `SignalSample.replicas` drops
+  below the ready count (partial data); so is a pod whose row is malformed;
 - a role with no usable series gets `value=None` (missing);
-- a query that failed (HTTP error, timeout after retries) gives `value=None` for every role it
-  covers;
+- a query that failed (HTTP error, deadline missed, body over the size cap, a body that is not
+  an instant vector) gives `value=None` for every role it covers;
 - `MetricsUnavailable` is raised only when no query got an HTTP answer at all (Prometheus down
   or unreachable), so the controller can tell "no eyes" from "blurry eyes".
 
@@ -16,8 +18,9 @@ Each problem increments `pd_autoscaler_metric_source_errors_total{query,reason}`
 `Telemetry` is given) and is logged once when it starts and once when it clears, naming the
 query, so a persistent gap does not flood the log.
 
-`range_rates` (the `controller.backfill.RangeRates` protocol) is the other entry point: range
-queries of one role's rate or concurrency, sent once at start-up to refill forecast history. It
+`range_rates` (the `controller.backfill.RangeRates` protocol) is the other entry point, still on
+prometheus-api-client (blocking, in a thread; per-read timeouts only): range queries of one
+role's rate or concurrency, sent once at start-up to refill forecast history. It
 raises `MetricsUnavailable` when a range query fails after retries, and returns empty arrays
 when Prometheus has no data for the role.
 """
@@ -28,12 +31,13 @@ import asyncio
 import collections
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import numpy.typing as npt
 import requests
@@ -43,7 +47,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from autoscaler import errors
-from autoscaler.metrics import queries, source
+from autoscaler.metrics import http, queries, source, validate
 from autoscaler.types import Role, SignalSample
 
 log = structlog.get_logger(__name__)
@@ -66,7 +70,12 @@ class PrometheusSettings:
     insecure_skip_verify: bool = False
     """Skip TLS verification (tests only)."""
     timeout_s: float = 5.0
-    """Per HTTP request; also sent to Prometheus as the query timeout so it stops working too."""
+    """Deadline of one instant query, connect and every read of the body included (a server that
+    trickles bytes cannot stretch it); also sent to Prometheus as the query timeout so it stops
+    working too."""
+    max_response_bytes: int = 32 * 1024 * 1024
+    """Cap on one instant query's body; a bigger answer is cut off and counts as a failed query.
+    A row is ~200-400 bytes, so 32 MiB is ~100,000 pods' series in one query."""
     retries: int = 2
     """Extra attempts after a timeout, connection error or 5xx; 4xx (a bad query) is final."""
     backoff_s: float = 0.25
@@ -97,7 +106,8 @@ class PrometheusSettings:
 class _Outcome:
     """The result of one query: rows, or why there are none."""
 
-    rows: list[dict[str, Any]] | None
+    rows: Sequence[Any] | None
+    """validate.Row for instant queries, Prometheus' matrix rows for range queries."""
     reason: str = ""
     error: str = ""
     answered: bool = True
@@ -129,6 +139,9 @@ class PrometheusSource:
         if settings.rate_window_s <= 0 or settings.timeout_s <= 0 or settings.retries < 0:
             msg = "rate_window_s and timeout_s must be > 0, retries >= 0"
             raise errors.ConfigError([f"prometheus: {msg}"])
+        if settings.max_response_bytes < 1024:
+            msg = "max_response_bytes must be >= 1024"
+            raise errors.ConfigError([f"prometheus: {msg}"])
         if settings.range_timeout_s <= 0 or not 1 <= settings.range_points_per_query <= 11000:
             msg = "range_timeout_s must be > 0, range_points_per_query 1-11000"
             raise errors.ConfigError([f"prometheus: {msg}"])
@@ -139,6 +152,11 @@ class PrometheusSource:
         self._discovered_at: float | None = None
         self._open_problems: dict[tuple[str, str, str], str] = {}
         self._sem = asyncio.Semaphore(settings.max_concurrency)
+        self._endpoint = http.Endpoint(
+            url=settings.url,
+            ssl=http.ssl_context(ca_file=settings.ca_file, insecure=settings.insecure_skip_verify),
+        )
+        self._session: aiohttp.ClientSession | None = None
         session = requests.Session()
         if settings.insecure_skip_verify:
             session.verify = False
@@ -172,12 +190,6 @@ class PrometheusSource:
 
     # --- transport --------------------------------------------------------------------------
 
-    def _query_blocking(self, promql: str) -> list[dict[str, Any]]:
-        self.stats.queries += 1
-        params = {"timeout": f"{max(1, round(self.settings.timeout_s * 1000))}ms"}
-        result: list[dict[str, Any]] = self._client.custom_query(promql, params=params)
-        return result
-
     def _range_blocking(
         self, promql: str, first: float, last: float, step: float
     ) -> list[dict[str, Any]]:
@@ -197,8 +209,76 @@ class PrometheusSource:
 
     async def _query(self, key: str, promql: str) -> _Outcome:
         """Run one instant query with retries and backoff; never raises except on
-        cancellation."""
-        return await self._call(key, functools.partial(self._query_blocking, promql))
+        cancellation. Rows dropped as malformed are counted and logged here."""
+        assert self._session is not None, "instant queries run inside fetch()"
+        delay = self.settings.backoff_s
+        outcome = _Outcome(rows=None)
+        for attempt in range(self.settings.retries + 1):
+            if attempt:
+                await asyncio.sleep(delay)
+                delay *= 2
+            self.stats.queries += 1
+            try:
+                async with self._sem:
+                    vector = await http.instant_query(
+                        self._session,
+                        self._endpoint,
+                        promql,
+                        deadline_s=self.settings.timeout_s,
+                        max_bytes=self.settings.max_response_bytes,
+                        headers=self._client.headers,
+                    )
+            except http.QueryFailed as exc:
+                outcome = _Outcome(
+                    rows=None, reason=exc.reason, error=exc.error, answered=exc.answered
+                )
+                if not exc.retry:
+                    break
+            else:
+                self._track_dropped(key, vector.dropped)
+                self._track_query(key, None)
+                return _Outcome(rows=vector.rows)
+        self._track_query(key, outcome, attempts=attempt + 1)
+        self._problem(key, outcome.reason)
+        return outcome
+
+    def _track_query(self, key: str, failed: _Outcome | None, *, attempts: int = 0) -> None:
+        """Log a query's failure when it starts or its reason changes, and its recovery; a
+        hostile answer repeated every tick is one line, not one per tick (it is counted in
+        telemetry every time)."""
+        slot = (key, "query", "")
+        previous = self._open_problems.get(slot, "")
+        if failed is None:
+            if previous:
+                del self._open_problems[slot]
+                log.info("prometheus_query_recovered", query=key, was=previous)
+            return
+        if failed.reason == previous:
+            return
+        self._open_problems[slot] = failed.reason
+        log.warning(
+            "prometheus_query_failed",
+            query=key,
+            reason=failed.reason,
+            error=failed.error[:300],
+            attempts=attempts,
+        )
+
+    def _track_dropped(self, key: str, dropped: tuple[str, ...]) -> None:
+        """Malformed rows: counted every time, logged when the query's problem changes."""
+        for _ in dropped:
+            self._problem(key, "malformed")
+        slot = (key, "", "")
+        problem = f"{len(dropped)} malformed rows, first: {dropped[0]}" if dropped else ""
+        previous = self._open_problems.get(slot, "")
+        if problem == previous:
+            return
+        if problem:
+            self._open_problems[slot] = problem
+            log.warning("metric_rows_dropped", query=key, count=len(dropped), first=dropped[0])
+        else:
+            del self._open_problems[slot]
+            log.info("metric_rows_recovered", query=key, was=previous)
 
     async def _call(self, key: str, blocking: Callable[[], list[dict[str, Any]]]) -> _Outcome:
         """Run one blocking request in a thread with retries and backoff."""
@@ -220,9 +300,17 @@ class PrometheusSource:
                 outcome = _Outcome(rows=None, reason="error", error=str(exc))
                 if "HTTP Status Code 5" not in str(exc):
                     break  # 4xx: the query itself is wrong; retrying will not help
-            except (requests.exceptions.RequestException, ValueError, KeyError) as exc:
-                # ValueError/KeyError: a 200 whose body is not Prometheus' JSON (a proxy page).
-                outcome = _Outcome(rows=None, reason="error", error=repr(exc))
+            except (
+                requests.exceptions.RequestException,
+                ValueError,
+                KeyError,
+                TypeError,
+                AttributeError,
+                RecursionError,
+            ) as exc:
+                # A 200 whose body is not Prometheus' JSON (a proxy page, `data: null`, a list):
+                # the client library indexes into it and fails with any of these.
+                outcome = _Outcome(rows=None, reason="malformed", error=repr(exc))
             else:
                 return _Outcome(rows=rows)
         log.warning(
@@ -245,7 +333,7 @@ class PrometheusSource:
         outcome = await self._query("discovery", queries.discovery_query())
         if outcome.rows is None:
             return  # keep the previous (or the full) set of spellings
-        present = {row["metric"].get("__name__", "") for row in outcome.rows}
+        present = {row.labels.get("__name__", "") for row in outcome.rows}
         names = queries.Names.from_present(present)
         if names != self._names or not present:
             escaped = sorted(n for n in present if n.startswith("vllm_"))
@@ -271,6 +359,21 @@ class PrometheusSource:
     ) -> source.RoleSamples:
         if not targets:
             return {}
+        if self.settings.bearer_token_file:
+            self._client.headers = self._headers()
+        # One session per tick: aiohttp sessions belong to an event loop, and a tick's few
+        # queries share its connections; a new TCP connection every tick period costs nothing.
+        connector = aiohttp.TCPConnector(limit=self.settings.max_concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            self._session = session
+            try:
+                return await self._fetch(targets, now=now)
+            finally:
+                self._session = None
+
+    async def _fetch(
+        self, targets: Sequence[source.RoleTarget], *, now: float
+    ) -> source.RoleSamples:
         await self._maybe_discover(now)
         builder = queries.Builder(
             names=self._names,
@@ -279,8 +382,6 @@ class PrometheusSource:
             namespace_label=self.settings.namespace_label,
         )
         plan = queries.plan(targets, builder)
-        if self.settings.bearer_token_file:
-            self._client.headers = self._headers()
         before = self.stats.queries
         outcomes = await asyncio.gather(*(self._query(q.key, q.promql) for q in plan.queries))
         self.stats.ticks += 1
@@ -360,12 +461,7 @@ class PrometheusSource:
                     f"{outcome.error[:200]}"
                 )
                 raise errors.MetricsUnavailable(msg)
-        points = [
-            (float(t), float(v))
-            for outcome in outcomes
-            for row in outcome.rows or ()
-            for t, v in row.get("values", ())
-        ]
+        points = _range_points(row for outcome in outcomes for row in outcome.rows or ())
         if not points:
             log.info(
                 "prometheus_range_empty",
@@ -389,14 +485,14 @@ class PrometheusSource:
         if outcome.rows is None:
             detail = f"query failed: {outcome.reason}"
             return {pr: SignalSample(value=None, replicas=0, detail=detail) for pr in q.roles}
-        grouped: dict[tuple[str, str], list[tuple[dict[str, str], float]]] = {
+        grouped: dict[tuple[str, str], list[tuple[Mapping[str, str], float]]] = {
             pr: [] for pr in q.roles
         }
         for row in outcome.rows:
-            labels: dict[str, str] = row["metric"]
+            labels = row.labels
             pr = (labels.get(queries.POOL_LABEL, ""), labels.get(queries.ROLE_LABEL, ""))
             if pr in grouped:
-                grouped[pr].append((labels, float(row["value"][1])))
+                grouped[pr].append((labels, row.value))
         out: dict[tuple[str, str], SignalSample] = {}
         for pr, rows in grouped.items():
             if q.kind is queries.Kind.QUANTILE:
@@ -408,9 +504,10 @@ class PrometheusSource:
         return out
 
     def _per_pod(
-        self, kind: queries.Kind, rows: list[tuple[dict[str, str], float]], *, scale: float
+        self, kind: queries.Kind, rows: list[tuple[Mapping[str, str], float]], *, scale: float
     ) -> tuple[SignalSample, tuple[str, ...]]:
-        """Combine per-pod series: drop NaN/Inf and stale pods, then mean (or sum for rates)."""
+        """Combine per-pod series: drop pods whose value cannot be a sample (NaN/Inf, negative,
+        absurd: validate.value_problem) and stale pods, then mean (or sum for rates)."""
         pod_label = self.settings.pod_label
         values: dict[str, float] = {}
         ages: dict[str, float] = {}
@@ -420,16 +517,28 @@ class PrometheusSource:
                 ages[pod] = v
             else:
                 values[pod] = v
-        nan = sorted(p for p, v in values.items() if not math.isfinite(v))
-        stale = sorted(
-            p for p in values if p not in nan and ages.get(p, 0.0) > self.settings.max_sample_age_s
-        )
-        good = [v for p, v in values.items() if p not in nan and p not in stale]
+        bad: dict[str, list[str]] = {}
+        for p, v in values.items():
+            why = validate.value_problem(v)
+            if why is not None:
+                bad.setdefault(why, []).append(p)
+        excluded = {p for pods in bad.values() for p in pods}
+
+        def is_stale(p: str) -> bool:
+            age = ages.get(p, 0.0)
+            # An age that is itself no number is no evidence of freshness.
+            return validate.value_problem(age, part="age") is not None or (
+                age > self.settings.max_sample_age_s
+            )
+
+        stale = sorted(p for p in values if p not in excluded and is_stale(p))
+        good = [v for p, v in values.items() if p not in excluded and p not in stale]
         reasons: list[str] = []
         notes: list[str] = []
-        if nan:
-            reasons.append("nan")
-            notes.append(f"nan: {', '.join(nan)}")
+        for why in ("nan", "negative", "absurd"):
+            if why in bad:
+                reasons.append(why)
+                notes.append(f"{why}: {', '.join(sorted(bad[why]))}")
         if stale:
             reasons.append("stale")
             notes.append(f"stale: {', '.join(stale)}")
@@ -473,15 +582,36 @@ class PrometheusSource:
             log.info("metric_data_recovered", query=key, pool=pr[0], role=pr[1], was=previous)
 
 
+def _range_points(rows: Iterable[Any]) -> list[tuple[float, float]]:
+    """(time, value) pairs of matrix rows, keeping only well-formed points whose value a rate
+    or a concurrency can take (validate.value_problem): a malformed row or point is dropped, as
+    a missing step is."""
+    out: list[tuple[float, float]] = []
+    for row in rows:
+        values = row.get("values") if isinstance(row, dict) else None
+        if not isinstance(values, list):
+            continue
+        for pair in values:
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                continue
+            try:
+                t, v = float(pair[0]), float(pair[1])
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(t) and validate.value_problem(v) is None:
+                out.append((t, v))
+    return out
+
+
 def _quantile(
-    rows: list[tuple[dict[str, str], float]],
+    rows: list[tuple[Mapping[str, str], float]],
 ) -> tuple[SignalSample, tuple[str, ...]]:
     """A role's quantile from its value/rate/replicas parts."""
     parts = {labels.get(queries.PART_LABEL, ""): v for labels, v in rows}
     replicas = parts.get("replicas", 0.0)
     rate = parts.get("rate")
     value = parts.get("value")
-    if rate is None or not math.isfinite(replicas) or replicas < 1:
+    if rate is None or validate.value_problem(replicas) is not None or replicas < 1:
         return SignalSample(value=None, replicas=0, detail="no series"), ("empty",)
     n = int(replicas)
     if rate == 0:
@@ -489,6 +619,10 @@ def _quantile(
         # SLO. Reported as 0 so an idle role is not frozen by "missing" data; a latency guard
         # only ever vetoes a scale-down, it never drives one.
         return SignalSample(value=0.0, replicas=n, detail=f"{n} pods; idle: no observations"), ()
-    if value is None or not math.isfinite(value) or not math.isfinite(rate):
+    if value is None:
         return SignalSample(value=None, replicas=n, detail=f"{n} pods; nan quantile"), ("nan",)
+    why = validate.value_problem(value) or validate.value_problem(rate)
+    if why is not None:
+        detail = f"{n} pods; {why} quantile"
+        return SignalSample(value=None, replicas=n, detail=detail), (why,)
     return SignalSample(value=value, replicas=n, detail=f"{n} pods"), ()

@@ -74,7 +74,10 @@ _EPS = 1e-9
 class ForecastConfig(BaseModel):
     """A forecast policy for one role (`policies: [{kind: forecast, ...}]`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # Every number finite and bounded (issue 17): windows within 90 days, refits within a week.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
     model: models.ModelName = "auto"
     """auto | holt | holt_winters | sarimax | arima (last_value | seasonal_naive as references).
@@ -95,26 +98,26 @@ class ForecastConfig(BaseModel):
     bin_s: float = Field(default=60, ge=5, le=3600)
     """History bin width, seconds: 1-minute bins as in SageServe; shorter bins add noise and
     fit cost without moving a horizon measured in minutes."""
-    season_s: float = Field(default=86400, gt=0)
+    season_s: float = Field(default=86400, gt=0, le=90 * 86400)
     """Season length, seconds (daily)."""
-    history_s: float = Field(default=8 * 86400, gt=0)
+    history_s: float = Field(default=8 * 86400, gt=0, le=90 * 86400)
     """History kept, seconds: 8 days = a week plus a day, for a same-day-last-week view."""
-    min_history_s: float = Field(default=7200, gt=0)
+    min_history_s: float = Field(default=7200, gt=0, le=90 * 86400)
     """No forecast before this much history (2 h: enough bins to fit Holt and hold out a third
     for validation)."""
-    refit_every_s: float = Field(default=3600, ge=60)
+    refit_every_s: float = Field(default=3600, ge=60, le=7 * 86400)
     """Seconds between refits. Between refits every closed bin still updates the model's state;
     only the parameters age, and hourly is plenty for a daily pattern."""
-    select_every_s: float = Field(default=6 * 3600, ge=60)
+    select_every_s: float = Field(default=6 * 3600, ge=60, le=7 * 86400)
     """auto only: seconds between full comparisons of every model; refits in between re-fit
     only the model chosen last (a comparison costs the sum of all fits, ~3 s of CPU)."""
-    validation_s: float = Field(default=6 * 3600, gt=0)
+    validation_s: float = Field(default=6 * 3600, gt=0, le=90 * 86400)
     """Newest history held out to choose a model and calibrate its quantile (rolling origin)."""
-    seasonal_window_s: float = Field(default=3 * 86400, gt=0)
+    seasonal_window_s: float = Field(default=3 * 86400, gt=0, le=90 * 86400)
     """History a seasonal model is fitted on (3 days: 2 to initialise the season, 1 to fit)."""
-    holt_window_s: float = Field(default=6 * 3600, gt=0)
+    holt_window_s: float = Field(default=6 * 3600, gt=0, le=90 * 86400)
     """History Holt is fitted on: a local level and trend forget old days on purpose."""
-    arima_window_s: float = Field(default=6 * 3600, gt=0)
+    arima_window_s: float = Field(default=6 * 3600, gt=0, le=90 * 86400)
     """History the ARIMA part is fitted on (its fit cost grows linearly with it)."""
     arima_order: tuple[int, int, int] = (2, 1, 1)
     """(p, d, q) of arima and of sarimax's error term."""
@@ -124,14 +127,14 @@ class ForecastConfig(BaseModel):
     """Damp Holt's and Holt-Winters' additive trend (statsmodels' damping_trend, fitted). A
     1-minute trend extrapolated 15 minutes overshoots: on ServeGen m-large the plain trend's
     15-minute WAPE is about twice the damped one's (benchmarks/forecast_accuracy.py)."""
-    capacity_per_replica: float | None = Field(default=None, gt=0)
+    capacity_per_replica: float | None = Field(default=None, gt=0, le=1e9)
     """Series units one replica carries at the role's target (e.g. prompt tokens/s per
     prefill replica). Null: learned online from healthy periods (see the module docstring)."""
     learn_band: tuple[float, float] = (0.5, 1.1)
     """Busiest load signal / its target must lie in this band for a tick to teach capacity:
     below half the target fixed overheads distort the ratio, above 110 % the role is saturated
     and served rate understates demand."""
-    learn_halflife_s: float = Field(default=3600, gt=0)
+    learn_halflife_s: float = Field(default=3600, gt=0, le=90 * 86400)
     """Half-life of the learned capacity's time-weighted average, seconds."""
 
     @model_validator(mode="after")
@@ -150,11 +153,13 @@ class ForecastConfig(BaseModel):
             msg = f"min_history_s {self.min_history_s:g} > history_s {self.history_s:g}"
             raise ValueError(msg)
         lo, hi = self.learn_band
-        if not 0 < lo < hi:
-            msg = f"learn_band must be 0 < low < high (got {lo}, {hi})"
+        if not 0 < lo < hi <= 10:
+            msg = f"learn_band must be 0 < low < high <= 10 (got {lo}, {hi})"
             raise ValueError(msg)
-        if any(x < 0 for x in self.arima_order) or self.arima_order[1] > 2:
-            msg = f"arima_order {self.arima_order}: p, q >= 0 and d in 0..2"
+        p, d, q = self.arima_order
+        # p, q beyond 10 is not a model of minute bins but hours of fitting per refit.
+        if not (0 <= p <= 10 and 0 <= q <= 10 and 0 <= d <= 2):
+            msg = f"arima_order {self.arima_order}: p, q in 0..10 and d in 0..2"
             raise ValueError(msg)
         return self
 

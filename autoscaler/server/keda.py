@@ -268,6 +268,22 @@ class KedaScalerSettings:
     key_file: Path | None = None
     client_ca_file: Path | None = None
     max_age_s: float | None = 120.0
+    # Limits (issue 17): any pod that can reach the port could otherwise hold streams open
+    # without bound. KEDA needs one StreamIsActive per external-push trigger and short unary
+    # calls per poll, so these sit far above a real cluster's use.
+    max_concurrent_rpcs: int = 512
+    """RPCs in flight at once, open StreamIsActive streams included; beyond it a call fails
+    with RESOURCE_EXHAUSTED at once instead of queueing."""
+    max_streams_per_connection: int = 128
+    """HTTP/2 streams one connection may hold open (SETTINGS_MAX_CONCURRENT_STREAMS)."""
+    max_message_bytes: int = 64 * 1024
+    """Largest request: a ScaledObjectRef with its trigger metadata is a few hundred bytes."""
+    max_connection_idle_s: float = 300.0
+    """A connection with no RPC for this long is closed (KEDA reconnects on its next poll)."""
+    max_connection_age_s: float = 3600.0
+    """Every connection is closed after this long (streams get `max_connection_grace_s` to
+    finish; KEDA re-opens them), so no client can pin one for ever."""
+    max_connection_grace_s: float = 30.0
 
 
 class KedaScalerServer:
@@ -281,7 +297,17 @@ class KedaScalerServer:
 
     async def start(self) -> None:
         s = self.settings
-        server = grpc.aio.server()
+        ms = 1000
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_concurrent_streams", s.max_streams_per_connection),
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_connection_idle_ms", round(s.max_connection_idle_s * ms)),
+                ("grpc.max_connection_age_ms", round(s.max_connection_age_s * ms)),
+                ("grpc.max_connection_age_grace_ms", round(s.max_connection_grace_s * ms)),
+            ],
+        )
         # The generated registration function is untyped (grpcio ships no stubs).
         register: Any = pb_grpc.add_ExternalScalerServicer_to_server
         register(ExternalScaler(self.store, max_age_s=s.max_age_s), server)

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from autoscaler import errors
-from autoscaler.policy.config import format_validation_error, load_yaml
+from autoscaler.policy.load import format_validation_error, load_yaml
 from autoscaler.sim.engine import Simulation
 from autoscaler.sim.profile import Profile, resolve_profile
 from autoscaler.types import Role

@@ -179,6 +179,8 @@ def scaled_object(ns: str, scaler_port: int) -> dict[str, Any]:
     spec["pollingInterval"] = 2
     trigger = spec["triggers"][0]
     assert trigger["type"] == "external"
+    # This test's scaler serves plaintext on 127.0.0.1 (mTLS is tests/server/test_keda.py's).
+    assert trigger.pop("authenticationRef") == {"name": "pd-autoscaler-keda-client"}
     trigger["metadata"].update(scalerAddress=f"127.0.0.1:{scaler_port}", pool=POOL,
                                role=ROLE.value)
     return obj

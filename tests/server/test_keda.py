@@ -263,3 +263,31 @@ def test_sample_decision_numbers() -> None:
     decision, _ = sample_decision()
     roles = decision.pools["p"].roles
     assert {r.value: d.desired for r, d in roles.items()} == {"prefill": 8, "decode": 3}
+
+
+async def test_stream_and_message_limits(store: em.LatestDecisionStore) -> None:
+    """Issue 17: streams beyond max_concurrent_rpcs fail at once (RESOURCE_EXHAUSTED) instead
+    of piling up; one closes, a new one is served; an oversized request is refused."""
+    settings = keda.KedaScalerSettings(host="127.0.0.1", port=0, max_concurrent_rpcs=3,
+                                       max_message_bytes=4096)
+    server = keda.KedaScalerServer(store, settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ExternalScalerStub(channel)
+            streams = [stub.StreamIsActive(ref(pool="p", role="prefill")) for _ in range(3)]
+            for s in streams:
+                assert (await asyncio.wait_for(s.read(), 5)).result is True
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.IsActive(ref(pool="p", role="prefill"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            streams[0].cancel()
+            await asyncio.sleep(0.2)
+            assert (await stub.IsActive(ref(pool="p", role="prefill"), timeout=5)).result
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.IsActive(ref(pool="p", role="prefill", pad="x" * 8192), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for s in streams[1:]:
+                s.cancel()
+    finally:
+        await server.stop(0)

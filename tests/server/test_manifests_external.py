@@ -113,6 +113,68 @@ def test_keda_kustomization_renders(kubectl: Path) -> None:
     svc = one(docs, "Service", "pd-autoscaler-leader")
     assert svc["spec"]["selector"]["pd-autoscaler.io/leader"] == "true"
     assert {p["port"] for p in svc["spec"]["ports"]} == {9090, 8080}
+    # mTLS by default: cert, key and client CA from the mounted Secret.
+    e = env(docs)
+    assert e["PD_AUTOSCALER_KEDA_GRPC_CERT_DIR"] == "/etc/pd-autoscaler/keda-tls"
+    assert e["PD_AUTOSCALER_KEDA_GRPC_CLIENT_CA_FILE"] == "/etc/pd-autoscaler/keda-tls/ca.crt"
+    pod = one(docs, "Deployment", "pd-autoscaler")["spec"]["template"]["spec"]
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "keda-tls"]
+    assert vol["secret"]["secretName"] == "pd-autoscaler-keda-tls"
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "keda-tls"]
+    assert mount["mountPath"] == "/etc/pd-autoscaler/keda-tls"
+
+
+@pytest.mark.parametrize(
+    ("target", "ports"),
+    [
+        (ROOT / "manifests" / "base", {"http": {"monitoring"}}),
+        (ROOT / "manifests" / "overlays" / "shadow", {"http": {"monitoring"}}),
+        (OVERLAY, {"http": {"monitoring"}, "ext-metrics": {"*"}}),
+        (KEDA, {"http": {"monitoring", "keda"}, "keda-grpc": {"keda"}}),
+    ],
+)
+def test_network_policies_admit_only_who_needs_each_port(
+    kubectl: Path, target: Path, ports: dict[str, set[str]]
+) -> None:
+    """Issue 17: every container port of the controller is covered by a NetworkPolicy that
+    names who may reach it (a namespace, or '*' for the aggregator's port, which the server
+    authenticates itself); no policy admits a port the Pod does not serve."""
+    docs = render(kubectl, target)
+    pod = one(docs, "Deployment", "pd-autoscaler")["spec"]["template"]
+    served = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    admitted: dict[str, set[str]] = {}
+    for np in [d for d in docs if d["kind"] == "NetworkPolicy"]:
+        assert np["metadata"]["namespace"] == "pd-autoscaler"
+        sel = np["spec"]["podSelector"]["matchLabels"]
+        assert sel.items() <= pod["metadata"]["labels"].items()
+        assert np["spec"]["policyTypes"] == ["Ingress"]
+        for rule in np["spec"]["ingress"]:
+            sources = {
+                f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                for f in rule.get("from", [])
+            } or {"*"}
+            for port in rule["ports"]:
+                admitted.setdefault(port["port"], set()).update(sources)
+    assert admitted == ports
+    assert set(admitted) == served
+
+
+def test_keda_examples_use_mtls() -> None:
+    """The push and poll ScaledObjects authenticate with the TriggerAuthentication example,
+    which supplies exactly KEDA's three TLS parameters from one Secret."""
+    auth = yaml.safe_load((KEDA / "triggerauthentication-example.yaml").read_text())
+    params = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert params == {
+        "caCert": ("pd-autoscaler-keda-client", "ca.crt"),
+        "tlsClientCert": ("pd-autoscaler-keda-client", "tls.crt"),
+        "tlsClientKey": ("pd-autoscaler-keda-client", "tls.key"),
+    }
+    for name in ("scaledobject-external.yaml", "scaledobject-external-push.yaml"):
+        (trigger,) = yaml.safe_load((KEDA / name).read_text())["spec"]["triggers"]
+        assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    certs = list(yaml.safe_load_all((KEDA / "certificate-example.yaml").read_text()))
+    secrets = {c["spec"].get("secretName") for c in certs if c["kind"] == "Certificate"}
+    assert {"pd-autoscaler-keda-tls", "pd-autoscaler-keda-client"} <= secrets
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in KEDA.glob("scaledobject-*.yaml")))

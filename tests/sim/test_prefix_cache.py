@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from autoscaler import errors
-from autoscaler.policy.config import parse_policy
+from autoscaler.policy.load import parse_policy
 from autoscaler.sim.engine import Simulation
 from autoscaler.sim.traces import load_trace
 from autoscaler.types import Role

@@ -43,12 +43,12 @@ def test_shipped_policies_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
     [
         pytest.param(
             ("target: 2", "target: -1"),
-            "F: pools.0.roles.prefill.signals.0.target: Input should be greater than 0 (got -1)",
+            "F: pools.0.roles.prefill.signals.0.target: Input should be greater than or equal to 0.000001 (got -1)",
             id="negative-target",
         ),
         pytest.param(
             ("target: 2", "target: 0"),
-            "F: pools.0.roles.prefill.signals.0.target: Input should be greater than 0 (got 0)",
+            "F: pools.0.roles.prefill.signals.0.target: Input should be greater than or equal to 0.000001 (got 0)",
             id="zero-target",
         ),
         pytest.param(
@@ -131,7 +131,7 @@ def test_duplicate_pool_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     [
         pytest.param(
             "pools: [\n",
-            "F: line 2, column 1: malformed YAML: expected the node content, but found '<stream end>'",
+            "F: line 2, column 1: malformed YAML: did not find expected node content",
             id="malformed",
         ),
         pytest.param("", "F: (top level): expected a mapping, got an empty document", id="empty"),

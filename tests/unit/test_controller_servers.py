@@ -191,6 +191,9 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
     assert {"POD_NAME", "POD_NAMESPACE"} <= set(env)
     if "PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR" in env:
         env["PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR"] = str(cert_dir)  # the Secret's mount
+    if "PD_AUTOSCALER_KEDA_GRPC_CERT_DIR" in env:  # the keda overlay's mTLS Secret
+        env["PD_AUTOSCALER_KEDA_GRPC_CERT_DIR"] = str(cert_dir)
+        env["PD_AUTOSCALER_KEDA_GRPC_CLIENT_CA_FILE"] = str(cert_dir / "tls.crt")
     s = settings_from(None, env)
     pod_rules = [r for d in docs if d["kind"] == "Role" for r in d["rules"]
                  if "pods" in r["resources"]]
@@ -215,6 +218,8 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
         assert s.external_metrics_port == 6443
     if target == "keda":
         assert s.keda_grpc_port == 9090
+        assert s.keda_grpc_cert is not None  # mTLS by default
+        assert s.keda_grpc_client_ca_file is not None
         assert s.keda_metrics_api  # the Service's port 8080 is for metrics-api
 
 

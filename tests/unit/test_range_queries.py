@@ -163,3 +163,29 @@ async def test_range_rates_bad_selector_or_series_is_a_value_error() -> None:
         await src.range_rates(_target(pod_regex="("), "running", start=0.0, end=60.0, step=60)
     with pytest.raises(ValueError, match="no range query"):
         await src.range_rates(_target(), "queue_depth", start=0.0, end=60.0, step=60)
+
+
+async def test_range_rates_drops_malformed_and_impossible_points() -> None:
+    """Issue 17: a negative (counter reset), absurd, non-numeric or misshapen point is dropped
+    like a missing step; rows that are not objects are skipped; nothing raises."""
+    rows: list[Any] = [
+        {"metric": {}, "values": [[60, "-5"], [120, "abc"], [180, "1e308"], [240, "2"], "x",
+                                  [300], [360, None], ["NaN", "3"]]},
+        None,
+        {"values": None},
+        "row",
+    ]
+    src = _source(StubClient(answers=[rows]))
+    ts, values = await src.range_rates(_target(), "running", start=0.0, end=600.0, step=600)
+    assert ts.tolist() == [240.0]
+    assert values.tolist() == [2.0]
+
+
+async def test_range_rates_body_the_client_cannot_index_is_unavailable() -> None:
+    """`data: null` makes the client library raise TypeError: reported as a failed range query
+    (reason malformed), not an exception out of the backfill."""
+    stub = StubClient(answers=[TypeError("'NoneType' object is not subscriptable")] * 2)
+    src = _source(stub)
+    with pytest.raises(errors.MetricsUnavailable, match=r"failed \(malformed\)"):
+        await src.range_rates(_target(), "running", start=0.0, end=600.0, step=60)
+    assert src.stats.problems[("range_running", "malformed")] == 1
