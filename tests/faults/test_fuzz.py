@@ -25,12 +25,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoscaler import errors
+from autoscaler import spec as config
 from autoscaler.decision import signals
 from autoscaler.metrics import http, queries, validate
 from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource, _Outcome
-from autoscaler import spec as config
-from autoscaler.spec import PolicyFile
 from autoscaler.policy.load import parse_policy
+from autoscaler.spec import PolicyFile
 from autoscaler.testing import Ticker
 from autoscaler.types import Role, RoleObservation, SignalSample
 

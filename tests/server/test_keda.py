@@ -265,7 +265,7 @@ def test_sample_decision_numbers() -> None:
     assert {r.value: d.desired for r, d in roles.items()} == {"prefill": 8, "decode": 3}
 
 
-async def test_stream_and_message_limits(store: em.LatestDecisionStore) -> None:
+async def test_stream_and_message_limits(store: DecisionStore) -> None:
     """Issue 17: streams beyond max_concurrent_rpcs fail at once (RESOURCE_EXHAUSTED) instead
     of piling up; one closes, a new one is served; an oversized request is refused."""
     settings = keda.KedaScalerSettings(host="127.0.0.1", port=0, max_concurrent_rpcs=3,
