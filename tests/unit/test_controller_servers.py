@@ -29,7 +29,7 @@ from autoscaler.server._keda_pb import externalscaler_pb2_grpc as pb_grpc
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
-from tests.k8senv import cluster as k8senv
+from tests import kubectl as kubectl_mod
 from tests.server.certs import Pki, make_pki
 from tests.unit.fakes import FakeReadyApps, FakeStateCore
 
@@ -150,7 +150,7 @@ def test_invalid_settings_name_the_setting(env: dict[str, str], fragment: str) -
 
 @pytest.fixture(scope="module")
 def kubectl() -> Path:
-    return k8senv.ensure_binaries() / "kubectl"
+    return kubectl_mod.find()
 
 
 def _controller_env(kubectl: Path, target: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
