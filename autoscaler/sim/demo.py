@@ -219,6 +219,7 @@ def main(args: argparse.Namespace) -> int:
         policy_path = getattr(args, "policy", None) or backtest.default_policy_path()
         policy = load_policy_file(policy_path)
         profile = backtest.resolve_profile_arg(getattr(args, "profile", None))
+        backtest.check_profile([(Path(policy_path).stem, policy)], profile)
     except errors.ConfigError as exc:
         for line in exc.problems:
             print(f"demo: {line}", file=sys.stderr)
