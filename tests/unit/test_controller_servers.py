@@ -181,8 +181,13 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
     if "PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR" in env:
         env["PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR"] = str(cert_dir)  # the Secret's mount
     s = controller.settings_from(None, env)
-    pod_rules = [r for d in docs if d["kind"] == "Role" for r in d["rules"]
-                 if "pods" in r["resources"]]
+    # The controller's Roles (the kind overlay's Prometheus has pod-discovery Roles of its own).
+    ours_roles = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in docs
+                  if b["kind"] == "RoleBinding"
+                  and any(sub.get("name") == "pd-autoscaler" for sub in b["subjects"])}
+    pod_rules = [r for d in docs if d["kind"] == "Role"
+                 and (d["metadata"]["namespace"], d["metadata"]["name"]) in ours_roles
+                 for r in d["rules"] if "pods" in r["resources"]]
     if target in ("overlays/external-metrics", "keda"):
         # The leader-only Services select the label; the controller sets it; RBAC allows it,
         # in the controller's own namespace only.
@@ -190,7 +195,8 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
         assert s.pod_name == "pd-autoscaler-0"
         assert pod_rules == [{"apiGroups": [""], "resources": ["pods"],
                               "verbs": ["get", "patch"]}]
-        roles = [d for d in docs if d["kind"] == "Role" and "pods" in str(d["rules"])]
+        roles = [d for d in docs if d["kind"] == "Role" and "pods" in str(d["rules"])
+                 and (d["metadata"]["namespace"], d["metadata"]["name"]) in ours_roles]
         assert {r["metadata"]["namespace"] for r in roles} == {"pd-autoscaler"}
         services = [d for d in docs if d["kind"] == "Service"
                     and "pd-autoscaler.io/leader" in d["spec"]["selector"]]

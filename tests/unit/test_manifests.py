@@ -19,7 +19,7 @@ from tests import kubectl as kubectl_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-KUSTOMIZATIONS = ("base", "overlays/shadow", "overlays/kind", "examples")
+KUSTOMIZATIONS = ("base", "overlays/shadow", "overlays/kind", "examples", "monitoring")
 
 
 @pytest.fixture(scope="module")

@@ -94,8 +94,8 @@ def test_controller_imports_without_the_sim_extra(installed: Path) -> None:
 
 def test_installed_versions_are_the_constraints(installed: Path) -> None:
     pins = {}
-    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
+    for raw in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
         if line:
             name, version = line.split("==")
             pins[_norm(name)] = version
