@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,13 +115,68 @@ _DELEGATED = {
 }
 
 
+# Commands that draw tables and plots need the `sim` extra (rich, matplotlib); the controller
+# image installs without it.
+_NEEDS_SIM_EXTRA = {"demo", "backtest"}
+
+
 def _delegate(name: str) -> Any:
     def run(args: argparse.Namespace) -> int:
+        if name in _NEEDS_SIM_EXTRA:
+            missing = [m for m in ("rich", "matplotlib") if importlib.util.find_spec(m) is None]
+            if missing:
+                print(
+                    f"{name}: needs {' and '.join(missing)}: install the simulator extra, "
+                    "pip install 'pd-autoscaler[sim]'",
+                    file=sys.stderr,
+                )
+                return EXIT_INVALID
         module = importlib.import_module(_DELEGATED[name])
         rc: int = module.main(args)
         return rc
 
     return run
+
+
+def _positive(text: str) -> float:
+    """A finite number > 0 (argparse type): 0 would mean "as 1" or a division by zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,8 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Metrics-driven autoscaler for prefill/decode vLLM Deployments.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto",
+                        help="log lines as JSON or for a console (auto: console on a terminal)")
+    parser.add_argument("--log-level", default="info",
+                        help="debug, info, warning or error (default info)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     v = sub.add_parser("validate", help="validate policy files; explain the schema")
@@ -149,18 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no live decision feed")
     d.add_argument("--profile", default=None, help="simulator profile name or YAML file")
     d.add_argument(
-        "--duration-s", type=float, default=None, help="replay only the first N seconds"
+        "--duration-s", type=_positive, default=None, help="replay only the first N seconds"
     )
     d.add_argument(
         "--seconds",
-        type=float,
+        type=_non_negative,
         default=None,
         help="wall time to stretch the policy's replay to (default 20; 0 = full speed)",
     )
     d.set_defaults(func=_delegate("demo"))
 
     b = sub.add_parser("backtest", help="replay a trace through the controller and baselines")
-    b.add_argument("--trace", type=Path, required=True)
+    b.add_argument("--trace", type=Path, required=True,
+                   help="trace file: Azure, Mooncake JSONL, BurstGPT or generic CSV (detected)")
     b.add_argument(
         "--policy",
         type=Path,
@@ -175,22 +235,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keda-queue | static-peak (repeatable; default: both)",
     )
-    b.add_argument("--json", type=Path, dest="json_out", help="write the summary JSON here")
-    b.add_argument("--plot", type=Path, help="write a PNG plot here")
-    b.add_argument("--speedup", type=float, default=1.0, help="compress trace time by this factor")
-    b.add_argument("--rate-scale", type=float, default=1.0, help="scale the arrival rate")
-    b.add_argument("--tick-s", type=float, default=15.0, help="controller tick interval")
-    b.add_argument("--scrape-s", type=float, default=5.0, help="metric scrape interval")
-    b.add_argument("--no-progress", action="store_true")
-    b.add_argument("--window-s", type=float, default=None, help="rate window (default 60 s)")
+    b.add_argument("--json", type=Path, dest="json_out",
+                   help="write the summary JSON here (its directory must exist)")
+    b.add_argument("--plot", type=Path, help="write a PNG plot here (its directory must exist)")
+    b.add_argument("--speedup", type=_positive, default=1.0,
+                   help="compress trace time by this factor (> 0; 2 = twice as fast)")
+    b.add_argument("--rate-scale", type=_positive, default=1.0,
+                   help="scale the arrival rate (> 0; 0.5 thins, 2 replicates requests)")
+    b.add_argument("--tick-s", type=_positive, default=15.0, help="controller tick interval")
+    b.add_argument("--scrape-s", type=_positive, default=5.0, help="metric scrape interval")
+    b.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (terminal) or progress lines (otherwise)")
+    b.add_argument("--window-s", type=_positive, default=None,
+                   help="rate window (default 60 s)")
     b.add_argument(
-        "--duration-s", type=float, default=None, help="replay only the first N seconds"
+        "--duration-s", type=_positive, default=None, help="replay only the first N seconds"
     )
-    b.add_argument("--ttft-floor-s", type=float, default=None, help="SLO TTFT floor (0.5)")
+    b.add_argument("--ttft-floor-s", type=_positive, default=None, help="SLO TTFT floor (0.5)")
     b.add_argument(
-        "--ttft-slowdown", type=float, default=None, help="SLO TTFT x idle prefill (3.0)"
+        "--ttft-slowdown", type=_positive, default=None, help="SLO TTFT x idle prefill (3.0)"
     )
-    b.add_argument("--itl-mean-s", type=float, default=None, help="SLO mean ITL (0.05)")
+    b.add_argument("--itl-mean-s", type=_positive, default=None, help="SLO mean ITL (0.05)")
     b.set_defaults(func=_delegate("backtest"))
 
     r = sub.add_parser("run", help="run the controller against a Kubernetes cluster")
@@ -204,13 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sim", help="simulator tools")
     ssub = s.add_subparsers(dest="sim_command", metavar="SIMCOMMAND", required=True)
     ss = ssub.add_parser("serve", help="serve simulated vLLM pods' /metrics over HTTP")
-    ss.add_argument("--trace", type=Path)
-    ss.add_argument("--profile", default=None)
-    ss.add_argument("--host", default="127.0.0.1")
-    ss.add_argument("--port", type=int, default=8000)
-    ss.add_argument("--replicas", type=int, default=2)
-    ss.add_argument("--naming", choices=["new", "old"], default="new")
-    ss.add_argument("--speedup", type=float, default=1.0)
+    ss.add_argument("--trace", type=Path,
+                    help="trace file to replay (default: the built-in generator)")
+    ss.add_argument("--profile", default=None, help="simulator profile name or YAML file")
+    ss.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    ss.add_argument("--port", type=_port, default=8000, help="port to listen on")
+    ss.add_argument("--replicas", type=_count, default=2,
+                    help="simulated vLLM pods served (one /metrics path each)")
+    ss.add_argument("--naming", choices=["new", "old"], default="new",
+                    help="vLLM metric names: new (kv_cache_usage_perc) or old (gpu_cache_...)")
+    ss.add_argument("--speedup", type=_positive, default=1.0,
+                    help="simulated seconds per wall second (> 0)")
     ss.set_defaults(func=_delegate("sim-serve"))
 
     pr = sub.add_parser("profile", help="fit or check a simulator profile against measurements")
@@ -231,13 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("trace", help="trace tools")
     tsub = t.add_subparsers(dest="trace_command", metavar="TRACECOMMAND", required=True)
     st = tsub.add_parser("stitch", help="a multi-day trace: envelope shape x real token lengths")
-    st.add_argument("--envelope", type=Path, required=True)
-    st.add_argument("--model", required=True)
-    st.add_argument("--tokens", type=Path, required=True)
-    st.add_argument("--days", type=float, required=True)
-    st.add_argument("--peak-rps", type=float, required=True)
-    st.add_argument("--out", type=Path, required=True)
-    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--envelope", type=Path, required=True,
+                    help="rate envelope CSV (ServeGen's aggregate 10-minute rates)")
+    st.add_argument("--model", required=True, help="the envelope's model column to follow")
+    st.add_argument("--tokens", type=Path, required=True,
+                    help="trace whose prompt/output lengths are sampled (any trace format)")
+    st.add_argument("--days", type=_positive, required=True, help="length of the output, days")
+    st.add_argument("--peak-rps", type=_positive, required=True,
+                    help="requests/s at the envelope's peak")
+    st.add_argument("--out", type=Path, required=True, help="output generic CSV")
+    st.add_argument("--seed", type=int, default=0, help="random seed (deterministic output)")
     st.set_defaults(func=_delegate("trace-stitch"))
     return parser
 

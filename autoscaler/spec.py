@@ -214,6 +214,25 @@ class MetricMatch(_Frozen):
     """Extra exact-match labels (e.g. a relabelled `role` or `model_name`)."""
 
 
+# Policy kinds that read the role's own pods, like every built-in signal: nothing at zero replicas.
+_POD_READING_KINDS = frozenset({"forecast"})
+
+
+def _zero_needs_a_signal_at_zero(role: RoleSpec) -> None:
+    """min_replicas 0 only with a source that reports at zero replicas (a plug-in reading a router
+    or gateway metric): every built-in signal and the forecast are read from the role's pods, so
+    a role at 0 would see nothing and stay at 0 for ever."""
+    if role.min_replicas > 0 or any(p.kind not in _POD_READING_KINDS for p in role.policies):
+        return
+    msg = (
+        "min_replicas 0: no signal exists at zero replicas (every built-in signal and the "
+        "forecast are read from the role's own pods), so the role would stay at 0 for ever; "
+        "use min_replicas >= 1, or add a plug-in policy kind that reads a router or gateway "
+        "metric"
+    )
+    raise ValueError(msg)
+
+
 class RoleSpec(_Frozen):
     """One role (prefill, decode or aggregated) of a pool."""
 
@@ -250,6 +269,7 @@ class RoleSpec(_Frozen):
         if not self.signals and not self.policies:
             msg = "a role needs at least one signal or policy"
             raise ValueError(msg)
+        _zero_needs_a_signal_at_zero(self)
         seen: set[tuple[SignalName, float]] = set()
         for s in self.signals:
             key = (s.signal, s.quantile)

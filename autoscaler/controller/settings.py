@@ -58,11 +58,14 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    namespace: str = Field(..., json_schema_extra=_meta(flag="--namespace"))
+    namespace: str = Field(..., json_schema_extra=_meta(
+        flag="--namespace", help="the controller's namespace: policy ConfigMaps, Lease, state"))
     """Where the Lease, the state ConfigMap and the policy ConfigMaps live."""
     identity: str
     """Leader-election identity; the Pod name in a cluster (unique per replica)."""
-    kubeconfig: Path | None = Field(None, json_schema_extra=_meta(flag="--kubeconfig"))
+    kubeconfig: Path | None = Field(None, json_schema_extra=_meta(
+        flag="--kubeconfig",
+        help="kubeconfig file (default: in-cluster config, else $KUBECONFIG or ~/.kube/config)"))
     policy_file: Path | None = Field(
         None, json_schema_extra=_meta(
             flag="--policy",
@@ -72,10 +75,13 @@ class Settings(BaseModel):
         ))
     """A policy file instead of ConfigMaps (polled for changes every `policy_poll_s`)."""
     policy_selector: str = f"{POLICY_LABEL}=true"
-    prometheus_url: str | None = Field(None, json_schema_extra=_meta(flag="--prometheus-url"))
+    prometheus_url: str | None = Field(None, json_schema_extra=_meta(
+        flag="--prometheus-url",
+        help="Prometheus base URL (required, here or PD_AUTOSCALER_PROMETHEUS_URL)"))
     prometheus_token_file: str | None = None
     prometheus_ca_file: str | None = None
-    dry_run: Bool = Field(False, json_schema_extra=_meta(flag="--dry-run"))
+    dry_run: Bool = Field(False, json_schema_extra=_meta(
+        flag="--dry-run", help="shadow mode: decide and log, never write replicas"))
     """Shadow mode: full decisions, logged and exported, no writes to Deployments."""
     tick_s: float = 15.0
     """Seconds between ticks; matches a typical Prometheus scrape interval."""

@@ -86,6 +86,15 @@ class _Work:
         at = prev.last_at if ours and prev.last_at is not None else self.now
         return (*prev.events, (at, self.obs.replicas - prev.last_replicas))
 
+    @property
+    def history(self) -> tuple[tuple[float, int], ...]:
+        """The remembered recommendations; an empty state (first start, a new pool, a lost
+        state object, taking over from an HPA) is seeded with the current replicas, as the HPA
+        seeds its own: otherwise the first tick could drop straight past the down window."""
+        if self.prev.last_at is None and not self.prev.recommendations:
+            return ((self.now, self.obs.replicas),)
+        return self.prev.recommendations
+
     def clip(self, value: int, why: Clip | None, detail: str = "") -> None:
         if why is not None and value != self.desired:
             self.clips.append(Clipped(why, detail))
@@ -211,7 +220,7 @@ def _role_step(w: _Work, extra: Sequence[Policy], *, now: float) -> None:
     value, why = stabilizer.stabilize(
         raw=w.raw,
         current=w.current,
-        history=w.prev.recommendations,
+        history=w.history,
         behavior=spec.behavior,
         in_panic=in_panic,
         now=now,
@@ -319,7 +328,7 @@ def _state(w: _Work, *, now: float) -> RoleState:
     keep_recs = max(b.scale_up.stabilization_window_s, b.scale_down.stabilization_window_s)
     periods = [r.period_s for r in (*b.scale_up.rules, *b.scale_down.rules)]
     keep_events = max(periods, default=0.0)
-    recs = tuple((t, r) for t, r in w.prev.recommendations if t > now - keep_recs)
+    recs = tuple((t, r) for t, r in w.history if t > now - keep_recs)
     events = tuple((t, d) for t, d in w.events if t > now - keep_events)
     return RoleState(
         recommendations=(*recs, (now, w.raw)) if keep_recs > 0 else (),

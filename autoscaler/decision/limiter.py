@@ -43,10 +43,12 @@ def _limit(
         added, removed = _changes_within(events, period_s=rule.period_s, now=now)
         start = current - added + removed
         if up:
+            # A percentage of 0 is 0: like knative (max(1, ready)), grow from at least one, or
+            # a percent-only rule could never leave zero replicas.
             p = (
                 start + rule.value
                 if rule.type == "pods"
-                else math.ceil(start * (1 + rule.value / 100))
+                else math.ceil(max(start, 1) * (1 + rule.value / 100))
             )
         else:
             p = (
@@ -71,9 +73,11 @@ def rate_limit(
     in_panic: bool,
     now: float,
 ) -> tuple[int, Clip | None]:
-    """Apply the role's rate limits; panic lifts the scale-up limit (immediate scale-up)."""
+    """Apply the role's rate limits; panic lifts the scale-up limit (immediate scale-up) unless
+    scale-up is disabled: `select: disabled` is the operator's word and panic does not override
+    it (the HPA holds there too)."""
     if desired > current:
-        if in_panic:
+        if in_panic and spec.behavior.scale_up.select != "disabled":
             return desired, None
         lim = _limit(spec.behavior.scale_up, up=True, current=current, events=events, now=now)
         if lim is not None and desired > lim:

@@ -26,7 +26,8 @@ from autoscaler.types import (
 )
 
 # ceil() of a ratio that is an exact integer up to float noise (e.g. 15 / 5 * 1.0000000001)
-# must not round up a whole replica.
+# must not round up a whole replica; likewise the deadband is inclusive at its edge, where float
+# division lands on either side (11 / 10 - 1 = 0.10000000000000009 > 0.1; the HPA holds there).
 _EPS = 1e-9
 
 # A latency guard asks for at most this factor more replicas in one step: latency is not linear
@@ -91,12 +92,12 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
     ratio = value / sig.target
 
     if sig.signal in GUARD_SIGNALS:
-        if ratio > 1 + tol:
+        if ratio > 1 + tol + _EPS:
             base = max(current, 1)
             want = max(current + 1, _ceil(base * min(ratio, _GUARD_MAX_STEP)))
         else:
             want = current
-        keep = 0 if ratio <= 1 - tol and not partial else current
+        keep = 0 if ratio <= 1 - tol + _EPS and not partial else current
         # A latency guard lags its cause just like a queue does: treat it as a stock signal.
         return Need(
             key,
@@ -112,7 +113,8 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
 
     reporting = sample.replicas if sample.replicas > 0 else max(obs.ready, 1)
     total = value * reporting
-    want = current if abs(ratio - 1) <= tol else _ceil(total / sig.target)
+    inside = _in_deadband(ratio, tol)
+    want = current if inside else _ceil(total / sig.target)
     step = spec.behavior.stock_max_step
     if sig.signal in STOCK_SIGNALS and want > current and step is not None:
         # A backlog says that capacity is short, not by how much: most of it is drained by the
@@ -126,7 +128,7 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
         # The HPA formula both ways, deadband included: inside it the HPA returns the current
         # count. Without this a fleet of >= 10 would shrink at ratio 0.9-1.0 (12 replicas at
         # 0.917 x target: ceil(11.0) = 11) where the HPA holds.
-        keep = current if abs(ratio - 1) <= tol else _ceil(total / sig.target)
+        keep = current if inside else _ceil(total / sig.target)
     if partial:
         keep = max(keep, current)
     return Need(
@@ -139,6 +141,11 @@ def signal_need(sig: SignalSpec, spec: RoleSpec, obs: RoleObservation) -> Need:
         blocks_down=partial,
         note=note,
     )
+
+
+def _in_deadband(ratio: float, tol: float) -> bool:
+    """|ratio - 1| <= tol, inclusive at the edge up to float noise (see _EPS)."""
+    return abs(ratio - 1) <= tol + _EPS
 
 
 def _idle(obs: RoleObservation) -> bool:

@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 EXIT_OK = 0
+EXIT_FAIL = 1
 EXIT_INVALID = 2
 
 DEFAULT_POLICY_FILE = "llama-8b-disagg.yaml"
@@ -419,16 +421,23 @@ def _progress_only(update: Callable[[float], None]) -> TickCallback:
     return cb
 
 
+# Without a terminal, one progress line per run at most this often (wall time), plus one when
+# the run ends: a CI log shows a long replay advancing, without a line per tick.
+PROGRESS_LINE_EVERY_S = 10.0
+
+
 class _Progress:
-    """A rich progress bar per run (simulated time), or nothing."""
+    """A rich progress bar per run (simulated time) on a terminal, plain lines on stderr
+    otherwise, or nothing."""
 
     def __init__(self, *, enabled: bool, console: Console | None) -> None:
         self.enabled = enabled
         self.console = console
         self._bar: Any = None
+        self._lines = enabled and (console is None or not console.is_terminal)
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
+        if self.enabled and not self._lines:
             from rich.progress import (  # noqa: PLC0415 - rich only when a bar is shown
                 BarColumn,
                 Progress,
@@ -452,6 +461,8 @@ class _Progress:
             self._bar.__exit__(*exc)
 
     def task(self, name: str, total_s: float) -> Callable[[float], None]:
+        if self._lines:
+            return _line_progress(name, total_s)
         if self._bar is None:
             return lambda _t: None
         bar = self._bar
@@ -461,6 +472,29 @@ class _Progress:
             bar.update(tid, completed=min(t, total_s), sim=f"{t / 60:5.1f} min simulated")
 
         return update
+
+
+def _line_progress(name: str, total_s: float) -> Callable[[float], None]:
+    start = time.monotonic()
+    last = [start]
+    done = [False]
+
+    def update(t: float) -> None:
+        now = time.monotonic()
+        end = t >= total_s
+        if done[0] or (now - last[0] < PROGRESS_LINE_EVERY_S and not end):
+            return
+        last[0] = now
+        done[0] = end
+        pct = 100.0 * min(t, total_s) / total_s if total_s > 0 else 100.0
+        print(
+            f"backtest: {name}: {min(t, total_s) / 60:.1f} of {total_s / 60:.1f} min simulated "
+            f"({pct:.0f} %), {now - start:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return update
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -645,7 +679,6 @@ def plot(bt: Backtest, path: Path) -> Path:
     ax.set_title("requests missing the SLO, by arrival minute")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -680,6 +713,49 @@ def _config(args: argparse.Namespace) -> ReplayConfig:
     )
 
 
+def check_output(path: Path | None, flag: str) -> None:
+    """An output file's directory must exist and be writable, checked before a long run: a
+    typo must not create directories silently nor end an hour's replay in a traceback."""
+    if path is None:
+        return
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise errors.ConfigError([f"{flag} {path}: directory {parent} does not exist"])
+    if Path(path).is_dir():
+        raise errors.ConfigError([f"{flag} {path}: is a directory, not a file"])
+    # Create a file there, as the write will: access(2) says yes to root even where no file can
+    # be created (/proc, a read-only mount).
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".pd-autoscaler-probe-"):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        msg = f"{flag} {path}: directory {parent} is not writable ({why})"
+        raise errors.ConfigError([msg]) from None
+
+
+
+def check_profile(policies: Sequence[tuple[str, PolicyFile]], profile: Profile) -> None:
+    """GPU-hours count the profile's GPUs per replica; a policy whose roles declare another
+    count (a TP4 policy under a 1-GPU profile) would be billed in the wrong unit, silently."""
+    problems = []
+    for name, pol in policies:
+        for pool in pol.pools:
+            for role, spec in pool.roles.items():
+                if spec.gpus_per_replica != profile.gpus_per_replica:
+                    problems.append(
+                        f"policy {name}: pools.{pool.name}.roles.{role.value}.gpus_per_replica "
+                        f"is {spec.gpus_per_replica} but profile {profile.name} models "
+                        f"{profile.gpus_per_replica} GPU(s) per replica; pass --profile with a "
+                        f"matching profile (built-in: "
+                        + ", ".join(f"{n} ({p.gpus_per_replica})"
+                                    for n, p in sorted(BUILTIN_PROFILES.items()))
+                        + ")"
+                    )
+    if problems:
+        raise errors.ConfigError(problems)
+
+
 def _console(stderr: bool = False) -> Console:
     from rich.console import Console  # noqa: PLC0415
 
@@ -694,15 +770,21 @@ def main(args: argparse.Namespace) -> int:
         profile = resolve_profile_arg(getattr(args, "profile", None))
         config = _config(args)
         policies = _policies(getattr(args, "policy", None))
+        check_profile(policies, profile)
+        json_out = getattr(args, "json_out", None)
+        plot_out = getattr(args, "plot", None)
+        check_output(json_out, "--json")
+        check_output(plot_out, "--plot")
         trace = load_trace(
             args.trace,
-            speedup=getattr(args, "speedup", 1.0) or 1.0,
-            rate_scale=getattr(args, "rate_scale", 1.0) or 1.0,
+            speedup=getattr(args, "speedup", 1.0),
+            rate_scale=getattr(args, "rate_scale", 1.0),
             duration_s=getattr(args, "duration_s", None),
         )
         names = getattr(args, "baseline", None)
         baseline_names = list(baselines.BASELINES if names is None else names)
-        show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
+        # A bar on a terminal; plain progress lines otherwise (CI logs, pipes).
+        show = not getattr(args, "no_progress", False)
         with quiet_logs():
             bt = run_backtest(
                 trace,
@@ -723,12 +805,14 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     console = _console()
     console.print(summary_table(bt))
-    json_out = getattr(args, "json_out", None)
-    if json_out is not None:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(summary_json(bt), indent=2) + "\n", encoding="utf-8")
-        console.print(f"JSON: {json_out}")
-    plot_out = getattr(args, "plot", None)
-    if plot_out is not None:
-        console.print(f"plot: {plot(bt, Path(plot_out))}")
+    try:
+        if json_out is not None:
+            text = json.dumps(summary_json(bt), indent=2) + "\n"
+            Path(json_out).write_text(text, encoding="utf-8")
+            console.print(f"JSON: {json_out}")
+        if plot_out is not None:
+            console.print(f"plot: {plot(bt, Path(plot_out))}")
+    except OSError as exc:  # checked up front; the directory can still go away meanwhile
+        print(f"backtest: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAIL
     return EXIT_OK

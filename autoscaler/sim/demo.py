@@ -7,15 +7,24 @@ policy's replay is paced to about `--seconds` of wall time so the decisions can 
 baselines then run at full speed, and the summary table, JSON and plot close the demo.
 
 Traffic: `--trace`, else $PD_AUTOSCALER_TRACE, else the shared Azure *code* trace at
-../shared/traces/ (relative to the repository root) when present, else an hour of the built-in
-workload generator fitted to it (workload.py). The first line says which. The code service is
-the bursty one (12x peak-to-mean over 10 s): it makes the controller scale, where one prefill and
-one decode replica carry the whole conversation hour.
+../shared/traces/ (relative to the repository root) when present, else a generated hour (see
+`generated_day`). The first line says which. The code service is the bursty one (12x
+peak-to-mean over 10 s): it makes the controller scale, where one prefill and one decode replica
+carry the whole conversation hour.
+
+Without the shared trace the demo does not imitate those bursts: what a reactive controller
+does well is follow load that rises and falls, so the generated hour is a day of the Azure
+conversation service's shape (fitted lengths and burstiness, workload.py) at
+GENERATED_MEAN_RPS, whose rate follows the daily cycle fitted to ServeGen (peak/trough 2.55)
+compressed into an hour: 24 steps of 150 s, one per hour of the day. Compressing makes every
+ramp 24x steeper than a real day's, which favours no one: the baselines see the same trace,
+and static-peak is still sized by the same capacity model for the busiest minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -28,7 +37,7 @@ from autoscaler import errors
 from autoscaler.policy.load import load_policy_file
 from autoscaler.sim import backtest
 from autoscaler.sim.traces import Trace, load_trace
-from autoscaler.sim.workload import AZURE_CODE, generate
+from autoscaler.sim.workload import AZURE_CONV, DAY_S, WorkloadSpec, generate
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -43,8 +52,11 @@ SHARED_TRACE = backtest.REPO_ROOT.parent / "shared" / "traces" / "AzureLLMInfere
 # Wall time the policy's replay is stretched to: long enough to read the feed, and with the
 # baselines (~2 s) and the plot well inside the one-minute budget of the demo.
 DEFAULT_SECONDS = 20.0
-# The generated stand-in for the trace: one hour, like the Azure traces.
+# The generated stand-in for the trace: one hour, like the Azure traces, holding a day.
 GENERATED_S = 3600.0
+# Mean request rate of the generated day: its peak (x1.44) needs more than one prefill replica
+# of the default profile, its trough (x0.56) less than one.
+GENERATED_MEAN_RPS = 15.0
 FEED_LINES = 14
 # Without a live view (not a terminal), the latest decision per role is printed this often.
 STATUS_EVERY_S = 600.0
@@ -63,12 +75,40 @@ def pick_trace(args: argparse.Namespace) -> tuple[Trace, str, str]:
         tr = load_trace(SHARED_TRACE, duration_s=duration)
         return tr, SHARED_TRACE.name, f"trace: {SHARED_TRACE} (the shared Azure code trace)"
     span = GENERATED_S if duration is None else float(duration)
-    tr = generate(AZURE_CODE, duration_s=span, seed=0, diurnal=False)
+    tr = generated_day(AZURE_CONV, GENERATED_MEAN_RPS, span_s=GENERATED_S, seed=0)
+    if span < GENERATED_S:
+        keep = tr.arrival_s <= span
+        tr = Trace(tr.arrival_s[keep], tr.prompt_tokens[keep], tr.output_tokens[keep])
     return (
         tr,
-        f"generated-{AZURE_CODE.name}",
-        f"trace: built-in generator '{AZURE_CODE.name}' (fitted to the Azure code trace), "
-        f"{span / 60:.0f} min, seed 0 - no trace at {SHARED_TRACE} and ${TRACE_ENV} unset",
+        f"generated-day-{AZURE_CONV.name}",
+        f"trace: built-in generator '{AZURE_CONV.name}' (fitted to the Azure conversation "
+        f"trace) at {GENERATED_MEAN_RPS:g} req/s mean, a day's cycle (peak/trough "
+        f"{(1 + AZURE_CONV.diurnal_amplitude) / (1 - AZURE_CONV.diurnal_amplitude):.2f}) "
+        f"compressed into {GENERATED_S / 60:.0f} min, seed 0; {span / 60:.0f} min replayed - "
+        f"no trace at {SHARED_TRACE} and ${TRACE_ENV} unset",
+    )
+
+
+def generated_day(spec: WorkloadSpec, mean_rps: float, *, span_s: float, seed: int) -> Trace:
+    """A day of `spec` at `mean_rps` compressed into `span_s`: 24 steps, step h at the rate of
+    hour h of the daily cycle (1 + a cos(2 pi (t - peak) / day) at the hour's middle)."""
+    import numpy as np  # noqa: PLC0415
+
+    step = span_s / 24
+    parts = []
+    for h in range(24):
+        mid = (h + 0.5) * 3600.0
+        shape = 1.0 + spec.diurnal_amplitude * math.cos(
+            2.0 * math.pi * (mid - spec.diurnal_peak_s) / DAY_S
+        )
+        part = generate(spec.with_rate(mean_rps * shape), duration_s=step,
+                        seed=seed * 100 + h, diurnal=False)
+        parts.append((part.arrival_s + h * step, part.prompt_tokens, part.output_tokens))
+    return Trace(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
     )
 
 
@@ -219,6 +259,7 @@ def main(args: argparse.Namespace) -> int:
         policy_path = getattr(args, "policy", None) or backtest.default_policy_path()
         policy = load_policy_file(policy_path)
         profile = backtest.resolve_profile_arg(getattr(args, "profile", None))
+        backtest.check_profile([(Path(policy_path).stem, policy)], profile)
     except errors.ConfigError as exc:
         for line in exc.problems:
             print(f"demo: {line}", file=sys.stderr)

@@ -11,7 +11,7 @@ Mooncake records may carry `hash_ids` (one id per 512-token block of the prompt,
 ids mean equal prefixes): they are kept as `Trace.block_hashes` (with `block_tokens` 512), so the
 simulator's prefix caches see the trace's reuse.
 | `burstgpt` | `Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type`  | s         |
-| `generic`  | `timestamp_s,input_tokens,output_tokens`                               | s         |
+| `generic`  | `timestamp_s,input_tokens,output_tokens` (+ any extra columns, ignored) | s         |
 
 Options: `speedup` divides every time (2.0 = the same requests in half the time); `rate_scale`
 thins (< 1: each request kept with that probability) or replicates (> 1: each request gives
@@ -19,7 +19,9 @@ floor(rate_scale) copies plus one more with the fractional probability; copies l
 between the request and the next one, so the local rate shape is kept). Both are deterministic
 given `seed`. Token counts of 0 (BurstGPT failures) are kept; the engine serves them as 1 token.
 
-Errors are ConfigError lines naming the file, the line and the column.
+A trace may span at most MAX_SPAN_S (a year) from its first to its last request: a row at
+1e12 s is a wrong unit or a typo, and replaying it would allocate per-minute bins for 30,000
+years. Errors are ConfigError lines naming the file, the line and the column.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from autoscaler import errors
 
@@ -50,6 +53,8 @@ BURSTGPT_HEADER = (
 )
 GENERIC_HEADER = ("timestamp_s", "input_tokens", "output_tokens")
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+# The longest span a replay supports (366 days; the longest public traces cover weeks).
+MAX_SPAN_S = 366 * 86400.0
 
 
 MOONCAKE_BLOCK_TOKENS = 512
@@ -117,7 +122,9 @@ def _detect(p: Path, first: str) -> str:
         return "azure"
     if header == BURSTGPT_HEADER:
         return "burstgpt"
-    if header == GENERIC_HEADER:
+    if header == GENERIC_HEADER or (
+        len(header) > len(GENERIC_HEADER) and set(GENERIC_HEADER) <= set(header)
+    ):
         return "generic"
     known = "; ".join(",".join(h) for h in (AZURE_HEADER, BURSTGPT_HEADER, GENERIC_HEADER))
     raise _fail(
@@ -137,7 +144,8 @@ def load_trace(
     duration_s: float | None = None,
 ) -> Trace:
     """Load a trace file (format detected), shift it to start at 0, sort it, then apply
-    `speedup`, `rate_scale` and the optional `duration_s` cut (after the speed-up)."""
+    `speedup`, `rate_scale` and the optional `duration_s` cut (after the speed-up).
+    A generic CSV may carry extra columns: only the three named ones are read."""
     p = Path(path)
     if not speedup > 0 or math.isinf(speedup):
         raise errors.ConfigError([f"{p}: speedup must be a positive number, got {speedup}"])
@@ -156,6 +164,13 @@ def load_trace(
     if len(t) == 0:
         raise errors.ConfigError([f"{p}: trace has a header but no requests"])
     order = np.argsort(t, kind="stable")
+    span = float(t[order[-1]] - t[order[0]])
+    if span > MAX_SPAN_S:
+        raise errors.ConfigError([
+            f"{p}: request {int(order[-1]) + 1} (in file order) arrives {span:.3g} s "
+            f"({span / 86400:.3g} days) after the first; a replay spans at most "
+            f"{MAX_SPAN_S / 86400:.0f} days (a wrong time unit, or a typo in that row?)"
+        ])
     trace = Trace(t, prompt, output, hashes, MOONCAKE_BLOCK_TOKENS).take(order)
     trace = trace._replace(arrival_s=(trace.arrival_s - trace.arrival_s[0]) / speedup)
     if rate_scale != 1.0:
@@ -218,8 +233,14 @@ def _parse_csv(p: Path, text: str, fmt: str) -> tuple[FloatArray, IntArray, IntA
         cols = BURSTGPT_HEADER
         t_col, in_col, out_col = "Timestamp", "Request tokens", "Response tokens"
     else:
-        cols = GENERIC_HEADER
+        # Extra columns (a request id, a model name) are ignored; load_trace's docstring says so.
+        cols = tuple(header)
         t_col, in_col, out_col = GENERIC_HEADER
+        extra = [c for c in header if c not in GENERIC_HEADER]
+        if extra:
+            structlog.get_logger(__name__).warning(
+                "trace_extra_columns_ignored", file=str(p), columns=extra
+            )
     it, ii, io_ = header.index(t_col), header.index(in_col), header.index(out_col)
     stamps: list[str] = []
     prompt: list[int] = []

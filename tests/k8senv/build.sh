@@ -18,12 +18,14 @@ KEY="k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-kwok-${KWOK_VERSION}"
 OUT="$PD_CACHE/$KEY"
 # shellcheck source=cached_build.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cached_build.sh"
-begin_cached_build build.sh "$OUT" .build.lock
+begin_cached_build build.sh "$OUT" .build.lock \
+  bin/kube-apiserver bin/kube-controller-manager bin/kube-scheduler bin/kubectl bin/etcd bin/kwok \
+  stages/node/fast/node-initialize.yaml stages/pod/fast/pod-ready.yaml
 
 # --- kube-apiserver, kube-controller-manager, kube-scheduler, kubectl --------------------------
 # k8s.io/kubernetes replaces its staging modules with ./staging paths, which `go install pkg@ver`
 # refuses; a scratch module that replaces each staging module by its published v0.Y.Z tag builds.
-if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x "$BIN/kube-scheduler" || ! -x "$BIN/kubectl" ]]; then
+{
   log "resolving k8s.io/kubernetes@$K8S_VERSION"
   STG="v0.${K8S_VERSION#v1.}"
   MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
@@ -49,29 +51,26 @@ if [[ ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" || ! -x 
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
   log "k8s built: $("$BIN/kube-apiserver" --version)"
-fi
+}
 
 # --- etcd ------------------------------------------------------------------------------------
 # etcd's server module also uses local replaces, but its requires name real tags, so a scratch
 # module that depends on it needs none.
-if [[ ! -x "$BIN/etcd" ]]; then
+{
   log "building etcd $ETCD_VERSION"
   mkdir -p "$WORK/etcd" && cd "$WORK/etcd"
   printf 'module ci.local/etcdbin\n\ngo 1.25.0\n\ntool go.etcd.io/etcd/server/v3\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod
   go mod tidy
   go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
-fi
+}
 
 # --- kwok ------------------------------------------------------------------------------------
-if [[ ! -x "$BIN/kwok" ]]; then
-  log "building kwok $KWOK_VERSION"
-  GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-  # The stage definitions ship in the module zip; copy them next to the binaries.
-  mkdir -p "$OUT/stages"
-  cp -r "$GOMODCACHE/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage/." "$OUT/stages/"
-  chmod -R u+w "$OUT/stages"
-fi
+# The binary and its stage definitions (shipped in the module zip) are one unit: both land in
+# the stage, and finish_cached_build checks both before the rename.
+log "building kwok $KWOK_VERSION"
+GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+mkdir -p "$STAGE/stages"
+cp -r "$GOMODCACHE/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage/." "$STAGE/stages/"
+chmod -R u+w "$STAGE/stages"
 
-touch "$STAMP"
-log "done in $(( $(date +%s) - BUILD_START ))s"
-echo "$BIN"
+finish_cached_build

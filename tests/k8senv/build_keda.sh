@@ -20,7 +20,8 @@ OUT="$PD_CACHE/keda-${KEDA_VERSION}"
 GOMODCACHE_OVERRIDE=${KEDA_GOMODCACHE:-} GOCACHE_OVERRIDE=${KEDA_GOCACHE:-}
 # shellcheck source=cached_build.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cached_build.sh"
-begin_cached_build build_keda.sh "$OUT" .build-keda.lock
+begin_cached_build build_keda.sh "$OUT" .build-keda.lock \
+  bin/keda-operator bin/keda-adapter crds/keda.sh_scaledobjects.yaml
 
 MOD=github.com/kedacore/keda/v2
 log "resolving $MOD@$KEDA_VERSION"
@@ -46,11 +47,8 @@ go build -p 2 -trimpath -ldflags "$LD" -o "$WORK/out/" "$MOD/cmd/operator" "$MOD
 mv "$WORK/out/operator" "$BIN/keda-operator"
 mv "$WORK/out/adapter" "$BIN/keda-adapter"
 
-rm -rf "$OUT/crds"
-mkdir -p "$OUT/crds"
-cp "$SRC"/config/crd/bases/*.yaml "$OUT/crds/"
-chmod -R u+w "$OUT/crds"
+mkdir -p "$STAGE/crds"
+cp "$SRC"/config/crd/bases/*.yaml "$STAGE/crds/"
+chmod -R u+w "$STAGE/crds"
 
-touch "$STAMP"
-log "done in $(( $(date +%s) - BUILD_START ))s"
-echo "$BIN"
+finish_cached_build

@@ -36,7 +36,7 @@ ALL_SIGNALS: list[dict[str, Any]] = [
 def role(ns: str, deployment: str, **extra: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "deployment": {"namespace": ns, "name": deployment},
-        "min_replicas": 0,
+        "min_replicas": 1,
         "max_replicas": 16,
         "max_num_batched_tokens": MNBT,
         "signals": ALL_SIGNALS,

@@ -163,20 +163,20 @@ async def test_stream_pushes_on_change(
     policy = testing.pool_policy(
         aggregated={
             "signals": [{"signal": "queue_depth", "target": 5}],
-            "min_replicas": 0,
             "behavior": {"scale_down": {"stabilization_window_s": 0}},
         },
     )
     ticker = testing.Ticker(policy)
-    ticker.tick(0, aggregated=testing.obs(1, queue_depth=5))
+    ticker.tick(0, aggregated=testing.obs(2, queue_depth=5))
     store.update(ticker.decisions[-1], policy)
-    stream = scaler.StreamIsActive(ref(pool="p"))
+    # min_replicas 0 is rejected (no signal at zero replicas): activation above 1 instead.
+    stream = scaler.StreamIsActive(ref(pool="p", activationValue="1"))
     assert (await asyncio.wait_for(stream.read(), 5)).result is True
-    # Same answer again: no message. Then idle -> desired 0 -> inactive.
-    ticker.tick(1, aggregated=testing.obs(1, queue_depth=5))
+    # Same answer again: no message. Then idle -> desired 1 -> inactive.
+    ticker.tick(1, aggregated=testing.obs(2, queue_depth=5))
     store.update(ticker.decisions[-1], policy)
-    ticker.tick(100, aggregated=testing.obs(1, queue_depth=0))
-    assert ticker.decisions[-1].pools["p"].roles[Role.AGGREGATED].desired == 0
+    ticker.tick(100, aggregated=testing.obs(2, queue_depth=0))
+    assert ticker.decisions[-1].pools["p"].roles[Role.AGGREGATED].desired == 1
     store.update(ticker.decisions[-1], policy)
     assert (await asyncio.wait_for(stream.read(), 5)).result is False
     stream.cancel()

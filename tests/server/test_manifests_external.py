@@ -14,7 +14,7 @@ import yaml
 
 from autoscaler.server import external_metrics as em
 from autoscaler.server import keda, points
-from tests.k8senv import cluster as k8senv
+from tests import kubectl as kubectl_mod
 
 pytestmark = pytest.mark.external_metrics
 
@@ -25,7 +25,7 @@ KEDA = ROOT / "manifests" / "keda"
 
 @pytest.fixture(scope="module")
 def kubectl() -> Path:
-    return k8senv.ensure_binaries() / "kubectl"
+    return kubectl_mod.find()
 
 
 def render(kubectl: Path, target: Path) -> list[dict[str, Any]]:

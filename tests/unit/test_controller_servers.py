@@ -39,7 +39,7 @@ from autoscaler.server.store import DecisionStore
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeActuator, FakeEvents, FakeLease, FakeMetricsSource
 from autoscaler.types import Role
-from tests.k8senv import cluster as k8senv
+from tests import kubectl as kubectl_mod
 from tests.server.certs import Pki, make_pki
 from tests.unit.fakes import FakeStateCore
 
@@ -161,7 +161,7 @@ def test_invalid_settings_name_the_setting(env: dict[str, str], fragment: str) -
 
 @pytest.fixture(scope="module")
 def kubectl() -> Path:
-    return k8senv.ensure_binaries() / "kubectl"
+    return kubectl_mod.find()
 
 
 def _controller_env(kubectl: Path, target: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
@@ -195,8 +195,13 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
         env["PD_AUTOSCALER_KEDA_GRPC_CERT_DIR"] = str(cert_dir)
         env["PD_AUTOSCALER_KEDA_GRPC_CLIENT_CA_FILE"] = str(cert_dir / "tls.crt")
     s = settings_from(None, env)
-    pod_rules = [r for d in docs if d["kind"] == "Role" for r in d["rules"]
-                 if "pods" in r["resources"]]
+    # The controller's Roles (the kind overlay's Prometheus has pod-discovery Roles of its own).
+    ours_roles = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in docs
+                  if b["kind"] == "RoleBinding"
+                  and any(sub.get("name") == "pd-autoscaler" for sub in b["subjects"])}
+    pod_rules = [r for d in docs if d["kind"] == "Role"
+                 and (d["metadata"]["namespace"], d["metadata"]["name"]) in ours_roles
+                 for r in d["rules"] if "pods" in r["resources"]]
     if target in ("overlays/external-metrics", "keda"):
         # The leader-only Services select the label; the controller sets it; RBAC allows it,
         # in the controller's own namespace only.
@@ -204,7 +209,8 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
         assert s.pod_name == "pd-autoscaler-0"
         assert pod_rules == [{"apiGroups": [""], "resources": ["pods"],
                               "verbs": ["get", "patch"]}]
-        roles = [d for d in docs if d["kind"] == "Role" and "pods" in str(d["rules"])]
+        roles = [d for d in docs if d["kind"] == "Role" and "pods" in str(d["rules"])
+                 and (d["metadata"]["namespace"], d["metadata"]["name"]) in ours_roles]
         assert {r["metadata"]["namespace"] for r in roles} == {"pd-autoscaler"}
         services = [d for d in docs if d["kind"] == "Service"
                     and "pd-autoscaler.io/leader" in d["spec"]["selector"]]

@@ -56,7 +56,7 @@ behaviors = st.fixed_dictionaries(
     }
 )
 
-bounds = st.tuples(st.integers(0, 5), st.integers(1, 30)).filter(lambda b: b[0] <= b[1])
+bounds = st.tuples(st.integers(1, 5), st.integers(1, 30)).filter(lambda b: b[0] <= b[1])
 
 SIGNALS = [
     {"signal": "queue_depth", "target": 4},

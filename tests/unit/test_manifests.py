@@ -1,5 +1,5 @@
 """manifests/ and the Dockerfile, checked statically: every kustomization renders with the real
-kubectl (built by tests/k8senv/build.sh), the RBAC is least privilege and covers exactly the
+kubectl (tests/kubectl.py: the venv's, no Go build), the RBAC is least privilege and covers exactly the
 Deployments the shipped policy scales, the controller Pod is locked down, and the Dockerfile
 follows the image rules (pinned base, multi-stage, non-root, no pip cache). The rendered RBAC
 is enforced by the real API server in tests/e2e/test_controller_e2e.py (test 5)."""
@@ -15,17 +15,17 @@ import pytest
 import yaml
 
 from autoscaler.policy.load import parse_policy
-from tests.k8senv import cluster as k8senv
+from tests import kubectl as kubectl_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-KUSTOMIZATIONS = ("base", "overlays/shadow", "overlays/kind", "examples")
+KUSTOMIZATIONS = ("base", "overlays/shadow", "overlays/kind", "examples", "monitoring")
 
 
 @pytest.fixture(scope="module")
 def kubectl() -> Path:
     # A no-op once the binaries are built (the e2e session fixture builds them the same way).
-    return k8senv.ensure_binaries() / "kubectl"
+    return kubectl_mod.find()
 
 
 def render(kubectl: Path, target: str) -> list[dict[str, Any]]:
