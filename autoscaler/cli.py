@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         action="append",
         default=None,
-        help="keda-queue | static-peak (repeatable; default: both)",
+        help="keda-queue | best-static | hindsight (repeatable; default: all)",
     )
     b.add_argument("--json", type=Path, dest="json_out", help="write the summary JSON here")
     b.add_argument("--plot", type=Path, help="write a PNG plot here")
@@ -181,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scrape-s", type=float, default=5.0, help="metric scrape interval")
     b.add_argument("--no-progress", action="store_true")
     b.add_argument("--window-s", type=float, default=None, help="rate window (default 60 s)")
+    b.add_argument(
+        "--target-attainment",
+        type=float,
+        default=None,
+        help="SLO attainment best-static, hindsight and the oracle must reach (default 0.99)",
+    )
     b.add_argument(
         "--duration-s", type=float, default=None, help="replay only the first N seconds"
     )
