@@ -5,9 +5,10 @@ the Loop, the oracle and the evaluation: what the command does minus printing an
 yardsticks (best-static and hindsight replay the trace once per fixed-fleet level, a cost that
 grows with the fleets the trace needs, not with the controller; `--yardsticks` times them
 once on the base trace). The budget is 5 s wall for the 1-hour trace (19,366 requests). It
-prints the median of `--runs` runs and, to show how the cost scales with load and length, the same backtest on the
-trace at 2x and 4x the request rate (`rate_scale`: each request replicated into the gap to the
-next one, same hour) and on 2x and 4x the length (the hour replayed back to back).
+prints the median of `--runs` runs and, to show how the cost scales with load and length, the
+same backtest on the trace at 2x and 4x the request rate (`rate_scale`: each request replicated
+into the gap to the next one, same hour) and on 2x and 4x the length
+(the hour replayed back to back).
 
     .venv/bin/python benchmarks/backtest_speed.py [--runs 5] [--trace PATH] [--no-scaling]
 
