@@ -242,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--peak-rps", type=float, required=True)
     st.add_argument("--out", type=Path, required=True)
     st.add_argument("--seed", type=int, default=0)
+    st.add_argument(
+        "--bursts", type=Path, default=None, help="keep this trace's short-term burst structure"
+    )
+    st.add_argument("--burst-window-s", type=float, default=10.0)
+    st.add_argument(
+        "--burst-offset-s", type=float, default=0.0, help="where in --bursts the pattern starts"
+    )
     st.set_defaults(func=_delegate("trace-stitch"))
     return parser
 
