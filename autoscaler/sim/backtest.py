@@ -603,6 +603,7 @@ def yardsticks_json(bt: Backtest) -> dict[str, Any] | None:
             "gpu_hours": hs.evaluation.gpu_hours,
             "slo_attainment": hs.evaluation.slo_attainment,
             "planned_misses": hs.planned_misses,
+            "forced_start_misses": hs.forced_misses,
             "miss_budget": hs.budget,
             "rounds": hs.rounds,
             "replicas_per_bin": {r.value: v.tolist() for r, v in hs.levels.items()},

@@ -21,9 +21,12 @@ judged against things that could really be run:
   and lambda is bisected until the misses fit the budget (1 - target) x requests. A verifying
   replay then runs the schedule on the simulator; if it falls short the budget is tightened by
   the shortfall and the programme re-run (a few rounds). The verified replay is what is reported.
+  Misses the starting fleet cannot avoid before a replica requested at 0 is ready (estimated from
+  the tables) are added to the budget: every run has them, and no schedule can buy them back.
 
-Assumptions, stated: the fleet at time 0 is warm at the schedule's first level (as for fixed
-fleets); a replica leaving drains its requests (billed by the simulator); the per-bin tables come
+Assumptions, stated: hindsight starts as the controller runs do, at min_replicas ready at 0, so
+the minutes before a replica requested at 0 could serve stay at that floor (fixed fleets are warm
+at their size from 0: that is what a fixed fleet is); a replica leaving drains its requests (billed by the simulator); the per-bin tables come
 from steady fixed fleets, so a schedule's transitions can differ (the verifying replay measures
 the truth).
 """
@@ -89,6 +92,7 @@ class Hindsight:
     sim: Simulation
     evaluation: Evaluation
     rounds: int
+    forced_misses: int = 0  # in the first minutes, at the starting fleet (any run has them)
 
 
 @dataclass(slots=True)
@@ -196,20 +200,27 @@ def schedule_dp(
     levels: list[int],
     misses: IntArray,
     lam: float,
+    *,
+    fixed_bins: int = 0,
 ) -> tuple[IntArray, int]:
     """One role's levels per bin minimising sum(n x cost_per_bin + lam x misses[m, n]) + every
-    increase x cold_start_cost. `misses[m, j]` is bin m's misses at levels[j]. Returns the level
-    per bin and the misses planned."""
+    increase x cold_start_cost. `misses[m, j]` is bin m's misses at levels[j]; the first
+    `fixed_bins` bins stay at levels[0] (the fleet at time 0, before any replica requested at 0
+    can be ready). Returns the level per bin and the misses planned."""
     nb, nl = misses.shape
     lv = np.asarray(levels, dtype=np.float64)
     unit = lv * cost_per_bin
     up = np.maximum(lv[None, :] - lv[:, None], 0.0) * cold_start_cost  # [from, to]
-    best = unit + lam * misses[0]
+    barred = np.full(nl, np.inf)
+    barred[0] = 0.0
+    best = unit + lam * misses[0] + (barred if fixed_bins > 0 else 0.0)
     arg = np.zeros((nb, nl), dtype=np.int64)
     for m in range(1, nb):
         trans = best[:, None] + up  # from j to k
         arg[m] = np.argmin(trans, axis=0)
         best = trans[arg[m], np.arange(nl)] + unit + lam * misses[m]
+        if m < fixed_bins:
+            best = best + barred
     pick = np.zeros(nb, dtype=np.int64)
     pick[-1] = int(np.argmin(best))
     for m in range(nb - 1, 0, -1):
@@ -225,6 +236,7 @@ def plan_hindsight(
     budget: int,
     cost_per_bin: float,
     cold_start_cost: float,
+    fixed_bins: int = 0,
 ) -> tuple[dict[Role, IntArray], int]:
     """The cheapest per-bin schedule over all roles whose planned misses fit `budget`: bisect
     the price of a miss (lambda) in the joint programme (roles separate given lambda)."""
@@ -233,7 +245,9 @@ def plan_hindsight(
         out: dict[Role, IntArray] = {}
         total = 0
         for role, (levels, misses) in tables.items():
-            out[role], k = schedule_dp(cost_per_bin, cold_start_cost, levels, misses, lam)
+            out[role], k = schedule_dp(
+                cost_per_bin, cold_start_cost, levels, misses, lam, fixed_bins=fixed_bins
+            )
             total += k
         return out, total
 
@@ -382,10 +396,21 @@ def compute(
             tables[role] = (levels[role], np.stack(cols, axis=1))
         per_bin = gpu * bin_s / 3600.0
         cold = gpu * profile.cold_start_s / 3600.0
-        b = budget
+        # The schedule starts where every controller run starts, at min_replicas (ready at 0):
+        # a replica requested at 0 serves from the cold start on, so the bins before that stay
+        # at the floor (the scans start at the floor, so levels[0] is it).
+        fixed_bins = math.ceil(profile.cold_start_s / bin_s - 1e-9)
+        # Misses in those first bins are forced on every run that starts at the floor: they do
+        # not spend the budget (else an infeasible start would push every later bin to the top).
+        forced = sum(int(t[1][:fixed_bins, 0].sum()) for t in tables.values())
+        b = budget + forced
         for rnd in range(1, HINDSIGHT_ROUNDS + 1):
             sched, planned = plan_hindsight(
-                tables, budget=b, cost_per_bin=per_bin, cold_start_cost=cold
+                tables,
+                budget=b,
+                cost_per_bin=per_bin,
+                cold_start_cost=cold,
+                fixed_bins=fixed_bins,
             )
             replays += 1
             if on_replay is not None:
@@ -394,10 +419,11 @@ def compute(
                 trace, pool, profile, sched, bin_s=bin_s, horizon_s=horizon_s
             )
             ev = evaluate(sim, pool.name, slo=slo, end_s=horizon_s, with_oracle=False)
-            hs = Hindsight(sched, planned, b, sim, ev, rnd)
-            if ev.slo_attainment >= target or b == 0:
+            hs = Hindsight(sched, planned, b, sim, ev, rnd, forced)
+            goal = target - forced / max(n, 1)
+            if ev.slo_attainment >= goal or b == 0:
                 break
-            short = math.ceil((target - ev.slo_attainment) * n)
+            short = math.ceil((goal - ev.slo_attainment) * n)
             b = max(0, b - short)
     return Yardsticks(
         target=target,
