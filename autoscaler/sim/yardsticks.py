@@ -26,7 +26,8 @@ judged against things that could really be run:
 
 Assumptions, stated: hindsight starts as the controller runs do, at min_replicas ready at 0, so
 the minutes before a replica requested at 0 could serve stay at that floor (fixed fleets are warm
-at their size from 0: that is what a fixed fleet is); a replica leaving drains its requests (billed by the simulator); the per-bin tables come
+at their size from 0: that is what a fixed fleet is); a replica leaving drains its requests
+(billed by the simulator); the per-bin tables come
 from steady fixed fleets, so a schedule's transitions can differ (the verifying replay measures
 the truth).
 """
