@@ -170,18 +170,48 @@ class _Spread:
 
 
 class _Series:
-    """Per-minute means of a rate and a decaying recent maximum."""
+    """A role's rate over time: per-minute means (for the trend) and recent short-window rates
+    with a decaying maximum (for the burst headroom).
 
-    def __init__(self, *, memory_s: float, halflife_s: float, trend_s: float) -> None:
+    The metric source reports rates over a window of W seconds (`rate_window_s`), once a tick
+    (tau seconds apart). Two successive samples differ by what entered the window in the last
+    tau seconds minus what left it, so the arrivals of the last tau seconds are about
+    W (r_t - r_(t - tau)) + tau r_(t - W) (what left is taken at the older window's mean rate):
+    a burst shorter than the window shows at tick resolution instead of diluted over W. With
+    `short` off (decode: generation spreads a burst over each request's decode time) the
+    window rates themselves are remembered."""
+
+    def __init__(
+        self, *, memory_s: float, halflife_s: float, trend_s: float, window_s: float, short: bool
+    ) -> None:
         self.memory_s = memory_s
         self.halflife_s = halflife_s
         self.trend_s = trend_s
-        self.samples: deque[tuple[float, float]] = deque()
+        self.window_s = window_s
+        self.short = short
+        self.samples: deque[tuple[float, float, float]] = deque()  # (t, window rate, short)
         self.minutes: deque[tuple[float, float, int]] = deque()  # (minute start, sum, n)
 
-    def add(self, t: float, v: float) -> None:
-        keep = max(self.memory_s, self.trend_s)
-        self.samples.append((t, v))
+    def _at(self, t: float) -> float | None:
+        """The window rate sampled nearest to t (within half a window), if any."""
+        best: tuple[float, float] | None = None
+        for ts, r, _ in self.samples:
+            d = abs(ts - t)
+            if d <= self.window_s / 2 and (best is None or d < best[0]):
+                best = (d, r)
+        return None if best is None else best[1]
+
+    def add(self, t: float, v: float) -> float:
+        """Record the window rate v at t; returns the short-window rate estimate."""
+        short = v
+        if self.short and self.samples:
+            t_prev, r_prev, _ = self.samples[-1]
+            tau = t - t_prev
+            old = self._at(t - self.window_s)
+            if 0 < tau < self.window_s and old is not None:
+                short = max(0.0, self.window_s / tau * (v - r_prev) + old)
+        keep = max(self.memory_s, self.trend_s, self.window_s * 2)
+        self.samples.append((t, v, short))
         while self.samples and self.samples[0][0] < t - keep:
             self.samples.popleft()
         m = math.floor(t / 60.0) * 60.0
@@ -192,11 +222,12 @@ class _Series:
             self.minutes.append((m, v, 1))
         while self.minutes and self.minutes[0][0] < t - self.trend_s - 60.0:
             self.minutes.popleft()
+        return short
 
     def headroom(self, t: float) -> tuple[float, float]:
-        """(decayed max, its age in s) over the memory."""
+        """(decayed max of the short-window rates, its age in s) over the memory."""
         best, age = 0.0, 0.0
-        for ts, v in self.samples:
+        for ts, _, v in self.samples:
             if ts < t - self.memory_s:
                 continue
             d = v * 0.5 ** ((t - ts) / self.halflife_s)
@@ -256,11 +287,15 @@ class SLOPolicy:
             memory_s=config.burst_memory_s,
             halflife_s=config.burst_halflife_s,
             trend_s=config.trend_window_s,
+            window_s=config.rate_window_s,
+            short=True,
         )
         self.gen = _Series(
             memory_s=config.burst_memory_s,
             halflife_s=config.burst_halflife_s,
             trend_s=config.trend_window_s,
+            window_s=config.rate_window_s,
+            short=False,
         )
         self.spread = _Spread(
             window_s=config.rate_window_s, memory_s=max(1800.0, config.burst_memory_s)
@@ -426,19 +461,30 @@ class SLOPolicy:
         cur = ctx.obs.replicas
         return SLONeed(self.source, cur, cur, None, None, blocks_down=True, note=why)
 
-    def _load(self, series: _Series, now: float, current: float) -> tuple[float, str]:
-        """The rate to size for: max(current, decayed recent max, trend at the horizon)."""
+    def _load(self, series: _Series, now: float, current: float) -> tuple[float, float, str]:
+        """(steady rate: max(current, trend at the horizon), burst headroom, explanation)."""
         head, age = series.headroom(now)
         trend = series.trend(now, self.horizon_s)
         parts = [f"now {current:.3g}"]
         value = current
-        if head > value + _EPS:
-            value = head
-            parts.append(f"burst headroom {head:.3g} (peak {age:.0f} s ago, decayed)")
         if trend is not None and trend > value + _EPS:
             value = trend
             parts.append(f"trend at +{self.horizon_s:.0f} s {trend:.3g}")
-        return value, ", ".join(parts)
+        if head > value + _EPS:
+            parts.append(f"burst headroom {head:.3g} (short-window peak {age:.0f} s ago, decayed)")
+        return value, head, ", ".join(parts)
+
+    def burst_replicas(self, head: float, p: float, cv: float) -> tuple[int, str]:
+        """Replicas that absorb a burst at the short-window rate `head` for one tick: its work
+        head x E[S] per second must drain within the tick plus the tightest waiting allowance
+        (a fluid bound: a burst is too short for a steady-state queueing margin)."""
+        if head <= 0:
+            return 0, ""
+        es, _, waits = self.prefill_model(p, cv)
+        w = min((x for x in waits if x > 0), default=0.0)
+        d = self.config.tick_s
+        c = math.ceil(head * es * d / (d + w) - _EPS)
+        return c, f"burst {head:.3g} req/s x {es * 1000:.0f} ms within {d:g}+{w:.2f} s -> {c}"
 
     def needs(self, ctx: RoleContext) -> list[Need]:
         sig = ctx.obs.signals
@@ -464,22 +510,29 @@ class SLOPolicy:
         p, o = self.p_mean, self.o_mean
         cv, cv_why = self.prompt_cv()
         if self.role is Role.PREFILL:
-            lam_s, why = self._load(self.rate, now, lam)
-            n, a, expl = self.prefill_replicas(lam_s, p, cv)
+            lam_s, head, why = self._load(self.rate, now, lam)
+            n, value, expl = self.prefill_replicas(lam_s, p, cv)
+            n_b, bexpl = self.burst_replicas(head, p, cv)
             text = f"req/s {why}; {expl}"
-            value = a
+            if n_b > n:
+                n = n_b
+                text += f"; {bexpl}"
         elif self.role is Role.DECODE:
-            g_s, why = self._load(self.gen, now, gtok)
-            n, value, expl = self.decode_replicas(g_s, p, o, cv)
+            g_s, head, why = self._load(self.gen, now, gtok)
+            n, value, expl = self.decode_replicas(max(g_s, head), p, o, cv)
             text = f"gen tok/s {why}; {expl}"
         else:
-            lam_s, why = self._load(self.rate, now, lam)
+            lam_s, head, why = self._load(self.rate, now, lam)
             n_p, a, expl = self.prefill_replicas(lam_s, p, cv)
+            n_b, bexpl = self.burst_replicas(head, p, cv)
             cap, _, dexpl = self.decode_capacity(p, o)
-            d_share = lam_s * o / cap if cap > 0 else 0.0
+            d_share = max(lam_s, head) * o / cap if cap > 0 else 0.0
             # Decode shares the replicas' time with prefill: add its share of replicas.
-            n = math.ceil(n_p + d_share - _EPS)
-            text = f"req/s {why}; prefill {expl}; + decode {d_share:.2f} replicas at {dexpl}"
+            n = math.ceil(max(n_p, n_b) + d_share - _EPS)
+            text = f"req/s {why}; prefill {expl}"
+            if n_b > n_p:
+                text += f"; {bexpl}"
+            text += f"; + decode {d_share:.2f} replicas at {dexpl}"
             value = a + d_share
         n = max(n, 0)
         text = f"{text} [prompt cv {cv:.2f}: {cv_why}]"

@@ -21,7 +21,7 @@ from autoscaler import errors
 from autoscaler.policy import registry
 from autoscaler.policy.base import RoleContext
 from autoscaler.policy.config import PolicyRef, RoleSpec, load_policy_file
-from autoscaler.policy.slo import SLOConfig, SLOPolicy, _Spread, erlang_c
+from autoscaler.policy.slo import SLOConfig, SLOPolicy, _Series, _Spread, erlang_c
 from autoscaler.sim.profile import builtin
 from autoscaler.types import Role, RoleObservation, SignalSample
 
@@ -251,3 +251,32 @@ def test_registered_and_shipped_policy_validates() -> None:
     roles = pf.pools[0].roles
     assert [p.kind for p in roles[Role.PREFILL].policies] == ["slo"]
     assert [p.kind for p in roles[Role.DECODE].policies] == ["slo"]
+
+
+def test_short_window_rate_sees_a_burst_the_window_dilutes() -> None:
+    """60-s window rates sampled every 15 s: 2 req/s, then 15 s at 20 req/s. The window rate
+    moves to 2 + 18 x 15/60 = 6.5; the short-window estimate recovers ~20."""
+    series = _Series(memory_s=1800, halflife_s=600, trend_s=0, window_s=60, short=True)
+    arrivals = [2.0] * 20 + [20.0] + [2.0] * 4  # per 15-s slot, req/s
+    shorts = []
+    for i in range(len(arrivals)):
+        lo = max(0, i - 3)
+        window = sum(arrivals[lo : i + 1]) * 15.0 / 60.0 if i >= 3 else arrivals[0]
+        shorts.append(series.add(15.0 * (i + 1), window))
+    assert shorts[20] == pytest.approx(20.0)
+    assert max(shorts[:20]) == pytest.approx(2.0)
+    head, age = series.headroom(15.0 * 25)
+    assert age == pytest.approx(60.0)
+    assert head == pytest.approx(20.0 * 0.5 ** (60 / 600))
+
+
+def test_burst_replicas_fluid_bound() -> None:
+    """A burst at 60 req/s of 1,000-token prompts (cv 0) must drain within the tick plus the
+    tightest allowance: ceil(60 x S x 15 / (15 + w))."""
+    pol = make(prompt_length_cv=0.0)
+    s = P8B.idle_prefill_s(1000)
+    xfer = P8B.kv_bytes_per_token * 1000 / P8B.kv_transfer_bytes_per_s + P8B.kv_transfer_setup_s
+    w = 0.5 - s - xfer
+    n, why = pol.burst_replicas(60.0, 1000.0, 0.0)
+    assert n == math.ceil(60.0 * s * 15 / (15 + w))
+    assert "burst 60 req/s" in why
