@@ -7,7 +7,8 @@ the role's own vLLM rates and turns it into replicas with the profile's step-tim
 no per-trace target to tune. Every number is in the Need's description (the decision reason).
 
 **Workload estimate**: request rate lambda, prompt and generated tokens/s (the rates every metric
-source reports); mean prompt p = prompt rate / lambda, mean output o = generated rate / lambda.
+source reports); mean prompt p and mean output o are the prompt and generated rates over the
+request rate, summed over the last `length_window_s` (10 min).
 The spread of prompt lengths (their CV) is estimated from how the mean prompt of successive,
 non-overlapping rate windows scatters (`_Spread`: a window of N requests has a mean prompt of
 variance sigma^2 / N), unless configured. Prompts are modelled as a lognormal of that mean and
@@ -33,8 +34,8 @@ count as misses; if they alone exceed the budget the role is sized for load only
 sequences of mean context L = p + o/2; a step takes alpha_d + (beta_d + gamma_d L) B; by Little's
 law N = lambda o step, so N = lambda o alpha_d / (1 - lambda o (beta_d + gamma_d L) / n). The
 fewest n whose step meets the mean-ITL target, with B <= max_num_seqs and each replica's KV in
-use (B footprints of p + o tokens: mean B m, variance B m2 with the prompt spread) at the
-attainment quantile within kv_capacity_tokens.
+use (B footprints of p + o tokens: mean B m, variance B m2 with the prompt spread, a lognormal
+of that mean and variance) at the attainment quantile within kv_capacity_tokens.
 
 **Aggregated** roles add the decode share (generated tokens/s over one replica's capacity at
 the ITL-limited batch) to the prefill replicas.
@@ -95,6 +96,10 @@ class SLOConfig(BaseModel):
     `prompt_length_cv_prior` until `_MIN_SPREAD_WINDOWS` windows are seen."""
     prompt_length_cv_prior: float = Field(default=1.0, ge=0, le=10)
     """The CV used before there is enough history to estimate it (1.0: exponential-like)."""
+    length_window_s: float = Field(default=600, gt=0, le=86400)
+    """The mean prompt and output lengths are ratios of summed rates over this window, seconds:
+    10 minutes hold hundreds of requests even at 1 req/s, so one window with a few very long
+    prompts does not swing the sizing, and a change of mix is followed within minutes."""
     rate_window_s: float = Field(default=60, gt=0, le=3600)
     """The metric source's rate window, seconds (the simulator's 60 s; set the in-cluster
     source's, 120 s by default): how many requests each rate sample averages."""
@@ -137,6 +142,16 @@ def erlang_c(c: int, a: float) -> float:
         b = a * b / (k + a * b)
     rho = a / c
     return b / (1.0 - rho + rho * b)
+
+
+def _lognormal_quantile(mean: float, second: float, z: float) -> float:
+    """Quantile (at standard-normal z) of a positive sum of the given mean and variance, taken
+    as the lognormal with that mean and variance (Fenton-Wilkinson): a heavy right tail, as a
+    few long prompts give a replica's KV cache, where a normal approximation would be thin."""
+    if mean <= 0:
+        return 0.0
+    s2 = math.log1p(second / (mean * mean))
+    return math.exp(math.log(mean) - s2 / 2.0 + z * math.sqrt(s2))
 
 
 class _Spread:
@@ -302,6 +317,7 @@ class SLOPolicy:
         )
         # Last seen mean lengths: kept through idle ticks (rate 0 says nothing about lengths).
         self.p_mean: float | None = None
+        self.lengths: deque[tuple[float, float, float, float]] = deque()
         self._moments: dict[tuple[int, float], tuple[float, float, list[float]]] = {}
         self.o_mean: float | None = None
 
@@ -427,8 +443,8 @@ class SLOPolicy:
         lambda o (beta_d + gamma_d L)). The step must stay within the mean-ITL target, B within
         max_num_seqs, and each replica's KV in use, B sequences of p + o tokens with the prompt
         spread (mean B m, variance B m2: a Poisson number of footprints), at its attainment
-        quantile (normal approximation) within kv_capacity_tokens. Returns (n, the replicas'
-        load in sequences, the explanation)."""
+        quantile (the lognormal of that mean and variance) within kv_capacity_tokens. Returns
+        (n, the replicas' load in sequences, the explanation)."""
         pr = self.profile
         if o <= 0 or g <= 0:
             return 0, 0.0, "no generation"
@@ -446,12 +462,13 @@ class SLOPolicy:
             n_seq = lam * o * alpha_s / (1.0 - lam * o * per_seq_s / n)
             b = n_seq / n
             step = alpha_s + per_seq_s * b
-            kv = b * m + z * math.sqrt(b * m2)
+            kv = _lognormal_quantile(b * m, b * m2, z)
             if step <= itl and b <= pr.max_num_seqs and kv <= pr.kv_capacity_tokens:
                 return n, n_seq, (
                     f"{lam:.3g} req/s x {o:.0f} tokens: {n_seq:.1f} running, {b:.1f} per "
                     f"replica, step {step * 1000:.1f} ms <= {itl * 1000:g} ms, KV {kv / 1000:.0f}k"
-                    f" (mean + {z:.2f} sd, {m:.0f} tok each) <= {pr.kv_capacity_tokens / 1000:.0f}k"
+                    f" (q{self.config.attainment:g}, {m:.0f} tok each) <= "
+                    f"{pr.kv_capacity_tokens / 1000:.0f}k"
                 )
         return first + _MAX_EXTRA, 0.0, "no fleet meets the ITL target: capped"
 
@@ -496,9 +513,16 @@ class SLOPolicy:
         ptok = float(got[PROMPT_TOKENS_RATE].value or 0.0)  # type: ignore[union-attr]
         gtok = float(got[GENERATION_TOKENS_RATE].value or 0.0)  # type: ignore[union-attr]
         if lam > _EPS:
-            self.p_mean = ptok / lam
-            self.o_mean = gtok / lam
-            self.spread.add(ctx.now, lam, self.p_mean)
+            self.spread.add(ctx.now, lam, ptok / lam)
+            self.lengths.append((ctx.now, lam, ptok, gtok))
+        while self.lengths and self.lengths[0][0] < ctx.now - self.config.length_window_s:
+            self.lengths.popleft()
+        tot = sum(x[1] for x in self.lengths)
+        if tot > _EPS:
+            # Ratio of sums over the window: requests weigh in by their number, and a handful of
+            # very long prompts in one rate window cannot swing the mean from tick to tick.
+            self.p_mean = sum(x[2] for x in self.lengths) / tot
+            self.o_mean = sum(x[3] for x in self.lengths) / tot
         now = ctx.now
         if self.role is Role.DECODE:
             self.gen.add(now, gtok)

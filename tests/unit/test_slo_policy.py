@@ -128,7 +128,9 @@ def _decode_by_hand(lam: float, p: float, o: float) -> int:
         if lam * o * per_seq / n < 1:
             big_n = lam * o * alpha / (1 - lam * o * per_seq / n)
             b = big_n / n
-            kv = b * (p + o) + 2.3263478740408408 * math.sqrt(b * (p + o) ** 2)
+            # Lognormal with the compound-Poisson mean b (p + o) and variance b (p + o)^2.
+            s2 = math.log1p(1.0 / b)
+            kv = math.exp(math.log(b * (p + o)) - s2 / 2 + 2.3263478740408408 * math.sqrt(s2))
             if alpha + per_seq * b <= 0.05 and kv <= P8B.kv_capacity_tokens:
                 return n
         n += 1
@@ -145,7 +147,7 @@ def _decode_by_hand(lam: float, p: float, o: float) -> int:
 def test_decode_by_hand(lam: float, p: float, o: float) -> None:
     """Decode, cv 0: per-seq cost beta + gamma (p + o/2); with n replicas N = lambda o alpha /
     (1 - lambda o per_seq / n); the fewest n whose step stays <= 50 ms and whose KV at the
-    99 % quantile (B (p + o) + z sqrt(B) (p + o)) fits."""
+    99 % quantile (lognormal of mean B (p + o), variance B (p + o)^2) fits."""
     pol = make(Role.DECODE, prompt_length_cv=0.0, burst_memory_s=0, trend_window_s=0)
     want, why, _ = tick(pol, 15.0, req=lam, ptok=lam * p, gtok=lam * o)
     assert want == _decode_by_hand(lam, p, o)
