@@ -14,12 +14,17 @@ non-overlapping rate windows scatters (`_Spread`: a window of N requests has a m
 variance sigma^2 / N), unless configured. Prompts are modelled as a lognormal of that mean and
 CV, averaged at 64 equal-probability points.
 
-**Load to size for**: the largest of the current rate; the **burst headroom**, the largest rate
-of the last `burst_memory_s` decayed with half-life `burst_halflife_s` (recurring bursts find
-capacity waiting, since a replica takes a cold start to arrive, and a one-off burst's headroom
-fades); and the **trend at the cold-start horizon**, a least-squares line through the per-minute
-means of the last `trend_window_s` (30 min, needing half of it) at now + cold start + one tick.
-Minute means over 30 minutes do not follow 15-second noise; only a rising trend adds anything.
+**Load to size for**: the current rate or the **trend at the cold-start horizon**, whichever is
+larger, for the steady queueing model; and the **burst headroom**, the short-window rate (see
+`_Series`) that all but 1 - attainment of the requests of the last `burst_memory_s` arrived at
+or below, each sample weighted by its requests and halved every `burst_halflife_s` (recurring
+bursts that carry more than that share of requests find capacity waiting, since a replica takes
+a cold start to arrive; a one-off burst's weight fades). The trend is a least-squares line
+through the per-minute means of the last `trend_window_s` (30 min, needing half of it) at now +
+cold start + one tick: minute means over 30 minutes do not follow 15-second noise, and only a
+rising trend adds anything. A burst is sized by a fluid bound (its work drains within a tick
+plus the tightest waiting allowance), steady load by the queueing model below; the role gets the
+larger.
 
 **Prefill** (M/G/c against each prompt's own TTFT limit): a prompt P takes S(P), the profile's
 idle prefill time (`Profile.idle_prefill_s`, so a recalibrated profile changes the sizing, not
@@ -104,9 +109,9 @@ class SLOConfig(BaseModel):
     """The metric source's rate window, seconds (the simulator's 60 s; set the in-cluster
     source's, 120 s by default): how many requests each rate sample averages."""
     burst_memory_s: float = Field(default=1800, ge=0, le=86400)
-    """How long the largest recent rate is remembered for burst headroom, seconds (0: none)."""
+    """How long short-window rates are remembered for the burst headroom, seconds (0: none)."""
     burst_halflife_s: float = Field(default=600, gt=0)
-    """Half-life of that headroom, seconds: a burst 10 min ago counts at half its rate."""
+    """Half-life of a remembered burst's weight, seconds: its requests 10 min ago count half."""
     trend_window_s: float = Field(default=1800, ge=0, le=86400)
     """History of per-minute means the trend line is fitted on, seconds (0: no trend)."""
     tick_s: float = Field(default=15, gt=0, le=600)
@@ -239,16 +244,28 @@ class _Series:
             self.minutes.popleft()
         return short
 
-    def headroom(self, t: float) -> tuple[float, float]:
-        """(decayed max of the short-window rates, its age in s) over the memory."""
-        best, age = 0.0, 0.0
+    def headroom(self, t: float, level: float) -> tuple[float, float]:
+        """(request-weighted `level` quantile of the short-window rates over the memory, the age
+        of the sample it came from). Each sample weighs its requests (rate x tick), halved every
+        half-life: the rate that all but 1 - level of the recent requests arrived at or below,
+        so bursts that carry more than that share of requests are sized for, and a one-off
+        burst's weight fades."""
+        pts = []
+        prev = None
         for ts, _, v in self.samples:
-            if ts < t - self.memory_s:
-                continue
-            d = v * 0.5 ** ((t - ts) / self.halflife_s)
-            if d > best:
-                best, age = d, t - ts
-        return best, age
+            if ts >= t - self.memory_s and prev is not None and v > 0:
+                pts.append((v, v * (ts - prev) * 0.5 ** ((t - ts) / self.halflife_s), t - ts))
+            prev = ts
+        if not pts:
+            return 0.0, 0.0
+        total = sum(w for _, w, _ in pts)
+        pts.sort(key=lambda x: x[0], reverse=True)
+        above = 0.0
+        for v, w, age in pts:
+            above += w
+            if above > (1.0 - level) * total:
+                return v, age
+        return pts[-1][0], pts[-1][2]
 
     def trend(self, t: float, horizon_s: float) -> float | None:
         """Least-squares line through the closed minute means of the window, at t + horizon;
@@ -480,7 +497,7 @@ class SLOPolicy:
 
     def _load(self, series: _Series, now: float, current: float) -> tuple[float, float, str]:
         """(steady rate: max(current, trend at the horizon), burst headroom, explanation)."""
-        head, age = series.headroom(now)
+        head, age = series.headroom(now, self.config.attainment)
         trend = series.trend(now, self.horizon_s)
         parts = [f"now {current:.3g}"]
         value = current
@@ -488,7 +505,10 @@ class SLOPolicy:
             value = trend
             parts.append(f"trend at +{self.horizon_s:.0f} s {trend:.3g}")
         if head > value + _EPS:
-            parts.append(f"burst headroom {head:.3g} (short-window peak {age:.0f} s ago, decayed)")
+            q = self.config.attainment
+            parts.append(
+                f"burst headroom {head:.3g} (q{q:g} of recent short-window rates, {age:.0f} s ago)"
+            )
         return value, head, ", ".join(parts)
 
     def burst_replicas(self, head: float, p: float, cv: float) -> tuple[int, str]:
