@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         action="append",
         default=None,
-        help="keda-queue | static-peak (repeatable; default: both)",
+        help="keda-queue | best-static | hindsight (repeatable; default: all)",
     )
     b.add_argument("--json", type=Path, dest="json_out",
                    help="write the summary JSON here (its directory must exist)")
@@ -248,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bar (terminal) or progress lines (otherwise)")
     b.add_argument("--window-s", type=_positive, default=None,
                    help="rate window (default 60 s)")
+    b.add_argument(
+        "--target-attainment",
+        type=float,
+        default=None,
+        help="SLO attainment best-static, hindsight and the oracle must reach (default 0.99)",
+    )
     b.add_argument(
         "--duration-s", type=_positive, default=None, help="replay only the first N seconds"
     )
@@ -310,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="requests/s at the envelope's peak")
     st.add_argument("--out", type=Path, required=True, help="output generic CSV")
     st.add_argument("--seed", type=int, default=0, help="random seed (deterministic output)")
+    st.add_argument(
+        "--bursts", type=Path, default=None, help="keep this trace's short-term burst structure"
+    )
+    st.add_argument("--burst-window-s", type=_positive, default=10.0,
+                    help="window of the burst pattern taken from --bursts, seconds")
+    st.add_argument(
+        "--burst-offset-s", type=float, default=0.0, help="where in --bursts the pattern starts"
+    )
     st.set_defaults(func=_delegate("trace-stitch"))
     return parser
 

@@ -14,6 +14,13 @@ trace (jointly: long prompts and long answers are correlated).
   file.
 - Longer than the envelope: whole days of it repeat (the span of every ServeGen model is a
   whole number of days).
+- `--bursts TRACE` keeps a bursty trace's short-term structure instead of Poisson arrivals
+  around the envelope: the trace's arrivals are counted in `--burst-window-s` windows (10 s,
+  the scale of the bursts the traces README reports), divided by their mean, and that
+  multiplier m(t) (mean 1, cycled over the stitched span from `--burst-offset-s` into the
+  trace) multiplies the envelope: rate(t) = envelope(t) x m(t). The daily shape and the request
+  count stay the envelope's; inside a window arrivals are Poisson. `--peak-rps` is the
+  envelope's peak; short windows then reach peak x max(m) (12.7 for the Azure code trace).
 
 Output: CSV `timestamp_s,input_tokens,output_tokens`, timestamps in seconds from 0.
 """
@@ -157,16 +164,47 @@ class Envelope:
         return float(self.rate(t).sum() * step_s)
 
 
-def arrivals(env: Envelope, rng: np.random.Generator) -> FloatArray:
-    """Non-homogeneous Poisson arrival times by thinning, sorted."""
+class BurstPattern:
+    """A bursty trace's short-term rate multiplier m(t): arrivals per window over their mean,
+    cycled, starting `offset_s` into the trace."""
+
+    def __init__(self, arrival_s: FloatArray, *, window_s: float, offset_s: float = 0.0) -> None:
+        if window_s <= 0:
+            raise errors.ConfigError([f"--burst-window-s must be > 0 (got {window_s})"])
+        if len(arrival_s) < 2:
+            raise errors.ConfigError(["--bursts: the trace needs at least 2 requests"])
+        t = np.asarray(arrival_s, dtype=np.float64) - float(np.min(arrival_s))
+        n = max(1, math.ceil((float(t.max()) + 1e-9) / window_s))
+        counts = np.bincount(np.minimum((t // window_s).astype(np.int64), n - 1), minlength=n)
+        self.m: FloatArray = counts / counts.mean()
+        self.window_s = window_s
+        self.offset = round(offset_s / window_s) % n
+
+    @property
+    def max(self) -> float:
+        return float(self.m.max())
+
+    def at(self, t: FloatArray) -> FloatArray:
+        i = ((t // self.window_s).astype(np.int64) + self.offset) % len(self.m)
+        out: FloatArray = self.m[i]
+        return out
+
+
+def arrivals(
+    env: Envelope, rng: np.random.Generator, bursts: BurstPattern | None = None
+) -> FloatArray:
+    """Non-homogeneous Poisson arrival times by thinning, sorted (rate x m(t) with bursts)."""
     out = []
-    lam = env.peak
+    lam = env.peak * (bursts.max if bursts is not None else 1.0)
     t0 = 0.0
     while t0 < env.duration_s:
         t1 = min(t0 + _CHUNK_S, env.duration_s)
         n = int(rng.poisson(lam * (t1 - t0)))
         t = np.sort(rng.uniform(t0, t1, n))
-        keep = rng.uniform(0.0, lam, n) < env.rate(t)
+        rate = env.rate(t)
+        if bursts is not None:
+            rate = rate * bursts.at(t)
+        keep = rng.uniform(0.0, lam, n) < rate
         out.append(t[keep])
         t0 = t1
     return np.concatenate(out) if out else np.empty(0)
@@ -180,8 +218,13 @@ def stitch(
     days: float,
     peak_rps: float,
     seed: int = 0,
+    bursts: Path | None = None,
+    burst_window_s: float = 10.0,
+    burst_offset_s: float = 0.0,
 ) -> tuple[FloatArray, IntArray, IntArray, Envelope]:
-    """Arrival times and (prompt, output) lengths; also the scaled envelope used."""
+    """Arrival times and (prompt, output) lengths; also the scaled envelope used. With `bursts`
+    (a trace file of any format `load_trace` reads) the arrivals keep its short-term structure
+    (see the module docstring)."""
     if days <= 0:
         raise errors.ConfigError([f"--days must be > 0 (got {days})"])
     if peak_rps <= 0:
@@ -189,8 +232,15 @@ def stitch(
     starts, rates = read_envelope(envelope, model)
     prompt, output = read_tokens(tokens)
     env = Envelope(starts, rates, days=days, peak=peak_rps)
+    pattern = None
+    if bursts is not None:
+        from autoscaler.sim.traces import load_trace  # noqa: PLC0415 - only with --bursts
+
+        pattern = BurstPattern(
+            load_trace(bursts).arrival_s, window_s=burst_window_s, offset_s=burst_offset_s
+        )
     rng = np.random.default_rng(seed)
-    t = arrivals(env, rng)
+    t = arrivals(env, rng, pattern)
     pick = rng.integers(0, len(prompt), len(t))
     return t, prompt[pick], output[pick], env
 
@@ -221,6 +271,9 @@ def main(args: argparse.Namespace) -> int:
         days=float(args.days),
         peak_rps=float(args.peak_rps),
         seed=int(args.seed),
+        bursts=getattr(args, "bursts", None),
+        burst_window_s=float(getattr(args, "burst_window_s", 10.0)),
+        burst_offset_s=float(getattr(args, "burst_offset_s", 0.0)),
     )
     write_csv(Path(args.out), t, prompt, output)
     print(

@@ -28,6 +28,7 @@ ENTRY_POINT_GROUP = "pd_autoscaler.policies"
 # when a policy uses a forecast.
 _BUILTIN: dict[str, str] = {
     "forecast": "autoscaler.policy.forecast:PLUGIN",
+    "slo": "autoscaler.policy.slo:PLUGIN",
 }
 
 # Any: each kind has its own config type; validate_ref hands build the type it validated.

@@ -15,16 +15,16 @@
   status.replicas also counts pods still starting. `ceil(sum / 5)` is the same; only whether a
   change of at most 10 % is skipped can differ, and only while pods start.
 
-* **static-peak**: no autoscaler; each role holds, the whole time, the replicas the oracle's
-  capacity model (`evaluate.oracle`) asks for in the trace's busiest minute (max over minutes,
-  at least the role's min_replicas): the fixed fleet an operator sizes for the peak.
+* **best-static** and **hindsight** (`yardsticks.py`): the cheapest fixed fleet reaching the
+  attainment target, and the cheapest clairvoyant schedule that pays the real cold start, both
+  found by replaying the trace. They replace `static-peak` (each role fixed at the fluid oracle's
+  busiest minute), which was not honest: a fluid bound sizes EDF-ordered, perfectly split work, not
+  per-replica FCFS queues, so its peak fleet can sit far below the SLO (issue 14 reports
+  45.7 % attainment on long prompts).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from autoscaler.sim.evaluate import SLO, oracle
 from autoscaler.spec import (
     Behavior,
     Coupling,
@@ -36,15 +36,12 @@ from autoscaler.spec import (
     ScalingRule,
     SignalSpec,
 )
-from autoscaler.types import Role, SignalName
-
-if TYPE_CHECKING:
-    from autoscaler.sim.profile import Profile
-    from autoscaler.sim.traces import Trace
+from autoscaler.types import SignalName
 
 KEDA_QUEUE = "keda-queue"
-STATIC_PEAK = "static-peak"
-BASELINES: tuple[str, ...] = (KEDA_QUEUE, STATIC_PEAK)
+BEST_STATIC = "best-static"
+HINDSIGHT = "hindsight"
+BASELINES: tuple[str, ...] = (KEDA_QUEUE, BEST_STATIC, HINDSIGHT)
 
 # The `threshold` of the KEDA Prometheus scaler users copy from vLLM/KServe examples: 5 waiting
 # requests per replica.
@@ -114,27 +111,3 @@ def keda_queue_policy(
             ),
         ),
     )
-
-
-def static_peak_replicas(
-    trace: Trace,
-    profile: Profile,
-    pool: PoolSpec,
-    *,
-    slo: SLO | None = None,
-) -> dict[Role, int]:
-    """Replicas per role for the busiest minute of `trace` under the oracle's capacity model,
-    at least min_replicas (and 1) per role; not capped by max_replicas, since an operator who
-    sizes a static fleet for the peak would size it for the real peak."""
-    orc = oracle(
-        trace.arrival_s,
-        trace.prompt_tokens,
-        trace.output_tokens,
-        profile,
-        disaggregated=Role.AGGREGATED not in pool.roles,
-        slo=slo or SLO(),
-    )
-    return {
-        role: max(int(orc.replicas[role].max()), spec.min_replicas, 1)
-        for role, spec in pool.roles.items()
-    }

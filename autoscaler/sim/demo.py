@@ -252,7 +252,7 @@ def main(args: argparse.Namespace) -> int:
     """Run the demo; 0 on success, 2 on bad input (one line on stderr)."""
     from rich.console import Console  # noqa: PLC0415
 
-    console = Console(width=max(Console().width, 132))
+    console = Console(width=max(Console().width, 160))
     out_dir = Path(getattr(args, "out", None) or "out")
     try:
         trace, name, where = pick_trace(args)

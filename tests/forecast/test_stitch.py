@@ -183,3 +183,41 @@ def test_real_envelope_and_azure_lengths() -> None:
     assert counts.max() == pytest.approx(5, rel=0.15)
     assert np.median(p) == pytest.approx(1020, rel=0.1)
     assert np.median(o) == pytest.approx(129, rel=0.1)
+
+
+def test_bursts_keep_the_short_term_structure(small: tuple[Path, Path], tmp_path: Path) -> None:
+    """--bursts: a pattern trace with all its requests in the first 10 s of every minute makes
+    the stitched arrivals land there too (six times the mean rate), with the envelope's daily
+    swing and request count kept; without it the same windows hold a sixth of the arrivals."""
+    env, tok = small
+    pattern = tmp_path / "pattern.csv"
+    rows = [f"{m * 60 + k * 0.5:.3f},100,10" for m in range(60) for k in range(20)]
+    pattern.write_text("timestamp_s,input_tokens,output_tokens\n" + "\n".join(rows) + "\n")
+    t, _, _, e = stitch.stitch(
+        envelope=env, model="a/x", tokens=tok, days=1, peak_rps=3, seed=3, bursts=pattern
+    )
+    expected = e.expected_requests()
+    assert abs(len(t) - expected) < 0.05 * expected
+    pat = stitch.BurstPattern(
+        np.array([float(r.split(",")[0]) for r in rows]), window_s=10.0
+    )
+    assert (pat.m > 0).mean() == pytest.approx(1 / 6, abs=0.01)  # 10 s of every minute
+    in_burst = pat.at(t) > 0
+    assert in_burst.mean() > 0.97
+    first = np.count_nonzero(t < 3600)
+    middle = np.count_nonzero((t >= 11.5 * 3600) & (t < 12.5 * 3600))
+    assert 2.3 < middle / first < 3.7
+    plain, _, _, _ = stitch.stitch(envelope=env, model="a/x", tokens=tok, days=1, peak_rps=3)
+    assert 0.13 < (pat.at(plain) > 0).mean() < 0.2
+
+
+def test_bursts_offset_shifts_the_pattern(tmp_path: Path) -> None:
+    """The multiplier is arrivals per window over their mean, cycled from the offset."""
+    p = stitch.BurstPattern(np.array([0.0, 1.0, 2.0, 25.0]), window_s=10.0)
+    assert p.m.tolist() == pytest.approx([9 / 4, 0.0, 3 / 4])
+    shifted = stitch.BurstPattern(np.array([0.0, 1.0, 2.0, 25.0]), window_s=10.0, offset_s=20.0)
+    assert shifted.at(np.array([0.0, 10.0, 20.0, 35.0])).tolist() == pytest.approx(
+        [3 / 4, 9 / 4, 0.0, 3 / 4]
+    )
+    with pytest.raises(errors.ConfigError, match="burst-window-s"):
+        stitch.BurstPattern(np.array([0.0, 1.0]), window_s=0.0)

@@ -1,7 +1,7 @@
-"""The backtest: baselines' definitions, static-peak sizing, JSON shape, plot, errors, end to end.
+"""The backtest: baselines' definitions, JSON shape, plot, errors, end to end.
 
-Covers: keda-queue is the HPA's arithmetic on our core (a hand-computed sequence), static-peak
-is the oracle's busiest minute, the packaged default policy equals policies/, a short synthetic
+Covers: keda-queue is the HPA's arithmetic on our core (a hand-computed sequence), the
+yardsticks reach the JSON and table (their own tests: test_yardsticks.py), the packaged default policy equals policies/, a short synthetic
 trace end to end through the CLI (table, JSON keys, PNG), and one-line exit-2 errors.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from autoscaler import cli
 from autoscaler.policy.load import load_policy_file
 from autoscaler.sim import backtest, baselines
-from autoscaler.sim.evaluate import SLO, oracle
+from autoscaler.sim.evaluate import SLO
 from autoscaler.sim.traces import Trace
 from autoscaler.sim.workload import AZURE_CODE, generate
 from autoscaler.testing import Ticker, obs
@@ -106,30 +106,6 @@ def test_keda_queue_policy_shape() -> None:
         assert [(r.type, r.value, r.period_s) for r in b.scale_down.rules] == [("percent", 100, 15)]
 
 
-def test_static_peak_is_the_oracle_busiest_minute() -> None:
-    """static-peak = max over minutes of the oracle's per-role replicas (>= min_replicas)."""
-    tr = generate(AZURE_CODE, duration_s=600, seed=3, diurnal=False)
-    tr = Trace(tr.arrival_s, tr.prompt_tokens * 4, tr.output_tokens)  # several prefill replicas
-    policy = load_policy_file(REPO / "policies" / "llama-8b-disagg.yaml")
-    pool = policy.pool("llama-8b")
-    got = baselines.static_peak_replicas(tr, P8B, pool)
-    orc = oracle(tr.arrival_s, tr.prompt_tokens, tr.output_tokens, P8B, disaggregated=True)
-    assert got == {
-        Role.PREFILL: int(orc.replicas[Role.PREFILL].max()),
-        Role.DECODE: max(1, int(orc.replicas[Role.DECODE].max())),
-    }
-    assert got[Role.PREFILL] >= 2
-    # Independent check of the busiest minute's prefill throughput need with the docstring's
-    # capacity model; the SLO-aware oracle (bursts against the TTFT SLO) asks for at least that.
-    b = (tr.arrival_s // 60).astype(int)
-    p = tr.prompt_tokens.astype(float)
-    nbar = np.bincount(b, weights=p * p) / np.bincount(b, weights=p)
-    cap = 1000.0 / (4 / 8192 + 0.025 + 7e-7 * np.minimum(nbar, 8192))
-    need = np.ceil(np.bincount(b, weights=p) / 60.0 / cap - 1e-9)
-    assert int(orc.throughput_replicas[Role.PREFILL].max()) == int(need.max())
-    assert got[Role.PREFILL] >= int(need.max())
-
-
 def test_packaged_default_policy_matches_repo() -> None:
     """The wheel's copy of the default policy is byte-identical to policies/llama-8b-disagg.yaml."""
     repo = (REPO / "policies" / "llama-8b-disagg.yaml").read_bytes()
@@ -204,7 +180,15 @@ def test_backtest_end_to_end_json_and_plot(
     assert doc["oracle_gpu_hours"] <= doc["oracle_all_requests_gpu_hours"]
     assert doc["oracle_attainment"] == 0.99
     assert doc["oracle_miss_budget"] == doc["requests"] // 100
-    assert set(doc["runs"]) == {"llama-8b-disagg", "keda-queue", "static-peak"}
+    assert set(doc["runs"]) == {"llama-8b-disagg", "keda-queue", "best-static", "hindsight"}
+    ys = doc["yardsticks"]
+    assert ys["target_attainment"] == 0.99
+    assert ys["best_static"]["slo_attainment"] >= 0.99
+    assert doc["runs"]["best-static"]["slo_attainment"] == ys["best_static"]["slo_attainment"]
+    assert doc["runs"]["hindsight"]["gpu_hours_vs_hindsight"] == pytest.approx(1.0)
+    assert doc["runs"]["hindsight"]["slo_attainment"] == ys["hindsight"]["slo_attainment"]
+    # The clairvoyant schedule is never dearer than the cheapest fixed fleet at the target.
+    assert ys["hindsight"]["gpu_hours"] <= ys["best_static"]["gpu_hours"] + 1e-9
     for name, run in doc["runs"].items():
         assert set(run) >= RUN_KEYS, name
         assert 0.0 <= run["slo_attainment"] <= 1.0
@@ -213,7 +197,10 @@ def test_backtest_end_to_end_json_and_plot(
         if run["slo_attainment"] >= doc["oracle_attainment"]:
             assert run["gpu_hours"] >= doc["oracle_gpu_hours"] - 1e-9, name
         assert all(isinstance(run[k], int) for k in ("scale_events", "reversals", "preemptions"))
-    assert doc["runs"]["static-peak"]["scale_events"] == 0
+    assert doc["runs"]["best-static"]["scale_events"] == 0
+    # A fixed fleet sits on its own frontier.
+    bs = doc["runs"]["best-static"]
+    assert bs["static_frontier_attainment_at_gpu_hours"] == pytest.approx(bs["slo_attainment"])
     png = out_png.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(png) > 20_000
@@ -229,7 +216,7 @@ def test_backtest_selected_baseline_and_slo_flags(tmp_path: Path) -> None:
             "--trace",
             str(trace),
             "--baseline",
-            "static-peak",
+            "best-static",
             "--json",
             str(out),
             "--ttft-floor-s",
@@ -241,7 +228,8 @@ def test_backtest_selected_baseline_and_slo_flags(tmp_path: Path) -> None:
     )
     assert rc == 0
     doc = json.loads(out.read_text())
-    assert set(doc["runs"]) == {"llama-8b-disagg", "static-peak"}
+    assert set(doc["runs"]) == {"llama-8b-disagg", "best-static"}
+    assert doc["yardsticks"]["hindsight"] is None
     assert doc["slo"]["ttft_floor_s"] == 30.0
     assert doc["runs"]["llama-8b-disagg"]["slo_attainment"] == 1.0  # nothing waits 30 s
 
@@ -297,9 +285,9 @@ def test_reversals_and_slo_come_from_evaluate(tmp_path: Path) -> None:
         bt = backtest.run_backtest(
             tr, trace_name="t", policies=[("p", policy)], profile=P8B, config=cfg
         )
-    assert set(bt.runs) == {"p", "keda-queue", "static-peak"}
-    ev = bt.runs["static-peak"].evaluation
+    assert set(bt.runs) == {"p", "keda-queue", "best-static", "hindsight"}
+    ev = bt.runs["best-static"].evaluation
     # A fixed fleet held over the whole horizon: replicas x horizon exactly.
-    n = sum(bt.runs["static-peak"].replicas.values())
+    n = sum(bt.runs["best-static"].replicas.values())
     assert ev.gpu_hours == pytest.approx(n * bt.horizon_s / 3600.0)
     assert not math.isnan(ev.slo_attainment)

@@ -29,7 +29,8 @@ def test_demo_on_the_generator_is_fast(
     out = capsys.readouterr().out
     assert "built-in generator" in out
     assert "keda-queue" in out
-    assert "static-peak" in out
+    assert "best-static" in out
+    assert "hindsight" in out
     # Not a terminal: the latest decision per role is printed with its reason.
     assert "llama-8b/prefill" in out
     assert "llama-8b/decode" in out
@@ -37,7 +38,7 @@ def test_demo_on_the_generator_is_fast(
     png = tmp_path / "out" / "demo.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((tmp_path / "out" / "demo.json").read_text())
-    assert set(doc["runs"]) == {"llama-8b-disagg", "keda-queue", "static-peak"}
+    assert set(doc["runs"]) == {"llama-8b-disagg", "keda-queue", "best-static", "hindsight"}
     assert str(png) in out
 
 

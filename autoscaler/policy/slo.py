@@ -1,0 +1,595 @@
+"""The `slo` policy kind: size a role from the stated SLO and a performance profile.
+
+The user states the SLO (TTFT as a floor plus a slowdown over the prompt's idle prefill time, or
+absolute; mean ITL; the attainment target) and names a profile (model x GPU x vLLM version: a
+built-in simulator profile or a profile YAML). Each tick the policy estimates the workload from
+the role's own vLLM rates and turns it into replicas with the profile's step-time model; there is
+no per-trace target to tune. Every number is in the Need's description (the decision reason).
+
+**Workload estimate**: request rate lambda, prompt and generated tokens/s (the rates every metric
+source reports); mean prompt p and mean output o are the prompt and generated rates over the
+request rate, summed over the last `length_window_s` (10 min).
+The spread of prompt lengths (their CV) is estimated from how the mean prompt of successive,
+non-overlapping rate windows scatters (`_Spread`: a window of N requests has a mean prompt of
+variance sigma^2 / N), unless configured. Prompts are modelled as a lognormal of that mean and
+CV, averaged at 64 equal-probability points.
+
+**Load to size for**: the current rate or the **trend at the cold-start horizon**, whichever is
+larger, for the steady queueing model; and the **burst headroom**, the short-window rate (see
+`_Series`) that all but 1 - attainment of the requests of the last `burst_memory_s` arrived at
+or below, each sample weighted by its requests and halved every `burst_halflife_s` (recurring
+bursts that carry more than that share of requests find capacity waiting, since a replica takes
+a cold start to arrive; a one-off burst's weight fades). The trend is a least-squares line
+through the per-minute means of the last `trend_window_s` (30 min, needing half of it) at now +
+cold start + one tick: minute means over 30 minutes do not follow 15-second noise, and only a
+rising trend adds anything. A burst is sized by a fluid bound (its work drains within a tick
+plus the tightest waiting allowance), steady load by the queueing model below; the role gets the
+larger.
+
+**Prefill** (M/G/c against each prompt's own TTFT limit): a prompt P takes S(P), the profile's
+idle prefill time (`Profile.idle_prefill_s`, so a recalibrated profile changes the sizing, not
+this code), and may queue w(P) = max(floor, k S(P)) - S(P) - its KV transfer and still meet its
+limit. With offered load a = lambda E[S] replicas, the policy asks for the fewest c > a with
+C(c, a) x mean over prompts of exp(-(c - a) w(P) / E[S] x 2 / (1 + cs^2)) <= 1 - attainment
+(Erlang C, the exponential waiting tail with the M/G/c heavy-traffic correction for the spread
+cs^2 of S). Prompts whose limit no fleet can meet (w <= 0, an absolute TTFT below their prefill)
+count as misses; if they alone exceed the budget the role is sized for load only and says so.
+
+**Decode** (Little's law, the ITL target, the KV cache): with n replicas each runs B = N / n
+sequences of mean context L = p + o/2; a step takes alpha_d + (beta_d + gamma_d L) B; by Little's
+law N = lambda o step, so N = lambda o alpha_d / (1 - lambda o (beta_d + gamma_d L) / n). The
+fewest n whose step meets the mean-ITL target, with B <= max_num_seqs and each replica's KV in
+use (B footprints of p + o tokens: mean B m, variance B m2 with the prompt spread, a lognormal
+of that mean and variance) at the attainment quantile within kv_capacity_tokens.
+
+**Aggregated** roles add the decode share (generated tokens/s over one replica's capacity at
+the ITL-limited batch) to the prefill replicas.
+
+When a rate is missing the policy holds (want = keep = current, blocks scale-down): missing
+metrics never scale down; before any request is seen it holds too. keep = want: the decaying
+headroom and the trend pace scale-down, with the role's behavior (stabilization, rate limits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from autoscaler import errors
+from autoscaler.metrics.source import GENERATION_TOKENS_RATE, PROMPT_TOKENS_RATE, REQUEST_RATE
+from autoscaler.policy.base import Policy, RoleContext
+from autoscaler.spec import RoleSpec
+from autoscaler.types import Need, Role
+
+# ceil() of a ratio that is an integer up to float noise must not add a replica.
+_EPS = 1e-9
+# Largest fleet the Erlang-C search considers beyond the offered load (a bound on the loop).
+_MAX_EXTRA = 1024
+# Windows needed before the estimated prompt spread replaces the prior (8 minutes at 60 s).
+_MIN_SPREAD_WINDOWS = 8
+# Quadrature for the prompt-length average: 64 equal-probability points of a standard normal.
+_QUAD = 64
+_QUAD_Z = tuple(NormalDist().inv_cdf((i + 0.5) / _QUAD) for i in range(_QUAD))
+
+
+class SLOConfig(BaseModel):
+    """An SLO-driven policy for one role (`policies: [{kind: slo, profile: ..., ...}]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    profile: str = Field(min_length=1)
+    """Performance profile: a built-in name (llama-8b-h100, llama-70b-tp4-h100) or a profile
+    YAML path (relative paths are taken from the working directory)."""
+    ttft_floor_s: float = Field(default=0.5, gt=0)
+    """TTFT limit floor, seconds: a request meets TTFT when TTFT <= max(floor, slowdown x its
+    idle prefill time)."""
+    ttft_slowdown: float | None = Field(default=3.0, gt=1)
+    """TTFT slowdown over the prompt's idle prefill time; null: TTFT <= floor (absolute)."""
+    itl_mean_s: float = Field(default=0.05, gt=0)
+    """Mean inter-token latency limit per request, seconds."""
+    attainment: float = Field(default=0.99, gt=0.5, lt=1)
+    """Share of requests that must meet the SLO: the Erlang-C tail is held at 1 - attainment."""
+    prompt_length_cv: float | None = Field(default=None, ge=0, le=10)
+    """Coefficient of variation of prompt lengths (std / mean): it sets the prompt mix the
+    prefill and KV models average over (a lognormal of the observed mean and this CV). Null:
+    estimated from how the mean prompt of successive rate windows scatters (`_Spread`), with
+    `prompt_length_cv_prior` until `_MIN_SPREAD_WINDOWS` windows are seen."""
+    prompt_length_cv_prior: float = Field(default=1.0, ge=0, le=10)
+    """The CV used before there is enough history to estimate it (1.0: exponential-like)."""
+    length_window_s: float = Field(default=600, gt=0, le=86400)
+    """The mean prompt and output lengths are ratios of summed rates over this window, seconds:
+    10 minutes hold hundreds of requests even at 1 req/s, so one window with a few very long
+    prompts does not swing the sizing, and a change of mix is followed within minutes."""
+    rate_window_s: float = Field(default=60, gt=0, le=3600)
+    """The metric source's rate window, seconds (the simulator's 60 s; set the in-cluster
+    source's, 120 s by default): how many requests each rate sample averages."""
+    burst_memory_s: float = Field(default=1800, ge=0, le=86400)
+    """How long short-window rates are remembered for the burst headroom, seconds (0: none)."""
+    burst_halflife_s: float = Field(default=600, gt=0)
+    """Half-life of a remembered burst's weight, seconds: its requests 10 min ago count half."""
+    trend_window_s: float = Field(default=1800, ge=0, le=86400)
+    """History of per-minute means the trend line is fitted on, seconds (0: no trend)."""
+    tick_s: float = Field(default=15, gt=0, le=600)
+    """The controller's tick interval, seconds: the trend horizon is cold start + one tick."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SLOConfig:
+        if self.ttft_slowdown is None and self.ttft_floor_s <= 0:
+            msg = "an absolute TTFT needs ttft_floor_s > 0"
+            raise ValueError(msg)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class SLONeed(Need):
+    """A Need whose description carries the sizing arithmetic."""
+
+    explanation: str = ""
+
+    def describe(self) -> str:
+        if self.value is None:
+            return f"{self.source}: {self.note or 'no estimate'}"
+        return f"{self.source}: {self.explanation} -> {self.want}"
+
+
+def erlang_c(c: int, a: float) -> float:
+    """Probability of waiting in M/M/c with c servers and offered load a (< c) Erlangs."""
+    if a <= 0:
+        return 0.0
+    # Erlang B by the stable recursion, then C from B.
+    b = 1.0
+    for k in range(1, c + 1):
+        b = a * b / (k + a * b)
+    rho = a / c
+    return b / (1.0 - rho + rho * b)
+
+
+def _lognormal_quantile(mean: float, second: float, z: float) -> float:
+    """Quantile (at standard-normal z) of a positive sum of the given mean and variance, taken
+    as the lognormal with that mean and variance (Fenton-Wilkinson): a heavy right tail, as a
+    few long prompts give a replica's KV cache, where a normal approximation would be thin."""
+    if mean <= 0:
+        return 0.0
+    s2 = math.log1p(second / (mean * mean))
+    return math.exp(math.log(mean) - s2 / 2.0 + z * math.sqrt(s2))
+
+
+class _Spread:
+    """The spread of prompt lengths, estimated from the rates alone.
+
+    A rate window of W seconds holding N = lambda W requests has a mean prompt p_i whose
+    variance across windows is sigma^2 / N for independent prompts of variance sigma^2, so
+    sigma^2 is estimated by sum(N_i (p_i - p)^2) / (k - 1) over k non-overlapping windows, and
+    cv = sigma / p. A drifting mix only inflates it (more margin, never less)."""
+
+    def __init__(self, *, window_s: float, memory_s: float) -> None:
+        self.window_s = window_s
+        self.memory_s = memory_s
+        self.obs: deque[tuple[float, float, float]] = deque()  # (t, N, mean prompt)
+
+    def add(self, t: float, lam: float, p: float) -> None:
+        if self.obs and t - self.obs[-1][0] < self.window_s - 1e-6:
+            return  # overlapping window: not independent of the last one
+        self.obs.append((t, lam * self.window_s, p))
+        while self.obs and self.obs[0][0] < t - self.memory_s:
+            self.obs.popleft()
+
+    def cv(self) -> tuple[float | None, int]:
+        k = len(self.obs)
+        tot = sum(n for _, n, _ in self.obs)
+        if k < _MIN_SPREAD_WINDOWS or tot <= 0:
+            return None, k
+        mean = sum(n * p for _, n, p in self.obs) / tot
+        var = sum(n * (p - mean) ** 2 for _, n, p in self.obs) / (k - 1)
+        return (math.sqrt(var) / mean if mean > 0 else None), k
+
+
+class _Series:
+    """A role's rate over time: per-minute means (for the trend) and recent short-window rates
+    with a decaying maximum (for the burst headroom).
+
+    The metric source reports rates over a window of W seconds (`rate_window_s`), once a tick
+    (tau seconds apart). Two successive samples differ by what entered the window in the last
+    tau seconds minus what left it, so the arrivals of the last tau seconds are about
+    W (r_t - r_(t - tau)) + tau r_(t - W) (what left is taken at the older window's mean rate):
+    a burst shorter than the window shows at tick resolution instead of diluted over W. With
+    `short` off (decode: generation spreads a burst over each request's decode time) the
+    window rates themselves are remembered."""
+
+    def __init__(
+        self, *, memory_s: float, halflife_s: float, trend_s: float, window_s: float, short: bool
+    ) -> None:
+        self.memory_s = memory_s
+        self.halflife_s = halflife_s
+        self.trend_s = trend_s
+        self.window_s = window_s
+        self.short = short
+        self.samples: deque[tuple[float, float, float]] = deque()  # (t, window rate, short)
+        self.minutes: deque[tuple[float, float, int]] = deque()  # (minute start, sum, n)
+
+    def _at(self, t: float) -> float | None:
+        """The window rate sampled nearest to t (within half a window), if any."""
+        best: tuple[float, float] | None = None
+        for ts, r, _ in self.samples:
+            d = abs(ts - t)
+            if d <= self.window_s / 2 and (best is None or d < best[0]):
+                best = (d, r)
+        return None if best is None else best[1]
+
+    def add(self, t: float, v: float) -> float:
+        """Record the window rate v at t; returns the short-window rate estimate."""
+        short = v
+        if self.short and self.samples:
+            t_prev, r_prev, _ = self.samples[-1]
+            tau = t - t_prev
+            old = self._at(t - self.window_s)
+            if 0 < tau < self.window_s and old is not None:
+                short = max(0.0, self.window_s / tau * (v - r_prev) + old)
+        keep = max(self.memory_s, self.trend_s, self.window_s * 2)
+        self.samples.append((t, v, short))
+        while self.samples and self.samples[0][0] < t - keep:
+            self.samples.popleft()
+        m = math.floor(t / 60.0) * 60.0
+        if self.minutes and self.minutes[-1][0] == m:
+            _, s, n = self.minutes[-1]
+            self.minutes[-1] = (m, s + v, n + 1)
+        else:
+            self.minutes.append((m, v, 1))
+        while self.minutes and self.minutes[0][0] < t - self.trend_s - 60.0:
+            self.minutes.popleft()
+        return short
+
+    def headroom(self, t: float, level: float) -> tuple[float, float]:
+        """(request-weighted `level` quantile of the short-window rates over the memory, the age
+        of the sample it came from). Each sample weighs its requests (rate x tick), halved every
+        half-life: the rate that all but 1 - level of the recent requests arrived at or below,
+        so bursts that carry more than that share of requests are sized for, and a one-off
+        burst's weight fades."""
+        pts = []
+        prev = None
+        for ts, _, v in self.samples:
+            if ts >= t - self.memory_s and prev is not None and v > 0:
+                pts.append((v, v * (ts - prev) * 0.5 ** ((t - ts) / self.halflife_s), t - ts))
+            prev = ts
+        if not pts:
+            return 0.0, 0.0
+        total = sum(w for _, w, _ in pts)
+        pts.sort(key=lambda x: x[0], reverse=True)
+        above = 0.0
+        for v, w, age in pts:
+            above += w
+            if above > (1.0 - level) * total:
+                return v, age
+        return pts[-1][0], pts[-1][2]
+
+    def trend(self, t: float, horizon_s: float) -> float | None:
+        """Least-squares line through the closed minute means of the window, at t + horizon;
+        None without half a window of minutes."""
+        if self.trend_s <= 0:
+            return None
+        cur = math.floor(t / 60.0) * 60.0
+        pts = [(m + 30.0, s / n) for m, s, n in self.minutes if m < cur and m >= t - self.trend_s]
+        if len(pts) < max(3, int(self.trend_s / 120.0)):
+            return None
+        n = len(pts)
+        mx = sum(x for x, _ in pts) / n
+        my = sum(y for _, y in pts) / n
+        sxx = sum((x - mx) ** 2 for x, _ in pts)
+        if sxx <= 0:
+            return None
+        slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
+        return max(0.0, my + slope * (t + horizon_s - mx))
+
+
+def _load_profile(name: str) -> object:
+    from autoscaler.sim.profile import BUILTIN_PROFILES, load_profile  # noqa: PLC0415
+
+    if name in BUILTIN_PROFILES:
+        return BUILTIN_PROFILES[name]
+    path = Path(name)
+    if not path.exists():
+        known = ", ".join(sorted(BUILTIN_PROFILES))
+        msg = f"slo.profile: {name!r} is neither a built-in profile ({known}) nor a file"
+        raise errors.ConfigError([msg])
+    return load_profile(path)
+
+
+class SLOPolicy:
+    """The SLO policy of one role of one pool."""
+
+    def __init__(self, config: SLOConfig, *, pool: str, role: Role, spec: RoleSpec) -> None:
+        from autoscaler.sim.profile import Profile  # noqa: PLC0415
+
+        prof = _load_profile(config.profile)
+        assert isinstance(prof, Profile)
+        self.profile = prof
+        self.config = config
+        self.role = role
+        self.pool = pool
+        self.source = f"slo:{role.value}"
+        self.horizon_s = spec.cold_start_s + config.tick_s
+        # The series the role is sized on: requests for prefill (with the prompt mix), generated
+        # tokens for decode, both for an aggregated server.
+        self.rate = _Series(
+            memory_s=config.burst_memory_s,
+            halflife_s=config.burst_halflife_s,
+            trend_s=config.trend_window_s,
+            window_s=config.rate_window_s,
+            short=True,
+        )
+        self.gen = _Series(
+            memory_s=config.burst_memory_s,
+            halflife_s=config.burst_halflife_s,
+            trend_s=config.trend_window_s,
+            window_s=config.rate_window_s,
+            short=False,
+        )
+        self.spread = _Spread(
+            window_s=config.rate_window_s, memory_s=max(1800.0, config.burst_memory_s)
+        )
+        # Last seen mean lengths: kept through idle ticks (rate 0 says nothing about lengths).
+        self.p_mean: float | None = None
+        self.lengths: deque[tuple[float, float, float, float]] = deque()
+        self._moments: dict[tuple[int, float], tuple[float, float, list[float]]] = {}
+        self.o_mean: float | None = None
+
+    # --- the model --------------------------------------------------------------------------
+
+    def service_s(self, p: float) -> float:
+        """Idle prefill time of a p-token prompt: the profile's own chunked-prefill model."""
+        return float(self.profile.idle_prefill_s(max(1, round(p))))
+
+    def prompt_points(self, p: float, cv: float) -> list[float]:
+        """`_QUAD` equal-probability prompt lengths of a lognormal with mean p and CV cv (capped
+        by the KV cache: vLLM rejects longer requests)."""
+        sigma = math.sqrt(math.log1p(cv * cv))
+        mu = math.log(max(p, 1.0)) - sigma * sigma / 2.0
+        top = float(self.profile.kv_capacity_tokens - 1)
+        return [min(math.exp(mu + sigma * z), top) for z in _QUAD_Z]
+
+    def prefill_model(self, p: float, cv: float) -> tuple[float, float, list[float]]:
+        """E[S], the squared CV of S, and each quadrature prompt's waiting allowance (seconds it
+        may queue and still meet its TTFT limit), through the profile's idle prefill time (a
+        recalibrated profile changes the sizing, not this code)."""
+        key = (round(p), round(cv, 2))
+        hit = self._moments.get(key)
+        if hit is not None:
+            return hit
+        c = self.config
+        pr = self.profile
+        xs, waits = [], []
+        for q in self.prompt_points(p, cv):
+            sv = self.service_s(q)
+            xs.append(sv)
+            limit = c.ttft_floor_s if c.ttft_slowdown is None else max(
+                c.ttft_floor_s, c.ttft_slowdown * sv
+            )
+            xfer = 0.0
+            if self.role is Role.PREFILL:
+                xfer = pr.kv_bytes_per_token * q / pr.kv_transfer_bytes_per_s
+                xfer += pr.kv_transfer_setup_s
+            waits.append(limit - sv - xfer)
+        es = sum(xs) / len(xs)
+        es2 = sum(x * x for x in xs) / len(xs)
+        cs2 = max(es2 / (es * es) - 1.0, 0.0) if es > 0 else 0.0
+        if len(self._moments) > 4096:
+            self._moments.clear()
+        out = (es, cs2, waits)
+        self._moments[key] = out
+        return out
+
+    def prefill_replicas(self, lam: float, p: float, cv: float) -> tuple[int, float, str]:
+        """Fewest replicas c whose M/G/c waiting tail, averaged over the prompt mix, lets all
+        but 1 - attainment of the requests meet their own TTFT limits."""
+        es, cs2, waits = self.prefill_model(p, cv)
+        a = lam * es
+        tail = 1.0 - self.config.attainment
+        hopeless = sum(1 for w in waits if w <= 0) / len(waits)
+        slo = (
+            f"TTFT <= {self.config.ttft_floor_s:g} s"
+            if self.config.ttft_slowdown is None
+            else f"TTFT <= max({self.config.ttft_floor_s:g} s, "
+            f"{self.config.ttft_slowdown:g} x idle prefill)"
+        )
+        head = (
+            f"{lam:.3g} req/s x {es * 1000:.0f} ms prefill (mean prompt {p:.0f} tok, cv "
+            f"{cv:.2f}) = {a:.2f} replicas busy"
+        )
+        if hopeless >= tail:
+            c = max(1, math.ceil(a + _EPS))
+            return c, a, (
+                f"{head}; {slo} unreachable for {hopeless:.1%} of prompts on this profile: "
+                f"sized for load only -> {c}"
+            )
+        if a <= 0:
+            return 0, 0.0, f"{head} -> 0"
+        k = 2.0 / (1.0 + cs2)
+        c = max(1, math.floor(a + _EPS) + 1)
+        for _ in range(_MAX_EXTRA):
+            decay = (c - a) / es * k
+            miss = hopeless + erlang_c(c, a) * sum(
+                math.exp(-decay * w) for w in waits if w > 0
+            ) / len(waits)
+            if miss <= tail:
+                break
+            c += 1
+        return c, a, (
+            f"{head}; M/G/c wait tail vs each prompt's {slo}: {miss:.2%} miss at {c} "
+            f"(<= {tail:.2%}) -> {c}"
+        )
+
+    def decode_capacity(self, p: float, o: float) -> tuple[float, int, str]:
+        """Generated tokens/s one replica sustains within the ITL target, and its batch B*."""
+        pr = self.profile
+        ctx = p + o / 2.0
+        per_seq = pr.decode_beta_ms_per_seq + pr.decode_gamma_ms_per_ctx_token * ctx
+        room = self.config.itl_mean_s * 1000.0 - pr.decode_alpha_ms
+        if room <= 0:
+            itl_ms = self.config.itl_mean_s * 1000
+            return 0.0, 0, f"ITL {itl_ms:g} ms < the {pr.decode_alpha_ms:g} ms step floor"
+        b_itl = math.floor(room / per_seq)
+        b_kv = math.floor(pr.kv_capacity_tokens / max(p + o, 1.0))
+        b = max(1, min(b_itl, b_kv, pr.max_num_seqs))
+        step_ms = pr.decode_alpha_ms + per_seq * b
+        limit = "ITL" if b == b_itl else ("KV" if b == b_kv else "max_num_seqs")
+        return b / step_ms * 1000.0, b, (
+            f"B*={b} ({limit}-bound, context {ctx:.0f} tok, step {step_ms:.1f} ms)"
+        )
+
+    def prompt_cv(self) -> tuple[float, str]:
+        """The prompt-length CV in use and where it comes from."""
+        if self.config.prompt_length_cv is not None:
+            return self.config.prompt_length_cv, "configured"
+        est, k = self.spread.cv()
+        if est is None:
+            return self.config.prompt_length_cv_prior, f"prior ({k} windows)"
+        return est, f"estimated over {k} windows"
+
+    def decode_replicas(self, g: float, p: float, o: float, cv: float) -> tuple[int, float, str]:
+        """The fewest decode replicas whose steps meet the ITL target and whose KV caches hold
+        their sequences at the attainment quantile.
+
+        With n replicas each runs B = N / n sequences of mean context L = p + o/2, a step takes
+        alpha_d + (beta_d + gamma_d L) B, and by Little's law N = requests/s x o x step, so
+        N = lambda o alpha_d / (1 - lambda o (beta_d + gamma_d L) / n) (n must exceed
+        lambda o (beta_d + gamma_d L)). The step must stay within the mean-ITL target, B within
+        max_num_seqs, and each replica's KV in use, B sequences of p + o tokens with the prompt
+        spread (mean B m, variance B m2: a Poisson number of footprints), at its attainment
+        quantile (the lognormal of that mean and variance) within kv_capacity_tokens. Returns
+        (n, the replicas' load in sequences, the explanation)."""
+        pr = self.profile
+        if o <= 0 or g <= 0:
+            return 0, 0.0, "no generation"
+        lam = g / o
+        ctx = p + o / 2.0
+        per_seq_s = (pr.decode_beta_ms_per_seq + pr.decode_gamma_ms_per_ctx_token * ctx) / 1e3
+        alpha_s = pr.decode_alpha_ms / 1e3
+        itl = self.config.itl_mean_s
+        cv2 = cv * cv
+        m = p + o
+        m2 = p * p * (1 + cv2) + 2 * p * o + o * o
+        z = NormalDist().inv_cdf(self.config.attainment)
+        first = max(1, math.floor(lam * o * per_seq_s) + 1)
+        for n in range(first, first + _MAX_EXTRA):
+            n_seq = lam * o * alpha_s / (1.0 - lam * o * per_seq_s / n)
+            b = n_seq / n
+            step = alpha_s + per_seq_s * b
+            kv = _lognormal_quantile(b * m, b * m2, z)
+            if step <= itl and b <= pr.max_num_seqs and kv <= pr.kv_capacity_tokens:
+                return n, n_seq, (
+                    f"{lam:.3g} req/s x {o:.0f} tokens: {n_seq:.1f} running, {b:.1f} per "
+                    f"replica, step {step * 1000:.1f} ms <= {itl * 1000:g} ms, KV {kv / 1000:.0f}k"
+                    f" (q{self.config.attainment:g}, {m:.0f} tok each) <= "
+                    f"{pr.kv_capacity_tokens / 1000:.0f}k"
+                )
+        return first + _MAX_EXTRA, 0.0, "no fleet meets the ITL target: capped"
+
+    # --- per tick ---------------------------------------------------------------------------
+
+    def _hold(self, ctx: RoleContext, why: str) -> Need:
+        cur = ctx.obs.replicas
+        return SLONeed(self.source, cur, cur, None, None, blocks_down=True, note=why)
+
+    def _load(self, series: _Series, now: float, current: float) -> tuple[float, float, str]:
+        """(steady rate: max(current, trend at the horizon), burst headroom, explanation)."""
+        head, age = series.headroom(now, self.config.attainment)
+        trend = series.trend(now, self.horizon_s)
+        parts = [f"now {current:.3g}"]
+        value = current
+        if trend is not None and trend > value + _EPS:
+            value = trend
+            parts.append(f"trend at +{self.horizon_s:.0f} s {trend:.3g}")
+        if head > value + _EPS:
+            q = self.config.attainment
+            parts.append(
+                f"burst headroom {head:.3g} (q{q:g} of recent short-window rates, {age:.0f} s ago)"
+            )
+        return value, head, ", ".join(parts)
+
+    def burst_replicas(self, head: float, p: float, cv: float) -> tuple[int, str]:
+        """Replicas that absorb a burst at the short-window rate `head` for one tick: its work
+        head x E[S] per second must drain within the tick plus the tightest waiting allowance
+        (a fluid bound: a burst is too short for a steady-state queueing margin)."""
+        if head <= 0:
+            return 0, ""
+        es, _, waits = self.prefill_model(p, cv)
+        w = min((x for x in waits if x > 0), default=0.0)
+        d = self.config.tick_s
+        c = math.ceil(head * es * d / (d + w) - _EPS)
+        return c, f"burst {head:.3g} req/s x {es * 1000:.0f} ms within {d:g}+{w:.2f} s -> {c}"
+
+    def needs(self, ctx: RoleContext) -> list[Need]:
+        sig = ctx.obs.signals
+        got = {k: sig.get(k) for k in (REQUEST_RATE, PROMPT_TOKENS_RATE, GENERATION_TOKENS_RATE)}
+        missing = [k for k, s in got.items() if s is None or s.missing]
+        if missing:
+            return [self._hold(ctx, f"missing {', '.join(missing)}: hold")]
+        lam = float(got[REQUEST_RATE].value or 0.0)  # type: ignore[union-attr]
+        ptok = float(got[PROMPT_TOKENS_RATE].value or 0.0)  # type: ignore[union-attr]
+        gtok = float(got[GENERATION_TOKENS_RATE].value or 0.0)  # type: ignore[union-attr]
+        if lam > _EPS:
+            self.spread.add(ctx.now, lam, ptok / lam)
+            self.lengths.append((ctx.now, lam, ptok, gtok))
+        while self.lengths and self.lengths[0][0] < ctx.now - self.config.length_window_s:
+            self.lengths.popleft()
+        tot = sum(x[1] for x in self.lengths)
+        if tot > _EPS:
+            # Ratio of sums over the window: requests weigh in by their number, and a handful of
+            # very long prompts in one rate window cannot swing the mean from tick to tick.
+            self.p_mean = sum(x[2] for x in self.lengths) / tot
+            self.o_mean = sum(x[3] for x in self.lengths) / tot
+        now = ctx.now
+        if self.role is Role.DECODE:
+            self.gen.add(now, gtok)
+        else:
+            self.rate.add(now, lam)
+            self.gen.add(now, gtok)
+        if self.p_mean is None or self.o_mean is None:
+            return [self._hold(ctx, "no request seen yet: hold")]
+        p, o = self.p_mean, self.o_mean
+        cv, cv_why = self.prompt_cv()
+        if self.role is Role.PREFILL:
+            lam_s, head, why = self._load(self.rate, now, lam)
+            n, value, expl = self.prefill_replicas(lam_s, p, cv)
+            n_b, bexpl = self.burst_replicas(head, p, cv)
+            text = f"req/s {why}; {expl}"
+            if n_b > n:
+                n = n_b
+                text += f"; {bexpl}"
+        elif self.role is Role.DECODE:
+            g_s, head, why = self._load(self.gen, now, gtok)
+            n, value, expl = self.decode_replicas(max(g_s, head), p, o, cv)
+            text = f"gen tok/s {why}; {expl}"
+        else:
+            lam_s, head, why = self._load(self.rate, now, lam)
+            n_p, a, expl = self.prefill_replicas(lam_s, p, cv)
+            n_b, bexpl = self.burst_replicas(head, p, cv)
+            cap, _, dexpl = self.decode_capacity(p, o)
+            d_share = max(lam_s, head) * o / cap if cap > 0 else 0.0
+            # Decode shares the replicas' time with prefill: add its share of replicas.
+            n = math.ceil(max(n_p, n_b) + d_share - _EPS)
+            text = f"req/s {why}; prefill {expl}"
+            if n_b > n_p:
+                text += f"; {bexpl}"
+            text += f"; + decode {d_share:.2f} replicas at {dexpl}"
+            value = a + d_share
+        n = max(n, 0)
+        text = f"{text} [prompt cv {cv:.2f}: {cv_why}]"
+        return [SLONeed(self.source, n, n, value, float(n), explanation=text)]
+
+
+class _Plugin:
+    kind = "slo"
+    config_model: type[BaseModel] = SLOConfig
+
+    def build(self, config: BaseModel, *, pool: str, role: Role, spec: RoleSpec) -> Policy:
+        assert isinstance(config, SLOConfig)
+        return SLOPolicy(config, pool=pool, role=role, spec=spec)
+
+
+PLUGIN = _Plugin()

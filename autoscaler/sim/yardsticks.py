@@ -1,0 +1,442 @@
+"""Honest yardsticks for a backtest: what a fixed fleet and a clairvoyant schedule achieve.
+
+The fluid oracle (`evaluate.oracle`) is a loose lower bound: no cold start, EDF order, work split
+across replicas. These yardsticks are *achievable* on the same simulator, so a policy can be
+judged against things that could really be run:
+
+* **Static frontier**: for fixed fleets (P prefill, D decode replicas, or A aggregated), SLO
+  attainment against GPU-hours. Each role is scanned alone, with the other role at a level big
+  enough not to matter, one replay per level: `met_p[P]`, `met_d[D]` (per-request SLO verdicts).
+  A fleet (P, D) is *estimated* as `met_p[P] & met_d[D]` (a request meets the SLO only if
+  neither role made it miss); the estimate is optimistic where decode is short of KV and delays
+  first tokens, so the fleets that matter are replayed jointly (`verified`).
+* **best-static**: the cheapest fixed fleet whose joint replay reaches the attainment target
+  (what a platform team without an autoscaler would run, sized with perfect knowledge of the
+  trace).
+* **hindsight**: a clairvoyant schedule that knows every future arrival but pays the real cold
+  start. Per-bin miss tables come from the same fixed-fleet replays (`misses[m, n]`: requests
+  arriving in bin m that miss at level n, above the both-roles-big baseline); a dynamic
+  programme over bins picks a level per bin and role minimising GPU-hours + lambda x misses, where
+  every added replica is billed its cold start (it is requested one cold start before its bin),
+  and lambda is bisected until the misses fit the budget (1 - target) x requests. A verifying
+  replay then runs the schedule on the simulator; if it falls short the budget is tightened by
+  the shortfall and the programme re-run (a few rounds). The verified replay is what is reported.
+  Misses the starting fleet cannot avoid before a replica requested at 0 is ready (estimated from
+  the tables) are added to the budget: every run has them, and no schedule can buy them back.
+
+Assumptions, stated: hindsight starts as the controller runs do, at min_replicas ready at 0, so
+the minutes before a replica requested at 0 could serve stay at that floor (fixed fleets are warm
+at their size from 0: that is what a fixed fleet is); a replica leaving drains its requests
+(billed by the simulator); the per-bin tables come
+from steady fixed fleets, so a schedule's transitions can differ (the verifying replay measures
+the truth).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from autoscaler.sim.engine import Simulation
+from autoscaler.sim.evaluate import SLO, Evaluation, Oracle, evaluate, request_outcome
+from autoscaler.types import Role
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from autoscaler.sim.profile import Profile
+    from autoscaler.sim.traces import Trace
+    from autoscaler.spec import PoolSpec
+
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+BIN_S = 60.0
+DRAIN_LIMIT_S = 3600.0
+DEFAULT_TARGET = 0.99
+# A role's scan stops once its misses above the both-big baseline are under this share of the
+# miss budget: more replicas could save at most that many requests. A cut-off for computation,
+# not a fitted constant: the schedule can use a level only where it saves requests.
+SCAN_STOP_SHARE_OF_BUDGET = 0.1
+# Hard cap on a role's scan (replicas), so a trace no fleet can serve still ends.
+MAX_SCAN_LEVEL = 64
+# Rounds of (programme, verifying replay) for hindsight.
+HINDSIGHT_ROUNDS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPoint:
+    """One fixed fleet: its replicas per role, GPU-hours over the horizon and attainment."""
+
+    replicas: dict[Role, int]
+    gpu_hours: float
+    attainment: float
+    verified: bool  # a joint replay, not the per-role estimate
+
+    def label(self) -> str:
+        short = {Role.PREFILL: "P", Role.DECODE: "D", Role.AGGREGATED: "A"}
+        return "+".join(f"{n}{short[r]}" for r, n in self.replicas.items())
+
+
+@dataclass(slots=True)
+class Hindsight:
+    """The clairvoyant schedule (per bin and role) and its verifying replay."""
+
+    levels: dict[Role, IntArray]
+    planned_misses: int
+    budget: int
+    sim: Simulation
+    evaluation: Evaluation
+    rounds: int
+    forced_misses: int = 0  # in the first minutes, at the starting fleet (any run has them)
+
+
+@dataclass(slots=True)
+class Yardsticks:
+    """Static frontier, best-static and hindsight for one trace and pool."""
+
+    target: float
+    horizon_s: float
+    levels: dict[Role, list[int]]
+    frontier: list[FleetPoint]
+    best_static: FleetPoint | None
+    best_static_sim: Simulation | None
+    hindsight: Hindsight | None
+    replays: int
+    trace: Trace
+    pool: PoolSpec
+    profile: Profile
+    notes: list[str] = field(default_factory=list)
+
+    def frontier_attainment_at(self, gpu_hours: float) -> float:
+        """The best attainment of a frontier fleet costing at most `gpu_hours` (NaN if none)."""
+        best = math.nan
+        for p in self.frontier:
+            if p.gpu_hours <= gpu_hours + 1e-9 and (math.isnan(best) or p.attainment > best):
+                best = p.attainment
+        return best
+
+
+def _static_sim(
+    trace: Trace, pool: PoolSpec, profile: Profile, replicas: dict[Role, int]
+) -> Simulation:
+    sim = Simulation()
+    sim.add_pool(
+        pool.name,
+        profile=profile,
+        deployments={r: (s.deployment.namespace, s.deployment.name) for r, s in pool.roles.items()},
+        arrival_s=trace.arrival_s,
+        prompt_tokens=trace.prompt_tokens,
+        output_tokens=trace.output_tokens,
+        initial_replicas=replicas,
+    )
+    return sim
+
+
+def replay_fixed(
+    trace: Trace,
+    pool: PoolSpec,
+    profile: Profile,
+    replicas: dict[Role, int],
+    *,
+    slo: SLO,
+    horizon_s: float,
+) -> tuple[Simulation, BoolArray]:
+    """Replay `trace` on a fixed fleet (warm at 0) to the end; the simulation and each request's
+    SLO verdict."""
+    sim = _static_sim(trace, pool, profile, replicas)
+    sim.advance_to(horizon_s)
+    sim.run_until_idle(limit_s=DRAIN_LIMIT_S)
+    met = request_outcome(sim.pool(pool.name).results(), profile, slo).met
+    return sim, met
+
+
+def replay_schedule(
+    trace: Trace,
+    pool: PoolSpec,
+    profile: Profile,
+    levels: dict[Role, IntArray],
+    *,
+    bin_s: float,
+    horizon_s: float,
+) -> Simulation:
+    """Replay a per-bin schedule: each role serves `levels[role][m]` replicas in bin m; a replica
+    is requested one cold start before the bin that needs it, so the spec count at t is the most
+    any bin overlapping [t, t + cold start] needs; decreases happen at bin edges."""
+    cs = profile.cold_start_s
+    first = {r: int(v[0]) for r, v in levels.items()}
+    sim = _static_sim(trace, pool, profile, first)
+    nb = len(next(iter(levels.values())))
+    # Change points: bin edges, and bin edges minus the cold start.
+    edges = np.arange(nb + 1) * bin_s
+    points = np.unique(np.clip(np.concatenate([edges, edges - cs]), 0.0, nb * bin_s))
+    points = points[points < nb * bin_s]
+    refs = {r: (s.deployment.namespace, s.deployment.name) for r, s in pool.roles.items()}
+    for t in points.tolist():
+        sim.advance_to(t)
+        # A replica requested at t serves from t + cs: it must be there for every bin from
+        # t's to the one t + cs falls in (a bin starting exactly at t + cs included).
+        lo = int(t // bin_s)
+        hi = max(lo, min(nb - 1, int((t + cs + 1e-9) // bin_s)))
+        for role, v in levels.items():
+            sim.scale(refs[role], int(v[lo : hi + 1].max()), reason="hindsight schedule")
+    sim.advance_to(max(horizon_s, sim.now))
+    sim.run_until_idle(limit_s=DRAIN_LIMIT_S)
+    return sim
+
+
+def _bin_misses(miss: BoolArray, bins: IntArray, nbins: int) -> IntArray:
+    out: IntArray = np.bincount(bins[miss], minlength=nbins).astype(np.int64)
+    return out
+
+
+def schedule_dp(
+    cost_per_bin: float,
+    cold_start_cost: float,
+    levels: list[int],
+    misses: IntArray,
+    lam: float,
+    *,
+    fixed_bins: int = 0,
+) -> tuple[IntArray, int]:
+    """One role's levels per bin minimising sum(n x cost_per_bin + lam x misses[m, n]) + every
+    increase x cold_start_cost. `misses[m, j]` is bin m's misses at levels[j]; the first
+    `fixed_bins` bins stay at levels[0] (the fleet at time 0, before any replica requested at 0
+    can be ready). Returns the level per bin and the misses planned."""
+    nb, nl = misses.shape
+    lv = np.asarray(levels, dtype=np.float64)
+    unit = lv * cost_per_bin
+    up = np.maximum(lv[None, :] - lv[:, None], 0.0) * cold_start_cost  # [from, to]
+    barred = np.full(nl, np.inf)
+    barred[0] = 0.0
+    best = unit + lam * misses[0] + (barred if fixed_bins > 0 else 0.0)
+    arg = np.zeros((nb, nl), dtype=np.int64)
+    for m in range(1, nb):
+        trans = best[:, None] + up  # from j to k
+        arg[m] = np.argmin(trans, axis=0)
+        best = trans[arg[m], np.arange(nl)] + unit + lam * misses[m]
+        if m < fixed_bins:
+            best = best + barred
+    pick = np.zeros(nb, dtype=np.int64)
+    pick[-1] = int(np.argmin(best))
+    for m in range(nb - 1, 0, -1):
+        pick[m - 1] = arg[m, pick[m]]
+    planned = int(misses[np.arange(nb), pick].sum())
+    out: IntArray = np.asarray(levels, dtype=np.int64)[pick]
+    return out, planned
+
+
+def plan_hindsight(
+    tables: dict[Role, tuple[list[int], IntArray]],
+    *,
+    budget: int,
+    cost_per_bin: float,
+    cold_start_cost: float,
+    fixed_bins: int = 0,
+) -> tuple[dict[Role, IntArray], int]:
+    """The cheapest per-bin schedule over all roles whose planned misses fit `budget`: bisect
+    the price of a miss (lambda) in the joint programme (roles separate given lambda)."""
+
+    def solve(lam: float) -> tuple[dict[Role, IntArray], int]:
+        out: dict[Role, IntArray] = {}
+        total = 0
+        for role, (levels, misses) in tables.items():
+            out[role], k = schedule_dp(
+                cost_per_bin, cold_start_cost, levels, misses, lam, fixed_bins=fixed_bins
+            )
+            total += k
+        return out, total
+
+    lo, hi = 0.0, 1.0
+    sched, k = solve(hi)
+    while k > budget and hi < 1e9:
+        lo, hi = hi, hi * 4.0
+        sched, k = solve(hi)
+    if k > budget:
+        return sched, k  # even the biggest levels miss more: the best there is
+    best = (sched, k)
+    for _ in range(40):
+        mid = math.sqrt(lo * hi) if lo > 0 else hi / 2.0
+        s, km = solve(mid)
+        if km <= budget:
+            hi, best = mid, (s, km)
+        else:
+            lo = mid
+        if hi - lo <= 1e-4 * hi:
+            break
+    return best
+
+
+def compute(
+    trace: Trace,
+    pool: PoolSpec,
+    profile: Profile,
+    *,
+    slo: SLO,
+    horizon_s: float,
+    orc: Oracle,
+    target: float = DEFAULT_TARGET,
+    bin_s: float = BIN_S,
+    verify_frontier: int = 3,
+    with_hindsight: bool = True,
+    on_replay: Callable[[str], None] | None = None,
+) -> Yardsticks:
+    """Scan each role's fixed-fleet levels, build the static frontier, find best-static, plan and
+    verify hindsight. `verify_frontier`: how many frontier fleets around best-static are
+    replayed jointly (the rest stay per-role estimates)."""
+    n = len(trace.arrival_s)
+    nb = max(1, round(horizon_s / bin_s))
+    bins = np.minimum((trace.arrival_s // bin_s).astype(np.int64), nb - 1)
+    roles = list(pool.roles)
+    floor = {r: max(1, pool.roles[r].min_replicas) for r in roles}
+    budget_all = math.floor((1.0 - target) * n + 1e-9)
+    # "Big": twice what the fluid bound's no-miss fleet asks for at its busiest minute, plus 2,
+    # so the other role is not what makes requests miss while one role is scanned.
+    big = {r: max(floor[r], 2 * int(orc.replicas[r].max()) + 2) for r in roles}
+    strict = orc.all_requests_gpu_hours  # only for a note
+    replays = 0
+
+    def replay(reps: dict[Role, int]) -> tuple[Simulation, BoolArray]:
+        nonlocal replays
+        replays += 1
+        if on_replay is not None:
+            on_replay("+".join(f"{v}{r.value[0].upper()}" for r, v in reps.items()))
+        return replay_fixed(trace, pool, profile, reps, slo=slo, horizon_s=horizon_s)
+
+    _, base_met = replay(big)
+    base_miss = ~base_met
+    base_misses = int(base_miss.sum())
+    budget = max(0, budget_all - base_misses)
+    met: dict[Role, dict[int, BoolArray]] = {r: {} for r in roles}
+    for role in roles:
+        lvl = floor[role]
+        while True:
+            reps = dict(big)
+            reps[role] = lvl
+            _, m = replay(reps) if lvl != big[role] else (None, base_met)
+            met[role][lvl] = m
+            extra = int((~m & base_met).sum())
+            if extra <= SCAN_STOP_SHARE_OF_BUDGET * max(budget, 1) or lvl >= MAX_SCAN_LEVEL:
+                break
+            lvl += 1
+    levels = {r: sorted(met[r]) for r in roles}
+    gpu = profile.gpus_per_replica
+    hours = horizon_s / 3600.0
+
+    def cost(reps: dict[Role, int]) -> float:
+        return sum(reps.values()) * gpu * hours
+
+    # Estimated static frontier: every combination of scanned levels.
+    cands: list[FleetPoint] = []
+    if len(roles) == 1:
+        r0 = roles[0]
+        for lv in levels[r0]:
+            reps = {r0: lv}
+            att = float(met[r0][lv].mean())
+            cands.append(FleetPoint(reps, cost(reps), att, verified=False))
+    else:
+        ra, rb = roles
+        for la in levels[ra]:
+            for lb in levels[rb]:
+                reps = {ra: la, rb: lb}
+                att = float((met[ra][la] & met[rb][lb]).mean())
+                cands.append(FleetPoint(reps, cost(reps), att, verified=False))
+    cands.sort(key=lambda p: (p.gpu_hours, -p.attainment))
+    frontier: list[FleetPoint] = []
+    for p in cands:
+        if not frontier or p.attainment > frontier[-1].attainment + 1e-12:
+            if frontier and abs(frontier[-1].gpu_hours - p.gpu_hours) < 1e-12:
+                continue
+            frontier.append(p)
+    # Verify: walk up the frontier from the first estimate reaching the target until a joint
+    # replay reaches it (best-static), then verify up to `verify_frontier` fleets below it.
+    best: FleetPoint | None = None
+    best_sim: Simulation | None = None
+    start = next((i for i, p in enumerate(frontier) if p.attainment >= target), None)
+    if start is not None:
+        for i in range(start, len(frontier)):
+            sim, m = replay(frontier[i].replicas)
+            att = float(m.mean())
+            frontier[i] = FleetPoint(frontier[i].replicas, frontier[i].gpu_hours, att, True)
+            if att >= target:
+                best, best_sim = frontier[i], sim
+                lo_i = max(0, i - verify_frontier)
+                for j in range(lo_i, i):
+                    _, mj = replay(frontier[j].replicas)
+                    p = frontier[j]
+                    frontier[j] = FleetPoint(p.replicas, p.gpu_hours, float(mj.mean()), True)
+                break
+    # A verified point may now sit below an estimated one of lower cost: keep the frontier
+    # monotone by dropping points dominated after verification.
+    frontier.sort(key=lambda p: p.gpu_hours)
+    mono: list[FleetPoint] = []
+    for p in frontier:
+        while mono and mono[-1].attainment <= p.attainment and mono[-1].gpu_hours == p.gpu_hours:
+            mono.pop()
+        if not mono or p.attainment > mono[-1].attainment:
+            mono.append(p)
+    notes = [
+        f"per-role scans: {', '.join(f'{r.value} {levels[r][0]}..{levels[r][-1]}' for r in roles)}"
+        f" with the other role at {', '.join(f'{r.value} {big[r]}' for r in roles)}; "
+        f"{base_misses} requests miss even then (fluid no-miss bound {strict:.2f} GPU-h)"
+    ]
+    hs: Hindsight | None = None
+    if with_hindsight:
+        tables: dict[Role, tuple[list[int], IntArray]] = {}
+        base_bins = _bin_misses(base_miss, bins, nb)
+        for role in roles:
+            cols = [
+                np.maximum(_bin_misses(~met[role][lv], bins, nb) - base_bins, 0)
+                for lv in levels[role]
+            ]
+            tables[role] = (levels[role], np.stack(cols, axis=1))
+        per_bin = gpu * bin_s / 3600.0
+        cold = gpu * profile.cold_start_s / 3600.0
+        # The schedule starts where every controller run starts, at min_replicas (ready at 0):
+        # a replica requested at 0 serves from the cold start on, so the bins before that stay
+        # at the floor (the scans start at the floor, so levels[0] is it).
+        fixed_bins = math.ceil(profile.cold_start_s / bin_s - 1e-9)
+        # Misses in those first bins are forced on every run that starts at the floor: they do
+        # not spend the budget (else an infeasible start would push every later bin to the top).
+        forced = sum(int(t[1][:fixed_bins, 0].sum()) for t in tables.values())
+        b = budget + forced
+        for rnd in range(1, HINDSIGHT_ROUNDS + 1):
+            sched, planned = plan_hindsight(
+                tables,
+                budget=b,
+                cost_per_bin=per_bin,
+                cold_start_cost=cold,
+                fixed_bins=fixed_bins,
+            )
+            replays += 1
+            if on_replay is not None:
+                on_replay("hindsight")
+            sim = replay_schedule(
+                trace, pool, profile, sched, bin_s=bin_s, horizon_s=horizon_s
+            )
+            ev = evaluate(sim, pool.name, slo=slo, end_s=horizon_s, with_oracle=False)
+            hs = Hindsight(sched, planned, b, sim, ev, rnd, forced)
+            goal = target - forced / max(n, 1)
+            if ev.slo_attainment >= goal or b == 0:
+                break
+            short = math.ceil((goal - ev.slo_attainment) * n)
+            b = max(0, b - short)
+    return Yardsticks(
+        target=target,
+        horizon_s=horizon_s,
+        levels=levels,
+        frontier=mono,
+        best_static=best,
+        best_static_sim=best_sim,
+        hindsight=hs,
+        replays=replays,
+        trace=trace,
+        pool=pool,
+        profile=profile,
+        notes=notes,
+    )

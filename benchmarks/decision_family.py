@@ -1,0 +1,331 @@
+"""The workload family decisions are judged on: policy vs keda-queue vs best-static vs hindsight.
+
+Each member is replayed through `pd-autoscaler backtest` (autoscaler.sim.backtest.run_backtest)
+with every baseline, and one row per member is printed: the policy's and keda-queue's SLO
+attainment and GPU-hours, the cheapest fixed fleet reaching 99 % (best-static), the clairvoyant
+schedule with the real cold start (hindsight), the static frontier's attainment at the policy's
+GPU-hours, and two verdicts: Pareto-better than keda-queue (attainment >= and GPU-h <=, one of
+them strictly) and GPU-h <= 1.25 x hindsight's.
+
+Members (all built from ../shared/traces and the built-in generator; nothing is copied):
+
+| set | name | what |
+|---|---|---|
+| dev | code-1h | the Azure 2023 coding hour (bursts of up to 327 requests in 10 s) |
+| dev | conv-1h | the Azure 2023 conversation hour (smooth) |
+| dev | conv-2.5x | the conversation hour replayed 2.5x faster |
+| dev | code-2x | the coding hour at 2x the request rate (`rate_scale`) |
+| dev | long-1h | generated long-prompt chats: prompts p50 7k / p99 85k tokens, 2.5 req/s |
+| dev | conv-bursts-1h | generated conversation hour with 8x bursts of 20 s every 7 min |
+| day | code-day | 1 day: ServeGen m-large daily shape x the coding hour bursts, code lengths |
+| day | long-day | 1 day of generated long prompts with the ServeGen daily swing |
+| held-out | code-gen-1h | generator fitted to the coding hour, seed 1 |
+| held-out | conv-gen-3x | generator fitted to the conversation hour at 3x its rate, seed 2 |
+| held-out | long-1h-b | long prompts, seed 1, 1.5 req/s |
+| held-out | conv-bursts-b | conversation, 6x bursts of 30 s every 5 min, seed 1 |
+| held-out | code-day-b | 1 day: ServeGen m-mid shape, code bursts from 30 min in, seed 1 |
+
+Develop on `dev`, judge generalisation on `held-out` (never tuned on), run `day` sparingly (a
+day-long member replays ~15 fixed fleets of ~0.1-0.3 M requests: minutes on this machine).
+
+    .venv/bin/python benchmarks/decision_family.py [--set dev|day|held-out|all] [--only NAME ...]
+        [--policy FILE] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoscaler.forecast import stitch
+from autoscaler.policy.load import load_policy_file
+from autoscaler.sim import backtest
+from autoscaler.sim.profile import builtin
+from autoscaler.sim.traces import Trace, load_trace
+from autoscaler.sim.workload import AZURE_CODE, AZURE_CONV, WorkloadSpec, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "traces"
+CODE = SHARED / "AzureLLMInferenceTrace_code.csv"
+CONV = SHARED / "AzureLLMInferenceTrace_conv.csv"
+ENVELOPE = SHARED / "servegen_aggregate_rate_10min.csv"
+HOUR = 3600.0
+DAY = 86400.0
+
+# Long-prompt conversations (RAG / document chat): prompts p50 7k, p99 85k tokens, capped at
+# 120k (a 128k context minus the answer); conversation-like answers (p50 200, p99 1,000).
+LONG_PROMPTS = WorkloadSpec(
+    name="long-prompts",
+    mean_rate_rps=2.5,
+    burst_var=AZURE_CONV.burst_var,
+    burst_window_s=10.0,
+    prompt_p50=7000.0,
+    prompt_p99=85000.0,
+    prompt_max=120_000,
+    output_p50=200.0,
+    output_p99=1000.0,
+    output_max=2000,
+    diurnal_amplitude=AZURE_CONV.diurnal_amplitude,
+    diurnal_peak_s=AZURE_CONV.diurnal_peak_s,
+)
+
+# Sharp daily swing for the long-prompt day: peak/trough (1 + a) / (1 - a) = 9.
+SHARP_DIURNAL = 0.8
+
+
+def with_bursts(
+    base: Trace, spec: WorkloadSpec, *, factor: float, width_s: float, every_s: float, seed: int
+) -> Trace:
+    """`base` plus extra Poisson arrivals at (factor - 1) x the spec's mean rate in windows of
+    `width_s` every `every_s` (starting at every_s / 2), lengths from the same spec."""
+    extra = generate(
+        spec.with_rate(spec.mean_rate_rps * (factor - 1.0)),
+        duration_s=base.duration_s + 1.0,
+        seed=seed + 1000,
+        diurnal=False,
+    )
+    phase = np.mod(extra.arrival_s - every_s / 2.0, every_s)
+    keep = (extra.arrival_s >= every_s / 2.0) & (phase < width_s)
+    t = np.concatenate([base.arrival_s, extra.arrival_s[keep]])
+    p = np.concatenate([base.prompt_tokens, extra.prompt_tokens[keep]])
+    o = np.concatenate([base.output_tokens, extra.output_tokens[keep]])
+    order = np.argsort(t, kind="stable")
+    return Trace(t[order], p[order], o[order])
+
+
+def stitched(model: str, *, days: float, peak_rps: float, seed: int, offset_s: float) -> Trace:
+    t, p, o, _ = stitch.stitch(
+        envelope=ENVELOPE,
+        model=model,
+        tokens=CODE,
+        days=days,
+        peak_rps=peak_rps,
+        seed=seed,
+        bursts=CODE,
+        burst_offset_s=offset_s,
+    )
+    return Trace(t, p, o)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    set: str
+    what: str
+    build: Callable[[], Trace]
+
+
+MEMBERS: tuple[Member, ...] = (
+    Member("code-1h", "dev", "Azure coding hour", lambda: load_trace(CODE)),
+    Member("conv-1h", "dev", "Azure conversation hour", lambda: load_trace(CONV)),
+    Member(
+        "conv-2.5x", "dev", "conversation hour 2.5x faster", lambda: load_trace(CONV, speedup=2.5)
+    ),
+    Member("code-2x", "dev", "coding hour at 2x rate", lambda: load_trace(CODE, rate_scale=2.0)),
+    Member(
+        "long-1h",
+        "dev",
+        "long prompts p50 7k / p99 85k, 2.5 req/s",
+        lambda: generate(LONG_PROMPTS, duration_s=HOUR, seed=0, diurnal=False),
+    ),
+    Member(
+        "conv-bursts-1h",
+        "dev",
+        "conversation + 8x bursts of 20 s every 7 min",
+        lambda: with_bursts(
+            generate(AZURE_CONV, duration_s=HOUR, seed=0, diurnal=False),
+            AZURE_CONV,
+            factor=8.0,
+            width_s=20.0,
+            every_s=420.0,
+            seed=0,
+        ),
+    ),
+    Member(
+        "code-day",
+        "day",
+        "1 day: m-large shape x coding bursts, peak 8 req/s",
+        lambda: stitched("language/m-large", days=1, peak_rps=8.0, seed=0, offset_s=0.0),
+    ),
+    Member(
+        "long-day",
+        "day",
+        "1 day of long prompts, daily swing 9:1, mean 1.2 req/s",
+        lambda: generate(
+            WorkloadSpec(
+                **{
+                    **{f: getattr(LONG_PROMPTS, f) for f in LONG_PROMPTS.__slots__},
+                    "mean_rate_rps": 1.2,
+                    "diurnal_amplitude": SHARP_DIURNAL,
+                }
+            ),
+            duration_s=DAY,
+            seed=0,
+        ),
+    ),
+    Member(
+        "code-gen-1h",
+        "held-out",
+        "coding generator, seed 1",
+        lambda: generate(AZURE_CODE, duration_s=HOUR, seed=1, diurnal=False),
+    ),
+    Member(
+        "conv-gen-3x",
+        "held-out",
+        "conversation generator at 3x rate, seed 2",
+        lambda: generate(
+            AZURE_CONV.with_rate(3 * AZURE_CONV.mean_rate_rps),
+            duration_s=HOUR,
+            seed=2,
+            diurnal=False,
+        ),
+    ),
+    Member(
+        "long-1h-b",
+        "held-out",
+        "long prompts, 1.5 req/s, seed 1",
+        lambda: generate(LONG_PROMPTS.with_rate(1.5), duration_s=HOUR, seed=1, diurnal=False),
+    ),
+    Member(
+        "conv-bursts-b",
+        "held-out",
+        "conversation + 6x bursts of 30 s every 5 min, seed 1",
+        lambda: with_bursts(
+            generate(AZURE_CONV, duration_s=HOUR, seed=1, diurnal=False),
+            AZURE_CONV,
+            factor=6.0,
+            width_s=30.0,
+            every_s=300.0,
+            seed=1,
+        ),
+    ),
+    Member(
+        "code-day-b",
+        "held-out",
+        "1 day: m-mid shape x coding bursts from 30 min in, peak 6 req/s, seed 1",
+        lambda: stitched("language/m-mid", days=1, peak_rps=6.0, seed=1, offset_s=1800.0),
+    ),
+)
+
+
+def _run(member: Member, policy_path: Path) -> dict[str, Any]:
+    trace = member.build()
+    t0 = time.perf_counter()
+    with backtest.quiet_logs():
+        bt = backtest.run_backtest(
+            trace,
+            trace_name=member.name,
+            policies=[(policy_path.stem, load_policy_file(policy_path))],
+            profile=builtin("llama-8b-h100"),
+        )
+    doc = backtest.summary_json(bt)
+    doc["wall_s"] = round(time.perf_counter() - t0, 1)
+    doc["member"] = {"name": member.name, "set": member.set, "what": member.what}
+    p = np.asarray(trace.prompt_tokens)
+    doc["prompt_p50_p99"] = [float(np.percentile(p, 50)), float(np.percentile(p, 99))]
+    return doc
+
+
+Doc = dict[str, Any]
+
+
+def _runs(doc: Doc) -> dict[str, Doc]:
+    runs: dict[str, Doc] = doc["runs"]
+    return runs
+
+
+def verdicts(doc: Doc, policy: str) -> Doc:
+    """Pareto-better than keda-queue, GPU-h / hindsight's, within 1.25x at >= its attainment."""
+    runs = _runs(doc)
+    pol, keda = runs[policy], runs["keda-queue"]
+    hs = runs.get("hindsight")
+    pa, pg = float(pol["slo_attainment"]), float(pol["gpu_hours"])
+    ka, kg = float(keda["slo_attainment"]), float(keda["gpu_hours"])
+    pareto = pa >= ka - 1e-12 and pg <= kg + 1e-12 and (pa > ka + 1e-12 or pg < kg - 1e-12)
+    tie = abs(pa - ka) <= 1e-12 and abs(pg - kg) <= 1e-12
+    ratio = pg / float(hs["gpu_hours"]) if hs else math.nan
+    hs_att = float(hs["slo_attainment"]) if hs else math.nan
+    return {
+        "pareto_vs_keda": "tie" if tie else ("yes" if pareto else "no"),
+        "x_hindsight": ratio,
+        "within_1_25": bool(ratio <= 1.25 and pa >= hs_att - 1e-12),
+    }
+
+
+def row(doc: Doc, policy: str) -> str:
+    runs = _runs(doc)
+
+    def cell(name: str) -> str:
+        r = runs.get(name)
+        if r is None:
+            return "-"
+        return f"{float(r['slo_attainment']):.2%} @ {float(r['gpu_hours']):.2f}"
+
+    bs = doc["yardsticks"]["best_static"]
+    fleet = "+".join(f"{n}{k[0].upper()}" for k, n in bs["replicas"].items()) if bs else "none"
+    v = verdicts(doc, policy)
+    front = runs[policy].get("static_frontier_attainment_at_gpu_hours")
+    front_s = "-" if front is None else f"{float(front):.2%}"
+    name = doc["member"]["name"]
+    return (
+        f"| {name} | {cell(policy)} | {cell('keda-queue')} | {cell('best-static')} ({fleet}) "
+        f"| {cell('hindsight')} | {front_s} | {float(v['x_hindsight']):.2f} "
+        f"| {v['pareto_vs_keda']} | {'yes' if v['within_1_25'] else 'no'} |"
+    )
+
+
+HEADER = (
+    "| workload | policy | keda-queue | best-static | hindsight | static@policy GPU-h "
+    "| x hindsight | Pareto vs keda | <= 1.25x hindsight |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", choices=["dev", "day", "held-out", "all"], default="dev")
+    ap.add_argument("--only", action="append", default=None, help="member name (repeatable)")
+    ap.add_argument("--policy", type=Path, default=backtest.default_policy_path())
+    ap.add_argument("--json", type=Path, default=None, help="write every backtest's JSON here")
+    args = ap.parse_args()
+    chosen = [
+        m
+        for m in MEMBERS
+        if (args.only and m.name in args.only)
+        or (not args.only and args.set in ("all", m.set))
+    ]
+    if not chosen:
+        print(f"no member matches; members: {', '.join(m.name for m in MEMBERS)}", file=sys.stderr)
+        return 2
+    policy = args.policy.stem
+    print(f"policy {args.policy}; cells: SLO attainment @ GPU-hours")
+    print(HEADER, flush=True)
+    docs = []
+    for m in chosen:
+        doc = _run(m, args.policy)
+        docs.append(doc)
+        print(row(doc, policy), flush=True)
+    for doc in docs:
+        member = doc["member"]
+        p50, p99 = doc["prompt_p50_p99"]
+        print(
+            f"  {member['name']} ({member['set']}): {member['what']}; {doc['requests']:,} "
+            f"requests, prompts p50 {p50:,.0f} / p99 {p99:,.0f}; {doc['wall_s']} s"
+        )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(docs, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The `slo` policy kind on synthetic time: each sizing rule against a hand computation.
+
+Covers: Erlang C against closed forms; prefill replicas from the M/G/c tail over the prompt mix
+(a deterministic mix computed by hand), an unreachable absolute TTFT sized for load only and
+said so; decode from Little's law, the ITL target and the KV quantile (by hand); the prompt
+spread estimated from the scatter of window means; burst headroom that waits and then decays;
+a 30-minute trend that pre-warms a ramp and ignores 15-second noise; missing or absent data
+holds; config errors name the field; the kind is registered and the shipped policy validates.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from autoscaler import errors
+from autoscaler.policy import registry
+from autoscaler.policy.base import RoleContext
+from autoscaler.policy.load import load_policy_file
+from autoscaler.policy.slo import SLOConfig, SLOPolicy, _Series, _Spread, erlang_c
+from autoscaler.sim.profile import builtin
+from autoscaler.spec import PolicyRef, RoleSpec
+from autoscaler.types import Role, RoleObservation, SignalSample
+
+P8B = builtin("llama-8b-h100")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spec(role: Role = Role.PREFILL) -> RoleSpec:
+    return RoleSpec.model_validate(
+        {
+            "deployment": {"namespace": "t", "name": f"p-{role.value}"},
+            "max_replicas": 100,
+            "cold_start_s": 90,
+            "policies": [{"kind": "slo", "profile": "llama-8b-h100"}],
+        }
+    )
+
+
+def make(role: Role = Role.PREFILL, **config: Any) -> SLOPolicy:
+    cfg = SLOConfig.model_validate({"profile": "llama-8b-h100", **config})
+    return SLOPolicy(cfg, pool="p", role=role, spec=spec(role))
+
+
+def tick(
+    pol: SLOPolicy, now: float, *, req: float | None, ptok: float | None, gtok: float | None,
+    replicas: int = 1,
+) -> tuple[int, str, bool]:  # fmt: skip
+    sig = {
+        "request_rate": SignalSample(req, replicas),
+        "prompt_tokens_rate": SignalSample(ptok, replicas),
+        "generation_tokens_rate": SignalSample(gtok, replicas),
+    }
+    ctx = RoleContext(
+        pool="p",
+        role=pol.role,
+        spec=spec(pol.role),
+        obs=RoleObservation(replicas=replicas, ready=replicas, signals=sig),
+        now=now,
+    )
+    (need,) = pol.needs(ctx)
+    return need.want, need.describe(), need.blocks_down
+
+
+@pytest.mark.parametrize(
+    ("c", "a", "expected"),
+    [
+        pytest.param(1, 0.5, 0.5, id="M/M/1: P(wait) = rho"),
+        pytest.param(2, 1.0, 1 / 3, id="M/M/2 at a=1: 1/3"),
+        pytest.param(3, 0.0, 0.0, id="no load, no wait"),
+    ],
+)
+def test_erlang_c(c: int, a: float, expected: float) -> None:
+    assert erlang_c(c, a) == pytest.approx(expected)
+
+
+def test_prefill_by_hand_deterministic_mix() -> None:
+    """cv 0: every prompt 1,000 tokens. S = idle prefill(1000); the limit max(0.5, 3 S) = 0.5 s
+    leaves w = 0.5 - S - transfer; the fewest c > a = lambda S with
+    C(c, a) exp(-(c - a) w / S x 2) <= 1 % (cs^2 = 0)."""
+    pol = make(prompt_length_cv=0.0, burst_memory_s=0, trend_window_s=0)
+    s = P8B.idle_prefill_s(1000)
+    xfer = P8B.kv_bytes_per_token * 1000 / P8B.kv_transfer_bytes_per_s + P8B.kv_transfer_setup_s
+    w = 0.5 - s - xfer
+    lam = 40.0
+    a = lam * s
+    c = math.floor(a) + 1
+    while erlang_c(c, a) * math.exp(-(c - a) * w / s * 2.0) > 0.01:
+        c += 1
+    want, why, _ = tick(pol, 15.0, req=lam, ptok=lam * 1000, gtok=lam * 100)
+    assert want == c
+    assert c >= 2  # the margin is more than the mean load
+    assert f"{a:.2f} replicas busy" in why
+    assert "cv 0.00: configured" in why
+
+
+def test_prefill_grows_with_load_and_spread() -> None:
+    """More load or a wider prompt spread (more attention work, longer tail) never asks for
+    fewer replicas."""
+    wants = []
+    for cv, lam in ((0.5, 5.0), (0.5, 10.0), (1.5, 10.0), (1.5, 20.0)):
+        pol = make(prompt_length_cv=cv, burst_memory_s=0, trend_window_s=0)
+        wants.append(tick(pol, 15.0, req=lam, ptok=lam * 2000, gtok=lam * 100)[0])
+    assert wants == sorted(wants)
+    assert wants[-1] > wants[0]
+
+
+def test_unreachable_absolute_ttft_is_sized_for_load_and_said() -> None:
+    """An absolute 0.2 s TTFT with 20k-token prompts (idle prefill ~0.8 s): no fleet meets it;
+    the policy sizes for the load alone and says the target is unreachable."""
+    pol = make(ttft_floor_s=0.2, ttft_slowdown=None, prompt_length_cv=0.0,
+               burst_memory_s=0, trend_window_s=0)  # fmt: skip
+    lam = 2.0
+    want, why, _ = tick(pol, 15.0, req=lam, ptok=lam * 20000, gtok=lam * 100)
+    assert P8B.idle_prefill_s(20000) > 0.2
+    assert want == math.ceil(lam * P8B.idle_prefill_s(20000))
+    assert "unreachable for 100.0% of prompts" in why
+
+
+def _decode_by_hand(lam: float, p: float, o: float) -> int:
+    per_seq = (P8B.decode_beta_ms_per_seq + P8B.decode_gamma_ms_per_ctx_token * (p + o / 2)) / 1e3
+    alpha = P8B.decode_alpha_ms / 1e3
+    n = 1
+    while True:
+        if lam * o * per_seq / n < 1:
+            big_n = lam * o * alpha / (1 - lam * o * per_seq / n)
+            b = big_n / n
+            # Lognormal with the compound-Poisson mean b (p + o) and variance b (p + o)^2.
+            s2 = math.log1p(1.0 / b)
+            kv = math.exp(math.log(b * (p + o)) - s2 / 2 + 2.3263478740408408 * math.sqrt(s2))
+            if alpha + per_seq * b <= 0.05 and kv <= P8B.kv_capacity_tokens:
+                return n
+        n += 1
+
+
+@pytest.mark.parametrize(
+    ("lam", "p", "o"),
+    [
+        pytest.param(10.0, 1000.0, 200.0, id="light: one replica"),
+        pytest.param(100.0, 1000.0, 200.0, id="10x: ITL-bound"),
+        pytest.param(5.0, 30000.0, 300.0, id="long prompts: KV-bound"),
+    ],
+)
+def test_decode_by_hand(lam: float, p: float, o: float) -> None:
+    """Decode, cv 0: per-seq cost beta + gamma (p + o/2); with n replicas N = lambda o alpha /
+    (1 - lambda o per_seq / n); the fewest n whose step stays <= 50 ms and whose KV at the
+    99 % quantile (lognormal of mean B (p + o), variance B (p + o)^2) fits."""
+    pol = make(Role.DECODE, prompt_length_cv=0.0, burst_memory_s=0, trend_window_s=0)
+    want, why, _ = tick(pol, 15.0, req=lam, ptok=lam * p, gtok=lam * o)
+    assert want == _decode_by_hand(lam, p, o)
+    assert "running" in why
+    assert "<= 50 ms" in why
+
+
+def test_spread_estimated_from_window_means() -> None:
+    """Windows of N = 600 requests whose mean prompts scatter with sd sigma / sqrt(N): the
+    estimate recovers cv = sigma / mean."""
+    rng = np.random.default_rng(1)
+    sp = _Spread(window_s=60.0, memory_s=86400.0)
+    mean, sigma, n = 2000.0, 3000.0, 600
+    for i in range(400):
+        sp.add(60.0 * i, n / 60.0, float(rng.normal(mean, sigma / math.sqrt(n))))
+        sp.add(60.0 * i + 15.0, n / 60.0, 1e9)  # overlapping window: ignored
+    cv, k = sp.cv()
+    assert k == 400
+    assert cv == pytest.approx(sigma / mean, rel=0.1)
+    assert _Spread(window_s=60.0, memory_s=600.0).cv() == (None, 0)
+
+
+def test_burst_headroom_holds_then_fades() -> None:
+    """60-s window rates of 2 req/s with one 15-s slot at 40 req/s (600 requests, 8 % of the
+    30 minutes' 7,800: more than the 1 % tail): the policy keeps the burst's replicas while the
+    burst is in the 30-min memory, and forgets it after."""
+    pol = make(prompt_length_cv=1.0, burst_halflife_s=600, burst_memory_s=1800,
+               trend_window_s=0)  # fmt: skip
+    slots = [2.0] * 40 + [40.0] + [2.0] * 200  # req/s per 15-s slot
+    wants = []
+    for i in range(len(slots)):
+        window = sum(slots[max(0, i - 3) : i + 1]) / min(4, i + 1)
+        wants.append(tick(pol, 15.0 * (i + 1), req=window, ptok=window * 2000,
+                          gtok=window * 50)[0])  # fmt: skip
+    quiet, burst, after, late = wants[39], wants[40], wants[50], wants[-1]
+    assert burst > quiet
+    assert after == burst  # 150 s later: still held
+    assert wants[40 + 1800 // 15 + 6] == quiet  # past the memory: forgotten
+    assert late == quiet
+
+
+def test_trend_prewarms_a_ramp_and_ignores_noise() -> None:
+    """A steady 30-minute ramp: the want runs ahead of the current rate (sized for the rate at
+    now + cold start + tick). 15-second noise around a flat mean adds no trend."""
+    ramp = make(burst_memory_s=0, trend_window_s=1800)
+    flat = make(burst_memory_s=0, trend_window_s=0)
+    t = 0.0
+    for _ in range(180):  # 45 min: 1 -> 10 req/s
+        t += 15.0
+        lam = 1.0 + 9.0 * t / 2700.0
+        w_ramp, why, _ = tick(ramp, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
+        w_flat, _, _ = tick(flat, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
+    assert "trend at +105 s" in why
+    assert w_ramp >= w_flat
+    noisy = make(burst_memory_s=0, trend_window_s=1800)
+    calm = make(burst_memory_s=0, trend_window_s=0)
+    t = 0.0
+    for i in range(180):
+        t += 15.0
+        lam = 5.0 * (1.6 if i % 2 else 0.4)
+        w_noisy, why_noisy, _ = tick(noisy, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
+        w_calm, _, _ = tick(calm, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
+    assert w_noisy == w_calm
+    assert "trend" not in why_noisy
+
+
+def test_missing_or_absent_data_holds() -> None:
+    """A missing rate: hold at the current count and block scale-down; no request seen yet:
+    hold too (nothing to size from)."""
+    pol = make()
+    want, why, blocks = tick(pol, 15.0, req=None, ptok=100.0, gtok=1.0, replicas=3)
+    assert (want, blocks) == (3, True)
+    assert "missing request_rate" in why
+    want, why, blocks = tick(pol, 30.0, req=0.0, ptok=0.0, gtok=0.0, replicas=2)
+    assert (want, blocks) == (2, True)
+    assert "no request seen yet" in why
+
+
+def test_config_errors_name_the_field() -> None:
+    """Bad values and unknown profiles are errors naming the field."""
+    with pytest.raises(errors.ConfigError, match=r"\.attainment"):
+        registry.validate_ref(
+            PolicyRef.model_validate({"kind": "slo", "profile": "x", "attainment": 1.5}),
+            where="pools.0.roles.prefill.policies.0",
+        )
+    with pytest.raises(errors.ConfigError, match=r"slo\.profile: 'nope'"):
+        make(profile="nope")
+
+
+def test_registered_and_shipped_policy_validates() -> None:
+    """`slo` is a built-in kind and policies/llama-8b-slo.yaml loads."""
+    assert "slo" in registry.available()
+    pf = load_policy_file(REPO / "policies" / "llama-8b-slo.yaml")
+    roles = pf.pools[0].roles
+    assert [p.kind for p in roles[Role.PREFILL].policies] == ["slo"]
+    assert [p.kind for p in roles[Role.DECODE].policies] == ["slo"]
+
+
+def test_short_window_rate_sees_a_burst_the_window_dilutes() -> None:
+    """60-s window rates sampled every 15 s: 2 req/s, then 15 s at 20 req/s. The window rate
+    moves to 2 + 18 x 15/60 = 6.5; the short-window estimate recovers ~20."""
+    series = _Series(memory_s=1800, halflife_s=600, trend_s=0, window_s=60, short=True)
+    arrivals = [2.0] * 20 + [20.0] + [2.0] * 4  # per 15-s slot, req/s
+    shorts = []
+    for i in range(len(arrivals)):
+        lo = max(0, i - 3)
+        window = sum(arrivals[lo : i + 1]) * 15.0 / 60.0 if i >= 3 else arrivals[0]
+        shorts.append(series.add(15.0 * (i + 1), window))
+    assert shorts[20] == pytest.approx(20.0)
+    assert max(shorts[:20]) == pytest.approx(2.0)
+    # The burst slot carries 300 of the ~1,000 requests seen: above the 1 % tail, so the
+    # request-weighted 99 % quantile is its rate.
+    head, age = series.headroom(15.0 * 25, 0.99)
+    assert age == pytest.approx(60.0)
+    assert head == pytest.approx(20.0)
+    # At a 50 % level the typical slot's rate is what counts.
+    assert series.headroom(15.0 * 25, 0.5)[0] == pytest.approx(2.0)
+
+
+def test_burst_replicas_fluid_bound() -> None:
+    """A burst at 60 req/s of 1,000-token prompts (cv 0) must drain within the tick plus the
+    tightest allowance: ceil(60 x S x 15 / (15 + w))."""
+    pol = make(prompt_length_cv=0.0)
+    s = P8B.idle_prefill_s(1000)
+    xfer = P8B.kv_bytes_per_token * 1000 / P8B.kv_transfer_bytes_per_s + P8B.kv_transfer_setup_s
+    w = 0.5 - s - xfer
+    n, why = pol.burst_replicas(60.0, 1000.0, 0.0)
+    assert n == math.ceil(60.0 * s * 15 / (15 + w))
+    assert "burst 60 req/s" in why
