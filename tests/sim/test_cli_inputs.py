@@ -55,7 +55,7 @@ def test_generic_csv_with_an_extra_column_is_read_and_the_column_named(tmp_path:
     assert tr.arrival_s.tolist() == [0.0, 1.5]
     assert tr.prompt_tokens.tolist() == [100, 200]
     assert tr.output_tokens.tolist() == [20, 30]
-    r = _cli("--log-format", "json", "backtest", "--trace", str(p), "--baseline", "static-peak",
+    r = _cli("--log-format", "json", "backtest", "--trace", str(p), "--baseline", "keda-queue",
              "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "trace_extra_columns_ignored" in r.stderr
@@ -149,7 +149,7 @@ def test_progress_lines_without_a_terminal(tmp_path: Path, monkeypatch: pytest.M
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("backtest: ")]
     runs = {ln.split(":")[1].strip() for ln in lines}
-    assert runs == {"llama-8b-disagg", "keda-queue", "static-peak"}, r.stderr
+    assert runs == {"llama-8b-disagg", "keda-queue"}, r.stderr
     assert all("min simulated" in ln for ln in lines)
     assert any("(100 %)" in ln for ln in lines)
     quiet = _cli("backtest", "--trace", str(p), "--no-progress")
