@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,14 @@ from autoscaler.sim import demo
 pytestmark = pytest.mark.sim
 
 
-def test_demo_on_the_generator_is_fast(
+def test_demo_on_the_generator(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No trace anywhere: the generator is used and said so; 10 min at full speed in seconds."""
+    """No trace anywhere: the generator is used and said so, every run is reported (speed is
+    measured by benchmarks/backtest_speed.py, not asserted here)."""
     monkeypatch.delenv(demo.TRACE_ENV, raising=False)
     monkeypatch.setattr(demo, "SHARED_TRACE", tmp_path / "absent.csv")
-    t0 = time.perf_counter()
     rc = cli.main(["demo", "--out", str(tmp_path / "out"), "--duration-s", "600", "--seconds", "0"])
-    wall = time.perf_counter() - t0
     assert rc == 0
     out = capsys.readouterr().out
     assert "built-in generator" in out
@@ -34,7 +32,6 @@ def test_demo_on_the_generator_is_fast(
     # Not a terminal: the latest decision per role is printed with its reason.
     assert "llama-8b/prefill" in out
     assert "llama-8b/decode" in out
-    assert wall < 30, wall
     png = tmp_path / "out" / "demo.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((tmp_path / "out" / "demo.json").read_text())
