@@ -39,7 +39,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from kubernetes_asyncio import client
@@ -63,6 +63,11 @@ from autoscaler.metrics.source import MetricsSource
 from autoscaler.server import app as app_mod
 from autoscaler.server.store import DecisionStore
 from autoscaler.spec import PolicyFile
+
+if TYPE_CHECKING:
+    # Imported at run time only when configured (controller/servers.py).
+    from autoscaler.server import external_metrics as em
+    from autoscaler.server import keda
 
 log = structlog.get_logger(__name__)
 
@@ -160,11 +165,11 @@ class Controller:
         return self.policy_source.current
 
     @property
-    def external_metrics(self) -> Any:
+    def external_metrics(self) -> em.ExternalMetricsServer | None:
         return self.servers.external_metrics
 
     @property
-    def keda_scaler(self) -> Any:
+    def keda_scaler(self) -> keda.KedaScalerServer | None:
         return self.servers.keda_scaler
 
     # -- top level ---------------------------------------------------------------------------
