@@ -8,6 +8,7 @@ that cannot answer at all becomes "every signal missing", which the core turns i
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,8 +97,13 @@ class Loop:
         *,
         state: ScaleState | None = None,
         hooks: Sequence[DecisionHook] = (),
+        fetch_deadline_s: float | None = None,
     ) -> None:
         self.source = source
+        # The tick's own bound on collecting metrics, on top of the source's per-query
+        # deadlines (retries and queueing behind max_concurrency add up): a fetch that misses it
+        # is "every signal missing", a hold. None: no bound beyond the source's own.
+        self.fetch_deadline_s = fetch_deadline_s
         self.actuator = actuator
         self.state = state or ScaleState()
         self.hooks = list(hooks)
@@ -150,10 +156,16 @@ class Loop:
         samples: Mapping[tuple[str, Role], Mapping[str, SignalSample]] = {}
         if targets:
             try:
-                samples = await self.source.fetch(targets, now=now)
+                async with asyncio.timeout(self.fetch_deadline_s):
+                    samples = await self.source.fetch(targets, now=now)
             except errors.MetricsUnavailable as exc:
                 report.metrics_error = str(exc)
                 log.warning("metrics_unavailable", error=str(exc))
+            except TimeoutError:
+                report.metrics_error = (
+                    f"metrics fetch missed the tick's {self.fetch_deadline_s:g}s deadline"
+                )
+                log.warning("metrics_deadline_missed", deadline_s=self.fetch_deadline_s)
         pools = {
             name: PoolObservation(
                 roles={

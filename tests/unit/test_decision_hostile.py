@@ -217,3 +217,35 @@ def test_malformed_state_is_a_value_error(text: str) -> None:
     starts fresh), never another exception type that would stop the leader's ticks."""
     with pytest.raises(ValueError, match=r"."):
         ScaleState.from_json(text)
+
+
+async def test_fetch_past_the_tick_deadline_is_missing_data() -> None:
+    """A source that hangs (however it got there) costs the tick its deadline, then holds."""
+    import asyncio  # noqa: PLC0415
+
+    from autoscaler.actuator.base import WorkloadStatus  # noqa: PLC0415
+    from autoscaler.loop import Loop  # noqa: PLC0415
+
+    class Hanging:
+        async def fetch(self, targets: object, *, now: float) -> dict[object, object]:
+            await asyncio.sleep(3600)
+            return {}
+
+    class Act:
+        def __init__(self) -> None:
+            self.scales: list[int] = []
+
+        async def status(self, ref: object) -> WorkloadStatus:
+            return WorkloadStatus(replicas=4, ready=4, pending=0)
+
+        async def scale(self, ref: object, replicas: int, *, reason: str) -> None:
+            self.scales.append(replicas)
+
+    act = Act()
+    policy = pool_policy(aggregated={"signals": Q5, "max_replicas": 50,
+                                     "behavior": {"scale_down": {"stabilization_window_s": 0}}})
+    loop = Loop(policy, Hanging(), act, fetch_deadline_s=0.2)  # type: ignore[arg-type]
+    report = await asyncio.wait_for(loop.tick(0.0), 10)
+    assert report.metrics_error == "metrics fetch missed the tick's 0.2s deadline"
+    assert report.decision.pools["p"].roles[A].desired == 4
+    assert act.scales == []
