@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from autoscaler import errors
 from autoscaler.policy.load import format_validation_error, load_yaml
 from autoscaler.sim.engine import Simulation
-from autoscaler.sim.profile import Profile, resolve_profile
+from autoscaler.sim.profile import BUILTIN_PROFILES, Profile, resolve_profile
 from autoscaler.types import Role
 
 FloatArray = npt.NDArray[np.float64]
@@ -142,6 +142,9 @@ class Experiment:
     """Profile fields the experiment's server ran with (e.g. max_num_batched_tokens)."""
     shared_prefix: SharedPrefix | None = None
     """The prompts repeat (a fixed set, with per-group system prompts): prefix caching."""
+    stages: tuple[tuple[float, float], ...] = ()
+    """(rate, duration_s) load stages run back to back; the points summarise all of them.
+    Empty: one stage of `num_prompts` requests at `rate`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +258,18 @@ def load_data(path: str | Path) -> DataFile:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise errors.ConfigError([f"{w}: points.{m}: expected a number > 0, got {v!r}"])
             points[m] = float(v)
+        stages_raw = e.get("stages") or []
+        stages: list[tuple[float, float]] = []
+        for j, st in enumerate(stages_raw):
+            if (
+                not isinstance(st, list)
+                or len(st) != 2
+                or not all(isinstance(x, (int, float)) and x > 0 for x in st)
+            ):
+                raise errors.ConfigError(
+                    [f"{w}: stages[{j}]: expected [rate, duration_s] > 0, got {st!r}"]
+                )
+            stages.append((float(st[0]), float(st[1])))
         sp_raw = e.get("shared_prefix")
         sp = None
         if sp_raw is not None:
@@ -286,14 +301,13 @@ def load_data(path: str | Path) -> DataFile:
                 arrivals=arrivals,
                 overrides=dict(e.get("overrides") or {}),
                 shared_prefix=sp,
+                stages=tuple(stages),
             )
         )
         prof = exps[-1].profile
-        if prof not in profiles:
-            try:
-                resolve_profile(prof)
-            except errors.ConfigError as exc:
-                raise errors.ConfigError([f"{w}: profile: {m}" for m in exc.problems]) from exc
+        if prof not in profiles and prof not in BUILTIN_PROFILES:
+            known = ", ".join([*sorted(BUILTIN_PROFILES), *sorted(profiles)])
+            raise errors.ConfigError([f"{w}: profile: unknown profile {prof!r}; known: {known}"])
     return DataFile(sources=sources, datasets=datasets, experiments=exps, profiles=profiles)
 
 
@@ -303,6 +317,8 @@ def workload(
     """Arrivals and lengths of an experiment (seeded: the same replay every run)."""
     rng = np.random.default_rng(exp.seed if seed is None else seed)
     n = exp.num_prompts
+    if exp.stages:
+        n = sum(round(r * d) for r, d in exp.stages)
     if exp.dataset is not None:
         prompt, output = datasets[exp.dataset].sample(n, rng)
     else:
@@ -310,7 +326,17 @@ def workload(
         assert exp.output_len is not None
         prompt = np.full(n, exp.input_len, dtype=np.int64)
         output = np.full(n, exp.output_len, dtype=np.int64)
-    if math.isinf(exp.rate):
+    if exp.stages:
+        parts, start = [], 0.0
+        for r, d in exp.stages:
+            k = round(r * d)
+            if exp.arrivals == "constant":
+                parts.append(start + np.arange(k, dtype=np.float64) / r)
+            else:
+                parts.append(start + np.cumsum(rng.exponential(1.0 / r, k)))
+            start += d
+        arrival = np.concatenate(parts)
+    elif math.isinf(exp.rate):
         arrival = np.zeros(n)
     elif exp.arrivals == "constant":
         arrival = np.arange(n, dtype=np.float64) / exp.rate

@@ -144,21 +144,21 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         # §2.8 "Prefill gamma_p": causal-attention FLOP count at about 400 TF/s (§2.4). Applied
         # to c^2 + 2cp per chunk, so a prompt of P tokens pays gamma*P^2 (SIM-MODEL corrections).
         prefill_gamma_ms_per_token2=7e-7,
-        # Derived from the fitted Llama-2-7B profile (benchmarks/data/vllm_published.yaml, fit
-        # split: alpha_d 7.03 ms against Vidur's 5.6 ms of kernels at 1 token, so the V1 engine
-        # adds 1.43 ms a step) and the 8B's weight bytes (5.6 x 14.96/12.55 = 6.68 ms): 8.1 ms.
-        decode_alpha_ms=8.1,
-        # Fitted on the Llama-2-7B H100 measurements (fit split, +-15 % standard error); the
-        # per-sequence cost is the engine's, not the model's, so it carries over.
-        decode_beta_ms_per_seq=0.0406,
+        # Fitted (benchmarks/sim_fidelity.py --fit llama-8b-h100) on measured Llama-3.1-8B
+        # runs on H100, vLLM 0.15.1 (the fit split of benchmarks/data/vllm_published.yaml:
+        # the default-config general and codegen runs): 6.57 ms, standard error 9 %. The
+        # weights alone take 4.8 ms to read at 3.35 TB/s.
+        decode_alpha_ms=6.57,
+        # Fitted likewise: 0.0344 ms per sequence (standard error 57 %).
+        decode_beta_ms_per_seq=0.0344,
         # SIM-MODEL corrections: measured single-request ITL at 8k-128k context implies about
         # 4.4e-5 ms/token (128 KiB/token read at about 90 % of 3.35 TB/s), not §2.8's 6e-5 (65 %).
         decode_gamma_ms_per_ctx_token=4.4e-5,
-        # The measured per-sequence cost (decode_beta_ms_per_seq) already holds the scheduler's
-        # share: a separate term fitted to zero (docs/simulator.md, "Saturation").
+        # A separate per-sequence scheduler term fitted to zero: the measured per-sequence cost
+        # is decode_beta_ms_per_seq (docs/simulator.md, "Constants").
         sched_ms_per_seq=0.0,
-        # Fitted on the Llama-2-7B measurements (same vLLM 0.15 API server): 14.4 ms.
-        frontend_ms=14.4,
+        # Fitted likewise: 24.3 ms of API-server time per request (standard error 10 %).
+        frontend_ms=24.3,
         # §2.8 "KV capacity": about 430k tokens at gpu_memory_utilization 0.9 (§2.2).
         kv_capacity_tokens=430_000,
         # §2.8 / §2.3: vLLM V1 API-server defaults on >=70 GiB non-A100 GPUs.

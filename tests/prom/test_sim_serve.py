@@ -163,11 +163,11 @@ async def test_every_pod_has_its_own_address(prom: PromServer, sim_url: str) -> 
         body = await asyncio.to_thread(_text, f"http://{e['targets'][0]}/metrics")
         assert "vllm:prefix_cache_queries_total" in body
         assert "vllm:request_queue_time_seconds_bucket" in body
-    pods = {s["metric"]["pod"] for s in prom.query("vllm:request_success_total")}
-    assert pods == {e["labels"]["pod"] for e in entries}
-    reasons = {s["metric"]["finished_reason"] for s in prom.query("vllm:request_success_total")}
-    assert reasons == {"stop", "length", "abort"}
-    assert prom.query("vllm:request_prefill_time_seconds_count")
+    # Other tests' fake pods share this Prometheus: look at the simulated namespace only.
+    success = prom.query('vllm:request_success_total{namespace="sim"}')
+    assert {s["metric"]["pod"] for s in success} == {e["labels"]["pod"] for e in entries}
+    assert {s["metric"]["finished_reason"] for s in success} == {"stop", "length", "abort"}
+    assert prom.query('vllm:request_prefill_time_seconds_count{namespace="sim"}')
 
 
 def _get_list(url: str) -> list[dict[str, Any]]:

@@ -120,13 +120,13 @@ def test_oracle_decode_capacity_at_itl_slo() -> None:
     t = np.linspace(0, 59.9, n)
     # Context prompt + output/2 = 1150 + 50 = 1200 tokens.
     o = oracle(t, np.full(n, 1150), np.full(n, 100), P8B, disaggregated=True)
-    # Per sequence: beta_d 0.0406 + gamma_d 4.4e-5 x 1200 ms. Above the roofline knee a step
-    # costs 4 + 0.025·B + per_seq·B ms: the ITL bound allows (50 - 4) / (0.025 + per_seq) = 388
-    # sequences (448 below the knee); KV (430k tokens / 1200) only 358.
-    per_seq = 0.0406 + 4.4e-5 * 1200
-    assert math.floor(46 / (0.025 + per_seq)) == 388
+    # Per sequence: beta_d 0.0344 + gamma_d 4.4e-5 x 1200 ms. Above the roofline knee a step
+    # costs 4 + 0.025·B + per_seq·B ms: the ITL bound allows (50 - 4) / (0.025 + per_seq) = 409
+    # sequences; KV (430k tokens / 1200) only 358.
+    per_seq = 0.0344 + 4.4e-5 * 1200
+    assert math.floor(46 / (0.025 + per_seq)) == 409
     bstar = 430_000 // 1200
-    step = max(8.1, 4 + 0.025 * bstar) + per_seq * bstar
+    step = max(6.57, 4 + 0.025 * bstar) + per_seq * bstar
     assert o.decode_capacity_tok_s[0] == pytest.approx(bstar / step * 1000)
 
 

@@ -152,7 +152,7 @@ def test_builtin_profiles_match_sim_model_table() -> None:
     assert p8.name == "llama-8b-h100"
     assert (p8.prefill_beta_ms_per_token, p8.decode_alpha_ms, p8.kv_capacity_tokens) == (
         0.025,
-        8.1,
+        6.57,
         430_000,
     )
     p70 = profiles.builtin("llama-70b-tp4-h100")
@@ -162,11 +162,11 @@ def test_builtin_profiles_match_sim_model_table() -> None:
         0.0197,
         40.0,
     )
-    assert (p8.decode_gamma_ms_per_ctx_token, p8.decode_beta_ms_per_seq) == (4.4e-5, 0.0406)
-    assert (p8.frontend_ms, p8.sched_ms_per_seq) == (14.4, 0.0)
+    assert (p8.decode_gamma_ms_per_ctx_token, p8.decode_beta_ms_per_seq) == (4.4e-5, 0.0344)
+    assert (p8.frontend_ms, p8.sched_ms_per_seq) == (24.3, 0.0)
     assert (p8.gpu, p70.gpu) == ("H100-80GB-SXM", "H100-80GB-SXM")
-    # One decode step at B=1, 1000 context tokens: 8.1 + 0.0406 + 4.4e-5 x 1000 ms.
-    assert p8.decode_step_s(1, 1000) == pytest.approx(0.0081846)
+    # One decode step at B=1, 1000 context tokens: 6.57 + 0.0344 + 4.4e-5 x 1000 ms.
+    assert p8.decode_step_s(1, 1000) == pytest.approx(0.0066484)
 
 
 def test_profile_yaml_overrides(tmp_path: Path) -> None:
