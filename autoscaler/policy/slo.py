@@ -61,10 +61,15 @@ from statistics import NormalDist
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler import errors
-from autoscaler.metrics.source import GENERATION_TOKENS_RATE, PROMPT_TOKENS_RATE, REQUEST_RATE
 from autoscaler.policy.base import Policy, RoleContext
 from autoscaler.spec import RoleSpec
-from autoscaler.types import Need, Role
+from autoscaler.types import (
+    GENERATION_TOKENS_RATE,
+    PROMPT_TOKENS_RATE,
+    REQUEST_RATE,
+    Need,
+    Role,
+)
 
 # ceil() of a ratio that is an integer up to float noise must not add a replica.
 _EPS = 1e-9
