@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -148,6 +150,16 @@ class Histogram:
         self.sum += weight * (k * first + inc * k * (k - 1) / 2.0)
         self.count += k * weight
 
+    def observe_many(self, values: npt.NDArray[np.float64]) -> None:
+        """Add one observation of each value (vectorised `observe`)."""
+        if not len(values):
+            return
+        idx = np.searchsorted(np.asarray(self.bounds), values, side="left")
+        for i, n in enumerate(np.bincount(idx, minlength=len(self.counts)).tolist()):
+            self.counts[i] += n
+        self.sum += float(values.sum())
+        self.count += len(values)
+
     def snapshot(self) -> HistogramSnapshot:
         return HistogramSnapshot(tuple(self.counts), self.sum, self.count)
 
@@ -182,26 +194,27 @@ class VllmMetrics:
     """The metric state of one vLLM engine (one replica, engine index 0)."""
 
     __slots__ = (
-        "decode_time",
+        "_decode_time",
+        "_finished",
+        "_gen_tokens_hist",
+        "_inference_time",
+        "_max_gen_tokens_hist",
+        "_params_max_tokens",
+        "_params_n",
+        "_prefill_time",
+        "_prompt_tokens_hist",
+        "_queue_time",
         "e2e",
-        "gen_tokens_hist",
         "generation_tokens",
-        "inference_time",
         "iteration_tokens",
         "itl",
         "kv_capacity_tokens",
         "kv_usage",
-        "max_gen_tokens_hist",
         "model_name",
-        "params_max_tokens",
-        "params_n",
         "preemptions",
-        "prefill_time",
         "prefix_hits",
         "prefix_queries",
         "prompt_tokens",
-        "prompt_tokens_hist",
-        "queue_time",
         "running",
         "success",
         "ttft",
@@ -215,6 +228,9 @@ class VllmMetrics:
         kv_capacity_tokens: int,
         max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     ) -> None:
+        # Finished requests not yet binned into the per-request histograms (binned in bulk when
+        # one of them is read: a backtest finishes requests far more often than it exposes).
+        self._finished: list[tuple[float, float, float, float, int, int, int]] = []
         self.model_name = model_name
         self.kv_capacity_tokens = kv_capacity_tokens
         # Gauges, set by the engine once per scheduler step (as vLLM does).
@@ -234,16 +250,16 @@ class VllmMetrics:
         self.ttft = Histogram(TTFT_BUCKETS)
         self.itl = Histogram(ITL_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
-        self.queue_time = Histogram(REQUEST_TIME_BUCKETS)
-        self.prefill_time = Histogram(REQUEST_TIME_BUCKETS)
-        self.decode_time = Histogram(REQUEST_TIME_BUCKETS)
-        self.inference_time = Histogram(REQUEST_TIME_BUCKETS)
+        self._queue_time = Histogram(REQUEST_TIME_BUCKETS)
+        self._prefill_time = Histogram(REQUEST_TIME_BUCKETS)
+        self._decode_time = Histogram(REQUEST_TIME_BUCKETS)
+        self._inference_time = Histogram(REQUEST_TIME_BUCKETS)
         tok = buckets_1_2_5(max_model_len)
-        self.prompt_tokens_hist = Histogram(tok)
-        self.gen_tokens_hist = Histogram(tok)
-        self.max_gen_tokens_hist = Histogram(tok)
-        self.params_max_tokens = Histogram(tok)
-        self.params_n = Histogram(PARAMS_N_BUCKETS)
+        self._prompt_tokens_hist = Histogram(tok)
+        self._gen_tokens_hist = Histogram(tok)
+        self._max_gen_tokens_hist = Histogram(tok)
+        self._params_max_tokens = Histogram(tok)
+        self._params_n = Histogram(PARAMS_N_BUCKETS)
 
     def finish(self, reason: str, e2e_s: float) -> None:
         """A request finished on this engine (counter and e2e only)."""
@@ -266,15 +282,77 @@ class VllmMetrics:
         (queue = arrival to first scheduled, prefill = scheduled to first token, decode = first
         token to end, inference = scheduled to end; n is always 1 here)."""
         self.finish(reason, t_end - t_arrival)
-        self.queue_time.observe(max(0.0, t_scheduled - t_arrival))
-        self.prefill_time.observe(max(0.0, t_first_token - t_scheduled))
-        self.decode_time.observe(max(0.0, t_end - t_first_token))
-        self.inference_time.observe(max(0.0, t_end - t_scheduled))
-        self.prompt_tokens_hist.observe(prompt_tokens)
-        self.gen_tokens_hist.observe(generation_tokens)
-        self.max_gen_tokens_hist.observe(generation_tokens)
-        self.params_max_tokens.observe(max_tokens)
-        self.params_n.observe(1)
+        self._finished.append(
+            (
+                max(0.0, t_scheduled - t_arrival),
+                max(0.0, t_first_token - t_scheduled),
+                max(0.0, t_end - t_first_token),
+                max(0.0, t_end - t_scheduled),
+                prompt_tokens,
+                generation_tokens,
+                max_tokens,
+            )
+        )
+
+    def _bin_finished(self) -> None:
+        if not self._finished:
+            return
+        cols = np.asarray(self._finished, dtype=np.float64).T
+        self._finished = []
+        self._queue_time.observe_many(cols[0])
+        self._prefill_time.observe_many(cols[1])
+        self._decode_time.observe_many(cols[2])
+        self._inference_time.observe_many(cols[3])
+        self._prompt_tokens_hist.observe_many(cols[4])
+        self._gen_tokens_hist.observe_many(cols[5])
+        self._max_gen_tokens_hist.observe_many(cols[5])
+        self._params_max_tokens.observe_many(cols[6])
+        self._params_n.observe_many(np.ones(cols.shape[1]))
+
+    @property
+    def queue_time(self) -> Histogram:
+        self._bin_finished()
+        return self._queue_time
+
+    @property
+    def prefill_time(self) -> Histogram:
+        self._bin_finished()
+        return self._prefill_time
+
+    @property
+    def decode_time(self) -> Histogram:
+        self._bin_finished()
+        return self._decode_time
+
+    @property
+    def inference_time(self) -> Histogram:
+        self._bin_finished()
+        return self._inference_time
+
+    @property
+    def prompt_tokens_hist(self) -> Histogram:
+        self._bin_finished()
+        return self._prompt_tokens_hist
+
+    @property
+    def gen_tokens_hist(self) -> Histogram:
+        self._bin_finished()
+        return self._gen_tokens_hist
+
+    @property
+    def max_gen_tokens_hist(self) -> Histogram:
+        self._bin_finished()
+        return self._max_gen_tokens_hist
+
+    @property
+    def params_max_tokens(self) -> Histogram:
+        self._bin_finished()
+        return self._params_max_tokens
+
+    @property
+    def params_n(self) -> Histogram:
+        self._bin_finished()
+        return self._params_n
 
     def scrape(self) -> ScrapeSample:
         return ScrapeSample(
