@@ -110,8 +110,8 @@ _DELEGATED = {
     "backtest": "autoscaler.sim.backtest",
     "run": "autoscaler.controller.app",
     "sim-serve": "autoscaler.sim.serve",
-    "trace-stitch": "autoscaler.forecast.stitch",
-    "profile": "autoscaler.sim.profile_fit",
+    "trace-stitch": "autoscaler.sim.stitch",
+    "profile": "autoscaler.profile_fit",
 }
 
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from autoscaler.policy.load import load_policy_file
+from autoscaler.profile import builtin
 from autoscaler.sim.backtest import default_policy_path, quiet_logs, run_backtest
 from autoscaler.sim.baselines import BEST_STATIC, HINDSIGHT, KEDA_QUEUE
-from autoscaler.sim.profile import builtin
 from autoscaler.sim.traces import Trace, load_trace, scale_rate
 from autoscaler.sim.workload import generate
 

@@ -46,10 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from autoscaler.forecast import stitch
 from autoscaler.policy.load import load_policy_file
-from autoscaler.sim import backtest
-from autoscaler.sim.profile import builtin
+from autoscaler.profile import builtin
+from autoscaler.sim import backtest, stitch
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.sim.workload import AZURE_CODE, AZURE_CONV, WorkloadSpec, generate
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autoscaler.forecast import engine, refit, stitch
+from autoscaler.forecast import engine, refit
+from autoscaler.sim import stitch
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVELOPE = ROOT.parent / "shared" / "traces" / "servegen_aggregate_rate_10min.csv"

@@ -26,9 +26,9 @@ import numpy as np
 
 from autoscaler.forecast import refit
 from autoscaler.policy.load import load_policy_file
+from autoscaler.profile import builtin
 from autoscaler.sim import backtest
 from autoscaler.sim.evaluate import request_outcome
-from autoscaler.sim.profile import builtin
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.types import Role
 

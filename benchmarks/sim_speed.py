@@ -20,10 +20,10 @@ from pathlib import Path
 
 from autoscaler.metrics.source import RoleTarget
 from autoscaler.policy.load import parse_policy
+from autoscaler.profile import builtin
 from autoscaler.sim.backends import SimActuator, SimMetricsSource
 from autoscaler.sim.engine import Simulation
 from autoscaler.sim.evaluate import evaluate
-from autoscaler.sim.profile import builtin
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.sim.workload import generate
 from autoscaler.spec import PolicyFile

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
-from autoscaler import errors, yamlsafe
+from autoscaler import errors
 from autoscaler.policy import registry
 from autoscaler.spec import PolicyFile
+from autoscaler.yamlsafe import format_validation_error, load_yaml
 
 
 def validate_plugins(policy: PolicyFile) -> None:
@@ -26,48 +26,6 @@ def validate_plugins(policy: PolicyFile) -> None:
         for role, spec in pool.roles.items():
             for qi, ref in enumerate(spec.policies):
                 registry.validate_ref(ref, where=f"pools.{pi}.roles.{role.value}.policies.{qi}")
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
-    return ".".join(parts) or "(top level)"
-
-
-def format_validation_error(source: str, exc: ValidationError) -> list[str]:
-    """`FILE: path.to.field: message (got VALUE)`, one line per problem."""
-    lines = []
-    errs = exc.errors()
-    locs = [tuple(e["loc"]) for e in errs]
-    for err in errs:
-        loc = tuple(err["loc"])
-        # A list whose items failed also reports "too short after validation": noise.
-        if err["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
-            continue
-        msg = err["msg"].removeprefix("Value error, ")
-        got = ""
-        if err["type"] not in ("missing",) and "input" in err:
-            value = err["input"]
-            if not isinstance(value, dict | list):
-                text = _repr(value)
-                got = f" (got {text[:60]}...{len(text)} characters)" if len(text) > 80 else (
-                    f" (got {text})"
-                )
-        lines.append(f"{source}: {_loc(tuple(err['loc']))}: {msg}{got}")
-    return lines
-
-
-def _repr(value: Any) -> str:
-    # repr() of a 5,000-digit int raises ValueError (Python's int-to-str limit).
-    try:
-        return repr(value)
-    except ValueError:
-        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
-
-
-def load_yaml(text: str, *, source: str) -> Any:
-    """Bounded, strict yaml.safe_load (size, depth, alias expansion, duplicate keys: see
-    autoscaler/yamlsafe.py); every problem a ConfigError naming file, line and column."""
-    return yamlsafe.load(text, source=source)
 
 
 def parse_policy(text: str, *, source: str = "<policy>") -> PolicyFile:

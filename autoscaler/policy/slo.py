@@ -292,7 +292,7 @@ class _Series:
 
 
 def _load_profile(name: str) -> object:
-    from autoscaler.sim.profile import BUILTIN_PROFILES, load_profile  # noqa: PLC0415
+    from autoscaler.profile import BUILTIN_PROFILES, load_profile  # noqa: PLC0415
 
     if name in BUILTIN_PROFILES:
         return BUILTIN_PROFILES[name]
@@ -308,7 +308,7 @@ class SLOPolicy:
     """The SLO policy of one role of one pool."""
 
     def __init__(self, config: SLOConfig, *, pool: str, role: Role, spec: RoleSpec) -> None:
-        from autoscaler.sim.profile import Profile  # noqa: PLC0415
+        from autoscaler.profile import Profile  # noqa: PLC0415
 
         prof = _load_profile(config.profile)
         assert isinstance(prof, Profile)

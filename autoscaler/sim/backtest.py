@@ -49,11 +49,11 @@ from autoscaler import errors
 from autoscaler.forecast import refit
 from autoscaler.loop import DecisionHook, Loop, TickReport
 from autoscaler.policy.load import load_policy_file
+from autoscaler.profile import BUILTIN_PROFILES, Profile, builtin, load_profile
 from autoscaler.sim import baselines, yardsticks
 from autoscaler.sim.backends import SimActuator, SimMetricsSource
 from autoscaler.sim.engine import Simulation
 from autoscaler.sim.evaluate import SLO, Evaluation, Oracle, evaluate, oracle, request_outcome
-from autoscaler.sim.profile import BUILTIN_PROFILES, Profile, builtin, load_profile
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.spec import PolicyFile, PoolSpec
 from autoscaler.types import Role

@@ -68,7 +68,7 @@ from autoscaler.sim.vllm_metrics import VllmMetrics
 from autoscaler.types import Role
 
 if TYPE_CHECKING:
-    from autoscaler.sim.profile import Profile
+    from autoscaler.profile import Profile
     from autoscaler.spec import DeploymentRef, PolicyFile
 
 FloatArray = npt.NDArray[np.float64]

@@ -28,8 +28,8 @@ from autoscaler.types import Role
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from autoscaler.profile import Profile
     from autoscaler.sim.engine import RequestResults, ScaleEvent, Simulation
-    from autoscaler.sim.profile import Profile
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -31,10 +31,10 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from autoscaler import errors
-from autoscaler.policy.load import format_validation_error, load_yaml
+from autoscaler.profile import BUILTIN_PROFILES, Profile, resolve_profile
 from autoscaler.sim.engine import Simulation
-from autoscaler.sim.profile import BUILTIN_PROFILES, Profile, resolve_profile
 from autoscaler.types import Role
+from autoscaler.yamlsafe import format_validation_error, load_yaml
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -24,8 +24,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from autoscaler import errors
+from autoscaler.profile import Profile
 from autoscaler.sim.fidelity import DataFile, Experiment, run_experiment
-from autoscaler.sim.profile import Profile
 
 FIT_RANGE = 10.0
 """A fitted constant stays within [start / FIT_RANGE, start x FIT_RANGE]."""
@@ -267,7 +267,7 @@ def _print_points(points: list[PointError]) -> None:
 
 def main(args: Any) -> int:
     """CLI entry: `profile fit RESULTS... --out FILE` or `profile check RESULTS...`."""
-    from autoscaler.sim.profile import DEFAULT_PROFILE, resolve_profile  # noqa: PLC0415
+    from autoscaler.profile import DEFAULT_PROFILE, resolve_profile  # noqa: PLC0415
 
     data = DataFile(sources={}, datasets={})
     if args.profile_command == "check":

@@ -31,7 +31,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from autoscaler.sim import engine, profile, traces, workload
+from autoscaler import profile
+from autoscaler.sim import engine, traces, workload
 from autoscaler.types import Role
 
 log = structlog.get_logger(__name__)

@@ -48,7 +48,7 @@ from autoscaler.types import Role
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from autoscaler.sim.profile import Profile
+    from autoscaler.profile import Profile
     from autoscaler.sim.traces import Trace
     from autoscaler.spec import PoolSpec
 

@@ -11,7 +11,7 @@ import pytest
 
 from autoscaler import errors
 from autoscaler.cli import main as cli_main
-from autoscaler.forecast import stitch
+from autoscaler.sim import stitch
 from tests.conftest import shared_traces_missing
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "traces"

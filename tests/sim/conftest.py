@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from autoscaler.policy.load import parse_policy
+from autoscaler.profile import BUILTIN_PROFILES, Profile
 from autoscaler.sim.engine import SimPool, Simulation
-from autoscaler.sim.profile import BUILTIN_PROFILES, Profile
 from autoscaler.spec import PolicyFile
 from autoscaler.types import Role
 

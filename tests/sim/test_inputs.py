@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from autoscaler import errors
-from autoscaler.sim import profile as profiles
+from autoscaler import profile as profiles
 from autoscaler.sim.traces import detect_format, load_trace, scale_rate
 from autoscaler.sim.workload import AZURE_CODE, AZURE_CONV, fit_workload, generate
 from tests.conftest import shared_traces_missing

@@ -22,7 +22,7 @@ from autoscaler.policy import registry
 from autoscaler.policy.base import RoleContext
 from autoscaler.policy.load import load_policy_file
 from autoscaler.policy.slo import SLOConfig, SLOPolicy, _Series, _Spread, erlang_c
-from autoscaler.sim.profile import builtin
+from autoscaler.profile import builtin
 from autoscaler.spec import PolicyRef, RoleSpec
 from autoscaler.types import Role, RoleObservation, SignalSample
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoscaler import errors
-from autoscaler.policy.load import format_validation_error, load_yaml
+from autoscaler.yamlsafe import format_validation_error, load_yaml
 
 DEFAULT_PROFILE = "llama-8b-h100"
 
