@@ -111,7 +111,7 @@ _DELEGATED = {
     "run": "autoscaler.controller.app",
     "sim-serve": "autoscaler.sim.serve",
     "trace-stitch": "autoscaler.sim.stitch",
-    "profile": "autoscaler.profile_fit",
+    "profile": "autoscaler.sim.profile_fit",
 }
 
 

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 from autoscaler.profile import builtin, resolve_profile
-from autoscaler.profile_fit import fit_profile
 from autoscaler.sim.fidelity import (
     DataFile,
     Dataset,
@@ -39,6 +38,7 @@ from autoscaler.sim.fidelity import (
     run_experiment,
     saturation_knee,
 )
+from autoscaler.sim.profile_fit import fit_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "benchmarks" / "data" / "vllm_published.yaml"

@@ -13,8 +13,8 @@ import pytest
 
 from autoscaler import cli, errors
 from autoscaler.profile import builtin, load_profile
-from autoscaler.profile_fit import experiment_from_bench_json
 from autoscaler.sim.fidelity import simulate
+from autoscaler.sim.profile_fit import experiment_from_bench_json
 
 pytestmark = pytest.mark.sim
 
