@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoscaler import errors
-from autoscaler.yamlsafe import format_validation_error, load_yaml
+from autoscaler.yamlsafe import format_validation_error, load_yaml, read_text
 
 DEFAULT_PROFILE = "llama-8b-h100"
 
@@ -258,10 +258,7 @@ def parse_profile(text: str, *, source: str = "<profile>") -> Profile:
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile YAML file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    text = read_text(p)
     return parse_profile(text, source=str(p))
 
 

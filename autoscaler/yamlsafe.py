@@ -21,6 +21,7 @@ the validation) in a worker thread.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -172,3 +173,14 @@ def load_yaml(text: str, *, source: str) -> Any:
     """Bounded, strict yaml.safe_load (size, depth, alias expansion, duplicate keys: see
     this module); every problem a ConfigError naming file, line and column."""
     return load(text, source=source)
+
+
+def read_text(path: str | Path) -> str:
+    """A document's text, or a ConfigError naming the file and why it cannot be read."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise errors.ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from exc

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from autoscaler import errors
 from autoscaler.policy import registry
 from autoscaler.spec import PolicyFile
-from autoscaler.yamlsafe import format_validation_error, load_yaml
+from autoscaler.yamlsafe import format_validation_error, load_yaml, read_text
 
 
 def validate_plugins(policy: PolicyFile) -> None:
@@ -54,10 +54,5 @@ async def parse_policy_async(text: str, *, source: str = "<policy>") -> PolicyFi
 def load_policy_file(path: str | Path) -> PolicyFile:
     """Read and validate one policy file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise errors.ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from exc
+    text = read_text(p)
     return parse_policy(text, source=str(p))

@@ -34,7 +34,7 @@ from autoscaler import errors
 from autoscaler.profile import BUILTIN_PROFILES, Profile, resolve_profile
 from autoscaler.sim.engine import Simulation
 from autoscaler.types import Role
-from autoscaler.yamlsafe import format_validation_error, load_yaml
+from autoscaler.yamlsafe import format_validation_error, load_yaml, read_text
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -175,10 +175,7 @@ def _need(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]
 def load_data(path: str | Path) -> DataFile:
     """Read and validate a published-points file; errors name the file, entry and field."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    text = read_text(p)
     data = load_yaml(text, source=str(p))
     if not isinstance(data, dict):
         raise errors.ConfigError([f"{p}: (top level): expected a mapping"])
