@@ -12,8 +12,9 @@ reacts to meanings, not HTTP codes:
   operator's `kubectl scale`, another controller, between our `status()` and our write) is not
   written: `ActuationConflict`, and the next tick decides on the new number. Without this
   precondition the controller read 4, an operator set 10, and the controller patched 3.
-- 409 on a scale -> re-read the scale subresource and retry once (the replicas precondition and
-  the write fence are checked again first); a second conflict -> `ActuationConflict`.
+- the write itself is a compare-and-swap on `spec.replicas` (a JSON patch whose `test` op
+  carries the replicas just read): a writer slipping in between our read and our PATCH fails
+  the test (422) or conflicts (409) -> `ActuationConflict`, nothing written.
 - `fence` (optional): checked immediately before every PATCH, the retry included; when it
   returns False nothing is written and `ActuationError` says why (a replica that lost the lease
   while its first PATCH was in flight must not send the retry).
@@ -33,11 +34,12 @@ start, it costs no Pod list per tick (cheap at scale, and no `pods list` permiss
 follows the Deployment controller's own accounting. The trade-off: a crash-looping replica
 also counts as pending; flow signals (batched tokens, KV cache) still scale up past it.
 
-Writing: a (strategic merge) patch of `spec.replicas` on `deployments/scale`, with the
-resourceVersion just read as a precondition, never an update of the Deployment. The replicas
-are compared with those read by `status()` rather than the resourceVersion of that read: every
-status update (a pod turning ready) moves the resourceVersion, and refusing on those would
-conflict on most ticks of a fleet that is starting up. RBAC can then
+Writing: a JSON patch of `spec.replicas` on `deployments/scale` (`test` the replicas just read,
+then `replace`), never an update of the Deployment. The precondition is on the replicas, not on
+the resourceVersion: every status update (a pod turning ready, the Deployment controller
+reconciling a scale) moves the resourceVersion, and a resourceVersion precondition conflicted
+twice in a row on a Deployment that was still rolling out its last scale (measured on the real
+control plane under load). RBAC can then
 grant `deployments/scale patch` on named Deployments and nothing that could change a spec.
 """
 
@@ -203,41 +205,39 @@ class KubernetesActuator:
     async def scale(self, ref: DeploymentRef, replicas: int, *, reason: str) -> None:
         key = (ref.namespace, ref.name)
         self._check_backoff(key)
-        for attempt in (1, 2):
-            try:
-                current = await self._apps.read_namespaced_deployment_scale(
-                    ref.name, ref.namespace, _request_timeout=self._timeout_s
-                )
-                self._check_unchanged(key, ref, current, replicas)
-                self._check_fence(ref, replicas)
-                await self._apps.patch_namespaced_deployment_scale(
-                    ref.name,
-                    ref.namespace,
-                    {
-                        # The precondition: if the Deployment changed since we read it (another
-                        # writer, or it was deleted and re-created), the write is refused.
-                        "metadata": {"resourceVersion": current.metadata.resource_version},
-                        "spec": {"replicas": replicas},
-                    },
-                    _request_timeout=self._timeout_s,
-                )
-            except ApiException as exc:
-                if exc.status == 409 and attempt == 1:
-                    log.info("scale_conflict_retry", namespace=ref.namespace, name=ref.name)
-                    continue
-                if exc.status == 409:
-                    msg = f"deployments/{ref.name} in {ref.namespace} kept changing (409 twice)"
-                    raise errors.ActuationConflict(msg) from exc
-                raise self._map(exc, key, verb="patch", resource="deployments/scale",
-                                name=ref.name) from exc
-            except _NETWORK_ERRORS as exc:
-                raise self._map(exc, key, verb="patch", resource="deployments/scale",
-                                name=ref.name) from exc
-            self._found(key)
-            self._observed[key] = replicas
-            log.info("scaled", namespace=ref.namespace, name=ref.name, replicas=replicas,
-                     reason=reason)
-            return
+        try:
+            current = await self._apps.read_namespaced_deployment_scale(
+                ref.name, ref.namespace, _request_timeout=self._timeout_s
+            )
+            self._check_unchanged(key, ref, current, replicas)
+            self._check_fence(ref, replicas)
+            expected = current.spec.replicas if current.spec is not None else None
+            await self._apps.patch_namespaced_deployment_scale(
+                ref.name,
+                ref.namespace,
+                # A compare-and-swap on the one field we own: if another writer changed the
+                # replicas since this read, the `test` op fails and nothing is written.
+                [
+                    {"op": "test", "path": "/spec/replicas", "value": expected},
+                    {"op": "replace", "path": "/spec/replicas", "value": replicas},
+                ],
+                _request_timeout=self._timeout_s,
+            )
+        except ApiException as exc:
+            if exc.status in (409, 422):
+                msg = (f"deployments/{ref.name} in {ref.namespace}: replicas changed between "
+                       f"the read and the write (HTTP {exc.status}); not writing {replicas}, "
+                       "the next tick re-decides")
+                raise errors.ActuationConflict(msg) from exc
+            raise self._map(exc, key, verb="patch", resource="deployments/scale",
+                            name=ref.name) from exc
+        except _NETWORK_ERRORS as exc:
+            raise self._map(exc, key, verb="patch", resource="deployments/scale",
+                            name=ref.name) from exc
+        self._found(key)
+        self._observed[key] = replicas
+        log.info("scaled", namespace=ref.namespace, name=ref.name, replicas=replicas,
+                 reason=reason)
 
     def _check_unchanged(self, key: tuple[str, str], ref: DeploymentRef, current: Any,
                          replicas: int) -> None:

@@ -56,3 +56,33 @@ async def test_closed_fence_writes_nothing(k8s_api: ApiClient, k8s_namespace: st
     with pytest.raises(errors.ActuationError, match="fence closed"):
         await act.scale(ref, 5, reason="test")
     assert await _replicas(k8s_api, ns, name) == 2
+
+
+async def test_writer_between_scale_read_and_patch_fails_the_test_op(
+    k8s_api: ApiClient, k8s_namespace: str
+) -> None:
+    """The operator's scale lands after the actuator re-read the scale subresource and before
+    its PATCH: the real API server refuses the JSON patch's `test` op and 10 stays."""
+    ns, name = k8s_namespace, "decode"
+    apps = client.AppsV1Api(k8s_api)
+    await apps.create_namespaced_deployment(ns, gpu_deployment(name, replicas=4))
+    ref = DeploymentRef(namespace=ns, name=name)
+    act = KubernetesActuator(k8s_api)
+    assert (await act.status(ref)).replicas == 4
+
+    real_patch = apps.patch_namespaced_deployment_scale
+
+    class OperatorFirst:
+        """AppsV1Api whose scale PATCH is preceded by the operator's own."""
+
+        def __getattr__(self, attr: str) -> object:
+            return getattr(apps, attr)
+
+        async def patch_namespaced_deployment_scale(self, *args: object, **kw: object) -> object:
+            await real_patch(name, ns, {"spec": {"replicas": 10}})
+            return await real_patch(*args, **kw)
+
+    act._apps = OperatorFirst()  # type: ignore[assignment]
+    with pytest.raises(errors.ActuationConflict, match="between the read and the write"):
+        await act.scale(ref, 3, reason="test")
+    assert await _replicas(k8s_api, ns, name) == 10

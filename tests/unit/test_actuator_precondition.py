@@ -1,6 +1,6 @@
 """KubernetesActuator's write preconditions without a cluster (the real-API version is
-tests/e2e/test_actuator_precondition_e2e.py): replicas changed since the decision's read, and
-the fence checked again before the 409 retry."""
+tests/e2e/test_actuator_precondition_e2e.py): replicas changed since the decision's read, a
+writer slipping in between the read and the PATCH (the JSON patch's `test` op), the fence."""
 
 from __future__ import annotations
 
@@ -47,8 +47,12 @@ class Apps:
             self.on_patch()
         if self.patch_errors:
             raise self.patch_errors.pop(0)
+        # JSON patch semantics, as the API server applies them: a failed `test` is a 422.
+        for op in body:
+            if op["op"] == "test" and self.replicas != op["value"]:
+                raise ApiException(status=422)
         self.patches.append(body)
-        self.replicas = body["spec"]["replicas"]
+        self.replicas = next(op["value"] for op in body if op["op"] == "replace")
         self.rv += 1
         return None
 
@@ -72,27 +76,57 @@ async def test_replicas_changed_since_read_is_a_conflict_not_a_write() -> None:
     assert apps.replicas == 3
 
 
-async def test_unchanged_replicas_write_with_resource_version() -> None:
+async def test_unchanged_replicas_write_is_a_compare_and_swap() -> None:
+    """A status update moves the resourceVersion, not the replicas: the write goes through,
+    as a `test` of the replicas read and a `replace`."""
     apps = Apps(4)
     act = _act(apps)
     await act.status(REF)
-    apps.rv = 9  # a status update (a pod turned ready) moves the version, not the replicas
+    apps.rv = 9  # a pod turned ready
     await act.scale(REF, 6, reason="t")
-    assert apps.patches == [{"metadata": {"resourceVersion": "9"}, "spec": {"replicas": 6}}]
+    assert apps.patches == [[
+        {"op": "test", "path": "/spec/replicas", "value": 4},
+        {"op": "replace", "path": "/spec/replicas", "value": 6},
+    ]]
 
 
-async def test_fence_rechecked_before_the_409_retry() -> None:
-    """The lease is lost while the first PATCH is in flight (it returns 409): no retry."""
+async def test_writer_between_read_and_patch_fails_the_test_op() -> None:
+    """Read 4, the operator sets 10 while our PATCH is in flight: the `test` op fails, nothing
+    is written, ActuationConflict (the next tick re-decides on 10)."""
+    apps = Apps(4)
+    act = _act(apps)
+    await act.status(REF)
+
+    def operator() -> None:
+        apps.replicas = 10
+
+    apps.on_patch = operator
+    with pytest.raises(errors.ActuationConflict, match="HTTP 422"):
+        await act.scale(REF, 3, reason="t")
+    assert apps.replicas == 10
+    assert apps.patches == []
+
+
+@pytest.mark.parametrize("status", [409, 422])
+async def test_a_conflict_is_not_retried(status: int) -> None:
+    """A conflict is not retried blindly: the next tick decides on what is there now."""
+    apps = Apps(4)
+    act = _act(apps)
+    await act.status(REF)
+    apps.patch_errors = [ApiException(status=status)]
+    with pytest.raises(errors.ActuationConflict):
+        await act.scale(REF, 9, reason="t")
+    assert apps.patches == []
+    assert apps.replicas == 4
+
+
+async def test_closed_fence_writes_nothing() -> None:
+    """The lease is lost between the decision and the write: no PATCH is sent."""
     apps = Apps(4)
     leader = [True]
     act = _act(apps, fence=lambda: leader[0])
     await act.status(REF)
-    apps.patch_errors = [ApiException(status=409)]
-
-    def lose() -> None:
-        leader[0] = False
-
-    apps.on_patch = lose
+    leader[0] = False
     with pytest.raises(errors.ActuationError, match="fence closed"):
         await act.scale(REF, 9, reason="t")
     assert apps.patches == []
