@@ -105,6 +105,8 @@ def test_cli_writes_tuned_policy_with_measured_header(tmp_path: Path) -> None:
         (["--folds", "9"], "each needs at least 10 min"),
         (["--trials", "0"], "--trials 0"),
         (["--out", "/nonexistent-dir/x.yaml"], "directory /nonexistent-dir does not exist"),
+        # Nothing listens on port 1: named, after the open retries, no traceback.
+        (["--storage", "postgresql://u@127.0.0.1:1/db"], "--storage postgresql://...: cannot open"),
     ],
 )
 def test_cli_bad_input_is_named(

@@ -41,6 +41,8 @@ from autoscaler.spec import PolicyFile
 # failed by the next worker that starts a trial, so a resumed study does not wait on it.
 HEARTBEAT_S = 30
 GRACE_S = 120
+# Opening an RDB storage: tries, 0.5 s more apart each time (5 s in all).
+OPEN_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +154,18 @@ def open_storage(url: str | None, *, journal: str | None = None) -> BaseStorage 
     """An RDB URL -> RDBStorage with heartbeats (dead workers' trials are failed, not waited
     on); a journal path -> the multi-process file journal; neither -> in memory (None)."""
     if url:
-        try:
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-        except Exception as exc:  # any driver/connection error: name the URL's scheme and why
-            scheme = url.split(":", 1)[0]
-            raise errors.ConfigError([f"--storage {scheme}://...: cannot open: {exc}"]) from exc
+        # Workers starting together on an empty database race to create Optuna's tables (one
+        # gets a unique violation on alembic_version); the loser retries and finds them made.
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            except Exception as exc:  # any driver/connection error: name the scheme and why
+                if attempt + 1 < OPEN_ATTEMPTS:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                scheme = url.split(":", 1)[0]
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise errors.ConfigError([f"--storage {scheme}://...: cannot open: {why}"]) from exc
     if journal:
         return JournalStorage(JournalFileBackend(journal))
     return None
