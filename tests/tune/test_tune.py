@@ -118,3 +118,23 @@ def test_cli_bad_input_is_named(
     assert cli.main(argv) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "t.yaml").exists()
+
+
+def test_header_names_changes_or_says_none() -> None:
+    from autoscaler.sim.tune.space import Param  # noqa: PLC0415
+    from autoscaler.sim.tune.windows import Split  # noqa: PLC0415
+
+    params = [Param("prefill.tolerance", ("x",), 0.0, 0.3, 0.1)]
+
+    def head(value: float) -> str:
+        res = tune_main.Result(
+            tuned_doc={}, values={"prefill.tolerance": value}, params=params, unsearched=[],
+            feasible=True, rows=[tune_main.Row("tuned", _score(0.995), _score(0.995))],
+            trials=[{"number": 0, "chosen": True}], split=Split(600.0, (), ()),
+            study_name="s", target=0.99, max_reversals=2,
+        )  # fmt: skip
+        return tune_main.header(res, trace="t.csv", config=backtest.ReplayConfig())
+
+    assert "changed: nothing (the input policy was the best trial)" in head(0.1)
+    assert "changed: prefill.tolerance 0.1 -> 0.25" in head(0.25)
+    assert all(line.startswith("# ") for line in head(0.25).splitlines())

@@ -311,14 +311,15 @@ def header(res: Result, *, trace: str, config: backtest.ReplayConfig) -> str:
     )
     if res.unsearched:
         out.append("  not searched (no search space for the kind): " + ", ".join(res.unsearched))
+    changed = [
+        f"{p.name} {p.default:g} -> {res.values[p.name]:g}"
+        for p in res.params
+        if p.name in res.values and not math.isclose(res.values[p.name], p.default)
+    ]
     out.append(
-        "  changed: "
-        + ", ".join(
-            f"{p.name} {p.default:g} -> {res.values[p.name]:g}"
-            for p in res.params
-            if p.name in res.values and not math.isclose(res.values[p.name], p.default)
-        )
-        or "  changed: nothing (the input policy was the best trial)"
+        "  changed: " + ", ".join(changed)
+        if changed
+        else "  changed: nothing (the input policy was the best trial)"
     )
     return "".join(f"# {line}\n" for line in out)
 
@@ -376,7 +377,9 @@ def plot(res: Result, path: Path) -> Path | None:
                 zorder=5,
             )
     ax.axhline(100 * res.target, ls="--", c="0.4", lw=0.8)
+    shown = [r.train for r in res.rows if r.name in ("tuned", "input policy", "keda-queue")]
     lows = [100 * t["attainment"] for t in res.trials] + [100 * res.target - 1]
+    lows += [100 * s.attainment for s in shown if s is not None]
     ax.set_ylim(max(0.0, min(lows) - 1), 100.2)
     ax.set_xlabel("GPU-hours (training windows)")
     ax.set_ylabel("SLO attainment, % (training windows)")
