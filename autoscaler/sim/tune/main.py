@@ -179,7 +179,10 @@ def tune(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pd-tune-") as tmp:
         journal = None if storage or jobs <= 1 else str(Path(tmp) / "journal.log")
-        args = study.WorkerArgs(problem, study_name, storage, journal, trials, seed, progress)
+        args = study.WorkerArgs(
+            problem, study_name, storage, journal, trials, seed, progress,
+            bar=progress and jobs <= 1 and sys.stderr.isatty(),
+        )  # fmt: skip
         if jobs <= 1:
             st = study.create_study(study_name, study.open_storage(storage), seed=seed)
             study.work(args, st)

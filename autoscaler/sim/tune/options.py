@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser, positive: Any) -> None:
         action="store_true",
         help="also the hindsight schedule on the held-out windows (slower)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no per-trial progress lines")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (terminal, one process) or per-trial lines")
     p.add_argument("--tick-s", type=positive, default=15.0, help="controller tick interval")
     p.add_argument("--scrape-s", type=positive, default=5.0, help="metric scrape interval")
     p.add_argument("--ttft-floor-s", type=positive, default=None, help="SLO TTFT floor (0.5)")

@@ -197,6 +197,8 @@ class WorkerArgs:
     trials: int
     seed: int | None
     progress: bool
+    # A progress bar instead of per-trial lines (one process, stderr a terminal).
+    bar: bool = False
 
 
 def work(args: WorkerArgs, study: optuna.Study | None = None) -> int:
@@ -216,12 +218,15 @@ def work(args: WorkerArgs, study: optuna.Study | None = None) -> int:
     mine = [0]
     start = time.monotonic()
     label = f"{socket.gethostname()}:{os.getpid()}"
+    bar = _Bar(args.trials, done) if args.progress and args.bar else None
 
     def stop_when_full(st: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
             mine[0] += 1
         total = len(completed(st))
-        if args.progress and trial.state == TrialState.COMPLETE:
+        if bar is not None:
+            bar.update(total, trial)
+        elif args.progress and trial.state == TrialState.COMPLETE:
             a = trial.user_attrs
             print(
                 f"tune: [{label}] trial {trial.number}: {100 * a['attainment']:.2f} % "
@@ -235,13 +240,53 @@ def work(args: WorkerArgs, study: optuna.Study | None = None) -> int:
 
     # The bound on this worker's own attempts keeps a study whose every trial is invalid from
     # looping forever.
-    study.optimize(
-        objective(args.problem),
-        n_trials=3 * args.trials,
-        callbacks=[stop_when_full],
-        gc_after_trial=False,
-    )
+    try:
+        study.optimize(
+            objective(args.problem),
+            n_trials=3 * args.trials,
+            callbacks=[stop_when_full],
+            gc_after_trial=False,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     return mine[0]
+
+
+class _Bar:
+    """A rich progress bar of completed trials (one process on a terminal); worker processes
+    print lines instead, since several bars on one terminal overwrite each other."""
+
+    def __init__(self, total: int, done: int) -> None:
+        from rich.console import Console  # noqa: PLC0415 - rich only when a bar is shown
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+        self.total = total
+        self.progress = Progress(
+            TextColumn("tune"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} trials {task.fields[best]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task("tune", total=total, completed=done, best="")
+        self.best = math.inf
+
+    def update(self, total: int, trial: FrozenTrial) -> None:
+        a = trial.user_attrs
+        if (
+            trial.state == TrialState.COMPLETE
+            and trial.constraints
+            and all(v <= 0 for v in trial.constraints.values())
+        ):
+            self.best = min(self.best, float(a["gpu_hours"]))
+        best = f"(best feasible {self.best:.2f} GPU-h)" if math.isfinite(self.best) else ""
+        self.progress.update(self.task, completed=min(total, self.total), best=best)
+
+    def close(self) -> None:
+        self.progress.__exit__(None, None, None)
 
 
 def _work_in_process(args: WorkerArgs) -> int:
