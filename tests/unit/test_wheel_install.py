@@ -27,7 +27,7 @@ from autoscaler import __version__
 pytestmark = pytest.mark.image
 
 ROOT = Path(__file__).resolve().parents[2]
-SIM_ONLY = ("matplotlib", "rich")
+SIM_ONLY = ("matplotlib", "rich", "optuna", "psycopg")
 
 
 def _run(*cmd: str | Path, cwd: Path | None = None, timeout: float = 900) -> str:
@@ -80,7 +80,7 @@ def test_installed_command_runs(installed: Path) -> None:
 
 def test_controller_imports_without_the_sim_extra(installed: Path) -> None:
     """The controller's modules import in the image's environment; matplotlib and rich are not
-    there (they are the `sim` extra)."""
+    there, nor the tuner's optuna and PostgreSQL driver (all the `sim` extra)."""
     code = (
         "import importlib.util, autoscaler.controller, autoscaler.metrics.prometheus,"
         " autoscaler.sim.serve;"  # the kind overlay's simulated pods run from the image too

@@ -1,0 +1,475 @@
+"""`pd-autoscaler tune`: the command. Loads, splits, searches, then measures the chosen policy
+beside the user's policy, keda-queue and best-static on the training and the held-out windows,
+and writes the tuned YAML (with the measurements as its header), a table and a plot."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoscaler import errors
+from autoscaler.policy.load import load_yaml, parse_policy
+from autoscaler.sim import backtest, baselines, yardsticks
+from autoscaler.sim.evaluate import oracle
+from autoscaler.sim.profile import Profile
+from autoscaler.sim.traces import Trace, load_trace
+from autoscaler.sim.tune import space, study
+from autoscaler.sim.tune.options import REVERSALS_PER_HOUR
+from autoscaler.sim.tune.windows import Split, Window, joined, split
+from autoscaler.spec import PolicyFile
+from autoscaler.types import Role
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_INVALID = 2
+
+# "Worse on held-out" (said plainly): attainment more than half a point below training's, or
+# the target met on training and missed held out.
+WORSE_ATTAINMENT = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One policy's result on training and on held-out windows."""
+
+    name: str
+    train: study.Score | None
+    held_out: study.Score | None
+    note: str = ""
+
+
+@dataclass(slots=True)
+class Result:
+    tuned_doc: dict[str, Any]
+    values: dict[str, float]
+    params: list[space.Param]
+    unsearched: list[str]
+    feasible: bool
+    rows: list[Row]
+    trials: list[dict[str, Any]]
+    split: Split
+    study_name: str
+    target: float
+    max_reversals: int
+    train_frontier: list[yardsticks.FleetPoint] = field(default_factory=list)
+    tune_wall_s: float = 0.0
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+    @property
+    def worse_held_out(self) -> str | None:
+        """Why the tuned policy's held-out result is worse than its training one, or None."""
+        r = self.row("tuned")
+        if r.train is None or r.held_out is None:
+            return None
+        tr, ho = r.train, r.held_out
+        reasons = []
+        if tr.attainment >= self.target > ho.attainment:
+            reasons.append(
+                f"attainment {100 * ho.attainment:.2f} % held out misses the {100 * self.target:g}"
+                f" % target it met on training ({100 * tr.attainment:.2f} %)"
+            )
+        elif ho.attainment < tr.attainment - WORSE_ATTAINMENT:
+            reasons.append(
+                f"attainment {100 * ho.attainment:.2f} % held out vs {100 * tr.attainment:.2f} % "
+                "on training"
+            )
+        return "; ".join(reasons) or None
+
+
+def _static_score(
+    windows: tuple[Window, ...],
+    width_s: float,
+    pool: PolicyFile,
+    profile: Profile,
+    config: backtest.ReplayConfig,
+    *,
+    with_hindsight: bool,
+) -> tuple[Row | None, Row | None, list[yardsticks.FleetPoint]]:
+    """best-static (and hindsight) on the windows joined back to back: a fixed fleet carries no
+    state across a window boundary."""
+    tr = joined(windows, width_s)
+    _, spec = backtest.single_pool(pool)
+    horizon = len(windows) * width_s
+    horizon = max(horizon, backtest.horizon_of(tr))
+    orc = oracle(
+        tr.arrival_s,
+        tr.prompt_tokens,
+        tr.output_tokens,
+        profile,
+        disaggregated=Role.AGGREGATED not in spec.roles,
+        slo=config.slo,
+        bin_s=backtest.BIN_S,
+        attainment=config.target,
+    )
+    ys = yardsticks.compute(
+        tr,
+        spec,
+        profile,
+        slo=config.slo,
+        horizon_s=horizon,
+        orc=orc,
+        target=config.target,
+        with_hindsight=with_hindsight,
+    )
+    n = len(tr.arrival_s)
+    bs = None
+    if ys.best_static is not None:
+        p = ys.best_static
+        bs = Row("best-static", None, study.Score(p.attainment, p.gpu_hours, 0, n, ()), p.label())
+    hs = None
+    if ys.hindsight is not None:
+        ev = ys.hindsight.evaluation
+        hs = Row(
+            "hindsight", None, study.Score(ev.slo_attainment, ev.gpu_hours, ev.reversals, n, ())
+        )
+    return bs, hs, ys.frontier
+
+
+def study_name_for(trace: Path, policy_text: str, folds: int, target: float) -> str:
+    h = hashlib.sha256(f"{trace.resolve()}|{policy_text}|{folds}|{target}".encode()).hexdigest()
+    return f"tune-{trace.stem}-{h[:10]}"
+
+
+def tune(
+    trace: Trace,
+    policy_text: str,
+    *,
+    source: str,
+    profile: Profile,
+    config: backtest.ReplayConfig,
+    folds: int = 2,
+    trials: int = 40,
+    jobs: int = 1,
+    storage: str | None = None,
+    study_name: str = "tune",
+    max_reversals: int | None = None,
+    seed: int | None = 0,
+    yardsticks_on: bool = True,
+    hindsight: bool = False,
+    progress: bool = False,
+) -> Result:
+    """Search, choose, and measure (the command without its I/O)."""
+    policy = parse_policy(policy_text, source=source)
+    doc = space.materialise(load_yaml(policy_text, source=source), policy)
+    parts = split(trace, folds)
+    params, unsearched = space.search_space(policy)
+    hours = len(parts.train) * parts.window_s / 3600.0
+    limit = max_reversals if max_reversals is not None else math.ceil(REVERSALS_PER_HOUR * hours)
+    problem = study.Problem(
+        doc=doc,
+        params=tuple(params),
+        train=parts.train,
+        profile=profile,
+        config=config,
+        target=config.target,
+        max_reversals=limit,
+        source=source,
+    )
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pd-tune-") as tmp:
+        journal = None if storage or jobs <= 1 else str(Path(tmp) / "journal.log")
+        args = study.WorkerArgs(
+            problem, study_name, storage, journal, trials, seed, progress,
+            bar=progress and jobs <= 1 and sys.stderr.isatty(),
+        )  # fmt: skip
+        if jobs <= 1:
+            st = study.create_study(study_name, study.open_storage(storage), seed=seed)
+            study.work(args, st)
+        else:
+            study.run_workers(args, jobs)
+            st = study.create_study(
+                study_name, study.open_storage(storage, journal=journal), seed=seed
+            )
+        done = study.completed(st)
+    wall = time.perf_counter() - t0
+    if not done:
+        raise errors.ConfigError([f"{source}: no trial completed (every candidate was invalid)"])
+    chosen, ok = study.best(done, problem)
+    tuned_doc = space.apply(doc, params, dict(chosen.params))
+    # As written (rounded), for the header's "changed" line.
+    values = {
+        p.name: space.written(p, chosen.params[p.name]) for p in params if p.name in chosen.params
+    }
+    tuned = space.validate(tuned_doc, source="tuned policy")
+    _, spec = backtest.single_pool(policy)
+    keda = baselines.keda_queue_policy(policy, spec.name)
+    a = chosen.user_attrs
+    tuned_train = study.Score(
+        a["attainment"],
+        a["gpu_hours"],
+        a["reversals"],
+        a["requests"],
+        tuple(tuple(w) for w in a["per_window"]),
+    )
+
+    def both(pol: PolicyFile) -> tuple[study.Score, study.Score]:
+        return (
+            study.score(pol, parts.train, profile=profile, config=config),
+            study.score(pol, parts.held_out, profile=profile, config=config),
+        )
+
+    d_tr, d_ho = both(policy)
+    k_tr, k_ho = both(keda)
+    rows = [
+        Row(
+            "tuned", tuned_train, study.score(tuned, parts.held_out, profile=profile, config=config)
+        ),
+        Row("input policy", d_tr, d_ho, source),
+        Row("keda-queue", k_tr, k_ho),
+    ]
+    frontier: list[yardsticks.FleetPoint] = []
+    if yardsticks_on:
+        bs_tr, _, frontier = _static_score(
+            parts.train, parts.window_s, policy, profile, config, with_hindsight=False
+        )
+        bs_ho, hs_ho, _ = _static_score(
+            parts.held_out, parts.window_s, policy, profile, config, with_hindsight=hindsight
+        )
+        rows.append(
+            Row(
+                "best-static",
+                bs_tr.held_out if bs_tr else None,
+                bs_ho.held_out if bs_ho else None,
+                f"train {bs_tr.note if bs_tr else 'none reached the target'}; "
+                f"held-out {bs_ho.note if bs_ho else 'none reached the target'}",
+            )
+        )
+        if hs_ho is not None:
+            rows.append(Row("hindsight", None, hs_ho.held_out, "held-out windows only"))
+    table = [
+        {
+            "number": t.number,
+            "worker": t.user_attrs.get("worker", ""),
+            **{k: t.user_attrs[k] for k in ("attainment", "gpu_hours", "reversals")},
+            "feasible": study.feasible(t.user_attrs, problem),
+            "chosen": t.number == chosen.number,
+        }
+        for t in done
+    ]
+    return Result(
+        tuned_doc=tuned_doc,
+        values=values,
+        params=params,
+        unsearched=unsearched,
+        feasible=ok,
+        rows=rows,
+        trials=table,
+        split=parts,
+        study_name=study_name,
+        target=config.target,
+        max_reversals=limit,
+        train_frontier=frontier,
+        tune_wall_s=wall,
+    )
+
+
+def _cell(s: study.Score | None) -> str:
+    if s is None:
+        return "-"
+    return f"{100 * s.attainment:6.2f} % {s.gpu_hours:7.2f} GPU-h {s.reversals:3d} rev"
+
+
+def table_lines(res: Result) -> list[str]:
+    w = res.split.window_s / 60
+    lines = [
+        f"windows: {len(res.split.train)} training, {len(res.split.held_out)} held-out, "
+        f"{w:.0f} min each (training {', '.join(x.label for x in res.split.train)}; held-out "
+        f"{', '.join(x.label for x in res.split.held_out)})",
+        f"{'policy':<14} {'training':<32} {'held-out':<32}",
+    ]
+    for r in res.rows:
+        lines.append(f"{r.name:<14} {_cell(r.train):<32} {_cell(r.held_out):<32} {r.note}")
+    return lines
+
+
+def header(res: Result, *, trace: str, config: backtest.ReplayConfig) -> str:
+    slo = config.slo
+    out = [
+        "Tuned by `pd-autoscaler tune` (docs/tune.md). Measured on the simulator:",
+        f"  trace: {trace}",
+        f"  SLO: TTFT <= max({slo.ttft_floor_s:g} s, {slo.ttft_slowdown:g} x idle prefill), mean"
+        f" ITL <= {slo.itl_mean_s * 1000:g} ms; target attainment {100 * res.target:g} %, "
+        f"reversals <= {res.max_reversals} on the training windows",
+        f"  study {res.study_name}: {len(res.trials)} trials, chosen trial "
+        + str(next(t["number"] for t in res.trials if t["chosen"]))
+        + ("" if res.feasible else " (NO trial met the constraints: the most attaining shown)"),
+        *("  " + line for line in table_lines(res)),
+    ]
+    worse = res.worse_held_out
+    out.append(
+        f"  HELD-OUT WORSE THAN TRAINING: {worse}"
+        if worse
+        else "  held-out result not worse than training"
+    )
+    if res.unsearched:
+        out.append("  not searched (no search space for the kind): " + ", ".join(res.unsearched))
+    changed = [
+        f"{p.name} {p.default:g} -> {res.values[p.name]:g}"
+        for p in res.params
+        if p.name in res.values and not math.isclose(res.values[p.name], p.default)
+    ]
+    out.append(
+        "  changed: " + ", ".join(changed)
+        if changed
+        else "  changed: nothing (the input policy was the best trial)"
+    )
+    return "".join(f"# {line}\n" for line in out)
+
+
+def plot(res: Result, path: Path) -> Path | None:
+    """Trials' training attainment vs GPU-h, the static frontier, the input policy and
+    keda-queue; None when matplotlib is not installed."""
+    try:
+        import matplotlib  # noqa: PLC0415 - the sim extra
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ok = [t for t in res.trials if t["feasible"]]
+    bad = [t for t in res.trials if not t["feasible"]]
+    ax.scatter(
+        [t["gpu_hours"] for t in bad],
+        [100 * t["attainment"] for t in bad],
+        s=14,
+        c="0.6",
+        label="trials (infeasible)",
+    )
+    ax.scatter(
+        [t["gpu_hours"] for t in ok],
+        [100 * t["attainment"] for t in ok],
+        s=14,
+        c="tab:blue",
+        label="trials (feasible)",
+    )
+    if res.train_frontier:
+        fr = res.train_frontier
+        ax.step(
+            [p.gpu_hours for p in fr],
+            [100 * p.attainment for p in fr],
+            where="post",
+            c="tab:green",
+            label="static frontier (fixed fleets)",
+        )
+    for name, marker, colour in (
+        ("tuned", "*", "tab:red"),
+        ("input policy", "D", "black"),
+        ("keda-queue", "s", "tab:orange"),
+    ):
+        s = res.row(name).train
+        if s is not None:
+            ax.scatter(
+                [s.gpu_hours],
+                [100 * s.attainment],
+                marker=marker,
+                s=90,
+                c=colour,
+                label=name,
+                zorder=5,
+            )
+    ax.axhline(100 * res.target, ls="--", c="0.4", lw=0.8)
+    shown = [r.train for r in res.rows if r.name in ("tuned", "input policy", "keda-queue")]
+    lows = [100 * t["attainment"] for t in res.trials] + [100 * res.target - 1]
+    lows += [100 * s.attainment for s in shown if s is not None]
+    ax.set_ylim(max(0.0, min(lows) - 1), 100.2)
+    ax.set_xlabel("GPU-hours (training windows)")
+    ax.set_ylabel("SLO attainment, % (training windows)")
+    ax.set_title(f"pd-autoscaler tune: {len(res.trials)} trials, study {res.study_name}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        import optuna  # noqa: F401, PLC0415 - only to fail early with the install hint
+    except ImportError:
+        print(
+            "tune: needs optuna: install the simulator extra, pip install 'pd-autoscaler[sim]'",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    try:
+        profile = backtest.resolve_profile_arg(args.profile)
+        config = backtest._config(args)  # the backtest's flags, the backtest's meaning
+        backtest.check_output(args.out, "--out")
+        plot_out = args.plot if args.plot is not None else args.out.with_suffix(".png")
+        backtest.check_output(plot_out, "--plot")
+        if args.trials < 1 or args.jobs < 1:
+            raise errors.ConfigError(
+                [f"--trials {args.trials} and --jobs {args.jobs} must be >= 1"]
+            )
+        try:
+            text = Path(args.policy).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise errors.ConfigError([f"{args.policy}: cannot read: {exc}"]) from exc
+        policy = parse_policy(text, source=str(args.policy))
+        backtest.check_profile([(str(args.policy), policy)], profile)
+        trace = load_trace(args.trace)
+        name = args.study or study_name_for(Path(args.trace), text, args.folds, config.target)
+        print(
+            f"tune: study {name} ({args.trials} trials, {args.jobs} process(es)"
+            + (", storage given" if args.storage else "")
+            + ")",
+            file=sys.stderr,
+        )
+        res = tune(
+            trace,
+            text,
+            source=str(args.policy),
+            profile=profile,
+            config=config,
+            folds=args.folds,
+            trials=args.trials,
+            jobs=args.jobs,
+            storage=args.storage,
+            study_name=name,
+            max_reversals=args.max_reversals,
+            seed=args.seed,
+            yardsticks_on=not args.no_yardsticks,
+            hindsight=args.hindsight,
+            progress=not args.no_progress,
+        )
+    except errors.ConfigError as exc:
+        for line in exc.problems:
+            print(f"tune: {line}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValueError as exc:  # e.g. a request longer than the profile's KV capacity
+        print(f"tune: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    head = header(res, trace=str(args.trace), config=config)
+    body = yaml.safe_dump(res.tuned_doc, sort_keys=False, default_flow_style=None, width=100)
+    # The written file must load as it will be used.
+    parse_policy(head + body, source=str(args.out))
+    try:
+        Path(args.out).write_text(head + body, encoding="utf-8")
+        drawn = plot(res, Path(plot_out))
+    except OSError as exc:
+        print(f"tune: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAIL
+    print(head, end="")
+    print(
+        f"tune: search {res.tune_wall_s:.1f} s wall; tuned policy: {args.out}"
+        + (f"; plot: {drawn}" if drawn else "; no plot (matplotlib not installed)")
+    )
+    worse = res.worse_held_out
+    if worse:
+        print(
+            f"tune: WARNING: the held-out result is worse than the training one: {worse}",
+            file=sys.stderr,
+        )
+    return EXIT_OK
