@@ -59,8 +59,10 @@ class ConnectionLimits:
 
     - `max_connections=256`: the API's legitimate clients are few — the API server's aggregator
       (a handful of kept-alive connections per API server replica), kubelet probes, KEDA and a
-      Prometheus scrape. 256 leaves two orders of magnitude of headroom while bounding memory
-      (the test measures it: tens of MB at the cap instead of hundreds).
+      Prometheus scrape. 256 leaves two orders of magnitude of headroom while bounding memory:
+      asyncio keeps a 256 KB read buffer per TLS connection, so a held TLS connection costs about
+      0.3 MB and the cap about 80 MB (tests/faults/test_slowloris.py prints the measured growth),
+      well inside the controller's 512 Mi limit, where 2,000 held connections (+563 MB) were not.
     - `head_timeout_s=10`: from accept to the end of the first request head, TLS handshake
       included. Every legitimate client sends its request at once; 10 s survives a congested
       node, and a slowloris costs at most `max_connections` slots for 10 s each.
@@ -158,6 +160,9 @@ class _Guard(asyncio.Protocol):
             self._site.stats.tls_failures += 1
             log.debug("connection_tls_failed", error=str(exc) or type(exc).__name__)
             raw.abort()
+            # asyncio does not always tell the protocol of a failed handshake (a timeout
+            # closes the transport without connection_lost): release the slot here.
+            self.connection_lost(None)
             return
         if tls is None or tls.is_closing():
             return
