@@ -188,6 +188,7 @@ class Attack:
             s.close()
 
 
+@pytest.mark.external_metrics
 def test_external_metrics_slowloris_is_bounded(pki: Pki) -> None:
     """ATTACK_N silent connections plus TLS tricklers against the shipped defaults: the cap is
     never exceeded, the overflow is closed at once, every held one is closed by its deadline,
@@ -263,6 +264,7 @@ def test_external_metrics_slowloris_is_bounded(pki: Pki) -> None:
         assert rss_peak - rss0 < cap * 512
 
 
+@pytest.mark.external_metrics
 def test_tls_handshake_timeout_closes_a_silent_connection(pki: Pki) -> None:
     """A connection that starts no TLS handshake is closed at the handshake timeout, before the
     (longer) head deadline, and counted as a TLS failure."""
@@ -377,6 +379,25 @@ async def test_keepalive_timeout_closes_an_idle_connection() -> None:
         closed_after = await wait_closed(reader, 1.0 + SLACK_S)
         assert closed_after is not None
         assert site.stats.open == 0
+        writer.close()
+
+
+async def test_later_head_trickled_on_a_kept_alive_connection_is_closed() -> None:
+    """Only the first head has the guard's deadline; a later one trickled on a kept-alive
+    connection is bounded by the keep-alive timeout (aiohttp closes a connection still waiting
+    for its next complete head then), even though bytes keep arriving."""
+    limits = limits_mod.ConnectionLimits(head_timeout_s=5.0, keepalive_timeout_s=1.0)
+    async with health_app(limits) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await http_get(reader, writer) == 200
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        closed = False
+        while time.monotonic() - t0 < 1.0 + SLACK_S and not closed:
+            with contextlib.suppress(OSError):
+                writer.write(b"X-Slow: 1\r\n")
+            closed = await wait_closed(reader, 0.2) is not None
+        assert closed
         writer.close()
 
 
