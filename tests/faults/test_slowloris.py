@@ -13,6 +13,7 @@ TLS handshake timeouts, stop with handshakes pending, validation) has a test eac
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import http.client
 import json
@@ -189,7 +190,7 @@ class Attack:
 
 
 @pytest.mark.external_metrics
-def test_external_metrics_slowloris_is_bounded(pki: Pki) -> None:
+def test_external_metrics_slowloris_is_bounded(pki: Pki, counts: collections.Counter[str]) -> None:
     """ATTACK_N silent connections plus TLS tricklers against the shipped defaults: the cap is
     never exceeded, the overflow is closed at once, every held one is closed by its deadline,
     the aggregator's kept-alive connection is answered throughout, RSS growth stays bounded."""
@@ -250,6 +251,9 @@ def test_external_metrics_slowloris_is_bounded(pki: Pki) -> None:
             f"median {refused[len(refused) // 2] if refused else 0:.3f}s, slowest "
             f"{refused[-1] if refused else 0:.2f}s; server RSS {rss0 / 1024:.1f} MB "
             f"-> peak {rss_peak / 1024:.1f} MB (+{(rss_peak - rss0) / 1024:.1f} MB)")
+        counts["slowloris connections opened (external metrics)"] += total
+        counts["slowloris connections held past their deadline"] += attack.still_open
+        counts["slowloris connections over the cap"] += max(0, during["peak_open"] - cap)
         assert during["peak_open"] <= cap
         assert held_client_side <= cap - 1  # the legit connection holds one slot
         assert attack.still_open == 0, f"{attack.still_open} attack connections still open"
