@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -59,7 +60,8 @@ async def main(pki: Pki, limits: limits_mod.ConnectionLimits) -> None:
 
 
 if __name__ == "__main__":
-    # stdout carries the protocol; logs go to stderr.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    # stdout carries the protocol; logs go to stderr, without the per-connection debug lines.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+                        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     asyncio.run(main(Pki(Path(sys.argv[1])),
                      limits_mod.ConnectionLimits(**json.loads(sys.argv[2]))))
