@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from autoscaler import telemetry as telemetry_mod
+from autoscaler.server import limits as limits_mod
 from autoscaler.server.store import DecisionStore
 
 Plugin = Callable[[web.Application, DecisionStore], None]
@@ -97,17 +98,36 @@ def create_app(
     return app
 
 
-async def start(app: web.Application, *, host: str, port: int) -> web.AppRunner:
-    """Serve `app` in the background; the caller owns `await runner.cleanup()`."""
-    runner = web.AppRunner(app, access_log=None)
+# The health port's clients are the kubelet's probes, Prometheus and KEDA's metrics-api trigger:
+# fewer than the external-metrics API's, hence a smaller cap; the same deadlines (see
+# `limits.ConnectionLimits` for why). A slowloris here would otherwise starve the probes and get
+# the Pod restarted.
+HTTP_LIMITS = limits_mod.ConnectionLimits(max_connections=128)
+
+
+async def start(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    limits: limits_mod.ConnectionLimits = HTTP_LIMITS,
+) -> web.AppRunner:
+    """Serve `app` in the background behind `limits`; the caller owns `await runner.cleanup()`."""
+    runner = web.AppRunner(app, access_log=None, **limits.runner_kwargs())
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await limits_mod.serve(runner, host=host, port=port, limits=limits, name="http")
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner
 
 
 def bound_port(runner: web.AppRunner) -> int:
     """The port actually bound (tests start on port 0)."""
     for site in runner.sites:
+        if isinstance(site, limits_mod.GuardedSite):
+            return site.port
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             return int(server.sockets[0].getsockname()[1])

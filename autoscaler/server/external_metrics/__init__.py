@@ -15,7 +15,8 @@ The pieces, one concern per module, from the inside out:
   the requestheader CA, its CN in the allowed names, and only then the X-Remote-* headers);
   optional delegated authorization through SubjectAccessReview.
 - `app.py`: the aiohttp application (discovery, metric lists).
-- `server.py`: `ExternalMetricsServer`, the app behind TLS with request-size limits.
+- `server.py`: `ExternalMetricsServer`, the app behind TLS with request-size limits and the
+  connection limits of `server/limits.py` (cap, request-head deadline, TLS and keep-alive timeouts).
 
 The numbers come from the one `server.store.DecisionStore` (as `server.points` metric points),
 which the KEDA scaler (server/keda.py) reads too; the two servers do not import each other, and

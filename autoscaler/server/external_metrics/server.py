@@ -1,10 +1,10 @@
 """The API behind TLS: `ExternalMetricsServer` starts the app of `app.py` with request-size
-limits, the requestheader CA and (optionally) SubjectAccessReview authorization.
+and connection limits (`server.limits`: a connection cap, a request-head deadline, TLS handshake
+and keep-alive timeouts), the requestheader CA and (optionally) SubjectAccessReview authorization.
 """
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from autoscaler.server import limits as limits_mod
 from autoscaler.server.external_metrics.app import ExternalMetricsOptions, make_app
 from autoscaler.server.external_metrics.auth import (
     AllowAuthenticated,
@@ -43,6 +44,9 @@ class ExternalMetricsSettings:
     requestheader_allowed_names: tuple[str, ...] = ()  # with the file; the ConfigMap has its own
     authorize_with_sar: bool = True
     options: ExternalMetricsOptions = field(default_factory=ExternalMetricsOptions)
+    limits: limits_mod.ConnectionLimits = field(default_factory=limits_mod.ConnectionLimits)
+    """Connection cap, head deadline, TLS handshake and keep-alive timeouts (see `ConnectionLimits`
+    for the defaults and their reasons)."""
 
 
 class ExternalMetricsServer:
@@ -67,6 +71,7 @@ class ExternalMetricsServer:
         self._requestheader = requestheader
         self._authorizer = authorizer
         self._runner: web.AppRunner | None = None
+        self.site: limits_mod.GuardedSite | None = None
         self.port = settings.port
 
     async def _resolve(self) -> tuple[RequestHeaderConfig, Authorizer]:
@@ -105,19 +110,25 @@ class ExternalMetricsServer:
             max_line_size=MAX_REQUEST_LINE,
             max_field_size=MAX_HEADER_FIELD,
             max_headers=MAX_HEADERS,
+            **s.limits.runner_kwargs(),
         )
         await self._runner.setup()
-        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((s.host, s.port))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock, ssl_context=tls).start()
+        try:
+            self.site = await limits_mod.serve(
+                self._runner, host=s.host, port=s.port, limits=s.limits, ssl_context=tls,
+                name="external_metrics")
+        except BaseException:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
+        self.port = self.site.port
         log.info(
             "external_metrics_serving",
             host=s.host,
             port=self.port,
             allowed_names=list(rh.allowed_names),
+            max_connections=s.limits.max_connections,
+            head_timeout_s=s.limits.head_timeout_s,
         )
 
     async def stop(self) -> None:
