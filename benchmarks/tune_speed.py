@@ -18,8 +18,8 @@ import argparse
 import time
 from pathlib import Path
 
+from autoscaler.profile import builtin
 from autoscaler.sim import backtest
-from autoscaler.sim.profile import builtin
 from autoscaler.sim.traces import load_trace
 from autoscaler.sim.tune.main import table_lines, tune
 

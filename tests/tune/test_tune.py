@@ -9,8 +9,8 @@ import pytest
 
 from autoscaler import cli
 from autoscaler.policy.load import load_policy_file
+from autoscaler.profile import builtin
 from autoscaler.sim import backtest
-from autoscaler.sim.profile import builtin
 from autoscaler.sim.tune import main as tune_main
 from autoscaler.sim.tune.study import Score
 from tests.tune.conftest import POOR_POLICY, code_trace, write_azure_csv

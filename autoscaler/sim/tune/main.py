@@ -18,9 +18,9 @@ import yaml
 
 from autoscaler import errors
 from autoscaler.policy.load import load_yaml, parse_policy
+from autoscaler.profile import Profile
 from autoscaler.sim import backtest, baselines, yardsticks
 from autoscaler.sim.evaluate import oracle
-from autoscaler.sim.profile import Profile
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.sim.tune import space, study
 from autoscaler.sim.tune.options import REVERSALS_PER_HOUR

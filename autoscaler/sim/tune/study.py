@@ -31,8 +31,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from autoscaler import errors
+from autoscaler.profile import Profile
 from autoscaler.sim import backtest
-from autoscaler.sim.profile import Profile
 from autoscaler.sim.tune import space
 from autoscaler.sim.tune.windows import Window
 from autoscaler.spec import PolicyFile
