@@ -9,10 +9,11 @@ import pytest
 
 from autoscaler import errors
 from autoscaler.policy import registry
-from autoscaler.policy.load import load_policy_file, load_yaml
+from autoscaler.policy.load import load_policy_file
 from autoscaler.sim.traces import Trace
 from autoscaler.sim.tune import space
 from autoscaler.sim.tune.windows import joined, split
+from autoscaler.yamlsafe import load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from autoscaler import errors
-from autoscaler.policy.load import load_yaml, parse_policy
+from autoscaler.policy.load import parse_policy
 from autoscaler.profile import Profile
 from autoscaler.sim import backtest, baselines, yardsticks
 from autoscaler.sim.evaluate import oracle
@@ -27,6 +27,7 @@ from autoscaler.sim.tune.options import REVERSALS_PER_HOUR
 from autoscaler.sim.tune.windows import Split, Window, joined, split
 from autoscaler.spec import PolicyFile
 from autoscaler.types import Role
+from autoscaler.yamlsafe import load_yaml
 
 EXIT_OK = 0
 EXIT_FAIL = 1

@@ -21,9 +21,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from autoscaler import errors
-from autoscaler.policy.load import format_validation_error, validate_plugins
+from autoscaler.policy.load import validate_plugins
 from autoscaler.spec import MAX_TOLERANCE, PolicyFile, RoleSpec
 from autoscaler.types import Role, SignalName
+from autoscaler.yamlsafe import format_validation_error
 
 Path = tuple[str | int, ...]
 
