@@ -62,13 +62,12 @@ from autoscaler.controller.state_store import (
     StateUnreadable,
     rfc3339,
 )
-from autoscaler.decision.state import RoleState, ScaleState
+from autoscaler.decision.state import ScaleState
 from autoscaler.loop import Loop, TickReport
 from autoscaler.metrics.source import MetricsSource
 from autoscaler.server import app as app_mod
 from autoscaler.server.store import DecisionStore
 from autoscaler.spec import PolicyFile
-from autoscaler.types import Role
 
 if TYPE_CHECKING:
     # Imported at run time only when configured (controller/servers.py).
@@ -314,6 +313,8 @@ class Controller:
             self.health.last_tick = None
         else:
             self.loop = None
+            # Ticks are the leader's job: a standby is not failing at them.
+            self.health.report("tick", None)
             # A standby serves nothing: its last numbers as leader would go stale unnoticed
             # behind a Service that still (or again) routes to it.
             self.store.clear()
@@ -335,16 +336,17 @@ class Controller:
         finally:
             self._set_leader(leader=False)
 
-    async def _restore_state(self, policy: PolicyFile) -> ScaleState:
-        """The saved state; or, when it cannot be read, a fresh one seeded from the replicas
-        running now, never a reason to stop leading.
+    async def _restore_state(self) -> ScaleState:
+        """The saved state; or, when it cannot be read, a fresh one: never a reason to stop
+        leading.
 
         A transient failure (a dropped connection, an API error) is retried a few times first:
         starting fresh forgets recent scales. A state that is not a state (a hand edit, a bad
         restore: `state.json` of `null`, `pools` a list, `last_replicas: 1e999`) is replaced at
-        once; so is one still unreachable after the retries. The seed holds every role at its
-        current replicas for one stabilization window (what a lost recent scale-up needs), and
-        the first tick's save overwrites the unreadable ConfigMap."""
+        once; so is one still unreachable after the retries. The decision core seeds an empty
+        state with the current replicas (`decision/core.py`, `history`), so the new leader
+        holds every role for one stabilization window, which is what a lost recent scale-up
+        needs; the first tick's save overwrites the unreadable ConfigMap."""
         delays = backoff.Delays(initial_s=1.0, max_s=8.0)
         why = ""
         for attempt in range(1, 5):
@@ -365,34 +367,16 @@ class Controller:
             self.health.api_reachable = True
             self._saved_state = state.to_json()
             return state
-        state = await self._seeded_state(policy)
-        log.error("state_replaced", error=why, seeded={
-            f"{pool}/{role.value}": rs.last_replicas
-            for pool, roles in state.pools.items() for role, rs in roles.items()})
+        log.error("state_replaced", error=why, action="starting from a fresh state")
         self.health.problem = f"state ConfigMap unreadable, replaced by a fresh state: {why}"
         self._saved_state = None  # the first tick overwrites it
-        return state
-
-    async def _seeded_state(self, policy: PolicyFile) -> ScaleState:
-        now = self._clock()
-        pools: dict[str, dict[Role, RoleState]] = {}
-        for pool in policy.pools:
-            for role, spec in pool.roles.items():
-                try:
-                    replicas = (await self.actuator.status(spec.deployment)).replicas
-                except Exception as exc:  # unseeded: the tick holds it anyway
-                    log.warning("state_seed_unobserved", pool=pool.name, role=role.value,
-                                error=repr(exc))
-                    continue
-                pools.setdefault(pool.name, {})[role] = RoleState(
-                    recommendations=((now, replicas),), last_replicas=replicas)
-        return ScaleState(pools=pools)
+        return ScaleState()
 
     async def _tick_forever(self) -> None:
         policies = self.policy_source
         policy = await policies.wait()
         version = policies.version
-        state = await self._restore_state(policy)
+        state = await self._restore_state()
         loop = Loop(policy, self.source, FencedActuator(self.actuator, self.is_leader),
                     state=state, hooks=[self.telemetry.record_decision])
         self.loop = loop
@@ -414,7 +398,14 @@ class Controller:
                 self._apply_policy(loop, policies.current)
                 await self._backfill_forecasts(loop)
             try:
-                await self.tick_once(loop)
+                report = await self.tick_once(loop)
+                pools = loop.policy.pools
+                if pools and len(report.unobserved) == len(pools):
+                    # Ticking without seeing any Deployment is not leading: count it as a
+                    # failed tick (a standby may reach the API server where this replica cannot).
+                    first = next(iter(report.unobserved.values()))
+                    msg = f"no pool observed ({len(pools)} unobserved; first: {first})"
+                    raise errors.ActuationUnavailable(msg)
             except Exception as exc:  # the loop survives; cancellation propagates
                 failures += 1
                 failing_for = self._clock() - last_ok
