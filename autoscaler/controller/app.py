@@ -282,11 +282,11 @@ class Controller:
         """Give the Lease up because this leader cannot tick (see `_tick_forever`), then stay
         out of the contest for one lease duration, so a standby that can tick takes over; with
         no standby, this replica leads again after that and retries."""
+        reason = self.health.failing.get("tick", "")
         await self._stop_leading_task()
         await self.lease.release()
         self.step_downs += 1
-        log.error("leadership_handed_over", identity=self.settings.identity,
-                  reason=self.health.failing.get("tick", ""),
+        log.error("leadership_handed_over", identity=self.settings.identity, reason=reason,
                   contend_again_in_s=self.settings.lease_duration_s)
         await backoff.sleep(self.settings.lease_duration_s)
 
