@@ -271,6 +271,11 @@ class PolicySource:
 
     async def _sync_configmap(self, cm: Any) -> None:
         name = cm.metadata.name
+        if name == self.settings.state_configmap:
+            # The one ConfigMap the controller may write: were it labelled as policy, the
+            # controller could write its own policy. Never loaded.
+            log.warning("policy_label_on_state_ignored", configmap=name)
+            return
         rv = cm.metadata.resource_version
         if self._resource_versions.get(name) == rv:
             return  # a re-list replays objects we have already judged

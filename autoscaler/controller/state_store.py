@@ -151,6 +151,11 @@ class StateStore:
                 self.namespace, body, _request_timeout=self._timeout_s
             )
         except ApiException as exc:
+            if exc.status == 403:
+                # The shipped Role has no `create configmaps` (manifests ship this ConfigMap).
+                log.error("state_configmap_missing", configmap=self.name,
+                          namespace=self.namespace,
+                          hint="apply manifests/base/controller/state-configmap.yaml")
             if exc.status != 409:
                 raise
         self._exists = True

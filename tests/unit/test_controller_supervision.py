@@ -219,6 +219,18 @@ async def test_watch_survives_cut_connections_and_hostile_documents(
             await task
 
 
+async def test_a_policy_label_on_the_state_configmap_is_ignored() -> None:
+    """The state ConfigMap is the one the controller may write; labelled as policy it would let
+    the controller write its own policy, so it is never loaded."""
+    src = policy_source.PolicySource(
+        Settings(namespace="ns", identity="a"), api=NO_API, health=Health(),
+        telemetry=Telemetry(), events=FakeEvents(), is_leader=lambda: True)
+    await src._sync_configmap(configmap(src.settings.state_configmap, "1", policy_yaml()))
+    assert src.current is None
+    await src._sync_configmap(configmap("pol", "1", policy_yaml()))
+    assert src.current is not None
+
+
 async def test_a_large_policy_is_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """The event loop keeps running (a lease renewal would) while a policy is validated."""
     import threading  # noqa: PLC0415
