@@ -27,7 +27,10 @@ history of the old one (it does not scale down a pool that was scaled up a minut
 Only the leader writes: the tick loop runs as the elector's leading task (cancelled when the
 lease is lost), and every scale passes a fence that re-checks the lease was renewed within the
 renew deadline. Standbys watch the policy (so they are ready to take over) and serve probes.
-Every wait goes through `backoff.sleep`, every retry through `backoff.Delays`.
+Every wait goes through `backoff.sleep`, every retry through `backoff.Delays`; every long-lived
+task runs under `backoff.supervise` or a loop of the same contract (any exception: logged,
+retried, reported in /readyz while it lasts). A leader that cannot tick hands the Lease over
+(`_tick_forever`, `_hand_over`); an unreadable state is replaced, never a reason to stop.
 """
 
 from __future__ import annotations
