@@ -412,7 +412,10 @@ class Controller:
             except Exception as exc:  # the loop survives; cancellation propagates
                 failures += 1
                 failing_for = self._clock() - last_ok
-                delay = min(delays.next(), max(self.step_down_after_s - failing_for, 0.0))
+                delay = delays.next()
+                if self.settings.leader_election:
+                    # Do not sleep past the hand-over bound.
+                    delay = min(delay, max(self.step_down_after_s - failing_for, 0.0))
                 log.exception("tick_failed", error=repr(exc), failures=failures,
                               failing_for_s=round(failing_for, 1), retry_in_s=delay)
                 self.health.report("tick", f"{type(exc).__name__}: {exc}"[:300]

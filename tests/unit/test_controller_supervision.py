@@ -383,6 +383,41 @@ async def test_leader_that_cannot_tick_reports_and_hands_over(
         await until(lambda: c.ticks >= 3 and "tick" not in c.health.failing, "leading again")
 
 
+class CountingActuator(FakeActuator):
+    def __init__(self) -> None:
+        super().__init__(WorkloadStatus(replicas=4, ready=4, pending=0))
+        self.reads = 0
+
+    async def status(self, ref: Any) -> WorkloadStatus:
+        self.reads += 1
+        return await super().status(ref)
+
+
+async def test_without_election_failing_ticks_back_off_and_stay_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Lease to hand over: the failing ticks are reported and retried with backoff, past
+    the hand-over bound too (never a zero wait: no tight loop)."""
+    waits: list[float] = []
+    real = backoff.sleep
+
+    async def recorded(seconds: float, *, wake: asyncio.Event | None = None) -> None:
+        waits.append(seconds)
+        await real(seconds / 100, wake=wake)
+
+    monkeypatch.setattr(backoff, "sleep", recorded)
+    actuator = CountingActuator()
+    actuator.fail = RuntimeError("API answered garbage")
+    async with leader(tmp_path, FlakyStateCore(), actuator=actuator,
+                      step_down_after_s=0.01) as c:
+        await until(lambda: actuator.reads >= 3, "retried twice")
+        assert "tick" in c.health.failing
+        assert c.step_downs == 0
+    # The retry waits after the 1st and 2nd failed tick: 2 and 4 ticks (tick_s 0.05), not cut
+    # to zero by the hand-over bound that does not apply here.
+    assert any(abs(w - 0.1) < 1e-9 for w in waits), waits
+    assert any(abs(w - 0.2) < 1e-9 for w in waits), waits
+
+
 async def test_no_observed_pool_counts_as_a_failed_tick(tmp_path: Path, fast_sleep: None) -> None:
     lease = FakeLease()
     actuator = FakeActuator(WorkloadStatus(replicas=4, ready=4, pending=0))
