@@ -433,6 +433,20 @@ async def test_no_observed_pool_counts_as_a_failed_tick(tmp_path: Path, fast_sle
 # --- the fence before every write -----------------------------------------------------------
 
 
+def test_on_cluster_wires_the_fence_into_every_writer() -> None:
+    """The real actuator (each scale PATCH and its 409 retry) and the real state store (each
+    ConfigMap write) ask the lease right before writing."""
+    s = Settings(namespace="x", identity="a", leader_election=True)
+    c = controller.Controller.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
+                                         telemetry=Telemetry())
+    fences = [c.actuator._fence, c.state_store._fence]  # type: ignore[attr-defined]
+    assert all(f is not None and not f() for f in fences)  # the lease is not held
+    lease = FakeLease()
+    lease.holder = True
+    c.lease = lease
+    assert all(f() for f in fences)
+
+
 async def test_state_writes_are_fenced() -> None:
     core: Any = FlakyStateCore()
     held = [True]
