@@ -27,7 +27,10 @@ history of the old one (it does not scale down a pool that was scaled up a minut
 Only the leader writes: the tick loop runs as the elector's leading task (cancelled when the
 lease is lost), and every scale passes a fence that re-checks the lease was renewed within the
 renew deadline. Standbys watch the policy (so they are ready to take over) and serve probes.
-Every wait goes through `backoff.sleep`, every retry through `backoff.Delays`.
+Every wait goes through `backoff.sleep`, every retry through `backoff.Delays`; every long-lived
+task runs under `backoff.supervise` or a loop of the same contract (any exception: logged,
+retried, reported in /readyz while it lasts). A leader that cannot tick hands the Lease over
+(`_tick_forever`, `_hand_over`); an unreadable state is replaced, never a reason to stop.
 """
 
 from __future__ import annotations
@@ -56,7 +59,12 @@ from autoscaler.controller.leader import LeaderLabeler, Lease, LeaseLike
 from autoscaler.controller.policy_source import PolicySource
 from autoscaler.controller.servers import AdoptionServers
 from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
-from autoscaler.controller.state_store import StateStore, StateStoreLike, rfc3339
+from autoscaler.controller.state_store import (
+    StateStore,
+    StateStoreLike,
+    StateUnreadable,
+    rfc3339,
+)
 from autoscaler.decision.state import ScaleState
 from autoscaler.loop import Loop, TickReport
 from autoscaler.metrics.source import MetricsSource
@@ -93,6 +101,7 @@ class Controller:
         wall: Callable[[], float] = time.time,
         serve_http: bool = True,
         release_on_exit: bool = True,
+        step_down_after_s: float | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -124,6 +133,12 @@ class Controller:
         self._runner: Any = None
         self.http_port: int | None = None
         self._saved_state: str | None = None
+        # A leader that has not completed a tick for this long hands the Lease over (a standby
+        # may be able to); half the liveness probe's stall time, so it happens before a restart.
+        self.step_down_after_s = (step_down_after_s if step_down_after_s is not None
+                                  else self.health.stall_after_s / 2)
+        self._step_down = asyncio.Event()
+        self.step_downs = 0
 
     @classmethod
     def on_cluster(cls, settings: Settings, *, api: ApiClient, source: MetricsSource,
@@ -138,14 +153,23 @@ class Controller:
             labeler = LeaderLabeler(core, pod=settings.pod_name,
                                     namespace=settings.pod_namespace or settings.namespace,
                                     timeout_s=settings.api_timeout_s)
-        return cls(
+        built: list[Controller] = []
+
+        def fence() -> bool:
+            # Asked immediately before every write (each scale PATCH, its retry, each state
+            # ConfigMap write), not once per tick.
+            return bool(built) and built[0].is_leader()
+
+        c = cls(
             settings, api=api, source=source, events=events,
-            actuator=kube.KubernetesActuator(api, events=events,
+            actuator=kube.KubernetesActuator(api, events=events, fence=fence,
                                              timeout_s=settings.api_timeout_s, clock=clock),
             state_store=StateStore(core, namespace=settings.namespace,
                                    name=settings.state_configmap,
-                                   timeout_s=settings.api_timeout_s),
+                                   timeout_s=settings.api_timeout_s, fence=fence),
             leader_labeler=labeler, clock=clock, **kw)
+        built.append(c)
+        return c
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -190,7 +214,7 @@ class Controller:
             # soon as its Pod carries the leader label; only the label moves on failover.
             await self.servers.start()
             if self.leader_labeler is not None:
-                self.leader_labeler.start()
+                self.leader_labeler.start(report=self.health.report)
             if s.leader_election:
                 await self._elect_forever()
             else:
@@ -218,17 +242,56 @@ class Controller:
         return self.lease.held()
 
     async def _elect_forever(self) -> None:
+        delays = backoff.Delays(initial_s=self.settings.retry_period_s,
+                                max_s=max(30.0, self.settings.retry_period_s))
+        failures = 0
         while True:
+            self._step_down.clear()
+            round_ = asyncio.create_task(
+                self.lease.contend(on_started=self._lead, on_stopped=self._stopped_leading),
+                name="leader-election")
+            stepping_down = asyncio.create_task(self._step_down.wait(), name="step-down")
             try:
-                await self.lease.contend(on_started=self._lead,
-                                         on_stopped=self._stopped_leading)
-            except Exception as exc:  # the elector lets network errors escape
-                log.warning("leader_election_error", error=repr(exc))
-                self.health.problem = f"leader election: {exc!r}"
+                await asyncio.wait({round_, stepping_down}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (round_, stepping_down):
+                    if not task.done():
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+            if stepping_down.done() and not stepping_down.cancelled():
+                await self._hand_over()
+                continue
+            error = None if round_.cancelled() else round_.exception()
             # The elector returned (lease lost) or failed; make sure the leading task is gone
             # before contending again (the library does not cancel it when it raises).
             await self._stop_leading_task()
-            await backoff.sleep(self.settings.retry_period_s)
+            if error is None:
+                failures = 0
+                delays.reset()
+                self.health.report("leader-election", None)
+                await backoff.sleep(self.settings.retry_period_s)
+                continue
+            failures += 1
+            delay = delays.next()
+            log.warning("leader_election_error", error=repr(error), failures=failures,
+                        retry_in_s=delay)
+            if failures >= 3:
+                self.health.report("leader-election",
+                                   f"{error!r} ({failures} rounds in a row)")
+            await backoff.sleep(delay)
+
+    async def _hand_over(self) -> None:
+        """Give the Lease up because this leader cannot tick (see `_tick_forever`), then stay
+        out of the contest for one lease duration, so a standby that can tick takes over; with
+        no standby, this replica leads again after that and retries."""
+        reason = self.health.failing.get("tick", "")
+        await self._stop_leading_task()
+        await self.lease.release()
+        self.step_downs += 1
+        log.error("leadership_handed_over", identity=self.settings.identity, reason=reason,
+                  contend_again_in_s=self.settings.lease_duration_s)
+        await backoff.sleep(self.settings.lease_duration_s)
 
     async def _stop_leading_task(self) -> None:
         task = self._lead_task
@@ -253,6 +316,8 @@ class Controller:
             self.health.last_tick = None
         else:
             self.loop = None
+            # Ticks are the leader's job: a standby is not failing at them.
+            self.health.report("tick", None)
             # A standby serves nothing: its last numbers as leader would go stale unnoticed
             # behind a Service that still (or again) routes to it.
             self.store.clear()
@@ -275,22 +340,46 @@ class Controller:
             self._set_leader(leader=False)
 
     async def _restore_state(self) -> ScaleState:
-        def failed(exc: Exception, delay: float) -> None:
-            # Starting fresh could undo a recent scale-up; waiting is the safe side.
-            log.warning("state_load_failed", error=repr(exc), retry_in_s=delay)
+        """The saved state; or, when it cannot be read, a fresh one: never a reason to stop
+        leading.
 
-        state = await backoff.retry(
-            lambda: self.state_store.load(mono_now=self._clock(), wall_now=self._wall()),
-            retry_on=(ApiException, OSError, TimeoutError), on_error=failed)
-        self.health.api_reachable = True
-        self._saved_state = state.to_json()
-        return state
+        A transient failure (a dropped connection, an API error) is retried a few times first:
+        starting fresh forgets recent scales. A state that is not a state (a hand edit, a bad
+        restore: `state.json` of `null`, `pools` a list, `last_replicas: 1e999`) is replaced at
+        once; so is one still unreachable after the retries. The decision core seeds an empty
+        state with the current replicas (`decision/core.py`, `history`), so the new leader
+        holds every role for one stabilization window, which is what a lost recent scale-up
+        needs; the first tick's save overwrites the unreadable ConfigMap."""
+        delays = backoff.Delays(initial_s=1.0, max_s=8.0)
+        why = ""
+        for attempt in range(1, 5):
+            try:
+                state = await self.state_store.load(mono_now=self._clock(),
+                                                    wall_now=self._wall())
+            except StateUnreadable as exc:
+                why = str(exc)
+                break
+            except Exception as exc:  # every failure is retried, then replaced
+                why = f"{type(exc).__name__}: {exc}"[:300]
+                delay = delays.next()
+                log.warning("state_load_failed", error=why, attempt=attempt, retry_in_s=delay)
+                self.health.problem = f"state ConfigMap: {why}"
+                if attempt < 4:
+                    await backoff.sleep(delay)
+                continue
+            self.health.api_reachable = True
+            self._saved_state = state.to_json()
+            return state
+        log.error("state_replaced", error=why, action="starting from a fresh state")
+        self.health.problem = f"state ConfigMap unreadable, replaced by a fresh state: {why}"
+        self._saved_state = None  # the first tick overwrites it
+        return ScaleState()
 
     async def _tick_forever(self) -> None:
-        state = await self._restore_state()
         policies = self.policy_source
         policy = await policies.wait()
         version = policies.version
+        state = await self._restore_state()
         loop = Loop(policy, self.source, FencedActuator(self.actuator, self.is_leader),
                     state=state, hooks=[self.telemetry.record_decision])
         self.loop = loop
@@ -299,6 +388,7 @@ class Controller:
         # A failed tick waits 2, 4, ... 64 ticks (at most 5 minutes) before the next try.
         delays = backoff.Delays(initial_s=2 * tick_s, max_s=min(64 * tick_s, 300.0))
         failures = 0
+        last_ok = self._clock()
         next_at = self._clock()
         while True:
             if policies.version != version:
@@ -311,16 +401,36 @@ class Controller:
                 self._apply_policy(loop, policies.current)
                 await self._backfill_forecasts(loop)
             try:
-                await self.tick_once(loop)
+                report = await self.tick_once(loop)
+                pools = loop.policy.pools
+                if pools and len(report.unobserved) == len(pools):
+                    # Ticking without seeing any Deployment is not leading: count it as a
+                    # failed tick (a standby may reach the API server where this replica cannot).
+                    first = next(iter(report.unobserved.values()))
+                    msg = f"no pool observed ({len(pools)} unobserved; first: {first})"
+                    raise errors.ActuationUnavailable(msg)
             except Exception as exc:  # the loop survives; cancellation propagates
                 failures += 1
+                failing_for = self._clock() - last_ok
                 delay = delays.next()
+                if self.settings.leader_election:
+                    # Do not sleep past the hand-over bound.
+                    delay = min(delay, max(self.step_down_after_s - failing_for, 0.0))
                 log.exception("tick_failed", error=repr(exc), failures=failures,
-                              retry_in_s=delay)
+                              failing_for_s=round(failing_for, 1), retry_in_s=delay)
+                self.health.report("tick", f"{type(exc).__name__}: {exc}"[:300]
+                                   + f" ({failures} failed ticks in a row)")
+                if self.settings.leader_election and failing_for >= self.step_down_after_s:
+                    # A leader that cannot tick must not hold the Lease: hand it over.
+                    self._step_down.set()
+                    await asyncio.Event().wait()  # cancelled by the hand-over
                 await backoff.sleep(delay)
                 next_at = self._clock()
                 continue
+            if failures:
+                self.health.report("tick", None)
             failures = 0
+            last_ok = self._clock()
             delays.reset()
             next_at += tick_s
             now = self._clock()
@@ -356,12 +466,12 @@ class Controller:
             self.health.api_reachable = True
         await self._record_scales(loop, report, wall=wall)
         state_json = loop.state.to_json()
-        if state_json != self._saved_state:
+        if state_json != self._saved_state and self.is_leader():
             try:
                 await self.state_store.save(loop.state, report.decision, mono_now=self._clock(),
                                             wall_now=self._wall(),
                                             identity=self.settings.identity)
-            except (ApiException, OSError, TimeoutError) as exc:
+            except (ApiException, OSError, TimeoutError, errors.ActuationError) as exc:
                 # Next tick retries (the state still differs); scaling goes on meanwhile.
                 log.warning("state_save_failed", error=repr(exc))
             else:

@@ -91,6 +91,8 @@ class Lease:
         empty holder lets the standby acquire on its next retry instead of after the lease
         duration."""
         s = self.settings
+        # Not ours any more from here on, whatever the PATCH's fate: the fence closes now.
+        self._elector = None
         coord = client.CoordinationV1Api(self._api)
         try:
             await coord.patch_namespaced_lease(
@@ -134,9 +136,13 @@ class LeaderLabeler:
         self.want = leader
         self._changed.set()
 
-    def start(self) -> None:
+    def start(self, report: backoff.Report | None = None) -> None:
+        """Converge in the background, under `backoff.supervise` (`report` gets its state)."""
         self._changed.set()
-        self._task = asyncio.create_task(self._converge(), name="leader-label")
+        self._task = asyncio.create_task(
+            backoff.supervise("leader-label", self._converge,
+                              report=report or (lambda _name, _why: None)),
+            name="leader-label")
 
     async def _apply(self, leader: bool) -> None:
         # Strategic merge patch: null deletes the key, so removal needs no read first.
@@ -156,7 +162,7 @@ class LeaderLabeler:
                 continue
             try:
                 await self._apply(want)
-            except (ApiException, OSError, TimeoutError) as exc:
+            except Exception as exc:  # a dropped PATCH (ServerDisconnectedError) too
                 delay = delays.next()
                 log.warning("leader_label_failed", pod=self.pod, namespace=self.namespace,
                             leader=want, error=api_error(exc), retry_in_s=delay)
@@ -177,7 +183,7 @@ class LeaderLabeler:
         if self.has is not False:
             try:
                 await self._apply(False)
-            except (ApiException, OSError, TimeoutError) as exc:
+            except Exception as exc:  # best effort on the way out
                 # The Pod is going away anyway; a restarted container removes it on start.
                 log.warning("leader_label_failed", pod=self.pod, leader=False,
                             error=api_error(exc))

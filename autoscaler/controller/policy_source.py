@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import structlog
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.api_client import ApiClient
@@ -23,7 +24,7 @@ from autoscaler import telemetry as telemetry_mod
 from autoscaler.actuator.base import EventSink, ObjectRef
 from autoscaler.controller import backoff
 from autoscaler.controller.settings import Settings
-from autoscaler.policy.load import parse_policy
+from autoscaler.policy.load import parse_policy, parse_policy_async
 from autoscaler.server import app as app_mod
 from autoscaler.spec import PolicyFile
 
@@ -69,19 +70,47 @@ class PolicyDocs:
                 ) -> tuple[dict[str, PolicyFile], list[str]]:
         """Validate `updates` (key -> YAML text) on top of the current documents; return the
         candidate set and the problems. Invalid documents keep their last good version."""
-        docs = {k: v for k, v in self.docs.items() if k not in removed}
+        parsed: dict[str, PolicyFile] = {}
         problems: list[str] = []
         for key, text in updates.items():
             try:
-                docs[key] = parse_policy(text, source=key)
-            except errors.ConfigError as exc:
-                problems.extend(exc.problems)
+                parsed[key] = parse_policy(text, source=key)
+            except Exception as exc:  # any failure is this document's problem
+                problems.extend(_problems(key, exc))
+        return self.combine(parsed, removed, problems)
+
+    async def propose_async(self, updates: Mapping[str, str], removed: Sequence[str] = ()
+                            ) -> tuple[dict[str, PolicyFile], list[str]]:
+        """`propose`, each document parsed in a worker thread: a 1 MiB policy takes seconds to
+        validate, on the event loop that renews the lease and answers the probes."""
+        parsed: dict[str, PolicyFile] = {}
+        problems: list[str] = []
+        for key, text in updates.items():
+            try:
+                parsed[key] = await parse_policy_async(text, source=key)
+            except Exception as exc:  # any failure is this document's problem
+                problems.extend(_problems(key, exc))
+        return self.combine(parsed, removed, problems)
+
+    def combine(self, parsed: Mapping[str, PolicyFile], removed: Sequence[str],
+                problems: list[str]) -> tuple[dict[str, PolicyFile], list[str]]:
+        docs = {k: v for k, v in self.docs.items() if k not in removed}
+        docs.update(parsed)
         try:
             self.merged(docs)
         except errors.ConfigError as exc:
             problems.extend(exc.problems)
             return dict(self.docs), problems
         return docs, problems
+
+
+def _problems(key: str, exc: Exception) -> list[str]:
+    """A parse failure as problems naming the document. The loader reports bad input as
+    `ConfigError`; anything else (a `RecursionError` from a document nested 1,000 deep, a
+    `MemoryError`) is reported the same way rather than ending the watch that met it."""
+    if isinstance(exc, errors.ConfigError):
+        return list(exc.problems)
+    return [f"{key}: cannot be loaded: {type(exc).__name__}: {exc}"[:500]]
 
 
 class PolicySource:
@@ -118,6 +147,12 @@ class PolicySource:
         self._changed.set()
 
     async def watch(self) -> None:
+        """Until cancelled: the policy file's poll or the ConfigMap watch, restarted with
+        backoff after any failure and reported in /readyz (as `policy-watch`) while it keeps
+        failing; the documents judged so far stay in force meanwhile."""
+        await backoff.supervise("policy-watch", self._watch_once, report=self.health.report)
+
+    async def _watch_once(self) -> None:
         if self.settings.policy_file is not None:
             await self._poll_policy_file(self.settings.policy_file)
         else:
@@ -141,12 +176,12 @@ class PolicySource:
                 except (OSError, UnicodeDecodeError) as exc:
                     self._reject([f"{path}: cannot read: {exc}"], source=key)
                 else:
-                    self._offer({key: text}, (), source=key)
+                    await self._offer({key: text}, (), source=key)
             await backoff.sleep(self.settings.policy_poll_s)
 
-    def _offer(self, updates: Mapping[str, str], removed: Sequence[str], *, source: str
-               ) -> list[str]:
-        docs, problems = self.docs.propose(updates, removed)
+    async def _offer(self, updates: Mapping[str, str], removed: Sequence[str], *, source: str
+                     ) -> list[str]:
+        docs, problems = await self.docs.propose_async(updates, removed)
         if problems:
             self._reject(problems, source=source)
         if docs != self.docs.docs or self.current is None:
@@ -205,7 +240,9 @@ class PolicySource:
                             retry_in_s=delay)
                 self.health.problem = f"policy ConfigMaps: HTTP {exc.status} {exc.reason}"
                 await backoff.sleep(delay)
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+                # A connection cut mid-stream (`ClientPayloadError`) included: re-list and
+                # watch again. Anything else ends this run; `watch()`'s supervisor restarts it.
                 delay = delays.next()
                 log.warning("policy_watch_failed", error=repr(exc), retry_in_s=delay)
                 await backoff.sleep(delay)
@@ -230,10 +267,15 @@ class PolicySource:
         self._resource_versions.pop(name, None)
         if gone:
             log.warning("policy_removed", configmap=name, documents=gone)
-            self._offer({}, gone, source=f"configmap/{name}")
+            await self._offer({}, gone, source=f"configmap/{name}")
 
     async def _sync_configmap(self, cm: Any) -> None:
         name = cm.metadata.name
+        if name == self.settings.state_configmap:
+            # The one ConfigMap the controller may write: were it labelled as policy, the
+            # controller could write its own policy. Never loaded.
+            log.warning("policy_label_on_state_ignored", configmap=name)
+            return
         rv = cm.metadata.resource_version
         if self._resource_versions.get(name) == rv:
             return  # a re-list replays objects we have already judged
@@ -247,7 +289,7 @@ class PolicySource:
             log.warning("policy_keys_ignored", configmap=name, keys=ignored,
                         hint=f"policy keys must end in {' or '.join(POLICY_SUFFIXES)}")
         removed = [k for k in self.docs.docs if k.startswith(prefix) and k not in updates]
-        problems = self._offer(updates, removed, source=f"configmap/{name}")
+        problems = await self._offer(updates, removed, source=f"configmap/{name}")
         if not self._is_leader():
             return  # only the leader writes, Events included; every replica logs
         ref = ObjectRef("ConfigMap", name, self.settings.namespace, "v1",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -45,6 +45,16 @@ class Health:
     leading_since: float | None = None
     problem: str = ""
     """Why the last policy load or API call failed, for the /readyz body."""
+    failing: dict[str, str] = field(default_factory=dict)
+    """Long-lived tasks that keep failing (the policy watch, the leader label, the elector, the
+    leader's ticks), by name, with why: each makes /readyz 503 until it recovers."""
+
+    def report(self, task: str, why: str | None) -> None:
+        """`why` the task named `task` keeps failing; None: it recovered."""
+        if why is None:
+            self.failing.pop(task, None)
+        else:
+            self.failing[task] = why
 
     def live(self, now: float) -> tuple[bool, str]:
         if not self.leader:
@@ -59,6 +69,9 @@ class Health:
             return False, f"no valid policy yet{': ' + self.problem if self.problem else ''}"
         if not self.api_reachable:
             return False, f"API server not reached yet{': ' + self.problem if self.problem else ''}"
+        if self.failing:
+            return False, "; ".join(f"{name} failing: {why}"
+                                    for name, why in sorted(self.failing.items()))
         return True, "leader" if self.leader else "standby"
 
 

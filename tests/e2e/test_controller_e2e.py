@@ -407,7 +407,8 @@ async def test_manifest_rbac_allows_scaling_targets_and_nothing_else(
         k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str) -> None:
     """With the token of the manifests' ServiceAccount and their Roles (rendered by kustomize),
     the controller runs (lease, state, policy watch, events) and scales its targets; patching
-    another Deployment's scale, or any Deployment's spec, is denied by the API server."""
+    another Deployment's scale, or any Deployment's spec, or creating a ConfigMap (a policy of
+    its own), is denied by the API server."""
     assert k8s_cluster.kubectl is not None
     ns = k8s_namespace
     llm = f"{ns}-llm"
@@ -436,6 +437,10 @@ async def test_manifest_rbac_allows_scaling_targets_and_nothing_else(
                 client.CoreV1Api(sa_api).list_namespaced_secret(ns),
                 client.CoreV1Api(sa_api).patch_namespaced_config_map(
                     "pd-autoscaler-policy", ns, {"data": {"x": "y"}}),
+                # No `create configmaps`: the controller cannot make itself a policy.
+                client.CoreV1Api(sa_api).create_namespaced_config_map(
+                    ns, {"metadata": {"name": "own-policy", "labels": {POLICY_LABEL: "true"}},
+                         "data": {"policy.yaml": "pools: []"}}),
             ]
             for call in denied:
                 with pytest.raises(ApiException) as exc:

@@ -95,6 +95,12 @@ def test_rbac_is_least_privilege(kubectl: Path) -> None:
     named = {tuple(r["resources"]): r.get("resourceNames") for r in _grants(docs, "configmaps",
                                                                             "update")}
     assert named == {("configmaps",): ["pd-autoscaler-state"]}
+    # No unnamed `create configmaps`: with it the controller could create a policy-labelled
+    # ConfigMap and load it. The state ConfigMap ships with the manifests instead.
+    assert not _grants(docs, "configmaps", "create")
+    (state_cm,) = [cm for cm in by_kind(docs, "ConfigMap")
+                   if cm["metadata"]["name"] == "pd-autoscaler-state"]
+    assert "pd-autoscaler.io/policy" not in state_cm["metadata"].get("labels", {})
 
 
 def test_shadow_overlay_cannot_scale(kubectl: Path) -> None:
