@@ -196,22 +196,26 @@ def _actuator(clock: list[float]) -> tuple[kube.KubernetesActuator, FakeApps, te
     return act, apps, events
 
 
-async def test_scale_patches_scale_subresource_with_precondition() -> None:
-    """A scale is a patch of spec.replicas on deployments/scale carrying the read version."""
+async def test_scale_patches_scale_subresource_as_compare_and_swap() -> None:
+    """A scale is a JSON patch of spec.replicas on deployments/scale: `test` the replicas just
+    read, then `replace` them."""
     act, apps, _ = _actuator([0.0])
     await act.scale(REF, 5, reason="test")
-    assert apps.patches == [{"metadata": {"resourceVersion": "7"}, "spec": {"replicas": 5}}]
-
-
-async def test_conflict_retried_once_then_mapped() -> None:
-    """409 -> re-read and retry once; a second 409 is ActuationConflict."""
-    act, apps, _ = _actuator([0.0])
-    apps.patch_errors = [ApiException(status=409)]
-    await act.scale(REF, 3, reason="t")
     assert len(apps.patches) == 1
-    apps.patch_errors = [ApiException(status=409), ApiException(status=409)]
+    test, replace = apps.patches[0]
+    assert test["op"] == "test" and test["path"] == "/spec/replicas"
+    assert replace == {"op": "replace", "path": "/spec/replicas", "value": 5}
+
+
+@pytest.mark.parametrize("status", [409, 422])
+async def test_conflict_is_mapped_not_retried(status: int) -> None:
+    """409 or a failed `test` op (422): ActuationConflict, nothing written, the next tick
+    re-decides on what is there."""
+    act, apps, _ = _actuator([0.0])
+    apps.patch_errors = [ApiException(status=status)]
     with pytest.raises(errors.ActuationConflict):
         await act.scale(REF, 3, reason="t")
+    assert apps.patches == []
 
 
 async def test_not_found_and_forbidden_are_mapped() -> None:
