@@ -203,7 +203,8 @@ async def test_scale_patches_scale_subresource_as_compare_and_swap() -> None:
     await act.scale(REF, 5, reason="test")
     assert len(apps.patches) == 1
     test, replace = apps.patches[0]
-    assert test["op"] == "test" and test["path"] == "/spec/replicas"
+    assert test["op"] == "test"
+    assert test["path"] == "/spec/replicas"
     assert replace == {"op": "replace", "path": "/spec/replicas", "value": 5}
 
 
