@@ -298,9 +298,15 @@ def test_simulated_pods_are_scraped_as_the_policy_expects(running: Running) -> N
         rows = eventually(lambda p=pod: running.prom.query(
             f'vllm:num_requests_running{{namespace="llm",pod="{p.name}"}}'), timeout=30)
         assert rows
-    up = running.prom.query('up{job="annotated-pods"}')
-    assert {(r["metric"]["namespace"], r["metric"]["pod"]) for r in up} == {
-        (p.namespace, p.name) for p in running.pods}
+    want = {(p.namespace, p.name) for p in running.pods}
+
+    def every_pod_up() -> list[dict[str, Any]]:
+        # Every target, the controller's own pod included, once its first scrape is in.
+        up = running.prom.query('up{job="annotated-pods"}')
+        assert {(r["metric"]["namespace"], r["metric"]["pod"]) for r in up} == want
+        return up
+
+    up = eventually(every_pod_up, timeout=30)
     assert all(r["value"][1] == "1" for r in up)
 
 
