@@ -31,7 +31,7 @@ import asyncio
 import collections
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +47,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from autoscaler import errors
-from autoscaler.metrics import http, queries, source, validate
+from autoscaler.metrics import http, queries, samples, source
 from autoscaler.types import Role, SignalSample
 
 log = structlog.get_logger(__name__)
@@ -461,7 +461,7 @@ class PrometheusSource:
                     f"{outcome.error[:200]}"
                 )
                 raise errors.MetricsUnavailable(msg)
-        points = _range_points(row for outcome in outcomes for row in outcome.rows or ())
+        points = samples.range_points(row for outcome in outcomes for row in outcome.rows or ())
         if not points:
             log.info(
                 "prometheus_range_empty",
@@ -496,60 +496,18 @@ class PrometheusSource:
         out: dict[tuple[str, str], SignalSample] = {}
         for pr, rows in grouped.items():
             if q.kind is queries.Kind.QUANTILE:
-                sample, reasons = _quantile(rows)
+                sample, reasons = samples.quantile(rows)
             else:
-                sample, reasons = self._per_pod(q.kind, rows, scale=scale.get(pr, 1.0))
+                sample, reasons = samples.per_pod(
+                    q.kind,
+                    rows,
+                    scale=scale.get(pr, 1.0),
+                    pod_label=self.settings.pod_label,
+                    max_sample_age_s=self.settings.max_sample_age_s,
+                )
             out[pr] = sample
             self._track(q.key, pr, reasons, sample.detail)
         return out
-
-    def _per_pod(
-        self, kind: queries.Kind, rows: list[tuple[Mapping[str, str], float]], *, scale: float
-    ) -> tuple[SignalSample, tuple[str, ...]]:
-        """Combine per-pod series: drop pods whose value cannot be a sample (NaN/Inf, negative,
-        absurd: validate.value_problem) and stale pods, then mean (or sum for rates)."""
-        pod_label = self.settings.pod_label
-        values: dict[str, float] = {}
-        ages: dict[str, float] = {}
-        for labels, v in rows:
-            pod = labels.get(pod_label, "")
-            if labels.get(queries.PART_LABEL) == "age":
-                ages[pod] = v
-            else:
-                values[pod] = v
-        bad: dict[str, list[str]] = {}
-        for p, v in values.items():
-            why = validate.value_problem(v)
-            if why is not None:
-                bad.setdefault(why, []).append(p)
-        excluded = {p for pods in bad.values() for p in pods}
-
-        def is_stale(p: str) -> bool:
-            age = ages.get(p, 0.0)
-            # An age that is itself no number is no evidence of freshness.
-            return validate.value_problem(age, part="age") is not None or (
-                age > self.settings.max_sample_age_s
-            )
-
-        stale = sorted(p for p in values if p not in excluded and is_stale(p))
-        good = [v for p, v in values.items() if p not in excluded and p not in stale]
-        reasons: list[str] = []
-        notes: list[str] = []
-        for why in ("nan", "negative", "absurd"):
-            if why in bad:
-                reasons.append(why)
-                notes.append(f"{why}: {', '.join(sorted(bad[why]))}")
-        if stale:
-            reasons.append("stale")
-            notes.append(f"stale: {', '.join(stale)}")
-        if not values:
-            reasons.append("empty")
-            notes.append("no series")
-        if not good:
-            return SignalSample(value=None, replicas=0, detail="; ".join(notes)), tuple(reasons)
-        value = sum(good) if kind is queries.Kind.SUM else sum(good) / len(good)
-        detail = "; ".join([f"{len(good)} pods", *notes])
-        return SignalSample(value=value / scale, replicas=len(good), detail=detail), tuple(reasons)
 
     # --- problem tracking -------------------------------------------------------------------
 
@@ -580,49 +538,3 @@ class PrometheusSource:
         else:
             del self._open_problems[slot]
             log.info("metric_data_recovered", query=key, pool=pr[0], role=pr[1], was=previous)
-
-
-def _range_points(rows: Iterable[Any]) -> list[tuple[float, float]]:
-    """(time, value) pairs of matrix rows, keeping only well-formed points whose value a rate
-    or a concurrency can take (validate.value_problem): a malformed row or point is dropped, as
-    a missing step is."""
-    out: list[tuple[float, float]] = []
-    for row in rows:
-        values = row.get("values") if isinstance(row, dict) else None
-        if not isinstance(values, list):
-            continue
-        for pair in values:
-            if not isinstance(pair, list | tuple) or len(pair) != 2:
-                continue
-            try:
-                t, v = float(pair[0]), float(pair[1])
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(t) and validate.value_problem(v) is None:
-                out.append((t, v))
-    return out
-
-
-def _quantile(
-    rows: list[tuple[Mapping[str, str], float]],
-) -> tuple[SignalSample, tuple[str, ...]]:
-    """A role's quantile from its value/rate/replicas parts."""
-    parts = {labels.get(queries.PART_LABEL, ""): v for labels, v in rows}
-    replicas = parts.get("replicas", 0.0)
-    rate = parts.get("rate")
-    value = parts.get("value")
-    if rate is None or validate.value_problem(replicas) is not None or replicas < 1:
-        return SignalSample(value=None, replicas=0, detail="no series"), ("empty",)
-    n = int(replicas)
-    if rate == 0:
-        # No observation in the window (no request got its first token): nothing violated the
-        # SLO. Reported as 0 so an idle role is not frozen by "missing" data; a latency guard
-        # only ever vetoes a scale-down, it never drives one.
-        return SignalSample(value=0.0, replicas=n, detail=f"{n} pods; idle: no observations"), ()
-    if value is None:
-        return SignalSample(value=None, replicas=n, detail=f"{n} pods; nan quantile"), ("nan",)
-    why = validate.value_problem(value) or validate.value_problem(rate)
-    if why is not None:
-        detail = f"{n} pods; {why} quantile"
-        return SignalSample(value=None, replicas=n, detail=detail), (why,)
-    return SignalSample(value=value, replicas=n, detail=f"{n} pods"), ()

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from autoscaler.metrics import queries, validate
-from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource, _quantile
+from autoscaler.metrics import queries, samples, validate
+from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource
 
 
 def ok(result: Any, rtype: str = "vector") -> dict[str, Any]:
@@ -85,7 +85,8 @@ def test_pod_with_impossible_value_is_left_out(bad: float, reason: str) -> None:
     """A counter reset mid-rate (negative) or one pod at 1e308: the pod is left out, so the
     role reports 3 of 4 replicas (partial: it may push up, never down)."""
     src = _src()
-    sample, reasons = src._per_pod(queries.Kind.GAUGE, _rows(5, 5, 5, bad), scale=1.0)
+    sample, reasons = samples.per_pod(queries.Kind.GAUGE, _rows(5, 5, 5, bad), scale=1.0, pod_label=src.settings.pod_label,
+                                      max_sample_age_s=src.settings.max_sample_age_s)
     assert sample.replicas == 3
     assert sample.value == 5
     assert reasons == (reason,)
@@ -95,7 +96,8 @@ def test_pod_with_impossible_value_is_left_out(bad: float, reason: str) -> None:
 
 def test_all_pods_impossible_is_missing() -> None:
     src = _src()
-    sample, reasons = src._per_pod(queries.Kind.SUM, _rows(-1, -2), scale=1.0)
+    sample, reasons = samples.per_pod(queries.Kind.SUM, _rows(-1, -2), scale=1.0, pod_label=src.settings.pod_label,
+                                      max_sample_age_s=src.settings.max_sample_age_s)
     assert sample.missing
     assert reasons == ("negative",)
     src.close()
@@ -104,7 +106,8 @@ def test_all_pods_impossible_is_missing() -> None:
 def test_non_numeric_age_counts_as_stale() -> None:
     src = _src()
     rows = [*_rows(5, 5), ({"pod": "p1", queries.PART_LABEL: "age"}, float("nan"))]
-    sample, reasons = src._per_pod(queries.Kind.GAUGE, rows, scale=1.0)
+    sample, reasons = samples.per_pod(queries.Kind.GAUGE, rows, scale=1.0, pod_label=src.settings.pod_label,
+                                      max_sample_age_s=src.settings.max_sample_age_s)
     assert sample.replicas == 1
     assert reasons == ("stale",)
     src.close()
@@ -119,5 +122,5 @@ def test_non_numeric_age_counts_as_stale() -> None:
 ])
 def test_quantile_parts_judged(parts: dict[str, float], missing: bool) -> None:
     rows = [({queries.PART_LABEL: k}, v) for k, v in parts.items()]
-    sample, _ = _quantile(rows)
+    sample, _ = samples.quantile(rows)
     assert sample.missing is missing
