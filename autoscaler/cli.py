@@ -108,7 +108,7 @@ def explain() -> str:
 _DELEGATED = {
     "demo": "autoscaler.sim.demo",
     "backtest": "autoscaler.sim.backtest",
-    "run": "autoscaler.controller.app",
+    "run": "autoscaler.controller.factory",
     "sim-serve": "autoscaler.sim.serve",
     "trace-stitch": "autoscaler.sim.stitch",
     "profile": "autoscaler.sim.profile_fit",

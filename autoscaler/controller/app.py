@@ -1,6 +1,6 @@
 """The in-cluster controller: `Loop.tick` on a clock, behind a Lease, with policy hot reload.
 
-Wiring (every box is a collaborator the controller is given; `Controller.from_settings` is the
+Wiring (every box is a collaborator the controller is given; `factory.from_settings` is the
 one place the real ones are built, tests pass the fakes of `autoscaler.testing`):
 
     policy: --policy FILE (polled for changes)  |  ConfigMaps labelled pd-autoscaler.io/policy
@@ -35,32 +35,26 @@ retried, reported in /readyz while it lasts). A leader that cannot tick hands th
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
-import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler import errors
 from autoscaler import telemetry as telemetry_mod
-from autoscaler.actuator import kubernetes as kube
 from autoscaler.actuator.base import ClusterActuator, EventSink, ObjectRef
 from autoscaler.actuator.fenced import FencedActuator
 from autoscaler.controller import backoff
 from autoscaler.controller.leader import LeaderLabeler, Lease, LeaseLike
 from autoscaler.controller.policy_source import PolicySource
 from autoscaler.controller.servers import AdoptionServers
-from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
+from autoscaler.controller.settings import Settings
 from autoscaler.controller.state_store import (
-    StateStore,
     StateStoreLike,
     StateUnreadable,
     rfc3339,
@@ -139,50 +133,6 @@ class Controller:
                                   else self.health.stall_after_s / 2)
         self._step_down = asyncio.Event()
         self.step_downs = 0
-
-    @classmethod
-    def on_cluster(cls, settings: Settings, *, api: ApiClient, source: MetricsSource,
-                   clock: Callable[[], float] = time.monotonic, **kw: Any) -> Controller:
-        """A controller acting on the cluster behind `api`: the Kubernetes actuator, Event
-        recorder, state ConfigMap and (if configured) leader label."""
-        events = kube.EventRecorder(api, instance=settings.identity,
-                                    timeout_s=settings.api_timeout_s)
-        core = client.CoreV1Api(api)
-        labeler = None
-        if settings.leader_label and settings.pod_name:
-            labeler = LeaderLabeler(core, pod=settings.pod_name,
-                                    namespace=settings.pod_namespace or settings.namespace,
-                                    timeout_s=settings.api_timeout_s)
-        built: list[Controller] = []
-
-        def fence() -> bool:
-            # Asked immediately before every write (each scale PATCH, its retry, each state
-            # ConfigMap write), not once per tick.
-            return bool(built) and built[0].is_leader()
-
-        c = cls(
-            settings, api=api, source=source, events=events,
-            actuator=kube.KubernetesActuator(api, events=events, fence=fence,
-                                             timeout_s=settings.api_timeout_s, clock=clock),
-            state_store=StateStore(core, namespace=settings.namespace,
-                                   name=settings.state_configmap,
-                                   timeout_s=settings.api_timeout_s, fence=fence),
-            leader_labeler=labeler, clock=clock, **kw)
-        built.append(c)
-        return c
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def from_settings(cls, settings: Settings, *,
-                            telemetry: telemetry_mod.Telemetry | None = None,
-                            ) -> AsyncIterator[Controller]:
-        """The one place the real clients are built: Prometheus, then the Kubernetes API
-        client (closed on exit), then the controller on that cluster."""
-        telemetry = telemetry or telemetry_mod.DEFAULT
-        source = build_source(settings, telemetry)
-        api = await kube.make_api_client(settings.kubeconfig)
-        async with api:
-            yield cls.on_cluster(settings, api=api, source=source, telemetry=telemetry)
 
     @property
     def policy(self) -> PolicyFile | None:
@@ -495,43 +445,3 @@ class Controller:
                 reason="ScaledUp" if replicas > rd.current else "ScaledDown",
                 message=f"New size: {replicas}; pool {pool} {role.value}: {rd.reason}",
             )
-
-
-# --- entry point --------------------------------------------------------------------------
-
-
-def build_source(settings: Settings, telemetry: telemetry_mod.Telemetry) -> MetricsSource:
-    if not settings.prometheus_url:
-        msg = ("settings: prometheus_url: required (--prometheus-url or "
-               f"{ENV_PREFIX}PROMETHEUS_URL)")
-        raise errors.ConfigError([msg])
-    from autoscaler.metrics import prometheus  # noqa: PLC0415 - only `run` pays for it
-
-    source = prometheus.PrometheusSource(
-        prometheus.PrometheusSettings(
-            url=settings.prometheus_url,
-            bearer_token_file=settings.prometheus_token_file,
-            ca_file=settings.prometheus_ca_file,
-        ),
-        telemetry=telemetry,
-    )
-    return telemetry_mod.InstrumentedSource(source, telemetry)
-
-
-async def _amain(settings: Settings) -> int:
-    async with Controller.from_settings(settings) as controller:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            # Cancellation runs the finally blocks: the lease is released, HTTP stops.
-            if task is not None:
-                loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await controller.run()
-    return 0
-
-
-def main(args: argparse.Namespace) -> int:
-    """`pd-autoscaler run`: returns the exit code (ConfigError -> 2 via cli.main)."""
-    settings = settings_from(args, os.environ)
-    return asyncio.run(_amain(settings))

@@ -10,13 +10,13 @@ no per-trace target to tune. Every number is in the Need's description (the deci
 source reports); mean prompt p and mean output o are the prompt and generated rates over the
 request rate, summed over the last `length_window_s` (10 min).
 The spread of prompt lengths (their CV) is estimated from how the mean prompt of successive,
-non-overlapping rate windows scatters (`_Spread`: a window of N requests has a mean prompt of
+non-overlapping rate windows scatters (`PromptSpread`: a window of N requests has a mean prompt of
 variance sigma^2 / N), unless configured. Prompts are modelled as a lognormal of that mean and
 CV, averaged at 64 equal-probability points.
 
 **Load to size for**: the current rate or the **trend at the cold-start horizon**, whichever is
 larger, for the steady queueing model; and the **burst headroom**, the short-window rate (see
-`_Series`) that all but 1 - attainment of the requests of the last `burst_memory_s` arrived at
+`RateSeries`) that all but 1 - attainment of the requests of the last `burst_memory_s` arrived at
 or below, each sample weighted by its requests and halved every `burst_halflife_s` (recurring
 bursts that carry more than that share of requests find capacity waiting, since a replica takes
 a cold start to arrive; a one-off burst's weight fades). The trend is a least-squares line
@@ -62,6 +62,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler import errors
 from autoscaler.policy.base import Policy, RoleContext
+from autoscaler.policy.slo_model import (
+    PromptSpread,
+    RateSeries,
+    erlang_c,
+    lognormal_points,
+    lognormal_quantile,
+)
 from autoscaler.spec import RoleSpec
 from autoscaler.types import (
     GENERATION_TOKENS_RATE,
@@ -75,11 +82,6 @@ from autoscaler.types import (
 _EPS = 1e-9
 # Largest fleet the Erlang-C search considers beyond the offered load (a bound on the loop).
 _MAX_EXTRA = 1024
-# Windows needed before the estimated prompt spread replaces the prior (8 minutes at 60 s).
-_MIN_SPREAD_WINDOWS = 8
-# Quadrature for the prompt-length average: 64 equal-probability points of a standard normal.
-_QUAD = 64
-_QUAD_Z = tuple(NormalDist().inv_cdf((i + 0.5) / _QUAD) for i in range(_QUAD))
 
 
 class SLOConfig(BaseModel):
@@ -102,8 +104,8 @@ class SLOConfig(BaseModel):
     prompt_length_cv: float | None = Field(default=None, ge=0, le=10)
     """Coefficient of variation of prompt lengths (std / mean): it sets the prompt mix the
     prefill and KV models average over (a lognormal of the observed mean and this CV). Null:
-    estimated from how the mean prompt of successive rate windows scatters (`_Spread`), with
-    `prompt_length_cv_prior` until `_MIN_SPREAD_WINDOWS` windows are seen."""
+    estimated from how the mean prompt of successive rate windows scatters (`PromptSpread`), with
+    `prompt_length_cv_prior` until `slo_model.MIN_SPREAD_WINDOWS` windows are seen."""
     prompt_length_cv_prior: float = Field(default=1.0, ge=0, le=10)
     """The CV used before there is enough history to estimate it (1.0: exponential-like)."""
     length_window_s: float = Field(default=600, gt=0, le=86400)
@@ -142,155 +144,6 @@ class SLONeed(Need):
         return f"{self.source}: {self.explanation} -> {self.want}"
 
 
-def erlang_c(c: int, a: float) -> float:
-    """Probability of waiting in M/M/c with c servers and offered load a (< c) Erlangs."""
-    if a <= 0:
-        return 0.0
-    # Erlang B by the stable recursion, then C from B.
-    b = 1.0
-    for k in range(1, c + 1):
-        b = a * b / (k + a * b)
-    rho = a / c
-    return b / (1.0 - rho + rho * b)
-
-
-def _lognormal_quantile(mean: float, second: float, z: float) -> float:
-    """Quantile (at standard-normal z) of a positive sum of the given mean and variance, taken
-    as the lognormal with that mean and variance (Fenton-Wilkinson): a heavy right tail, as a
-    few long prompts give a replica's KV cache, where a normal approximation would be thin."""
-    if mean <= 0:
-        return 0.0
-    s2 = math.log1p(second / (mean * mean))
-    return math.exp(math.log(mean) - s2 / 2.0 + z * math.sqrt(s2))
-
-
-class _Spread:
-    """The spread of prompt lengths, estimated from the rates alone.
-
-    A rate window of W seconds holding N = lambda W requests has a mean prompt p_i whose
-    variance across windows is sigma^2 / N for independent prompts of variance sigma^2, so
-    sigma^2 is estimated by sum(N_i (p_i - p)^2) / (k - 1) over k non-overlapping windows, and
-    cv = sigma / p. A drifting mix only inflates it (more margin, never less)."""
-
-    def __init__(self, *, window_s: float, memory_s: float) -> None:
-        self.window_s = window_s
-        self.memory_s = memory_s
-        self.obs: deque[tuple[float, float, float]] = deque()  # (t, N, mean prompt)
-
-    def add(self, t: float, lam: float, p: float) -> None:
-        if self.obs and t - self.obs[-1][0] < self.window_s - 1e-6:
-            return  # overlapping window: not independent of the last one
-        self.obs.append((t, lam * self.window_s, p))
-        while self.obs and self.obs[0][0] < t - self.memory_s:
-            self.obs.popleft()
-
-    def cv(self) -> tuple[float | None, int]:
-        k = len(self.obs)
-        tot = sum(n for _, n, _ in self.obs)
-        if k < _MIN_SPREAD_WINDOWS or tot <= 0:
-            return None, k
-        mean = sum(n * p for _, n, p in self.obs) / tot
-        var = sum(n * (p - mean) ** 2 for _, n, p in self.obs) / (k - 1)
-        return (math.sqrt(var) / mean if mean > 0 else None), k
-
-
-class _Series:
-    """A role's rate over time: per-minute means (for the trend) and recent short-window rates
-    with a decaying maximum (for the burst headroom).
-
-    The metric source reports rates over a window of W seconds (`rate_window_s`), once a tick
-    (tau seconds apart). Two successive samples differ by what entered the window in the last
-    tau seconds minus what left it, so the arrivals of the last tau seconds are about
-    W (r_t - r_(t - tau)) + tau r_(t - W) (what left is taken at the older window's mean rate):
-    a burst shorter than the window shows at tick resolution instead of diluted over W. With
-    `short` off (decode: generation spreads a burst over each request's decode time) the
-    window rates themselves are remembered."""
-
-    def __init__(
-        self, *, memory_s: float, halflife_s: float, trend_s: float, window_s: float, short: bool
-    ) -> None:
-        self.memory_s = memory_s
-        self.halflife_s = halflife_s
-        self.trend_s = trend_s
-        self.window_s = window_s
-        self.short = short
-        self.samples: deque[tuple[float, float, float]] = deque()  # (t, window rate, short)
-        self.minutes: deque[tuple[float, float, int]] = deque()  # (minute start, sum, n)
-
-    def _at(self, t: float) -> float | None:
-        """The window rate sampled nearest to t (within half a window), if any."""
-        best: tuple[float, float] | None = None
-        for ts, r, _ in self.samples:
-            d = abs(ts - t)
-            if d <= self.window_s / 2 and (best is None or d < best[0]):
-                best = (d, r)
-        return None if best is None else best[1]
-
-    def add(self, t: float, v: float) -> float:
-        """Record the window rate v at t; returns the short-window rate estimate."""
-        short = v
-        if self.short and self.samples:
-            t_prev, r_prev, _ = self.samples[-1]
-            tau = t - t_prev
-            old = self._at(t - self.window_s)
-            if 0 < tau < self.window_s and old is not None:
-                short = max(0.0, self.window_s / tau * (v - r_prev) + old)
-        keep = max(self.memory_s, self.trend_s, self.window_s * 2)
-        self.samples.append((t, v, short))
-        while self.samples and self.samples[0][0] < t - keep:
-            self.samples.popleft()
-        m = math.floor(t / 60.0) * 60.0
-        if self.minutes and self.minutes[-1][0] == m:
-            _, s, n = self.minutes[-1]
-            self.minutes[-1] = (m, s + v, n + 1)
-        else:
-            self.minutes.append((m, v, 1))
-        while self.minutes and self.minutes[0][0] < t - self.trend_s - 60.0:
-            self.minutes.popleft()
-        return short
-
-    def headroom(self, t: float, level: float) -> tuple[float, float]:
-        """(request-weighted `level` quantile of the short-window rates over the memory, the age
-        of the sample it came from). Each sample weighs its requests (rate x tick), halved every
-        half-life: the rate that all but 1 - level of the recent requests arrived at or below,
-        so bursts that carry more than that share of requests are sized for, and a one-off
-        burst's weight fades."""
-        pts = []
-        prev = None
-        for ts, _, v in self.samples:
-            if ts >= t - self.memory_s and prev is not None and v > 0:
-                pts.append((v, v * (ts - prev) * 0.5 ** ((t - ts) / self.halflife_s), t - ts))
-            prev = ts
-        if not pts:
-            return 0.0, 0.0
-        total = sum(w for _, w, _ in pts)
-        pts.sort(key=lambda x: x[0], reverse=True)
-        above = 0.0
-        for v, w, age in pts:
-            above += w
-            if above > (1.0 - level) * total:
-                return v, age
-        return pts[-1][0], pts[-1][2]
-
-    def trend(self, t: float, horizon_s: float) -> float | None:
-        """Least-squares line through the closed minute means of the window, at t + horizon;
-        None without half a window of minutes."""
-        if self.trend_s <= 0:
-            return None
-        cur = math.floor(t / 60.0) * 60.0
-        pts = [(m + 30.0, s / n) for m, s, n in self.minutes if m < cur and m >= t - self.trend_s]
-        if len(pts) < max(3, int(self.trend_s / 120.0)):
-            return None
-        n = len(pts)
-        mx = sum(x for x, _ in pts) / n
-        my = sum(y for _, y in pts) / n
-        sxx = sum((x - mx) ** 2 for x, _ in pts)
-        if sxx <= 0:
-            return None
-        slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
-        return max(0.0, my + slope * (t + horizon_s - mx))
-
-
 def _load_profile(name: str) -> object:
     from autoscaler.profile import BUILTIN_PROFILES, load_profile  # noqa: PLC0415
 
@@ -320,21 +173,21 @@ class SLOPolicy:
         self.horizon_s = spec.cold_start_s + config.tick_s
         # The series the role is sized on: requests for prefill (with the prompt mix), generated
         # tokens for decode, both for an aggregated server.
-        self.rate = _Series(
+        self.rate = RateSeries(
             memory_s=config.burst_memory_s,
             halflife_s=config.burst_halflife_s,
             trend_s=config.trend_window_s,
             window_s=config.rate_window_s,
             short=True,
         )
-        self.gen = _Series(
+        self.gen = RateSeries(
             memory_s=config.burst_memory_s,
             halflife_s=config.burst_halflife_s,
             trend_s=config.trend_window_s,
             window_s=config.rate_window_s,
             short=False,
         )
-        self.spread = _Spread(
+        self.spread = PromptSpread(
             window_s=config.rate_window_s, memory_s=max(1800.0, config.burst_memory_s)
         )
         # Last seen mean lengths: kept through idle ticks (rate 0 says nothing about lengths).
@@ -350,12 +203,9 @@ class SLOPolicy:
         return float(self.profile.idle_prefill_s(max(1, round(p))))
 
     def prompt_points(self, p: float, cv: float) -> list[float]:
-        """`_QUAD` equal-probability prompt lengths of a lognormal with mean p and CV cv (capped
-        by the KV cache: vLLM rejects longer requests)."""
-        sigma = math.sqrt(math.log1p(cv * cv))
-        mu = math.log(max(p, 1.0)) - sigma * sigma / 2.0
-        top = float(self.profile.kv_capacity_tokens - 1)
-        return [min(math.exp(mu + sigma * z), top) for z in _QUAD_Z]
+        """The quadrature prompt lengths of mean p and CV cv, capped by the KV cache: vLLM
+        rejects longer requests."""
+        return lognormal_points(p, cv, top=float(self.profile.kv_capacity_tokens - 1))
 
     def prefill_model(self, p: float, cv: float) -> tuple[float, float, list[float]]:
         """E[S], the squared CV of S, and each quadrature prompt's waiting allowance (seconds it
@@ -484,7 +334,7 @@ class SLOPolicy:
             n_seq = lam * o * alpha_s / (1.0 - lam * o * per_seq_s / n)
             b = n_seq / n
             step = alpha_s + per_seq_s * b
-            kv = _lognormal_quantile(b * m, b * m2, z)
+            kv = lognormal_quantile(b * m, b * m2, z)
             if step <= itl and b <= pr.max_num_seqs and kv <= pr.kv_capacity_tokens:
                 return n, n_seq, (
                     f"{lam:.3g} req/s x {o:.0f} tokens: {n_seq:.1f} running, {b:.1f} per "
@@ -500,7 +350,7 @@ class SLOPolicy:
         cur = ctx.obs.replicas
         return SLONeed(self.source, cur, cur, None, None, blocks_down=True, note=why)
 
-    def _load(self, series: _Series, now: float, current: float) -> tuple[float, float, str]:
+    def _load(self, series: RateSeries, now: float, current: float) -> tuple[float, float, str]:
         """(steady rate: max(current, trend at the horizon), burst headroom, explanation)."""
         head, age = series.headroom(now, self.config.attainment)
         trend = series.trend(now, self.horizon_s)

@@ -36,6 +36,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from autoscaler import errors
 from autoscaler.actuator import kubernetes as kube
 from autoscaler.controller import app as ctl
+from autoscaler.controller import factory
 from autoscaler.controller.settings import POLICY_LABEL, Settings
 from autoscaler.controller.state_store import LAST_SCALE_KEY
 from autoscaler.policy.load import load_policy_file
@@ -153,8 +154,8 @@ async def running(cluster: ClusterInfo, ns: str, source: FakeMetricsSource, *,
     settings = Settings(namespace=ns, identity=identity, tick_s=TICK_S,
                             leader_election=leader_election, http_host="127.0.0.1",
                             http_port=0, **{**LEASE, **overrides})
-    c = ctl.Controller.on_cluster(settings, api=api, source=source, telemetry=Telemetry(),
-                                  release_on_exit=release)
+    c = factory.on_cluster(settings, api=api, source=source, telemetry=Telemetry(),
+                           release_on_exit=release)
     task = asyncio.create_task(c.run(), name=identity)
     try:
         yield c, task

@@ -25,6 +25,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler.controller import app as ctl
+from autoscaler.controller import factory
 from autoscaler.controller.settings import Settings
 from autoscaler.controller.state_store import LAST_SCALE_KEY, STATE_KEY
 from autoscaler.decision.state import ScaleState
@@ -66,7 +67,7 @@ async def replica(cluster: ClusterInfo, ns: str, source: FakeMetricsSource, iden
     api = await admin_client(cluster)
     settings = Settings(namespace=ns, identity=identity, tick_s=TICK_S, leader_election=True,
                         http_host="127.0.0.1", http_port=0, state_configmap=STATE_CM, **LEASE)
-    c = ctl.Controller.on_cluster(settings, api=api, source=source, telemetry=Telemetry(), **kw)
+    c = factory.on_cluster(settings, api=api, source=source, telemetry=Telemetry(), **kw)
     task = asyncio.create_task(c.run(), name=identity)
     try:
         yield c

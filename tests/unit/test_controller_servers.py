@@ -24,7 +24,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler import cli, errors
 from autoscaler.controller import app as controller
-from autoscaler.controller import backoff
+from autoscaler.controller import backoff, factory
 from autoscaler.controller import settings as settings_mod
 from autoscaler.controller.leader import LEADER_LABEL, LeaderLabeler
 from autoscaler.controller.servers import AdoptionServers
@@ -105,8 +105,8 @@ def test_defaults_serve_nothing_extra() -> None:
     assert s.keda_grpc_port is None
     assert not s.keda_metrics_api
     assert not s.leader_label
-    c = controller.Controller.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
-                                         telemetry=Telemetry())
+    c = factory.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
+                           telemetry=Telemetry())
     assert c.leader_labeler is None
 
 

@@ -26,7 +26,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from autoscaler import errors
 from autoscaler.actuator.base import WorkloadStatus
 from autoscaler.controller import app as controller
-from autoscaler.controller import backoff, policy_source
+from autoscaler.controller import backoff, factory, policy_source
 from autoscaler.controller.leader import LEADER_LABEL, LeaderLabeler
 from autoscaler.controller.settings import Settings
 from autoscaler.controller.state_store import LAST_SCALE_KEY, STATE_KEY, StateStore
@@ -437,8 +437,8 @@ def test_on_cluster_wires_the_fence_into_every_writer() -> None:
     """The real actuator (each scale PATCH and its 409 retry) and the real state store (each
     ConfigMap write) ask the lease right before writing."""
     s = Settings(namespace="x", identity="a", leader_election=True)
-    c = controller.Controller.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
-                                         telemetry=Telemetry())
+    c = factory.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
+                           telemetry=Telemetry())
     fences = [c.actuator._fence, c.state_store._fence]  # type: ignore[attr-defined]
     assert all(f is not None and not f() for f in fences)  # the lease is not held
     lease = FakeLease()

@@ -21,7 +21,8 @@ from autoscaler import errors
 from autoscaler.policy import registry
 from autoscaler.policy.base import RoleContext
 from autoscaler.policy.load import load_policy_file
-from autoscaler.policy.slo import SLOConfig, SLOPolicy, _Series, _Spread, erlang_c
+from autoscaler.policy.slo import SLOConfig, SLOPolicy
+from autoscaler.policy.slo_model import PromptSpread, RateSeries, erlang_c
 from autoscaler.profile import builtin
 from autoscaler.spec import PolicyRef, RoleSpec
 from autoscaler.types import Role, RoleObservation, SignalSample
@@ -160,7 +161,7 @@ def test_spread_estimated_from_window_means() -> None:
     """Windows of N = 600 requests whose mean prompts scatter with sd sigma / sqrt(N): the
     estimate recovers cv = sigma / mean."""
     rng = np.random.default_rng(1)
-    sp = _Spread(window_s=60.0, memory_s=86400.0)
+    sp = PromptSpread(window_s=60.0, memory_s=86400.0)
     mean, sigma, n = 2000.0, 3000.0, 600
     for i in range(400):
         sp.add(60.0 * i, n / 60.0, float(rng.normal(mean, sigma / math.sqrt(n))))
@@ -168,7 +169,7 @@ def test_spread_estimated_from_window_means() -> None:
     cv, k = sp.cv()
     assert k == 400
     assert cv == pytest.approx(sigma / mean, rel=0.1)
-    assert _Spread(window_s=60.0, memory_s=600.0).cv() == (None, 0)
+    assert PromptSpread(window_s=60.0, memory_s=600.0).cv() == (None, 0)
 
 
 def test_burst_headroom_holds_then_fades() -> None:
@@ -250,7 +251,7 @@ def test_registered_and_shipped_policy_validates() -> None:
 def test_short_window_rate_sees_a_burst_the_window_dilutes() -> None:
     """60-s window rates sampled every 15 s: 2 req/s, then 15 s at 20 req/s. The window rate
     moves to 2 + 18 x 15/60 = 6.5; the short-window estimate recovers ~20."""
-    series = _Series(memory_s=1800, halflife_s=600, trend_s=0, window_s=60, short=True)
+    series = RateSeries(memory_s=1800, halflife_s=600, trend_s=0, window_s=60, short=True)
     arrivals = [2.0] * 20 + [20.0] + [2.0] * 4  # per 15-s slot, req/s
     shorts = []
     for i in range(len(arrivals)):

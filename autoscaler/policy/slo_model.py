@@ -1,0 +1,177 @@
+"""The queueing and estimation maths behind the `slo` policy kind (`policy/slo.py`).
+
+Pure functions and small stateful estimators with no configuration or profile of their own: the
+Erlang-C waiting probability, the lognormal quantile of a replica's KV footprint, the prompt
+spread estimated from the rates alone (`PromptSpread`) and a role's rate history with its burst
+headroom and trend line (`RateSeries`). The policy feeds them samples and reads numbers back;
+the reasons it reports are composed there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from statistics import NormalDist
+
+# Windows needed before the estimated prompt spread replaces the prior (8 minutes at 60 s).
+MIN_SPREAD_WINDOWS = 8
+# Quadrature for the prompt-length average: 64 equal-probability points of a standard normal.
+QUAD = 64
+_QUAD_Z = tuple(NormalDist().inv_cdf((i + 0.5) / QUAD) for i in range(QUAD))
+
+
+def erlang_c(c: int, a: float) -> float:
+    """Probability of waiting in M/M/c with c servers and offered load a (< c) Erlangs."""
+    if a <= 0:
+        return 0.0
+    # Erlang B by the stable recursion, then C from B.
+    b = 1.0
+    for k in range(1, c + 1):
+        b = a * b / (k + a * b)
+    rho = a / c
+    return b / (1.0 - rho + rho * b)
+
+
+def lognormal_points(mean: float, cv: float, *, top: float) -> list[float]:
+    """`QUAD` equal-probability points of a lognormal with the given mean (at least 1) and CV,
+    each capped at top: the prompt mix the prefill and KV models average over."""
+    sigma = math.sqrt(math.log1p(cv * cv))
+    mu = math.log(max(mean, 1.0)) - sigma * sigma / 2.0
+    return [min(math.exp(mu + sigma * z), top) for z in _QUAD_Z]
+
+
+def lognormal_quantile(mean: float, second: float, z: float) -> float:
+    """Quantile (at standard-normal z) of a positive sum of the given mean and variance, taken
+    as the lognormal with that mean and variance (Fenton-Wilkinson): a heavy right tail, as a
+    few long prompts give a replica's KV cache, where a normal approximation would be thin."""
+    if mean <= 0:
+        return 0.0
+    s2 = math.log1p(second / (mean * mean))
+    return math.exp(math.log(mean) - s2 / 2.0 + z * math.sqrt(s2))
+
+
+class PromptSpread:
+    """The spread of prompt lengths, estimated from the rates alone.
+
+    A rate window of W seconds holding N = lambda W requests has a mean prompt p_i whose
+    variance across windows is sigma^2 / N for independent prompts of variance sigma^2, so
+    sigma^2 is estimated by sum(N_i (p_i - p)^2) / (k - 1) over k non-overlapping windows, and
+    cv = sigma / p. A drifting mix only inflates it (more margin, never less)."""
+
+    def __init__(self, *, window_s: float, memory_s: float) -> None:
+        self.window_s = window_s
+        self.memory_s = memory_s
+        self.obs: deque[tuple[float, float, float]] = deque()  # (t, N, mean prompt)
+
+    def add(self, t: float, lam: float, p: float) -> None:
+        if self.obs and t - self.obs[-1][0] < self.window_s - 1e-6:
+            return  # overlapping window: not independent of the last one
+        self.obs.append((t, lam * self.window_s, p))
+        while self.obs and self.obs[0][0] < t - self.memory_s:
+            self.obs.popleft()
+
+    def cv(self) -> tuple[float | None, int]:
+        k = len(self.obs)
+        tot = sum(n for _, n, _ in self.obs)
+        if k < MIN_SPREAD_WINDOWS or tot <= 0:
+            return None, k
+        mean = sum(n * p for _, n, p in self.obs) / tot
+        var = sum(n * (p - mean) ** 2 for _, n, p in self.obs) / (k - 1)
+        return (math.sqrt(var) / mean if mean > 0 else None), k
+
+
+class RateSeries:
+    """A role's rate over time: per-minute means (for the trend) and recent short-window rates
+    with a decaying maximum (for the burst headroom).
+
+    The metric source reports rates over a window of W seconds (`rate_window_s`), once a tick
+    (tau seconds apart). Two successive samples differ by what entered the window in the last
+    tau seconds minus what left it, so the arrivals of the last tau seconds are about
+    W (r_t - r_(t - tau)) + tau r_(t - W) (what left is taken at the older window's mean rate):
+    a burst shorter than the window shows at tick resolution instead of diluted over W. With
+    `short` off (decode: generation spreads a burst over each request's decode time) the
+    window rates themselves are remembered."""
+
+    def __init__(
+        self, *, memory_s: float, halflife_s: float, trend_s: float, window_s: float, short: bool
+    ) -> None:
+        self.memory_s = memory_s
+        self.halflife_s = halflife_s
+        self.trend_s = trend_s
+        self.window_s = window_s
+        self.short = short
+        self.samples: deque[tuple[float, float, float]] = deque()  # (t, window rate, short)
+        self.minutes: deque[tuple[float, float, int]] = deque()  # (minute start, sum, n)
+
+    def _at(self, t: float) -> float | None:
+        """The window rate sampled nearest to t (within half a window), if any."""
+        best: tuple[float, float] | None = None
+        for ts, r, _ in self.samples:
+            d = abs(ts - t)
+            if d <= self.window_s / 2 and (best is None or d < best[0]):
+                best = (d, r)
+        return None if best is None else best[1]
+
+    def add(self, t: float, v: float) -> float:
+        """Record the window rate v at t; returns the short-window rate estimate."""
+        short = v
+        if self.short and self.samples:
+            t_prev, r_prev, _ = self.samples[-1]
+            tau = t - t_prev
+            old = self._at(t - self.window_s)
+            if 0 < tau < self.window_s and old is not None:
+                short = max(0.0, self.window_s / tau * (v - r_prev) + old)
+        keep = max(self.memory_s, self.trend_s, self.window_s * 2)
+        self.samples.append((t, v, short))
+        while self.samples and self.samples[0][0] < t - keep:
+            self.samples.popleft()
+        m = math.floor(t / 60.0) * 60.0
+        if self.minutes and self.minutes[-1][0] == m:
+            _, s, n = self.minutes[-1]
+            self.minutes[-1] = (m, s + v, n + 1)
+        else:
+            self.minutes.append((m, v, 1))
+        while self.minutes and self.minutes[0][0] < t - self.trend_s - 60.0:
+            self.minutes.popleft()
+        return short
+
+    def headroom(self, t: float, level: float) -> tuple[float, float]:
+        """(request-weighted `level` quantile of the short-window rates over the memory, the age
+        of the sample it came from). Each sample weighs its requests (rate x tick), halved every
+        half-life: the rate that all but 1 - level of the recent requests arrived at or below,
+        so bursts that carry more than that share of requests are sized for, and a one-off
+        burst's weight fades."""
+        pts = []
+        prev = None
+        for ts, _, v in self.samples:
+            if ts >= t - self.memory_s and prev is not None and v > 0:
+                pts.append((v, v * (ts - prev) * 0.5 ** ((t - ts) / self.halflife_s), t - ts))
+            prev = ts
+        if not pts:
+            return 0.0, 0.0
+        total = sum(w for _, w, _ in pts)
+        pts.sort(key=lambda x: x[0], reverse=True)
+        above = 0.0
+        for v, w, age in pts:
+            above += w
+            if above > (1.0 - level) * total:
+                return v, age
+        return pts[-1][0], pts[-1][2]
+
+    def trend(self, t: float, horizon_s: float) -> float | None:
+        """Least-squares line through the closed minute means of the window, at t + horizon;
+        None without half a window of minutes."""
+        if self.trend_s <= 0:
+            return None
+        cur = math.floor(t / 60.0) * 60.0
+        pts = [(m + 30.0, s / n) for m, s, n in self.minutes if m < cur and m >= t - self.trend_s]
+        if len(pts) < max(3, int(self.trend_s / 120.0)):
+            return None
+        n = len(pts)
+        mx = sum(x for x, _ in pts) / n
+        my = sum(y for _, y in pts) / n
+        sxx = sum((x - mx) ** 2 for x, _ in pts)
+        if sxx <= 0:
+            return None
+        slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
+        return max(0.0, my + slope * (t + horizon_s - mx))
