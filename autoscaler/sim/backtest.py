@@ -273,16 +273,7 @@ def run_static(
 ) -> Run:
     """Replay `trace` on a fixed fleet (no controller)."""
     t0 = time.perf_counter()
-    sim = Simulation()
-    sim.add_pool(
-        pool.name,
-        profile=profile,
-        deployments={r: (s.deployment.namespace, s.deployment.name) for r, s in pool.roles.items()},
-        arrival_s=trace.arrival_s,
-        prompt_tokens=trace.prompt_tokens,
-        output_tokens=trace.output_tokens,
-        initial_replicas=replicas,
-    )
+    sim = yardsticks.static_simulation(trace, pool, profile, replicas)
     # Advance in slices only to report progress; the result does not depend on the slicing.
     step = max(config.tick_s, horizon_s / 50.0)
     t = 0.0

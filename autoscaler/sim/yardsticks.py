@@ -122,9 +122,10 @@ class Yardsticks:
         return best
 
 
-def _static_sim(
+def static_simulation(
     trace: Trace, pool: PoolSpec, profile: Profile, replicas: dict[Role, int]
 ) -> Simulation:
+    """A simulation of `trace` on a fixed fleet of `replicas` (no controller), not yet run."""
     sim = Simulation()
     sim.add_pool(
         pool.name,
@@ -149,7 +150,7 @@ def replay_fixed(
 ) -> tuple[Simulation, BoolArray]:
     """Replay `trace` on a fixed fleet (warm at 0) to the end; the simulation and each request's
     SLO verdict."""
-    sim = _static_sim(trace, pool, profile, replicas)
+    sim = static_simulation(trace, pool, profile, replicas)
     sim.advance_to(horizon_s)
     sim.run_until_idle(limit_s=DRAIN_LIMIT_S)
     met = request_outcome(sim.pool(pool.name).results(), profile, slo).met
@@ -170,7 +171,7 @@ def replay_schedule(
     any bin overlapping [t, t + cold start] needs; decreases happen at bin edges."""
     cs = profile.cold_start_s
     first = {r: int(v[0]) for r, v in levels.items()}
-    sim = _static_sim(trace, pool, profile, first)
+    sim = static_simulation(trace, pool, profile, first)
     nb = len(next(iter(levels.values())))
     # Change points: bin edges, and bin edges minus the cold start.
     edges = np.arange(nb + 1) * bin_s
