@@ -73,6 +73,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+FETCH_SHARE_OF_TICK = 0.8
+"""Share of the tick period the metrics fetch may take before it counts as missing data."""
+
 
 class Controller:
     """One controller replica. `run()` until cancelled; see the module docstring."""
@@ -330,8 +333,12 @@ class Controller:
         policy = await policies.wait()
         version = policies.version
         state = await self._restore_state()
+        # The whole metrics fetch of a tick gets 80 % of its period (each query also has its own
+        # deadline): a fetch that misses it is missing data, a hold, and the tick still ends in
+        # time to decide, write and start the next one on schedule.
         loop = Loop(policy, self.source, FencedActuator(self.actuator, self.is_leader),
-                    state=state, hooks=[self.telemetry.record_decision])
+                    state=state, hooks=[self.telemetry.record_decision],
+                    fetch_deadline_s=FETCH_SHARE_OF_TICK * self.settings.tick_s)
         self.loop = loop
         await self._backfill_forecasts(loop)
         tick_s = self.settings.tick_s

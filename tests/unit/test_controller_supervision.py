@@ -545,3 +545,6 @@ async def test_scale_conflict_re_decides_on_the_next_tick(tmp_path: Path) -> Non
         assert c.loop is not None
         assert c.loop.state.role(POOL, ROLE).last_replicas == 10
         assert "tick" not in c.health.failing
+        # The tick's whole metrics fetch is bounded too (a stalled source is missing data).
+        assert c.loop.fetch_deadline_s == pytest.approx(
+            controller.FETCH_SHARE_OF_TICK * c.settings.tick_s)
