@@ -186,7 +186,8 @@ async def measure(pools: int, ticks: int) -> dict[str, Any]:
     import structlog  # noqa: PLC0415
 
     from autoscaler.loop import Loop  # noqa: PLC0415
-    from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource  # noqa: PLC0415
+    from autoscaler.metrics.prometheus import PrometheusSource  # noqa: PLC0415
+    from autoscaler.metrics.settings import PrometheusSettings  # noqa: PLC0415
     from autoscaler.spec import PolicyFile  # noqa: PLC0415
     from autoscaler.testing import FakeActuator  # noqa: PLC0415
 

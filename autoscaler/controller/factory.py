@@ -81,9 +81,10 @@ def build_source(settings: Settings, telemetry: telemetry_mod.Telemetry) -> Metr
                f"{ENV_PREFIX}PROMETHEUS_URL)")
         raise errors.ConfigError([msg])
     from autoscaler.metrics import prometheus  # noqa: PLC0415 - only `run` pays for it
+    from autoscaler.metrics import settings as metrics_settings  # noqa: PLC0415
 
     source = prometheus.PrometheusSource(
-        prometheus.PrometheusSettings(
+        metrics_settings.PrometheusSettings(
             url=settings.prometheus_url,
             bearer_token_file=settings.prometheus_token_file,
             ca_file=settings.prometheus_ca_file,

@@ -28,7 +28,8 @@ from autoscaler import errors
 from autoscaler import spec as config
 from autoscaler.decision import signals
 from autoscaler.metrics import http, queries, validate
-from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource, _Outcome
+from autoscaler.metrics.prometheus import PrometheusSource, _Outcome
+from autoscaler.metrics.settings import PrometheusSettings
 from autoscaler.policy.load import parse_policy
 from autoscaler.spec import PolicyFile
 from autoscaler.testing import Ticker

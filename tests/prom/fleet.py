@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource
+from autoscaler.metrics.prometheus import PrometheusSource
+from autoscaler.metrics.settings import PrometheusSettings
 from autoscaler.metrics.source import RoleTarget
 from autoscaler.spec import PolicyFile
 from tests.prom.fakevllm import FakePod, FakeVllmServer

@@ -39,7 +39,8 @@ import yaml
 from autoscaler import telemetry
 from autoscaler.actuator.base import WorkloadStatus
 from autoscaler.loop import Loop
-from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource
+from autoscaler.metrics.prometheus import PrometheusSource
+from autoscaler.metrics.settings import PrometheusSettings
 from autoscaler.policy.load import parse_policy
 from autoscaler.spec import DeploymentRef, PolicyFile
 from autoscaler.types import Role

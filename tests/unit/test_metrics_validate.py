@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from autoscaler.metrics import queries, samples, validate
-from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource
+from autoscaler.metrics.prometheus import PrometheusSource
+from autoscaler.metrics.settings import PrometheusSettings
 
 
 def ok(result: Any, rtype: str = "vector") -> dict[str, Any]:

@@ -14,7 +14,8 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from autoscaler import errors
 from autoscaler.metrics import queries
-from autoscaler.metrics.prometheus import PrometheusSettings, PrometheusSource
+from autoscaler.metrics.prometheus import PrometheusSource
+from autoscaler.metrics.settings import PrometheusSettings
 from autoscaler.metrics.source import RoleTarget
 from autoscaler.spec import RoleSpec
 from autoscaler.types import Role
