@@ -67,9 +67,6 @@ async def test_writer_between_scale_read_and_patch_fails_the_test_op(
     apps = client.AppsV1Api(k8s_api)
     await apps.create_namespaced_deployment(ns, gpu_deployment(name, replicas=4))
     ref = DeploymentRef(namespace=ns, name=name)
-    act = KubernetesActuator(k8s_api)
-    assert (await act.status(ref)).replicas == 4
-
     real_patch = apps.patch_namespaced_deployment_scale
 
     class OperatorFirst:
@@ -82,7 +79,8 @@ async def test_writer_between_scale_read_and_patch_fails_the_test_op(
             await real_patch(name, ns, {"spec": {"replicas": 10}})
             return await real_patch(*args, **kw)
 
-    act._apps = OperatorFirst()  # type: ignore[assignment]
+    act = KubernetesActuator(k8s_api, apps=OperatorFirst())  # type: ignore[arg-type]
+    assert (await act.status(ref)).replicas == 4
     with pytest.raises(errors.ActuationConflict, match="between the read and the write"):
         await act.scale(ref, 3, reason="test")
     assert await _replicas(k8s_api, ns, name) == 10

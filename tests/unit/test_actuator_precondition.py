@@ -58,9 +58,7 @@ class Apps:
 
 
 def _act(apps: Apps, fence: Any = None) -> kube.KubernetesActuator:
-    act = kube.KubernetesActuator(SimpleNamespace(), fence=fence)
-    act._apps = apps  # type: ignore[assignment]
-    return act
+    return kube.KubernetesActuator(SimpleNamespace(), apps=apps, fence=fence)  # type: ignore[arg-type]
 
 
 async def test_replicas_changed_since_read_is_a_conflict_not_a_write() -> None:
