@@ -33,17 +33,12 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
-from autoscaler.actuator.kubernetes import KubernetesActuator
-from autoscaler.loop import Loop
 from autoscaler.server.keda import KedaScalerServer, KedaScalerSettings
-from autoscaler.server.store import DecisionStore
-from autoscaler.testing import FakeMetricsSource
-from autoscaler.types import Role
 
 from ..k8senv import cluster as k8senv
 from .extapi import EXTERNAL_METRICS, MANAGED_BY, registered_apiservice
-from .support import gpu_deployment, manifest, wait_for
-from .test_external_metrics_e2e import POOL, ROLE, policy_for, ticking
+from .support import manifest, wait_for
+from .test_external_metrics_e2e import POOL, ROLE, served_pool, ticking
 
 pytestmark = [pytest.mark.external_metrics, pytest.mark.k8s]
 
@@ -261,16 +256,7 @@ async def test_real_keda_operator_follows_pd_autoscaler(
         if (existing.metadata.labels or {}).get(key) != MANAGED_BY[key]:
             pytest.fail(f"APIService {version}.{group} exists and was not created by these tests")
     await _install_crds(cluster, keda_bin.parent / "crds", k8s_api)
-    await apps.create_namespaced_deployment(ns, gpu_deployment(POOL, replicas=1))
-
-    async def ready(pool: str, role: Role) -> int:
-        del pool, role
-        dep = await apps.read_namespaced_deployment(POOL, ns)
-        return int(dep.status.ready_replicas or 0)
-
-    source = FakeMetricsSource(ready=ready)
-    store = DecisionStore()
-    loop = Loop(policy_for(ns), source, KubernetesActuator(k8s_api), hooks=[store])
+    source, store, loop = await served_pool(k8s_api, ns)
 
     # The operator's gRPC metrics service and the adapter (its client) authenticate each other.
     certs = k8senv.make_mtls_pki(tmp_path / "keda-certs")
