@@ -14,8 +14,9 @@ one place the real ones are built, tests pass the fakes of `autoscaler.testing`)
              (state_store.py); DecisionStore (in-process servers) and Telemetry (/metrics)
     aiohttp: /healthz /readyz /metrics (+ server plug-ins, e.g. KEDA metrics-api) on every replica
     adoption servers when configured (servers.py: external.metrics.k8s.io over TLS, KEDA gRPC
-    scaler) on every replica; standbys answer "no data", and the leader labels its Pod
-    pd-autoscaler.io/leader=true so the overlays' Services reach it alone
+    scaler) on every replica, each restarted if its port stops answering; standbys answer
+    "no data", and the leader points the overlays' one EndpointSlice at its Pod IP so their
+    selector-less Services reach it alone (endpoint.py)
 
 The Role allows `deployments/scale` (replicas only) on named Deployments, and `update`/`patch`
 on one named ConfigMap and one named Lease of its own (state_store.py and leader.py say why).
@@ -50,7 +51,8 @@ from autoscaler import telemetry as telemetry_mod
 from autoscaler.actuator.base import ClusterActuator, EventSink, ObjectRef
 from autoscaler.actuator.fenced import FencedActuator
 from autoscaler.controller import backoff
-from autoscaler.controller.leader import LeaderLabeler, Lease, LeaseLike
+from autoscaler.controller.endpoint import LeaderEndpoint
+from autoscaler.controller.leader import Lease, LeaseLike
 from autoscaler.controller.policy_source import PolicySource
 from autoscaler.controller.servers import AdoptionServers
 from autoscaler.controller.settings import Settings
@@ -89,7 +91,7 @@ class Controller:
         actuator: ClusterActuator,
         events: EventSink,
         state_store: StateStoreLike,
-        leader_labeler: LeaderLabeler | None = None,
+        leader_endpoint: LeaderEndpoint | None = None,
         lease: LeaseLike | None = None,
         telemetry: telemetry_mod.Telemetry | None = None,
         store: DecisionStore | None = None,
@@ -109,7 +111,7 @@ class Controller:
         self.events = events
         self.actuator = actuator
         self.state_store = state_store
-        self.leader_labeler = leader_labeler
+        self.leader_endpoint = leader_endpoint
         self.lease: LeaseLike = lease or Lease(settings, api, wall=wall)
         self.policy_source = PolicySource(settings, api=api, health=self.health,
                                           telemetry=self.telemetry, events=events,
@@ -164,10 +166,10 @@ class Controller:
         policy_task = asyncio.create_task(self.policy_source.watch(), name="policy")
         try:
             # Every replica serves (standbys answer "no data"), so a new leader is reachable as
-            # soon as its Pod carries the leader label; only the label moves on failover.
-            await self.servers.start()
-            if self.leader_labeler is not None:
-                self.leader_labeler.start(report=self.health.report)
+            # soon as the EndpointSlice holds its address; only that moves on failover.
+            await self.servers.start(report=self.health.report)
+            if self.leader_endpoint is not None:
+                self.leader_endpoint.start(report=self.health.report)
             if s.leader_election:
                 await self._elect_forever()
             else:
@@ -178,9 +180,10 @@ class Controller:
                 await policy_task
             if self._lead_task is not None and self._lead_task is not asyncio.current_task():
                 await self._stop_leading_task()
-            if self.leader_labeler is not None:
-                # Before the lease goes: the leader Services must stop routing here first.
-                await self.leader_labeler.stop()
+            if self.leader_endpoint is not None:
+                # Before the lease goes: the leader Services must stop routing here first. A
+                # simulated crash removes nothing (the next leader overwrites the address).
+                await self.leader_endpoint.stop(relinquish=self._release_on_exit)
             if self._release_on_exit:
                 await self._release_lease()
             await self.servers.stop()
@@ -262,8 +265,8 @@ class Controller:
         self.health.leader = leader
         self.store.leader = leader
         self.telemetry.set_leader(leader=leader)
-        if self.leader_labeler is not None:
-            self.leader_labeler.set(leader=leader)
+        if self.leader_endpoint is not None:
+            self.leader_endpoint.set(leader=leader)
         if leader:
             self.health.leading_since = self._clock()
             self.health.last_tick = None
