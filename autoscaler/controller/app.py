@@ -117,7 +117,8 @@ class Controller:
                                           telemetry=self.telemetry, events=events,
                                           is_leader=self.is_leader)
         # The adoption servers (docs/adoption.md), started by run() when configured.
-        self.servers = AdoptionServers(settings, store=self.store, api=api)
+        self.servers = AdoptionServers(settings, store=self.store, api=api,
+                                       probe_s=settings.serve_probe_s)
         self.loop: Loop | None = None
         self.ticks = 0
         self._plugins: tuple[app_mod.Plugin, ...] = tuple(plugins)

@@ -140,6 +140,9 @@ class Settings(BaseModel):
     """Mount KEDA's metrics-api JSON endpoint (`/keda/v1/<pool>/<role>`) on the HTTP port."""
     serve_max_age_s: float = 120.0
     """The adoption servers answer "no data" once the latest decision is older than this."""
+    serve_probe_s: float = 5.0
+    """Each adoption server is probed this often (its serving loop, a dial of its port) and
+    restarted when dead (controller/servers.py)."""
     leader_endpointslice: str | None = Field(
         None, json_schema_extra=_meta(
             flag="--leader-endpointslice",
@@ -220,6 +223,8 @@ class Settings(BaseModel):
                 except ValueError:
                     problems.append(f"pod_ip: POD_IP is not an IP address (got "
                                     f"{self.pod_ip!r})")
+        if self.serve_probe_s <= 0:
+            problems.append(f"serve_probe_s: must be > 0 (got {self.serve_probe_s})")
         if self.leader_endpoint_reassert_s <= 0:
             problems.append("leader_endpoint_reassert_s: must be > 0 (got "
                             f"{self.leader_endpoint_reassert_s})")

@@ -282,7 +282,7 @@ pools:
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch, *,
-                  lease: FakeLease | None = None,
+                  lease: FakeLease | None = None, **overrides: Any,
                   ) -> AsyncIterator[tuple[controller.Controller, FakeDiscovery]]:
     """A Controller with every server on a free port, fake API objects behind it."""
     policy = tmp_path / "policy.yaml"
@@ -302,7 +302,7 @@ async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.
         leader_election=lease is not None, http_host="127.0.0.1", http_port=0,
         external_metrics_port=0, external_metrics_cert_dir=cert_dir, keda_grpc_port=0,
         keda_metrics_api=True, leader_endpointslice="lead", pod_ip=ME, pod_name="pod-a",
-        policy_poll_s=0.1)
+        policy_poll_s=0.1, **overrides)
     source = FakeMetricsSource()
     source.ready[(POOL, ROLE)] = 2
     source.set_totals(POOL, ROLE, queue_depth=12)  # 12 waiting / target 2 -> 6 replicas
@@ -428,6 +428,63 @@ async def test_standby_answers_no_data_and_clears_on_losing_the_lead(
         await no_data()
         await _until(lambda: core.addresses() == [], "address removed")
         assert core.writes == [[], [ME], []]
+
+
+async def test_killed_servers_come_back_on_their_ports(
+        tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each adoption server's serving loop is ended behind the controller's back (the TLS
+    listener closed; the gRPC server terminated): the watcher sees it within a probe, /readyz
+    turns 503 naming the server and why, the server is restarted on the same port and answers
+    the HPA's and KEDA's requests again, and /readyz recovers."""
+    async with running(tmp_path, pki, cert_dir, monkeypatch, serve_probe_s=0.1) as (c, _):
+        await _until(lambda: c.ticks > 0, "first tick")
+        http = Clients(c, pki)
+        assert c.external_metrics is not None
+        assert c.keda_scaler is not None
+
+        async def readyz() -> tuple[int, str]:
+            url = f"http://127.0.0.1:{http.http_port}/readyz"
+            async with aiohttp.ClientSession() as session, session.get(url) as resp:
+                return resp.status, await resp.text()
+
+        assert (await readyz())[0] == 200
+        for name, kill in (
+            ("external-metrics", _kill_external), ("keda-scaler", _kill_keda),
+        ):
+            before = (c.external_metrics, c.keda_scaler)
+            await kill(c)
+            await _until(lambda n=name: n in c.health.failing, f"{name} reported")  # type: ignore[misc]
+            status, text = await readyz()
+            assert status == 503
+            assert f"{name} failing:" in text
+            await _until(lambda b=before: (c.external_metrics, c.keda_scaler) != b
+                         and c.external_metrics is not None and c.keda_scaler is not None
+                         and c.external_metrics.serving() and c.keda_scaler.serving(),
+                         f"{name} restarted")
+            # Back where the clients dial, serving the leader's numbers.
+            assert (c.external_metrics.port, c.keda_scaler.port) == (http.ext_port,
+                                                                     http.grpc_port)
+            status, body = await http.external()
+            assert (status, body["items"][0]["value"]) == (200, "6")
+            assert await http.grpc_metric() == 6.0
+            await _until(lambda n=name: n not in c.health.failing, f"{name} recovered")  # type: ignore[misc]
+            assert (await readyz())[0] == 200
+        assert [u.restarts for u in c.servers.served] == [1, 1]
+
+
+async def _kill_external(c: controller.Controller) -> None:
+    server = c.external_metrics
+    assert server is not None
+    assert server.site is not None
+    listener = server.site._server
+    assert listener is not None
+    listener.close()  # the accept loop is gone; nothing of ours was told
+
+
+async def _kill_keda(c: controller.Controller) -> None:
+    scaler = c.keda_scaler
+    assert scaler is not None
+    await scaler._server.stop(None)  # grpc terminated under us
 
 
 async def test_requestheader_errors_are_config_errors(
