@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import structlog
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
@@ -50,6 +51,7 @@ from autoscaler import errors
 from autoscaler import telemetry as telemetry_mod
 from autoscaler.actuator.base import ClusterActuator, EventSink, ObjectRef
 from autoscaler.actuator.fenced import FencedActuator
+from autoscaler.actuator.kubernetes import api_error_code
 from autoscaler.controller import backoff
 from autoscaler.controller.endpoint import LeaderEndpoint
 from autoscaler.controller.leader import Lease, LeaseLike
@@ -231,6 +233,7 @@ class Controller:
                 continue
             failures += 1
             delay = delays.next()
+            self._api_failed("lease", error)
             log.warning("leader_election_error", error=repr(error), failures=failures,
                         retry_in_s=delay)
             if failures >= 3:
@@ -279,6 +282,12 @@ class Controller:
             # behind a Service that still (or again) routes to it.
             self.store.clear()
 
+    def _api_failed(self, operation: str, exc: BaseException) -> None:
+        """Count a failed Kubernetes API call (not a fence that closed, not a document that is
+        not a state: those are ours)."""
+        if isinstance(exc, ApiException | OSError | TimeoutError | aiohttp.ClientError):
+            self.telemetry.kubernetes_api_error(operation=operation, code=api_error_code(exc))
+
     async def _release_lease(self) -> None:
         if not self.settings.leader_election or not self.is_leader():
             return
@@ -317,6 +326,7 @@ class Controller:
                 why = str(exc)
                 break
             except Exception as exc:  # every failure is retried, then replaced
+                self._api_failed("read_state", exc)
                 why = f"{type(exc).__name__}: {exc}"[:300]
                 delay = delays.next()
                 log.warning("state_load_failed", error=why, attempt=attempt, retry_in_s=delay)
@@ -434,6 +444,7 @@ class Controller:
                                             identity=self.settings.identity)
             except (ApiException, OSError, TimeoutError, errors.ActuationError) as exc:
                 # Next tick retries (the state still differs); scaling goes on meanwhile.
+                self._api_failed("write_state", exc)
                 log.warning("state_save_failed", error=repr(exc))
             else:
                 self._saved_state = state_json

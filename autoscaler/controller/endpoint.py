@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import Callable
 from typing import Any
 
 import structlog
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
+from autoscaler.actuator.kubernetes import ApiErrorHook, api_error_code
 from autoscaler.controller import backoff
 from autoscaler.controller.leader import api_error
 
@@ -38,18 +38,6 @@ log = structlog.get_logger(__name__)
 
 TASK = "leader-endpoint"
 MERGE_PATCH = "application/merge-patch+json"
-
-ApiErrorHook = Callable[[str, "int | str"], None]
-"""`on_api_error(operation, code)`: a failed Kubernetes API call (telemetry)."""
-
-
-def error_code(exc: BaseException) -> int | str:
-    """The `code` label of a failed API call: the HTTP status, or the exception's type for a
-    call that got no answer (a dropped connection, a timeout)."""
-    if isinstance(exc, ApiException) and exc.status:
-        return int(exc.status)
-    return type(exc).__name__
-
 
 class EndpointConflict(RuntimeError):
     """The slice changed under every one of our compare-and-swap attempts."""
@@ -198,9 +186,7 @@ class LeaderEndpoint:
         try:
             return await call
         except Exception as exc:
-            # A 409 is the compare-and-swap doing its job, not a failing API.
-            if not (isinstance(exc, ApiException) and exc.status == 409):
-                self._on_api_error(operation, error_code(exc))
+            self._on_api_error(operation, api_error_code(exc))
             raise
 
     def _check_family(self, obj: Any) -> None:

@@ -36,13 +36,14 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
     """A controller acting on the cluster behind `api`: the Kubernetes actuator, Event
     recorder, state ConfigMap and (if configured) leader EndpointSlice; their failed API calls
     count in `pd_autoscaler_kubernetes_api_errors_total`. `kw` goes to `Controller`."""
-    events = kube.EventRecorder(api, instance=settings.identity,
-                                timeout_s=settings.api_timeout_s)
-    core = client.CoreV1Api(api)
     telemetry = kw.get("telemetry") or telemetry_mod.DEFAULT
 
     def api_failed(operation: str, code: int | str) -> None:
         telemetry.kubernetes_api_error(operation=operation, code=code)
+
+    events = kube.EventRecorder(api, instance=settings.identity,
+                                timeout_s=settings.api_timeout_s, on_api_error=api_failed)
+    core = client.CoreV1Api(api)
 
     endpoint = None
     if settings.leader_endpointslice and settings.pod_ip:
@@ -61,7 +62,8 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
     c = Controller(
         settings, api=api, source=source, events=events,
         actuator=kube.KubernetesActuator(api, events=events, fence=fence,
-                                         timeout_s=settings.api_timeout_s, clock=clock),
+                                         timeout_s=settings.api_timeout_s, clock=clock,
+                                         on_api_error=api_failed),
         state_store=StateStore(core, namespace=settings.namespace,
                                name=settings.state_configmap,
                                timeout_s=settings.api_timeout_s, fence=fence),
