@@ -19,7 +19,8 @@ one place the real ones are built, tests pass the fakes of `autoscaler.testing`)
     selector-less Services reach it alone (endpoint.py)
 
 The Role allows `deployments/scale` (replicas only) on named Deployments, and `update`/`patch`
-on one named ConfigMap and one named Lease of its own (state_store.py and leader.py say why).
+on one named ConfigMap and one named Lease of its own (state_store.py and leader.py say why);
+the adoption overlays add one named EndpointSlice (endpoint.py), and nothing on Pods.
 
 Restart safety: the state is saved after every tick whose state changed, on wall time, and
 restored onto the monotonic clock, so a new leader keeps the stabilization windows and rate-limit

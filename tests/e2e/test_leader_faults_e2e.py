@@ -43,6 +43,7 @@ from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
 
+from ..faults.conftest import COUNTS
 from ..k8senv.cluster import ClusterInfo
 from .support import PAUSE_IMAGE, manifest, wait_for
 from .test_controller_e2e import (
@@ -162,6 +163,8 @@ async def test_unreadable_state_never_silences_the_leader(
             leader = a if a.health.leader else b
             ok, detail = leader.health.ready()
             assert ok, f"{case}: leader not ready: {detail}"
+        COUNTS["hostile state ConfigMaps (two replicas)"] += 1
+    COUNTS["ticks lost to a silent leader"] += lost
     assert lost == 0
 
 
@@ -441,3 +444,4 @@ async def test_dropped_endpoint_patches_are_retried(
             # The retry read the slice, found b's address already there, and wrote nothing.
             assert (b.leader_endpoint.failures, b.leader_endpoint.writes) == (1, 0)
             assert dropped(b) == 1
+    COUNTS["leader EndpointSlice PATCHes dropped and retried"] += 3
