@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -49,7 +50,8 @@ class LeaderEndpoint:
     def __init__(self, discovery: client.DiscoveryV1Api, *, name: str, namespace: str,
                  address: str, pod_name: str | None = None, pod_namespace: str | None = None,
                  timeout_s: float, reassert_s: float = 30.0, max_backoff_s: float = 30.0,
-                 report_after: int = 3, on_api_error: ApiErrorHook | None = None) -> None:
+                 report_after: int = 3, on_api_error: ApiErrorHook | None = None,
+                 fence: Callable[[], bool] | None = None) -> None:
         self._discovery = discovery
         self.name = name
         self.namespace = namespace
@@ -62,6 +64,10 @@ class LeaderEndpoint:
         self._max_backoff_s = max_backoff_s
         self._report_after = report_after
         self._on_api_error = on_api_error or (lambda _op, _code: None)
+        # Asked immediately before writing our address: a leader whose renewals hang (the
+        # Lease no longer held, the elector not yet told) must not take the slice back from
+        # the new leader at its next re-assertion.
+        self._fence = fence
         self.want = False
         self.has: bool | None = None  # unknown until the first successful read
         self.writes = 0
@@ -152,6 +158,10 @@ class LeaderEndpoint:
                 if len(endpoints) == 1 and mine and _ready(mine[0]) \
                         and list(mine[0].addresses) == [self.address]:
                     self.has = True
+                    return
+                if self._fence is not None and not self._fence():
+                    log.warning("leader_endpoint_fenced", endpointslice=self.name,
+                                action="not writing: the Lease is not held right now")
                     return
                 new = [self._endpoint()]
             else:

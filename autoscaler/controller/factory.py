@@ -45,19 +45,21 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
                                 timeout_s=settings.api_timeout_s, on_api_error=api_failed)
     core = client.CoreV1Api(api)
 
+    built: list[Controller] = []
+
+    def fence() -> bool:
+        # Asked immediately before every write (each scale PATCH, its retry, each state
+        # ConfigMap write, the leader's address in the EndpointSlice), not once per tick.
+        return bool(built) and built[0].is_leader()
+
     endpoint = None
     if settings.leader_endpointslice and settings.pod_ip:
         endpoint = LeaderEndpoint(
             client.DiscoveryV1Api(api), name=settings.leader_endpointslice,
             namespace=settings.namespace, address=settings.pod_ip, pod_name=settings.pod_name,
             pod_namespace=settings.pod_namespace, timeout_s=settings.api_timeout_s,
-            reassert_s=settings.leader_endpoint_reassert_s, on_api_error=api_failed)
-    built: list[Controller] = []
-
-    def fence() -> bool:
-        # Asked immediately before every write (each scale PATCH, its retry, each state
-        # ConfigMap write), not once per tick.
-        return bool(built) and built[0].is_leader()
+            reassert_s=settings.leader_endpoint_reassert_s, on_api_error=api_failed,
+            fence=fence)
 
     c = Controller(
         settings, api=api, source=source, events=events,

@@ -64,12 +64,14 @@ class FakeDiscovery:
         # Writes by someone else that land between our read and our patch.
         self.interleaved: list[list[dict[str, Any]]] = []
         self.writes: list[list[str]] = []
+        self.reads = 0
 
     def addresses(self) -> list[str]:
         return [a for e in self.endpoints for a in e["addresses"]]
 
     async def read_namespaced_endpoint_slice(self, name: str, ns: str, **_: Any) -> Any:
         await asyncio.sleep(0)
+        self.reads += 1
         if self.read_errors:
             raise self.read_errors.pop(0)
         return client.V1EndpointSlice(

@@ -434,12 +434,16 @@ async def test_no_observed_pool_counts_as_a_failed_tick(tmp_path: Path, fast_sle
 
 
 def test_on_cluster_wires_the_fence_into_every_writer() -> None:
-    """The real actuator (each scale PATCH and its 409 retry) and the real state store (each
-    ConfigMap write) ask the lease right before writing."""
-    s = Settings(namespace="x", identity="a", leader_election=True)
+    """The real actuator (each scale PATCH and its 409 retry), the real state store (each
+    ConfigMap write) and the leader EndpointSlice (our address) ask the lease right before
+    writing."""
+    s = Settings(namespace="x", identity="a", leader_election=True,
+                 leader_endpointslice="lead", pod_ip="10.0.0.7")
     c = factory.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
                            telemetry=Telemetry())
-    fences = [c.actuator._fence, c.state_store._fence]  # type: ignore[attr-defined]
+    assert c.leader_endpoint is not None
+    fences = [c.actuator._fence, c.state_store._fence,  # type: ignore[attr-defined]
+              c.leader_endpoint._fence]
     assert all(f is not None and not f() for f in fences)  # the lease is not held
     lease = FakeLease()
     lease.holder = True

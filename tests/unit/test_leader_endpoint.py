@@ -201,6 +201,36 @@ async def test_a_wrong_address_family_is_reported_by_name(
     assert api.writes == []
 
 
+async def test_a_fenced_leader_does_not_take_the_slice_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renewals hang: the Lease is not held, the elector has not yet stopped this leader, and
+    a new leader wrote its address. Our re-assertion must not write ours over it; once the
+    Lease is ours again, it does."""
+    t = FakeTime()
+    monkeypatch.setattr(backoff, "sleep", t.sleep)
+    api = FakeDiscovery([ep(OTHER)])
+    held = [False]
+    pub = LeaderEndpoint(api, name="leader", namespace="ns", address=ME,  # type: ignore[arg-type]
+                         timeout_s=1, reassert_s=REASSERT_S, fence=lambda: held[0])
+    pub.start()
+    try:
+        pub.set(leader=True)
+        await _settled(t, pub, True)
+        for _ in range(2):  # two re-assertions, each a read and no write
+            reads = api.reads
+            t.reassert()
+            async with asyncio.timeout(5):
+                while api.reads == reads or not t.idle:  # noqa: ASYNC110
+                    await asyncio.sleep(0)
+        assert (api.addresses(), api.writes) == ([OTHER], [])
+        held[0] = True
+        t.reassert()
+        await _until_rv(api, lambda rv: rv == 2, t, pub)
+        assert api.addresses() == [ME]
+    finally:
+        await pub.stop(relinquish=False)
+
+
 def test_pod_ip_must_be_an_address() -> None:
     with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
         LeaderEndpoint(FakeDiscovery([]), name="x", namespace="ns",  # type: ignore[arg-type]
