@@ -75,6 +75,19 @@ _TRANSIENT_CODES = frozenset({429, 500, 502, 503, 504})
 _NETWORK_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError, OSError)
 
 
+ApiErrorHook = Callable[[str, "int | str"], None]
+"""`on_api_error(operation, code)`: one failed Kubernetes API call, for telemetry
+(`Telemetry.kubernetes_api_error`; this layer cannot import it)."""
+
+
+def api_error_code(exc: BaseException) -> int | str:
+    """The `code` of a failed API call: the HTTP status, or the exception's type for a call
+    that got no answer (a dropped connection, a timeout)."""
+    if isinstance(exc, ApiException) and exc.status:
+        return int(exc.status)
+    return type(exc).__name__
+
+
 async def make_api_client(kubeconfig: Path | None = None) -> ApiClient:
     """An ApiClient from `kubeconfig` (or $KUBECONFIG / ~/.kube/config), else in-cluster config.
 
@@ -103,10 +116,12 @@ class EventRecorder:
     """Best-effort core/v1 Events: a failure is logged, never raised (Events are for humans;
     losing one must not stop a scale)."""
 
-    def __init__(self, api: ApiClient, *, instance: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, api: ApiClient, *, instance: str, timeout_s: float = 5.0,
+                 on_api_error: ApiErrorHook | None = None) -> None:
         self._core = client.CoreV1Api(api)
         self._instance = instance
         self._timeout_s = timeout_s
+        self._on_api_error = on_api_error or (lambda _op, _code: None)
 
     async def record(self, obj: ObjectRef, *, reason: str, message: str, warning: bool = False
                      ) -> bool:
@@ -136,10 +151,12 @@ class EventRecorder:
                 obj.namespace, body, _request_timeout=self._timeout_s
             )
         except ApiException as exc:
+            self._on_api_error("create_event", api_error_code(exc))
             log.warning("event_failed", reason=reason, object=f"{obj.kind}/{obj.name}",
                         namespace=obj.namespace, status=exc.status, error=exc.reason)
             return False
         except _NETWORK_ERRORS as exc:
+            self._on_api_error("create_event", api_error_code(exc))
             log.warning("event_failed", reason=reason, object=f"{obj.kind}/{obj.name}",
                         namespace=obj.namespace, error=repr(exc))
             return False
@@ -167,10 +184,12 @@ class KubernetesActuator:
         backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         fence: Callable[[], bool] | None = None,
+        on_api_error: ApiErrorHook | None = None,
     ) -> None:
         # `apps`: a stand-in for the generated client in unit tests; by default built on `api`.
         self._apps = apps if apps is not None else client.AppsV1Api(api)
         self._fence = fence
+        self._on_api_error = on_api_error or (lambda _op, _code: None)
         # spec.replicas as last read by status(): what the decision was made on.
         self._observed: dict[tuple[str, str], int] = {}
         self._events = events
@@ -192,6 +211,7 @@ class KubernetesActuator:
                 ref.name, ref.namespace, _request_timeout=self._timeout_s
             )
         except (ApiException, *_NETWORK_ERRORS) as exc:
+            self._on_api_error("get_deployment", api_error_code(exc))
             mapped = self._map(exc, key, verb="get", resource="deployments", name=ref.name)
             if isinstance(mapped, errors.TargetNotFound):
                 await self._report_missing(ref)
@@ -205,10 +225,12 @@ class KubernetesActuator:
     async def scale(self, ref: DeploymentRef, replicas: int, *, reason: str) -> None:
         key = (ref.namespace, ref.name)
         self._check_backoff(key)
+        operation = "get_scale"
         try:
             current = await self._apps.read_namespaced_deployment_scale(
                 ref.name, ref.namespace, _request_timeout=self._timeout_s
             )
+            operation = "patch_scale"
             self._check_unchanged(key, ref, current, replicas)
             self._check_fence(ref, replicas)
             expected = current.spec.replicas if current.spec is not None else None
@@ -224,6 +246,7 @@ class KubernetesActuator:
                 _request_timeout=self._timeout_s,
             )
         except ApiException as exc:
+            self._on_api_error(operation, api_error_code(exc))
             if exc.status in (409, 422):
                 msg = (f"deployments/{ref.name} in {ref.namespace}: replicas changed between "
                        f"the read and the write (HTTP {exc.status}); not writing {replicas}, "
@@ -232,6 +255,7 @@ class KubernetesActuator:
             raise self._map(exc, key, verb="patch", resource="deployments/scale",
                             name=ref.name) from exc
         except _NETWORK_ERRORS as exc:
+            self._on_api_error(operation, api_error_code(exc))
             raise self._map(exc, key, verb="patch", resource="deployments/scale",
                             name=ref.name) from exc
         self._found(key)

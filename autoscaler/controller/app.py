@@ -14,11 +14,13 @@ one place the real ones are built, tests pass the fakes of `autoscaler.testing`)
              (state_store.py); DecisionStore (in-process servers) and Telemetry (/metrics)
     aiohttp: /healthz /readyz /metrics (+ server plug-ins, e.g. KEDA metrics-api) on every replica
     adoption servers when configured (servers.py: external.metrics.k8s.io over TLS, KEDA gRPC
-    scaler) on every replica; standbys answer "no data", and the leader labels its Pod
-    pd-autoscaler.io/leader=true so the overlays' Services reach it alone
+    scaler) on every replica, each restarted if its port stops answering; standbys answer
+    "no data", and the leader points the overlays' one EndpointSlice at its Pod IP so their
+    selector-less Services reach it alone (endpoint.py)
 
 The Role allows `deployments/scale` (replicas only) on named Deployments, and `update`/`patch`
-on one named ConfigMap and one named Lease of its own (state_store.py and leader.py say why).
+on one named ConfigMap and one named Lease of its own (state_store.py and leader.py say why);
+the adoption overlays add one named EndpointSlice (endpoint.py), and nothing on Pods.
 
 Restart safety: the state is saved after every tick whose state changed, on wall time, and
 restored onto the monotonic clock, so a new leader keeps the stabilization windows and rate-limit
@@ -41,6 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import structlog
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
@@ -49,8 +52,10 @@ from autoscaler import errors
 from autoscaler import telemetry as telemetry_mod
 from autoscaler.actuator.base import ClusterActuator, EventSink, ObjectRef
 from autoscaler.actuator.fenced import FencedActuator
+from autoscaler.actuator.kubernetes import api_error_code
 from autoscaler.controller import backoff
-from autoscaler.controller.leader import LeaderLabeler, Lease, LeaseLike
+from autoscaler.controller.endpoint import LeaderEndpoint
+from autoscaler.controller.leader import Lease, LeaseLike
 from autoscaler.controller.policy_source import PolicySource
 from autoscaler.controller.servers import AdoptionServers
 from autoscaler.controller.settings import Settings
@@ -89,7 +94,7 @@ class Controller:
         actuator: ClusterActuator,
         events: EventSink,
         state_store: StateStoreLike,
-        leader_labeler: LeaderLabeler | None = None,
+        leader_endpoint: LeaderEndpoint | None = None,
         lease: LeaseLike | None = None,
         telemetry: telemetry_mod.Telemetry | None = None,
         store: DecisionStore | None = None,
@@ -109,13 +114,14 @@ class Controller:
         self.events = events
         self.actuator = actuator
         self.state_store = state_store
-        self.leader_labeler = leader_labeler
+        self.leader_endpoint = leader_endpoint
         self.lease: LeaseLike = lease or Lease(settings, api, wall=wall)
         self.policy_source = PolicySource(settings, api=api, health=self.health,
                                           telemetry=self.telemetry, events=events,
                                           is_leader=self.is_leader)
         # The adoption servers (docs/adoption.md), started by run() when configured.
-        self.servers = AdoptionServers(settings, store=self.store, api=api)
+        self.servers = AdoptionServers(settings, store=self.store, api=api,
+                                       probe_s=settings.serve_probe_s)
         self.loop: Loop | None = None
         self.ticks = 0
         self._plugins: tuple[app_mod.Plugin, ...] = tuple(plugins)
@@ -164,10 +170,10 @@ class Controller:
         policy_task = asyncio.create_task(self.policy_source.watch(), name="policy")
         try:
             # Every replica serves (standbys answer "no data"), so a new leader is reachable as
-            # soon as its Pod carries the leader label; only the label moves on failover.
-            await self.servers.start()
-            if self.leader_labeler is not None:
-                self.leader_labeler.start(report=self.health.report)
+            # soon as the EndpointSlice holds its address; only that moves on failover.
+            await self.servers.start(report=self.health.report)
+            if self.leader_endpoint is not None:
+                self.leader_endpoint.start(report=self.health.report)
             if s.leader_election:
                 await self._elect_forever()
             else:
@@ -178,9 +184,10 @@ class Controller:
                 await policy_task
             if self._lead_task is not None and self._lead_task is not asyncio.current_task():
                 await self._stop_leading_task()
-            if self.leader_labeler is not None:
-                # Before the lease goes: the leader Services must stop routing here first.
-                await self.leader_labeler.stop()
+            if self.leader_endpoint is not None:
+                # Before the lease goes: the leader Services must stop routing here first. A
+                # simulated crash removes nothing (the next leader overwrites the address).
+                await self.leader_endpoint.stop(relinquish=self._release_on_exit)
             if self._release_on_exit:
                 await self._release_lease()
             await self.servers.stop()
@@ -227,6 +234,7 @@ class Controller:
                 continue
             failures += 1
             delay = delays.next()
+            self._api_failed("lease", error)
             log.warning("leader_election_error", error=repr(error), failures=failures,
                         retry_in_s=delay)
             if failures >= 3:
@@ -262,8 +270,8 @@ class Controller:
         self.health.leader = leader
         self.store.leader = leader
         self.telemetry.set_leader(leader=leader)
-        if self.leader_labeler is not None:
-            self.leader_labeler.set(leader=leader)
+        if self.leader_endpoint is not None:
+            self.leader_endpoint.set(leader=leader)
         if leader:
             self.health.leading_since = self._clock()
             self.health.last_tick = None
@@ -274,6 +282,12 @@ class Controller:
             # A standby serves nothing: its last numbers as leader would go stale unnoticed
             # behind a Service that still (or again) routes to it.
             self.store.clear()
+
+    def _api_failed(self, operation: str, exc: BaseException) -> None:
+        """Count a failed Kubernetes API call (not a fence that closed, not a document that is
+        not a state: those are ours)."""
+        if isinstance(exc, ApiException | OSError | TimeoutError | aiohttp.ClientError):
+            self.telemetry.kubernetes_api_error(operation=operation, code=api_error_code(exc))
 
     async def _release_lease(self) -> None:
         if not self.settings.leader_election or not self.is_leader():
@@ -313,6 +327,7 @@ class Controller:
                 why = str(exc)
                 break
             except Exception as exc:  # every failure is retried, then replaced
+                self._api_failed("read_state", exc)
                 why = f"{type(exc).__name__}: {exc}"[:300]
                 delay = delays.next()
                 log.warning("state_load_failed", error=why, attempt=attempt, retry_in_s=delay)
@@ -430,6 +445,7 @@ class Controller:
                                             identity=self.settings.identity)
             except (ApiException, OSError, TimeoutError, errors.ActuationError) as exc:
                 # Next tick retries (the state still differs); scaling goes on meanwhile.
+                self._api_failed("write_state", exc)
                 log.warning("state_save_failed", error=repr(exc))
             else:
                 self._saved_state = state_json

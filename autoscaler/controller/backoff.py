@@ -1,7 +1,7 @@
 """One retry helper and one sleep seam for the controller's long-lived loops.
 
 Every loop that waits on time (the tick pacing, the policy-file poll, the retries after an API
-error, the leader-label convergence, the elector's pause between rounds) waits through `sleep`,
+error, the leader-endpoint convergence, the elector's pause between rounds) waits through `sleep`,
 so a test replaces that one function (`monkeypatch.setattr(backoff, "sleep", ...)`) instead of
 patching `asyncio.sleep` for the whole process. Every long-lived task runs under `supervise`:
 restarted with backoff after any exception, and reported when it keeps failing. Cancellation
@@ -27,8 +27,14 @@ async def sleep(seconds: float, *, wake: asyncio.Event | None = None) -> None:
     if wake is None:
         await asyncio.sleep(seconds)
         return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wake.wait(), seconds)
+    # Not `asyncio.wait_for(wake.wait(), seconds)`: on Python 3.11 it swallows a cancellation
+    # that arrives once `wake` is set (it returns the waiter's result instead), so a task
+    # cancelled right after a `set()` (a leader stepping down at shutdown) kept running.
+    waiter = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
 
 
 class Delays:
@@ -91,7 +97,7 @@ async def supervise(
 ) -> None:
     """Run the long-lived `run()` until cancelled, restarting it after any exception.
 
-    Why: each long-lived task (the policy watch, the leader label, the elector) used to catch
+    Why: each long-lived task (the policy watch, the leader endpoint, the elector) used to catch
     the errors its author expected and die silently on any other (a `RecursionError` from a
     hostile document, an `aiohttp.ClientPayloadError` from a cut connection), after which hot
     reload stopped while every probe stayed 200. Here every exception is logged with the task's

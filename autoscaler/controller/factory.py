@@ -2,7 +2,7 @@
 
 `app.Controller` is given everything it acts through; this module is the one place the real
 ones are built: the Prometheus source, the Kubernetes API client, and on that cluster the
-actuator, Event recorder, state ConfigMap and (if configured) leader label, all behind one
+actuator, Event recorder, state ConfigMap and (if configured) leader EndpointSlice, all behind one
 fence that asks the controller whether it still leads. Tests build controllers on a test
 cluster with `on_cluster`, or pass the fakes of `autoscaler.testing` to `Controller` directly.
 """
@@ -25,7 +25,7 @@ from autoscaler import errors
 from autoscaler import telemetry as telemetry_mod
 from autoscaler.actuator import kubernetes as kube
 from autoscaler.controller.app import Controller
-from autoscaler.controller.leader import LeaderLabeler
+from autoscaler.controller.endpoint import LeaderEndpoint
 from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
 from autoscaler.controller.state_store import StateStore
 from autoscaler.metrics.source import MetricsSource
@@ -34,30 +34,42 @@ from autoscaler.metrics.source import MetricsSource
 def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
                clock: Callable[[], float] = time.monotonic, **kw: Any) -> Controller:
     """A controller acting on the cluster behind `api`: the Kubernetes actuator, Event
-    recorder, state ConfigMap and (if configured) leader label. `kw` goes to `Controller`."""
+    recorder, state ConfigMap and (if configured) leader EndpointSlice; their failed API calls
+    count in `pd_autoscaler_kubernetes_api_errors_total`. `kw` goes to `Controller`."""
+    telemetry = kw.get("telemetry") or telemetry_mod.DEFAULT
+
+    def api_failed(operation: str, code: int | str) -> None:
+        telemetry.kubernetes_api_error(operation=operation, code=code)
+
     events = kube.EventRecorder(api, instance=settings.identity,
-                                timeout_s=settings.api_timeout_s)
+                                timeout_s=settings.api_timeout_s, on_api_error=api_failed)
     core = client.CoreV1Api(api)
-    labeler = None
-    if settings.leader_label and settings.pod_name:
-        labeler = LeaderLabeler(core, pod=settings.pod_name,
-                                namespace=settings.pod_namespace or settings.namespace,
-                                timeout_s=settings.api_timeout_s)
+
     built: list[Controller] = []
 
     def fence() -> bool:
         # Asked immediately before every write (each scale PATCH, its retry, each state
-        # ConfigMap write), not once per tick.
+        # ConfigMap write, the leader's address in the EndpointSlice), not once per tick.
         return bool(built) and built[0].is_leader()
+
+    endpoint = None
+    if settings.leader_endpointslice and settings.pod_ip:
+        endpoint = LeaderEndpoint(
+            client.DiscoveryV1Api(api), name=settings.leader_endpointslice,
+            namespace=settings.namespace, address=settings.pod_ip, pod_name=settings.pod_name,
+            pod_namespace=settings.pod_namespace, timeout_s=settings.api_timeout_s,
+            reassert_s=settings.leader_endpoint_reassert_s, on_api_error=api_failed,
+            fence=fence)
 
     c = Controller(
         settings, api=api, source=source, events=events,
         actuator=kube.KubernetesActuator(api, events=events, fence=fence,
-                                         timeout_s=settings.api_timeout_s, clock=clock),
+                                         timeout_s=settings.api_timeout_s, clock=clock,
+                                         on_api_error=api_failed),
         state_store=StateStore(core, namespace=settings.namespace,
                                name=settings.state_configmap,
                                timeout_s=settings.api_timeout_s, fence=fence),
-        leader_labeler=labeler, clock=clock, **kw)
+        leader_endpoint=endpoint, clock=clock, **kw)
     built.append(c)
     return c
 

@@ -1,4 +1,4 @@
-"""Leadership: the coordination.k8s.io Lease, and the leader label on this replica's Pod.
+"""Leadership: the coordination.k8s.io Lease (the leader-only route is endpoint.py).
 
 Only the leader writes: the tick loop runs as the elector's leading task (cancelled when the
 lease is lost), and every scale passes a fence (`actuator/fenced.py`) that asks `Lease.held()`,
@@ -10,8 +10,6 @@ stopped).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -22,12 +20,9 @@ from kubernetes_asyncio.client.rest import ApiException
 from kubernetes_asyncio.leaderelection import electionconfig, leaderelection
 from kubernetes_asyncio.leaderelection.resourcelock.leaselock import LeaseLock
 
-from autoscaler.controller import backoff
 from autoscaler.controller.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-LEADER_LABEL = "pd-autoscaler.io/leader"
 
 
 def api_error(exc: BaseException) -> str:
@@ -104,86 +99,3 @@ class Lease:
             log.warning("lease_release_failed", error=repr(exc))
         else:
             log.info("lease_released", identity=s.identity)
-
-
-
-
-class LeaderLabeler:
-    """Keeps `pd-autoscaler.io/leader=true` on this replica's Pod exactly while it leads.
-
-    Why: only the leader ticks, so only it has numbers; the adoption overlays' Services
-    (external metrics, KEDA) select this label to reach it alone. `set()` never blocks the
-    caller (leadership changes happen inside the elector's callbacks): a background task
-    converges the Pod to the wanted state and retries with backoff, since a label left behind
-    by a failed removal would route the HPA to a standby (which answers "no data" only).
-    The first pass removes a label a previous run of this Pod may have left (a crash, or a
-    container restart keeps the Pod and its labels).
-    """
-
-    def __init__(self, core: client.CoreV1Api, *, pod: str, namespace: str, timeout_s: float,
-                 max_backoff_s: float = 30.0) -> None:
-        self._core = core
-        self.pod = pod
-        self.namespace = namespace
-        self._timeout_s = timeout_s
-        self._max_backoff_s = max_backoff_s
-        self.want = False
-        self.has: bool | None = None  # unknown until the first successful patch
-        self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def set(self, *, leader: bool) -> None:
-        self.want = leader
-        self._changed.set()
-
-    def start(self, report: backoff.Report | None = None) -> None:
-        """Converge in the background, under `backoff.supervise` (`report` gets its state)."""
-        self._changed.set()
-        self._task = asyncio.create_task(
-            backoff.supervise("leader-label", self._converge,
-                              report=report or (lambda _name, _why: None)),
-            name="leader-label")
-
-    async def _apply(self, leader: bool) -> None:
-        # Strategic merge patch: null deletes the key, so removal needs no read first.
-        body = {"metadata": {"labels": {LEADER_LABEL: "true" if leader else None}}}
-        await self._core.patch_namespaced_pod(self.pod, self.namespace, body,
-                                              _request_timeout=self._timeout_s)
-        self.has = leader
-        log.info("leader_label_set" if leader else "leader_label_removed", pod=self.pod)
-
-    async def _converge(self) -> None:
-        delays = backoff.Delays(max_s=self._max_backoff_s)
-        while True:
-            await self._changed.wait()
-            self._changed.clear()
-            want = self.want
-            if want == self.has:
-                continue
-            try:
-                await self._apply(want)
-            except Exception as exc:  # a dropped PATCH (ServerDisconnectedError) too
-                delay = delays.next()
-                log.warning("leader_label_failed", pod=self.pod, namespace=self.namespace,
-                            leader=want, error=api_error(exc), retry_in_s=delay)
-                # Wake early if leadership flips meanwhile; otherwise retry after the delay.
-                await backoff.sleep(delay, wake=self._changed)
-                self._changed.set()
-                continue
-            delays.reset()
-
-    async def stop(self) -> None:
-        """Stop converging and make one last attempt to remove the label (shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self.want = False
-        if self.has is not False:
-            try:
-                await self._apply(False)
-            except Exception as exc:  # best effort on the way out
-                # The Pod is going away anyway; a restarted container removes it on start.
-                log.warning("leader_label_failed", pod=self.pod, leader=False,
-                            error=api_error(exc))

@@ -2,8 +2,8 @@
 `run` flags and the validation.
 
 Each field of `Settings` is read from `PD_AUTOSCALER_<FIELD>` (or the unprefixed name in its
-`env` metadata: the downward API's `POD_NAME`/`POD_NAMESPACE`); a field with `flag` metadata is
-also a `run` flag (`add_flags` builds them for the CLI parser), and a flag wins over the
+`env` metadata: the downward API's `POD_NAME`/`POD_NAMESPACE`/`POD_IP`); a field with `flag`
+metadata is also a `run` flag (`add_flags` builds them for the CLI parser), and a flag wins over the
 variable. docs/controller.md lists them. Bad values are one ConfigError line each, naming the
 variable, flag or field.
 
@@ -16,6 +16,7 @@ name the variable; all of it is these few lines over `model_fields`.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import secrets
 import socket
 from collections.abc import Mapping
@@ -30,6 +31,12 @@ from autoscaler import errors
 ENV_PREFIX = "PD_AUTOSCALER_"
 POLICY_LABEL = "pd-autoscaler.io/policy"
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+REMOVED_VARIABLES = {
+    f"{ENV_PREFIX}LEADER_LABEL": (
+        "removed: the leader-only route is an EndpointSlice now, which needs no `patch pods` "
+        f"(set {ENV_PREFIX}LEADER_ENDPOINTSLICE and POD_IP; docs/controller.md)"),
+}
+"""Variables an older manifest may still set: an error naming the replacement, not silence."""
 
 
 def _bool(value: object) -> object:
@@ -133,13 +140,23 @@ class Settings(BaseModel):
     """Mount KEDA's metrics-api JSON endpoint (`/keda/v1/<pool>/<role>`) on the HTTP port."""
     serve_max_age_s: float = 120.0
     """The adoption servers answer "no data" once the latest decision is older than this."""
-    leader_label: Bool = Field(
-        False, json_schema_extra=_meta(
-            flag="--leader-label",
-            help="label this Pod pd-autoscaler.io/leader=true while leading (POD_NAME)",
+    serve_probe_s: float = 5.0
+    """Each adoption server is probed this often (its serving loop, a dial of its port) and
+    restarted when dead (controller/servers.py)."""
+    leader_endpointslice: str | None = Field(
+        None, json_schema_extra=_meta(
+            flag="--leader-endpointslice",
+            metavar="NAME",
+            help="while leading, point the EndpointSlice NAME (in --namespace) at POD_IP",
         ))
-    """Label this replica's Pod `pd-autoscaler.io/leader=true` while it leads (the adoption
-    overlays' Services select it); needs `pod_name` and `pods` get/patch in `pod_namespace`."""
+    """The leader-only route (controller/endpoint.py): while this replica leads, the shipped
+    EndpointSlice of this name in `namespace` holds its `pod_ip` alone (the adoption overlays'
+    selector-less Services use it); needs `pod_ip` and get/patch on that one slice."""
+    pod_ip: str | None = Field(None, json_schema_extra=_meta(env="POD_IP"))
+    """This replica's Pod IP (`POD_IP` from the downward API: fieldRef status.podIP)."""
+    leader_endpoint_reassert_s: float = 30.0
+    """While leading, re-read the EndpointSlice this often and repair it (a re-applied
+    manifest resets it to no endpoints)."""
     pod_name: str | None = Field(None, json_schema_extra=_meta(env="POD_NAME"))
     """This replica's Pod (`POD_NAME` from the downward API)."""
     pod_namespace: str | None = Field(None, json_schema_extra=_meta(env="POD_NAMESPACE"))
@@ -196,9 +213,21 @@ class Settings(BaseModel):
         if self.serve_max_age_s <= self.tick_s:
             problems.append(f"serve_max_age_s: must be > tick_s (got {self.serve_max_age_s}, "
                             f"tick {self.tick_s}): every answer would be stale between ticks")
-        if self.leader_label and not self.pod_name:
-            problems.append("leader_label: needs the Pod name (set POD_NAME from the downward "
-                            "API: fieldRef metadata.name)")
+        if self.leader_endpointslice is not None:
+            if not self.pod_ip:
+                problems.append("leader_endpointslice: needs the Pod IP (set POD_IP from the "
+                                "downward API: fieldRef status.podIP)")
+            else:
+                try:
+                    ipaddress.ip_address(self.pod_ip)
+                except ValueError:
+                    problems.append(f"pod_ip: POD_IP is not an IP address (got "
+                                    f"{self.pod_ip!r})")
+        if self.serve_probe_s <= 0:
+            problems.append(f"serve_probe_s: must be > 0 (got {self.serve_probe_s})")
+        if self.leader_endpoint_reassert_s <= 0:
+            problems.append("leader_endpoint_reassert_s: must be > 0 (got "
+                            f"{self.leader_endpoint_reassert_s})")
         if self.forecast_backfill_s < 0:
             problems.append(f"forecast_backfill_s: must be >= 0 (got {self.forecast_backfill_s})")
         # Half the stall limit of Health (Controller.__init__): a slow Prometheus must not make
@@ -252,6 +281,9 @@ def settings_from(args: argparse.Namespace | None, env: Mapping[str, str]) -> Se
     variable, flag or field of every bad value."""
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
+    gone = [f"env {var}: {why}" for var, why in REMOVED_VARIABLES.items() if env.get(var)]
+    if gone:
+        raise errors.ConfigError(gone)
     for name, var in env_names().items():
         if env.get(var) or (var.startswith(ENV_PREFIX) and var in env):
             values[name], origin[name] = env[var], f"env {var}"

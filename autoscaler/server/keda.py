@@ -24,6 +24,8 @@ KEDA's `metrics-api` trigger (`valueLocation: desiredReplicas` or `signals.pd_qu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -294,6 +296,7 @@ class KedaScalerServer:
         self.settings = settings
         self.port = settings.port
         self._server: Any = None
+        self._terminated: asyncio.Future[Any] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -324,12 +327,24 @@ class KedaScalerServer:
             self.port = server.add_insecure_port(address)
         await server.start()
         self._server = server
+        # Done when the server stops, whoever stops it: what `serving()` reports.
+        self._terminated = asyncio.ensure_future(server.wait_for_termination())
         log.info("keda_scaler_serving", host=s.host, port=self.port, tls=s.cert_file is not None)
+
+    def serving(self) -> bool:
+        """True while started and not terminated (the controller restarts it if not)."""
+        return (self._server is not None and self._terminated is not None
+                and not self._terminated.done())
 
     async def stop(self, grace_s: float = 1.0) -> None:
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
+        if self._terminated is not None:
+            self._terminated.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._terminated
+            self._terminated = None
 
     async def __aenter__(self) -> KedaScalerServer:
         await self.start()

@@ -279,6 +279,11 @@ class GuardedSite(web.BaseSite):
     def runner_server(self) -> Any:
         return self._runner.server
 
+    def serving(self) -> bool:
+        """True while the listener accepts connections (False once closed, by us or not)."""
+        server = self._server
+        return server is not None and bool(server.is_serving())
+
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()

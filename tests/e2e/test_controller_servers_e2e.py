@@ -1,14 +1,14 @@
-"""The controller itself serving external.metrics.k8s.io to a real HPA, with the leader label
-deciding which replica the aggregator reaches.
+"""The controller itself serving external.metrics.k8s.io to a real HPA, with the leader
+EndpointSlice deciding which replica the aggregator reaches.
 
 Two `Controller`s (not bare Loops) run in-process with the external-metrics server enabled
 (cert dir, port, SubjectAccessReview, requestheader CA read from kube-system), each standing in
-for a Pod the test creates (POD_NAME/POD_NAMESPACE as the downward API gives them). The
-overlay's own leader-only Service (manifests/overlays/external-metrics/service.yaml) selects
-those Pods; the EndpointSlice controller follows the label. A small TCP proxy plays kube-proxy:
-each connection from the aggregator goes to the ready endpoint of that Service, mapped to the
-controller's local port by Pod name. So the HPA reaches whichever controller labelled its Pod,
-exactly as in a cluster, and a failover moves it to the new leader.
+for a Pod (POD_NAME/POD_IP as the downward API gives them). The overlay's own selector-less
+leader Service and its EndpointSlice (manifests/overlays/external-metrics/service.yaml) are
+created as shipped; the leader writes its Pod IP into that slice. A small TCP proxy plays
+kube-proxy: each connection from the aggregator goes to the ready address of that Service's
+slices, mapped to the controller's local port. So the HPA reaches whichever controller the
+slice names, exactly as in a cluster, and a failover moves it to the new leader.
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
 from autoscaler.controller import app as ctl
-from autoscaler.controller.leader import LEADER_LABEL
 from autoscaler.server import points
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
 
 from ..k8senv.cluster import ClusterInfo
 from .extapi import EXTERNAL_METRICS, registered_apiservice
-from .support import PAUSE_IMAGE, gpu_deployment, manifest, wait_for
+from .support import gpu_deployment, manifest, wait_for
 from .test_controller_e2e import put_policy, ready_from, ready_replicas, running
 from .test_external_metrics_e2e import hpa_manifest
 
@@ -64,19 +63,12 @@ def policy(ns: str) -> str:
     })
 
 
-def controller_pod(name: str) -> Any:
-    """What the Deployment's template gives a controller replica, as far as the Service sees."""
-    return manifest({
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "pd-autoscaler"}},
-        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
-            "name": "controller", "image": PAUSE_IMAGE,
-            "ports": [{"name": "ext-metrics", "containerPort": 6443, "protocol": "TCP"}]}]},
-    })
+IPS = {"ctl-a": "10.244.9.11", "ctl-b": "10.244.9.12"}  # each replica's POD_IP
 
 
 class LeaderServiceProxy:
     """kube-proxy for one Service, in miniature: every new connection is forwarded to a ready
-    endpoint of the Service's EndpointSlices; Pod name -> local port of that controller.
+    address of the Service's EndpointSlices; address -> local port of that controller.
     No ready endpoint: the connection is closed (the aggregator then fails the request and the
     HPA holds its replicas)."""
 
@@ -95,21 +87,21 @@ class LeaderServiceProxy:
     async def endpoints(self) -> list[str]:
         slices = await self._discovery.list_namespaced_endpoint_slice(
             self.ns, label_selector=f"kubernetes.io/service-name={self.service}")
-        return sorted(ep.target_ref.name for s in slices.items for ep in (s.endpoints or [])
-                      if ep.target_ref is not None and ep.conditions is not None
-                      and ep.conditions.ready)
+        return sorted(a for s in slices.items for ep in (s.endpoints or [])
+                      if ep.conditions is None or ep.conditions.ready is not False
+                      for a in (ep.addresses or []))
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._conns.add(task)
         try:
-            pods = [p for p in await self.endpoints() if p in self.ports]
-            if not pods:
+            addresses = [a for a in await self.endpoints() if a in self.ports]
+            if not addresses:
                 return
-            self.routed.append(pods[0])
+            self.routed.append(addresses[0])
             # The controllers listen on loopback (tests/e2e/test_controller_e2e.py `running`).
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.ports[pods[0]])
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.ports[addresses[0]])
             try:
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
             finally:
@@ -143,11 +135,6 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             dst.write_eof()
 
 
-async def leader_label(api: ApiClient, ns: str, pod: str) -> str | None:
-    obj = await client.CoreV1Api(api).read_namespaced_pod(pod, ns)
-    return (obj.metadata.labels or {}).get(LEADER_LABEL)
-
-
 def direct_get(cluster: ClusterInfo, port: int, ns: str) -> tuple[int, Any]:
     """A request to one controller's server as the aggregator makes it (front-proxy cert)."""
     assert cluster.front_proxy_client_cert is not None
@@ -177,11 +164,11 @@ async def hpa(api: ApiClient, ns: str) -> AsyncIterator[None]:
         await autoscaling.delete_namespaced_horizontal_pod_autoscaler(POOL, ns)
 
 
-async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
+async def test_controller_serves_the_hpa_and_the_endpoint_follows_the_leader(
         k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str,
         tmp_path: Path) -> None:
-    """ctl-a leads: its Pod is labelled, the Service's only endpoint is ctl-a, and a real HPA
-    sets pd-autoscaler's 4. The standby ctl-b serves an empty list. ctl-a stops: the label
+    """ctl-a leads: the slice holds its address alone, and a real HPA sets pd-autoscaler's 4.
+    The standby ctl-b serves an empty list. ctl-a stops: the address
     moves to ctl-b, the endpoint follows, and the HPA follows ctl-b's 1."""
     ns = k8s_namespace
     core = client.CoreV1Api(k8s_api)
@@ -189,11 +176,12 @@ async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
     await apps.create_namespaced_deployment(ns, gpu_deployment(POOL, replicas=1))
     await wait_for(lambda: ready_replicas(k8s_api, ns, POOL), until=lambda r: r == 1,
                    timeout_s=30, what=f"{POOL} ready")
-    for name in ("ctl-a", "ctl-b"):
-        await core.create_namespaced_pod(ns, controller_pod(name))
-    service = yaml.safe_load(OVERLAY_SERVICE.read_text())
-    service["metadata"]["namespace"] = ns
+    # The overlay's selector-less Service and its EndpointSlice, as shipped.
+    service, endpoint_slice = [d for d in yaml.safe_load_all(OVERLAY_SERVICE.read_text()) if d]
+    for doc in (service, endpoint_slice):
+        doc["metadata"]["namespace"] = ns
     await core.create_namespaced_service(ns, manifest(service))
+    await client.DiscoveryV1Api(k8s_api).create_namespaced_endpoint_slice(ns, endpoint_slice)
     await put_policy(k8s_api, ns, policy(ns))
 
     # The serving cert as the overlay mounts it: a TLS Secret's tls.crt / tls.key.
@@ -203,7 +191,8 @@ async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
     shutil.copyfile(k8s_cluster.ext_key, cert_dir / "tls.key")
     server_settings: dict[str, Any] = {
         "dry_run": True, "external_metrics_port": 0, "external_metrics_cert_dir": cert_dir,
-        "leader_label": True, "pod_namespace": ns, "serve_max_age_s": 30.0}
+        "leader_endpointslice": endpoint_slice["metadata"]["name"], "pod_namespace": ns,
+        "serve_max_age_s": 30.0}
     source = FakeMetricsSource(ready=ready_from(k8s_api, ns, {(POOL, ROLE): POOL}))
     source.set_totals(POOL, ROLE, queue_depth=40)  # target 10 -> 4 replicas
     budget_s = 10 * k8s_cluster.hpa_sync_period_s + 20
@@ -220,23 +209,23 @@ async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
     group, version = EXTERNAL_METRICS
     async with contextlib.AsyncExitStack() as stack:
         a, a_task = await stack.enter_async_context(running(
-            k8s_cluster, ns, source, identity="ctl-a", pod_name="ctl-a", **server_settings))
+            k8s_cluster, ns, source, identity="ctl-a", pod_name="ctl-a", pod_ip=IPS["ctl-a"],
+            **server_settings))
         await wait_for(lambda: asyncio.sleep(0, a.health.leader and desired(a) == 4),
                        timeout_s=20, what="ctl-a leads and decides 4")
         # The standby starts second, so which one leads is known.
         b, _ = await stack.enter_async_context(running(
-            k8s_cluster, ns, source, identity="ctl-b", pod_name="ctl-b", **server_settings))
+            k8s_cluster, ns, source, identity="ctl-b", pod_name="ctl-b", pod_ip=IPS["ctl-b"],
+            **server_settings))
         await stack.enter_async_context(proxy)
         await wait_for(lambda: asyncio.sleep(0, b.health.ready()[0]), timeout_s=10,
                        what="ctl-b ready (standby)")
         assert a.external_metrics is not None
         assert b.external_metrics is not None
-        proxy.ports = {"ctl-a": a.external_metrics.port, "ctl-b": b.external_metrics.port}
-        await wait_for(lambda: leader_label(k8s_api, ns, "ctl-a"), until=lambda v: v == "true",
-                       timeout_s=10, what="ctl-a's Pod labelled leader")
-        assert await leader_label(k8s_api, ns, "ctl-b") is None
-        await wait_for(proxy.endpoints, until=lambda eps: eps == ["ctl-a"], timeout_s=20,
-                       what="the overlay's Service selects only the leader")
+        proxy.ports = {IPS["ctl-a"]: a.external_metrics.port,
+                       IPS["ctl-b"]: b.external_metrics.port}
+        await wait_for(proxy.endpoints, until=lambda eps: eps == [IPS["ctl-a"]], timeout_s=10,
+                       what="the overlay's EndpointSlice holds only the leader ctl-a")
 
         # The standby serves, cleanly, nothing: an HPA routed there would hold, not scale.
         assert not b.health.leader
@@ -254,19 +243,16 @@ async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
         ):
             await wait_for(replicas, until=lambda r: r == 4, timeout_s=budget_s,
                            what="HPA follows ctl-a's pd_desired_replicas 4")
-            assert set(proxy.routed) == {"ctl-a"}
+            assert set(proxy.routed) == {IPS["ctl-a"]}
 
-            # Failover: ctl-a stops (SIGTERM: label removed, lease released); ctl-b takes
-            # over, labels its Pod, and becomes the Service's only endpoint.
+            # Failover: ctl-a stops (SIGTERM: its address removed, lease released); ctl-b
+            # takes over and writes its own address: the Service's only endpoint.
             a_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await a_task
-            assert await leader_label(k8s_api, ns, "ctl-a") is None
-            await wait_for(lambda: leader_label(k8s_api, ns, "ctl-b"),
-                           until=lambda v: v == "true", timeout_s=15,
-                           what="ctl-b's Pod labelled leader")
-            await wait_for(proxy.endpoints, until=lambda eps: eps == ["ctl-b"], timeout_s=20,
-                           what="the Service's endpoint moves to the new leader")
+            assert IPS["ctl-a"] not in await proxy.endpoints()
+            await wait_for(proxy.endpoints, until=lambda eps: eps == [IPS["ctl-b"]],
+                           timeout_s=15, what="the Service's endpoint moves to the new leader")
             assert a.store.latest is None  # the old leader serves nothing either
 
             source.set_totals(POOL, ROLE, queue_depth=0)
@@ -274,7 +260,7 @@ async def test_controller_serves_the_hpa_and_the_label_follows_the_leader(
                            timeout_s=20, what="ctl-b decides 1")
             await wait_for(replicas, until=lambda r: r == 1, timeout_s=budget_s,
                            what="HPA follows ctl-b down to 1")
-            assert proxy.routed[-1] == "ctl-b"
+            assert proxy.routed[-1] == IPS["ctl-b"]
             hpa_status = (await client.AutoscalingV2Api(k8s_api)
                           .read_namespaced_horizontal_pod_autoscaler(POOL, ns)).status
             assert hpa_status.desired_replicas == 1

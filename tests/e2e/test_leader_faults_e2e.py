@@ -6,6 +6,12 @@
    ConfigMap with a valid state, and does not scale down (zero wrong scale-downs).
 2. A leader that cannot tick (its API calls fail; the other replica's do not): /readyz names
    the failure, and after the bound it releases the Lease; the standby takes over and ticks.
+3. The leader-only route, as the overlays ship it (selector-less Service, one EndpointSlice,
+   a Role on that slice by name, nothing on Pods), with both replicas running on the
+   ServiceAccount's own token: the slice points at the leader; a crashed leader's address is
+   replaced by the new leader's within a lease duration of its taking over; the ServiceAccount
+   cannot patch Pods (SubjectAccessReview and a real PATCH); and dropped PATCHes of the slice
+   (before they reach the server, or after it applied them) are retried and counted.
 
 Controllers run in-process (as in test_controller_e2e.py), each with its own ApiClient.
 """
@@ -15,11 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import yaml
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
@@ -33,11 +43,14 @@ from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
 
+from ..faults.conftest import COUNTS
 from ..k8senv.cluster import ClusterInfo
-from .support import wait_for
+from .support import PAUSE_IMAGE, manifest, wait_for
 from .test_controller_e2e import (
     LEASE,
+    ROOT,
     TICK_S,
+    _sa_client,
     admin_client,
     create_deployments,
     policy_text,
@@ -64,18 +77,31 @@ STATE_DOCS: dict[str, dict[str, str]] = {
 @contextlib.asynccontextmanager
 async def replica(cluster: ClusterInfo, ns: str, source: FakeMetricsSource, identity: str,
                   **kw: Any) -> AsyncIterator[ctl.Controller]:
-    api = await admin_client(cluster)
+    async with replica_task(cluster, ns, source, identity, **kw) as (c, _):
+        yield c
+
+
+@contextlib.asynccontextmanager
+async def replica_task(cluster: ClusterInfo, ns: str, source: FakeMetricsSource, identity: str,
+                       *, api: ApiClient | None = None, settings_kw: dict[str, Any] | None = None,
+                       **kw: Any) -> AsyncIterator[tuple[ctl.Controller, asyncio.Task[None]]]:
+    """A replica and its task (a test may end it early); `api`: whose credentials it uses
+    (default: the cluster admin's)."""
+    own = api is None
+    api = api or await admin_client(cluster)
     settings = Settings(namespace=ns, identity=identity, tick_s=TICK_S, leader_election=True,
-                        http_host="127.0.0.1", http_port=0, state_configmap=STATE_CM, **LEASE)
+                        http_host="127.0.0.1", http_port=0, state_configmap=STATE_CM,
+                        **{**LEASE, **(settings_kw or {})})
     c = factory.on_cluster(settings, api=api, source=source, telemetry=Telemetry(), **kw)
     task = asyncio.create_task(c.run(), name=identity)
     try:
-        yield c
+        yield c, task
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await api.close()
+        if own:
+            await api.close()
 
 
 async def put_state(api: ApiClient, ns: str, data: dict[str, str]) -> None:
@@ -137,6 +163,8 @@ async def test_unreadable_state_never_silences_the_leader(
             leader = a if a.health.leader else b
             ok, detail = leader.health.ready()
             assert ok, f"{case}: leader not ready: {detail}"
+        COUNTS["hostile state ConfigMaps (two replicas)"] += 1
+    COUNTS["ticks lost to a silent leader"] += lost
     assert lost == 0
 
 
@@ -179,3 +207,241 @@ async def test_leader_that_cannot_tick_hands_over_to_the_standby(
                            timeout_s=20, what="the new leader scales")
             print(f"hand-over after the break: {handover_s:.1f}s "  # the figure for the note
                   f"(bound {step_down_after_s}s + lease {LEASE['lease_duration_s']}s)")
+
+
+# --- 3. the leader-only route -----------------------------------------------------------------
+
+OVERLAYS = {"external-metrics": ROOT / "manifests" / "overlays" / "external-metrics",
+            "keda": ROOT / "manifests" / "keda"}
+IP_A, IP_B = "10.244.7.11", "10.244.7.12"
+
+
+def overlay_docs(kubectl: Path, overlay: str, ns: str, llm: str) -> list[dict[str, Any]]:
+    """The overlay as kustomize renders it, its namespaces mapped onto this test's."""
+    out = subprocess.run([str(kubectl), "kustomize", str(OVERLAYS[overlay])], check=True,
+                         capture_output=True, text=True).stdout
+    text = (out.replace("namespace: pd-autoscaler", f"namespace: {ns}")
+            .replace("namespace: llm", f"namespace: {llm}"))
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+async def apply_route(api: ApiClient, docs: list[dict[str, Any]], *, rbac: bool) -> str:
+    """Create the overlay's leader Service and EndpointSlice (and with `rbac`, the
+    ServiceAccount and the Roles/RoleBindings of the test's namespaces); the slice's name."""
+    core, rbac_api = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    discovery = client.DiscoveryV1Api(api)
+    create: dict[str, Any] = {"Service": core.create_namespaced_service,
+                              "EndpointSlice": discovery.create_namespaced_endpoint_slice}
+    if rbac:
+        create.update({"ServiceAccount": core.create_namespaced_service_account,
+                       "Role": rbac_api.create_namespaced_role,
+                       "RoleBinding": rbac_api.create_namespaced_role_binding})
+    names = [d["metadata"]["name"] for d in docs if d["kind"] == "EndpointSlice"]
+    for d in docs:
+        ns = d["metadata"].get("namespace")
+        if d["kind"] == "ConfigMap" and rbac and d["metadata"]["name"] == STATE_CM:
+            await core.create_namespaced_config_map(ns, d)  # shipped: the SA cannot create it
+        elif d["kind"] in create and ns is not None and not ns.startswith("kube-"):
+            await create[d["kind"]](ns, d)
+    (name,) = names
+    return name
+
+
+async def slice_addresses(api: ApiClient, ns: str, name: str) -> list[str]:
+    obj = await client.DiscoveryV1Api(api).read_namespaced_endpoint_slice(name, ns)
+    return [a for e in (obj.endpoints or []) for a in (e.addresses or [])
+            if e.conditions is None or e.conditions.ready is not False]
+
+
+async def can(api: ApiClient, ns: str, *, verb: str, resource: str, group: str = "",
+              name: str | None = None) -> bool:
+    """A SubjectAccessReview for the controller's ServiceAccount."""
+    review = await client.AuthorizationV1Api(api).create_subject_access_review({
+        "spec": {"user": f"system:serviceaccount:{ns}:pd-autoscaler",
+                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}",
+                            "system:authenticated"],
+                 "resourceAttributes": {"namespace": ns, "verb": verb, "group": group,
+                                        "resource": resource, "name": name or ""}}})
+    return bool(review.status.allowed)
+
+
+async def test_leader_endpoint_follows_the_lease_on_the_overlays_rbac(
+        k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str) -> None:
+    assert k8s_cluster.kubectl is not None
+    ns = k8s_namespace
+    llm = f"{ns}-llm"
+    core = client.CoreV1Api(k8s_api)
+    await core.create_namespace({"metadata": {"name": llm,
+                                              "labels": {"pd-autoscaler/e2e": "true"}}})
+    try:
+        docs = overlay_docs(k8s_cluster.kubectl, "external-metrics", ns, llm)
+        name = await apply_route(k8s_api, docs, rbac=True)
+        await create_deployments(k8s_api, llm, ("llama-8b-prefill", 1))
+        assert await slice_addresses(k8s_api, ns, name) == []
+
+        # What the ServiceAccount may do: its one slice, by name; nothing on Pods, anywhere.
+        for where in (ns, llm):
+            for verb in ("patch", "update", "create", "delete"):
+                assert not await can(k8s_api, where, verb=verb, resource="pods"), (where, verb)
+        for verb in ("get", "patch", "update"):
+            assert await can(k8s_api, ns, verb=verb, resource="endpointslices",
+                             group="discovery.k8s.io", name=name), verb
+        assert not await can(k8s_api, ns, verb="patch", resource="endpointslices",
+                             group="discovery.k8s.io", name="kubernetes")
+        assert not await can(k8s_api, ns, verb="create", resource="endpointslices",
+                             group="discovery.k8s.io")
+        assert not await can(k8s_api, ns, verb="list", resource="endpointslices",
+                             group="discovery.k8s.io")
+
+        await put_policy(k8s_api, ns, policy_text({"name": "l", "roles": {
+            "aggregated": role_spec(llm, "llama-8b-prefill", max_r=4)}}))
+        src = FakeMetricsSource(ready=ready_from(
+            k8s_api, llm, {("l", Role.AGGREGATED): "llama-8b-prefill"}))
+        src.set_totals("l", Role.AGGREGATED, queue_depth=2)
+        sa_a = await _sa_client(k8s_api, k8s_cluster, ns, "pd-autoscaler")
+        sa_b = await _sa_client(k8s_api, k8s_cluster, ns, "pd-autoscaler")
+        async with sa_a, sa_b:
+            # And a real attempt with the token: a Pod's image is not the controller's to set.
+            await core.create_namespaced_pod(ns, manifest({
+                "metadata": {"name": "victim"},
+                "spec": {"containers": [{"name": "c", "image": PAUSE_IMAGE}]}}))
+            with pytest.raises(ApiException) as denied:
+                await client.CoreV1Api(sa_a).patch_namespaced_pod(
+                    "victim", ns, {"spec": {"containers": [{"name": "c", "image": "evil"}]}})
+            assert denied.value.status == 403
+
+            def route(ip: str, pod: str) -> dict[str, Any]:
+                return {"dry_run": True, "leader_endpointslice": name, "pod_ip": ip,
+                        "pod_name": pod, "leader_endpoint_reassert_s": 2.0}
+
+            async with replica_task(k8s_cluster, ns, src, "ctl-a", api=sa_a,
+                                    settings_kw=route(IP_A, "ctl-a"),
+                                    release_on_exit=False) as (a, a_task):
+                await wait_for(_const(lambda: a.health.leader and a.ticks > 0), timeout_s=20,
+                               what="a leads")
+                await wait_for(lambda: slice_addresses(k8s_api, ns, name),
+                               until=lambda eps: eps == [IP_A], timeout_s=10,
+                               what="the slice points at the leader a")
+                async with replica(k8s_cluster, ns, src, "ctl-b", api=sa_b,
+                                   settings_kw=route(IP_B, "ctl-b")) as b:
+                    await wait_for(_const(lambda: b.health.ready()[0]), timeout_s=10,
+                                   what="b ready (standby)")
+                    assert not b.health.leader
+                    assert await slice_addresses(k8s_api, ns, name) == [IP_A]
+
+                    # a crashes: no relinquish, no Lease release. b takes over after the
+                    # lease expires and replaces a's address with its own.
+                    t_kill = time.monotonic()
+                    a_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await a_task
+                    assert await slice_addresses(k8s_api, ns, name) == [IP_A]
+                    await wait_for(_const(lambda: b.health.leader), timeout_s=20,
+                                   what="b takes over")
+                    t_lead = time.monotonic()
+                    await wait_for(lambda: slice_addresses(k8s_api, ns, name),
+                                   until=lambda eps: eps == [IP_B], timeout_s=10,
+                                   what="the slice points at the new leader b")
+                    t_slice = time.monotonic()
+                    assert t_slice - t_lead <= LEASE["lease_duration_s"]
+                    assert b.leader_endpoint is not None
+                    assert "leader-endpoint" not in b.health.failing
+                    # Someone re-applies the manifest (endpoints: []): b puts itself back.
+                    await client.DiscoveryV1Api(k8s_api).patch_namespaced_endpoint_slice(
+                        name, ns, {"endpoints": []},
+                        _content_type="application/merge-patch+json")
+                    await wait_for(lambda: slice_addresses(k8s_api, ns, name),
+                                   until=lambda eps: eps == [IP_B], timeout_s=10,
+                                   what="the leader re-asserts a reset slice")
+                    print(f"slice moved to the new leader {t_slice - t_kill:.1f}s after the "
+                          f"crash, {t_slice - t_lead:.2f}s after it took the Lease "
+                          f"(lease {LEASE['lease_duration_s']}s)")
+                # b stopped cleanly: it removed its own address.
+                assert await slice_addresses(k8s_api, ns, name) == []
+    finally:
+        with contextlib.suppress(ApiException):
+            await core.delete_namespace(llm, propagation_policy="Background")
+
+        async def pods_left() -> int:
+            return len((await core.list_namespaced_pod(llm)).items)
+
+        await wait_for(pods_left, until=lambda n: n == 0, timeout_s=60,
+                       what=f"Pods of {llm} deleted")
+
+
+class DroppingDiscovery:
+    """The EndpointSlice API with dropped PATCHes: `before` of them are lost on the way (never
+    reach the server), then `after` of them are applied by the server and their answer lost."""
+
+    def __init__(self, real: client.DiscoveryV1Api, *, before: int = 0, after: int = 0) -> None:
+        self._real = real
+        self.before = before
+        self.after = after
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def patch_namespaced_endpoint_slice(self, *args: Any, **kw: Any) -> Any:
+        if self.before:
+            self.before -= 1
+            raise aiohttp.ServerDisconnectedError
+        result = await self._real.patch_namespaced_endpoint_slice(*args, **kw)
+        if self.after:
+            self.after -= 1
+            raise aiohttp.ServerDisconnectedError
+        return result
+
+
+async def test_dropped_endpoint_patches_are_retried(
+        k8s_cluster: ClusterInfo, k8s_api: ApiClient, k8s_namespace: str) -> None:
+    """On the KEDA overlay's slice: the leader's first two PATCHes never arrive; then, after a
+    crash, the new leader's first PATCH is applied but its answer is lost. Both converge (the
+    second without writing twice), and every drop is counted in
+    pd_autoscaler_kubernetes_api_errors_total."""
+    assert k8s_cluster.kubectl is not None
+    ns = k8s_namespace
+    docs = overlay_docs(k8s_cluster.kubectl, "keda", ns, f"{ns}-llm")
+    name = await apply_route(k8s_api, docs, rbac=False)
+    await create_deployments(k8s_api, ns, ("l", 1))
+    await put_policy(k8s_api, ns, policy_text(
+        {"name": "l", "roles": {"aggregated": role_spec(ns, "l", max_r=4)}}))
+    src = FakeMetricsSource(ready=ready_from(k8s_api, ns, {("l", Role.AGGREGATED): "l"}))
+    src.set_totals("l", Role.AGGREGATED, queue_depth=2)
+
+    def route(ip: str) -> dict[str, Any]:
+        return {"dry_run": True, "leader_endpointslice": name, "pod_ip": ip}
+
+    def dropped(c: ctl.Controller) -> float:
+        value = c.telemetry.registry.get_sample_value(
+            "pd_autoscaler_kubernetes_api_errors_total",
+            {"operation": "patch_endpointslice", "code": "ServerDisconnectedError"})
+        return value or 0.0
+
+    async with replica_task(k8s_cluster, ns, src, "ctl-a", settings_kw=route(IP_A),
+                            release_on_exit=False) as (a, a_task):
+        assert a.leader_endpoint is not None
+        a.leader_endpoint._discovery = DroppingDiscovery(  # type: ignore[assignment]
+            a.leader_endpoint._discovery, before=2)
+        await wait_for(lambda: slice_addresses(k8s_api, ns, name),
+                       until=lambda eps: eps == [IP_A], timeout_s=20,
+                       what="the slice points at a after two dropped PATCHes")
+        assert (a.leader_endpoint.failures, a.leader_endpoint.writes) == (2, 1)
+        assert dropped(a) == 2
+        async with replica(k8s_cluster, ns, src, "ctl-b", settings_kw=route(IP_B)) as b:
+            assert b.leader_endpoint is not None
+            b.leader_endpoint._discovery = DroppingDiscovery(  # type: ignore[assignment]
+                b.leader_endpoint._discovery, after=1)
+            await asyncio.sleep(2 * LEASE["retry_period_s"])
+            a_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await a_task
+            await wait_for(lambda: slice_addresses(k8s_api, ns, name),
+                           until=lambda eps: eps == [IP_B], timeout_s=20,
+                           what="the slice points at b after a lost answer")
+            await wait_for(_const(lambda: b.leader_endpoint is not None
+                                  and b.leader_endpoint.has is True), timeout_s=10,
+                           what="b knows the slice is its own")
+            # The retry read the slice, found b's address already there, and wrote nothing.
+            assert (b.leader_endpoint.failures, b.leader_endpoint.writes) == (1, 0)
+            assert dropped(b) == 1
+    COUNTS["leader EndpointSlice PATCHes dropped and retried"] += 3

@@ -49,7 +49,8 @@ def env(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def test_overlay_wires_apiservice_to_leader_service(kubectl: Path) -> None:
-    """APIService -> Service (leader selector, port 443 -> the container's ext-metrics port)."""
+    """APIService -> Service (selector-less, port 443) -> the leader EndpointSlice's port of the
+    same name -> the container's ext-metrics port."""
     docs = render(kubectl, OVERLAY)
     api = one(docs, "APIService", "v1beta1.external.metrics.k8s.io")
     assert api["spec"]["group"] == em.GROUP
@@ -57,11 +58,16 @@ def test_overlay_wires_apiservice_to_leader_service(kubectl: Path) -> None:
     ref = api["spec"]["service"]
     svc = one(docs, "Service", ref["name"])
     assert svc["metadata"]["namespace"] == ref["namespace"]
-    assert svc["spec"]["selector"]["pd-autoscaler.io/leader"] == "true"
+    assert "selector" not in svc["spec"]
     (port,) = [p for p in svc["spec"]["ports"] if p["port"] == ref["port"]]
+    (slc,) = [d for d in docs if d["kind"] == "EndpointSlice"
+              and d["metadata"]["labels"]["kubernetes.io/service-name"] == ref["name"]]
+    assert slc["metadata"]["name"] == env(docs)["PD_AUTOSCALER_LEADER_ENDPOINTSLICE"]
+    (slice_port,) = [p for p in slc["ports"] if p["name"] == port["name"]]
     dep = one(docs, "Deployment", "pd-autoscaler")
-    names = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
-    assert port["targetPort"] in names
+    ports = {p["name"]: p["containerPort"]
+             for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert slice_port["port"] == ports["ext-metrics"] == port["targetPort"]
     assert env(docs)["PD_AUTOSCALER_DRY_RUN"] == "true"  # the HPA actuates
 
 
@@ -111,8 +117,11 @@ def test_keda_kustomization_renders(kubectl: Path) -> None:
     assert env(docs)["PD_AUTOSCALER_DRY_RUN"] == "true"
     assert env(docs)["PD_AUTOSCALER_KEDA_GRPC_PORT"] == "9090"
     svc = one(docs, "Service", "pd-autoscaler-leader")
-    assert svc["spec"]["selector"]["pd-autoscaler.io/leader"] == "true"
+    assert "selector" not in svc["spec"]  # the leader EndpointSlice routes it
     assert {p["port"] for p in svc["spec"]["ports"]} == {9090, 8080}
+    slc = one(docs, "EndpointSlice", "pd-autoscaler-leader")
+    assert slc["metadata"]["labels"]["kubernetes.io/service-name"] == "pd-autoscaler-leader"
+    assert env(docs)["PD_AUTOSCALER_LEADER_ENDPOINTSLICE"] == "pd-autoscaler-leader"
     # mTLS by default: cert, key and client CA from the mounted Secret.
     e = env(docs)
     assert e["PD_AUTOSCALER_KEDA_GRPC_CERT_DIR"] == "/etc/pd-autoscaler/keda-tls"

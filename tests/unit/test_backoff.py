@@ -75,3 +75,17 @@ async def test_sleep_wakes_early_on_the_event() -> None:
     loop.call_later(0.01, wake.set)
     await backoff.sleep(5, wake=wake)
     assert loop.time() - t0 < 1
+
+
+async def test_sleep_is_cancelled_even_when_woken_at_the_same_moment() -> None:
+    """A wake and a cancellation in the same loop iteration (a leader stepping down at
+    shutdown sets the event, then its task is cancelled): the sleeper must end cancelled, not
+    return and carry on (`asyncio.wait_for` on 3.11 swallowed that cancellation)."""
+    wake = asyncio.Event()
+    sleeper = asyncio.create_task(backoff.sleep(30, wake=wake))
+    await asyncio.sleep(0)  # the sleeper waits
+    wake.set()
+    sleeper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeper
+    assert sleeper.cancelled()

@@ -73,14 +73,15 @@ def test_flags_and_variables_come_from_one_field_list() -> None:
     names = settings_mod.env_names()
     assert names["tick_s"] == "PD_AUTOSCALER_TICK_S"
     assert names["policy_file"] == "PD_AUTOSCALER_POLICY_FILE"
-    assert (names["pod_name"], names["pod_namespace"]) == ("POD_NAME", "POD_NAMESPACE")
+    assert (names["pod_name"], names["pod_namespace"], names["pod_ip"]) == (
+        "POD_NAME", "POD_NAMESPACE", "POD_IP")
     assert set(names) == set(settings_mod.Settings.model_fields)
     run = next(a for a in cli.build_parser()._actions
                if isinstance(a, argparse._SubParsersAction)).choices["run"]
     flags = {s for a in run._actions for s in a.option_strings} - {"-h", "--help"}
     assert flags == {"--kubeconfig", "--namespace", "--policy", "--prometheus-url", "--dry-run",
                      "--external-metrics-port", "--external-metrics-cert-dir",
-                     "--keda-grpc-port", "--keda-metrics-api", "--leader-label"}
+                     "--keda-grpc-port", "--keda-metrics-api", "--leader-endpointslice"}
     args = cli.build_parser().parse_args(["run", "--policy", "p.yaml", "--dry-run"])
     s = settings_from(args, {"PD_AUTOSCALER_NAMESPACE": "x"})
     assert (s.policy_file, s.dry_run) == (Path("p.yaml"), True)

@@ -1,7 +1,7 @@
 """The controller's adoption servers without a cluster: settings (environment names as the
 manifests use them, flags, validation), start/stop wiring of the external-metrics API, the KEDA
-gRPC scaler and the metrics-api route inside `Controller.run`, the leader Pod label, and the
-"no data" answers of a standby. The same against the real control plane, with a real HPA, is
+gRPC scaler and the metrics-api route inside `Controller.run`, the leader EndpointSlice, and
+the "no data" answers of a standby. The same against the real control plane, with a real HPA, is
 tests/e2e/test_controller_servers_e2e.py."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from autoscaler import cli, errors
 from autoscaler.controller import app as controller
 from autoscaler.controller import backoff, factory
 from autoscaler.controller import settings as settings_mod
-from autoscaler.controller.leader import LEADER_LABEL, LeaderLabeler
+from autoscaler.controller.endpoint import LeaderEndpoint
 from autoscaler.controller.servers import AdoptionServers
 from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
 from autoscaler.controller.state_store import StateStore
@@ -41,7 +41,7 @@ from autoscaler.testing import FakeActuator, FakeEvents, FakeLease, FakeMetricsS
 from autoscaler.types import Role
 from tests import kubectl as kubectl_mod
 from tests.server.certs import Pki, make_pki
-from tests.unit.fakes import FakeStateCore
+from tests.unit.fakes import FakeDiscovery, FakeStateCore, ep
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_API: Any = SimpleNamespace()
@@ -81,9 +81,10 @@ def test_env_names_parse_into_settings(cert_dir: Path, tmp_path: Path) -> None:
         "PD_AUTOSCALER_KEDA_GRPC_CLIENT_CA_FILE": str(ca),
         "PD_AUTOSCALER_KEDA_METRICS_API": "true",
         "PD_AUTOSCALER_SERVE_MAX_AGE_S": "90",
-        "PD_AUTOSCALER_LEADER_LABEL": "true",
+        "PD_AUTOSCALER_LEADER_ENDPOINTSLICE": "pd-autoscaler-leader",
         "POD_NAME": "pd-autoscaler-abc",
         "POD_NAMESPACE": "pd-autoscaler",
+        "POD_IP": "10.1.2.3",
     }
     s = settings_from(None, env)
     assert (s.external_metrics_port, s.keda_grpc_port) == (6443, 9090)
@@ -92,22 +93,24 @@ def test_env_names_parse_into_settings(cert_dir: Path, tmp_path: Path) -> None:
     assert s.keda_grpc_client_ca_file == ca
     assert s.keda_metrics_api
     assert s.serve_max_age_s == 90.0
-    assert s.leader_label
-    assert (s.pod_name, s.pod_namespace) == ("pd-autoscaler-abc", "pd-autoscaler")
+    assert s.leader_endpointslice == "pd-autoscaler-leader"
+    assert (s.pod_name, s.pod_namespace, s.pod_ip) == ("pd-autoscaler-abc", "pd-autoscaler",
+                                                       "10.1.2.3")
     # POD_NAME also seeds the election identity when PD_AUTOSCALER_IDENTITY is unset.
     assert s.identity.startswith("pd-autoscaler-abc-")
 
 
 def test_defaults_serve_nothing_extra() -> None:
-    """Without the variables no adoption server runs and no Pod is labelled (base manifests)."""
+    """Without the variables no adoption server runs and no EndpointSlice is written (base
+    manifests)."""
     s = settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x", "POD_NAME": "p"})
     assert s.external_metrics_port is None
     assert s.keda_grpc_port is None
     assert not s.keda_metrics_api
-    assert not s.leader_label
+    assert s.leader_endpointslice is None
     c = factory.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
                            telemetry=Telemetry())
-    assert c.leader_labeler is None
+    assert c.leader_endpoint is None
 
 
 def test_run_flags_win_over_env(cert_dir: Path) -> None:
@@ -115,15 +118,15 @@ def test_run_flags_win_over_env(cert_dir: Path) -> None:
     args = cli.build_parser().parse_args([
         "run", "--namespace", "ns", "--external-metrics-port", "7443",
         "--external-metrics-cert-dir", str(cert_dir), "--keda-grpc-port", "9191",
-        "--keda-metrics-api", "--leader-label",
+        "--keda-metrics-api", "--leader-endpointslice", "lead",
     ])
     env = {"PD_AUTOSCALER_EXTERNAL_METRICS_PORT": "6443", "PD_AUTOSCALER_KEDA_GRPC_PORT": "9090",
-           "POD_NAME": "me"}
+           "POD_NAME": "me", "POD_IP": "fd00::7", "PD_AUTOSCALER_LEADER_ENDPOINTSLICE": "env"}
     s = settings_from(args, env)
     assert (s.external_metrics_port, s.keda_grpc_port) == (7443, 9191)
     assert s.external_metrics_cert_dir == cert_dir
     assert s.keda_metrics_api
-    assert s.leader_label
+    assert (s.leader_endpointslice, s.pod_ip) == ("lead", "fd00::7")
     # Absent flags leave the environment alone (store_true defaults to None, not False).
     bare = cli.build_parser().parse_args(["run"])
     s = settings_from(bare, {"PD_AUTOSCALER_NAMESPACE": "x",
@@ -144,8 +147,15 @@ def test_run_flags_win_over_env(cert_dir: Path) -> None:
     pytest.param({"PD_AUTOSCALER_KEDA_GRPC_PORT": "9090",
                   "PD_AUTOSCALER_KEDA_GRPC_CLIENT_CA_FILE": "/etc/hostname"},
                  "keda_grpc_client_ca_file: needs keda_grpc_cert_dir", id="mtls-without-tls"),
-    pytest.param({"PD_AUTOSCALER_LEADER_LABEL": "true"}, "POD_NAME", id="label-without-pod"),
-    pytest.param({"PD_AUTOSCALER_LEADER_LABEL": "sure"}, "expected true/false", id="bad-bool"),
+    pytest.param({"PD_AUTOSCALER_LEADER_ENDPOINTSLICE": "lead"}, "needs the Pod IP (set POD_IP",
+                 id="endpointslice-without-pod-ip"),
+    pytest.param({"PD_AUTOSCALER_LEADER_ENDPOINTSLICE": "lead", "POD_IP": "pod-a"},
+                 "pod_ip: POD_IP is not an IP address (got 'pod-a')", id="pod-ip-not-an-ip"),
+    pytest.param({"PD_AUTOSCALER_LEADER_LABEL": "true"},
+                 "env PD_AUTOSCALER_LEADER_LABEL: removed: the leader-only route is an "
+                 "EndpointSlice now", id="removed-leader-label"),
+    pytest.param({"PD_AUTOSCALER_KEDA_METRICS_API": "sure"}, "expected true/false",
+                 id="bad-bool"),
     pytest.param({"PD_AUTOSCALER_SERVE_MAX_AGE_S": "10"}, "serve_max_age_s: must be > tick_s",
                  id="stale-within-a-tick"),
 ])
@@ -175,7 +185,8 @@ def _controller_env(kubectl: Path, target: str) -> tuple[dict[str, str], list[di
         # What the downward API would put there.
         ref = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
         env[e["name"]] = {"metadata.name": "pd-autoscaler-0",
-                          "metadata.namespace": "pd-autoscaler"}.get(ref, e.get("value", ""))
+                          "metadata.namespace": "pd-autoscaler",
+                          "status.podIP": "10.244.1.5"}.get(ref, e.get("value", ""))
     return env, docs
 
 
@@ -188,7 +199,7 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
     known = set(settings_mod.env_names().values())
     ours = {k for k in env if k.startswith(ENV_PREFIX)}
     assert ours <= known, ours - known
-    assert {"POD_NAME", "POD_NAMESPACE"} <= set(env)
+    assert {"POD_NAME", "POD_NAMESPACE", "POD_IP"} <= set(env)
     if "PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR" in env:
         env["PD_AUTOSCALER_EXTERNAL_METRICS_CERT_DIR"] = str(cert_dir)  # the Secret's mount
     if "PD_AUTOSCALER_KEDA_GRPC_CERT_DIR" in env:  # the keda overlay's mTLS Secret
@@ -199,27 +210,46 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
     ours_roles = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in docs
                   if b["kind"] == "RoleBinding"
                   and any(sub.get("name") == "pd-autoscaler" for sub in b["subjects"])}
-    pod_rules = [r for d in docs if d["kind"] == "Role"
-                 and (d["metadata"]["namespace"], d["metadata"]["name"]) in ours_roles
-                 for r in d["rules"] if "pods" in r["resources"]]
+    rules = [r for d in docs if d["kind"] == "Role"
+             and (d["metadata"]["namespace"], d["metadata"]["name"]) in ours_roles
+             for r in d["rules"]]
+    # No overlay lets the controller patch Pods (that grant could change any Pod's image).
+    assert not [r for r in rules if "pods" in r["resources"]]
+    slice_rules = [r for r in rules if "endpointslices" in r["resources"]]
+    slices = [d for d in docs if d["kind"] == "EndpointSlice"]
     if target in ("overlays/external-metrics", "keda"):
-        # The leader-only Services select the label; the controller sets it; RBAC allows it,
-        # in the controller's own namespace only.
-        assert s.leader_label
-        assert s.pod_name == "pd-autoscaler-0"
-        assert pod_rules == [{"apiGroups": [""], "resources": ["pods"],
-                              "verbs": ["get", "patch"]}]
-        roles = [d for d in docs if d["kind"] == "Role" and "pods" in str(d["rules"])
-                 and (d["metadata"]["namespace"], d["metadata"]["name"]) in ours_roles]
-        assert {r["metadata"]["namespace"] for r in roles} == {"pd-autoscaler"}
-        services = [d for d in docs if d["kind"] == "Service"
-                    and "pd-autoscaler.io/leader" in d["spec"]["selector"]]
-        assert services
-        assert all(d["spec"]["selector"][LEADER_LABEL] == "true" for d in services)
+        # The leader-only Service has no selector; its one EndpointSlice ships here and the
+        # controller may touch that slice, by name, and nothing else.
+        assert s.pod_ip == "10.244.1.5"
+        (slc,) = slices
+        assert (slc["metadata"]["name"], slc["metadata"]["namespace"]) == (
+            s.leader_endpointslice, "pd-autoscaler")
+        assert (slc["addressType"], slc["endpoints"]) == ("IPv4", [])
+        assert slc["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == \
+            "pd-autoscaler.io"
+        (svc,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"]
+                  == slc["metadata"]["labels"]["kubernetes.io/service-name"]]
+        assert "selector" not in svc["spec"]
+        # kube-proxy pairs a Service port with the slice port of the same name; the slice's
+        # number is where the container listens.
+        (dep,) = [d for d in docs if d["kind"] == "Deployment"
+                  and d["metadata"]["name"] == "pd-autoscaler"]
+        container_ports = {p["name"]: p["containerPort"] for p in
+                           dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        slice_ports = {p["name"]: p["port"] for p in slc["ports"]}
+        assert {p["name"] for p in svc["spec"]["ports"]} == set(slice_ports)
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] == slice_ports[port["name"]]
+            assert slice_ports[port["name"]] in container_ports.values()
+        assert slice_rules == [{"apiGroups": ["discovery.k8s.io"],
+                                "resources": ["endpointslices"],
+                                "resourceNames": [s.leader_endpointslice],
+                                "verbs": ["get", "patch", "update"]}]
     else:
-        # Nothing selects the label without an adoption overlay: no label, no pods grant.
-        assert not s.leader_label
-        assert not pod_rules
+        # Nothing routes to the leader alone without an adoption overlay.
+        assert s.leader_endpointslice is None
+        assert not slices
+        assert not slice_rules
     if target == "overlays/external-metrics":
         assert s.external_metrics_port == 6443
     if target == "keda":
@@ -232,26 +262,7 @@ def test_manifest_env_is_understood(kubectl: Path, target: str, cert_dir: Path) 
 # --- start/stop wiring inside Controller.run ---------------------------------------------------
 
 
-class FakeCore(FakeStateCore):
-    """CoreV1Api stand-in: the state ConfigMap and Pod label patches (scripted failures)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.labels: dict[str, str] = {LEADER_LABEL: "true"}  # left by a crash
-        self.label_patches: list[str | None] = []
-        self.patch_errors: list[BaseException] = []
-
-    async def patch_namespaced_pod(self, name: str, ns: str, body: Any, **_: Any) -> Any:
-        assert (name, ns) == ("pod-a", "pd-autoscaler")
-        if self.patch_errors:
-            raise self.patch_errors.pop(0)
-        value = body["metadata"]["labels"][LEADER_LABEL]
-        self.label_patches.append(value)
-        if value is None:
-            self.labels.pop(LEADER_LABEL, None)
-        else:
-            self.labels[LEADER_LABEL] = value
-        return None
+ME = "10.0.0.7"
 
 
 POLICY = f"""
@@ -271,8 +282,8 @@ pools:
 
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch, *,
-                  lease: FakeLease | None = None,
-                  ) -> AsyncIterator[tuple[controller.Controller, FakeCore]]:
+                  lease: FakeLease | None = None, **overrides: Any,
+                  ) -> AsyncIterator[tuple[controller.Controller, FakeDiscovery]]:
     """A Controller with every server on a free port, fake API objects behind it."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
@@ -290,22 +301,25 @@ async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.
         namespace="pd-autoscaler", identity="a", policy_file=policy, tick_s=0.2,
         leader_election=lease is not None, http_host="127.0.0.1", http_port=0,
         external_metrics_port=0, external_metrics_cert_dir=cert_dir, keda_grpc_port=0,
-        keda_metrics_api=True, leader_label=True, pod_name="pod-a", policy_poll_s=0.1)
+        keda_metrics_api=True, leader_endpointslice="lead", pod_ip=ME, pod_name="pod-a",
+        policy_poll_s=0.1, **overrides)
     source = FakeMetricsSource()
     source.ready[(POOL, ROLE)] = 2
     source.set_totals(POOL, ROLE, queue_depth=12)  # 12 waiting / target 2 -> 6 replicas
-    core = FakeCore()
+    core = FakeStateCore()
+    discovery = FakeDiscovery([ep(ME)])  # left by a previous run of this Pod (a crash)
     c = controller.Controller(
         settings, api=NO_API, source=source, telemetry=Telemetry(),
         actuator=FakeActuator(), events=FakeEvents(),
         state_store=StateStore(core, namespace="pd-autoscaler", name="st", timeout_s=1),
-        leader_labeler=LeaderLabeler(core, pod="pod-a", namespace="pd-autoscaler", timeout_s=1),
+        leader_endpoint=LeaderEndpoint(discovery, name="lead",  # type: ignore[arg-type]
+                                       namespace="pd-autoscaler", address=ME, timeout_s=1),
         lease=lease)
     task = asyncio.create_task(c.run())
     try:
         await _until(lambda: c.keda_scaler is not None and c.keda_scaler._server is not None
                      and c.http_port is not None, "servers up")
-        yield c, core
+        yield c, discovery
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -362,8 +376,8 @@ class Clients:
 async def test_leader_serves_all_three_and_stops_cleanly(
         tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A leading controller (no election) serves its decision on the external-metrics API,
-    the gRPC scaler and metrics-api; its Pod carries the leader label (a label left by a
-    previous run is cleared first). On shutdown the label goes and every port closes."""
+    the gRPC scaler and metrics-api; the leader EndpointSlice holds its address. On shutdown
+    the address goes and every port closes."""
     async with running(tmp_path, pki, cert_dir, monkeypatch) as (c, core):
         http = Clients(c, pki)
         await _until(lambda: c.ticks > 0, "first tick")
@@ -374,10 +388,9 @@ async def test_leader_serves_all_three_and_stops_cleanly(
         assert await http.grpc_metric() == 6.0
         status, body = await http.metrics_api()
         assert (status, body["desiredReplicas"], body["currentReplicas"]) == (200, 6, 2)
-        await _until(lambda: core.labels.get(LEADER_LABEL) == "true", "labelled")
+        await _until(lambda: core.addresses() == [ME], "the slice points here")
         ports = (http.ext_port, http.grpc_port, http.http_port)
-    assert core.label_patches[-1] is None  # removed on the way out
-    assert LEADER_LABEL not in core.labels
+    assert core.addresses() == []  # removed on the way out
     assert c.external_metrics is None
     assert c.keda_scaler is None
     for port in ports:
@@ -389,12 +402,12 @@ async def test_standby_answers_no_data_and_clears_on_losing_the_lead(
         tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A standby's servers answer cleanly with "no data": an empty ExternalMetricValueList
     (the HPA holds), gRPC UNAVAILABLE (KEDA holds or falls back), HTTP 503. A leader that loses
-    the lease drops its numbers at once (not after the staleness limit) and its label."""
+    the lease drops its numbers at once (not after the staleness limit) and its address."""
     lease = FakeLease()  # standby until granted, leader until revoked
 
     async with running(tmp_path, pki, cert_dir, monkeypatch, lease=lease) as (c, core):
         http = Clients(c, pki)
-        await _until(lambda: core.label_patches == [None], "stale label removed at start")
+        await _until(lambda: core.writes == [[]], "stale address removed at start")
 
         async def no_data() -> None:
             status, body = await http.external()
@@ -408,32 +421,70 @@ async def test_standby_answers_no_data_and_clears_on_losing_the_lead(
         lease.grant()
         await _until(lambda: c.ticks > 0, "leading and ticking")
         assert (await http.external())[1]["items"][0]["value"] == "6"
-        await _until(lambda: core.labels.get(LEADER_LABEL) == "true", "labelled")
+        await _until(lambda: core.addresses() == [ME], "the slice points here")
         lease.revoke()
         await _until(lambda: not c.health.leader, "standby again")
         assert c.store.latest is None
         await no_data()
-        await _until(lambda: LEADER_LABEL not in core.labels, "label removed")
-        assert core.label_patches == [None, "true", None]
+        await _until(lambda: core.addresses() == [], "address removed")
+        assert core.writes == [[], [ME], []]
 
 
-async def test_label_retries_until_the_api_answers() -> None:
-    """A failed patch (API down, Pod not yet visible) is retried with backoff; a flip of
-    leadership meanwhile is applied as the latest wish, not replayed."""
-    core = FakeCore()
-    core.patch_errors = [ApiException(status=503), OSError("connection refused")]
-    labeler = LeaderLabeler(core, pod="pod-a", namespace="pd-autoscaler", timeout_s=1,
-                            max_backoff_s=0.2)
-    labeler.set(leader=True)
-    labeler.start()
-    await _until(lambda: labeler.has is True, "labelled after two failures")
-    assert core.label_patches == ["true"]
-    labeler.set(leader=False)
-    labeler.set(leader=True)
-    await asyncio.sleep(0.1)
-    assert core.label_patches == ["true"]  # already labelled: no write
-    await labeler.stop()
-    assert core.label_patches == ["true", None]
+async def test_killed_servers_come_back_on_their_ports(
+        tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each adoption server's serving loop is ended behind the controller's back (the TLS
+    listener closed; the gRPC server terminated): the watcher sees it within a probe, /readyz
+    turns 503 naming the server and why, the server is restarted on the same port and answers
+    the HPA's and KEDA's requests again, and /readyz recovers."""
+    async with running(tmp_path, pki, cert_dir, monkeypatch, serve_probe_s=0.1) as (c, _):
+        await _until(lambda: c.ticks > 0, "first tick")
+        http = Clients(c, pki)
+        assert c.external_metrics is not None
+        assert c.keda_scaler is not None
+
+        async def readyz() -> tuple[int, str]:
+            url = f"http://127.0.0.1:{http.http_port}/readyz"
+            async with aiohttp.ClientSession() as session, session.get(url) as resp:
+                return resp.status, await resp.text()
+
+        assert (await readyz())[0] == 200
+        for name, kill in (
+            ("external-metrics", _kill_external), ("keda-scaler", _kill_keda),
+        ):
+            before = (c.external_metrics, c.keda_scaler)
+            await kill(c)
+            await _until(lambda n=name: n in c.health.failing, f"{name} reported")  # type: ignore[misc]
+            status, text = await readyz()
+            assert status == 503
+            assert f"{name} failing:" in text
+            await _until(lambda b=before: (c.external_metrics, c.keda_scaler) != b
+                         and c.external_metrics is not None and c.keda_scaler is not None
+                         and c.external_metrics.serving() and c.keda_scaler.serving(),
+                         f"{name} restarted")
+            # Back where the clients dial, serving the leader's numbers.
+            assert (c.external_metrics.port, c.keda_scaler.port) == (http.ext_port,
+                                                                     http.grpc_port)
+            status, body = await http.external()
+            assert (status, body["items"][0]["value"]) == (200, "6")
+            assert await http.grpc_metric() == 6.0
+            await _until(lambda n=name: n not in c.health.failing, f"{name} recovered")  # type: ignore[misc]
+            assert (await readyz())[0] == 200
+        assert [u.restarts for u in c.servers.served] == [1, 1]
+
+
+async def _kill_external(c: controller.Controller) -> None:
+    server = c.external_metrics
+    assert server is not None
+    assert server.site is not None
+    listener = server.site._server
+    assert listener is not None
+    listener.close()  # the accept loop is gone; nothing of ours was told
+
+
+async def _kill_keda(c: controller.Controller) -> None:
+    scaler = c.keda_scaler
+    assert scaler is not None
+    await scaler._server.stop(None)  # grpc terminated under us
 
 
 async def test_requestheader_errors_are_config_errors(

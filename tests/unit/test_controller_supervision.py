@@ -27,7 +27,7 @@ from autoscaler import errors
 from autoscaler.actuator.base import WorkloadStatus
 from autoscaler.controller import app as controller
 from autoscaler.controller import backoff, factory, policy_source
-from autoscaler.controller.leader import LEADER_LABEL, LeaderLabeler
+from autoscaler.controller.endpoint import LeaderEndpoint
 from autoscaler.controller.settings import Settings
 from autoscaler.controller.state_store import LAST_SCALE_KEY, STATE_KEY, StateStore
 from autoscaler.decision.state import ScaleState
@@ -36,7 +36,7 @@ from autoscaler.server.app import Health
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeActuator, FakeEvents, FakeLease, FakeMetricsSource
 from autoscaler.types import Role
-from tests.unit.fakes import FakeStateCore
+from tests.unit.fakes import FakeDiscovery, FakeStateCore
 
 pytestmark = pytest.mark.faults
 
@@ -434,12 +434,16 @@ async def test_no_observed_pool_counts_as_a_failed_tick(tmp_path: Path, fast_sle
 
 
 def test_on_cluster_wires_the_fence_into_every_writer() -> None:
-    """The real actuator (each scale PATCH and its 409 retry) and the real state store (each
-    ConfigMap write) ask the lease right before writing."""
-    s = Settings(namespace="x", identity="a", leader_election=True)
+    """The real actuator (each scale PATCH and its 409 retry), the real state store (each
+    ConfigMap write) and the leader EndpointSlice (our address) ask the lease right before
+    writing."""
+    s = Settings(namespace="x", identity="a", leader_election=True,
+                 leader_endpointslice="lead", pod_ip="10.0.0.7")
     c = factory.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
                            telemetry=Telemetry())
-    fences = [c.actuator._fence, c.state_store._fence]  # type: ignore[attr-defined]
+    assert c.leader_endpoint is not None
+    fences = [c.actuator._fence, c.state_store._fence,  # type: ignore[attr-defined]
+              c.leader_endpoint._fence]
     assert all(f is not None and not f() for f in fences)  # the lease is not held
     lease = FakeLease()
     lease.holder = True
@@ -479,18 +483,7 @@ async def test_deposed_leader_with_hanging_renewals_stops_writing_state(
         assert len(c.actuator.scales) == scales  # type: ignore[attr-defined]
 
 
-# --- the leader label -----------------------------------------------------------------------
-
-
-class LabelCore:
-    def __init__(self, errors_: list[BaseException]) -> None:
-        self.errors = errors_
-        self.labels: list[str | None] = []
-
-    async def patch_namespaced_pod(self, name: str, ns: str, body: Any, **_: Any) -> Any:
-        if self.errors:
-            raise self.errors.pop(0)
-        self.labels.append(body["metadata"]["labels"][LEADER_LABEL])
+# --- the leader EndpointSlice ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dropped", [
@@ -499,17 +492,19 @@ class LabelCore:
     ApiException(status=500),
     ValueError("unexpected body"),
 ])
-async def test_leader_label_survives_a_dropped_patch(dropped: BaseException) -> None:
-    core = LabelCore([dropped])
-    labeler = LeaderLabeler(core, pod="pod-a", namespace="ns", timeout_s=1,  # type: ignore[arg-type]
-                            max_backoff_s=0.01)
-    labeler.set(leader=True)
-    labeler.start()
+async def test_leader_endpoint_survives_a_dropped_patch(dropped: BaseException) -> None:
+    api = FakeDiscovery([])
+    api.patch_errors = [dropped]
+    pub = LeaderEndpoint(api, name="lead", namespace="ns", address="10.0.0.7",  # type: ignore[arg-type]
+                         timeout_s=1, max_backoff_s=0.01)
+    pub.set(leader=True)
+    pub.start()
     try:
-        await until(lambda: labeler.has is True, "labelled after the dropped PATCH")
-        assert core.labels == ["true"]
+        await until(lambda: pub.has is True, "the slice points here after the dropped PATCH")
+        assert api.writes == [["10.0.0.7"]]
+        assert pub.failures == 1
     finally:
-        await labeler.stop()
+        await pub.stop()
 
 
 # --- a scale conflict -----------------------------------------------------------------------

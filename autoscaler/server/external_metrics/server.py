@@ -131,6 +131,10 @@ class ExternalMetricsServer:
             head_timeout_s=s.limits.head_timeout_s,
         )
 
+    def serving(self) -> bool:
+        """True while started and its listener is open (the controller restarts it if not)."""
+        return self._runner is not None and self.site is not None and self.site.serving()
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
