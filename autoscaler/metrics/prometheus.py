@@ -1,9 +1,10 @@
 """PrometheusSource: the MetricsSource that reads vLLM series from a Prometheus server.
 
-It sends one instant query per signal key per tick (see `queries.py` for how one query covers
-every pool and role) over aiohttp (`metrics/http.py`: a deadline for the whole query and a cap
-on the body), and judges every answer before using it (`metrics/validate.py`). It never decides
-what bad data means; it reports it:
+It sends one instant query per signal key per tick (see `queries.py` for how one query, whose
+size does not depend on the pool count, covers every pool and role), form-encoded in the POST
+body, over aiohttp (`metrics/http.py`: a deadline for the whole query and a cap on the body),
+and judges every answer before using it (`metrics/validate.py`). It never decides what bad data
+means; it reports it:
 
 - a pod whose series is NaN/Inf, negative or absurd (validate.value_problem), or whose newest
   gauge sample is older than `max_sample_age_s`, is left out, so `SignalSample.replicas` drops
@@ -334,6 +335,7 @@ class PrometheusSource:
             rate_window_s=self.settings.rate_window_s,
             pod_label=self.settings.pod_label,
             namespace_label=self.settings.namespace_label,
+            max_sample_age_s=self.settings.max_sample_age_s,
         )
         plan = queries.plan(targets, builder)
         before = self.stats.queries
@@ -442,11 +444,18 @@ class PrometheusSource:
         grouped: dict[tuple[str, str], list[tuple[Mapping[str, str], float]]] = {
             pr: [] for pr in q.roles
         }
+        ns_label = self.settings.namespace_label
         for row in outcome.rows:
             labels = row.labels
-            pr = (labels.get(queries.POOL_LABEL, ""), labels.get(queries.ROLE_LABEL, ""))
-            if pr in grouped:
-                grouped[pr].append((labels, row.value))
+            pool = labels.get(queries.POOL_LABEL)
+            if pool is not None:  # a selector role's row
+                owners: tuple[tuple[str, str], ...] = ((pool, labels.get(queries.ROLE_LABEL, "")),)
+            else:  # a derived role's row; a Deployment no role asked for maps to nothing
+                dep = (labels.get(ns_label, ""), labels.get(queries.DEPLOYMENT_LABEL, ""))
+                owners = q.deployments.get(dep, ())
+            for pr in owners:
+                if pr in grouped:
+                    grouped[pr].append((labels, row.value))
         out: dict[tuple[str, str], SignalSample] = {}
         for pr, rows in grouped.items():
             if q.kind is queries.Kind.QUANTILE:

@@ -13,7 +13,7 @@ from autoscaler.metrics import queries
 from autoscaler.metrics.source import RoleSamples
 from autoscaler.types import Role, SignalSample
 from tests.prom import fleet as fl
-from tests.prom.fakevllm import ITL_BUCKETS, TTFT_BUCKETS, interpolated_quantile
+from tests.prom.fakevllm import ITL_BUCKETS, TTFT_BUCKETS, interpolated_quantile, rs_pod
 from tests.prom.promserver import PromServer
 
 pytestmark = pytest.mark.prometheus
@@ -116,7 +116,7 @@ def test_nan_pod_is_left_out(samples: RoleSamples) -> None:
     n = samples[("nanpool", A)]
     approx(n["queue_depth"], 2.0, 2)
     approx(n["kv_cache"], 0.5, 2)
-    assert "nan: nanpool-2" in n["queue_depth"].detail
+    assert f"nan: {rs_pod('nanpool', 2)}" in n["queue_depth"].detail
 
 
 def test_stale_pod_is_left_out(samples: RoleSamples) -> None:
@@ -124,7 +124,7 @@ def test_stale_pod_is_left_out(samples: RoleSamples) -> None:
     s = samples[("stale", A)]
     approx(s["queue_depth"], 5.0, 1)
     approx(s["kv_cache"], 0.5, 1)
-    assert "stale: stale-1" in s["queue_depth"].detail
+    assert f"stale: {rs_pod('stale', 1)}" in s["queue_depth"].detail
 
 
 def test_extra_labels_select_pods(samples: RoleSamples) -> None:

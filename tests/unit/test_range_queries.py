@@ -42,9 +42,9 @@ def test_role_total_of_a_rate_is_the_instant_rate_summed() -> None:
     promql = b.role_total("prompt_tokens_rate", sel)
     per_pod = b.rate(queries.Family.PROMPT_TOKENS, [sel])
     assert promql == f"sum(({per_pod}) > -Inf < +Inf)"
-    assert 'rate(vllm:prompt_tokens_total{namespace="llm",pod=~"llama\\\\-prefill-.*"}[120s])' in (
-        promql
-    )
+    # The role's ReplicaSet pod names exactly, as the instant queries derive them.
+    pods = 'pod=~"llama\\\\-prefill-[a-z0-9]{1,10}-[a-z0-9]{5}"'
+    assert f'rate(vllm:prompt_tokens_total{{namespace="llm",{pods}}}[120s])' in promql
     assert "vllm_prompt_tokens_total{" in promql  # the escaped spelling too
     assert '"pd_role", "prefill"' in promql
     assert "decode" not in promql
