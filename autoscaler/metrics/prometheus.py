@@ -441,21 +441,7 @@ class PrometheusSource:
         if outcome.rows is None:
             detail = f"query failed: {outcome.reason}"
             return {pr: SignalSample(value=None, replicas=0, detail=detail) for pr in q.roles}
-        grouped: dict[tuple[str, str], list[tuple[Mapping[str, str], float]]] = {
-            pr: [] for pr in q.roles
-        }
-        ns_label = self.settings.namespace_label
-        for row in outcome.rows:
-            labels = row.labels
-            pool = labels.get(queries.POOL_LABEL)
-            if pool is not None:  # a selector role's row
-                owners: tuple[tuple[str, str], ...] = ((pool, labels.get(queries.ROLE_LABEL, "")),)
-            else:  # a derived role's row; a Deployment no role asked for maps to nothing
-                dep = (labels.get(ns_label, ""), labels.get(queries.DEPLOYMENT_LABEL, ""))
-                owners = q.deployments.get(dep, ())
-            for pr in owners:
-                if pr in grouped:
-                    grouped[pr].append((labels, row.value))
+        grouped = samples.by_role(q, outcome.rows, namespace_label=self.settings.namespace_label)
         out: dict[tuple[str, str], SignalSample] = {}
         for pr, rows in grouped.items():
             if q.kind is queries.Kind.QUANTILE:

@@ -8,15 +8,18 @@ sets are disjoint, so neither hides the other):
 
 - **derived roles** (no `pod_regex`, no `labels` in their `metrics:` section, a Deployment name
   short enough that Kubernetes does not truncate its pod names): each metric is selected once
-  over the namespaces in play (`namespace=~"a|b"`, so the text grows with namespaces, never with
-  pools), aggregated per pod, and `label_replace` copies the Deployment name out of the pod name
-  into `pd_deployment`. Histograms are summed `by (namespace, pd_deployment, le)` inside
-  Prometheus, so their answer is a few rows per Deployment, not pods x buckets. Python maps
+  over the namespaces in play (`namespace=~"a|b"`, or every namespace past
+  `MAX_NAMESPACES_IN_QUERY` of them, so the text never grows with pools), aggregated per pod,
+  and `label_replace` copies the Deployment name out of the pod name into `pd_deployment`.
+  Histograms are summed `by (namespace, pd_deployment, le)` inside Prometheus, so their answer
+  is a few rows per Deployment, not pods x buckets. Python maps
   (namespace, pd_deployment) back to (pool, role), and ignores Deployments no role asked for.
 - **selector roles** (a `metrics:` section that sets `pod_regex` or `labels`, or a Deployment
   name over `MAX_DERIVED_NAME` characters): as before, per role, the selector is tagged with
-  `pd_pool` and `pd_role` through `label_replace` and the roles are joined with `or`. Their
-  number is what the policy's author wrote by hand, not the pool count.
+  `pd_pool` and `pd_role` through `label_replace` and the roles are joined with `or`. Each
+  adds its own branch, so their number is the query's only part that grows: it is bounded by
+  what the policy's author chose (a custom `metrics:` section, a very long name), not by how
+  many pools there are.
 
 Within each half, a query is built in layers:
 
@@ -68,6 +71,11 @@ _POD_TAIL = r"-[a-z0-9]{1,10}-[a-z0-9]{5}"
 # queried by a prefix selector instead (`role_selector`).
 MAX_DERIVED_NAME = 46
 _GENERATED_BASE = 58
+# Derived roles name their namespaces in the selector while there are at most this many, so
+# Prometheus reads only those; past it (a namespace per model is common) the selector names
+# none and reads every namespace's vLLM series, which keeps the query's size fixed. The answer
+# then holds every vLLM pod Prometheus sees, and Python drops the Deployments no role reads.
+MAX_NAMESPACES_IN_QUERY = 20
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -331,7 +339,9 @@ class Builder:
         out: list[_Scope] = []
         if sel.deployments:
             spaces = sel.namespaces
-            if len(spaces) == 1:
+            if len(spaces) > MAX_NAMESPACES_IN_QUERY:
+                matcher = f'{{{self.namespace_label}!=""}}'
+            elif len(spaces) == 1:
                 matcher = f"{{{self.namespace_label}={quote(spaces[0])}}}"
             else:
                 alternatives = "|".join(re.escape(ns) for ns in spaces)
