@@ -105,6 +105,8 @@ class PrometheusSource:
         self._telemetry = telemetry
         self._names = queries.Names.all()
         self._discovered_at: float | None = None
+        self._last_plan: tuple[queries.Builder, Sequence[source.RoleTarget], queries.Plan] | None
+        self._last_plan = None
         self._open_problems: dict[tuple[str, str, str], str] = {}
         self._sem = asyncio.Semaphore(settings.max_concurrency)
         self._endpoint = http.Endpoint(
@@ -337,7 +339,7 @@ class PrometheusSource:
             namespace_label=self.settings.namespace_label,
             max_sample_age_s=self.settings.max_sample_age_s,
         )
-        plan = queries.plan(targets, builder)
+        plan = self._plan(targets, builder)
         before = self.stats.queries
         outcomes = await asyncio.gather(*(self._query(q.key, q.promql) for q in plan.queries))
         self.stats.ticks += 1
@@ -350,15 +352,39 @@ class PrometheusSource:
         }
         # batched_tokens is tokens per step over the role's token budget (types.SignalName).
         scale = {(t.pool, t.role.value): float(t.spec.max_num_batched_tokens) for t in targets}
-        for q, outcome in zip(plan.queries, outcomes, strict=True):
-            per_role = self._interpret(q, outcome, scale=scale if q.key == "batched_tokens" else {})
-            for pool, role in q.roles:
-                samples[(pool, Role(role))][q.key] = per_role[(pool, role)]
+        with http.paused_gc():  # a row's worth of small objects per pod, no cycles
+            for q, outcome in zip(plan.queries, outcomes, strict=True):
+                per_role = self._interpret(
+                    q, outcome, scale=scale if q.key == "batched_tokens" else {}
+                )
+                for pool, role in q.roles:
+                    samples[(pool, Role(role))][q.key] = per_role[(pool, role)]
         for (pool, role), why in plan.invalid.items():
             for key in plan.expected[(pool, role)]:
                 samples[(pool, Role(role))][key] = SignalSample(value=None, detail=why)
                 self._track(key, (pool, role), ("invalid_selector",), why)
         return samples
+
+    def _plan(self, targets: Sequence[source.RoleTarget], builder: queries.Builder) -> queries.Plan:
+        """The tick's queries; the previous tick's when neither the roles (the very same spec
+        objects, which the policy holds until it is reloaded) nor the spellings changed:
+        building them walks every role's signals (~0.07 s at 1,000 pools)."""
+        last = self._last_plan
+        if (
+            last is not None
+            and last[0] == builder
+            and len(last[1]) == len(targets)
+            and all(
+                a.spec is b.spec and a.pool == b.pool and a.role is b.role
+                for a, b in zip(last[1], targets, strict=True)
+            )
+        ):
+            return last[2]
+        plan = queries.plan(targets, builder)
+        # The targets are kept with the plan, so no spec compared by identity can be freed
+        # and its address reused while the plan is cached.
+        self._last_plan = (builder, list(targets), plan)
+        return plan
 
     # --- range queries (forecast backfill) --------------------------------------------------
 

@@ -321,3 +321,23 @@ async def test_promql_travels_in_a_form_encoded_post_body(
     assert req["content_type"] == "application/x-www-form-urlencoded"
     assert req["form"]["query"] == promql
     assert req["form"]["timeout"] == "5000ms"
+
+
+def test_plan_is_reused_while_roles_and_spellings_stay() -> None:
+    """The source rebuilds its queries only when a role's spec object (a policy reload), the
+    role list or the spellings change."""
+    from autoscaler.metrics.prometheus import PrometheusSource  # noqa: PLC0415
+    from autoscaler.metrics.settings import PrometheusSettings  # noqa: PLC0415
+
+    src = PrometheusSource(PrometheusSettings(url="http://prom.invalid:9090"))
+    builder = queries.Builder(names=queries.Names.all(), rate_window_s=60)
+    targets = _targets(_policy(3))
+    first = src._plan(targets, builder)
+    assert src._plan(list(targets), builder) is first
+    assert src._plan(_targets(_policy(3)), builder) is not first  # reloaded: new specs
+    narrowed = queries.Names.from_present(["vllm:num_requests_waiting"])
+    assert src._plan(targets, builder) is not first  # the reload replaced the cache
+    again = src._plan(targets, builder)
+    assert src._plan(targets, queries.Builder(names=narrowed, rate_window_s=60)) is not again
+    assert src._plan(targets[:-1], builder) is not again
+    src.close()
