@@ -19,33 +19,27 @@ Each problem increments `pd_autoscaler_metric_source_errors_total{query,reason}`
 `Telemetry` is given) and is logged once when it starts and once when it clears, naming the
 query, so a persistent gap does not flood the log.
 
-`range_rates` (the `controller.backfill.RangeRates` protocol) is the other entry point, still on
-prometheus-api-client (blocking, in a thread; per-read timeouts only): range queries of one
-role's rate or concurrency, sent once at start-up to refill forecast history. It
-raises `MetricsUnavailable` when a range query fails after retries, and returns empty arrays
-when Prometheus has no data for the role.
+`range_rates` (the `controller.backfill.RangeRates` protocol) is the other entry point, on the
+same transport (`http.range_query`: form-encoded POST body, a deadline of `range_timeout_s` for
+the whole request, the same body cap): range queries of one role's rate or concurrency, sent
+once at start-up to refill forecast history. It raises `MetricsUnavailable` when a range query
+fails after retries, and returns empty arrays when Prometheus has no data for the role.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import numpy.typing as npt
-import requests
 import structlog
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from urllib3.util.retry import Retry
 
 from autoscaler import errors
 from autoscaler.metrics import http, queries, samples, source
@@ -114,25 +108,11 @@ class PrometheusSource:
             ssl=http.ssl_context(ca_file=settings.ca_file, insecure=settings.insecure_skip_verify),
         )
         self._session: aiohttp.ClientSession | None = None
-        session = requests.Session()
-        if settings.insecure_skip_verify:
-            session.verify = False
-        elif settings.ca_file:
-            session.verify = settings.ca_file
-        self._client = PrometheusConnect(
-            url=settings.url.rstrip("/"),
-            headers=self._headers(),
-            session=session,
-            # read=False: a read timeout surfaces as ReadTimeout, not a ConnectionError wrapping
-            # MaxRetryError, so "slow" and "unreachable" stay distinguishable. Retries are ours.
-            retry=Retry(total=0, read=False, connect=0, status=0, raise_on_status=False),
-            timeout=settings.timeout_s,
-            # Queries grow with the number of roles; POST has no URL length limit.
-            method="POST",
-        )
+        self._auth = self._headers()
 
     def close(self) -> None:
-        self._client.close()
+        """Nothing to release: each fetch and each backfill opens and closes its own session.
+        Kept so callers can treat every source alike."""
 
     @property
     def names(self) -> queries.Names:
@@ -146,23 +126,6 @@ class PrometheusSource:
         return {"Authorization": f"Bearer {token}"} if token else None
 
     # --- transport --------------------------------------------------------------------------
-
-    def _range_blocking(
-        self, promql: str, first: float, last: float, step: float
-    ) -> list[dict[str, Any]]:
-        self.stats.range_queries += 1
-        timeout = self.settings.range_timeout_s
-        result: list[dict[str, Any]] = self._client.custom_query_range(
-            promql,
-            start_time=datetime.fromtimestamp(first, tz=UTC),
-            # The client rounds start and end to whole seconds; half a step of slack keeps the
-            # last point (Prometheus evaluates start, start + step, ... up to end).
-            end_time=datetime.fromtimestamp(last + step / 2, tz=UTC),
-            step=f"{step:g}",
-            params={"timeout": f"{max(1, round(timeout * 1000))}ms"},
-            timeout=timeout,
-        )
-        return result
 
     async def _query(self, key: str, promql: str) -> _Outcome:
         """Run one instant query with retries and backoff; never raises except on
@@ -183,7 +146,7 @@ class PrometheusSource:
                         promql,
                         deadline_s=self.settings.timeout_s,
                         max_bytes=self.settings.max_response_bytes,
-                        headers=self._client.headers,
+                        headers=self._auth,
                     )
             except http.QueryFailed as exc:
                 outcome = _Outcome(
@@ -237,37 +200,48 @@ class PrometheusSource:
             del self._open_problems[slot]
             log.info("metric_rows_recovered", query=key, was=previous)
 
-    async def _call(self, key: str, blocking: Callable[[], list[dict[str, Any]]]) -> _Outcome:
-        """Run one blocking request in a thread with retries and backoff."""
+    async def _range(
+        self,
+        session: aiohttp.ClientSession,
+        key: str,
+        promql: str,
+        *,
+        first: float,
+        last: float,
+        step: float,
+    ) -> _Outcome:
+        """One range request with retries and backoff (as `_query`); every failure is logged,
+        since the backfill runs once per leadership. The session is the caller's, so range
+        reads never share state with a tick's fetch."""
         delay = self.settings.backoff_s
         outcome = _Outcome(rows=None)
         for attempt in range(self.settings.retries + 1):
             if attempt:
                 await asyncio.sleep(delay)
                 delay *= 2
+            self.stats.range_queries += 1
             try:
                 async with self._sem:
-                    rows = await asyncio.to_thread(blocking)
-            except requests.exceptions.ReadTimeout as exc:
-                outcome = _Outcome(rows=None, reason="timeout", error=str(exc))
-            except requests.exceptions.ConnectionError as exc:
-                # Refused, reset, DNS, connect timeout: no HTTP answer.
-                outcome = _Outcome(rows=None, reason="unreachable", error=str(exc), answered=False)
-            except PrometheusApiClientException as exc:
-                outcome = _Outcome(rows=None, reason="error", error=str(exc))
-                if "HTTP Status Code 5" not in str(exc):
-                    break  # 4xx: the query itself is wrong; retrying will not help
-            except (
-                requests.exceptions.RequestException,
-                ValueError,
-                KeyError,
-                TypeError,
-                AttributeError,
-                RecursionError,
-            ) as exc:
-                # A 200 whose body is not Prometheus' JSON (a proxy page, `data: null`, a list):
-                # the client library indexes into it and fails with any of these.
-                outcome = _Outcome(rows=None, reason="malformed", error=repr(exc))
+                    rows = await http.range_query(
+                        session,
+                        self._endpoint,
+                        promql,
+                        start=first,
+                        # Half a step of slack keeps the last point whatever the decimal
+                        # rounding of start and end (Prometheus evaluates start, start + step,
+                        # ... up to end).
+                        end=last + step / 2,
+                        step=step,
+                        deadline_s=self.settings.range_timeout_s,
+                        max_bytes=self.settings.max_response_bytes,
+                        headers=self._auth,
+                    )
+            except http.QueryFailed as exc:
+                outcome = _Outcome(
+                    rows=None, reason=exc.reason, error=exc.error, answered=exc.answered
+                )
+                if not exc.retry:
+                    break
             else:
                 return _Outcome(rows=rows)
         log.warning(
@@ -317,7 +291,7 @@ class PrometheusSource:
         if not targets:
             return {}
         if self.settings.bearer_token_file:
-            self._client.headers = self._headers()
+            self._auth = self._headers()
         # One session per tick: aiohttp sessions belong to an event loop, and a tick's few
         # queries share its connections; a new TCP connection every tick period costs nothing.
         connector = aiohttp.TCPConnector(limit=self.settings.max_concurrency)
@@ -420,21 +394,25 @@ class PrometheusSource:
         )
         promql = builder.role_total(series, selector)
         if s.bearer_token_file:
-            self._client.headers = self._headers()
+            self._auth = self._headers()
         n = math.ceil((end - start) / step - 1e-9)
         per = s.range_points_per_query
-        calls = [
-            functools.partial(
-                self._range_blocking,
-                promql,
-                start + (i + 0.5) * step,
-                start + (min(i + per, n) - 0.5) * step,
-                step,
-            )
-            for i in range(0, n, per)
-        ]
         key = f"range_{series}"
-        outcomes = await asyncio.gather(*(self._call(key, c) for c in calls))
+        connector = aiohttp.TCPConnector(limit=s.max_concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            outcomes = await asyncio.gather(
+                *(
+                    self._range(
+                        session,
+                        key,
+                        promql,
+                        first=start + (i + 0.5) * step,
+                        last=start + (min(i + per, n) - 0.5) * step,
+                        step=step,
+                    )
+                    for i in range(0, n, per)
+                )
+            )
         for outcome in outcomes:
             if outcome.rows is None:
                 where = f"{target.pool}/{target.role.value}"

@@ -73,9 +73,28 @@ def _kind(obj: Any) -> str:
     )
 
 
+def parse_matrix(body: Any) -> list[Any]:
+    """The rows of a decoded `/api/v1/query_range` answer, each still to be judged by the
+    caller (`samples.range_points` drops malformed rows and points); raises MalformedResponse
+    for a body that is not a range matrix (or an error answer)."""
+    return _result(body, "matrix")
+
+
 def parse_vector(body: Any) -> Vector:
     """The rows of a decoded `/api/v1/query` answer; raises MalformedResponse for a body that
     is not an instant vector (or an error answer, quoting Prometheus' own error text)."""
+    rows: list[Row] = []
+    dropped: list[str] = []
+    for i, raw in enumerate(_result(body, "vector")):
+        row, why = _row(raw)
+        if row is None:
+            dropped.append(f"row {i}: {why}")
+        else:
+            rows.append(row)
+    return Vector(rows=tuple(rows), dropped=tuple(dropped))
+
+
+def _result(body: Any, rtype: str) -> list[Any]:
     if not isinstance(body, dict):
         msg = f"body is {_kind(body)}, not a JSON object"
         raise MalformedResponse(msg)
@@ -90,22 +109,14 @@ def parse_vector(body: Any) -> Vector:
     if not isinstance(data, dict):
         msg = f"data is {_kind(data)}, not an object"
         raise MalformedResponse(msg)
-    if data.get("resultType") != "vector":
-        msg = f"resultType is {_quote(data.get('resultType'))}, not 'vector'"
+    if data.get("resultType") != rtype:
+        msg = f"resultType is {_quote(data.get('resultType'))}, not {rtype!r}"
         raise MalformedResponse(msg)
     result = data.get("result")
     if not isinstance(result, list):
         msg = f"result is {_kind(result)}, not a list"
         raise MalformedResponse(msg)
-    rows: list[Row] = []
-    dropped: list[str] = []
-    for i, raw in enumerate(result):
-        row, why = _row(raw)
-        if row is None:
-            dropped.append(f"row {i}: {why}")
-        else:
-            rows.append(row)
-    return Vector(rows=tuple(rows), dropped=tuple(dropped))
+    return result
 
 
 def _row(raw: Any) -> tuple[Row | None, str]:
