@@ -4,16 +4,19 @@ The real `Loop` and `PrometheusSource` (aiohttp, the real query builder and answ
 run against a Prometheus-shaped HTTP server on 127.0.0.1, in a separate process so that its
 CPU is not counted. The server answers `/api/v1/query` in Prometheus' JSON format with the rows
 a Prometheus scraping the benchmark's fleet would return for the query's shape (one row per pod
-for per-pod queries, the parts of a quantile per role), so request and response sizes are those
-of a real cluster of that many pods. The actuator is the test kit's `FakeActuator` (2 replicas
-per role): the Kubernetes side (Deployment reads) is not part of this figure.
+for per-pod queries, the parts of a quantile per role; for roles found by pod name, every
+Deployment of the namespaces the query reads, whichever roles asked), so request and response
+sizes are those of a real cluster of that many pods. The actuator is the test kit's
+`FakeActuator` (2 replicas per role): the Kubernetes side (Deployment reads) is not part of this
+figure.
 
 Fleet: N prefill/decode pools, 2 pods per role, pools spread over 20 namespaces; prefill reads
 queue_depth, batched_tokens, kv_cache and TTFT p90, decode running, kv_cache and ITL p50.
 
 Per pool count, in a fresh process (peak RSS is per process): one warm-up tick (discovery),
 then `--ticks` measured ticks. Printed per size: CPU-s per tick of the controller process
-(`time.process_time`, median and p90), peak RSS, queries per tick, request bytes per tick (body
+(`time.process_time`, median and p90), the part of it spent in `PrometheusSource.fetch`
+(median), peak RSS, queries per tick, request bytes per tick (body
 plus request line and headers, as the server received them), the largest single request, and
 response bytes per tick.
 
