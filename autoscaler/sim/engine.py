@@ -55,7 +55,6 @@ import heapq
 import itertools
 import math
 import operator
-import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -167,26 +166,6 @@ class _StepPlan:
         self.chunks: list[tuple[_Req, int]] = []
 
 
-# Kubernetes' alphabet for generated names (no vowels, no look-alike digits).
-_SAFE = "bcdfghjklmnpqrstvwxz2456789"
-
-
-def pod_name(deployment: str, idx: int) -> str:
-    """The idx-th replica's pod name as a Deployment's ReplicaSet writes it,
-    `<deployment>-<pod-template-hash>-<5 characters>`: the metrics layer reads the Deployment
-    back from this shape (`metrics/queries.py`). Deterministic: the hash comes from the
-    Deployment's name, the suffix from idx."""
-
-    def encode(n: int, width: int) -> str:
-        out = ""
-        for _ in range(width):
-            n, d = divmod(n, len(_SAFE))
-            out += _SAFE[d]
-        return out
-
-    return f"{deployment}-{encode(zlib.crc32(deployment.encode()), 9)}-{encode(idx, 5)}"
-
-
 class Replica:
     """One vLLM engine (pod) of a simulated Deployment."""
 
@@ -198,7 +177,7 @@ class Replica:
         self.dep = dep
         self.pool = dep.pool
         self.idx = idx
-        self.name = pod_name(dep.name, idx)
+        self.name = f"{dep.name}-{idx}"
         self.role = dep.role
         self.is_prefill = dep.role is Role.PREFILL
         self.status = STARTING
