@@ -447,6 +447,7 @@ class PrometheusSource:
             return {pr: SignalSample(value=None, replicas=0, detail=detail) for pr in q.roles}
         grouped = samples.by_role(q, outcome.rows, namespace_label=self.settings.namespace_label)
         out: dict[tuple[str, str], SignalSample] = {}
+        derived: dict[tuple[str, str], tuple[str, str]] | None = None
         for pr, rows in grouped.items():
             if q.kind is queries.Kind.QUANTILE:
                 sample, reasons = samples.quantile(rows)
@@ -458,6 +459,20 @@ class PrometheusSource:
                     pod_label=self.settings.pod_label,
                     max_sample_age_s=self.settings.max_sample_age_s,
                 )
+            if not rows and q.deployments:
+                # Say how the role's pods were looked for: a role found by pod name whose pods
+                # are not a ReplicaSet's (a StatefulSet, relabelled names) needs a pod_regex.
+                if derived is None:
+                    derived = {p: d for d, ps in q.deployments.items() for p in ps}
+                where = derived.get(pr)
+                if where is not None:
+                    hint = (
+                        f"; looked for pods named {where[1]}-<hash>-<suffix> in namespace "
+                        f"{where[0]} (other pod names need metrics.pod_regex)"
+                    )
+                    sample = SignalSample(
+                        value=sample.value, replicas=sample.replicas, detail=sample.detail + hint
+                    )
             out[pr] = sample
             self._track(q.key, pr, reasons, sample.detail)
         return out

@@ -109,6 +109,9 @@ def test_role_without_pods_is_missing(samples: RoleSamples) -> None:
     for key, s in e.items():
         assert s.missing, key
         assert s.replicas == 0, key
+        # The detail says how the pods were looked for, and what to do for other pod names.
+        assert "looked for pods named empty-<hash>-<suffix> in namespace empty" in s.detail, key
+        assert "metrics.pod_regex" in s.detail, key
 
 
 def test_nan_pod_is_left_out(samples: RoleSamples) -> None:
