@@ -77,6 +77,22 @@ def policy_for(ns: str) -> PolicyFile:
     )
 
 
+async def served_pool(api: ApiClient, ns: str) -> tuple[FakeMetricsSource, DecisionStore, Loop]:
+    """The pool's one-replica Deployment, and a Loop deciding for it from totals the test sets
+    (its ready count read from the Deployment), publishing into the store the servers serve."""
+    apps = client.AppsV1Api(api)
+    await apps.create_namespaced_deployment(ns, gpu_deployment(POOL, replicas=1))
+
+    async def ready(pool: str, role: Role) -> int:
+        del pool, role
+        dep = await apps.read_namespaced_deployment(POOL, ns)
+        return int(dep.status.ready_replicas or 0)
+
+    source = FakeMetricsSource(ready=ready)
+    store = DecisionStore()
+    return source, store, Loop(policy_for(ns), source, KubernetesActuator(api), hooks=[store])
+
+
 def hpa_manifest() -> dict[str, Any]:
     """The overlay's example HPA (manifests/overlays/external-metrics/hpa-example.yaml)."""
     return {
@@ -156,16 +172,7 @@ async def test_hpa_follows_pd_autoscaler_through_the_aggregator(
     front-proxy certificate is refused."""
     ns = k8s_namespace
     apps = client.AppsV1Api(k8s_api)
-    await apps.create_namespaced_deployment(ns, gpu_deployment(POOL, replicas=1))
-
-    async def ready(pool: str, role: Role) -> int:
-        del pool, role
-        dep = await apps.read_namespaced_deployment(POOL, ns)
-        return int(dep.status.ready_replicas or 0)
-
-    source = FakeMetricsSource(ready=ready)
-    store = DecisionStore()
-    loop = Loop(policy_for(ns), source, KubernetesActuator(k8s_api), hooks=[store])
+    source, store, loop = await served_pool(k8s_api, ns)
     settings = em.ExternalMetricsSettings(
         cert_file=k8s_cluster.ext_cert,
         key_file=k8s_cluster.ext_key,

@@ -4,9 +4,10 @@ KEDA v2.20.2's operator and metrics adapter (built from the Go module proxy by
 tests/k8senv/build_keda.sh, on first use) run as local processes against the test cluster: the
 operator serves its gRPC metrics service with mTLS, the adapter is registered as
 `v1beta1.external.metrics.k8s.io` (ExternalName -> localhost, as in extapi.py). A `Loop` (fake
-metric source, dry run) feeds a `DecisionStore` served by `KedaScalerServer` on 127.0.0.1.
-The shipped example ScaledObject (manifests/keda/scaledobject-external.yaml), pointed at that
-port, makes KEDA create an HPA; kube-controller-manager's HPA then reads our number through the
+metric source, dry run) feeds a `DecisionStore` served by `KedaScalerServer` on 127.0.0.1 with
+mTLS required, as the KEDA overlay ships it. The shipped example ScaledObject
+(manifests/keda/scaledobject-external.yaml), pointed at that port and authenticated by the
+shipped example TriggerAuthentication with a client certificate, makes KEDA create an HPA; kube-controller-manager's HPA then reads our number through the
 aggregator, the adapter, the operator and our gRPC scaler, and sets the Deployment to it.
 """
 
@@ -32,23 +33,20 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
-from autoscaler.actuator.kubernetes import KubernetesActuator
-from autoscaler.loop import Loop
 from autoscaler.server.keda import KedaScalerServer, KedaScalerSettings
-from autoscaler.server.store import DecisionStore
-from autoscaler.testing import FakeMetricsSource
-from autoscaler.types import Role
 
 from ..k8senv import cluster as k8senv
 from .extapi import EXTERNAL_METRICS, MANAGED_BY, registered_apiservice
-from .support import gpu_deployment, manifest, wait_for
-from .test_external_metrics_e2e import POOL, ROLE, policy_for, ticking
+from .support import manifest, wait_for
+from .test_external_metrics_e2e import POOL, ROLE, served_pool, ticking
 
 pytestmark = [pytest.mark.external_metrics, pytest.mark.k8s]
 
 KEDA_VERSION = "v2.20.2"
 BUILD_SCRIPT = Path(__file__).resolve().parents[1] / "k8senv" / "build_keda.sh"
-EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "keda" / "scaledobject-external.yaml"
+KEDA_MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "keda"
+EXAMPLE = KEDA_MANIFESTS / "scaledobject-external.yaml"
+TRIGGER_AUTH = KEDA_MANIFESTS / "triggerauthentication-example.yaml"
 SO = ("keda.sh", "v1alpha1", "scaledobjects")
 
 
@@ -179,11 +177,35 @@ def scaled_object(ns: str, scaler_port: int) -> dict[str, Any]:
     spec["pollingInterval"] = 2
     trigger = spec["triggers"][0]
     assert trigger["type"] == "external"
-    # This test's scaler serves plaintext on 127.0.0.1 (mTLS is tests/server/test_keda.py's).
-    assert trigger.pop("authenticationRef") == {"name": "pd-autoscaler-keda-client"}
+    # Kept as shipped: the scaler requires mTLS and KEDA authenticates with the example
+    # TriggerAuthentication (client_auth below), as the KEDA overlay does by default.
+    assert trigger["authenticationRef"] == {"name": CLIENT_AUTH}
     trigger["metadata"].update(scalerAddress=f"127.0.0.1:{scaler_port}", pool=POOL,
                                role=ROLE.value)
     return obj
+
+
+CLIENT_AUTH = "pd-autoscaler-keda-client"
+
+
+def client_auth(ns: str) -> dict[str, Any]:
+    """The shipped example TriggerAuthentication (KEDA's side of the mTLS), in this namespace."""
+    obj: dict[str, Any] = yaml.safe_load(TRIGGER_AUTH.read_text())
+    assert obj["metadata"]["name"] == CLIENT_AUTH
+    obj["metadata"]["namespace"] = ns
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in obj["spec"]["secretTargetRef"]}
+    assert refs == {"caCert": (CLIENT_AUTH, "ca.crt"), "tlsClientCert": (CLIENT_AUTH, "tls.crt"),
+                    "tlsClientKey": (CLIENT_AUTH, "tls.key")}, refs
+    return obj
+
+
+def client_secret(ns: str, pki_dir: Path) -> client.V1Secret:
+    """What certificate-example.yaml's cert-manager Certificate would write for KEDA: a client
+    certificate and key, and the CA that signed the scaler's server certificate."""
+    return client.V1Secret(
+        metadata=client.V1ObjectMeta(name=CLIENT_AUTH, namespace=ns),
+        string_data={name: (pki_dir / name).read_text()
+                     for name in ("ca.crt", "tls.crt", "tls.key")})
 
 
 @contextlib.asynccontextmanager
@@ -234,19 +256,28 @@ async def test_real_keda_operator_follows_pd_autoscaler(
         if (existing.metadata.labels or {}).get(key) != MANAGED_BY[key]:
             pytest.fail(f"APIService {version}.{group} exists and was not created by these tests")
     await _install_crds(cluster, keda_bin.parent / "crds", k8s_api)
-    await apps.create_namespaced_deployment(ns, gpu_deployment(POOL, replicas=1))
-
-    async def ready(pool: str, role: Role) -> int:
-        del pool, role
-        dep = await apps.read_namespaced_deployment(POOL, ns)
-        return int(dep.status.ready_replicas or 0)
-
-    source = FakeMetricsSource(ready=ready)
-    store = DecisionStore()
-    loop = Loop(policy_for(ns), source, KubernetesActuator(k8s_api), hooks=[store])
+    source, store, loop = await served_pool(k8s_api, ns)
 
     # The operator's gRPC metrics service and the adapter (its client) authenticate each other.
     certs = k8senv.make_mtls_pki(tmp_path / "keda-certs")
+    # Our scaler's own PKI (a CA of its own, not KEDA's): one leaf for 127.0.0.1 serves as the
+    # scaler's server certificate and as KEDA's client certificate, both signed by that CA.
+    scaler_pki = k8senv.make_mtls_pki(tmp_path / "scaler-certs")
+    await client.CoreV1Api(k8s_api).create_namespaced_secret(ns, client_secret(ns, scaler_pki))
+
+    async def created_client_auth() -> bool:
+        # The CRD was applied with the ScaledObject's, which is Established; this one may
+        # still be a moment behind (404 until the API server serves it).
+        try:
+            await client.CustomObjectsApi(k8s_api).create_namespaced_custom_object(
+                "keda.sh", "v1alpha1", ns, "triggerauthentications", manifest(client_auth(ns)))
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    await wait_for(created_client_auth, timeout_s=30, what="TriggerAuthentication created")
     no_cas = tmp_path / "keda-ca-dir"
     no_cas.mkdir()
     grpc_port = k8senv.free_port()
@@ -293,8 +324,10 @@ async def test_real_keda_operator_follows_pd_autoscaler(
             await wait_for(operator_ready, timeout_s=60, interval_s=0.5,
                            what="KEDA operator ready")
             async with (
-                KedaScalerServer(store, KedaScalerSettings(host="127.0.0.1", port=0,
-                                                           max_age_s=30)) as scaler,
+                KedaScalerServer(store, KedaScalerSettings(
+                    host="127.0.0.1", port=0, max_age_s=30,
+                    cert_file=scaler_pki / "tls.crt", key_file=scaler_pki / "tls.key",
+                    client_ca_file=scaler_pki / "ca.crt")) as scaler,
                 ticking(loop),
                 registered_apiservice(k8s_api, cluster, group=group, version=version,
                                       port=adapter_port),
@@ -327,7 +360,7 @@ async def test_real_keda_operator_follows_pd_autoscaler(
                 hpa = await hpas.read_namespaced_horizontal_pod_autoscaler(f"keda-hpa-{POOL}", ns)
                 assert hpa.status.desired_replicas == 4
                 # The HPA's metric, read as the HPA reads it: apiserver -> aggregator -> KEDA's
-                # adapter -> operator (mTLS gRPC) -> pd-autoscaler's scaler.
+                # adapter -> operator (mTLS gRPC) -> pd-autoscaler's scaler (mTLS gRPC).
                 assert await _external_metric(cluster, ns, metric.external.metric) == ["4"]
 
                 source.set_totals(POOL, ROLE, queue_depth=0)

@@ -12,8 +12,10 @@ does scale down when the load really is low, so the assertions can fail.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import pytest
 import structlog
@@ -106,6 +108,50 @@ async def run_ticks(
     return crashed, durations, errors
 
 
+@dataclasses.dataclass
+class Replay:
+    """One fault mode replayed through the proxy: what the loop did and saw."""
+
+    source: PrometheusSource
+    actuator: MemActuator
+    durations: list[float]
+    errors: list[str]
+    logs: list[MutableMapping[str, Any]]
+    sent_before: int  # the proxy's byte count when the fault began
+
+
+async def replay(
+    proxy: faultproxy.FaultProxy, counts: collections.Counter[str], mode: str, ticks: int, *,
+    warm: bool = False, **settings: Any,
+) -> Replay:
+    """`ticks` ticks of the real Loop and PrometheusSource with the proxy in `mode`, tallied in
+    the suite's counts; the invariants every fault must keep are asserted here: no crashed
+    tick, no scale at all (the truth is "hold": neither a wrong scale-down nor a scale-up).
+    `warm`: one clean tick first, so discovery has found the spellings before the fault."""
+    act = MemActuator(PODS)
+    src = PrometheusSource(fl.settings(proxy.url, retries=0, **settings))
+    loop = Loop(policy(NS), src, act)
+    if warm:
+        await run_ticks(loop, 1)
+    sent_before = proxy.bytes_sent
+    proxy.mode = mode
+    try:
+        with structlog.testing.capture_logs() as logs:
+            crashed, durations, errors = await run_ticks(loop, ticks)
+    finally:
+        proxy.mode = "pass"
+        src.close()
+    wrong_down = sum(1 for r in act.scales if r < PODS)
+    counts["fault modes replayed"] += 1
+    counts["fault ticks"] += ticks
+    counts["wrong scale-downs"] += wrong_down
+    counts["crashed ticks"] += crashed
+    assert crashed == 0, errors
+    assert wrong_down == 0, act.scales
+    assert act.scales == [], act.scales
+    return Replay(src, act, durations, errors, logs, sent_before)
+
+
 async def test_control_low_load_does_scale_down(
     prom: PromServer, fake_vllm: FakeVllmServer
 ) -> None:
@@ -149,30 +195,14 @@ FAST_MODES = [m for m in faultproxy.MODES if m not in ("trickle", "huge")]
 async def test_fault_never_scales_down_or_crashes(
     mode: str, proxy: faultproxy.FaultProxy, counts: collections.Counter[str]
 ) -> None:
-    act = MemActuator(PODS)
-    src = PrometheusSource(fl.settings(proxy.url, retries=0))
-    loop = Loop(policy(NS), src, act)
-    proxy.mode = mode
-    try:
-        with structlog.testing.capture_logs() as logs:
-            crashed, _, errors = await run_ticks(loop, TICKS)
-    finally:
-        proxy.mode = "pass"
-        src.close()
-    wrong_down = sum(1 for r in act.scales if r < PODS)
-    counts["fault modes replayed"] += 1
-    counts["fault ticks"] += TICKS
-    counts["wrong scale-downs"] += wrong_down
-    counts["crashed ticks"] += crashed
-    assert crashed == 0, errors
-    assert wrong_down == 0, act.scales
-    assert act.scales == [], act.scales  # the truth is "hold": no scale-up either
+    run = await replay(proxy, counts, mode, TICKS)
+    src = run.source
     if mode in ("pass", "duplicate_rows"):
         return  # nothing wrong to report: a duplicated series carries the same value
     reason = expected_reason(mode)
     assert src.stats.problems[("queue_depth", reason)] >= TICKS, src.stats.problems
     # Logged when the problem starts, not once per tick.
-    warnings = [e for e in logs if e["log_level"] == "warning"]
+    warnings = [e for e in run.logs if e["log_level"] == "warning"]
     assert 0 < len(warnings) <= 3 * len({k for k, _ in src.stats.problems}), warnings
 
 
@@ -181,22 +211,8 @@ async def test_trickle_is_cut_at_the_query_deadline(
 ) -> None:
     """One byte every 0.2 s: before, one query was held 137 s with timeout_s=1 (the timeout
     bounded each read). Now each query ends at its 1 s deadline: missing data, a hold."""
-    act = MemActuator(PODS)
-    src = PrometheusSource(fl.settings(proxy.url, timeout_s=1.0, retries=0))
-    loop = Loop(policy(NS), src, act)
-    await run_ticks(loop, 1)  # discovery through the clean proxy: the spellings are known
-    proxy.mode = "trickle"
-    try:
-        crashed, durations, _ = await run_ticks(loop, SLOW_TICKS)
-    finally:
-        proxy.mode = "pass"
-        src.close()
-    counts["fault modes replayed"] += 1
-    counts["fault ticks"] += SLOW_TICKS
-    counts["crashed ticks"] += crashed
-    counts["wrong scale-downs"] += sum(1 for r in act.scales if r < PODS)
-    assert crashed == 0
-    assert act.scales == []
+    run = await replay(proxy, counts, "trickle", SLOW_TICKS, warm=True, timeout_s=1.0)
+    src, durations = run.source, run.durations
     assert src.stats.problems[("queue_depth", "timeout")] == SLOW_TICKS
     # 9 queries, 4 at a time, 1 s deadline each: ~3 s. A generous bound, still far from the
     # 137 s one trickled query took before; it fails only if the deadline is not enforced.
@@ -211,23 +227,8 @@ async def test_huge_response_is_cut_at_the_cap(
     """An endless well-formed body: each query stops reading at max_response_bytes (missing
     data), so memory per query is bounded; before, several hundred MB grew RSS by 3 GB."""
     cap = 4 * 1024 * 1024
-    act = MemActuator(PODS)
-    src = PrometheusSource(fl.settings(proxy.url, retries=0, max_response_bytes=cap))
-    loop = Loop(policy(NS), src, act)
-    await run_ticks(loop, 1)
-    proxy.mode = "huge"
-    sent_before = proxy.bytes_sent
-    try:
-        crashed, _, _ = await run_ticks(loop, SLOW_TICKS)
-    finally:
-        proxy.mode = "pass"
-        src.close()
-    counts["fault modes replayed"] += 1
-    counts["fault ticks"] += SLOW_TICKS
-    counts["crashed ticks"] += crashed
-    counts["wrong scale-downs"] += sum(1 for r in act.scales if r < PODS)
-    assert crashed == 0
-    assert act.scales == []
+    run = await replay(proxy, counts, "huge", SLOW_TICKS, warm=True, max_response_bytes=cap)
+    src, sent_before = run.source, run.sent_before
     assert src.stats.problems[("queue_depth", "too_large")] == SLOW_TICKS
     queries = src.stats.last_tick_queries * SLOW_TICKS
     sent = proxy.bytes_sent - sent_before
