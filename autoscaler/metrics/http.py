@@ -1,7 +1,10 @@
-"""The instant-query transport: one bounded HTTP POST to Prometheus' `/api/v1/query`.
+"""The query transport: one bounded HTTP POST to Prometheus' `/api/v1/query` (every tick) or
+`/api/v1/query_range` (the forecast backfill at start-up), the PromQL form-encoded in the body.
 
-Why not prometheus-api-client here (it still serves the start-up range queries): it uses
-`requests`, whose timeout bounds each socket read, not the request. A server that trickles one
+The body, not the URL: Prometheus caps the request line and headers at 1 MiB and proxies often
+at 8 KB, while a form body has no such limit (issue 16). Why not prometheus-api-client: it puts
+the PromQL in URL parameters even for POST, and it uses `requests`, whose timeout bounds each
+socket read, not the request. A server that trickles one
 byte every half second never trips a 1 s read timeout and held one query for 137 s, and nothing
 bounds how much a body may grow (a several-hundred-MB answer grew the process by 3 GB). Here:
 
@@ -19,16 +22,21 @@ counts and turns into missing data for the query's roles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import ssl
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from autoscaler.metrics import validate
 
 _CHUNK = 64 * 1024
+
+T = TypeVar("T")
 
 
 class QueryFailed(Exception):
@@ -77,15 +85,64 @@ async def instant_query(
     headers: dict[str, str] | None = None,
 ) -> validate.Vector:
     """One instant query, bounded in time and memory; raises QueryFailed."""
+    form = {"query": promql, "timeout": _timeout(deadline_s)}
+    body, status = await _send(
+        session, endpoint, "/api/v1/query", form, deadline_s=deadline_s, max_bytes=max_bytes,
+        headers=headers,
+    )
+    with paused_gc():
+        return _decode(body, status, validate.parse_vector)
+
+
+async def range_query(
+    session: aiohttp.ClientSession,
+    endpoint: Endpoint,
+    promql: str,
+    *,
+    start: float,
+    end: float,
+    step: float,
+    deadline_s: float,
+    max_bytes: int,
+    headers: dict[str, str] | None = None,
+) -> list[Any]:
+    """One range query (points at start, start + step, ... <= end), bounded in time and memory;
+    returns the matrix rows, each still to be judged (`samples.range_points`); raises
+    QueryFailed."""
     form = {
         "query": promql,
-        # Prometheus stops evaluating at this point too, so a slow query frees its server side.
-        "timeout": f"{max(1, round(deadline_s * 1000))}ms",
+        "start": f"{start:.3f}",
+        "end": f"{end:.3f}",
+        "step": f"{step:g}",
+        "timeout": _timeout(deadline_s),
     }
-    url = endpoint.url.rstrip("/") + "/api/v1/query"
+    body, status = await _send(
+        session, endpoint, "/api/v1/query_range", form, deadline_s=deadline_s,
+        max_bytes=max_bytes, headers=headers,
+    )
+    with paused_gc():
+        return _decode(body, status, validate.parse_matrix)
+
+
+def _timeout(deadline_s: float) -> str:
+    # Prometheus stops evaluating at this point too, so a slow query frees its server side.
+    return f"{max(1, round(deadline_s * 1000))}ms"
+
+
+async def _send(
+    session: aiohttp.ClientSession,
+    endpoint: Endpoint,
+    path: str,
+    form: dict[str, str],
+    *,
+    deadline_s: float,
+    max_bytes: int,
+    headers: dict[str, str] | None,
+) -> tuple[bytes, int]:
+    url = endpoint.url.rstrip("/") + path
     try:
         async with asyncio.timeout(deadline_s):
-            body, status = await _post(
+            return await _post(
                 session, url, form, headers=headers, ssl_arg=endpoint.ssl, max_bytes=max_bytes,
                 deadline_s=deadline_s,
             )
@@ -101,7 +158,6 @@ async def instant_query(
         raise QueryFailed("unreachable", str(exc), answered=False) from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise QueryFailed("error", repr(exc)) from exc
-    return _decode(body, status)
 
 
 async def _post(
@@ -134,7 +190,26 @@ async def _post(
         return bytes(buf), resp.status
 
 
-def _decode(body: bytes, status: int) -> validate.Vector:
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside the block (for synchronous code only).
+
+    Decoding and judging an answer allocates one container per row and label set (tens of
+    thousands per tick at 1,000 pools, issue 16), and every 700 allocations CPython runs a
+    collection, some of which traverse the whole process heap (the policy, the state, every
+    role's history). JSON trees hold no reference cycles, so those collections find nothing:
+    at 1,000 pools they were about half of the fetch's CPU. Reference counting still frees
+    everything as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _decode(body: bytes, status: int, parse: Callable[[Any], T]) -> T:
     try:
         doc: Any = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -144,7 +219,7 @@ def _decode(body: bytes, status: int) -> validate.Vector:
         raise QueryFailed("malformed" if status == 200 else "error", what,
                           retry=status >= 500) from exc
     try:
-        vector = validate.parse_vector(doc)
+        result = parse(doc)
     except validate.MalformedResponse as exc:
         if status == 200:
             raise QueryFailed("malformed", str(exc), retry=False) from exc
@@ -152,5 +227,5 @@ def _decode(body: bytes, status: int) -> validate.Vector:
         # carry status "error" and land here with the HTTP code.
         raise QueryFailed("error", f"HTTP {status}: {exc}", retry=status >= 500) from exc
     if status != 200:
-        raise QueryFailed("error", f"HTTP {status} with a vector body", retry=status >= 500)
-    return vector
+        raise QueryFailed("error", f"HTTP {status} with a result body", retry=status >= 500)
+    return result

@@ -1,9 +1,10 @@
 """PrometheusSource: the MetricsSource that reads vLLM series from a Prometheus server.
 
-It sends one instant query per signal key per tick (see `queries.py` for how one query covers
-every pool and role) over aiohttp (`metrics/http.py`: a deadline for the whole query and a cap
-on the body), and judges every answer before using it (`metrics/validate.py`). It never decides
-what bad data means; it reports it:
+It sends one instant query per signal key per tick (see `queries.py` for how one query, whose
+size does not depend on the pool count, covers every pool and role), form-encoded in the POST
+body, over aiohttp (`metrics/http.py`: a deadline for the whole query and a cap on the body),
+and judges every answer before using it (`metrics/validate.py`). It never decides what bad data
+means; it reports it:
 
 - a pod whose series is NaN/Inf, negative or absurd (validate.value_problem), or whose newest
   gauge sample is older than `max_sample_age_s`, is left out, so `SignalSample.replicas` drops
@@ -18,33 +19,27 @@ Each problem increments `pd_autoscaler_metric_source_errors_total{query,reason}`
 `Telemetry` is given) and is logged once when it starts and once when it clears, naming the
 query, so a persistent gap does not flood the log.
 
-`range_rates` (the `controller.backfill.RangeRates` protocol) is the other entry point, still on
-prometheus-api-client (blocking, in a thread; per-read timeouts only): range queries of one
-role's rate or concurrency, sent once at start-up to refill forecast history. It
-raises `MetricsUnavailable` when a range query fails after retries, and returns empty arrays
-when Prometheus has no data for the role.
+`range_rates` (the `controller.backfill.RangeRates` protocol) is the other entry point, on the
+same transport (`http.range_query`: form-encoded POST body, a deadline of `range_timeout_s` for
+the whole request, the same body cap): range queries of one role's rate or concurrency, sent
+once at start-up to refill forecast history. It raises `MetricsUnavailable` when a range query
+fails after retries, and returns empty arrays when Prometheus has no data for the role.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import numpy.typing as npt
-import requests
 import structlog
-from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
-from urllib3.util.retry import Retry
 
 from autoscaler import errors
 from autoscaler.metrics import http, queries, samples, source
@@ -104,6 +99,8 @@ class PrometheusSource:
         self._telemetry = telemetry
         self._names = queries.Names.all()
         self._discovered_at: float | None = None
+        self._last_plan: tuple[queries.Builder, Sequence[source.RoleTarget], queries.Plan] | None
+        self._last_plan = None
         self._open_problems: dict[tuple[str, str, str], str] = {}
         self._sem = asyncio.Semaphore(settings.max_concurrency)
         self._endpoint = http.Endpoint(
@@ -111,25 +108,11 @@ class PrometheusSource:
             ssl=http.ssl_context(ca_file=settings.ca_file, insecure=settings.insecure_skip_verify),
         )
         self._session: aiohttp.ClientSession | None = None
-        session = requests.Session()
-        if settings.insecure_skip_verify:
-            session.verify = False
-        elif settings.ca_file:
-            session.verify = settings.ca_file
-        self._client = PrometheusConnect(
-            url=settings.url.rstrip("/"),
-            headers=self._headers(),
-            session=session,
-            # read=False: a read timeout surfaces as ReadTimeout, not a ConnectionError wrapping
-            # MaxRetryError, so "slow" and "unreachable" stay distinguishable. Retries are ours.
-            retry=Retry(total=0, read=False, connect=0, status=0, raise_on_status=False),
-            timeout=settings.timeout_s,
-            # Queries grow with the number of roles; POST has no URL length limit.
-            method="POST",
-        )
+        self._auth = self._headers()
 
     def close(self) -> None:
-        self._client.close()
+        """Nothing to release: each fetch and each backfill opens and closes its own session.
+        Kept so callers can treat every source alike."""
 
     @property
     def names(self) -> queries.Names:
@@ -143,23 +126,6 @@ class PrometheusSource:
         return {"Authorization": f"Bearer {token}"} if token else None
 
     # --- transport --------------------------------------------------------------------------
-
-    def _range_blocking(
-        self, promql: str, first: float, last: float, step: float
-    ) -> list[dict[str, Any]]:
-        self.stats.range_queries += 1
-        timeout = self.settings.range_timeout_s
-        result: list[dict[str, Any]] = self._client.custom_query_range(
-            promql,
-            start_time=datetime.fromtimestamp(first, tz=UTC),
-            # The client rounds start and end to whole seconds; half a step of slack keeps the
-            # last point (Prometheus evaluates start, start + step, ... up to end).
-            end_time=datetime.fromtimestamp(last + step / 2, tz=UTC),
-            step=f"{step:g}",
-            params={"timeout": f"{max(1, round(timeout * 1000))}ms"},
-            timeout=timeout,
-        )
-        return result
 
     async def _query(self, key: str, promql: str) -> _Outcome:
         """Run one instant query with retries and backoff; never raises except on
@@ -180,7 +146,7 @@ class PrometheusSource:
                         promql,
                         deadline_s=self.settings.timeout_s,
                         max_bytes=self.settings.max_response_bytes,
-                        headers=self._client.headers,
+                        headers=self._auth,
                     )
             except http.QueryFailed as exc:
                 outcome = _Outcome(
@@ -234,37 +200,48 @@ class PrometheusSource:
             del self._open_problems[slot]
             log.info("metric_rows_recovered", query=key, was=previous)
 
-    async def _call(self, key: str, blocking: Callable[[], list[dict[str, Any]]]) -> _Outcome:
-        """Run one blocking request in a thread with retries and backoff."""
+    async def _range(
+        self,
+        session: aiohttp.ClientSession,
+        key: str,
+        promql: str,
+        *,
+        first: float,
+        last: float,
+        step: float,
+    ) -> _Outcome:
+        """One range request with retries and backoff (as `_query`); every failure is logged,
+        since the backfill runs once per leadership. The session is the caller's, so range
+        reads never share state with a tick's fetch."""
         delay = self.settings.backoff_s
         outcome = _Outcome(rows=None)
         for attempt in range(self.settings.retries + 1):
             if attempt:
                 await asyncio.sleep(delay)
                 delay *= 2
+            self.stats.range_queries += 1
             try:
                 async with self._sem:
-                    rows = await asyncio.to_thread(blocking)
-            except requests.exceptions.ReadTimeout as exc:
-                outcome = _Outcome(rows=None, reason="timeout", error=str(exc))
-            except requests.exceptions.ConnectionError as exc:
-                # Refused, reset, DNS, connect timeout: no HTTP answer.
-                outcome = _Outcome(rows=None, reason="unreachable", error=str(exc), answered=False)
-            except PrometheusApiClientException as exc:
-                outcome = _Outcome(rows=None, reason="error", error=str(exc))
-                if "HTTP Status Code 5" not in str(exc):
-                    break  # 4xx: the query itself is wrong; retrying will not help
-            except (
-                requests.exceptions.RequestException,
-                ValueError,
-                KeyError,
-                TypeError,
-                AttributeError,
-                RecursionError,
-            ) as exc:
-                # A 200 whose body is not Prometheus' JSON (a proxy page, `data: null`, a list):
-                # the client library indexes into it and fails with any of these.
-                outcome = _Outcome(rows=None, reason="malformed", error=repr(exc))
+                    rows = await http.range_query(
+                        session,
+                        self._endpoint,
+                        promql,
+                        start=first,
+                        # Half a step of slack keeps the last point whatever the decimal
+                        # rounding of start and end (Prometheus evaluates start, start + step,
+                        # ... up to end).
+                        end=last + step / 2,
+                        step=step,
+                        deadline_s=self.settings.range_timeout_s,
+                        max_bytes=self.settings.max_response_bytes,
+                        headers=self._auth,
+                    )
+            except http.QueryFailed as exc:
+                outcome = _Outcome(
+                    rows=None, reason=exc.reason, error=exc.error, answered=exc.answered
+                )
+                if not exc.retry:
+                    break
             else:
                 return _Outcome(rows=rows)
         log.warning(
@@ -314,7 +291,7 @@ class PrometheusSource:
         if not targets:
             return {}
         if self.settings.bearer_token_file:
-            self._client.headers = self._headers()
+            self._auth = self._headers()
         # One session per tick: aiohttp sessions belong to an event loop, and a tick's few
         # queries share its connections; a new TCP connection every tick period costs nothing.
         connector = aiohttp.TCPConnector(limit=self.settings.max_concurrency)
@@ -334,8 +311,9 @@ class PrometheusSource:
             rate_window_s=self.settings.rate_window_s,
             pod_label=self.settings.pod_label,
             namespace_label=self.settings.namespace_label,
+            max_sample_age_s=self.settings.max_sample_age_s,
         )
-        plan = queries.plan(targets, builder)
+        plan = self._plan(targets, builder)
         before = self.stats.queries
         outcomes = await asyncio.gather(*(self._query(q.key, q.promql) for q in plan.queries))
         self.stats.ticks += 1
@@ -348,15 +326,39 @@ class PrometheusSource:
         }
         # batched_tokens is tokens per step over the role's token budget (types.SignalName).
         scale = {(t.pool, t.role.value): float(t.spec.max_num_batched_tokens) for t in targets}
-        for q, outcome in zip(plan.queries, outcomes, strict=True):
-            per_role = self._interpret(q, outcome, scale=scale if q.key == "batched_tokens" else {})
-            for pool, role in q.roles:
-                samples[(pool, Role(role))][q.key] = per_role[(pool, role)]
+        with http.paused_gc():  # a row's worth of small objects per pod, no cycles
+            for q, outcome in zip(plan.queries, outcomes, strict=True):
+                per_role = self._interpret(
+                    q, outcome, scale=scale if q.key == "batched_tokens" else {}
+                )
+                for pool, role in q.roles:
+                    samples[(pool, Role(role))][q.key] = per_role[(pool, role)]
         for (pool, role), why in plan.invalid.items():
             for key in plan.expected[(pool, role)]:
                 samples[(pool, Role(role))][key] = SignalSample(value=None, detail=why)
                 self._track(key, (pool, role), ("invalid_selector",), why)
         return samples
+
+    def _plan(self, targets: Sequence[source.RoleTarget], builder: queries.Builder) -> queries.Plan:
+        """The tick's queries; the previous tick's when neither the roles (the very same spec
+        objects, which the policy holds until it is reloaded) nor the spellings changed:
+        building them walks every role's signals (~0.07 s at 1,000 pools)."""
+        last = self._last_plan
+        if (
+            last is not None
+            and last[0] == builder
+            and len(last[1]) == len(targets)
+            and all(
+                a.spec is b.spec and a.pool == b.pool and a.role is b.role
+                for a, b in zip(last[1], targets, strict=True)
+            )
+        ):
+            return last[2]
+        plan = queries.plan(targets, builder)
+        # The targets are kept with the plan, so no spec compared by identity can be freed
+        # and its address reused while the plan is cached.
+        self._last_plan = (builder, list(targets), plan)
+        return plan
 
     # --- range queries (forecast backfill) --------------------------------------------------
 
@@ -392,21 +394,25 @@ class PrometheusSource:
         )
         promql = builder.role_total(series, selector)
         if s.bearer_token_file:
-            self._client.headers = self._headers()
+            self._auth = self._headers()
         n = math.ceil((end - start) / step - 1e-9)
         per = s.range_points_per_query
-        calls = [
-            functools.partial(
-                self._range_blocking,
-                promql,
-                start + (i + 0.5) * step,
-                start + (min(i + per, n) - 0.5) * step,
-                step,
-            )
-            for i in range(0, n, per)
-        ]
         key = f"range_{series}"
-        outcomes = await asyncio.gather(*(self._call(key, c) for c in calls))
+        connector = aiohttp.TCPConnector(limit=s.max_concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            outcomes = await asyncio.gather(
+                *(
+                    self._range(
+                        session,
+                        key,
+                        promql,
+                        first=start + (i + 0.5) * step,
+                        last=start + (min(i + per, n) - 0.5) * step,
+                        step=step,
+                    )
+                    for i in range(0, n, per)
+                )
+            )
         for outcome in outcomes:
             if outcome.rows is None:
                 where = f"{target.pool}/{target.role.value}"
@@ -439,15 +445,9 @@ class PrometheusSource:
         if outcome.rows is None:
             detail = f"query failed: {outcome.reason}"
             return {pr: SignalSample(value=None, replicas=0, detail=detail) for pr in q.roles}
-        grouped: dict[tuple[str, str], list[tuple[Mapping[str, str], float]]] = {
-            pr: [] for pr in q.roles
-        }
-        for row in outcome.rows:
-            labels = row.labels
-            pr = (labels.get(queries.POOL_LABEL, ""), labels.get(queries.ROLE_LABEL, ""))
-            if pr in grouped:
-                grouped[pr].append((labels, row.value))
+        grouped = samples.by_role(q, outcome.rows, namespace_label=self.settings.namespace_label)
         out: dict[tuple[str, str], SignalSample] = {}
+        derived: dict[tuple[str, str], tuple[str, str]] | None = None
         for pr, rows in grouped.items():
             if q.kind is queries.Kind.QUANTILE:
                 sample, reasons = samples.quantile(rows)
@@ -459,6 +459,20 @@ class PrometheusSource:
                     pod_label=self.settings.pod_label,
                     max_sample_age_s=self.settings.max_sample_age_s,
                 )
+            if not rows and q.deployments:
+                # Say how the role's pods were looked for: a role found by pod name whose pods
+                # are not a ReplicaSet's (a StatefulSet, relabelled names) needs a pod_regex.
+                if derived is None:
+                    derived = {p: d for d, ps in q.deployments.items() for p in ps}
+                where = derived.get(pr)
+                if where is not None:
+                    hint = (
+                        f"; looked for pods named {where[1]}-<hash>-<suffix> in namespace "
+                        f"{where[0]} (other pod names need metrics.pod_regex)"
+                    )
+                    sample = SignalSample(
+                        value=sample.value, replicas=sample.replicas, detail=sample.detail + hint
+                    )
             out[pr] = sample
             self._track(q.key, pr, reasons, sample.detail)
         return out

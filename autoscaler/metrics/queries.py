@@ -1,44 +1,106 @@
-"""PromQL for the Prometheus source: one query per signal key per tick, covering every role.
+"""PromQL for the Prometheus source: one query per signal key per tick, whose size does not
+depend on the number of pools.
 
-vLLM has no role or pool label, so each role is a *selector* (namespace, pod regex, extra labels,
-from `MetricMatch`). A query is built in three layers:
+vLLM has no role or pool label. Most roles need none: a Deployment's pods are named
+`<deployment>-<pod-template-hash>-<5 random characters>` by its ReplicaSet, so the Deployment
+can be read off the pod name. A query therefore has two halves, joined with `or` (their label
+sets are disjoint, so neither hides the other):
 
-1. per role, the raw selector (or a `rate()` over it) is tagged with `pd_pool` and `pd_role`
-   through `label_replace`, and the roles are joined with `or`; the tags keep the union's
-   label sets disjoint, so nothing is lost even if two roles match the same pod by mistake;
-2. the union is aggregated `by (pd_pool, pd_role, <pod>)`: one series per reporting pod, with
-   data-parallel engines (the `engine` label) folded into their pod;
-3. the per-pod results of each *spelling* of a metric are joined with `or`, in order of
+- **derived roles** (no `pod_regex`, no `labels` in their `metrics:` section, a Deployment name
+  short enough that Kubernetes does not truncate its pod names): each metric is selected once
+  over the namespaces in play (`namespace=~"a|b"`, or every namespace past
+  `MAX_NAMESPACES_IN_QUERY` of them, so the text never grows with pools), aggregated per pod,
+  and `label_replace` copies the Deployment name out of the pod name into `pd_deployment`.
+  Histograms are summed `by (namespace, pd_deployment, le)` inside Prometheus, so their answer
+  is a few rows per Deployment, not pods x buckets. Python maps
+  (namespace, pd_deployment) back to (pool, role), and ignores Deployments no role asked for.
+- **selector roles** (a `metrics:` section that sets `pod_regex` or `labels`, or a Deployment
+  name over `MAX_DERIVED_NAME` characters): as before, per role, the selector is tagged with
+  `pd_pool` and `pd_role` through `label_replace` and the roles are joined with `or`. Each
+  adds its own branch, so their number is the query's only part that grows: it is bounded by
+  what the policy's author chose (a custom `metrics:` section, a very long name), not by how
+  many pools there are.
+
+Within each half, a query is built in layers:
+
+1. the series (or a `rate()` over them) are aggregated per pod: `by (<namespace>, <pod>)` or
+   `by (pd_pool, pd_role, <pod>)`, with data-parallel engines (the `engine` label) folded into
+   their pod;
+2. the per-pod results of each *spelling* of a metric are joined with `or`, in order of
    preference: per pod, the first spelling that pod exposes wins. This is how one query serves
    clusters that mix vLLM versions (`kv_cache_usage_perc` vs `gpu_cache_usage_perc`,
    `inter_token_latency_seconds` vs `time_per_output_token_seconds`) and scrape paths that wrote
-   the escaped `vllm_...` spelling instead of `vllm:...`.
+   the escaped `vllm_...` spelling instead of `vllm:...`;
+3. derived roles get their `pd_deployment` label; histograms are summed per role.
 
-The number of queries per tick is the number of distinct signal keys (plus the three rates);
-more pools only make each query longer, which is why the source sends them by POST.
+Gauges, rates and tokens per step stay per pod in the answer (one or two rows per pod: a pod's
+freshness and a bad value are judged per pod); quantiles come back per role.
 
 Results carry a `pd_part` label where one query answers several questions at once (a gauge's
 value and its sample age; a quantile, the request rate behind it and how many pods reported).
 
 `Builder.role_total` is the range-query form used once at start-up to backfill forecast history:
-the same per-pod expressions for one role, summed into a single series.
+the same per-pod expressions for one role (its `role_selector`, which for a derived role matches
+exactly its ReplicaSet pod names), summed into a single series.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from autoscaler.metrics import source
+from autoscaler.metrics.selectors import (
+    DEPLOYMENT_LABEL,
+    MAX_DERIVED_NAME,
+    MAX_NAMESPACES_IN_QUERY,
+    PART_LABEL,
+    POOL_LABEL,
+    REPLICASET_POD,
+    ROLE_LABEL,
+    Pair,
+    RoleSelector,
+    Selection,
+    default_pod_regex,
+    is_derived,
+    quote,
+    role_namespace,
+    role_selector,
+)
 from autoscaler.types import SignalName
 
-POOL_LABEL = "pd_pool"
-ROLE_LABEL = "pd_role"
-PART_LABEL = "pd_part"
-
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# The selector names are re-exported: the source, samples and tests read them here, as before
+# they moved to selectors.py.
+__all__ = [
+    "ALL_NAMES",
+    "DEPLOYMENT_LABEL",
+    "MAX_DERIVED_NAME",
+    "MAX_NAMESPACES_IN_QUERY",
+    "PART_LABEL",
+    "POOL_LABEL",
+    "REPLICASET_POD",
+    "ROLE_LABEL",
+    "SPELLINGS",
+    "TOTAL_SERIES",
+    "Builder",
+    "Family",
+    "Kind",
+    "Names",
+    "Pair",
+    "Plan",
+    "Query",
+    "RoleSelector",
+    "Selection",
+    "default_pod_regex",
+    "discovery_query",
+    "is_derived",
+    "plan",
+    "quote",
+    "role_namespace",
+    "role_selector",
+]
 
 
 class Kind(StrEnum):
@@ -143,52 +205,19 @@ class Names:
 
 
 @dataclass(frozen=True, slots=True)
-class RoleSelector:
-    """One role's label matchers (without a metric name), e.g. `{namespace="ns",pod=~"p-.*"}`."""
+class _Scope:
+    """One half of a query (see the module docstring): how it selects a metric's series, which
+    labels identify one of its pods and one of its roles, and how per-pod series get the
+    role-identifying labels."""
 
-    pool: str
+    select: Callable[[str, Callable[[str], str]], str]
+    """(metric name, wrapper of the bare selector) -> the expression over every pod in scope."""
+    pod: str
+    """Grouping labels of one pod."""
     role: str
-    matchers: str
-
-    def tag(self, expr: str) -> str:
-        """`expr` with pd_pool/pd_role set to this role (an empty regex on an absent label
-        always matches, so label_replace just adds the label)."""
-        inner = f'label_replace({expr}, "{POOL_LABEL}", {quote(self.pool)}, "", "")'
-        return f'label_replace({inner}, "{ROLE_LABEL}", {quote(self.role)}, "", "")'
-
-
-def quote(value: str) -> str:
-    """A PromQL double-quoted string literal (Go escaping rules)."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-def role_selector(
-    target: source.RoleTarget, *, pod_label: str, namespace_label: str
-) -> RoleSelector:
-    """The matchers for one role, from its MetricMatch (defaults: the Deployment's namespace and
-    `<deployment>-.*` on the pod label, which matches ReplicaSet pod names)."""
-    match = target.spec.metrics
-    dep = target.spec.deployment
-    namespace = match.namespace if match.namespace is not None else dep.namespace
-    pod_regex = match.pod_regex if match.pod_regex is not None else f"{re.escape(dep.name)}-.*"
-    try:
-        # Python's and Prometheus' (RE2) syntaxes differ at the edges (RE2 has no lookaround,
-        # which Prometheus then rejects with a 400 for the whole query), but what Python cannot
-        # compile RE2 cannot either: catch that here, per role.
-        re.compile(pod_regex)
-    except re.error as exc:
-        msg = f"metrics.pod_regex {pod_regex!r} of {target.pool}/{target.role.value}: {exc}"
-        raise ValueError(msg) from exc
-    parts = [f"{namespace_label}={quote(namespace)}", f"{pod_label}=~{quote(pod_regex)}"]
-    for name, value in sorted(match.labels.items()):
-        if not _LABEL_NAME.match(name) or name.startswith("__"):
-            where = f"{target.pool}/{target.role.value}"
-            msg = f"metrics.labels key {name!r} of {where} is not a valid label name"
-            raise ValueError(msg)
-        parts.append(f"{name}={quote(value)}")
-    matchers = "{" + ",".join(parts) + "}"
-    return RoleSelector(pool=target.pool, role=target.role.value, matchers=matchers)
+    """Grouping labels of one role."""
+    derive: Callable[[str], str]
+    """Adds the role-identifying labels to a per-pod expression."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +227,11 @@ class Query:
     key: str
     kind: Kind
     promql: str
-    roles: tuple[tuple[str, str], ...]
+    roles: tuple[Pair, ...]
     """(pool, role) pairs this query covers."""
+    deployments: Mapping[Pair, tuple[Pair, ...]] = field(default_factory=dict)
+    """(namespace, Deployment) -> (pool, role) for rows of derived roles (they carry the
+    namespace label and `pd_deployment`); rows of selector roles carry pd_pool and pd_role."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,91 +242,171 @@ class Builder:
     rate_window_s: float
     pod_label: str = "pod"
     namespace_label: str = "namespace"
+    max_sample_age_s: float | None = None
+    """When set, a gauge's age rows are sent only for pods older than this (the only ones
+    `samples.per_pod` acts on), which halves a gauge's answer; None sends every pod's age."""
 
     @property
     def _window(self) -> str:
         return f"[{max(1, round(self.rate_window_s))}s]"
 
-    @property
-    def _per_pod(self) -> str:
-        return f"{POOL_LABEL}, {ROLE_LABEL}, {self.pod_label}"
+    def _scopes(self, roles: Selection | Iterable[RoleSelector]) -> list[_Scope]:
+        sel = Selection.of(roles)
+        out: list[_Scope] = []
+        if sel.deployments:
+            spaces = sel.namespaces
+            if len(spaces) > MAX_NAMESPACES_IN_QUERY:
+                matcher = f'{{{self.namespace_label}!=""}}'
+            elif len(spaces) == 1:
+                matcher = f"{{{self.namespace_label}={quote(spaces[0])}}}"
+            else:
+                alternatives = "|".join(re.escape(ns) for ns in spaces)
+                matcher = f"{{{self.namespace_label}=~{quote(alternatives)}}}"
+            ns, pod = self.namespace_label, self.pod_label
 
-    def _union(self, roles: Sequence[RoleSelector], name: str, inner: Callable[[str], str]) -> str:
-        return " or ".join(r.tag(inner(f"{name}{r.matchers}")) for r in roles)
+            def derive(expr: str) -> str:
+                return (
+                    f'label_replace({expr}, "{DEPLOYMENT_LABEL}", "$1", "{pod}", '
+                    f"{quote(REPLICASET_POD)})"
+                )
+
+            out.append(
+                _Scope(
+                    select=lambda name, inner: inner(f"{name}{matcher}"),
+                    pod=f"{ns}, {pod}",
+                    role=f"{ns}, {DEPLOYMENT_LABEL}",
+                    derive=derive,
+                )
+            )
+        if sel.custom:
+            custom = sel.custom
+
+            def union(name: str, inner: Callable[[str], str]) -> str:
+                return " or ".join(r.tag(inner(f"{name}{r.matchers}")) for r in custom)
+
+            out.append(
+                _Scope(
+                    select=union,
+                    pod=f"{POOL_LABEL}, {ROLE_LABEL}, {self.pod_label}",
+                    role=f"{POOL_LABEL}, {ROLE_LABEL}",
+                    derive=_ident,
+                )
+            )
+        return out
+
+    def _halves(
+        self, roles: Selection | Iterable[RoleSelector], half: Callable[[_Scope], str]
+    ) -> str:
+        # The halves' label sets are disjoint (namespace/pd_deployment vs pd_pool/pd_role), so
+        # `or` keeps both.
+        parts = [half(s) for s in self._scopes(roles)]
+        if not parts:
+            msg = "a query needs at least one role"
+            raise ValueError(msg)
+        return parts[0] if len(parts) == 1 else " or ".join(f"({p})" for p in parts)
 
     def _chain(self, family: Family, per_name: Callable[[str], str]) -> str:
         # Per-pod preference between spellings: `or` keeps a right-hand series only where no
         # left-hand series has the same labels, i.e. only for pods the earlier spelling missed.
         return " or ".join(f"({per_name(n)})" for n in self.names.present(family))
 
-    def gauge_value(self, family: Family, roles: Sequence[RoleSelector], *, agg: str) -> str:
+    def _gauge_value(self, family: Family, s: _Scope, *, agg: str) -> str:
+        def value(n: str) -> str:
+            return f"{agg} by ({s.pod}) (max by ({s.pod}, engine) ({s.select(n, _ident)}))"
+
+        return s.derive(self._chain(family, value))
+
+    def gauge_value(
+        self, family: Family, roles: Selection | Iterable[RoleSelector], *, agg: str
+    ) -> str:
         """Per pod: the gauge, engines combined with `agg`. `max by (..., engine)` first drops
         duplicate series of one engine (a pod scraped by two jobs) before engines are combined."""
-        pp = self._per_pod
+        return self._halves(roles, lambda s: self._gauge_value(family, s, agg=agg))
 
-        def value(n: str) -> str:
-            return f"{agg} by ({pp}) (max by ({pp}, engine) ({self._union(roles, n, _ident)}))"
-
-        return self._chain(family, value)
-
-    def gauge(self, family: Family, roles: Sequence[RoleSelector], *, agg: str) -> str:
+    def gauge(self, family: Family, roles: Selection | Iterable[RoleSelector], *, agg: str) -> str:
         """Per pod: the gauge (`gauge_value`) and the age of its newest sample."""
-        pp = self._per_pod
+        limit = "" if self.max_sample_age_s is None else f" > {self.max_sample_age_s!r}"
 
-        def age(n: str) -> str:
-            # timestamp() must wrap the bare selector: on any derived vector it returns the
-            # evaluation time, not the sample's.
-            return f"max by ({pp}) ({self._union(roles, n, _age)})"
+        def half(s: _Scope) -> str:
+            def age(n: str) -> str:
+                # timestamp() must wrap the bare selector: on any derived vector it returns the
+                # evaluation time, not the sample's.
+                return f"max by ({s.pod}) ({s.select(n, _age)}){limit}"
 
-        value = self.gauge_value(family, roles, agg=agg)
-        return (
-            f'label_replace({value}, "{PART_LABEL}", "value", "", "")'
-            f' or label_replace({self._chain(family, age)}, "{PART_LABEL}", "age", "", "")'
-        )
+            value = self._gauge_value(family, s, agg=agg)
+            ages = s.derive(self._chain(family, age))
+            return (
+                f'label_replace({value}, "{PART_LABEL}", "value", "", "")'
+                f' or label_replace({ages}, "{PART_LABEL}", "age", "", "")'
+            )
 
-    def rate(self, family: Family, roles: Sequence[RoleSelector]) -> str:
+        return self._halves(roles, half)
+
+    def rate(self, family: Family, roles: Selection | Iterable[RoleSelector]) -> str:
         """Per pod: the counter's per-second rate over the window (all other labels summed)."""
-        pp, w = self._per_pod, self._window
-        return self._chain(
-            family, lambda n: f"sum by ({pp}) ({self._union(roles, n, lambda s: f'rate({s}{w})')})"
-        )
+        w = self._window
 
-    def tokens_per_step(self, roles: Sequence[RoleSelector]) -> str:
+        def half(s: _Scope) -> str:
+            return s.derive(
+                self._chain(
+                    family, lambda n: f"sum by ({s.pod}) ({s.select(n, lambda x: f'rate({x}{w})')})"
+                )
+            )
+
+        return self._halves(roles, half)
+
+    def tokens_per_step(self, roles: Selection | Iterable[RoleSelector]) -> str:
         """Per pod: mean tokens per engine step over the window. A pod that ran no step is idle
         and reads 0, not missing: `(steps > 0)` drops it from the division and `steps * 0`
         puts it back as 0."""
-        pp, w = self._per_pod, self._window
+        w = self._window
         sums = self.names.present(Family.ITERATION_SUM)
         counts = self.names.present(Family.ITERATION_COUNT)
-        parts = []
-        for s_name, c_name in zip(sums, counts, strict=True):
-            tokens = f"sum by ({pp}) ({self._union(roles, s_name, lambda s: f'rate({s}{w})')})"
-            steps = f"sum by ({pp}) ({self._union(roles, c_name, lambda s: f'rate({s}{w})')})"
-            parts.append(f"(({tokens}) / (({steps}) > 0) or ({steps}) * 0)")
-        return " or ".join(parts)
+
+        def half(s: _Scope) -> str:
+            def per_pod(n: str) -> str:
+                return f"sum by ({s.pod}) ({s.select(n, lambda x: f'rate({x}{w})')})"
+
+            parts = []
+            for s_name, c_name in zip(sums, counts, strict=True):
+                tokens, steps = per_pod(s_name), per_pod(c_name)
+                parts.append(f"(({tokens}) / (({steps}) > 0) or ({steps}) * 0)")
+            return s.derive(" or ".join(parts))
+
+        return self._halves(roles, half)
 
     def quantile(
-        self, bucket: Family, count: Family, roles: Sequence[RoleSelector], *, q: float
+        self,
+        bucket: Family,
+        count: Family,
+        roles: Selection | Iterable[RoleSelector],
+        *,
+        q: float,
     ) -> str:
         """Per role: the q-quantile over all its pods' observations in the window, plus the
-        observation rate (0 means idle, not missing) and how many pods reported."""
-        pp, w = self._per_pod, self._window
-        pr = f"{POOL_LABEL}, {ROLE_LABEL}"
+        observation rate (0 means idle, not missing) and how many pods reported. Buckets are
+        summed per role inside Prometheus: the answer is three rows per role."""
+        w = self._window
 
-        def buckets(n: str) -> str:
-            return f"sum by ({pp}, le) ({self._union(roles, n, lambda s: f'rate({s}{w})')})"
+        def half(s: _Scope) -> str:
+            def buckets(n: str) -> str:
+                return f"sum by ({s.pod}, le) ({s.select(n, lambda x: f'rate({x}{w})')})"
 
-        def counts(n: str) -> str:
-            return f"sum by ({pp}) ({self._union(roles, n, lambda s: f'rate({s}{w})')})"
+            def counts(n: str) -> str:
+                return f"sum by ({s.pod}) ({s.select(n, lambda x: f'rate({x}{w})')})"
 
-        per_pod_counts = self._chain(count, counts)
-        value = f"histogram_quantile({q!r}, sum by ({pr}, le) ({self._chain(bucket, buckets)}))"
-        return (
-            f'label_replace({value}, "{PART_LABEL}", "value", "", "")'
-            f' or label_replace(sum by ({pr}) ({per_pod_counts}), "{PART_LABEL}", "rate", "", "")'
-            f' or label_replace(count by ({pr}) ({per_pod_counts}), "{PART_LABEL}", "replicas",'
-            ' "", "")'
-        )
+            per_pod_counts = s.derive(self._chain(count, counts))
+            per_role = f"sum by ({s.role}, le) ({s.derive(self._chain(bucket, buckets))})"
+            value = f"histogram_quantile({q!r}, {per_role})"
+            return (
+                f'label_replace({value}, "{PART_LABEL}", "value", "", "")'
+                f' or label_replace(sum by ({s.role}) ({per_pod_counts}), "{PART_LABEL}",'
+                ' "rate", "", "")'
+                f' or label_replace(count by ({s.role}) ({per_pod_counts}), "{PART_LABEL}",'
+                ' "replicas", "", "")'
+            )
+
+        return self._halves(roles, half)
 
     def role_total(self, series: str, role: RoleSelector) -> str:
         """One role's total of `series` (one of TOTAL_SERIES) as a single series, for a range
@@ -314,14 +426,18 @@ class Builder:
         # A comparison with a scalar filters: NaN fails both, +-Inf fails one.
         return f"sum(({per_pod}) > -Inf < +Inf)"
 
-    def for_key(self, key: str, roles: Sequence[RoleSelector], *, quantile: float | None) -> Query:
+    def for_key(
+        self, key: str, roles: Selection | Iterable[RoleSelector], *, quantile: float | None
+    ) -> Query:
         """The query for one signal key (a `signal_key` or one of RATE_KEYS)."""
-        pairs = tuple((r.pool, r.role) for r in roles)
-        kind, promql = self._promql(key, roles, quantile=quantile)
-        return Query(key=key, kind=kind, promql=promql, roles=pairs)
+        sel = Selection.of(roles)
+        kind, promql = self._promql(key, sel, quantile=quantile)
+        return Query(
+            key=key, kind=kind, promql=promql, roles=sel.pairs, deployments=sel.deployments
+        )
 
     def _promql(
-        self, key: str, roles: Sequence[RoleSelector], *, quantile: float | None
+        self, key: str, roles: Selection | Iterable[RoleSelector], *, quantile: float | None
     ) -> tuple[Kind, str]:
         if key == SignalName.QUEUE_DEPTH.value:
             return Kind.GAUGE, self.gauge(Family.WAITING, roles, agg="sum")
@@ -361,28 +477,22 @@ class Plan:
     """Every query of one tick."""
 
     queries: tuple[Query, ...]
-    expected: Mapping[tuple[str, str], tuple[str, ...]]
+    expected: Mapping[Pair, tuple[str, ...]]
     """(pool, role) -> the keys that role must report."""
-    invalid: Mapping[tuple[str, str], str]
+    invalid: Mapping[Pair, str]
     """(pool, role) -> why its selector could not be built; such roles are left out of every
     query, so one bad role cannot turn every pool's union into a 400."""
 
 
 def plan(targets: Sequence[source.RoleTarget], builder: Builder) -> Plan:
     """Group roles by signal key and build one query per key."""
-    by_key: dict[str, list[RoleSelector]] = {}
+    derived: dict[str, dict[Pair, list[Pair]]] = {}
+    custom: dict[str, list[RoleSelector]] = {}
     quantiles: dict[str, float] = {}
-    expected: dict[tuple[str, str], tuple[str, ...]] = {}
-    invalid: dict[tuple[str, str], str] = {}
+    expected: dict[Pair, tuple[str, ...]] = {}
+    invalid: dict[Pair, str] = {}
     for t in targets:
-        sel: RoleSelector | None
-        try:
-            sel = role_selector(
-                t, pod_label=builder.pod_label, namespace_label=builder.namespace_label
-            )
-        except ValueError as exc:
-            invalid[(t.pool, t.role.value)] = str(exc)
-            sel = None
+        pr = (t.pool, t.role.value)
         keys: list[str] = []
         for spec in t.spec.signals:
             key = source.signal_key(spec)
@@ -390,12 +500,30 @@ def plan(targets: Sequence[source.RoleTarget], builder: Builder) -> Plan:
             if spec.signal in (SignalName.TTFT, SignalName.ITL):
                 quantiles[key] = spec.quantile
         keys += source.RATE_KEYS
-        expected[(t.pool, t.role.value)] = tuple(dict.fromkeys(keys))
-        if sel is None:
+        expected[pr] = tuple(dict.fromkeys(keys))
+        if is_derived(t):
+            dep = (role_namespace(t), t.spec.deployment.name)
+            for key in expected[pr]:
+                derived.setdefault(key, {}).setdefault(dep, []).append(pr)
             continue
-        for key in expected[(t.pool, t.role.value)]:
-            by_key.setdefault(key, []).append(sel)
+        try:
+            sel = role_selector(
+                t, pod_label=builder.pod_label, namespace_label=builder.namespace_label
+            )
+        except ValueError as exc:
+            invalid[pr] = str(exc)
+            continue
+        for key in expected[pr]:
+            custom.setdefault(key, []).append(sel)
     queries = tuple(
-        builder.for_key(key, roles, quantile=quantiles.get(key)) for key, roles in by_key.items()
+        builder.for_key(
+            key,
+            Selection(
+                deployments={d: tuple(prs) for d, prs in derived.get(key, {}).items()},
+                custom=tuple(custom.get(key, ())),
+            ),
+            quantile=quantiles.get(key),
+        )
+        for key in dict.fromkeys([*derived, *custom])
     )
     return Plan(queries=queries, expected=expected, invalid=invalid)

@@ -15,6 +15,29 @@ from typing import Any
 from autoscaler.metrics import queries, validate
 from autoscaler.types import SignalSample
 
+Rows = list[tuple[Mapping[str, str], float]]
+
+
+def by_role(
+    query: queries.Query, rows: Iterable[validate.Row], *, namespace_label: str
+) -> dict[tuple[str, str], Rows]:
+    """A query's rows split into the (pool, role) pairs it covers: a selector role's row by its
+    pd_pool/pd_role tags, a derived role's by (namespace, pd_deployment). Rows of anything else
+    (a Deployment no role reads, a pod whose name is not a ReplicaSet's) are dropped."""
+    grouped: dict[tuple[str, str], Rows] = {pr: [] for pr in query.roles}
+    for row in rows:
+        labels = row.labels
+        pool = labels.get(queries.POOL_LABEL)
+        if pool is not None:
+            owners: tuple[tuple[str, str], ...] = ((pool, labels.get(queries.ROLE_LABEL, "")),)
+        else:
+            dep = (labels.get(namespace_label, ""), labels.get(queries.DEPLOYMENT_LABEL, ""))
+            owners = query.deployments.get(dep, ())
+        for pr in owners:
+            if pr in grouped:
+                grouped[pr].append((labels, row.value))
+    return grouped
+
 
 def per_pod(
     kind: queries.Kind,

@@ -7,8 +7,10 @@ and answers `GET /metrics` there, so a scrape config written for vLLM pods works
 control port serves:
 
     GET  /targets                          live pods as file_sd / http_sd JSON: each pod's
-                                           host:port, with `namespace`, `pod` and `role` labels
-    GET  /pods/<namespace>/<pod>/metrics   the same exposition by path (for a quick curl)
+                                           host:port, with `namespace`, `pod` (named as a
+                                           ReplicaSet names pods) and `role` labels
+    GET  /pods/<namespace>/<pod>/metrics   the same exposition by path (for a quick curl);
+                                           <pod> is that name or `<deployment>-<index>`
     GET  /truth                            the simulator's own numbers (ground truth for tests)
     POST /pause, /resume                   freeze and thaw simulated time (gauges hold still)
     GET  /healthz
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import signal
 import time
+import zlib
 from typing import Any
 
 import structlog
@@ -67,6 +70,28 @@ def build_simulation(
         initial_replicas={Role.PREFILL: replicas, Role.DECODE: replicas},
     )
     return sim
+
+
+# Kubernetes' alphabet for generated names (no vowels, no look-alike digits).
+_SAFE = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def pod_name(deployment: str, idx: int) -> str:
+    """The idx-th replica's pod name as a Deployment's ReplicaSet writes it,
+    `<deployment>-<pod-template-hash>-<5 characters>`: the `pod` label `/targets` gives it,
+    from which the metrics layer reads the Deployment back (`metrics/selectors.py`).
+    Deterministic: the hash comes from the Deployment's name, the suffix from idx. The
+    simulator's own short name (`<deployment>-<idx>`) still serves `/pods/.../metrics`, as
+    the kind overlay's scrape annotations use it."""
+
+    def encode(n: int, width: int) -> str:
+        out = ""
+        for _ in range(width):
+            n, d = divmod(n, len(_SAFE))
+            out += _SAFE[d]
+        return out
+
+    return f"{deployment}-{encode(zlib.crc32(deployment.encode()), 9)}-{encode(idx, 5)}"
 
 
 class SimServer:
@@ -116,7 +141,7 @@ class SimServer:
 
     def _replica(self, namespace: str, pod: str) -> engine.Replica | None:
         for r in self.sim.replicas():
-            if r.dep.namespace == namespace and r.name == pod:
+            if r.dep.namespace == namespace and pod in (r.name, pod_name(r.dep.name, r.idx)):
                 return r
         return None
 
@@ -140,7 +165,11 @@ class SimServer:
         entries = [
             {
                 "targets": [f"{self.host}:{self._pods[(r.dep.namespace, r.name)][1]}"],
-                "labels": {"namespace": r.dep.namespace, "pod": r.name, "role": r.role.value},
+                "labels": {
+                    "namespace": r.dep.namespace,
+                    "pod": pod_name(r.dep.name, r.idx),
+                    "role": r.role.value,
+                },
             }
             for r in self.sim.replicas()
         ]
@@ -176,7 +205,7 @@ class SimServer:
             reps.append(
                 {
                     "namespace": r.dep.namespace,
-                    "pod": r.name,
+                    "pod": pod_name(r.dep.name, r.idx),
                     "role": r.role.value,
                     "status": r.status,
                     "waiting": m.waiting,

@@ -124,7 +124,7 @@ def test_any_body_is_a_vector_or_a_query_failure(
     raw = json.dumps(body).encode()
     failed: http.QueryFailed | None = None
     try:
-        vector = http._decode(raw, status)
+        vector = http._decode(raw, status, validate.parse_vector)
     except http.QueryFailed as exc:
         failed = exc
     if failed is not None:

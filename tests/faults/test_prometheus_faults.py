@@ -27,7 +27,7 @@ from autoscaler.spec import DeploymentRef, PolicyFile
 from autoscaler.types import Role
 from tests.faults import faultproxy
 from tests.prom import fleet as fl
-from tests.prom.fakevllm import FakePod, FakeVllmServer
+from tests.prom.fakevllm import FakePod, FakeVllmServer, rs_pod
 from tests.prom.promserver import PromServer, eventually
 
 pytestmark = [pytest.mark.faults, pytest.mark.prometheus]
@@ -70,7 +70,7 @@ def policy(ns: str) -> PolicyFile:
 def start_pods(
     server: FakeVllmServer, prom: PromServer, ns: str, *, waiting: float, kv: float
 ) -> None:
-    pods = [server.add(FakePod(f"{ns}-{i}", ns, waiting=waiting, kv=kv)) for i in range(PODS)]
+    pods = [server.add(FakePod(rs_pod(ns, i), ns, waiting=waiting, kv=kv)) for i in range(PODS)]
     prom.set_targets("vllm", ns, [server.target(p) for p in pods])
     eventually(lambda: len(prom.query(f'up{{job="vllm",namespace="{ns}"}} == 1')) == PODS,
                timeout=30)
@@ -81,7 +81,7 @@ def start_pods(
 @pytest.fixture(scope="module")
 def proxy(prom: PromServer, fake_vllm: FakeVllmServer) -> Iterator[faultproxy.FaultProxy]:
     start_pods(fake_vllm, prom, NS, waiting=5, kv=0.7)
-    p = faultproxy.FaultProxy(prom.url, victim=f"{NS}-0")
+    p = faultproxy.FaultProxy(prom.url, victim=rs_pod(NS, 0))
     yield p
     p.close()
     prom.set_targets("vllm", NS, [])
@@ -159,7 +159,7 @@ async def test_control_low_load_does_scale_down(
     a low value through would be caught by the assertions below."""
     ns = "faults-control"
     start_pods(fake_vllm, prom, ns, waiting=1, kv=0.2)
-    p = faultproxy.FaultProxy(prom.url, victim=f"{ns}-0")
+    p = faultproxy.FaultProxy(prom.url, victim=rs_pod(ns, 0))
     act = MemActuator(PODS)
     src = PrometheusSource(fl.settings(p.url))
     try:

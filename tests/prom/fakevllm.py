@@ -48,6 +48,13 @@ def interpolated_quantile(buckets: tuple[float, ...], value: float, q: float) ->
     return lower  # +Inf bucket: Prometheus returns the highest finite bound
 
 
+def rs_pod(deployment: str, i: int) -> str:
+    """The name the ReplicaSet of Deployment `deployment` gives its i-th pod
+    (`<deployment>-<pod-template-hash>-<5 characters>`), which is how the source finds a
+    Deployment's pods when its `metrics:` section sets no `pod_regex` or `labels`."""
+    return f"{deployment}-5d8f7c9b4-x{i:04d}"
+
+
 @dataclass
 class FakePod:
     """One vLLM pod's metric state. Rates are per second; per-engine values are split evenly."""

@@ -16,7 +16,7 @@ from autoscaler.metrics.prometheus import PrometheusSource
 from autoscaler.metrics.settings import PrometheusSettings
 from autoscaler.metrics.source import RoleTarget
 from autoscaler.spec import PolicyFile
-from tests.prom.fakevllm import FakePod, FakeVllmServer
+from tests.prom.fakevllm import FakePod, FakeVllmServer, rs_pod
 from tests.prom.promserver import PromServer, eventually
 
 # Short windows for a 1 s scrape interval: rate() needs >= 2 samples, 6 s gives ~6.
@@ -89,41 +89,41 @@ def pods() -> list[FakePod]:
     return [
         # alpha prefill: waiting 4/6/8 -> mean 6; kv 0.3; TTFT all at 0.3 s
         *(
-            FakePod(f"alpha-prefill-{i}", "alpha", waiting=w, running=2, kv=0.3, ttft_s=0.3, **busy)
+            FakePod(rs_pod("alpha-prefill", i), "alpha", waiting=w, running=2, kv=0.3, ttft_s=0.3, **busy)
             for i, w in enumerate((4, 6, 8))
         ),
         # alpha decode: running 30/50 -> 40; kv 0.6/0.8 -> 0.7; ITL 0.03 s; 64 tokens/step
         FakePod(
-            "alpha-decode-0", "alpha", running=30, kv=0.6, itl_s=0.03,
+            rs_pod("alpha-decode", 0), "alpha", running=30, kv=0.6, itl_s=0.03,
             **{**busy, "tokens_per_step": 64, "steps_per_s": 20},
         ),
         FakePod(
-            "alpha-decode-1", "alpha", running=50, kv=0.8, itl_s=0.03,
+            rs_pod("alpha-decode", 1), "alpha", running=50, kv=0.8, itl_s=0.03,
             **{**busy, "tokens_per_step": 64, "steps_per_s": 20},
         ),
         # beta: vLLM < 0.9 names (gpu_cache_usage_perc, time_per_output_token_seconds)
         *(
-            FakePod(f"beta-{i}", "beta", naming="old", waiting=1, kv=0.5, itl_s=0.045, **busy)
+            FakePod(rs_pod("beta", i), "beta", naming="old", waiting=1, kv=0.5, itl_s=0.045, **busy)
             for i in range(2)
         ),
         # gamma: everything under the escaped vllm_ spelling
-        *(FakePod(f"gamma-{i}", "gamma", escaped=True, waiting=3, kv=0.4, **busy) for i in range(2)),
+        *(FakePod(rs_pod("gamma", i), "gamma", escaped=True, waiting=3, kv=0.4, **busy) for i in range(2)),
         # delta: both generations (old kv deliberately different) and 2 DP engines per pod
         *(
             FakePod(
-                f"delta-{i}", "delta", naming="both", engines=2, waiting=10, kv=0.2, old_kv=0.9,
+                rs_pod("delta", i), "delta", naming="both", engines=2, waiting=10, kv=0.2, old_kv=0.9,
                 **busy,
             )
             for i in range(2)
         ),
         # idle: no steps, no requests
-        *(FakePod(f"idle-{i}", "idle", waiting=0, kv=0.05) for i in range(2)),
+        *(FakePod(rs_pod("idle", i), "idle", waiting=0, kv=0.05) for i in range(2)),
         # nanpool: one of three pods reports NaN gauges
-        *(FakePod(f"nanpool-{i}", "nanpool", waiting=2, kv=0.5, **busy) for i in range(2)),
-        FakePod("nanpool-2", "nanpool", waiting=2, kv=0.5, nan=True, **busy),
+        *(FakePod(rs_pod("nanpool", i), "nanpool", waiting=2, kv=0.5, **busy) for i in range(2)),
+        FakePod(rs_pod("nanpool", 2), "nanpool", waiting=2, kv=0.5, nan=True, **busy),
         # stale: one of two pods serves samples with an explicit timestamp 2 minutes old
-        FakePod("stale-0", "stale", waiting=5, kv=0.5, **busy),
-        FakePod("stale-1", "stale", waiting=50, kv=0.9, frozen_ms=frozen, **busy),
+        FakePod(rs_pod("stale", 0), "stale", waiting=5, kv=0.5, **busy),
+        FakePod(rs_pod("stale", 1), "stale", waiting=50, kv=0.9, frozen_ms=frozen, **busy),
         # labels: same pod prefix, two models; the role selects model m1 only
         FakePod("srv-a", "labels", model="m1", waiting=7, **busy),
         FakePod("srv-b", "labels", model="m2", waiting=100, **busy),

@@ -21,7 +21,11 @@ from typing import Any
 
 import requests
 
-JOBS = ("vllm", "controller")
+JOBS = ("vllm", "controller", "exporter")
+# Jobs whose targets serve many pods' series (namespace and pod labels in the exposition, as a
+# federating or aggregating exporter does): those labels are kept, not overwritten by the
+# target's.
+HONOR_LABELS = frozenset({"exporter"})
 
 
 def free_port() -> int:
@@ -78,6 +82,7 @@ class PromServer:
                 "file_sd_configs": [
                     {"files": [str(self.dir / "sd" / job / "*.json")], "refresh_interval": "1s"}
                 ],
+                "honor_labels": job in HONOR_LABELS,
             }
             for job in JOBS
         ]

@@ -21,7 +21,7 @@ from autoscaler.metrics.source import RoleTarget
 from autoscaler.testing import Ticker, pool_policy
 from autoscaler.types import Role, RoleDecision, RoleObservation, SignalSample
 from tests.prom import fleet as fl
-from tests.prom.fakevllm import FakePod, FakeVllmServer
+from tests.prom.fakevllm import FakePod, FakeVllmServer, rs_pod
 from tests.prom.promserver import PromServer, eventually_async
 from tests.prom.slowproxy import SlowProxy
 
@@ -74,7 +74,7 @@ async def test_prometheus_stopped_then_restarted(
     come back, and a pod that vanished while Prometheus was down is not counted (its last
     samples linger for the 5 min lookback; the sample-age check drops them)."""
     ns = "restart"
-    pods = [fake_vllm.add(FakePod(f"{ns}-{i}", ns, waiting=1)) for i in range(2)]
+    pods = [fake_vllm.add(FakePod(rs_pod(ns, i), ns, waiting=1)) for i in range(2)]
     private_prom.set_targets("vllm", ns, [fake_vllm.target(p) for p in pods])
     targets = pool_targets(ns)
     src = fl.source(private_prom.url, max_sample_age_s=3.0, retries=1, backoff_s=0.1)
@@ -149,7 +149,7 @@ async def test_target_disappearing_gives_partial_data(
     is the remaining pods' mean over fewer replicas than ready, and the core does not scale
     down even though that mean is low."""
     ns = "vanish"
-    pods = [fake_vllm.add(FakePod(f"{ns}-{i}", ns, waiting=1)) for i in range(3)]
+    pods = [fake_vllm.add(FakePod(rs_pod(ns, i), ns, waiting=1)) for i in range(3)]
     fleet.prom.set_targets("vllm", ns, [fake_vllm.target(p) for p in pods])
     targets = pool_targets(ns)
     src = fl.source(fleet.prom.url)

@@ -22,6 +22,7 @@ from autoscaler.testing import pool_policy
 from autoscaler.types import Role
 from tests.prom import fleet as fl
 from tests.prom import llmd
+from tests.prom.fakevllm import rs_pod
 from tests.prom.promserver import PromServer, eventually, free_port
 
 pytestmark = pytest.mark.prometheus
@@ -52,7 +53,7 @@ def sims(prom: PromServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     entries = [
         {
             "targets": [f"127.0.0.1:{sim.port}"],
-            "labels": {"namespace": "llmd", "pod": f"{name}-0"},
+            "labels": {"namespace": "llmd", "pod": rs_pod(name, 0)},
         }
         for name, sim in (("llmd-fake", fake), ("llmd-live", live))
     ]

@@ -13,7 +13,7 @@ from autoscaler.metrics import queries
 from autoscaler.metrics.source import RoleSamples
 from autoscaler.types import Role, SignalSample
 from tests.prom import fleet as fl
-from tests.prom.fakevllm import ITL_BUCKETS, TTFT_BUCKETS, interpolated_quantile
+from tests.prom.fakevllm import ITL_BUCKETS, TTFT_BUCKETS, interpolated_quantile, rs_pod
 from tests.prom.promserver import PromServer
 
 pytestmark = pytest.mark.prometheus
@@ -109,6 +109,9 @@ def test_role_without_pods_is_missing(samples: RoleSamples) -> None:
     for key, s in e.items():
         assert s.missing, key
         assert s.replicas == 0, key
+        # The detail says how the pods were looked for, and what to do for other pod names.
+        assert "looked for pods named empty-<hash>-<suffix> in namespace empty" in s.detail, key
+        assert "metrics.pod_regex" in s.detail, key
 
 
 def test_nan_pod_is_left_out(samples: RoleSamples) -> None:
@@ -116,7 +119,7 @@ def test_nan_pod_is_left_out(samples: RoleSamples) -> None:
     n = samples[("nanpool", A)]
     approx(n["queue_depth"], 2.0, 2)
     approx(n["kv_cache"], 0.5, 2)
-    assert "nan: nanpool-2" in n["queue_depth"].detail
+    assert f"nan: {rs_pod('nanpool', 2)}" in n["queue_depth"].detail
 
 
 def test_stale_pod_is_left_out(samples: RoleSamples) -> None:
@@ -124,7 +127,7 @@ def test_stale_pod_is_left_out(samples: RoleSamples) -> None:
     s = samples[("stale", A)]
     approx(s["queue_depth"], 5.0, 1)
     approx(s["kv_cache"], 0.5, 1)
-    assert "stale: stale-1" in s["queue_depth"].detail
+    assert f"stale: {rs_pod('stale', 1)}" in s["queue_depth"].detail
 
 
 def test_extra_labels_select_pods(samples: RoleSamples) -> None:
