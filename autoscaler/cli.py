@@ -118,6 +118,11 @@ _DELEGATED = {
 
 # Commands that draw tables and plots need the `sim` extra (rich, matplotlib); the controller
 # image installs without it.
+ROUTING_HELP = (
+    "how requests pick a replica in every run: least-loaded (default) or prefix-aware (most "
+    "cached prompt blocks first, as llm-d's prefix-cache scorer; differs only on a trace with "
+    "block hashes, e.g. Mooncake's hash_ids)"
+)
 _NEEDS_SIM_EXTRA = {"demo", "backtest", "tune"}
 
 
@@ -217,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="wall time to stretch the policy's replay to (default 20; 0 = full speed)",
     )
+    d.add_argument(
+        "--routing",
+        choices=("least-loaded", "prefix-aware"),
+        default="least-loaded",
+        help=ROUTING_HELP,
+    )
     d.set_defaults(func=_delegate("demo"))
 
     b = sub.add_parser("backtest", help="replay a trace through the controller and baselines")
@@ -263,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttft-slowdown", type=_positive, default=None, help="SLO TTFT x idle prefill (3.0)"
     )
     b.add_argument("--itl-mean-s", type=_positive, default=None, help="SLO mean ITL (0.05)")
+    b.add_argument(
+        "--routing",
+        choices=("least-loaded", "prefix-aware"),
+        default="least-loaded",
+        help=ROUTING_HELP,
+    )
     b.set_defaults(func=_delegate("backtest"))
 
     tn = sub.add_parser("tune", help="fit a policy's parameters to a trace (cross-validated)")
