@@ -310,14 +310,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="vLLM metric names: new (kv_cache_usage_perc) or old (gpu_cache_...)")
     ss.add_argument("--speedup", type=_positive, default=1.0,
                     help="simulated seconds per wall second (> 0)")
+    ss.add_argument("--aggregated", action="store_true",
+                    help="one aggregated Deployment `sim` instead of the P/D pair")
     ss.set_defaults(func=_delegate("sim-serve"))
 
     pr = sub.add_parser("profile", help="fit or check a simulator profile against measurements")
     psub = pr.add_subparsers(dest="profile_command", metavar="PROFILECOMMAND", required=True)
-    pf = psub.add_parser("fit", help="fit profile constants to `vllm bench serve` result files")
-    pc = psub.add_parser("check", help="replay `vllm bench serve` result files; per-point error")
+    pf = psub.add_parser("fit", help="fit profile constants to measurements (bench files, "
+                         "Prometheus range exports)")  # fmt: skip
+    pc = psub.add_parser("check", help="replay measurements with a profile; per-point error")
     for q in (pf, pc):
-        q.add_argument("results", nargs="+", type=Path, help="--save-result JSON files")
+        q.add_argument("results", nargs="*", type=Path,
+                       help="`vllm bench serve --save-result` JSON files")  # fmt: skip
+        q.add_argument("--prom-export", action="append", type=Path, default=None,
+                       metavar="FILE", help="a Prometheus /api/v1/query_range JSON export of an "
+                       "aggregated vLLM deployment's counters (repeatable; docs/simulator.md)")
+        q.add_argument("--window-s", type=_positive, default=300.0,
+                       help="cut a range export into measurements of this many seconds (300)")
+        q.add_argument("--min-requests", type=_count, default=50,
+                       help="skip export windows with fewer finished requests (50)")
         q.add_argument("--set", action="append", metavar="FIELD=VALUE",
                        help="a server setting of the runs (e.g. max_num_seqs=128)")  # fmt: skip
     pf.add_argument("--base", default=None, help="starting profile (built-in name or YAML)")
