@@ -145,6 +145,10 @@ class Experiment:
     stages: tuple[tuple[float, float], ...] = ()
     """(rate, duration_s) load stages run back to back; the points summarise all of them.
     Empty: one stage of `num_prompts` requests at `rate`."""
+    vantage: str = "client"
+    """Where latencies were measured: `client` (a benchmark client: HTTP, tokenization and
+    streaming included) or `server` (vLLM's own histograms, which start at the engine's
+    arrival: the profile's `frontend_ms` is not in them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,7 +407,13 @@ def run_experiment(
         assert exp.input_len is not None
         rng = np.random.default_rng(exp.seed + 1)
         hashes = exp.shared_prefix.hashes(len(arrival), exp.input_len, rng)
-    return simulate(prof, arrival, prompt, output, replicas=exp.replicas, block_hashes=hashes)
+    out = simulate(prof, arrival, prompt, output, replicas=exp.replicas, block_hashes=hashes)
+    if exp.vantage == "server":
+        # The front-end delay precedes the engine's arrival stamp (engine: frontend_ms delays
+        # each request's entry to the scheduler), so vLLM's TTFT and e2e histograms lack it.
+        for key in ("mean_ttft_ms", "median_ttft_ms", "mean_e2e_ms", "median_e2e_ms"):
+            out[key] -= prof.frontend_ms
+    return out
 
 
 def saturation_knee(

@@ -298,6 +298,11 @@ def main(args: Any) -> int:
     base = resolve_profile(args.base)
     exps = _experiments(args.results, base, args.set or [], **_export_args(args))
     params = [p for p in args.params.split(",") if p]
+    if "frontend_ms" in params and all(e.vantage == "server" for e in exps):
+        raise errors.ConfigError([
+            "--params frontend_ms: server-side measurements (--prom-export) do not contain the "
+            "front-end delay; fit it from `vllm bench serve` files, or leave it out of --params"
+        ])  # fmt: skip
     res = fit_profile(base, exps, data, params=params, max_evaluations=args.max_evaluations)
     print(f"fitted {len(params)} constants of {base.name} on {len(exps)} measurements "
           f"({res.evaluations} simulations):")  # fmt: skip

@@ -14,6 +14,9 @@ the counters' increases over every pod give one measurement, replayed as an expe
 - points: mean TTFT, mean end-to-end latency (histogram `_sum` / `_count` increases) and mean
   inter-token latency (`vllm:inter_token_latency_seconds`, or the older
   `vllm:time_per_output_token_seconds`), each a mean over what vLLM observed in the window.
+  These are the server's view: they start at the engine's arrival stamp, after the HTTP front
+  end, so the replay leaves the profile's `frontend_ms` out of them (and a fit on exports alone
+  cannot determine `frontend_ms`: fit it from `vllm bench serve` files).
 
 The deployment must be aggregated (every pod serves whole requests): P/D pods split a request's
 latency between two pods, which these families do not tie together. Counter resets (a pod
@@ -208,6 +211,7 @@ def experiments_from_export(
                 split="fit",
                 points=points,
                 note=f"window [{lo:.0f}, {hi:.0f}] of a Prometheus range export",
+                vantage="server",
             )
         )
     if not out:

@@ -90,24 +90,34 @@ def test_quiet_windows_are_skipped_and_a_list_of_bodies_is_read(tmp_path: Path) 
         experiments_from_export(p, profile="llama-8b-h100", window_s=150.0, min_requests=50)
 
 
-@pytest.mark.parametrize(
-    ("doc", "match"),
-    [
-        pytest.param({"status": "error", "error": "x"}, "status success", id="error-reply"),
-        pytest.param({"status": "success", "data": {"resultType": "vector", "result": []}},
-                     "expected matrix", id="instant-query"),  # fmt: skip
-        pytest.param(_body([{"metric": {"pod": "a"}, "values": [[T0, "1"]]}]),
-                     r"data.result\[0\].metric.__name__", id="no-name"),  # fmt: skip
-        pytest.param(_body([{"metric": {"__name__": "x"}, "values": [["t"]]}]),
-                     r"values\[0\]: expected \[time, value\]", id="bad-sample"),  # fmt: skip
-        pytest.param(_body(_pod("a", 5.0)[1:]), "no vllm:request_success_total",
-                     id="missing-family"),  # fmt: skip
-        pytest.param(_body([_series("vllm:request_success_total", "a", [1, 2]),
-                            _series("vllm:prompt_tokens_total", "a", [1, 2]),
-                            _series("vllm:generation_tokens_total", "a", [1, 2])]),
-                     "less than one --window-s", id="too-short"),  # fmt: skip
-    ],
-)
+_THREE = [
+    _series("vllm:request_success_total", "a", [1, 2]),
+    _series("vllm:prompt_tokens_total", "a", [1, 2]),
+    _series("vllm:generation_tokens_total", "a", [1, 2]),
+]
+BAD = [
+    pytest.param({"status": "error", "error": "x"}, "status success", id="error-reply"),
+    pytest.param(
+        {"status": "success", "data": {"resultType": "vector", "result": []}},
+        "expected matrix",
+        id="instant-query",
+    ),
+    pytest.param(
+        _body([{"metric": {"pod": "a"}, "values": [[T0, "1"]]}]),
+        r"data.result\[0\].metric.__name__",
+        id="no-name",
+    ),
+    pytest.param(
+        _body([{"metric": {"__name__": "x"}, "values": [["t"]]}]),
+        r"values\[0\]: expected \[time, value\]",
+        id="bad-sample",
+    ),
+    pytest.param(_body(_pod("a", 5.0)[1:]), "no vllm:request_success_total", id="missing-family"),
+    pytest.param(_body(_THREE), "less than one --window-s", id="too-short"),
+]
+
+
+@pytest.mark.parametrize(("doc", "match"), BAD)
 def test_bad_exports_name_file_and_field(tmp_path: Path, doc: Any, match: str) -> None:
     p = tmp_path / "bad.json"
     p.write_text(json.dumps(doc))
@@ -128,3 +138,16 @@ def test_check_cli_reads_an_export(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "6 points:" in out
     assert cli.main(["profile", "check"]) == 2
     assert "no measurements" in capsys.readouterr().err
+
+
+def test_fit_from_an_export_alone_cannot_fit_frontend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vLLM's histograms start after the front end: asking to fit frontend_ms from exports
+    alone is a one-line error, not a constant fitted to noise."""
+    p = tmp_path / "export.json"
+    p.write_text(json.dumps(_body(_pod("a", 15.0))))
+    args = ["profile", "fit", "--prom-export", str(p), "--out", str(tmp_path / "x.yaml")]
+    assert cli.main(args) == 2
+    assert "frontend_ms" in capsys.readouterr().err
+    assert not (tmp_path / "x.yaml").exists()
