@@ -92,6 +92,7 @@ def main() -> int:
         return 0
 
     by_split: dict[str, list[float]] = {"fit": [], "held-out": [], "context": []}
+    by_source: dict[str, list[float]] = {}
     head = ("experiment", "split", "metric", "published", "simulated", "error")
     print(f"{head[0]:28s} {head[1]:8s} {head[2]:18s} {head[3]:>10s} {head[4]:>10s} {head[5]:>8s}")
     for exp in data.experiments:
@@ -103,11 +104,16 @@ def main() -> int:
         for m, v, s, e in rows:
             print(f"{exp.id:28s} {split:8s} {m:18s} {v:10.1f} {s:10.1f} {100 * e:+7.1f}%")
             by_split[split].append(e)
+            if split != "context":
+                by_source.setdefault(exp.source, []).append(e)
         print(f"    {exp.model}, {exp.gpu}, TP{exp.tp}, vLLM {exp.vllm_version}, "
               f"rate {exp.rate:g}/s x {exp.num_prompts}; {src.url} ({dt:.1f} s)")  # fmt: skip
     print()
     for split in ("fit", "held-out", "context"):
         print(f"{split:9s} {_summary(by_split[split])}")
+    print("\nscored points (fit and held-out) by source:")
+    for key, errs in by_source.items():
+        print(f"  {key:28s} {_summary(errs)}")
 
     if not args.no_extras:
         print("\nlong prompts, one request on an idle replica (simulated TTFT, s):")
