@@ -146,8 +146,9 @@ def _measured_workload_knee(data: DataFile) -> None:
     exp = next((e for e in data.experiments if e.id == "ibm-70b-general-r20"), None)
     if exp is None:
         return
+    mean, median = exp.points["mean_ttft_ms"], exp.points["median_ttft_ms"]
     print(f"\n{exp.id} workload at rising rates (published at {exp.rate:g} req/s: mean TTFT "
-          f"{exp.points['mean_ttft_ms']:.0f} ms, median {exp.points['median_ttft_ms']:.0f} ms):")  # fmt: skip
+          f"{mean:.0f} ms, median {median:.0f} ms):")  # fmt: skip
     for rate in (20.0, 20.5, 21.0, 21.5, 22.0, 23.0):
         x = replace(exp, rate=rate, num_prompts=round(rate * 300))
         m = run_experiment(x, data)
