@@ -118,6 +118,11 @@ _DELEGATED = {
 
 # Commands that draw tables and plots need the `sim` extra (rich, matplotlib); the controller
 # image installs without it.
+ROUTING_HELP = (
+    "how requests pick a replica in every run: least-loaded (default) or prefix-aware (most "
+    "cached prompt blocks first, as llm-d's prefix-cache scorer; differs only on a trace with "
+    "block hashes, e.g. Mooncake's hash_ids)"
+)
 _NEEDS_SIM_EXTRA = {"demo", "backtest", "tune"}
 
 
@@ -217,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="wall time to stretch the policy's replay to (default 20; 0 = full speed)",
     )
+    d.add_argument(
+        "--routing",
+        choices=("least-loaded", "prefix-aware"),
+        default="least-loaded",
+        help=ROUTING_HELP,
+    )
     d.set_defaults(func=_delegate("demo"))
 
     b = sub.add_parser("backtest", help="replay a trace through the controller and baselines")
@@ -263,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttft-slowdown", type=_positive, default=None, help="SLO TTFT x idle prefill (3.0)"
     )
     b.add_argument("--itl-mean-s", type=_positive, default=None, help="SLO mean ITL (0.05)")
+    b.add_argument(
+        "--routing",
+        choices=("least-loaded", "prefix-aware"),
+        default="least-loaded",
+        help=ROUTING_HELP,
+    )
     b.set_defaults(func=_delegate("backtest"))
 
     tn = sub.add_parser("tune", help="fit a policy's parameters to a trace (cross-validated)")
@@ -293,14 +310,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="vLLM metric names: new (kv_cache_usage_perc) or old (gpu_cache_...)")
     ss.add_argument("--speedup", type=_positive, default=1.0,
                     help="simulated seconds per wall second (> 0)")
+    ss.add_argument("--aggregated", action="store_true",
+                    help="one aggregated Deployment `sim` instead of the P/D pair")
     ss.set_defaults(func=_delegate("sim-serve"))
 
     pr = sub.add_parser("profile", help="fit or check a simulator profile against measurements")
     psub = pr.add_subparsers(dest="profile_command", metavar="PROFILECOMMAND", required=True)
-    pf = psub.add_parser("fit", help="fit profile constants to `vllm bench serve` result files")
-    pc = psub.add_parser("check", help="replay `vllm bench serve` result files; per-point error")
+    pf = psub.add_parser("fit", help="fit profile constants to measurements (bench files, "
+                         "Prometheus range exports)")  # fmt: skip
+    pc = psub.add_parser("check", help="replay measurements with a profile; per-point error")
     for q in (pf, pc):
-        q.add_argument("results", nargs="+", type=Path, help="--save-result JSON files")
+        q.add_argument("results", nargs="*", type=Path,
+                       help="`vllm bench serve --save-result` JSON files")  # fmt: skip
+        q.add_argument("--prom-export", action="append", type=Path, default=None,
+                       metavar="FILE", help="a Prometheus /api/v1/query_range JSON export of an "
+                       "aggregated vLLM deployment's counters (repeatable; docs/simulator.md)")
+        q.add_argument("--window-s", type=_positive, default=300.0,
+                       help="cut a range export into measurements of this many seconds (300)")
+        q.add_argument("--min-requests", type=_count, default=50,
+                       help="skip export windows with fewer finished requests (50)")
         q.add_argument("--set", action="append", metavar="FIELD=VALUE",
                        help="a server setting of the runs (e.g. max_num_seqs=128)")  # fmt: skip
     pf.add_argument("--base", default=None, help="starting profile (built-in name or YAML)")

@@ -26,6 +26,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from autoscaler.profile import builtin, resolve_profile
@@ -91,6 +92,7 @@ def main() -> int:
         return 0
 
     by_split: dict[str, list[float]] = {"fit": [], "held-out": [], "context": []}
+    by_source: dict[str, list[float]] = {}
     head = ("experiment", "split", "metric", "published", "simulated", "error")
     print(f"{head[0]:28s} {head[1]:8s} {head[2]:18s} {head[3]:>10s} {head[4]:>10s} {head[5]:>8s}")
     for exp in data.experiments:
@@ -102,11 +104,16 @@ def main() -> int:
         for m, v, s, e in rows:
             print(f"{exp.id:28s} {split:8s} {m:18s} {v:10.1f} {s:10.1f} {100 * e:+7.1f}%")
             by_split[split].append(e)
+            if split != "context":
+                by_source.setdefault(exp.source, []).append(e)
         print(f"    {exp.model}, {exp.gpu}, TP{exp.tp}, vLLM {exp.vllm_version}, "
               f"rate {exp.rate:g}/s x {exp.num_prompts}; {src.url} ({dt:.1f} s)")  # fmt: skip
     print()
     for split in ("fit", "held-out", "context"):
         print(f"{split:9s} {_summary(by_split[split])}")
+    print("\nscored points (fit and held-out) by source:")
+    for key, errs in by_source.items():
+        print(f"  {key:28s} {_summary(errs)}")
 
     if not args.no_extras:
         print("\nlong prompts, one request on an idle replica (simulated TTFT, s):")
@@ -117,11 +124,36 @@ def main() -> int:
             ]
             print(f"  {name:20s} " + "   ".join(vals))
         print("\nsaturation knee (mean TTFT passes 1 s; ShareGPT-like lengths, 5-minute runs):")
-        for name, lo in (("llama-8b-h100", 20.0), ("llama-70b-tp4-h100", 12.0)):
+        for name, lo, seats in (
+            ("llama-8b-h100", 20.0, (1024,)),
+            # The 70B also at the seat limits of older defaults (V0: 256) and of the measured
+            # V1 runs (128): the knee is where the seats fill, so it depends on max_num_seqs.
+            ("llama-70b-tp4-h100", 12.0, (1024, 256, 128)),
+        ):
             rates = [lo * (1 + 0.05 * i) for i in range(60)]
-            knee = saturation_knee(builtin(name), KNEE_DATASET, rates=rates)
-            print(f"  {name:20s} {knee:6.1f} req/s")
+            for mns in seats:
+                prof = builtin(name).model_copy(update={"max_num_seqs": mns})
+                knee = saturation_knee(prof, KNEE_DATASET, rates=rates)
+                print(f"  {name:20s} max_num_seqs {mns:5d} {knee:6.1f} req/s")
+        _measured_workload_knee(data)
     return 0
+
+
+def _measured_workload_knee(data: DataFile) -> None:
+    """The 70B's knee on the one published V1 70B workload run near saturation: the simulated
+    mean TTFT of `ibm-70b-general-r20` (Llama-2-70B TP4, 575/246 tokens, max_num_seqs 128,
+    constant arrivals) at rising rates, next to what the source measured at 20 req/s."""
+    exp = next((e for e in data.experiments if e.id == "ibm-70b-general-r20"), None)
+    if exp is None:
+        return
+    mean, median = exp.points["mean_ttft_ms"], exp.points["median_ttft_ms"]
+    print(f"\n{exp.id} workload at rising rates (published at {exp.rate:g} req/s: mean TTFT "
+          f"{mean:.0f} ms, median {median:.0f} ms):")  # fmt: skip
+    for rate in (20.0, 20.5, 21.0, 21.5, 22.0, 23.0):
+        x = replace(exp, rate=rate, num_prompts=round(rate * 300))
+        m = run_experiment(x, data)
+        print(f"  {rate:5.1f} req/s: mean TTFT {m['mean_ttft_ms']:9.0f} ms, median "
+              f"{m['median_ttft_ms']:9.0f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

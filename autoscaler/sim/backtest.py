@@ -52,7 +52,7 @@ from autoscaler.policy.load import load_policy_file
 from autoscaler.profile import BUILTIN_PROFILES, Profile, builtin, load_profile
 from autoscaler.sim import baselines, yardsticks
 from autoscaler.sim.backends import SimActuator, SimMetricsSource
-from autoscaler.sim.engine import Simulation
+from autoscaler.sim.engine import ROUTING_POLICIES, Simulation
 from autoscaler.sim.evaluate import SLO, Evaluation, Oracle, evaluate, oracle, request_outcome
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.spec import PolicyFile, PoolSpec
@@ -116,8 +116,13 @@ class ReplayConfig:
     slo: SLO = field(default_factory=SLO)
     # The attainment best-static and hindsight must reach (and the oracle's).
     target: float = yardsticks.DEFAULT_TARGET
+    # How requests pick a replica, in every run alike (the policy's and the baselines').
+    routing: str = "least-loaded"
 
     def __post_init__(self) -> None:
+        if self.routing not in ROUTING_POLICIES:
+            known = " | ".join(ROUTING_POLICIES)
+            raise errors.ConfigError([f"--routing must be {known}, got {self.routing!r}"])
         if not (self.tick_s > 0 and self.scrape_s > 0 and self.window_s >= self.scrape_s):
             msg = (
                 f"--tick-s {self.tick_s} and --scrape-s {self.scrape_s} must be > 0 and the rate "
@@ -229,7 +234,9 @@ def run_controller(
     """Replay `trace` into the policy's (first) pool under the real controller Loop."""
     t0 = time.perf_counter()
     policy, spec = single_pool(policy)
-    sim = Simulation.from_policy(policy, {spec.name: tuple(trace)}, profile=profile)
+    sim = Simulation.from_policy(
+        policy, {spec.name: tuple(trace)}, profile=profile, routing=config.routing
+    )
     source = SimMetricsSource(sim, scrape_interval_s=config.scrape_s, window_s=config.window_s)
     # Forecast refits run inline in simulated time: a background thread would make the replay
     # depend on the machine's speed (and the result on the run).
@@ -273,7 +280,7 @@ def run_static(
 ) -> Run:
     """Replay `trace` on a fixed fleet (no controller)."""
     t0 = time.perf_counter()
-    sim = yardsticks.static_simulation(trace, pool, profile, replicas)
+    sim = yardsticks.static_simulation(trace, pool, profile, replicas, routing=config.routing)
     # Advance in slices only to report progress; the result does not depend on the slicing.
     step = max(config.tick_s, horizon_s / 50.0)
     t = 0.0
@@ -404,6 +411,7 @@ def run_backtest(
                 target=config.target,
                 with_hindsight=baselines.HINDSIGHT in wanted,
                 on_replay=lambda _what: tick(0.0),
+                routing=config.routing,
             )
             for b in wanted:
                 key = _unique(b, set(runs))
@@ -442,7 +450,13 @@ def _yardstick_run(
             sim = found
         else:
             sim, _ = yardsticks.replay_fixed(
-                ys.trace, ys.pool, ys.profile, point.replicas, slo=config.slo, horizon_s=horizon
+                ys.trace,
+                ys.pool,
+                ys.profile,
+                point.replicas,
+                slo=config.slo,
+                horizon_s=horizon,
+                routing=ys.routing,
             )
         reps = dict(point.replicas)
         desc = (
@@ -663,6 +677,8 @@ def summary_json(bt: Backtest) -> dict[str, Any]:
             "ttft_slowdown": slo.ttft_slowdown,
             "itl_mean_s": slo.itl_mean_s,
         },
+        "routing": bt.config.routing,
+        "prefix_cache": bt.trace.block_hashes is not None,
         "tick_s": bt.config.tick_s,
         "scrape_s": bt.config.scrape_s,
         "rate_window_s": bt.config.window_s,
@@ -702,7 +718,7 @@ def summary_table(bt: Backtest) -> Table:
     table = Table(
         title=(
             f"{bt.trace_name}: {n:,} requests over {bt.trace.duration_s / 60:.1f} min, "
-            f"profile {bt.profile.name}"
+            f"profile {bt.profile.name}, routing {bt.config.routing}"
         ),
         caption=(
             f"SLO: TTFT <= max({bt.config.slo.ttft_floor_s:g} s, {bt.config.slo.ttft_slowdown:g}"
@@ -717,7 +733,7 @@ def summary_table(bt: Backtest) -> Table:
     )
     for col in ("run", "SLO att.", "TTFT p50/p99 s", "ITL p50/p99 ms", "GPU-h (P+D)",
                 "x hindsight", "static@GPU-h", "x oracle", "scales", "reversals",
-                "preempt."):  # fmt: skip
+                "preempt.", "prefix hit"):  # fmt: skip
         table.add_column(
             col,
             justify="left" if col == "run" else "right",
@@ -745,13 +761,14 @@ def summary_table(bt: Backtest) -> Table:
             str(ev.scale_events),
             str(ev.reversals),
             str(ev.preemptions),
+            _fmt(_f(ev.prefix_cache_hit_rate), "{:.0%}"),
         )
     reps = bt.oracle.replicas
     split = "+".join(f"{int(v.sum()) * BIN_S / 3600:.2f}" for v in reps.values())
     hs = hindsight_gpu_hours(bt)
     table.add_row(
         "oracle (loose)", "-", "-", "-", f"{orc:.2f} ({split})",
-        f"{orc / hs:.2f}" if hs else "-", "-", "1.00", "-", "-", "-",
+        f"{orc / hs:.2f}" if hs else "-", "-", "1.00", "-", "-", "-", "-",
     )  # fmt: skip
     return table
 
@@ -873,6 +890,7 @@ def _config(args: argparse.Namespace) -> ReplayConfig:
         scrape_s=scrape,
         window_s=_opt(args, "window_s", max(DEFAULT_WINDOW_S, scrape)),
         slo=slo,
+        routing=getattr(args, "routing", None) or "least-loaded",
     )
 
 

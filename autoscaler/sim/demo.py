@@ -261,6 +261,7 @@ def main(args: argparse.Namespace) -> int:
         policy = load_policy_file(policy_path)
         profile = backtest.resolve_profile_arg(getattr(args, "profile", None))
         backtest.check_profile([(Path(policy_path).stem, policy)], profile)
+        config = backtest.ReplayConfig(routing=getattr(args, "routing", None) or "least-loaded")
     except errors.ConfigError as exc:
         for line in exc.problems:
             print(f"demo: {line}", file=sys.stderr)
@@ -274,7 +275,8 @@ def main(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     console.print(where, highlight=False)
     console.print(
-        f"policy: {policy_path}; profile {profile.name} (cold start {profile.cold_start_s:.0f} s); "
+        f"policy: {policy_path}; profile {profile.name} (cold start {profile.cold_start_s:.0f} s), "
+        f"routing {config.routing}; "
         f"{len(trace.arrival_s):,} requests over {trace.duration_s / 60:.1f} min, replayed in "
         + (f"~{seconds:.0f} s" if seconds > 0 else "as little time as possible"),
         highlight=False,
@@ -293,6 +295,7 @@ def main(args: argparse.Namespace) -> int:
                 trace_name=name,
                 policies=[(Path(policy_path).stem, policy)],
                 profile=profile,
+                config=config,
                 hooks=[feed.hook],
                 on_tick=feed.on_tick,
             )

@@ -1122,13 +1122,15 @@ class Simulation:
         profile: Profile | Mapping[str, Profile],
         initial_replicas: Mapping[str, Mapping[Role, int]] | None = None,
         max_segment_steps: int = 0,
+        routing: str = "least-loaded",
     ) -> Simulation:
         """A simulation of every pool of a policy file that has a workload.
 
         `workloads` maps pool name -> (arrival_s, prompt_tokens, output_tokens[, block_hashes,
         block_tokens]), e.g. a trace-loader or workload-generator result (a Trace). `profile` is
         one profile for all pools or one per pool name. Initial replicas default to each role's
-        min_replicas (at least 1), ready at time 0.
+        min_replicas (at least 1), ready at time 0. `routing` (least-loaded or prefix-aware)
+        applies to every pool.
         """
         sim = cls(max_segment_steps=max_segment_steps)
         unknown = sorted(set(workloads) - {p.name for p in policy.pools})
@@ -1159,6 +1161,7 @@ class Simulation:
                 initial_replicas=init,
                 block_hashes=hashes,
                 block_tokens=block_tokens,
+                routing=routing,
             )
         return sim
 

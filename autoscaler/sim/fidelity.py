@@ -145,6 +145,10 @@ class Experiment:
     stages: tuple[tuple[float, float], ...] = ()
     """(rate, duration_s) load stages run back to back; the points summarise all of them.
     Empty: one stage of `num_prompts` requests at `rate`."""
+    vantage: str = "client"
+    """Where latencies were measured: `client` (a benchmark client: HTTP, tokenization and
+    streaming included) or `server` (vLLM's own histograms, which start at the engine's
+    arrival: the profile's `frontend_ms` is not in them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +376,14 @@ def simulate(
     tpot = res.mean_itl_s * 1000.0
     tpot = tpot[~np.isnan(tpot)]
     span = float(np.nanmax(res.finish_s) - np.min(res.arrival_s))
+    # Token-weighted mean ITL, as vLLM's inter-token histogram observes it (one observation per
+    # gap): total decode time over total gaps.
+    gaps = (res.output_tokens - 1).astype(np.float64)
+    done = (gaps > 0) & ~np.isnan(res.finish_s) & ~np.isnan(res.first_token_s)
+    decode_ms = float(np.sum((res.finish_s - res.first_token_s)[done])) * 1000.0
+    n_gaps = float(np.sum(gaps[done]))
     return {
+        "mean_itl_ms": decode_ms / n_gaps if n_gaps > 0 else math.nan,
         "mean_ttft_ms": float(np.nanmean(ttft)),
         "median_ttft_ms": float(np.nanmedian(ttft)),
         "mean_tpot_ms": float(np.mean(tpot)) if tpot.size else math.nan,
@@ -396,7 +407,13 @@ def run_experiment(
         assert exp.input_len is not None
         rng = np.random.default_rng(exp.seed + 1)
         hashes = exp.shared_prefix.hashes(len(arrival), exp.input_len, rng)
-    return simulate(prof, arrival, prompt, output, replicas=exp.replicas, block_hashes=hashes)
+    out = simulate(prof, arrival, prompt, output, replicas=exp.replicas, block_hashes=hashes)
+    if exp.vantage == "server":
+        # The front-end delay precedes the engine's arrival stamp (engine: frontend_ms delays
+        # each request's entry to the scheduler), so vLLM's TTFT and e2e histograms lack it.
+        for key in ("mean_ttft_ms", "median_ttft_ms", "mean_e2e_ms", "median_e2e_ms"):
+            out[key] -= prof.frontend_ms
+    return out
 
 
 def saturation_knee(

@@ -25,6 +25,7 @@ from scipy.optimize import minimize
 
 from autoscaler import errors
 from autoscaler.profile import Profile
+from autoscaler.sim import prom_export
 from autoscaler.sim.fidelity import DataFile, Experiment, run_experiment
 
 FIT_RANGE = 10.0
@@ -236,7 +237,15 @@ def experiment_from_bench_json(path: str | Path, *, profile: str) -> Experiment:
 # --- `pd-autoscaler profile fit | check` -------------------------------------------------------
 
 
-def _experiments(paths: list[Path], profile: Profile, settings: list[str]) -> list[Experiment]:
+def _experiments(
+    paths: list[Path],
+    profile: Profile,
+    settings: list[str],
+    *,
+    exports: list[Path] | None = None,
+    window_s: float = prom_export.DEFAULT_WINDOW_S,
+    min_requests: int = prom_export.DEFAULT_MIN_REQUESTS,
+) -> list[Experiment]:
     overrides: dict[str, Any] = {}
     for item in settings:
         key, sep, value = item.partition("=")
@@ -245,11 +254,14 @@ def _experiments(paths: list[Path], profile: Profile, settings: list[str]) -> li
                 [f"--set: expected FIELD=VALUE with a profile field, got {item!r}"]
             )
         overrides[key] = float(value) if "." in value or "e" in value else int(value)
-    out = []
-    for p in paths:
-        exp = experiment_from_bench_json(p, profile=profile.name)
-        out.append(replace(exp, overrides=overrides))
-    return out
+    if not paths and not exports:
+        raise errors.ConfigError(["no measurements: give result files and/or --prom-export"])
+    found = [experiment_from_bench_json(p, profile=profile.name) for p in paths]
+    for e in exports or []:
+        found += prom_export.experiments_from_export(
+            e, profile=profile.name, window_s=window_s, min_requests=min_requests
+        )
+    return [replace(exp, overrides=overrides) for exp in found]
 
 
 def _print_points(points: list[PointError]) -> None:
@@ -265,6 +277,14 @@ def _print_points(points: list[PointError]) -> None:
           f"{100 * errs[len(errs) // 2]:.1f} %")  # fmt: skip
 
 
+def _export_args(args: Any) -> dict[str, Any]:
+    return {
+        "exports": getattr(args, "prom_export", None) or [],
+        "window_s": getattr(args, "window_s", prom_export.DEFAULT_WINDOW_S),
+        "min_requests": getattr(args, "min_requests", prom_export.DEFAULT_MIN_REQUESTS),
+    }
+
+
 def main(args: Any) -> int:
     """CLI entry: `profile fit RESULTS... --out FILE` or `profile check RESULTS...`."""
     from autoscaler.profile import DEFAULT_PROFILE, resolve_profile  # noqa: PLC0415
@@ -272,12 +292,17 @@ def main(args: Any) -> int:
     data = DataFile(sources={}, datasets={})
     if args.profile_command == "check":
         prof = resolve_profile(args.profile)
-        exps = _experiments(args.results, prof, args.set or [])
+        exps = _experiments(args.results, prof, args.set or [], **_export_args(args))
         _print_points(check_profile(prof, exps, data))
         return 0
     base = resolve_profile(args.base)
-    exps = _experiments(args.results, base, args.set or [])
+    exps = _experiments(args.results, base, args.set or [], **_export_args(args))
     params = [p for p in args.params.split(",") if p]
+    if "frontend_ms" in params and all(e.vantage == "server" for e in exps):
+        raise errors.ConfigError([
+            "--params frontend_ms: server-side measurements (--prom-export) do not contain the "
+            "front-end delay; fit it from `vllm bench serve` files, or leave it out of --params"
+        ])  # fmt: skip
     res = fit_profile(base, exps, data, params=params, max_evaluations=args.max_evaluations)
     print(f"fitted {len(params)} constants of {base.name} on {len(exps)} measurements "
           f"({res.evaluations} simulations):")  # fmt: skip

@@ -1,6 +1,7 @@
 """`pd-autoscaler sim serve`: simulated vLLM pods' `/metrics` over HTTP, in (scaled) wall time.
 
-A P/D pool (namespace `sim`, Deployments `sim-prefill` and `sim-decode`, `--replicas` each) is
+A P/D pool (namespace `sim`, Deployments `sim-prefill` and `sim-decode`, `--replicas` each;
+with `--aggregated`, one Deployment `sim` of `--replicas` pods serving whole requests) is
 simulated by `sim.engine` and advanced to `speedup x` elapsed wall time every 100 ms. Each
 replica is a pod with its own address, as a vLLM pod is: it listens on its own port of `--host`
 and answers `GET /metrics` there, so a scrape config written for vLLM pods works unchanged. The
@@ -55,19 +56,27 @@ def build_simulation(
     trace: traces.Trace,
     prof: profile.Profile,
     replicas: int,
+    aggregated: bool = False,
 ) -> engine.Simulation:
     sim = engine.Simulation()
+    roles = (
+        {Role.AGGREGATED: (NAMESPACE, POOL)}
+        if aggregated
+        else {
+            Role.PREFILL: (NAMESPACE, f"{POOL}-prefill"),
+            Role.DECODE: (NAMESPACE, f"{POOL}-decode"),
+        }
+    )
     sim.add_pool(
         POOL,
         profile=prof,
-        deployments={
-            Role.PREFILL: (NAMESPACE, f"{POOL}-prefill"),
-            Role.DECODE: (NAMESPACE, f"{POOL}-decode"),
-        },
+        deployments=roles,
         arrival_s=trace.arrival_s,
         prompt_tokens=trace.prompt_tokens,
         output_tokens=trace.output_tokens,
-        initial_replicas={Role.PREFILL: replicas, Role.DECODE: replicas},
+        initial_replicas=dict.fromkeys(roles, replicas),
+        block_hashes=trace.block_hashes,
+        block_tokens=trace.block_tokens,
     )
     return sim
 
@@ -280,7 +289,10 @@ def _trace(args: argparse.Namespace) -> traces.Trace:
 
 async def _serve(args: argparse.Namespace) -> int:
     sim = build_simulation(
-        trace=_trace(args), prof=profile.resolve_profile(args.profile), replicas=args.replicas
+        trace=_trace(args),
+        prof=profile.resolve_profile(args.profile),
+        replicas=args.replicas,
+        aggregated=bool(getattr(args, "aggregated", False)),
     )
     server = SimServer(sim, naming=args.naming, speedup=args.speedup)
     port = await server.start(args.host, args.port)

@@ -112,6 +112,7 @@ class Yardsticks:
     pool: PoolSpec
     profile: Profile
     notes: list[str] = field(default_factory=list)
+    routing: str = "least-loaded"
 
     def frontier_attainment_at(self, gpu_hours: float) -> float:
         """The best attainment of a frontier fleet costing at most `gpu_hours` (NaN if none)."""
@@ -123,9 +124,17 @@ class Yardsticks:
 
 
 def static_simulation(
-    trace: Trace, pool: PoolSpec, profile: Profile, replicas: dict[Role, int]
+    trace: Trace,
+    pool: PoolSpec,
+    profile: Profile,
+    replicas: dict[Role, int],
+    *,
+    routing: str = "least-loaded",
 ) -> Simulation:
-    """A simulation of `trace` on a fixed fleet of `replicas` (no controller), not yet run."""
+    """A simulation of `trace` on a fixed fleet of `replicas` (no controller), not yet run. The
+    trace's block hashes turn the replicas' prefix caches on, as in a controller run of the
+    same trace (a yardstick without them would be judged on more prefill work than the policy
+    it is compared with)."""
     sim = Simulation()
     sim.add_pool(
         pool.name,
@@ -135,6 +144,9 @@ def static_simulation(
         prompt_tokens=trace.prompt_tokens,
         output_tokens=trace.output_tokens,
         initial_replicas=replicas,
+        block_hashes=trace.block_hashes,
+        block_tokens=trace.block_tokens,
+        routing=routing,
     )
     return sim
 
@@ -147,10 +159,11 @@ def replay_fixed(
     *,
     slo: SLO,
     horizon_s: float,
+    routing: str = "least-loaded",
 ) -> tuple[Simulation, BoolArray]:
     """Replay `trace` on a fixed fleet (warm at 0) to the end; the simulation and each request's
     SLO verdict."""
-    sim = static_simulation(trace, pool, profile, replicas)
+    sim = static_simulation(trace, pool, profile, replicas, routing=routing)
     sim.advance_to(horizon_s)
     sim.run_until_idle(limit_s=DRAIN_LIMIT_S)
     met = request_outcome(sim.pool(pool.name).results(), profile, slo).met
@@ -165,13 +178,14 @@ def replay_schedule(
     *,
     bin_s: float,
     horizon_s: float,
+    routing: str = "least-loaded",
 ) -> Simulation:
     """Replay a per-bin schedule: each role serves `levels[role][m]` replicas in bin m; a replica
     is requested one cold start before the bin that needs it, so the spec count at t is the most
     any bin overlapping [t, t + cold start] needs; decreases happen at bin edges."""
     cs = profile.cold_start_s
     first = {r: int(v[0]) for r, v in levels.items()}
-    sim = static_simulation(trace, pool, profile, first)
+    sim = static_simulation(trace, pool, profile, first, routing=routing)
     nb = len(next(iter(levels.values())))
     # Change points: bin edges, and bin edges minus the cold start.
     edges = np.arange(nb + 1) * bin_s
@@ -286,6 +300,7 @@ def compute(
     verify_frontier: int = 3,
     with_hindsight: bool = True,
     on_replay: Callable[[str], None] | None = None,
+    routing: str = "least-loaded",
 ) -> Yardsticks:
     """Scan each role's fixed-fleet levels, build the static frontier, find best-static, plan and
     verify hindsight. `verify_frontier`: how many frontier fleets around best-static are
@@ -307,7 +322,9 @@ def compute(
         replays += 1
         if on_replay is not None:
             on_replay("+".join(f"{v}{r.value[0].upper()}" for r, v in reps.items()))
-        return replay_fixed(trace, pool, profile, reps, slo=slo, horizon_s=horizon_s)
+        return replay_fixed(
+            trace, pool, profile, reps, slo=slo, horizon_s=horizon_s, routing=routing
+        )
 
     _, base_met = replay(big)
     base_miss = ~base_met
@@ -418,7 +435,7 @@ def compute(
             if on_replay is not None:
                 on_replay("hindsight")
             sim = replay_schedule(
-                trace, pool, profile, sched, bin_s=bin_s, horizon_s=horizon_s
+                trace, pool, profile, sched, bin_s=bin_s, horizon_s=horizon_s, routing=routing
             )
             ev = evaluate(sim, pool.name, slo=slo, end_s=horizon_s, with_oracle=False)
             hs = Hindsight(sched, planned, b, sim, ev, rnd, forced)
@@ -440,4 +457,5 @@ def compute(
         pool=pool,
         profile=profile,
         notes=notes,
+        routing=routing,
     )
