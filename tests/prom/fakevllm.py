@@ -16,8 +16,9 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
+
+from tests.prom.promserver import TEXT_FORMAT, Answer, serve_expositions
 
 Naming = Literal["new", "old", "both"]
 
@@ -179,40 +180,25 @@ class FakeVllmServer:
         lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                parts = self.path.strip("/").split("/")
-                if len(parts) != 4 or parts[0] != "pods" or parts[3] != "metrics":
-                    self.send_error(404)
-                    return
-                key = (parts[1], parts[2])
-                with lock:
-                    pod = server.pods.get(key)
-                    server.scrapes[key] = server.scrapes.get(key, 0) + 1
-                    server.accept_headers.append(self.headers.get("Accept", ""))
-                    del server.accept_headers[:-50]
-                if pod is None:
-                    self.send_error(404)
-                    return
-                if pod.status != 200:
-                    self.send_error(pod.status)
-                    return
-                body = pod.render().encode()
-                self.send_response(200)
-                # Classic text format regardless of Accept (see the module docstring).
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def answer(path: str, accept: str) -> Answer:
+            parts = path.strip("/").split("/")
+            if len(parts) != 4 or parts[0] != "pods" or parts[3] != "metrics":
+                return 404
+            key = (parts[1], parts[2])
+            with lock:
+                pod = server.pods.get(key)
+                server.scrapes[key] = server.scrapes.get(key, 0) + 1
+                server.accept_headers.append(accept)
+                del server.accept_headers[:-50]
+            if pod is None:
+                return 404
+            if pod.status != 200:
+                return pod.status
+            # Classic text format regardless of Accept (see the module docstring).
+            return pod.render().encode(), TEXT_FORMAT
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = serve_expositions(answer)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
 
     def add(self, pod: FakePod) -> FakePod:
         self.pods[(pod.namespace, pod.name)] = pod
