@@ -173,12 +173,7 @@ def experiment_from_bench_json(path: str | Path, *, profile: str) -> Experiment:
     """An experiment from a `vllm bench serve --save-result` file: its rate, prompt count and
     mean lengths, and its mean/median TTFT, TPOT, E2E latency and throughputs."""
     p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
-    except json.JSONDecodeError as exc:
-        raise errors.ConfigError([f"{p}: not JSON: {exc}"]) from exc
+    raw = prom_export.read_json(p)
     if not isinstance(raw, dict):
         raise errors.ConfigError([f"{p}: (top level): expected an object"])
 
