@@ -459,6 +459,8 @@ class PrometheusSource:
         for pr, rows in grouped.items():
             if q.kind is queries.Kind.QUANTILE:
                 sample, reasons = samples.quantile(rows)
+            elif q.kind is queries.Kind.SPREAD:
+                sample, reasons = samples.spread(rows)
             else:
                 sample, reasons = samples.per_pod(
                     q.kind,

@@ -36,6 +36,8 @@ E2E_BUCKETS = (
     240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 ITER_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# vLLM's 1-2-5 token-count buckets up to max_model_len (VLLM-METRICS.md §3c).
+TOKEN_BUCKETS = tuple(m * 10**e for e in range(6) for m in (1, 2, 5) if m * 10**e <= 131_072)
 
 
 def interpolated_quantile(buckets: tuple[float, ...], value: float, q: float) -> float:
@@ -79,6 +81,9 @@ class FakePod:
     request_rate: float = 0.0
     prompt_tokens_per_request: float = 0.0
     generation_tokens_per_request: float = 0.0
+    prompt_lengths: tuple[float, ...] = ()
+    """Prompt lengths of the requests, in equal shares, for `vllm:request_prompt_tokens`
+    (rendered only when set)."""
     ttft_s: float = 0.2
     itl_s: float = 0.02
     nan: bool = False
@@ -128,6 +133,10 @@ class FakePod:
         if self.naming in ("old", "both"):
             w.histogram("vllm:time_per_output_token_seconds", ITL_BUCKETS, self.itl_s, tokens)
         w.histogram("vllm:e2e_request_latency_seconds", E2E_BUCKETS, 1.0, requests)
+        if self.prompt_lengths:
+            share = requests / len(self.prompt_lengths)
+            mix = [(length, share) for length in self.prompt_lengths]
+            w.histogram_mix("vllm:request_prompt_tokens", TOKEN_BUCKETS, mix)
         return "\n".join(w.lines) + "\n"
 
     def labels(self, engine: int) -> str:
@@ -158,15 +167,22 @@ class _Writer:
         self.family(name, kind, [("", self.pod.labels(e) + extra, v) for e in range(n)])
 
     def histogram(self, name: str, buckets: tuple[float, ...], value: float, count: float) -> None:
+        self.histogram_mix(name, buckets, [(value, count)])
+
+    def histogram_mix(
+        self, name: str, buckets: tuple[float, ...], mix: list[tuple[float, float]]
+    ) -> None:
+        """A histogram of observations at the given values, (value, count) each."""
         samples: list[tuple[str, str, float]] = []
-        per = count / self.pod.engines
-        for e in range(self.pod.engines):
+        n = self.pod.engines
+        for e in range(n):
             lab = self.pod.labels(e)
             for b in buckets:
-                samples.append(("_bucket", f'{lab},le="{float(b)!r}"', per if value <= b else 0.0))
-            samples.append(("_bucket", f'{lab},le="+Inf"', per))
-            samples.append(("_sum", lab, per * value))
-            samples.append(("_count", lab, per))
+                below = sum(c for v, c in mix if v <= b) / n
+                samples.append(("_bucket", f'{lab},le="{float(b)!r}"', below))
+            samples.append(("_bucket", f'{lab},le="+Inf"', sum(c for _, c in mix) / n))
+            samples.append(("_sum", lab, sum(v * c for v, c in mix) / n))
+            samples.append(("_count", lab, sum(c for _, c in mix) / n))
         self.family(name, "histogram", samples)
 
 
