@@ -2,7 +2,8 @@
 
 `app.Controller` is given everything it acts through; this module is the one place the real
 ones are built: the Prometheus source, the Kubernetes API client, and on that cluster the
-actuator, Event recorder, state ConfigMap and (if configured) leader label, all behind one
+actuator (reading from the Deployment watch cache unless `cluster_cache` is off), Event
+recorder, state ConfigMap and (if configured) leader label, all behind one
 fence that asks the controller whether it still leads. Tests build controllers on a test
 cluster with `on_cluster`, or pass the fakes of `autoscaler.testing` to `Controller` directly.
 """
@@ -25,6 +26,7 @@ from autoscaler import errors
 from autoscaler import telemetry as telemetry_mod
 from autoscaler.actuator import kubernetes as kube
 from autoscaler.controller.app import Controller
+from autoscaler.controller.cluster_cache import DeploymentCache, KubeDeploymentApi
 from autoscaler.controller.leader import LeaderLabeler
 from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
 from autoscaler.controller.state_store import StateStore
@@ -44,6 +46,12 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
                                 namespace=settings.pod_namespace or settings.namespace,
                                 timeout_s=settings.api_timeout_s)
     built: list[Controller] = []
+    cache = None
+    if settings.cluster_cache:
+        cache = DeploymentCache(
+            KubeDeploymentApi(client.AppsV1Api(api), timeout_s=settings.api_timeout_s,
+                              watch_timeout_s=settings.cluster_cache_watch_timeout_s),
+            label_selector=settings.cluster_cache_label_selector)
 
     def fence() -> bool:
         # Asked immediately before every write (each scale PATCH, its retry, each state
@@ -52,8 +60,9 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
 
     c = Controller(
         settings, api=api, source=source, events=events,
-        actuator=kube.KubernetesActuator(api, events=events, fence=fence,
+        actuator=kube.KubernetesActuator(api, events=events, fence=fence, reader=cache,
                                          timeout_s=settings.api_timeout_s, clock=clock),
+        cluster_cache=cache,
         state_store=StateStore(core, namespace=settings.namespace,
                                name=settings.state_configmap,
                                timeout_s=settings.api_timeout_s, fence=fence),

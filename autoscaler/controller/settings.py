@@ -99,6 +99,15 @@ class Settings(BaseModel):
     api_timeout_s: float = 10.0
     """Per-request timeout for API calls."""
     policy_poll_s: float = 5.0
+    cluster_cache: Bool = True
+    """Read the target Deployments from a watch cache (controller/cluster_cache.py) instead of
+    one GET per role and tick; needs `list`/`watch` on them. Off: the GETs, as before."""
+    cluster_cache_label_selector: str | None = None
+    """Narrows the watch of a namespace holding more than 4 targets (a namespace with at most 4
+    is watched per Deployment by name, which RBAC can restrict by resourceNames)."""
+    cluster_cache_watch_timeout_s: int = 300
+    """The API server ends each watch after this long; the cache resumes from the last
+    resourceVersion (no re-list)."""
     # Adoption servers (docs/adoption.md); each is off unless configured. They bind `http_host`.
     external_metrics_port: int | None = Field(
         None, json_schema_extra=_meta(
@@ -193,6 +202,9 @@ class Settings(BaseModel):
             for f in files or ():
                 if not f.is_file():
                     problems.append(f"{name}: {f} is not a readable file")
+        if self.cluster_cache_watch_timeout_s < 1:
+            problems.append("cluster_cache_watch_timeout_s: must be >= 1 "
+                            f"(got {self.cluster_cache_watch_timeout_s})")
         if self.serve_max_age_s <= self.tick_s:
             problems.append(f"serve_max_age_s: must be > tick_s (got {self.serve_max_age_s}, "
                             f"tick {self.tick_s}): every answer would be stale between ticks")
