@@ -182,6 +182,10 @@ class DeploymentCache:
             return False, None
         return True, self._records.get(key)
 
+    def __len__(self) -> int:
+        """Deployments held (targets only: others in a watched namespace are never stored)."""
+        return len(self._records)
+
     def synced(self) -> bool:
         return bool(self.scopes) and all(s.synced for s in self.scopes.values())
 
@@ -230,6 +234,9 @@ class DeploymentCache:
             await self.stop()
 
     async def stop(self) -> None:
+        """Stop every watch; what is left is no longer followed, so nothing reads as synced."""
+        for st in self.scopes.values():
+            st.synced = False
         tasks = list(self._tasks.values())
         self._tasks.clear()
         for t in tasks:
