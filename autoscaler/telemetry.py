@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from autoscaler import errors
 
 if TYPE_CHECKING:
+    from autoscaler.forecast import models
     from autoscaler.metrics.source import MetricsSource, RoleSamples, RoleTarget
     from autoscaler.spec import PolicyFile
     from autoscaler.types import Decision, Role, RoleDecision
@@ -64,6 +65,8 @@ class Telemetry:
         self._dry_run: dict[str, bool] = {}
         self._samples: RoleSamples = {}
         self._forecasts: dict[tuple[str, str, str], tuple[float, float]] = {}
+        # Forecast refits by (pool, role): [ok, failed, CPU seconds], measured in the worker.
+        self._refits: dict[tuple[str, str], list[float]] = {}
         # Decision counts by (pool, role, direction, driver, clipped_by), and when each series
         # first appeared (the counter's `_created`).
         self._decisions: dict[tuple[str, str, str, str, str], list[float]] = {}
@@ -165,6 +168,14 @@ class Telemetry:
         """A forecast policy's prediction (e.g. series="request_rate") `horizon_s` ahead."""
         self._forecasts[(pool, role, series)] = (value, horizon_s)
 
+    def record_refit(self, key: str, result: models.FitResult) -> None:
+        """One finished forecast refit of `key` ("pool/role") and its CPU seconds (a
+        `controller.refits.ProcessRefitter` `on_result` hook)."""
+        pool, _, role = key.rpartition("/")
+        c = self._refits.setdefault((pool, role), [0.0, 0.0, 0.0])
+        c[0 if result.ok else 1] += 1
+        c[2] += result.cpu_s
+
     def observe_tick(self, seconds: float) -> None:
         self.tick_seconds.observe(seconds)
 
@@ -207,7 +218,7 @@ class _PoolSeries(Collector):
         tel = self._tel
         (desired, recommended, current, ready, pending, min_r, max_r, panic, dry_run, n_value,
          n_target, n_want, n_missing, observed, observed_replicas, forecast, horizon,
-         decisions) = fams
+         decisions, refits, refit_cpu) = fams
         policy = tel._policy
         for (pool, role), rd in list(tel._roles.items()):
             key = [pool, role.value]
@@ -242,6 +253,10 @@ class _PoolSeries(Collector):
             horizon.add_metric(list(fkey), horizon_s)
         for ckey, (count, created) in list(tel._decisions.items()):
             decisions.add_metric(list(ckey), count, created=created)
+        for (rpool, rrole), (ok, failed, cpu_s) in list(tel._refits.items()):
+            refits.add_metric([rpool, rrole, "success"], ok)
+            refits.add_metric([rpool, rrole, "failure"], failed)
+            refit_cpu.add_metric([rpool, rrole], cpu_s)
         return iter(order)
 
     @staticmethod
@@ -280,6 +295,14 @@ class _PoolSeries(Collector):
                 "pd_autoscaler_decisions",
                 "Decisions per role by direction, driving source and first clipping rule.",
                 labels=(*_PR, "direction", "driver", "clipped_by")),
+            CounterMetricFamily(
+                "pd_autoscaler_forecast_refits",
+                "Forecast model refits by result (a failure keeps the previous model).",
+                labels=(*_PR, "result")),
+            CounterMetricFamily(
+                "pd_autoscaler_forecast_refit_cpu_seconds",
+                "CPU seconds spent fitting forecast models (in the refit worker processes).",
+                labels=_PR),
         )
         return fams, list(fams)
 

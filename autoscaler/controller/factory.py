@@ -28,8 +28,10 @@ from autoscaler.actuator import kubernetes as kube
 from autoscaler.controller.app import Controller
 from autoscaler.controller.cluster_cache import DeploymentCache, KubeDeploymentApi
 from autoscaler.controller.leader import LeaderLabeler
+from autoscaler.controller.refits import ProcessRefitter
 from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
 from autoscaler.controller.state_store import StateStore
+from autoscaler.forecast import refit
 from autoscaler.metrics.source import MetricsSource
 
 
@@ -75,13 +77,25 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
 async def from_settings(settings: Settings, *,
                         telemetry: telemetry_mod.Telemetry | None = None,
                         ) -> AsyncIterator[Controller]:
-    """The one place the real clients are built: Prometheus, then the Kubernetes API client
+    """The one place the real clients are built: Prometheus, the forecast refit processes
+    (installed as the process-wide refitter; stopped on exit), then the Kubernetes API client
     (closed on exit), then the controller on that cluster."""
     telemetry = telemetry or telemetry_mod.DEFAULT
     source = build_source(settings, telemetry)
-    api = await kube.make_api_client(settings.kubeconfig)
-    async with api:
-        yield on_cluster(settings, api=api, source=source, telemetry=telemetry)
+    refitter = None
+    if settings.refit_workers > 0:
+        refitter = ProcessRefitter(max_workers=settings.refit_workers,
+                                   timeout_s=settings.refit_timeout_s,
+                                   on_result=telemetry.record_refit)
+        previous = refit.set_default(refitter)
+    try:
+        api = await kube.make_api_client(settings.kubeconfig)
+        async with api:
+            yield on_cluster(settings, api=api, source=source, telemetry=telemetry)
+    finally:
+        if refitter is not None:
+            refit.set_default(previous)
+            refitter.shutdown()
 
 
 def build_source(settings: Settings, telemetry: telemetry_mod.Telemetry) -> MetricsSource:

@@ -158,6 +158,12 @@ class Settings(BaseModel):
     """History refilled per forecast policy on gaining leadership or adding forecast roles
     (also capped by each policy's history_s); 0 turns the backfill off."""
     forecast_backfill_timeout_s: float = 30.0
+    refit_workers: int = 1
+    """Worker processes for forecast refits (controller/refits.py): their concurrency bound.
+    0 runs them on one thread of the controller's own process, as before."""
+    refit_timeout_s: float = 600.0
+    """A refit still running after this long fails (the previous model stays) and its worker
+    is replaced."""
     """Bound on one backfill round; the first tick waits for it, so it must stay well inside
     the liveness probe's stall limit (max(60 s, 4 ticks))."""
 
@@ -202,6 +208,9 @@ class Settings(BaseModel):
             for f in files or ():
                 if not f.is_file():
                     problems.append(f"{name}: {f} is not a readable file")
+        if self.refit_workers < 0 or self.refit_timeout_s <= 0:
+            problems.append(f"refit_workers >= 0 and refit_timeout_s > 0 must hold (got "
+                            f"{self.refit_workers}, {self.refit_timeout_s})")
         if self.cluster_cache_watch_timeout_s < 1:
             problems.append("cluster_cache_watch_timeout_s: must be >= 1 "
                             f"(got {self.cluster_cache_watch_timeout_s})")

@@ -243,6 +243,7 @@ class FitJob:
     arima_order: tuple[int, int, int]
     fourier_terms: int
     damped_trend: bool = True
+    key: str = ""  # whose fit this is ("pool/role"): refit cost is reported per pool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

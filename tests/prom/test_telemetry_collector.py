@@ -75,6 +75,26 @@ def content(text: str) -> list[tuple[str, str, str, list[tuple[str, tuple, float
     return sorted(out)
 
 
+# Families added since the golden file was rendered (refits run in worker processes now).
+NEW = {"pd_autoscaler_forecast_refits", "pd_autoscaler_forecast_refit_cpu_seconds"}
+
+
 def test_exposition_matches_the_per_label_implementation() -> None:
-    text = scenario().render().decode()
-    assert content(text) == content(GOLDEN.read_text())
+    now = content(scenario().render().decode())
+    assert {f[0] for f in now} - {f[0] for f in content(GOLDEN.read_text())} == NEW
+    assert [f for f in now if f[0] not in NEW] == content(GOLDEN.read_text())
+
+
+def test_refits_are_exported_per_pool_with_their_cpu_seconds() -> None:
+    from autoscaler.forecast.models import FitResult  # noqa: PLC0415
+
+    tel = telemetry.Telemetry()
+    tel.record_refit("p/decode", FitResult(ok=True, end_bin=1, cpu_s=1.5))
+    tel.record_refit("p/decode", FitResult(ok=False, end_bin=2, cpu_s=0.25, error="x"))
+    fams = {f[0]: f[3] for f in content(tel.render().decode())}
+    pr = (("pool", "p"), ("role", "decode"))
+    assert ("pd_autoscaler_forecast_refit_cpu_seconds_total", pr, 1.75) in fams[
+        "pd_autoscaler_forecast_refit_cpu_seconds"]
+    failed = (("pool", "p"), ("result", "failure"), ("role", "decode"))
+    assert ("pd_autoscaler_forecast_refits_total", failed, 1.0) in fams[
+        "pd_autoscaler_forecast_refits"]
