@@ -111,3 +111,16 @@ def test_a_failed_refit_keeps_the_previous_model() -> None:
     f.install(models.FitResult(ok=False, end_bin=1, error="refit timed out after 10s"))
     assert f.fit is good
     assert (f.fits, f.failures, f.last_error) == (1, 1, "refit timed out after 10s")
+
+
+@pytest.mark.parametrize("kind", ["last_value", "holt", "holt_winters", "arima", "sarimax"])
+def test_every_fitted_model_survives_the_trip_back_from_a_worker(kind: str) -> None:
+    """A fit's result crosses a process boundary by pickle: every model kind must, and must
+    forecast the same after (the SARIMAX seasonal mean was a closure, which does not pickle)."""
+    import pickle  # noqa: PLC0415
+
+    res = models.fit(job(model=kind))
+    assert res.ok, res.error
+    back = pickle.loads(pickle.dumps(res))  # noqa: S301 - our own object
+    assert back.model is not None and res.model is not None
+    np.testing.assert_array_equal(back.model.forecast(5), res.model.forecast(5))
