@@ -122,5 +122,6 @@ def test_every_fitted_model_survives_the_trip_back_from_a_worker(kind: str) -> N
     res = models.fit(job(model=kind))
     assert res.ok, res.error
     back = pickle.loads(pickle.dumps(res))  # noqa: S301 - our own object
-    assert back.model is not None and res.model is not None
+    assert back.model is not None
+    assert res.model is not None
     np.testing.assert_array_equal(back.model.forecast(5), res.model.forecast(5))
