@@ -98,3 +98,17 @@ def test_refits_are_exported_per_pool_with_their_cpu_seconds() -> None:
     failed = (("pool", "p"), ("result", "failure"), ("role", "decode"))
     assert ("pd_autoscaler_forecast_refits_total", failed, 1.0) in fams[
         "pd_autoscaler_forecast_refits"]
+
+
+def test_the_fast_writer_matches_prometheus_clients() -> None:
+    """`render()` writes the per-pool families itself; prometheus_client's own writer over the
+    same registry gives the same text, line for line (order included)."""
+    from prometheus_client import generate_latest  # noqa: PLC0415
+
+    tel = scenario()
+    from autoscaler.forecast.models import FitResult  # noqa: PLC0415
+
+    tel.record_refit('p/we"ird\\pool', FitResult(ok=True, end_bin=1, cpu_s=0.5))
+    mine = tel.render().decode()
+    theirs = generate_latest(tel.registry).decode()
+    assert mine == theirs
