@@ -11,8 +11,11 @@ The same server plays the Kubernetes API for the Deployments (GET, list, watch; 
 realistic ~4 KB Deployment with its Pod template and managedFields), and the tick reads them
 through the real `KubernetesActuator` and kubernetes_asyncio client: `--cluster gets` is one
 GET per role and tick (the controller before the watch cache), `--cluster cache` the watch
-cache (`controller/cluster_cache.py`: listed once before the measured ticks, then a watch with
-no changes), `--cluster fake` the test kit's `FakeActuator` (no Kubernetes cost at all).
+cache (`controller/cluster_cache.py`: listed once before the measured ticks, then watches that
+carry each scale write back as an event), `--cluster fake` the test kit's `FakeActuator` (no
+Kubernetes cost at all). Scale writes are the real compare-and-swap PATCH; the server applies
+them (every replica ready at once), so after the warm-up tick the fleet settles as a real one
+would.
 
 The controller's own metrics are part of the tick: its `Telemetry` is the decision hook and wraps
 the source, and `/metrics` is rendered once per tick (one scrape per 15 s).
@@ -212,20 +215,64 @@ def serve(port_out: Any, pools: int = 0) -> None:
     stats = {"requests": 0, "request_bytes": 0, "max_request_bytes": 0, "response_bytes": 0,
              "kube_requests": 0}
 
+    # The API server's side: replicas per Deployment (2 at start, every replica ready at once),
+    # a resourceVersion, and the open watches per namespace, which see every scale write.
+    replicas: dict[tuple[str, str], int] = {}
+    version = [100]
+    watches: dict[str, list[asyncio.Queue[str]]] = {}
+
+    def dep(ns: str, name: str) -> dict[str, Any]:
+        d = deployment(ns, name, replicas.get((ns, name), 2))
+        d["metadata"]["resourceVersion"] = str(version[0])
+        return d
+
     async def get_deployment(request: web.Request) -> web.Response:
         stats["kube_requests"] += 1
         m = request.match_info
-        return web.json_response(deployment(m["ns"], m["name"]))
+        return web.json_response(dep(m["ns"], m["name"]))
+
+    def scale_doc(ns: str, name: str) -> dict[str, Any]:
+        n = replicas.get((ns, name), 2)
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {"name": name, "namespace": ns,
+                             "resourceVersion": str(version[0])},
+                "spec": {"replicas": n}, "status": {"replicas": n}}
+
+    async def scale(request: web.Request) -> web.Response:
+        stats["kube_requests"] += 1
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        if request.method == "PATCH":
+            ops = json.loads(await request.read())
+            now = replicas.get((ns, name), 2)
+            if any(op["op"] == "test" and op["value"] != now for op in ops):
+                return web.json_response({"kind": "Status", "code": 422}, status=422)
+            replicas[(ns, name)] = next(op["value"] for op in ops if op["op"] == "replace")
+            version[0] += 1
+            line = json.dumps({"type": "MODIFIED", "object": dep(ns, name)}) + "\n"
+            for q in watches.get(ns, []):
+                q.put_nowait(line)
+        return web.json_response(scale_doc(ns, name))
 
     async def list_deployments(request: web.Request) -> web.StreamResponse:
         stats["kube_requests"] += 1
         ns = request.match_info["ns"]
         if request.query.get("watch") in ("true", "1", "True"):
-            # No changes: the stream stays open until the watch's timeout.
+            # Open until the watch's timeout; every scale write in the namespace is an event.
             resp = web.StreamResponse()
             resp.content_type = "application/json"
             await resp.prepare(request)
-            await asyncio.sleep(float(request.query.get("timeoutSeconds", "300")))
+            q: asyncio.Queue[str] = asyncio.Queue()
+            watches.setdefault(ns, []).append(q)
+            end = time.monotonic() + float(request.query.get("timeoutSeconds", "300"))
+            try:
+                while (left := end - time.monotonic()) > 0:
+                    try:
+                        line = await asyncio.wait_for(q.get(), left)
+                    except TimeoutError:
+                        break
+                    await resp.write(line.encode())
+            finally:
+                watches[ns].remove(q)
             return resp
         field = request.query.get("fieldSelector", "")
         if field.startswith("metadata.name="):
@@ -235,8 +282,8 @@ def serve(port_out: Any, pools: int = 0) -> None:
             names = [f"pool-{i}-{r}" for i in range(k, POOLS[0], NAMESPACES)
                      for r in ("prefill", "decode")]
         return web.json_response({"apiVersion": "apps/v1", "kind": "DeploymentList",
-                                  "metadata": {"resourceVersion": "100"},
-                                  "items": [deployment(ns, n) for n in names]})
+                                  "metadata": {"resourceVersion": str(version[0])},
+                                  "items": [dep(ns, n) for n in names]})
 
     async def query(request: web.Request) -> web.Response:
         body = await request.read()
@@ -271,6 +318,7 @@ def serve(port_out: Any, pools: int = 0) -> None:
         app.router.add_route("*", "/api/v1/query", query)
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}", get_deployment)
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments", list_deployments)
+        app.router.add_route("*", "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", scale)
         app.router.add_get("/stats", read_stats)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -348,6 +396,7 @@ async def measure(pools: int, ticks: int, cluster: str) -> dict[str, Any]:
         queries: list[int] = []
         scrape_bytes = 0
         scrape_cpu: list[float] = []
+        scales: list[int] = []
         async with aiohttp.ClientSession() as session:
             await loop.tick(0.0)  # warm-up: discovery, first builds
             await _stats(session, url)
@@ -360,6 +409,7 @@ async def measure(pools: int, ticks: int, cluster: str) -> dict[str, Any]:
                 cpu.append(end - start)
                 scrape_cpu.append(end - mid)
                 queries.append(src.stats.last_tick_queries)
+                scales.append(len(report.applied))
                 assert report.metrics_error is None, report.metrics_error
                 assert not report.unobserved, list(report.unobserved.items())[:2]
             sent = await _stats(session, url)
@@ -381,6 +431,7 @@ async def measure(pools: int, ticks: int, cluster: str) -> dict[str, Any]:
         "max_request_bytes": sent["max_request_bytes"],
         "response_bytes": sent["response_bytes"] / ticks,
         "kube_requests": sent["kube_requests"] / ticks,
+        "scales": sum(scales) / ticks,
         "list_cpu": list_cpu,
         "scrape_bytes": scrape_bytes,
         "scrape_cpu": statistics.median(scrape_cpu),
@@ -405,9 +456,9 @@ def main() -> None:
     print(
         "| pools | CPU-s/tick median | p90 | peak RSS MB | queries/tick | request MB/tick "
         "| largest request MB | response MB/tick | API requests/tick | initial list CPU-s "
-        "| /metrics MB | of the tick: /metrics render CPU-s |"
+        "| /metrics MB | of the tick: /metrics render CPU-s | scale writes/tick |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.pools:
         done = subprocess.run(  # noqa: S603 - this very script, by its own path
             [sys.executable, __file__, "--one", str(n), "--ticks", str(args.ticks),
@@ -424,7 +475,7 @@ def main() -> None:
             f"| {n} | {r['cpu_median']:.3f} | {r['cpu_p90']:.3f} | {r['rss_mb']:.0f} "
             f"| {r['queries']:.0f} | {_mb(r['request_bytes'])} | {_mb(r['max_request_bytes'])} "
             f"| {_mb(r['response_bytes'])} | {r['kube_requests']:.0f} | {r['list_cpu']:.2f} "
-            f"| {_mb(r['scrape_bytes'])} | {r['scrape_cpu']:.3f} |",
+            f"| {_mb(r['scrape_bytes'])} | {r['scrape_cpu']:.3f} | {r['scales']:.0f} |",
             flush=True,
         )
 
