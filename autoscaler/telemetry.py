@@ -15,20 +15,23 @@ to export what it saw; `render()` returns the text for `/metrics`.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from autoscaler import errors
 
 if TYPE_CHECKING:
+    from autoscaler.forecast import models
     from autoscaler.metrics.source import MetricsSource, RoleSamples, RoleTarget
     from autoscaler.spec import PolicyFile
-    from autoscaler.types import Decision, RoleDecision
+    from autoscaler.types import Decision, Role, RoleDecision
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """Classic text format 0.0.4: every Prometheus version parses it (see docs/prometheus.md on
@@ -41,92 +44,39 @@ _TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 
 
 class Telemetry:
-    """Every controller metric, in `self.registry`."""
+    """Every controller metric, in `self.registry`.
+
+    The per-pool series (replicas, signals, samples, forecasts, decision counts) are not
+    prometheus-client children: at 1,000 pools they were tens of thousands of `labels()` calls
+    per tick (each a lock, a label check and a dict lookup). Each tick now stores its decision
+    per role, its samples and its counts in plain dicts, and `_PoolSeries` turns them into
+    metric families when `/metrics` is scraped (once per scrape, not per tick). The names,
+    labels, HELP texts and values are those the per-label gauges exported
+    (tests/prom/test_telemetry_collector.py compares the two expositions).
+    """
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        self.desired = Gauge(
-            "pd_autoscaler_desired_replicas", "Replicas the controller wants.", _PR, registry=r
-        )
-        self.recommended = Gauge(
-            "pd_autoscaler_recommended_replicas",
-            "Raw need (max over sources) before hysteresis, limits and coupling.",
-            _PR,
-            registry=r,
-        )
-        self.current = Gauge(
-            "pd_autoscaler_current_replicas", "Deployment spec.replicas.", _PR, registry=r
-        )
-        self.ready = Gauge("pd_autoscaler_ready_replicas", "Ready replicas.", _PR, registry=r)
-        self.pending = Gauge(
-            "pd_autoscaler_pending_replicas", "Requested, not yet ready replicas.", _PR, registry=r
-        )
-        self.min_replicas = Gauge(
-            "pd_autoscaler_min_replicas", "Configured lower bound.", _PR, registry=r
-        )
-        self.max_replicas = Gauge(
-            "pd_autoscaler_max_replicas", "Configured upper bound.", _PR, registry=r
-        )
-        self.panic = Gauge(
-            "pd_autoscaler_panic", "1 while the role is in panic mode.", _PR, registry=r
-        )
-        self.dry_run = Gauge(
-            "pd_autoscaler_dry_run", "1 when decisions are not applied.", ("pool",), registry=r
-        )
-        self.need_value = Gauge(
-            "pd_autoscaler_signal_value",
-            "A source's observed value (per-replica mean, fraction, seconds, or a forecast).",
-            (*_PR, "signal"),
-            registry=r,
-        )
-        self.need_target = Gauge(
-            "pd_autoscaler_signal_target",
-            "The source's target per ready replica.",
-            (*_PR, "signal"),
-            registry=r,
-        )
-        self.need_want = Gauge(
-            "pd_autoscaler_signal_wanted_replicas",
-            "Replicas this source asks for.",
-            (*_PR, "signal"),
-            registry=r,
-        )
-        self.need_missing = Gauge(
-            "pd_autoscaler_signal_missing",
-            "1 when the source had no trustworthy data (it blocks scale-down).",
-            (*_PR, "signal"),
-            registry=r,
-        )
-        self.observed = Gauge(
-            "pd_autoscaler_observed_value",
-            "What the metric source reported per role and key (signals and rates).",
-            (*_PR, "key"),
-            registry=r,
-        )
-        self.observed_replicas = Gauge(
-            "pd_autoscaler_observed_reporting_replicas",
-            "Pods that contributed to the observed value.",
-            (*_PR, "key"),
-            registry=r,
-        )
-        self.forecast = Gauge(
-            "pd_autoscaler_forecast_value",
-            "A forecast policy's prediction of a series at its horizon.",
-            (*_PR, "series"),
-            registry=r,
-        )
-        self.forecast_horizon = Gauge(
-            "pd_autoscaler_forecast_horizon_seconds",
-            "How far ahead the forecast looks.",
-            (*_PR, "series"),
-            registry=r,
-        )
-        self.decisions = Counter(
-            "pd_autoscaler_decisions",
-            "Decisions per role by direction, driving source and first clipping rule.",
-            (*_PR, "direction", "driver", "clipped_by"),
-            registry=r,
-        )
+        # `registry` holds every family (what tests and `get_sample_value` read); `render()`
+        # writes the per-pool families itself and the few fixed ones from `_fixed`.
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self._fixed = CollectorRegistry(auto_describe=True)
+        # What the last ticks decided, by (pool, role): roles configured but not decided this
+        # tick (their pool was unobserved) keep their last values; roles that left the policy
+        # are not exported (hot reload), instead of freezing at their last value.
+        self._roles: dict[tuple[str, Role], RoleDecision] = {}
+        self._configured: frozenset[tuple[str, Role]] = frozenset()
+        self._policy: PolicyFile | None = None
+        self._dry_run: dict[str, bool] = {}
+        self._samples: RoleSamples = {}
+        self._forecasts: dict[tuple[str, str, str], tuple[float, float]] = {}
+        # Forecast refits by (pool, role): [ok, failed, CPU seconds], measured in the worker.
+        self._refits: dict[tuple[str, str], list[float]] = {}
+        # Decision counts by (pool, role, direction, driver, clipped_by), and when each series
+        # first appeared (the counter's `_created`).
+        self._decisions: dict[tuple[str, str, str, str, str], list[float]] = {}
+        self._pool_series = _PoolSeries(self)
+        self.registry.register(self._pool_series)
+        self.registry.register(_Forward(self._fixed))
         self.tick_seconds = Histogram(
             "pd_autoscaler_tick_duration_seconds",
             "Wall time of one control-loop tick.",
@@ -173,9 +123,6 @@ class Telemetry:
             "Unix time the last decision was recorded (alert when it stops moving).",
             registry=r,
         )
-        self._need_keys: set[tuple[str, str, str]] = set()
-        self._observed_keys: set[tuple[str, str, str]] = set()
-        self._role_keys: set[tuple[str, str]] = set()
         # Pre-create the unlabelled-by-data children so a fresh controller exports zeros (rate()
         # over a counter that appears at its first increment misses that increment).
         for result in ("success", "failure"):
@@ -185,28 +132,21 @@ class Telemetry:
     # --- recording --------------------------------------------------------------------------
 
     def record_decision(self, decision: Decision, policy: PolicyFile) -> None:
-        """Export one tick's decision; usable directly as a `loop.DecisionHook`."""
-        seen_roles: set[tuple[str, str]] = set()
-        seen_needs: set[tuple[str, str, str]] = set()
+        """Keep one tick's decision for the next scrape; usable directly as a
+        `loop.DecisionHook`. Plain dict writes: O(roles), no metric children touched."""
+        if policy is not self._policy:
+            self._policy = policy
+            self._configured = frozenset((p.name, r) for p in policy.pools for r in p.roles)
+            names = {p.name for p in policy.pools}
+            for pool in [p for p in self._dry_run if p not in names]:
+                del self._dry_run[pool]
+        now = time.time()
+        roles = self._roles
+        counts = self._decisions
         for pool_name, pd in decision.pools.items():
-            self.dry_run.labels(pool_name).set(1 if pd.dry_run else 0)
-            try:
-                pool_spec = policy.pool(pool_name)
-            except KeyError:
-                pool_spec = None
+            self._dry_run[pool_name] = pd.dry_run
             for role, rd in pd.roles.items():
-                key = (pool_name, role.value)
-                seen_roles.add(key)
-                self.desired.labels(*key).set(rd.desired)
-                self.recommended.labels(*key).set(rd.recommended)
-                self.current.labels(*key).set(rd.current)
-                self.ready.labels(*key).set(rd.ready)
-                self.pending.labels(*key).set(rd.pending)
-                self.panic.labels(*key).set(1 if rd.panic else 0)
-                if pool_spec is not None and role in pool_spec.roles:
-                    spec = pool_spec.roles[role]
-                    self.min_replicas.labels(*key).set(spec.min_replicas)
-                    self.max_replicas.labels(*key).set(spec.max_replicas)
+                roles[(pool_name, role)] = rd
                 direction = (
                     "up"
                     if rd.desired > rd.current
@@ -214,63 +154,33 @@ class Telemetry:
                     if rd.desired < rd.current
                     else "hold"
                 )
-                self.decisions.labels(
-                    *key, direction, driver_of(rd), _first_clip(rd)
-                ).inc()
-                for need in rd.needs:
-                    nkey = (*key, need.source)
-                    seen_needs.add(nkey)
-                    self.need_want.labels(*nkey).set(need.want)
-                    self.need_missing.labels(*nkey).set(1 if need.blocks_down else 0)
-                    _set_or_drop(self.need_value, nkey, need.value)
-                    _set_or_drop(self.need_target, nkey, need.target)
-        # A role or source that left the policy stops being exported (hot reload), instead of
-        # freezing at its last value.
-        # Roles configured but not decided this tick (their pool was unobserved) keep their last
-        # values; roles and sources that left the policy are dropped, not frozen.
-        configured = {(p.name, r.value) for p in policy.pools for r in p.roles}
-        undecided = configured - seen_roles
-        kept_needs = {k for k in self._need_keys if k[:2] in undecided}
-        for gone in self._need_keys - seen_needs - kept_needs:
-            for g in (self.need_value, self.need_target, self.need_want, self.need_missing):
-                _drop(g, gone)
-        self._need_keys = seen_needs | kept_needs
-        for gone_role in (self._role_keys | seen_roles) - configured:
-            for g in (
-                self.desired,
-                self.recommended,
-                self.current,
-                self.ready,
-                self.pending,
-                self.panic,
-                self.min_replicas,
-                self.max_replicas,
-            ):
-                _drop(g, gone_role)
-        self._role_keys = (self._role_keys | seen_roles) & configured
-        self.last_tick.set(time.time())
+                ckey = (pool_name, role.value, direction, driver_of(rd), _first_clip(rd))
+                c = counts.get(ckey)
+                if c is None:
+                    counts[ckey] = [1.0, now]
+                else:
+                    c[0] += 1
+        for gone in [k for k in roles if k not in self._configured]:
+            del roles[gone]
+        self.last_tick.set(now)
 
     def record_samples(self, samples: RoleSamples) -> None:
-        """Export what the metric source reported (value and reporting replicas per key)."""
-        seen: set[tuple[str, str, str]] = set()
-        for (pool, role), by_key in samples.items():
-            for k, sample in by_key.items():
-                key = (pool, role.value, k)
-                seen.add(key)
-                value = None if sample.missing else sample.value
-                _set_or_drop(self.observed, key, value)
-                self.observed_replicas.labels(*key).set(sample.replicas)
-        for gone in self._observed_keys - seen:
-            _drop(self.observed, gone)
-            _drop(self.observed_replicas, gone)
-        self._observed_keys = seen
+        """Keep what the metric source reported (value and reporting replicas per key)."""
+        self._samples = samples
 
     def record_forecast(
         self, pool: str, role: str, *, series: str, value: float, horizon_s: float
     ) -> None:
         """A forecast policy's prediction (e.g. series="request_rate") `horizon_s` ahead."""
-        self.forecast.labels(pool, role, series).set(value)
-        self.forecast_horizon.labels(pool, role, series).set(horizon_s)
+        self._forecasts[(pool, role, series)] = (value, horizon_s)
+
+    def record_refit(self, key: str, result: models.FitResult) -> None:
+        """One finished forecast refit of `key` ("pool/role") and its CPU seconds (a
+        `controller.refits.ProcessRefitter` `on_result` hook)."""
+        pool, _, role = key.rpartition("/")
+        c = self._refits.setdefault((pool, role), [0.0, 0.0, 0.0])
+        c[0 if result.ok else 1] += 1
+        c[2] += result.cpu_s
 
     def observe_tick(self, seconds: float) -> None:
         self.tick_seconds.observe(seconds)
@@ -291,7 +201,177 @@ class Telemetry:
 
     def render(self) -> bytes:
         """The exposition text (classic format, CONTENT_TYPE) for `/metrics`."""
-        return generate_latest(self.registry)
+        return self._pool_series.text().encode() + generate_latest(self._fixed)
+
+
+class _Forward(Collector):
+    """Another registry's families, so that `Telemetry.registry` holds everything."""
+
+    def __init__(self, inner: CollectorRegistry) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterable[Metric]:
+        return self._inner.collect()
+
+
+_go = cast("Callable[[float], str]", floatToGoString)  # the library's own number format
+
+
+def _esc(v: str) -> str:
+    if "\\" in v or "\n" in v or '"' in v:
+        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return v
+
+
+_Row = tuple[tuple[str, ...], float]
+_Fam = tuple[str, str, str, tuple[str, ...], list[_Row], list[_Row]]
+"""name, HELP, type, label names, rows (label values, value), `_created` rows (counters)."""
+
+
+def _fam(name: str, doc: str, labels: tuple[str, ...], kind: str = "gauge") -> _Fam:
+    return (name, doc, kind, labels, [], [])
+
+
+class _PoolSeries(Collector):
+    """The per-pool families, built from `Telemetry`'s dicts at scrape time."""
+
+    def __init__(self, tel: Telemetry) -> None:
+        self._tel = tel
+
+    def describe(self) -> Iterator[Metric]:
+        # Names only (no samples): lets the registry refuse a duplicate name at registration
+        # without running a whole collection.
+        return (_metric(f) for f in self._empty())
+
+    def collect(self) -> Iterator[Metric]:
+        return (_metric(f) for f in self.rows())
+
+    def text(self) -> str:
+        """The families in the classic text format, line for line as prometheus_client's
+        `generate_latest` writes them (labels sorted by name; a counter as `<name>_total` and
+        a `<name>_created` gauge family), straight from the rows: at 1,000 pools a scrape has
+        ~200,000 series, and the generic writer (a `Sample` and a label sort per series) cost
+        more CPU than the tick itself."""
+        out: list[str] = []
+        for name, help_text, kind, labels, rows, created in self.rows():
+            doc = help_text.replace("\\", r"\\").replace("\n", r"\n")
+            shown = f"{name}_total" if kind == "counter" else name
+            out.append(f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n")
+            order = sorted(range(len(labels)), key=labels.__getitem__)
+            heads = [f'{labels[i]}="' for i in order]
+            for suffix, part in (("", rows), ("_created", created)):
+                if suffix:
+                    if not part:
+                        continue
+                    out.append(f"# HELP {name}{suffix} {doc}\n# TYPE {name}{suffix} gauge\n")
+                prefix = f"{shown}{{" if not suffix else f"{name}{suffix}{{"
+                for values, value in part:
+                    lbl = '",'.join([h + _esc(values[i]) for h, i in zip(heads, order,
+                                                                           strict=True)])
+                    out.append(f'{prefix}{lbl}"}} {_go(value)}\n')
+        return "".join(out)
+
+    @staticmethod
+    def _empty() -> tuple[_Fam, ...]:
+        pr, prs, prk, prf = _PR, (*_PR, "signal"), (*_PR, "key"), (*_PR, "series")
+        return (
+            _fam("pd_autoscaler_desired_replicas", "Replicas the controller wants.", pr),
+            _fam("pd_autoscaler_recommended_replicas",
+                 "Raw need (max over sources) before hysteresis, limits and coupling.", pr),
+            _fam("pd_autoscaler_current_replicas", "Deployment spec.replicas.", pr),
+            _fam("pd_autoscaler_ready_replicas", "Ready replicas.", pr),
+            _fam("pd_autoscaler_pending_replicas", "Requested, not yet ready replicas.", pr),
+            _fam("pd_autoscaler_min_replicas", "Configured lower bound.", pr),
+            _fam("pd_autoscaler_max_replicas", "Configured upper bound.", pr),
+            _fam("pd_autoscaler_panic", "1 while the role is in panic mode.", pr),
+            _fam("pd_autoscaler_dry_run", "1 when decisions are not applied.", ("pool",)),
+            _fam("pd_autoscaler_signal_value",
+                 "A source's observed value (per-replica mean, fraction, seconds, or a "
+                 "forecast).", prs),
+            _fam("pd_autoscaler_signal_target", "The source's target per ready replica.", prs),
+            _fam("pd_autoscaler_signal_wanted_replicas", "Replicas this source asks for.", prs),
+            _fam("pd_autoscaler_signal_missing",
+                 "1 when the source had no trustworthy data (it blocks scale-down).", prs),
+            _fam("pd_autoscaler_observed_value",
+                 "What the metric source reported per role and key (signals and rates).", prk),
+            _fam("pd_autoscaler_observed_reporting_replicas",
+                 "Pods that contributed to the observed value.", prk),
+            _fam("pd_autoscaler_forecast_value",
+                 "A forecast policy's prediction of a series at its horizon.", prf),
+            _fam("pd_autoscaler_forecast_horizon_seconds", "How far ahead the forecast looks.",
+                 prf),
+            _fam("pd_autoscaler_decisions",
+                 "Decisions per role by direction, driving source and first clipping rule.",
+                 (*_PR, "direction", "driver", "clipped_by"), "counter"),
+            _fam("pd_autoscaler_forecast_refits",
+                 "Forecast model refits by result (a failure keeps the previous model).",
+                 (*_PR, "result"), "counter"),
+            _fam("pd_autoscaler_forecast_refit_cpu_seconds",
+                 "CPU seconds spent fitting forecast models (in the refit worker processes).",
+                 pr, "counter"),
+        )
+
+    def rows(self) -> tuple[_Fam, ...]:
+        fams = self._empty()
+        (desired, recommended, current, ready, pending, min_r, max_r, panic, dry_run, n_value,
+         n_target, n_want, n_missing, observed, observed_replicas, forecast, horizon,
+         decisions, refits, refit_cpu) = (f[4] for f in fams)
+        tel = self._tel
+        policy = tel._policy
+        for (pool, role), rd in list(tel._roles.items()):
+            key = (pool, role.value)
+            desired.append((key, rd.desired))
+            recommended.append((key, rd.recommended))
+            current.append((key, rd.current))
+            ready.append((key, rd.ready))
+            pending.append((key, rd.pending))
+            panic.append((key, 1 if rd.panic else 0))
+            if policy is not None:
+                spec = policy.pool(pool).roles[role]
+                min_r.append((key, spec.min_replicas))
+                max_r.append((key, spec.max_replicas))
+            for need in rd.needs:
+                nkey = (*key, need.source)
+                n_want.append((nkey, need.want))
+                n_missing.append((nkey, 1 if need.blocks_down else 0))
+                if need.value is not None:
+                    n_value.append((nkey, need.value))
+                if need.target is not None:
+                    n_target.append((nkey, need.target))
+        for pool, dry in list(tel._dry_run.items()):
+            dry_run.append(((pool,), 1 if dry else 0))
+        for (pool, srole), by_key in list(tel._samples.items()):
+            for k, sample in by_key.items():
+                skey = (pool, srole.value, k)
+                if not sample.missing and sample.value is not None:
+                    observed.append((skey, sample.value))
+                observed_replicas.append((skey, sample.replicas))
+        for fkey, (value, horizon_s) in list(tel._forecasts.items()):
+            forecast.append((fkey, value))
+            horizon.append((fkey, horizon_s))
+        made = fams[17][5]
+        for ckey, (count, at) in list(tel._decisions.items()):
+            decisions.append((ckey, count))
+            made.append((ckey, at))
+        for (rpool, rrole), (ok, failed, cpu_s) in list(tel._refits.items()):
+            refits.append(((rpool, rrole, "success"), ok))
+            refits.append(((rpool, rrole, "failure"), failed))
+            refit_cpu.append(((rpool, rrole), cpu_s))
+        return fams
+
+
+def _metric(f: _Fam) -> Metric:
+    name, doc, kind, labels, rows, created = f
+    if kind == "counter":
+        c = CounterMetricFamily(name, doc, labels=labels)
+        at = dict(created)
+        for values, value in rows:
+            c.add_metric(list(values), value, created=at.get(values))
+        return c
+    g = GaugeMetricFamily(name, doc, labels=labels)
+    for values, value in rows:
+        g.add_metric(list(values), value)
+    return g
 
 
 class InstrumentedSource:
@@ -323,18 +403,6 @@ def driver_of(rd: RoleDecision) -> str:
 def _first_clip(rd: RoleDecision) -> str:
     # The rule's code ("ratio"), not its parameters ("1:3").
     return rd.clips[0].code.value if rd.clips else "none"
-
-
-def _set_or_drop(g: Gauge, key: tuple[str, ...], value: float | None) -> None:
-    if value is None:
-        _drop(g, key)
-    else:
-        g.labels(*key).set(value)
-
-
-def _drop(g: Gauge, key: tuple[str, ...]) -> None:
-    with contextlib.suppress(KeyError):
-        g.remove(*key)
 
 
 # --- a process-wide default, for the wiring in cli/server ----------------------------------------

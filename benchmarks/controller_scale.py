@@ -6,12 +6,27 @@ CPU is not counted. The server answers `/api/v1/query` in Prometheus' JSON forma
 a Prometheus scraping the benchmark's fleet would return for the query's shape (one row per pod
 for per-pod queries, the parts of a quantile per role; for roles found by pod name, every
 Deployment of the namespaces the query reads, whichever roles asked), so request and response
-sizes are those of a real cluster of that many pods. The actuator is the test kit's
-`FakeActuator` (2 replicas per role): the Kubernetes side (Deployment reads) is not part of this
-figure.
+sizes are those of a real cluster of that many pods.
+
+The same server plays the Kubernetes API for the Deployments (GET, list, watch; each object a
+realistic ~4 KB Deployment with its Pod template and managedFields), and the tick reads them
+through the real `KubernetesActuator` and kubernetes_asyncio client: `--cluster gets` is one
+GET per role and tick (the controller before the watch cache), `--cluster cache` the watch
+cache (`controller/cluster_cache.py`: listed once before the measured ticks, then watches that
+carry each scale write back as an event), `--cluster fake` the test kit's `FakeActuator` (no
+Kubernetes cost at all). Scale writes are the real compare-and-swap PATCH; the server applies
+them (every replica ready at once), so after the warm-up tick the fleet settles as a real one
+would.
+
+The controller's own metrics are part of the tick: its `Telemetry` is the decision hook and wraps
+the source, and `/metrics` is rendered once per tick (one scrape per 15 s).
 
 Fleet: N prefill/decode pools, 2 pods per role, pools spread over 20 namespaces; prefill reads
-queue_depth, batched_tokens, kv_cache and TTFT p90, decode running, kv_cache and ITL p50.
+queue_depth, batched_tokens, kv_cache and TTFT p90, decode running, kv_cache and ITL p50; every
+second pool's prefill also has a forecast policy (model auto on prompt_tokens_rate), as in the
+issue. Refits are not in these ticks (the histories are minutes old, below min_history): their
+cost per fit and amortised per pool is `benchmarks/forecast_cost.py`'s, and with the default
+`REFIT_WORKERS` they run in worker processes, outside this process' CPU.
 
 Per pool count, in a fresh process (peak RSS is per process): one warm-up tick (discovery),
 then `--ticks` measured ticks. Printed per size: CPU-s per tick of the controller process
@@ -21,6 +36,7 @@ plus request line and headers, as the server received them), the largest single 
 response bytes per tick.
 
     .venv/bin/python benchmarks/controller_scale.py [--pools 10 100 1000 5000] [--ticks 5]
+        [--cluster cache|gets|fake]
 """
 
 from __future__ import annotations
@@ -45,13 +61,20 @@ NAMESPACES = 20
 PODS_PER_ROLE = 2
 
 
+FORECAST = {"kind": "forecast", "model": "auto", "series": "prompt_tokens_rate",
+            "quantile": 0.9, "capacity_per_replica": 29000, "refit_every_s": 3600}
+
+
 def policy_dict(pools: int) -> dict[str, Any]:
     def role(i: int, name: str, signals: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
+        out = {
             "deployment": {"namespace": f"ns-{i % NAMESPACES}", "name": f"pool-{i}-{name}"},
             "max_replicas": 16,
             "signals": signals,
         }
+        if name == "prefill" and i % 2 == 1:
+            out |= {"cold_start_s": 90, "policies": [FORECAST]}
+        return out
 
     return {
         "pools": [
@@ -170,9 +193,140 @@ def answer(promql: str, at: float, pools: int) -> list[dict[str, Any]]:
     return rows
 
 
-def serve(port_out: Any, pools: int) -> None:
+def deployment(ns: str, name: str, replicas: int = 2) -> dict[str, Any]:
+    """A Deployment as the API server returns it, about the size of a real vLLM one."""
+    labels = {"app": name, "pd-autoscaler.io/pool": name.rsplit("-", 1)[0]}
+    container = {
+        "name": "vllm", "image": "vllm/vllm-openai:v0.11.0",
+        "args": ["--model", "meta-llama/Llama-3.1-8B-Instruct", "--port", "8000",
+                 "--max-num-batched-tokens", "8192", "--gpu-memory-utilization", "0.9"],
+        "env": [{"name": f"VLLM_VAR_{k}", "value": str(k)} for k in range(8)],
+        "ports": [{"containerPort": 8000, "name": "http", "protocol": "TCP"}],
+        "resources": {"limits": {"nvidia.com/gpu": "1", "memory": "64Gi"},
+                      "requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "1"}},
+        "readinessProbe": {"httpGet": {"path": "/health", "port": 8000, "scheme": "HTTP"},
+                           "periodSeconds": 5, "timeoutSeconds": 1, "successThreshold": 1,
+                           "failureThreshold": 3},
+        "volumeMounts": [{"name": "cache", "mountPath": "/root/.cache"},
+                         {"name": "shm", "mountPath": "/dev/shm"}],  # noqa: S108 - a mount path
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent",
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {
+            "name": name, "namespace": ns, "uid": f"uid-{ns}-{name}", "resourceVersion": "100",
+            "generation": 3, "creationTimestamp": "2026-11-01T00:00:00Z", "labels": labels,
+            "annotations": {"deployment.kubernetes.io/revision": "3"},
+            "managedFields": [
+                {"manager": m, "operation": "Update", "apiVersion": "apps/v1",
+                 "time": "2026-11-01T00:00:00Z", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {
+                     "f:containers": {'k:{"name":"vllm"}': {".": {}, "f:image": {}}}}}}}}
+                for m in ("kubectl", "kube-controller-manager", "pd-autoscaler")],
+        },
+        "spec": {
+            "replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+            "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
+            "template": {"metadata": {"labels": labels}, "spec": {
+                "containers": [container], "restartPolicy": "Always",
+                "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+                "schedulerName": "default-scheduler",
+                "volumes": [{"name": "cache", "emptyDir": {}},
+                            {"name": "shm", "emptyDir": {"medium": "Memory"}}]}},
+        },
+        "status": {
+            "observedGeneration": 3, "replicas": replicas, "updatedReplicas": replicas,
+            "readyReplicas": replicas, "availableReplicas": replicas,
+            "conditions": [
+                {"type": t, "status": "True", "lastUpdateTime": "2026-11-01T00:00:00Z",
+                 "lastTransitionTime": "2026-11-01T00:00:00Z", "reason": r, "message": "ok"}
+                for t, r in (("Available", "MinimumReplicasAvailable"),
+                             ("Progressing", "NewReplicaSetAvailable"))],
+        },
+    }
+
+
+POOLS = [0]  # the fleet's size, set in the server process
+
+
+def serve(port_out: Any, pools: int = 0) -> None:
     """Run the server until killed; counts what it received and sent."""
-    stats = {"requests": 0, "request_bytes": 0, "max_request_bytes": 0, "response_bytes": 0}
+    POOLS[0] = pools
+    stats = {"requests": 0, "request_bytes": 0, "max_request_bytes": 0, "response_bytes": 0,
+             "kube_requests": 0}
+
+    # The API server's side: replicas per Deployment (2 at start, every replica ready at once),
+    # a resourceVersion, and the open watches per namespace, which see every scale write.
+    replicas: dict[tuple[str, str], int] = {}
+    version = [100]
+    watches: dict[str, list[asyncio.Queue[str]]] = {}
+
+    def dep(ns: str, name: str) -> dict[str, Any]:
+        d = deployment(ns, name, replicas.get((ns, name), 2))
+        d["metadata"]["resourceVersion"] = str(version[0])
+        return d
+
+    async def get_deployment(request: web.Request) -> web.Response:
+        stats["kube_requests"] += 1
+        m = request.match_info
+        return web.json_response(dep(m["ns"], m["name"]))
+
+    def scale_doc(ns: str, name: str) -> dict[str, Any]:
+        n = replicas.get((ns, name), 2)
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {"name": name, "namespace": ns,
+                             "resourceVersion": str(version[0])},
+                "spec": {"replicas": n}, "status": {"replicas": n}}
+
+    async def scale(request: web.Request) -> web.Response:
+        stats["kube_requests"] += 1
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        if request.method == "PATCH":
+            ops = json.loads(await request.read())
+            now = replicas.get((ns, name), 2)
+            if any(op["op"] == "test" and op["value"] != now for op in ops):
+                return web.json_response({"kind": "Status", "code": 422}, status=422)
+            replicas[(ns, name)] = next(op["value"] for op in ops if op["op"] == "replace")
+            version[0] += 1
+            line = json.dumps({"type": "MODIFIED", "object": dep(ns, name)}) + "\n"
+            for q in watches.get(ns, []):
+                q.put_nowait(line)
+        return web.json_response(scale_doc(ns, name))
+
+    async def list_deployments(request: web.Request) -> web.StreamResponse:
+        stats["kube_requests"] += 1
+        ns = request.match_info["ns"]
+        if request.query.get("watch") in ("true", "1", "True"):
+            # Open until the watch's timeout; every scale write in the namespace is an event.
+            resp = web.StreamResponse()
+            resp.content_type = "application/json"
+            await resp.prepare(request)
+            q: asyncio.Queue[str] = asyncio.Queue()
+            watches.setdefault(ns, []).append(q)
+            end = time.monotonic() + float(request.query.get("timeoutSeconds", "300"))
+            try:
+                while (left := end - time.monotonic()) > 0:
+                    try:
+                        line = await asyncio.wait_for(q.get(), left)
+                    except TimeoutError:
+                        break
+                    await resp.write(line.encode())
+            finally:
+                watches[ns].remove(q)
+            return resp
+        field = request.query.get("fieldSelector", "")
+        if field.startswith("metadata.name="):
+            names = [field.split("=", 1)[1]]
+        else:  # the benchmark's namespace: every Deployment of its pools
+            k = int(ns.rsplit("-", 1)[1])
+            names = [f"pool-{i}-{r}" for i in range(k, POOLS[0], NAMESPACES)
+                     for r in ("prefill", "decode")]
+        return web.json_response({"apiVersion": "apps/v1", "kind": "DeploymentList",
+                                  "metadata": {"resourceVersion": str(version[0])},
+                                  "items": [dep(ns, n) for n in names]})
 
     async def query(request: web.Request) -> web.Response:
         body = await request.read()
@@ -205,6 +359,9 @@ def serve(port_out: Any, pools: int) -> None:
     async def main() -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/api/v1/query", query)
+        app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}", get_deployment)
+        app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments", list_deployments)
+        app.router.add_route("*", "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", scale)
         app.router.add_get("/stats", read_stats)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -225,7 +382,33 @@ async def _stats(session: Any, url: str) -> dict[str, int]:
         return out
 
 
-async def measure(pools: int, ticks: int) -> dict[str, Any]:
+async def _actuator(cluster: str, url: str, policy: Any) -> tuple[Any, Any, Any]:
+    """(actuator, ApiClient or None, cache or None) for `--cluster`."""
+    from kubernetes_asyncio import client  # noqa: PLC0415
+
+    from autoscaler.actuator.kubernetes import KubernetesActuator  # noqa: PLC0415
+    from autoscaler.testing import FakeActuator  # noqa: PLC0415
+
+    if cluster == "fake":
+        return FakeActuator(), None, None
+    cfg = client.Configuration()
+    cfg.host = url
+    api = client.ApiClient(configuration=cfg)
+    if cluster == "gets":
+        return KubernetesActuator(api, timeout_s=60), api, None
+    from autoscaler.controller.cluster_cache import (  # noqa: PLC0415
+        DeploymentCache,
+        KubeDeploymentApi,
+    )
+
+    cache = DeploymentCache(KubeDeploymentApi(client.AppsV1Api(api), timeout_s=60))
+    cache.set_targets([r.deployment for p in policy.pools for r in p.roles.values()])
+    while not cache.synced():  # noqa: ASYNC110 - the cache has no "synced" event to wait on
+        await asyncio.sleep(0.05)
+    return KubernetesActuator(api, reader=cache, timeout_s=60), api, cache
+
+
+async def measure(pools: int, ticks: int, cluster: str) -> dict[str, Any]:
     import aiohttp  # noqa: PLC0415
     import structlog  # noqa: PLC0415
 
@@ -233,7 +416,7 @@ async def measure(pools: int, ticks: int) -> dict[str, Any]:
     from autoscaler.metrics.prometheus import PrometheusSource  # noqa: PLC0415
     from autoscaler.metrics.settings import PrometheusSettings  # noqa: PLC0415
     from autoscaler.spec import PolicyFile  # noqa: PLC0415
-    from autoscaler.testing import FakeActuator  # noqa: PLC0415
+    from autoscaler.telemetry import InstrumentedSource, Telemetry  # noqa: PLC0415
 
     # The decision log line per role is part of a tick's cost; write it where it costs what
     # writing it costs, without flooding the terminal.
@@ -260,9 +443,16 @@ async def measure(pools: int, ticks: int) -> dict[str, Any]:
                 fetch_cpu.append(time.process_time() - start)
 
         src.fetch = timed_fetch  # type: ignore[method-assign]
-        loop = Loop(policy, src, FakeActuator())
+        tel = Telemetry()
+        t0 = time.process_time()
+        actuator, api, cache = await _actuator(cluster, url, policy)
+        list_cpu = time.process_time() - t0
+        loop = Loop(policy, InstrumentedSource(src, tel), actuator, hooks=[tel.record_decision])
         cpu: list[float] = []
         queries: list[int] = []
+        scrape_bytes = 0
+        scrape_cpu: list[float] = []
+        scales: list[int] = []
         async with aiohttp.ClientSession() as session:
             await loop.tick(0.0)  # warm-up: discovery, first builds
             await _stats(session, url)
@@ -270,11 +460,21 @@ async def measure(pools: int, ticks: int) -> dict[str, Any]:
             for i in range(ticks):
                 start = time.process_time()
                 report = await loop.tick(15.0 * (i + 1))
-                cpu.append(time.process_time() - start)
+                mid = time.process_time()
+                scrape_bytes = len(tel.render())  # one /metrics scrape per tick
+                end = time.process_time()
+                cpu.append(end - start)
+                scrape_cpu.append(end - mid)
                 queries.append(src.stats.last_tick_queries)
+                scales.append(len(report.applied))
                 assert report.metrics_error is None, report.metrics_error
+                assert not report.unobserved, list(report.unobserved.items())[:2]
             sent = await _stats(session, url)
         src.close()
+        if cache is not None:
+            await cache.stop()
+        if api is not None:
+            await api.close()
     finally:
         server.kill()
     cpu.sort()
@@ -288,6 +488,11 @@ async def measure(pools: int, ticks: int) -> dict[str, Any]:
         "request_bytes": sent["request_bytes"] / ticks,
         "max_request_bytes": sent["max_request_bytes"],
         "response_bytes": sent["response_bytes"] / ticks,
+        "kube_requests": sent["kube_requests"] / ticks,
+        "scales": sum(scales) / ticks,
+        "list_cpu": list_cpu,
+        "scrape_bytes": scrape_bytes,
+        "scrape_cpu": statistics.median(scrape_cpu),
     }
 
 
@@ -299,19 +504,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--pools", type=int, nargs="+", default=[10, 100, 1000, 5000])
     ap.add_argument("--ticks", type=int, default=5)
+    ap.add_argument("--cluster", choices=("cache", "gets", "fake"), default="cache")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(asyncio.run(measure(args.one, args.ticks))))
+        print(json.dumps(asyncio.run(measure(args.one, args.ticks, args.cluster))))
         return
+    print(f"cluster reads: {args.cluster}")
     print(
         "| pools | CPU-s/tick median | p90 | of which fetch (median) | peak RSS MB | queries/tick "
-        "| request MB/tick | largest request MB | response MB/tick |"
+        "| request MB/tick | largest request MB | response MB/tick | API requests/tick "
+        "| initial list CPU-s | /metrics MB | of the tick: /metrics render CPU-s "
+        "| scale writes/tick |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.pools:
         done = subprocess.run(  # noqa: S603 - this very script, by its own path
-            [sys.executable, __file__, "--one", str(n), "--ticks", str(args.ticks)],
+            [sys.executable, __file__, "--one", str(n), "--ticks", str(args.ticks),
+             "--cluster", args.cluster],
             capture_output=True,
             text=True,
             check=False,
@@ -324,7 +534,8 @@ def main() -> None:
             f"| {n} | {r['cpu_median']:.3f} | {r['cpu_p90']:.3f} | {r['fetch_median']:.3f} "
             f"| {r['rss_mb']:.0f} "
             f"| {r['queries']:.0f} | {_mb(r['request_bytes'])} | {_mb(r['max_request_bytes'])} "
-            f"| {_mb(r['response_bytes'])} |",
+            f"| {_mb(r['response_bytes'])} | {r['kube_requests']:.0f} | {r['list_cpu']:.2f} "
+            f"| {_mb(r['scrape_bytes'])} | {r['scrape_cpu']:.3f} | {r['scales']:.0f} |",
             flush=True,
         )
 

@@ -22,7 +22,9 @@ reacts to meanings, not HTTP codes:
   *for that Deployment only*: while it lasts, calls for it fail fast without touching the API,
   so one sick target cannot slow the tick for the others.
 
-Reading: one GET of the Deployment per role and tick. The Deployment object carries the same
+Reading: from a `DeploymentReader` when one is given and its view of the Deployment's namespace
+is synced (the controller's watch cache, `controller/cluster_cache.py`: no request per tick);
+otherwise one GET of the Deployment per role and tick. The Deployment object carries the same
 `spec.replicas` as its scale subresource plus the status (ready/updated/unavailable replicas)
 and the annotations (`pd-autoscaler.io/paused`), so a separate scale read would be redundant.
 
@@ -53,7 +55,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
@@ -110,6 +112,44 @@ async def make_api_client(kubeconfig: Path | None = None) -> ApiClient:
             [f"kubeconfig: {path or '~/.kube/config'}: cannot load: {exc}"]
         ) from exc
     return ApiClient(configuration=cfg)
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRecord:
+    """What the controller needs of one Deployment, kept by the watch cache instead of the
+    whole object (a V1Deployment model is ~100 attributes deep; this is five)."""
+
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    status: WorkloadStatus
+
+
+def record_of(obj: Mapping[str, Any]) -> DeploymentRecord:
+    """A DeploymentRecord from a Deployment as the API server sends it (JSON, camelCase)."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    st = obj.get("status") or {}
+    replicas = spec.get("replicas")
+    return DeploymentRecord(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        resource_version=str(meta.get("resourceVersion", "")),
+        status=_status(int(replicas if replicas is not None else 1),
+                       int(st.get("readyReplicas") or 0), meta.get("annotations") or {}),
+    )
+
+
+class DeploymentReader(Protocol):
+    """A read-side view of the target Deployments (the watch cache)."""
+
+    def lookup(self, ref: DeploymentRef) -> tuple[bool, DeploymentRecord | None]:
+        """(synced, record): `synced` False when the view of `ref`'s namespace cannot be trusted
+        (not listed yet, or its watch is failing): the caller then reads the API server. When
+        synced, a None record means the Deployment does not exist."""
+        ...
 
 
 class EventRecorder:
@@ -185,11 +225,15 @@ class KubernetesActuator:
         clock: Callable[[], float] = time.monotonic,
         fence: Callable[[], bool] | None = None,
         on_api_error: ApiErrorHook | None = None,
+        reader: DeploymentReader | None = None,
     ) -> None:
         # `apps`: a stand-in for the generated client in unit tests; by default built on `api`.
         self._apps = apps if apps is not None else client.AppsV1Api(api)
         self._fence = fence
         self._on_api_error = on_api_error or (lambda _op, _code: None)
+        self._reader = reader
+        # Keys whose last status() came from the reader: their write skips the scale GET.
+        self._from_reader: set[tuple[str, str]] = set()
         # spec.replicas as last read by status(): what the decision was made on.
         self._observed: dict[tuple[str, str], int] = {}
         self._events = events
@@ -205,6 +249,11 @@ class KubernetesActuator:
 
     async def status(self, ref: DeploymentRef) -> WorkloadStatus:
         key = (ref.namespace, ref.name)
+        if self._reader is not None:
+            synced, rec = self._reader.lookup(ref)
+            if synced:
+                return await self._status_from(ref, rec)
+        self._from_reader.discard(key)
         self._check_backoff(key)
         try:
             dep = await self._apps.read_namespaced_deployment(
@@ -222,18 +271,39 @@ class KubernetesActuator:
         self._observed[key] = status.replicas
         return status
 
+    async def _status_from(self, ref: DeploymentRef, rec: DeploymentRecord | None
+                           ) -> WorkloadStatus:
+        key = (ref.namespace, ref.name)
+        if rec is None:
+            await self._report_missing(ref)
+            msg = f"deployments/{ref.name} not found in namespace {ref.namespace} (watch cache)"
+            raise errors.TargetNotFound(msg)
+        self._found(key)
+        self._uids[key] = rec.uid
+        self._observed[key] = rec.status.replicas
+        self._from_reader.add(key)
+        return rec.status
+
     async def scale(self, ref: DeploymentRef, replicas: int, *, reason: str) -> None:
         key = (ref.namespace, ref.name)
         self._check_backoff(key)
         operation = "get_scale"
         try:
-            current = await self._apps.read_namespaced_deployment_scale(
-                ref.name, ref.namespace, _request_timeout=self._timeout_s
-            )
+            if key in self._from_reader and key in self._observed:
+                # The decision was made on the watch cache's replicas, and those are what the
+                # `test` op below compares against on the API server itself. A stale cache (an
+                # operator's `kubectl scale` whose watch event has not arrived yet) therefore
+                # cannot cause a wrong write: the test fails (422), nothing is written, and the
+                # next tick decides on the new number. No scale GET is needed for that.
+                expected: int | None = self._observed[key]
+            else:
+                current = await self._apps.read_namespaced_deployment_scale(
+                    ref.name, ref.namespace, _request_timeout=self._timeout_s
+                )
+                self._check_unchanged(key, ref, current, replicas)
+                expected = current.spec.replicas if current.spec is not None else None
             operation = "patch_scale"
-            self._check_unchanged(key, ref, current, replicas)
             self._check_fence(ref, replicas)
-            expected = current.spec.replicas if current.spec is not None else None
             await self._apps.patch_namespaced_deployment_scale(
                 ref.name,
                 ref.namespace,
@@ -341,7 +411,10 @@ def status_of(dep: Any) -> WorkloadStatus:
     spec_replicas = int(dep.spec.replicas if dep.spec.replicas is not None else 1)
     st = dep.status
     ready = int((st.ready_replicas if st is not None else None) or 0)
-    annotations: Mapping[str, str] = dep.metadata.annotations or {}
+    return _status(spec_replicas, ready, dep.metadata.annotations or {})
+
+
+def _status(spec_replicas: int, ready: int, annotations: Mapping[str, str]) -> WorkloadStatus:
     return WorkloadStatus(
         replicas=spec_replicas,
         # During a rollout or a scale-down, ready pods can briefly exceed spec; the core wants

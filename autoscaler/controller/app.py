@@ -69,9 +69,11 @@ from autoscaler.loop import Loop, TickReport
 from autoscaler.metrics.source import MetricsSource
 from autoscaler.server import app as app_mod
 from autoscaler.server.store import DecisionStore
-from autoscaler.spec import PolicyFile
+from autoscaler.spec import DeploymentRef, PolicyFile
 
 if TYPE_CHECKING:
+    from autoscaler.controller.cluster_cache import DeploymentCache
+
     # Imported at run time only when configured (controller/servers.py).
     from autoscaler.server import external_metrics as em
     from autoscaler.server import keda
@@ -104,6 +106,7 @@ class Controller:
         serve_http: bool = True,
         release_on_exit: bool = True,
         step_down_after_s: float | None = None,
+        cluster_cache: DeploymentCache | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -113,6 +116,8 @@ class Controller:
         self.health = app_mod.Health(stall_after_s=max(60.0, 4 * settings.tick_s))
         self.events = events
         self.actuator = actuator
+        # Followed on every replica (a standby that takes over reads a synced cache at once).
+        self.cluster_cache = cluster_cache
         self.state_store = state_store
         self.leader_endpoint = leader_endpoint
         self.lease: LeaseLike = lease or Lease(settings, api, wall=wall)
@@ -168,6 +173,10 @@ class Controller:
             self._runner = await app_mod.start(app, host=s.http_host, port=s.http_port)
             self.http_port = app_mod.bound_port(self._runner)
         policy_task = asyncio.create_task(self.policy_source.watch(), name="policy")
+        if self.cluster_cache is not None:
+            self.cluster_cache.report = self.health.report
+            cache_task = asyncio.create_task(self.cluster_cache.run(self._targets),
+                                             name="cluster-cache")
         try:
             # Every replica serves (standbys answer "no data"), so a new leader is reachable as
             # soon as the EndpointSlice holds its address; only that moves on failover.
@@ -182,6 +191,10 @@ class Controller:
             policy_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await policy_task
+            if self.cluster_cache is not None:
+                cache_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cache_task
             if self._lead_task is not None and self._lead_task is not asyncio.current_task():
                 await self._stop_leading_task()
             if self.leader_endpoint is not None:
@@ -194,6 +207,12 @@ class Controller:
             if self._runner is not None:
                 await self._runner.cleanup()
             log.info("controller_stop", identity=s.identity)
+
+    def _targets(self) -> list[DeploymentRef]:
+        """The Deployments the current policy scales (what the watch cache follows)."""
+        p = self.policy
+        return [] if p is None else [r.deployment for pool in p.pools
+                                     for r in pool.roles.values()]
 
     # -- leader election ---------------------------------------------------------------------
 

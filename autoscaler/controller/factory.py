@@ -2,7 +2,8 @@
 
 `app.Controller` is given everything it acts through; this module is the one place the real
 ones are built: the Prometheus source, the Kubernetes API client, and on that cluster the
-actuator, Event recorder, state ConfigMap and (if configured) leader EndpointSlice, all behind one
+actuator (reading from the Deployment watch cache unless `cluster_cache` is off), Event
+recorder, state ConfigMap and (if configured) leader EndpointSlice, all behind one
 fence that asks the controller whether it still leads. Tests build controllers on a test
 cluster with `on_cluster`, or pass the fakes of `autoscaler.testing` to `Controller` directly.
 """
@@ -25,9 +26,12 @@ from autoscaler import errors
 from autoscaler import telemetry as telemetry_mod
 from autoscaler.actuator import kubernetes as kube
 from autoscaler.controller.app import Controller
+from autoscaler.controller.cluster_cache import DeploymentCache, KubeDeploymentApi
 from autoscaler.controller.endpoint import LeaderEndpoint
+from autoscaler.controller.refits import ProcessRefitter
 from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
 from autoscaler.controller.state_store import StateStore
+from autoscaler.forecast import refit
 from autoscaler.metrics.source import MetricsSource
 
 
@@ -46,6 +50,12 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
     core = client.CoreV1Api(api)
 
     built: list[Controller] = []
+    cache = None
+    if settings.cluster_cache:
+        cache = DeploymentCache(
+            KubeDeploymentApi(client.AppsV1Api(api), timeout_s=settings.api_timeout_s,
+                              watch_timeout_s=settings.cluster_cache_watch_timeout_s),
+            label_selector=settings.cluster_cache_label_selector)
 
     def fence() -> bool:
         # Asked immediately before every write (each scale PATCH, its retry, each state
@@ -63,9 +73,10 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
 
     c = Controller(
         settings, api=api, source=source, events=events,
-        actuator=kube.KubernetesActuator(api, events=events, fence=fence,
+        actuator=kube.KubernetesActuator(api, events=events, fence=fence, reader=cache,
                                          timeout_s=settings.api_timeout_s, clock=clock,
                                          on_api_error=api_failed),
+        cluster_cache=cache,
         state_store=StateStore(core, namespace=settings.namespace,
                                name=settings.state_configmap,
                                timeout_s=settings.api_timeout_s, fence=fence),
@@ -78,13 +89,25 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
 async def from_settings(settings: Settings, *,
                         telemetry: telemetry_mod.Telemetry | None = None,
                         ) -> AsyncIterator[Controller]:
-    """The one place the real clients are built: Prometheus, then the Kubernetes API client
+    """The one place the real clients are built: Prometheus, the forecast refit processes
+    (installed as the process-wide refitter; stopped on exit), then the Kubernetes API client
     (closed on exit), then the controller on that cluster."""
     telemetry = telemetry or telemetry_mod.DEFAULT
     source = build_source(settings, telemetry)
-    api = await kube.make_api_client(settings.kubeconfig)
-    async with api:
-        yield on_cluster(settings, api=api, source=source, telemetry=telemetry)
+    refitter = None
+    if settings.refit_workers > 0:
+        refitter = ProcessRefitter(max_workers=settings.refit_workers,
+                                   timeout_s=settings.refit_timeout_s,
+                                   on_result=telemetry.record_refit)
+        previous = refit.set_default(refitter)
+    try:
+        api = await kube.make_api_client(settings.kubeconfig)
+        async with api:
+            yield on_cluster(settings, api=api, source=source, telemetry=telemetry)
+    finally:
+        if refitter is not None:
+            refit.set_default(previous)
+            refitter.shutdown()
 
 
 def build_source(settings: Settings, telemetry: telemetry_mod.Telemetry) -> MetricsSource:

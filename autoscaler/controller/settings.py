@@ -106,6 +106,15 @@ class Settings(BaseModel):
     api_timeout_s: float = 10.0
     """Per-request timeout for API calls."""
     policy_poll_s: float = 5.0
+    cluster_cache: Bool = True
+    """Read the target Deployments from a watch cache (controller/cluster_cache.py) instead of
+    one GET per role and tick; needs `list`/`watch` on them. Off: the GETs, as before."""
+    cluster_cache_label_selector: str | None = None
+    """Narrows the watch of a namespace holding more than 4 targets (a namespace with at most 4
+    is watched per Deployment by name, which RBAC can restrict by resourceNames)."""
+    cluster_cache_watch_timeout_s: int = 300
+    """The API server ends each watch after this long; the cache resumes from the last
+    resourceVersion (no re-list)."""
     # Adoption servers (docs/adoption.md); each is off unless configured. They bind `http_host`.
     external_metrics_port: int | None = Field(
         None, json_schema_extra=_meta(
@@ -166,6 +175,12 @@ class Settings(BaseModel):
     """History refilled per forecast policy on gaining leadership or adding forecast roles
     (also capped by each policy's history_s); 0 turns the backfill off."""
     forecast_backfill_timeout_s: float = 30.0
+    refit_workers: int = 1
+    """Worker processes for forecast refits (controller/refits.py): their concurrency bound.
+    0 runs them on one thread of the controller's own process, as before."""
+    refit_timeout_s: float = 600.0
+    """A refit still running after this long fails (the previous model stays) and its worker
+    is replaced."""
     """Bound on one backfill round; the first tick waits for it, so it must stay well inside
     the liveness probe's stall limit (max(60 s, 4 ticks))."""
 
@@ -210,6 +225,12 @@ class Settings(BaseModel):
             for f in files or ():
                 if not f.is_file():
                     problems.append(f"{name}: {f} is not a readable file")
+        if self.refit_workers < 0 or self.refit_timeout_s <= 0:
+            problems.append(f"refit_workers >= 0 and refit_timeout_s > 0 must hold (got "
+                            f"{self.refit_workers}, {self.refit_timeout_s})")
+        if self.cluster_cache_watch_timeout_s < 1:
+            problems.append("cluster_cache_watch_timeout_s: must be >= 1 "
+                            f"(got {self.cluster_cache_watch_timeout_s})")
         if self.serve_max_age_s <= self.tick_s:
             problems.append(f"serve_max_age_s: must be > tick_s (got {self.serve_max_age_s}, "
                             f"tick {self.tick_s}): every answer would be stale between ticks")

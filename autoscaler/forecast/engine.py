@@ -76,6 +76,7 @@ class Forecaster:
 
     def __init__(self, settings: Settings, *, key: str = "") -> None:
         self.settings = settings
+        self.key = key
         cap = math.ceil(settings.history_s / settings.bin_s)
         self.history = history.BinnedHistory(bin_s=settings.bin_s, capacity=cap)
         self.fit: models.FitResult | None = None  # the fit in use (ok=True)
@@ -175,6 +176,7 @@ class Forecaster:
             arima_order=s.arima_order,
             fourier_terms=s.fourier_terms,
             damped_trend=s.damped_trend,
+            key=self.key,
         )
 
     def install(self, result: models.FitResult) -> None:

@@ -243,6 +243,7 @@ class FitJob:
     arima_order: tuple[int, int, int]
     fourier_terms: int
     damped_trend: bool = True
+    key: str = ""  # whose fit this is ("pool/role"): refit cost is reported per pool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -321,6 +322,23 @@ def _fourier(bins: npt.NDArray[np.int64], *, bin_s: float, m: int, k: int) -> Fl
     return np.column_stack(cols)
 
 
+class _FourierMean:
+    """The seasonal mean of a fitted SARIMAX: an object, not a closure, so that the fitted
+    model pickles (refits run in worker processes and send their model back)."""
+
+    __slots__ = ("beta", "bin_s", "k", "m")
+
+    def __init__(self, bin_s: float, m: int, k: int, beta: FloatArray) -> None:
+        self.bin_s, self.m, self.k, self.beta = bin_s, m, k, beta
+
+    def __call__(self, b: int) -> float:
+        return float(_fourier(np.array([b]), bin_s=self.bin_s, m=self.m, k=self.k)[0] @ self.beta)
+
+
+def _zero_mean(b: int) -> float:  # same signature as the seasonal mean
+    return 0.0
+
+
 def _fit_arima(job: FitJob, train: FloatArray, *, seasonal: bool) -> Model:
     from statsmodels.tsa.statespace.sarimax import SARIMAX  # noqa: PLC0415
 
@@ -335,14 +353,10 @@ def _fit_arima(job: FitJob, train: FloatArray, *, seasonal: bool) -> Model:
         ok = ~np.isnan(seg)
         x = _fourier(bins[ok], bin_s=job.bin_s, m=m, k=k)
         beta, *_ = np.linalg.lstsq(x, seg[ok], rcond=None)
-
-        def mean(b: int) -> float:
-            return float(_fourier(np.array([b]), bin_s=job.bin_s, m=m, k=k)[0] @ beta)
-
+        mean: Callable[[int], float] = _FourierMean(job.bin_s, m, k,
+                                                   np.asarray(beta, dtype=np.float64))
     else:
-
-        def mean(b: int) -> float:  # same signature as the seasonal mean
-            return 0.0
+        mean = _zero_mean
 
     nw = min(len(train), job.arima_window_bins)
     seg_bins = np.arange(start_bin + len(train) - nw, start_bin + len(train))

@@ -306,7 +306,7 @@ STATE_CASES: dict[str, tuple[dict[str, str] | None, int]] = {
 @contextlib.asynccontextmanager
 async def leader(tmp_path: Path, core: Any, *, lease: FakeLease | None = None,
                  actuator: FakeActuator | None = None, step_down_after_s: float | None = None,
-                 ) -> AsyncIterator[controller.Controller]:
+                 cluster_cache: Any = None) -> AsyncIterator[controller.Controller]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_yaml())
     settings = Settings(namespace="pd-autoscaler", identity="a", policy_file=policy, tick_s=0.05,
@@ -319,7 +319,7 @@ async def leader(tmp_path: Path, core: Any, *, lease: FakeLease | None = None,
     c = controller.Controller(
         settings, api=NO_API, source=source, telemetry=Telemetry(), actuator=act,
         events=FakeEvents(), serve_http=False, lease=lease,
-        step_down_after_s=step_down_after_s,
+        step_down_after_s=step_down_after_s, cluster_cache=cluster_cache,
         state_store=StateStore(core, namespace="pd-autoscaler", name="st", timeout_s=1))
     task = asyncio.create_task(c.run())
     try:
@@ -381,6 +381,41 @@ async def test_leader_that_cannot_tick_reports_and_hands_over(
         actuator.fail = None
         lease.grant()
         await until(lambda: c.ticks >= 3 and "tick" not in c.health.failing, "leading again")
+
+
+async def test_unsynced_cluster_cache_is_in_readyz_and_ticks_go_on(
+        tmp_path: Path, fast_sleep: None) -> None:
+    """The watch cache follows the policy's Deployments; while its list is refused (an RBAC
+    without list/watch) /readyz names it and the leader keeps ticking; once it lists, it
+    clears."""
+    from autoscaler.controller.cluster_cache import DeploymentCache, Scope  # noqa: PLC0415
+    from tests.unit.test_cluster_cache import FakeApi, dep  # noqa: PLC0415
+
+    class Forbidden(FakeApi):
+        """Refuses every list until `granted`."""
+
+        granted = False
+
+        async def list(self, scope: Scope) -> tuple[list[dict[str, Any]], str]:
+            if not self.granted:
+                raise ApiException(status=403, reason="Forbidden")
+            return await super().list(scope)
+
+    api = Forbidden([], [])
+    cache = DeploymentCache(api, reconcile_s=0.01)
+    async with leader(tmp_path, FlakyStateCore(), cluster_cache=cache) as c:
+        await until(lambda: any(k.startswith("cluster-cache") for k in c.health.failing),
+                    "the cache's failure reported")
+        ok, detail = c.health.ready()
+        assert not ok
+        assert "not synced: ApiException" in detail
+        await until(lambda: c.ticks >= 3, "ticking meanwhile")
+        ref = c.policy.pools[0].roles[ROLE].deployment  # type: ignore[union-attr]
+        api.lists.append(([dep(ref.name, 4, 10, ns=ref.namespace)], "10"))
+        api.granted = True
+        await until(cache.synced, "listed")
+        await until(lambda: not c.health.failing, "readyz clear")
+        assert cache.lookup(ref)[1] is not None
 
 
 class CountingActuator(FakeActuator):
