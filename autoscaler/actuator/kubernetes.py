@@ -166,7 +166,7 @@ class KubernetesActuator:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
-        fence: Callable[[], bool] | None = None,
+        fence: Callable[[DeploymentRef], bool] | None = None,
     ) -> None:
         # `apps`: a stand-in for the generated client in unit tests; by default built on `api`.
         self._apps = apps if apps is not None else client.AppsV1Api(api)
@@ -254,7 +254,7 @@ class KubernetesActuator:
         raise errors.ActuationConflict(msg)
 
     def _check_fence(self, ref: DeploymentRef, replicas: int) -> None:
-        if self._fence is not None and not self._fence():
+        if self._fence is not None and not self._fence(ref):
             msg = (f"deployments/{ref.name} in {ref.namespace}: fence closed (no longer the "
                    f"leader); not writing {replicas}")
             raise errors.ActuationError(msg)

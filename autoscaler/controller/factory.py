@@ -29,6 +29,7 @@ from autoscaler.controller.leader import LeaderLabeler
 from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
 from autoscaler.controller.state_store import StateStore
 from autoscaler.metrics.source import MetricsSource
+from autoscaler.spec import DeploymentRef
 
 
 def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
@@ -45,18 +46,22 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
                                 timeout_s=settings.api_timeout_s)
     built: list[Controller] = []
 
-    def fence() -> bool:
-        # Asked immediately before every write (each scale PATCH, its retry, each state
-        # ConfigMap write), not once per tick.
-        return bool(built) and built[0].is_leader()
+    def fence(ref: DeploymentRef) -> bool:
+        # Asked immediately before every write (each scale PATCH, its retry), not once per
+        # tick; per bucket with replica sharding.
+        return bool(built) and built[0].may_write(ref)
+
+    def owns_shard(index: int) -> bool:
+        # Asked before each state shard is read and immediately before each is written.
+        return bool(built) and built[0].owns_shard(index)
 
     c = Controller(
         settings, api=api, source=source, events=events,
         actuator=kube.KubernetesActuator(api, events=events, fence=fence,
                                          timeout_s=settings.api_timeout_s, clock=clock),
         state_store=StateStore(core, namespace=settings.namespace,
-                               name=settings.state_configmap,
-                               timeout_s=settings.api_timeout_s, fence=fence),
+                               name=settings.state_configmap, shards=settings.state_shards,
+                               timeout_s=settings.api_timeout_s, owns=owns_shard),
         leader_labeler=labeler, clock=clock, **kw)
     built.append(c)
     return c

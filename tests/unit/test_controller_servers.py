@@ -298,7 +298,7 @@ async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.
     c = controller.Controller(
         settings, api=NO_API, source=source, telemetry=Telemetry(),
         actuator=FakeActuator(), events=FakeEvents(),
-        state_store=StateStore(core, namespace="pd-autoscaler", name="st", timeout_s=1),
+        state_store=StateStore(core, namespace="pd-autoscaler", name="st", shards=4, timeout_s=1),
         leader_labeler=LeaderLabeler(core, pod="pod-a", namespace="pd-autoscaler", timeout_s=1),
         lease=lease)
     task = asyncio.create_task(c.run())

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from autoscaler.controller.settings import Settings
 from autoscaler.policy.load import parse_policy
 from tests import kubectl as kubectl_mod
 
@@ -94,13 +95,18 @@ def test_rbac_is_least_privilege(kubectl: Path) -> None:
 
     named = {tuple(r["resources"]): r.get("resourceNames") for r in _grants(docs, "configmaps",
                                                                             "update")}
-    assert named == {("configmaps",): ["pd-autoscaler-state"]}
+    # Exactly the controller's state shards, by name (their number is the setting's default).
+    shards = Settings.model_fields["state_shards"].default
+    shard_names = [f"pd-autoscaler-state-{i}" for i in range(shards)]
+    assert named == {("configmaps",): shard_names}
     # No unnamed `create configmaps`: with it the controller could create a policy-labelled
-    # ConfigMap and load it. The state ConfigMap ships with the manifests instead.
+    # ConfigMap and load it. The state shards ship with the manifests instead.
     assert not _grants(docs, "configmaps", "create")
-    (state_cm,) = [cm for cm in by_kind(docs, "ConfigMap")
-                   if cm["metadata"]["name"] == "pd-autoscaler-state"]
-    assert "pd-autoscaler.io/policy" not in state_cm["metadata"].get("labels", {})
+    state_cms = [cm for cm in by_kind(docs, "ConfigMap")
+                 if cm["metadata"]["name"].startswith("pd-autoscaler-state")]
+    assert sorted(cm["metadata"]["name"] for cm in state_cms) == sorted(shard_names)
+    assert not any("pd-autoscaler.io/policy" in cm["metadata"].get("labels", {})
+                   for cm in state_cms)
 
 
 def test_shadow_overlay_cannot_scale(kubectl: Path) -> None:
