@@ -96,9 +96,10 @@ class Settings(BaseModel):
     state_configmap: str = "pd-autoscaler-state"
     """The state shards are `<state_configmap>-<i>`; this name itself is the single ConfigMap
     of earlier versions, read once to migrate (state_store.py)."""
-    state_shards: int = 16
-    """How many state ConfigMaps (shipped by the manifests, each named in the Role): 16 keep
-    each under 1 MiB up to about 5,000 full-window pools (benchmarks/state_shards.py)."""
+    state_shards: int = 60
+    """How many state ConfigMaps (shipped by the manifests, each named in the Role). 60 keep
+    each far below 1 MiB at 5,000 pools even with the longest windows a policy allows
+    (benchmarks/state_shards.py), and divide by every useful bucket count (1-6, 10, 12, ...)."""
     buckets: int = 1
     """Replica sharding (shards.py): pools hashed onto this many buckets, one Lease
     `<lease_name>-<b>` each, every replica ticking the buckets it holds. 1: one leader."""

@@ -72,7 +72,7 @@ def gpu_deployment(name: str, *, replicas: int, gpus: int = 1,
     })
 
 
-async def state_doc(api: Any, ns: str, pool: str, key: str, *, shards: int = 16,
+async def state_doc(api: Any, ns: str, pool: str, key: str, *, shards: int = 60,
                     prefix: str = "pd-autoscaler-state") -> str | None:
     """One document (`state.json`, `last-scale.json`, ...) of `pool`'s state shard, unpacked;
     None if the shard or the key is absent."""

@@ -79,7 +79,7 @@ async def replica(cluster: ClusterInfo, ns: str, source: FakeMetricsSource, iden
         await api.close()
 
 
-SHARD = f"{STATE_CM}-{shard_of('l', 16)}"
+SHARD = f"{STATE_CM}-{shard_of('l', 60)}"
 
 
 async def put_state(api: ApiClient, ns: str, data: dict[str, str]) -> None:
