@@ -18,8 +18,9 @@ resourceVersion as the compare-and-swap:
   lease duration);
 - it takes free or expired buckets, at most one per round and only up to its fair share
   ceil(B / live replicas), live meaning holders whose record changed within a lease duration;
-  so replicas started together spread the buckets evenly, and the survivors of a dead replica
-  take its buckets within a lease duration plus a few rounds;
+  a replica holding k buckets takes one only once it has been free for k retry periods, so the
+  one holding fewest gets it: replicas started together spread the buckets evenly, and the
+  survivors of a dead replica take its buckets within a lease duration plus a few rounds;
 - it gives back buckets above its fair share (a replica came back), one per round.
 Expiry is judged as client-go does: by when this replica last saw a bucket's record change on
 its own clock, never by the holder's timestamps (no clock-skew assumption).
@@ -80,6 +81,11 @@ class _Seen:
     """When (this replica's wall clock) the record was last seen to change."""
     renewed_at: float | None = None
     """When this replica last renewed (or acquired) it; None: not ours."""
+    observed: bool = False
+
+
+def _version(record: Any) -> str | None:
+    return None if record is None else str(record.metadata.resource_version)
 
 
 class BucketLeases:
@@ -140,8 +146,12 @@ class BucketLeases:
             give = max(held, key=self._preference)
             await self._write(b=give, holder=None, now=now)
         elif len(held) < fair:
+            # A free bucket goes to the replica holding fewest: one holding k buckets waits
+            # until it has been free for k retry periods (a standby takes it at once).
+            wait = len(held) * self.retry_period_s
             free = [b for b in range(self.buckets)
-                    if b not in mine and (not self._holder(b) or self._expired(b, now))]
+                    if b not in mine and (f := self._free_at(b)) is not None
+                    and now - f >= wait]
             if free:
                 await self._write(min(free, key=self._preference), holder=self.identity, now=now)
 
@@ -154,10 +164,19 @@ class BucketLeases:
         return None if rec is None or rec.spec is None else rec.spec.holder_identity
 
     def _expired(self, bucket: int, now: float) -> bool:
+        at = self._free_at(bucket)
+        return at is not None and now >= at
+
+    def _free_at(self, bucket: int) -> float | None:
+        """Since when the bucket is free for the taking (no holder, or its holder's record
+        unchanged for the lease duration), on this replica's clock; None: never observed."""
         seen = self._seen[bucket]
-        duration = (seen.record.spec.lease_duration_seconds if seen.record is not None
-                    and seen.record.spec is not None else None) or self.lease_duration_s
-        return now - seen.changed_at >= duration
+        if not seen.observed:
+            return None
+        if not self._holder(bucket):
+            return seen.changed_at
+        duration = seen.record.spec.lease_duration_seconds or self.lease_duration_s
+        return seen.changed_at + duration
 
     async def _observe(self, bucket: int, now: float) -> None:
         seen = self._seen[bucket]
@@ -173,10 +192,9 @@ class BucketLeases:
         except Exception as exc:  # a dropped connection too: the round goes on
             log.warning("bucket_lease_read_failed", bucket=bucket, error=repr(exc))
             return
-        old = seen.record
-        if rec is None or old is None or rec.metadata.resource_version != \
-                old.metadata.resource_version:
+        if not seen.observed or _version(rec) != _version(seen.record):
             seen.changed_at = now
+        seen.observed = True
         seen.record = rec
         if seen.renewed_at is not None and self._holder(bucket) != self.identity:
             self._lose(bucket, why=f"held by {self._holder(bucket)!r} now")
