@@ -130,21 +130,30 @@ class BucketLeases:
     # -- one round ---------------------------------------------------------------------------
 
     async def round(self) -> None:
-        """Read every bucket's Lease, renew ours, take or give back at most one."""
+        """Renew ours, read every bucket's Lease, take or give back at most one."""
+        # Renewals first, each stamped when it is sent: the fence counts from there, so a slow
+        # round (many buckets, a loaded API server) does not eat into the renew deadline.
+        for b in range(self.buckets):
+            if self._seen[b].renewed_at is not None:
+                await self._write(b, holder=self.identity, now=self._wall())
         now = self._wall()
         for b in range(self.buckets):
             await self._observe(b, now)
+        now = self._wall()
         live = {h for b in range(self.buckets)
                 if (h := self._holder(b)) and h != self.identity and not self._expired(b, now)}
         fair = math.ceil(self.buckets / (len(live) + 1))
         mine = [b for b in range(self.buckets) if self._holder(b) == self.identity]
         for b in mine:
-            await self._write(b, holder=self.identity, now=now)
+            if self._seen[b].renewed_at is None:
+                # Ours by the record but not by our count (a release whose write failed):
+                # renewing it makes it ours again.
+                await self._write(b, holder=self.identity, now=self._wall())
         held = [b for b in mine if self.holds(b)]
         if len(held) > fair:
             # Give back the one we prefer least (a replica came back; it takes it next round).
             give = max(held, key=self._preference)
-            await self._write(b=give, holder=None, now=now)
+            await self._write(give, holder=None, now=self._wall())
         elif len(held) < fair:
             # A free bucket goes to the replica holding fewest: one holding k buckets waits
             # until it has been free for k retry periods (a standby takes it at once).
@@ -153,7 +162,8 @@ class BucketLeases:
                     if b not in mine and (f := self._free_at(b)) is not None
                     and now - f >= wait]
             if free:
-                await self._write(min(free, key=self._preference), holder=self.identity, now=now)
+                await self._write(min(free, key=self._preference), holder=self.identity,
+                                  now=self._wall())
 
     def _preference(self, bucket: int) -> int:
         # Replicas try different free buckets first, so simultaneous starts rarely collide.
