@@ -223,12 +223,17 @@ class Controller:
         return bucket is not None and self.bucket_leases.holds(bucket)
 
     def owns_shard(self, index: int) -> bool:
-        """The fence of every state-shard read and write: shard `index` belongs to bucket
-        `index % buckets` (shards.py), and only to the leading task started for it."""
+        """Whether state shard `index` is the leading task's to restore and save: with buckets,
+        shard `index` belongs to bucket `index % buckets` (shards.py)."""
+        if self.bucket_leases is None:
+            return True
+        return index % self.settings.buckets in self.bucket_leases.owned
+
+    def may_write_shard(self, index: int) -> bool:
+        """The fence of every state-shard write: its bucket's lease (or the lease) held now."""
         if self.bucket_leases is None:
             return self.is_leader()
-        bucket = index % self.settings.buckets
-        return bucket in self.bucket_leases.owned and self.bucket_leases.holds(bucket)
+        return self.owns_shard(index) and self.bucket_leases.holds(index % self.settings.buckets)
 
     def _share(self, policy: PolicyFile | None) -> PolicyFile | None:
         """This replica's part of `policy`: all of it with one bucket, else the pools of the

@@ -52,8 +52,12 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
         return bool(built) and built[0].may_write(ref)
 
     def owns_shard(index: int) -> bool:
-        # Asked before each state shard is read and immediately before each is written.
+        # Which shards a load reads (and the saves write): those of the leading task.
         return bool(built) and built[0].owns_shard(index)
+
+    def shard_fence(index: int) -> bool:
+        # Asked immediately before each state shard write.
+        return bool(built) and built[0].may_write_shard(index)
 
     c = Controller(
         settings, api=api, source=source, events=events,
@@ -61,7 +65,8 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
                                          timeout_s=settings.api_timeout_s, clock=clock),
         state_store=StateStore(core, namespace=settings.namespace,
                                name=settings.state_configmap, shards=settings.state_shards,
-                               timeout_s=settings.api_timeout_s, owns=owns_shard),
+                               timeout_s=settings.api_timeout_s, owns=owns_shard,
+                               fence=shard_fence),
         leader_labeler=labeler, clock=clock, **kw)
     built.append(c)
     return c

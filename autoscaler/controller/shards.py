@@ -271,6 +271,9 @@ class BucketLeases:
         task: asyncio.Task[None] | None = None
         try:
             while True:
+                # Rounds start every retry period (not a period after the last one ended), so
+                # renewals stay a period apart however long the reads take.
+                started = self._wall()
                 await self.round()
                 now_held = self.held_set()
                 if now_held != self.owned or (task is not None and task.done()):
@@ -281,7 +284,7 @@ class BucketLeases:
                     log.info("buckets_owned", identity=self.identity, buckets=sorted(now_held))
                     if now_held:
                         task = asyncio.create_task(on_started(), name="leading-buckets")
-                await self._sleep(self.retry_period_s)
+                await self._sleep(max(0.0, self.retry_period_s - (self._wall() - started)))
         finally:
             if task is not None:
                 task.cancel()

@@ -14,9 +14,10 @@ ConfigMaps and the Role names each one: the controller needs no `create configma
 cannot be limited by name, and would let it create a policy-labelled ConfigMap it then loads).
 `benchmarks/state_shards.py` measures the shard sizes at 5,000 pools.
 
-Ownership: `owns(i)` says whether this replica may read and write shard `i` right now (the
-leader; with replica sharding, the owner of the shard's bucket: shards.py). A load reads the
-owned shards; each write asks `owns(i)` immediately before it (the fence).
+Ownership: `owns(i)` says whether shard `i` is this replica's (the leader's; with replica
+sharding, the shards of the buckets the leading task was started for: shards.py); a load reads
+those, a save writes those. `fence(i)` (default: `owns`) is asked immediately before each write:
+is the shard's lease still held right now.
 
 Migration: the single ConfigMap of earlier versions (`<name>` itself, `data: state.json`) is read
 for a shard that was never written (no `binaryData`), so an upgrade keeps every pool's windows;
@@ -145,7 +146,8 @@ class StateStore:
     owner only (see the module docstring)."""
 
     def __init__(self, core: client.CoreV1Api, *, namespace: str, name: str, shards: int,
-                 timeout_s: float, owns: Callable[[int], bool] | None = None) -> None:
+                 timeout_s: float, owns: Callable[[int], bool] | None = None,
+                 fence: Callable[[int], bool] | None = None) -> None:
         if shards < 1:
             msg = f"state shards: must be >= 1 (got {shards})"
             raise ValueError(msg)
@@ -156,6 +158,7 @@ class StateStore:
         # Checked immediately before each write too: a deposed owner whose renewals hang must
         # not keep overwriting the new owner's state (26 writes by each were measured without).
         self._owns = owns or (lambda _i: True)
+        self._fence = fence or self._owns
         self._timeout_s = timeout_s
         self._seen: dict[int, _Shard] = {}
         self.last_scale: dict[str, Any] = {}
@@ -322,7 +325,7 @@ class StateStore:
         self.writes += 1
 
     def _check_fence(self, index: int) -> None:
-        if not self._owns(index):
+        if not self._fence(index):
             msg = (f"configmap {self.shard_name(index)}: fence closed (shard no longer ours); "
                    "state not written")
             raise errors.ActuationError(msg)

@@ -40,7 +40,7 @@ from autoscaler.types import Role
 
 from ..k8senv.cluster import ClusterInfo
 from .support import gpu_deployment, wait_for
-from .test_controller_e2e import LEASE, admin_client, policy_text, put_policy, role_spec
+from .test_controller_e2e import admin_client, policy_text, put_policy, role_spec
 
 pytestmark = pytest.mark.k8s
 
@@ -48,6 +48,9 @@ POOLS = 30
 BUCKETS = 6
 TICK_S = 1.0
 ROLE = Role.AGGREGATED
+# Short, as everywhere in the e2e suite, but with a renew deadline of 3.5 retry periods: three
+# replicas in one process on a loaded CI machine must not lose a bucket to one slow round.
+LEASE: dict[str, Any] = {"lease_duration_s": 5, "renew_deadline_s": 3.5, "retry_period_s": 1.0}
 
 
 def pool_names() -> list[str]:

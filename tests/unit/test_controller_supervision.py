@@ -472,7 +472,7 @@ def test_on_cluster_wires_the_fence_into_every_writer() -> None:
     s = Settings(namespace="x", identity="a", leader_election=True)
     c = factory.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
                            telemetry=Telemetry())
-    fences = [lambda: c.actuator._fence(REF), lambda: c.state_store._owns(3)]  # type: ignore[attr-defined]
+    fences = [lambda: c.actuator._fence(REF), lambda: c.state_store._fence(3)]  # type: ignore[attr-defined]
     assert all(not f() for f in fences)  # the lease is not held
     lease = FakeLease()
     lease.holder = True
