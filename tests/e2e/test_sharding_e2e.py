@@ -34,12 +34,14 @@ from autoscaler.controller import app as ctl
 from autoscaler.controller import factory
 from autoscaler.controller.settings import Settings
 from autoscaler.controller.shards import bucket_of
+from autoscaler.controller.state_store import STATE_KEY
+from autoscaler.decision.state import ScaleState
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role
 
 from ..k8senv.cluster import ClusterInfo
-from .support import gpu_deployment, wait_for
+from .support import gpu_deployment, state_doc, wait_for
 from .test_controller_e2e import admin_client, policy_text, put_policy, role_spec
 
 pytestmark = pytest.mark.k8s
@@ -75,8 +77,15 @@ async def replica(cluster: ClusterInfo, ns: str, source: FakeMetricsSource, iden
         if c.bucket_leases is None or not c.bucket_leases.holds(bucket_of(pool, BUCKETS)):
             # Recorded, not raised: the tick would contain an exception as a failed write.
             writes.append((time.monotonic(), identity, pool, -1))
-        await real_scale(ref, replicas, reason=reason)
-        writes.append((time.monotonic(), identity, pool, replicas))
+        # Recorded before the PATCH goes out: a replica killed while its PATCH is in flight
+        # may have written. Only a write that failed is taken back.
+        record = (time.monotonic(), identity, pool, replicas)
+        writes.append(record)
+        try:
+            await real_scale(ref, replicas, reason=reason)
+        except Exception:
+            writes.remove(record)
+            raise
 
     c.actuator.scale = audited  # type: ignore[method-assign]
     task = asyncio.create_task(c.run(), name=identity)
@@ -134,6 +143,19 @@ async def test_three_replicas_thirty_pools_one_killed(
 
         victim = max(owned, key=lambda n: len(pools_of(owned[n])))
         moved = pools_of(owned[victim])
+
+        async def saved_pools() -> set[str]:
+            out = set()
+            for p in moved:
+                doc = await state_doc(k8s_api, ns, p, STATE_KEY)
+                if doc and p in ScaleState.from_json(doc).pools:
+                    out.add(p)
+            return out
+
+        # The state is saved after each tick: kill only once the victim's has reached the
+        # shards (what the successor must restore).
+        await wait_for(saved_pools, until=lambda got: got == set(moved), timeout_s=30,
+                       what="the victim's pools saved in their shards")
         c_victim, t_victim = reps.pop(victim)
         t_victim.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -344,11 +344,15 @@ async def leader(tmp_path: Path, core: Any, *, lease: FakeLease | None = None,
     source.ready[(POOL, ROLE)] = 4
     source.set_totals(POOL, ROLE, queue_depth=0)  # idle: the decision alone would scale down
     act = actuator or FakeActuator(WorkloadStatus(replicas=4, ready=4, pending=0))
+    built: list[controller.Controller] = []
+    # Fenced as factory.on_cluster fences it: each shard write asks the lease right before.
+    store = StateStore(core, namespace="pd-autoscaler", name="st", shards=4, timeout_s=1,
+                       fence=lambda i: bool(built) and built[0].may_write_shard(i))
     c = controller.Controller(
         settings, api=NO_API, source=source, telemetry=Telemetry(), actuator=act,
         events=FakeEvents(), serve_http=False, lease=lease,
-        step_down_after_s=step_down_after_s,
-        state_store=StateStore(core, namespace="pd-autoscaler", name="st", shards=4, timeout_s=1))
+        step_down_after_s=step_down_after_s, state_store=store)
+    built.append(c)
     task = asyncio.create_task(c.run())
     try:
         yield c
