@@ -188,7 +188,8 @@ class Settings(BaseModel):
                        "its own pools; use buckets=1 for the HPA/KEDA adoption paths)"
                        for name in ("external_metrics_port", "keda_grpc_port",
                                     "keda_metrics_api", "leader_label")
-                       if getattr(self, name) not in (None, False))
+                       # `is`, not `in (None, False)`: port 0 (a free port) == False.
+                       if getattr(self, name) is not None and getattr(self, name) is not False)
         return out
 
     @model_validator(mode="after")

@@ -224,3 +224,74 @@ async def test_contend_restarts_the_leading_task_when_the_held_set_changes() -> 
     assert r.owned == frozenset()
     pools = [f"pool-{i}" for i in range(30)]
     assert {bucket_of(p, 3) for p in pools} == {0, 1, 2}
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    ({"buckets": 6}, None),
+    ({"buckets": 5}, None),  # 60 shards: 12 per bucket
+    ({"buckets": 7}, "state_shards: must be 1-1024 and a multiple of buckets"),
+    ({"buckets": 4, "state_shards": 16}, None),
+    ({"buckets": 0}, "buckets: must be 1-256"),
+    ({"buckets": 3, "leader_election": False}, "buckets: > 1 needs leader_election"),
+    ({"buckets": 3, "keda_metrics_api": True}, "keda_metrics_api: not supported with buckets"),
+    ({"buckets": 3, "keda_grpc_port": 0}, "keda_grpc_port: not supported with buckets"),
+    ({"buckets": 3, "leader_label": True, "pod_name": "p"},
+     "leader_label: not supported with buckets"),
+    ({"buckets": 1, "keda_metrics_api": True}, None),
+])
+def test_sharding_settings(overrides: dict[str, Any], problem: str | None) -> None:
+    from autoscaler import errors  # noqa: PLC0415
+    from autoscaler.controller.settings import Settings  # noqa: PLC0415
+
+    if problem is None:
+        Settings(namespace="ns", identity="a", **overrides)
+        return
+    with pytest.raises(errors.ConfigError, match=problem):
+        Settings(namespace="ns", identity="a", **overrides)
+
+
+async def test_controller_ticks_only_its_buckets_and_fences_per_bucket(tmp_path: Any) -> None:
+    """A replica's policy share is the pools of the buckets its leading task owns; a write to a
+    Deployment of another bucket's pool, or of a bucket whose lease lapsed, is refused; a
+    file-wide gpu_budget is not split (reported, not ticked)."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from autoscaler.controller.app import Controller  # noqa: PLC0415
+    from autoscaler.controller.settings import Settings  # noqa: PLC0415
+    from autoscaler.spec import DeploymentRef, PolicyFile  # noqa: PLC0415
+    from autoscaler.telemetry import Telemetry  # noqa: PLC0415
+    from autoscaler.testing import FakeMetricsSource, fake_cluster, pool_policy  # noqa: PLC0415
+
+    api, clock = LeaseApi(), FakeClock(1000.0)
+    leases = BucketLeases(api, namespace="ns", lease_name="pd", identity="a", buckets=3,  # type: ignore[arg-type]
+                          lease_duration_s=LEASE_S, renew_deadline_s=RENEW_S,
+                          retry_period_s=RETRY_S, timeout_s=1, wall=clock)
+    settings = Settings(namespace="ns", identity="a", buckets=3, state_shards=3)
+    c = Controller(settings, api=SimpleNamespace(), source=FakeMetricsSource(),  # type: ignore[arg-type]
+                   telemetry=Telemetry(), serve_http=False, lease=leases, **fake_cluster())
+    one = pool_policy(aggregated={"signals": [{"signal": "queue_depth", "target": 2}]})
+    pools = [one.pools[0].model_copy(update={
+        "name": f"p{i}",
+        "roles": {r: s.model_copy(update={"deployment": DeploymentRef(namespace="llm",
+                                                                      name=f"p{i}-{r.value}")})
+                  for r, s in one.pools[0].roles.items()}}) for i in range(12)]
+    policy = PolicyFile(pools=tuple(pools))
+    await leases.round()  # takes one bucket
+    (mine,) = leases.held_set()
+    leases.owned = leases.held_set()
+    share = c._share(policy)
+    assert share is not None
+    assert {p.name for p in share.pools} == {p.name for p in pools if bucket_of(p.name, 3) == mine}
+    ours = share.pools[0]
+    other = next(p for p in pools if bucket_of(p.name, 3) != mine)
+    ref = next(iter(ours.roles.values())).deployment
+    assert c.may_write(ref)
+    assert not c.may_write(next(iter(other.roles.values())).deployment)
+    assert c.may_write_shard(mine)
+    assert not c.may_write_shard((mine + 1) % 3)
+    clock.advance(RENEW_S)  # no renewal: the bucket's fence closes
+    assert not c.may_write(ref)
+    assert not c.may_write_shard(mine)
+    budgeted = policy.model_copy(update={"gpu_budget": 1000})
+    assert c._share(budgeted) is None
+    assert "gpu_budget" in c.health.failing["tick"]
