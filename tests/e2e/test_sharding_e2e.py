@@ -213,7 +213,12 @@ async def test_three_replicas_thirty_pools_one_killed(
                 assert runs[0] == victim, (p, runs)
             else:
                 assert len(runs) == 1, (p, runs)
-            assert [w[3] for w in writes if w[2] == p] == [2, 3], (p, "one write per change")
+            # Writes go 2 then 3, never back. (A write in flight when its leading task restarts
+            # for a new set of buckets is counted though it may never have been sent, so the
+            # same owner can write the same number twice.)
+            values = [w[3] for w in writes if w[2] == p]
+            assert [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v] == [2, 3], \
+                (p, values)
 
         # State restored from the shards: the successor remembers recommendations from before
         # the kill for the pools it took over.
