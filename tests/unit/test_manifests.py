@@ -20,7 +20,8 @@ from tests import kubectl as kubectl_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-KUSTOMIZATIONS = ("base", "overlays/shadow", "overlays/kind", "examples", "monitoring")
+KUSTOMIZATIONS = ("base", "overlays/shadow", "overlays/kind", "overlays/sharded", "examples",
+                  "monitoring")
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,20 @@ def test_shadow_overlay_cannot_scale(kubectl: Path) -> None:
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]
            ["env"]}
     assert env["PD_AUTOSCALER_DRY_RUN"] == "true"
+
+
+def test_sharded_overlay_names_every_bucket_lease(kubectl: Path) -> None:
+    """The sharded overlay's settings are valid (buckets divide the state shards) and its Role
+    names exactly the Leases those buckets use, no more."""
+    docs = render(kubectl, "overlays/sharded")
+    (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "pd-autoscaler"]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    buckets = int(env["PD_AUTOSCALER_BUCKETS"])
+    assert dep["spec"]["replicas"] > 1
+    Settings(namespace="x", identity="a", buckets=buckets)  # valid: raises otherwise
+    leases = [r for r in _grants(docs, "leases", "update") if r.get("resourceNames")]
+    assert [r["resourceNames"] for r in leases] == [
+        ["pd-autoscaler", *(f"pd-autoscaler-{b}" for b in range(buckets))]]
 
 
 def test_controller_pod_is_locked_down(kubectl: Path) -> None:
