@@ -6,11 +6,13 @@ one place the real ones are built, tests pass the fakes of `autoscaler.testing`)
     policy: --policy FILE (polled for changes)  |  ConfigMaps labelled pd-autoscaler.io/policy
                    \\ validated per document, last good kept; applied on the next tick
                      (policy_source.py)
-    leader election (coordination.k8s.io Lease, leader.py) -> only the leader ticks and writes
+    leader election (coordination.k8s.io Lease, leader.py) -> only the leader ticks and writes;
+          with buckets > 1, one Lease per bucket (shards.py) -> each replica ticks and writes
+          the pools of the buckets it holds
     on leading (and when a reload adds forecast roles): forecast history refilled from the
           source's range queries before the next tick (bounded, never fatal; backfill.py)
     tick: Loop(policy, MetricsSource, fenced actuator) -> TickReport
-          -> Events on scaled Deployments; state + last decision saved to the state ConfigMap
+          -> Events on scaled Deployments; state + last decision saved to the state shards
              (state_store.py); DecisionStore (in-process servers) and Telemetry (/metrics)
     aiohttp: /healthz /readyz /metrics (+ server plug-ins, e.g. KEDA metrics-api) on every replica
     adoption servers when configured (servers.py: external.metrics.k8s.io over TLS, KEDA gRPC
@@ -18,7 +20,8 @@ one place the real ones are built, tests pass the fakes of `autoscaler.testing`)
     pd-autoscaler.io/leader=true so the overlays' Services reach it alone
 
 The Role allows `deployments/scale` (replicas only) on named Deployments, and `update`/`patch`
-on one named ConfigMap and one named Lease of its own (state_store.py and leader.py say why).
+on the named state-shard ConfigMaps and the named Lease(s) of its own (state_store.py,
+leader.py and shards.py say why).
 
 Restart safety: the state is saved after every tick whose state changed, on wall time, and
 restored onto the monotonic clock, so a new leader keeps the stabilization windows and rate-limit
