@@ -250,6 +250,8 @@ class Controller:
                                f"pool and cannot be enforced with buckets={buckets}: not "
                                "ticking (set buckets=1, or drop the file-wide budget)")
             return None
+        if self.health.failing.get("tick", "").startswith("policy gpu_budget"):
+            self.health.report("tick", None)  # a policy without one came
         pools = tuple(p for p in policy.pools if bucket_of(p.name, buckets) in owned)
         self._ref_bucket = {(r.deployment.namespace, r.deployment.name): bucket_of(p.name, buckets)
                             for p in pools for r in p.roles.values()}

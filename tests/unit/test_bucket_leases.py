@@ -295,3 +295,5 @@ async def test_controller_ticks_only_its_buckets_and_fences_per_bucket(tmp_path:
     budgeted = policy.model_copy(update={"gpu_budget": 1000})
     assert c._share(budgeted) is None
     assert "gpu_budget" in c.health.failing["tick"]
+    assert c._share(policy) is not None
+    assert "tick" not in c.health.failing
