@@ -446,7 +446,9 @@ async def test_without_election_failing_ticks_back_off_and_stay_reported(
     actuator.fail = RuntimeError("API answered garbage")
     async with leader(tmp_path, FlakyStateCore(), actuator=actuator,
                       step_down_after_s=0.01) as c:
-        await until(lambda: actuator.reads >= 3, "retried twice")
+        # Generous: each failed tick logs a rich traceback, about 1 s each on a loaded machine
+        # (the 10-s default timed out at a load average of 12).
+        await until(lambda: actuator.reads >= 3, "retried twice", timeout_s=60)
         assert "tick" in c.health.failing
         assert c.step_downs == 0
     # The retry waits after the 1st and 2nd failed tick: 2 and 4 ticks (tick_s 0.05), not cut
