@@ -37,6 +37,13 @@ response bytes per tick.
 
     .venv/bin/python benchmarks/controller_scale.py [--pools 10 100 1000 5000] [--ticks 5]
         [--cluster cache|gets|fake]
+
+With `--buckets B` (replica sharding, controller/shards.py), each pool count is split onto B
+buckets by the controller's own hash, and each bucket's share is measured as one replica
+ticking it (its policy is the controller's `_share` of the whole: the pools hashed onto that
+bucket); printed per bucket, plus the balance of the split (largest share over the mean).
+
+    .venv/bin/python benchmarks/controller_scale.py --pools 5000 --buckets 5
 """
 
 from __future__ import annotations
@@ -408,10 +415,13 @@ async def _actuator(cluster: str, url: str, policy: Any) -> tuple[Any, Any, Any]
     return KubernetesActuator(api, reader=cache, timeout_s=60), api, cache
 
 
-async def measure(pools: int, ticks: int, cluster: str) -> dict[str, Any]:
+async def measure(
+    pools: int, ticks: int, cluster: str, bucket: int = 0, buckets: int = 1
+) -> dict[str, Any]:
     import aiohttp  # noqa: PLC0415
     import structlog  # noqa: PLC0415
 
+    from autoscaler.controller.shards import bucket_of  # noqa: PLC0415
     from autoscaler.loop import Loop  # noqa: PLC0415
     from autoscaler.metrics.prometheus import PrometheusSource  # noqa: PLC0415
     from autoscaler.metrics.settings import PrometheusSettings  # noqa: PLC0415
@@ -429,6 +439,8 @@ async def measure(pools: int, ticks: int, cluster: str) -> dict[str, Any]:
     try:
         url = f"http://127.0.0.1:{port_q.get(timeout=60)}"
         policy = PolicyFile.model_validate(policy_dict(pools))
+        share = tuple(p for p in policy.pools if bucket_of(p.name, buckets) == bucket)
+        policy = policy.model_copy(update={"pools": share})
         src = PrometheusSource(PrometheusSettings(url=url, timeout_s=60, max_concurrency=4))
         fetch_cpu: list[float] = []
         fetch = src.fetch
@@ -480,6 +492,7 @@ async def measure(pools: int, ticks: int, cluster: str) -> dict[str, Any]:
     cpu.sort()
     return {
         "pools": pools,
+        "share": len(policy.pools),
         "cpu_median": statistics.median(cpu),
         "cpu_p90": cpu[min(len(cpu) - 1, round(0.9 * (len(cpu) - 1)))],
         "fetch_median": statistics.median(fetch_cpu),
@@ -505,10 +518,17 @@ def main() -> None:
     ap.add_argument("--pools", type=int, nargs="+", default=[10, 100, 1000, 5000])
     ap.add_argument("--ticks", type=int, default=5)
     ap.add_argument("--cluster", choices=("cache", "gets", "fake"), default="cache")
+    ap.add_argument("--buckets", type=int, default=1,
+                    help="split each pool count onto this many buckets (replicas)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--bucket", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(asyncio.run(measure(args.one, args.ticks, args.cluster))))
+        print(json.dumps(asyncio.run(
+            measure(args.one, args.ticks, args.cluster, args.bucket, args.buckets))))
+        return
+    if args.buckets > 1:
+        sharded(args.pools, args.ticks, args.buckets, args.cluster)
         return
     print(f"cluster reads: {args.cluster}")
     print(
@@ -538,6 +558,47 @@ def main() -> None:
             f"| {_mb(r['scrape_bytes'])} | {r['scrape_cpu']:.3f} | {r['scales']:.0f} |",
             flush=True,
         )
+
+
+def _one(
+    n: int, ticks: int, bucket: int = 0, buckets: int = 1, cluster: str = "cache"
+) -> dict[str, Any] | str:
+    done = subprocess.run(  # noqa: S603 - this very script, by its own path
+        [sys.executable, __file__, "--one", str(n), "--ticks", str(ticks), "--bucket",
+         str(bucket), "--buckets", str(buckets), "--cluster", cluster],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return f"failed: {done.stderr.strip().splitlines()[-1:]}"
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def sharded(pool_counts: list[int], ticks: int, buckets: int, cluster: str) -> None:
+    """Each bucket's share as one replica's tick, in a fresh process per bucket."""
+    print("| pools | bucket | pools in bucket | CPU-s/tick median | p90 | peak RSS MB "
+          "| queries/tick | request MB/tick | response MB/tick |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n in pool_counts:
+        shares = []
+        cpu = []
+        for b in range(buckets):
+            r = _one(n, ticks, b, buckets, cluster)
+            if isinstance(r, str):
+                print(f"| {n} | {b} | {r} |", flush=True)
+                continue
+            shares.append(r["share"])
+            cpu.append(r["cpu_median"])
+            print(f"| {n} | {b} | {r['share']} | {r['cpu_median']:.3f} | {r['cpu_p90']:.3f} "
+                  f"| {r['rss_mb']:.0f} | {r['queries']:.0f} | {_mb(r['request_bytes'])} "
+                  f"| {_mb(r['response_bytes'])} |", flush=True)
+        if shares:
+            mean = n / buckets
+            print(f"\n{n} pools on {buckets} buckets: shares {min(shares)}-{max(shares)} "
+                  f"(largest {max(shares) / mean:.2f} x the mean {mean:g}); slowest replica "
+                  f"{max(cpu):.3f} CPU-s per tick\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The fence: an actuator that refuses writes unless this replica still holds the lease."""
+"""The fence: an actuator that refuses writes unless this replica still holds the lease (with
+replica sharding: the lease of the bucket the written Deployment's pool belongs to)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ if TYPE_CHECKING:
     from autoscaler.spec import DeploymentRef
 
 class FencedActuator:
-    """Passes reads through; refuses writes unless `may_write()` (the lease is still ours)."""
+    """Passes reads through; refuses writes unless `may_write(ref)` (the lease that covers
+    `ref` is still ours)."""
 
-    def __init__(self, inner: Actuator, may_write: Callable[[], bool]) -> None:
+    def __init__(self, inner: Actuator, may_write: Callable[[DeploymentRef], bool]) -> None:
         self.inner = inner
         self._may_write = may_write
 
@@ -22,7 +24,7 @@ class FencedActuator:
         return await self.inner.status(ref)
 
     async def scale(self, ref: DeploymentRef, replicas: int, *, reason: str) -> None:
-        if not self._may_write():
+        if not self._may_write(ref):
             msg = "not the leader (lease not renewed within the renew deadline): write refused"
             raise errors.ActuationError(msg)
         await self.inner.scale(ref, replicas, reason=reason)

@@ -223,7 +223,7 @@ class KubernetesActuator:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
-        fence: Callable[[], bool] | None = None,
+        fence: Callable[[DeploymentRef], bool] | None = None,
         on_api_error: ApiErrorHook | None = None,
         reader: DeploymentReader | None = None,
     ) -> None:
@@ -348,7 +348,7 @@ class KubernetesActuator:
         raise errors.ActuationConflict(msg)
 
     def _check_fence(self, ref: DeploymentRef, replicas: int) -> None:
-        if self._fence is not None and not self._fence():
+        if self._fence is not None and not self._fence(ref):
             msg = (f"deployments/{ref.name} in {ref.namespace}: fence closed (no longer the "
                    f"leader); not writing {replicas}")
             raise errors.ActuationError(msg)

@@ -6,11 +6,13 @@ one place the real ones are built, tests pass the fakes of `autoscaler.testing`)
     policy: --policy FILE (polled for changes)  |  ConfigMaps labelled pd-autoscaler.io/policy
                    \\ validated per document, last good kept; applied on the next tick
                      (policy_source.py)
-    leader election (coordination.k8s.io Lease, leader.py) -> only the leader ticks and writes
+    leader election (coordination.k8s.io Lease, leader.py) -> only the leader ticks and writes;
+          with buckets > 1, one Lease per bucket (shards.py) -> each replica ticks and writes
+          the pools of the buckets it holds
     on leading (and when a reload adds forecast roles): forecast history refilled from the
           source's range queries before the next tick (bounded, never fatal; backfill.py)
     tick: Loop(policy, MetricsSource, fenced actuator) -> TickReport
-          -> Events on scaled Deployments; state + last decision saved to the state ConfigMap
+          -> Events on scaled Deployments; state + last decision saved to the state shards
              (state_store.py); DecisionStore (in-process servers) and Telemetry (/metrics)
     aiohttp: /healthz /readyz /metrics (+ server plug-ins, e.g. KEDA metrics-api) on every replica
     adoption servers when configured (servers.py: external.metrics.k8s.io over TLS, KEDA gRPC
@@ -19,8 +21,9 @@ one place the real ones are built, tests pass the fakes of `autoscaler.testing`)
     selector-less Services reach it alone (endpoint.py)
 
 The Role allows `deployments/scale` (replicas only) on named Deployments, and `update`/`patch`
-on one named ConfigMap and one named Lease of its own (state_store.py and leader.py say why);
-the adoption overlays add one named EndpointSlice (endpoint.py), and nothing on Pods.
+on the named state-shard ConfigMaps and the named Lease(s) of its own (state_store.py,
+leader.py and shards.py say why); the adoption overlays add one named EndpointSlice
+(endpoint.py), and nothing on Pods.
 
 Restart safety: the state is saved after every tick whose state changed, on wall time, and
 restored onto the monotonic clock, so a new leader keeps the stabilization windows and rate-limit
@@ -45,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -59,6 +63,7 @@ from autoscaler.controller.leader import Lease, LeaseLike
 from autoscaler.controller.policy_source import PolicySource
 from autoscaler.controller.servers import AdoptionServers
 from autoscaler.controller.settings import Settings
+from autoscaler.controller.shards import BucketLeases, bucket_of
 from autoscaler.controller.state_store import (
     StateStoreLike,
     StateUnreadable,
@@ -120,7 +125,24 @@ class Controller:
         self.cluster_cache = cluster_cache
         self.state_store = state_store
         self.leader_endpoint = leader_endpoint
+        # One bucket: the single leader of leader.Lease. More: this replica's share of the
+        # buckets (shards.py); `bucket_leases` is that same object, for the per-bucket fence.
+        self.bucket_leases: BucketLeases | None = None
+        if settings.buckets > 1:
+            if lease is not None and not isinstance(lease, BucketLeases):
+                msg = f"buckets={settings.buckets} needs BucketLeases, not {type(lease)}"
+                raise TypeError(msg)
+            lease = lease or BucketLeases(
+                client.CoordinationV1Api(api), namespace=settings.namespace,
+                lease_name=settings.lease_name, identity=settings.identity,
+                buckets=settings.buckets, lease_duration_s=settings.lease_duration_s,
+                renew_deadline_s=settings.renew_deadline_s,
+                retry_period_s=settings.retry_period_s, timeout_s=settings.api_timeout_s,
+                wall=wall)
+            self.bucket_leases = lease
         self.lease: LeaseLike = lease or Lease(settings, api, wall=wall)
+        # (namespace, name) of each Deployment of this replica's share -> its bucket.
+        self._ref_bucket: dict[tuple[str, str], int] = {}
         self.policy_source = PolicySource(settings, api=api, health=self.health,
                                           telemetry=self.telemetry, events=events,
                                           is_leader=self.is_leader)
@@ -217,8 +239,60 @@ class Controller:
     # -- leader election ---------------------------------------------------------------------
 
     def is_leader(self) -> bool:
-        """True while the lease is ours and was renewed within the renew deadline."""
+        """True while the lease (with buckets: any bucket) is ours and was renewed within the
+        renew deadline."""
         return self.lease.held()
+
+    def may_write(self, ref: DeploymentRef) -> bool:
+        """The fence of every scale write: the lease, or with buckets the lease of the bucket
+        of the pool that scales `ref` (a Deployment of no pool of ours: never)."""
+        if self.bucket_leases is None:
+            return self.is_leader()
+        bucket = self._ref_bucket.get((ref.namespace, ref.name))
+        return bucket is not None and self.bucket_leases.holds(bucket)
+
+    def owns_shard(self, index: int) -> bool:
+        """Whether state shard `index` is the leading task's to restore and save: with buckets,
+        shard `index` belongs to bucket `index % buckets` (shards.py)."""
+        if self.bucket_leases is None:
+            return True
+        return index % self.settings.buckets in self.bucket_leases.owned
+
+    def may_write_shard(self, index: int) -> bool:
+        """The fence of every state-shard write: its bucket's lease (or the lease) held now."""
+        if self.bucket_leases is None:
+            return self.is_leader()
+        return self.owns_shard(index) and self.bucket_leases.holds(index % self.settings.buckets)
+
+    def _share(self, policy: PolicyFile | None) -> PolicyFile | None:
+        """This replica's part of `policy`: all of it with one bucket, else the pools of the
+        buckets the leading task was started for; None when that is no pool at all, or when
+        the policy cannot be split (a file-wide gpu_budget needs every pool in one decision)."""
+        if policy is None or self.bucket_leases is None:
+            return policy
+        buckets, owned = self.settings.buckets, self.bucket_leases.owned
+        if policy.gpu_budget is not None:
+            self.health.report("tick", f"policy gpu_budget {policy.gpu_budget} spans every "
+                               f"pool and cannot be enforced with buckets={buckets}: not "
+                               "ticking (set buckets=1, or drop the file-wide budget)")
+            return None
+        if self.health.failing.get("tick", "").startswith("policy gpu_budget"):
+            self.health.report("tick", None)  # a policy without one came
+        pools = tuple(p for p in policy.pools if bucket_of(p.name, buckets) in owned)
+        self._ref_bucket = {(r.deployment.namespace, r.deployment.name): bucket_of(p.name, buckets)
+                            for p in pools for r in p.roles.values()}
+        if not pools:
+            return None
+        return policy.model_copy(update={"pools": pools})
+
+    async def _idle_until_policy_changes(self, version: int, why: str) -> None:
+        """Hold a leading task with nothing to tick (its buckets hold no pool): alive for the
+        liveness probe, back as soon as the policy changes."""
+        log.info("leading_idle", why=why, buckets=sorted(self.bucket_leases.owned)
+                 if self.bucket_leases else None)
+        while self.policy_source.version == version:
+            self.health.last_tick = self._clock()
+            await backoff.sleep(min(self.settings.tick_s, self.settings.policy_poll_s))
 
     async def _elect_forever(self) -> None:
         delays = backoff.Delays(initial_s=self.settings.retry_period_s,
@@ -338,12 +412,14 @@ class Controller:
         needs; the first tick's save overwrites the unreadable ConfigMap."""
         delays = backoff.Delays(initial_s=1.0, max_s=8.0)
         why = ""
+        partial = ScaleState()
         for attempt in range(1, 5):
             try:
                 state = await self.state_store.load(mono_now=self._clock(),
                                                     wall_now=self._wall())
             except StateUnreadable as exc:
-                why = str(exc)
+                # The shards that could be read are kept; the others start fresh.
+                why, partial = str(exc), exc.partial
                 break
             except Exception as exc:  # every failure is retried, then replaced
                 self._api_failed("read_state", exc)
@@ -360,17 +436,22 @@ class Controller:
         log.error("state_replaced", error=why, action="starting from a fresh state")
         self.health.problem = f"state ConfigMap unreadable, replaced by a fresh state: {why}"
         self._saved_state = None  # the first tick overwrites it
-        return ScaleState()
+        return partial
 
     async def _tick_forever(self) -> None:
         policies = self.policy_source
-        policy = await policies.wait()
-        version = policies.version
+        while True:
+            share = self._share(await policies.wait())
+            version = policies.version
+            if share is not None:
+                break
+            await self._idle_until_policy_changes(version, "no pool in this replica's buckets")
+        policy = share
         state = await self._restore_state()
         # The whole metrics fetch of a tick gets 80 % of its period (each query also has its own
         # deadline): a fetch that misses it is missing data, a hold, and the tick still ends in
         # time to decide, write and start the next one on schedule.
-        loop = Loop(policy, self.source, FencedActuator(self.actuator, self.is_leader),
+        loop = Loop(policy, self.source, FencedActuator(self.actuator, self.may_write),
                     state=state, hooks=[self.telemetry.record_decision],
                     fetch_deadline_s=FETCH_SHARE_OF_TICK * self.settings.tick_s)
         self.loop = loop
@@ -389,7 +470,11 @@ class Controller:
                     log.warning("policy_none", action="idle until a policy ConfigMap appears")
                     await policies.wait()
                     continue
-                self._apply_policy(loop, policies.current)
+                share = self._share(policies.current)
+                if share is None:
+                    await self._idle_until_policy_changes(version, "no pool of ours")
+                    continue
+                self._apply_policy(loop, share)
                 await self._backfill_forecasts(loop)
             try:
                 report = await self.tick_once(loop)

@@ -33,6 +33,7 @@ from autoscaler.controller.settings import ENV_PREFIX, Settings, settings_from
 from autoscaler.controller.state_store import StateStore
 from autoscaler.forecast import refit
 from autoscaler.metrics.source import MetricsSource
+from autoscaler.spec import DeploymentRef
 
 
 def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
@@ -57,10 +58,23 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
                               watch_timeout_s=settings.cluster_cache_watch_timeout_s),
             label_selector=settings.cluster_cache_label_selector)
 
-    def fence() -> bool:
-        # Asked immediately before every write (each scale PATCH, its retry, each state
-        # ConfigMap write, the leader's address in the EndpointSlice), not once per tick.
+    def fence(ref: DeploymentRef) -> bool:
+        # Asked immediately before every write (each scale PATCH, its retry), not once per
+        # tick; per bucket with replica sharding.
+        return bool(built) and built[0].may_write(ref)
+
+    def leading() -> bool:
+        # The leader's address in the EndpointSlice: the one lease (the adoption servers it
+        # routes to run with BUCKETS=1 only).
         return bool(built) and built[0].is_leader()
+
+    def owns_shard(index: int) -> bool:
+        # Which shards a load reads (and the saves write): those of the leading task.
+        return bool(built) and built[0].owns_shard(index)
+
+    def shard_fence(index: int) -> bool:
+        # Asked immediately before each state shard write.
+        return bool(built) and built[0].may_write_shard(index)
 
     endpoint = None
     if settings.leader_endpointslice and settings.pod_ip:
@@ -69,7 +83,7 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
             namespace=settings.namespace, address=settings.pod_ip, pod_name=settings.pod_name,
             pod_namespace=settings.pod_namespace, timeout_s=settings.api_timeout_s,
             reassert_s=settings.leader_endpoint_reassert_s, on_api_error=api_failed,
-            fence=fence)
+            fence=leading)
 
     c = Controller(
         settings, api=api, source=source, events=events,
@@ -78,8 +92,9 @@ def on_cluster(settings: Settings, *, api: ApiClient, source: MetricsSource,
                                          on_api_error=api_failed),
         cluster_cache=cache,
         state_store=StateStore(core, namespace=settings.namespace,
-                               name=settings.state_configmap,
-                               timeout_s=settings.api_timeout_s, fence=fence),
+                               name=settings.state_configmap, shards=settings.state_shards,
+                               timeout_s=settings.api_timeout_s, owns=owns_shard,
+                               fence=shard_fence),
         leader_endpoint=endpoint, clock=clock, **kw)
     built.append(c)
     return c

@@ -101,6 +101,15 @@ class Settings(BaseModel):
     """The leader stops (and stops writing) when it could not renew for this long."""
     retry_period_s: float = 2.0
     state_configmap: str = "pd-autoscaler-state"
+    """The state shards are `<state_configmap>-<i>`; this name itself is the single ConfigMap
+    of earlier versions, read once to migrate (state_store.py)."""
+    state_shards: int = 60
+    """How many state ConfigMaps (shipped by the manifests, each named in the Role). 60 keep
+    each far below 1 MiB at 5,000 pools even with the longest windows a policy allows
+    (benchmarks/state_shards.py), and divide by every useful bucket count (1-6, 10, 12, ...)."""
+    buckets: int = 1
+    """Replica sharding (shards.py): pools hashed onto this many buckets, one Lease
+    `<lease_name>-<b>` each, every replica ticking the buckets it holds. 1: one leader."""
     http_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the Pod
     http_port: int = 8080
     api_timeout_s: float = 10.0
@@ -194,6 +203,27 @@ class Settings(BaseModel):
         d = self.keda_grpc_cert_dir
         return None if d is None else (d / "tls.crt", d / "tls.key")
 
+    def _sharding_problems(self) -> list[str]:
+        out = []
+        if not 1 <= self.buckets <= 256:
+            out.append(f"buckets: must be 1-256 (got {self.buckets})")
+        elif not 1 <= self.state_shards <= 1024 or self.state_shards % self.buckets:
+            # Shard i belongs to bucket i % buckets only when buckets divides shards.
+            out.append(f"state_shards: must be 1-1024 and a multiple of buckets (got "
+                       f"{self.state_shards}, buckets {self.buckets})")
+        if self.buckets > 1:
+            if not self.leader_election:
+                out.append("buckets: > 1 needs leader_election (one Lease per bucket)")
+            # Each replica knows only its own pools, and the adoption Services route to one
+            # leader's address: sharded adoption would answer "no data" for most pools.
+            out.extend(f"{name}: not supported with buckets > 1 (each replica decides only "
+                       "its own pools; use buckets=1 for the HPA/KEDA adoption paths)"
+                       for name in ("external_metrics_port", "keda_grpc_port",
+                                    "keda_metrics_api", "leader_endpointslice")
+                       # `is`, not `in (None, False)`: port 0 (a free port) == False.
+                       if getattr(self, name) is not None and getattr(self, name) is not False)
+        return out
+
     @model_validator(mode="after")
     def _validate(self) -> Settings:
         problems = []
@@ -204,6 +234,7 @@ class Settings(BaseModel):
                 "lease_duration_s > renew_deadline_s > 1.2 x retry_period_s must hold (got "
                 f"{self.lease_duration_s}, {self.renew_deadline_s}, {self.retry_period_s})"
             )
+        problems.extend(self._sharding_problems())
         if min(self.lease_duration_s, self.renew_deadline_s, self.retry_period_s) < 1:
             problems.append("lease durations must be >= 1 s (the elector's own limit)")
         for name in ("http_port", "external_metrics_port", "keda_grpc_port"):

@@ -46,8 +46,9 @@ class Health:
     problem: str = ""
     """Why the last policy load or API call failed, for the /readyz body."""
     failing: dict[str, str] = field(default_factory=dict)
-    """Long-lived tasks that keep failing (the policy watch, the leader label, the elector, the
-    leader's ticks), by name, with why: each makes /readyz 503 until it recovers."""
+    """Long-lived tasks that keep failing (the policy watch, the leader EndpointSlice, the
+    elector, the leader's ticks), by name, with why: each makes /readyz 503 until it
+    recovers."""
 
     def report(self, task: str, why: str | None) -> None:
         """`why` the task named `task` keeps failing; None: it recovered."""

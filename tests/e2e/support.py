@@ -70,3 +70,24 @@ def gpu_deployment(name: str, *, replicas: int, gpus: int = 1,
             },
         },
     })
+
+
+async def state_doc(api: Any, ns: str, pool: str, key: str, *, shards: int = 60,
+                    prefix: str = "pd-autoscaler-state") -> str | None:
+    """One document (`state.json`, `last-scale.json`, ...) of `pool`'s state shard, unpacked;
+    None if the shard (not written yet) or the key is absent."""
+    from kubernetes_asyncio import client  # noqa: PLC0415
+    from kubernetes_asyncio.client.rest import ApiException  # noqa: PLC0415
+
+    from autoscaler.controller.shards import shard_of  # noqa: PLC0415
+    from autoscaler.controller.state_store import unpack  # noqa: PLC0415
+
+    name = f"{prefix}-{shard_of(pool, shards)}"
+    try:
+        cm = await client.CoreV1Api(api).read_namespaced_config_map(name, ns)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    raw = (cm.binary_data or {}).get(key + ".gz")
+    return None if raw is None else unpack(raw, where=name)

@@ -50,7 +50,7 @@ async def test_closed_fence_writes_nothing(k8s_api: ApiClient, k8s_namespace: st
     await apps.create_namespaced_deployment(ns, gpu_deployment(name, replicas=2))
     ref = DeploymentRef(namespace=ns, name=name)
     leader = [True]
-    act = KubernetesActuator(k8s_api, fence=lambda: leader[0])
+    act = KubernetesActuator(k8s_api, fence=lambda _ref: leader[0])
     await act.status(ref)
     leader[0] = False
     with pytest.raises(errors.ActuationError, match="fence closed"):

@@ -38,7 +38,7 @@ from autoscaler.actuator import kubernetes as kube
 from autoscaler.controller import app as ctl
 from autoscaler.controller import factory
 from autoscaler.controller.settings import POLICY_LABEL, Settings
-from autoscaler.controller.state_store import LAST_SCALE_KEY
+from autoscaler.controller.state_store import LAST_SCALE_KEY, STATE_KEY
 from autoscaler.policy.load import load_policy_file
 from autoscaler.spec import DeploymentRef
 from autoscaler.telemetry import Telemetry
@@ -46,7 +46,7 @@ from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role, SignalName
 
 from ..k8senv.cluster import ClusterInfo
-from .support import gpu_deployment, wait_for
+from .support import gpu_deployment, state_doc, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -218,9 +218,7 @@ async def test_load_rises_prefill_scales_and_decode_follows_ratio(
                              timeout_s=10, what="ScaledUp Event")
         assert "New size: 2" in evs[0].message
         assert evs[0].reporting_instance == "ctl-a"
-        cm = await client.CoreV1Api(k8s_api).read_namespaced_config_map(
-            "pd-autoscaler-state", ns)
-        last = yaml.safe_load(cm.data[LAST_SCALE_KEY])
+        last = yaml.safe_load(await state_doc(k8s_api, ns, "m", LAST_SCALE_KEY) or "")
         assert last["m"]["prefill"]["to"] == 2
         assert last["m"]["decode"]["to"] == 4
 
@@ -473,7 +471,9 @@ async def test_manifest_rbac_allows_scaling_targets_and_nothing_else(
                                what="SA-run controller scaled prefill")
                 await wait_for(lambda: events_for(k8s_api, llm, "llama-8b-prefill", "ScaledUp"),
                                timeout_s=10, what="ScaledUp Event by the SA")
-                await core.read_namespaced_config_map("pd-autoscaler-state", ns)
+                # The SA wrote the pool's state shard (shipped by the manifests).
+                await wait_for(lambda: state_doc(sa_api, ns, "llama-8b", STATE_KEY),
+                               timeout_s=10, what="the pool's state shard written by the SA")
                 lease = await client.CoordinationV1Api(k8s_api).read_namespaced_lease(
                     "pd-autoscaler", ns)
                 assert lease.spec.holder_identity == "sa-ctl"

@@ -1,6 +1,6 @@
 """Issue 17's leadership cases on the real control plane, two controller replicas each.
 
-1. An unreadable state ConfigMap (each hostile shape the issue found: `last-scale.json` of
+1. An unreadable state shard (each hostile shape the issue found: `last-scale.json` of
    `null` or `[1]`, `pools` a list, a role state a list, `last_replicas: 1e999`, deep nesting):
    the replica that wins the Lease ticks (zero ticks lost to a silent leader), overwrites the
    ConfigMap with a valid state, and does not scale down (zero wrong scale-downs).
@@ -37,7 +37,8 @@ from kubernetes_asyncio.client.rest import ApiException
 from autoscaler.controller import app as ctl
 from autoscaler.controller import factory
 from autoscaler.controller.settings import Settings
-from autoscaler.controller.state_store import LAST_SCALE_KEY, STATE_KEY
+from autoscaler.controller.shards import shard_of
+from autoscaler.controller.state_store import LAST_SCALE_KEY, STATE_KEY, pack
 from autoscaler.decision.state import ScaleState
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeMetricsSource
@@ -45,7 +46,7 @@ from autoscaler.types import Role
 
 from ..faults.conftest import COUNTS
 from ..k8senv.cluster import ClusterInfo
-from .support import PAUSE_IMAGE, manifest, wait_for
+from .support import PAUSE_IMAGE, manifest, state_doc, wait_for
 from .test_controller_e2e import (
     LEASE,
     ROOT,
@@ -104,23 +105,26 @@ async def replica_task(cluster: ClusterInfo, ns: str, source: FakeMetricsSource,
             await api.close()
 
 
+SHARD = f"{STATE_CM}-{shard_of('l', 60)}"
+
+
 async def put_state(api: ApiClient, ns: str, data: dict[str, str]) -> None:
+    """The hostile documents, packed as the controller packs them, in pool `l`'s shard."""
     core = client.CoreV1Api(api)
-    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=STATE_CM), data=data)
+    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=SHARD),
+                              binary_data={k + ".gz": pack(v) for k, v in data.items()})
     try:
         await core.create_namespaced_config_map(ns, body)
     except ApiException as exc:
         if exc.status != 409:
             raise
-        await core.replace_namespaced_config_map(STATE_CM, ns, body)
+        await core.replace_namespaced_config_map(SHARD, ns, body)
 
 
 async def state_valid(api: ApiClient, ns: str) -> bool:
-    cm = await client.CoreV1Api(api).read_namespaced_config_map(STATE_CM, ns)
-    data = cm.data or {}
     try:
-        ScaleState.from_json(data.get(STATE_KEY, ""))
-        return isinstance(json.loads(data.get(LAST_SCALE_KEY, "")), dict)
+        ScaleState.from_json(await state_doc(api, ns, "l", STATE_KEY) or "")
+        return isinstance(json.loads(await state_doc(api, ns, "l", LAST_SCALE_KEY) or ""), dict)
     except ValueError:
         return False
 

@@ -13,25 +13,41 @@ from autoscaler.controller.endpoint import MERGE_PATCH
 
 
 class FakeStateCore:
-    """CoreV1Api stand-in holding the controller's state ConfigMap (404 until created)."""
+    """CoreV1Api stand-in holding the controller's state ConfigMaps by name (404 until created):
+    `data` (the legacy single ConfigMap) and `binaryData` (the shards), merged as a patch does."""
 
     def __init__(self) -> None:
-        self.cm: Any = None
+        self.cms: dict[str, Any] = {}
+
+    def put(self, name: str, *, data: dict[str, str] | None = None,
+            binary_data: dict[str, str] | None = None) -> None:
+        self.cms[name] = SimpleNamespace(data=dict(data or {}),
+                                         binary_data=dict(binary_data or {}))
+
+    def doc(self, name: str, key: str) -> str | None:
+        """A shard's document, unpacked (None if absent)."""
+        from autoscaler.controller.state_store import unpack  # noqa: PLC0415
+
+        cm = self.cms.get(name)
+        raw = cm.binary_data.get(key + ".gz") if cm is not None else None
+        return None if raw is None else unpack(raw, where=name)
 
     async def read_namespaced_config_map(self, name: str, ns: str, **_: Any) -> Any:
-        if self.cm is None:
+        if name not in self.cms:
             raise ApiException(status=404)
-        return self.cm
+        return self.cms[name]
 
     async def patch_namespaced_config_map(self, name: str, ns: str, body: Any, **_: Any) -> Any:
-        if self.cm is None:
+        if name not in self.cms:
             raise ApiException(status=404)
-        self.cm.data.update(body["data"])
-        return self.cm
+        cm = self.cms[name]
+        cm.data.update(body.get("data", {}))
+        cm.binary_data.update(body.get("binaryData", {}))
+        return cm
 
     async def create_namespaced_config_map(self, ns: str, body: Any, **_: Any) -> Any:
-        self.cm = SimpleNamespace(data=dict(body.data))
-        return self.cm
+        self.put(body.metadata.name, data=body.data, binary_data=body.binary_data)
+        return self.cms[body.metadata.name]
 
 
 class FakeReadyApps:

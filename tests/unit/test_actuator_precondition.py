@@ -122,7 +122,7 @@ async def test_closed_fence_writes_nothing() -> None:
     """The lease is lost between the decision and the write: no PATCH is sent."""
     apps = Apps(4)
     leader = [True]
-    act = _act(apps, fence=lambda: leader[0])
+    act = _act(apps, fence=lambda _ref: leader[0])
     await act.status(REF)
     leader[0] = False
     with pytest.raises(errors.ActuationError, match="fence closed"):

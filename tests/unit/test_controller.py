@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,14 +21,11 @@ from autoscaler.actuator.fenced import FencedActuator
 from autoscaler.controller import settings as settings_mod
 from autoscaler.controller.policy_source import PolicyDocs
 from autoscaler.controller.settings import settings_from
-from autoscaler.controller.state_store import StateStore
-from autoscaler.decision.state import RoleState, ScaleState
 from autoscaler.server import app as app_mod
 from autoscaler.server.store import DecisionStore
 from autoscaler.spec import DeploymentRef, PolicyFile
 from autoscaler.telemetry import Telemetry
 from autoscaler.types import Decision, Role
-from tests.unit.fakes import FakeStateCore
 
 POLICY = Path(__file__).resolve().parents[2] / "policies" / "llama-8b-disagg.yaml"
 REF = DeploymentRef(namespace="llm", name="p-prefill")
@@ -261,7 +257,7 @@ async def test_fence_refuses_writes_when_not_leader() -> None:
     """Only the leader writes: a lost lease turns a scale into an ActuationError."""
     act, apps, _ = _actuator([0.0])
     leader = [True]
-    fenced = FencedActuator(act, lambda: leader[0])
+    fenced = FencedActuator(act, lambda _ref: leader[0])
     await fenced.scale(REF, 2, reason="t")
     leader[0] = False
     with pytest.raises(errors.ActuationError, match="not the leader"):
@@ -269,22 +265,7 @@ async def test_fence_refuses_writes_when_not_leader() -> None:
     assert len(apps.patches) == 1
 
 
-# --- state persistence ----------------------------------------------------------------------
-
-
-async def test_state_survives_restart_on_a_new_monotonic_clock() -> None:
-    """Saved on wall-clock time, restored onto another process's monotonic clock."""
-    core = FakeStateCore()
-    store = StateStore(core, namespace="ns", name="st", timeout_s=1)
-    state = ScaleState(pools={"p": {Role.PREFILL: RoleState(recommendations=((50.0, 4),),
-                                                             events=((50.0, 3),))}})
-    assert (await store.load(mono_now=60.0, wall_now=1000.0)).pools == {}
-    await store.save(state, Decision(at=60.0, pools={}), mono_now=60.0, wall_now=1000.0,
-                     identity="a")
-    assert json.loads(core.cm.data["state.json"])["pools"]["p"]["prefill"]["events"] == [[990.0, 3]]
-    # New process: monotonic clock at 5 s, wall clock 30 s later than the save.
-    restored = await store.load(mono_now=5.0, wall_now=1030.0)
-    assert restored.role("p", Role.PREFILL).recommendations == ((-35.0, 4),)
+# State persistence: tests/unit/test_state_shards.py.
 
 
 # --- store and HTTP -------------------------------------------------------------------------

@@ -311,7 +311,7 @@ async def running(tmp_path: Path, pki: Pki, cert_dir: Path, monkeypatch: pytest.
     c = controller.Controller(
         settings, api=NO_API, source=source, telemetry=Telemetry(),
         actuator=FakeActuator(), events=FakeEvents(),
-        state_store=StateStore(core, namespace="pd-autoscaler", name="st", timeout_s=1),
+        state_store=StateStore(core, namespace="pd-autoscaler", name="st", shards=4, timeout_s=1),
         leader_endpoint=LeaderEndpoint(discovery, name="lead",  # type: ignore[arg-type]
                                        namespace="pd-autoscaler", address=ME, timeout_s=1),
         lease=lease)

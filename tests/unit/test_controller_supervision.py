@@ -11,7 +11,9 @@ to a silent leader (a leader holding the Lease without ticking), wrong scale-dow
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import gzip
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,10 +31,12 @@ from autoscaler.controller import app as controller
 from autoscaler.controller import backoff, factory, policy_source
 from autoscaler.controller.endpoint import LeaderEndpoint
 from autoscaler.controller.settings import Settings
-from autoscaler.controller.state_store import LAST_SCALE_KEY, STATE_KEY, StateStore
-from autoscaler.decision.state import ScaleState
+from autoscaler.controller.shards import shard_of
+from autoscaler.controller.state_store import LAST_SCALE_KEY, STATE_KEY, StateStore, pack
+from autoscaler.decision.state import RoleState, ScaleState
 from autoscaler.policy import load
 from autoscaler.server.app import Health
+from autoscaler.spec import DeploymentRef
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeActuator, FakeEvents, FakeLease, FakeMetricsSource
 from autoscaler.types import Role
@@ -43,6 +47,7 @@ pytestmark = pytest.mark.faults
 NO_API: Any = SimpleNamespace()
 POOL = "p"
 ROLE = Role.AGGREGATED
+REF = DeploymentRef(namespace="llm", name="p")
 
 
 def policy_yaml(max_replicas: int = 8) -> str:
@@ -255,12 +260,16 @@ async def test_a_large_policy_is_parsed_off_the_event_loop(monkeypatch: pytest.M
 
 
 class FlakyStateCore(FakeStateCore):
-    """The state ConfigMap, with scripted read failures and a count of writes."""
+    """The state ConfigMaps, with scripted read failures and a count of writes. `data` is the
+    legacy single ConfigMap `st`; `shard` is binaryData for the pool's shard of `st`."""
 
-    def __init__(self, data: dict[str, str] | None = None) -> None:
+    def __init__(self, data: dict[str, str] | None = None,
+                 shard: dict[str, str] | None = None) -> None:
         super().__init__()
         if data is not None:
-            self.cm = SimpleNamespace(data=dict(data))
+            self.put("st", data=data)
+        if shard is not None:
+            self.put(POOL_SHARD, binary_data=shard)
         self.read_errors: list[BaseException] = []
         self.writes = 0
 
@@ -276,6 +285,14 @@ class FlakyStateCore(FakeStateCore):
 
 def deep_json(depth: int) -> str:
     return '{"version":1,"pools":' + "[" * depth + "]" * depth + "}"
+
+
+POOL_SHARD = f"st-{shard_of(POOL, 4)}"
+
+
+def packed(**docs: str) -> dict[str, str]:
+    """binaryData of a shard: each document gzip+base64 under its key + ".gz"."""
+    return {f"{k.replace('_', '-')}.json.gz": pack(v) for k, v in docs.items()}
 
 
 def saved_state() -> dict[str, str]:
@@ -297,6 +314,17 @@ STATE_CASES: dict[str, tuple[dict[str, str] | None, int]] = {
     "deep nesting": ({STATE_KEY: deep_json(100_000)}, 0),
     "state null": ({STATE_KEY: "null"}, 0),
     "truncated state.json": ({STATE_KEY: '{"version":1,"po'}, 0),
+    # The same shapes in a shard (gzip+base64 in binaryData), and what only a shard can hold.
+    "shard: pools a list": (packed(state='{"version":1,"pools":[]}'), 0),
+    "shard: last_replicas 1e999": (packed(
+        state='{"version":1,"pools":{"p":{"aggregated":{"last_replicas":1e999}}}}'), 0),
+    "shard: last-scale [1]": (packed(last_scale="[1]"), 0),
+    "shard: not base64": ({"state.json.gz": "%%%"}, 0),
+    "shard: base64, not gzip": ({"state.json.gz": "aGVsbG8="}, 0),
+    "shard: gzip of bytes not UTF-8": (
+        {"state.json.gz": base64.b64encode(gzip.compress(b"\xff\xfe")).decode()}, 0),
+    "shard: gzip bomb": (
+        {"state.json.gz": base64.b64encode(gzip.compress(b" " * (65 << 20))).decode()}, 0),
     "one dropped read": (None, 1),
     "two dropped reads": (None, 2),
     "every read dropped": (None, 99),
@@ -316,11 +344,15 @@ async def leader(tmp_path: Path, core: Any, *, lease: FakeLease | None = None,
     source.ready[(POOL, ROLE)] = 4
     source.set_totals(POOL, ROLE, queue_depth=0)  # idle: the decision alone would scale down
     act = actuator or FakeActuator(WorkloadStatus(replicas=4, ready=4, pending=0))
+    built: list[controller.Controller] = []
+    # Fenced as factory.on_cluster fences it: each shard write asks the lease right before.
+    store = StateStore(core, namespace="pd-autoscaler", name="st", shards=4, timeout_s=1,
+                       fence=lambda i: bool(built) and built[0].may_write_shard(i))
     c = controller.Controller(
         settings, api=NO_API, source=source, telemetry=Telemetry(), actuator=act,
         events=FakeEvents(), serve_http=False, lease=lease,
-        step_down_after_s=step_down_after_s, cluster_cache=cluster_cache,
-        state_store=StateStore(core, namespace="pd-autoscaler", name="st", timeout_s=1))
+        step_down_after_s=step_down_after_s, cluster_cache=cluster_cache, state_store=store)
+    built.append(c)
     task = asyncio.create_task(c.run())
     try:
         yield c
@@ -348,14 +380,19 @@ async def test_unreadable_state_never_stops_the_leader(
     the replicas running now, so it does not scale down within the stabilization window (zero
     wrong scale-downs); the unreadable ConfigMap is overwritten by a valid state."""
     data, drops = STATE_CASES[case]
-    core = FlakyStateCore(saved_state() if data is None else data)
+    if case.startswith("shard:"):
+        core = FlakyStateCore(shard=data)
+    else:  # the legacy single ConfigMap, read for migration
+        core = FlakyStateCore(saved_state() if data is None else data)
     core.read_errors = [aiohttp.ServerDisconnectedError()] * drops
     async with leader(tmp_path, core) as c:
         await until(lambda: c.ticks >= 5, f"{case}: ticking")
         assert not any(n < 4 for _, n, _ in c.actuator.scales), "no scale-down after a reset"  # type: ignore[attr-defined]
-        await until(lambda: core.cm is not None and STATE_KEY in core.cm.data, "state saved")
-        ScaleState.from_json(core.cm.data[STATE_KEY])  # a valid state replaced the bad one
-        json.loads(core.cm.data[LAST_SCALE_KEY])
+        await until(lambda: core.doc(POOL_SHARD, STATE_KEY) is not None, "state saved")
+        # A valid state replaced the bad one, in the pool's shard.
+        saved = ScaleState.from_json(core.doc(POOL_SHARD, STATE_KEY) or "")
+        assert POOL in saved.pools
+        json.loads(core.doc(POOL_SHARD, LAST_SCALE_KEY) or "")
         assert "tick" not in c.health.failing
 
 
@@ -444,7 +481,9 @@ async def test_without_election_failing_ticks_back_off_and_stay_reported(
     actuator.fail = RuntimeError("API answered garbage")
     async with leader(tmp_path, FlakyStateCore(), actuator=actuator,
                       step_down_after_s=0.01) as c:
-        await until(lambda: actuator.reads >= 3, "retried twice")
+        # Generous: each failed tick logs a rich traceback, about 1 s each on a loaded machine
+        # (the 10-s default timed out at a load average of 12).
+        await until(lambda: actuator.reads >= 3, "retried twice", timeout_s=60)
         assert "tick" in c.health.failing
         assert c.step_downs == 0
     # The retry waits after the 1st and 2nd failed tick: 2 and 4 ticks (tick_s 0.05), not cut
@@ -477,9 +516,11 @@ def test_on_cluster_wires_the_fence_into_every_writer() -> None:
     c = factory.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
                            telemetry=Telemetry())
     assert c.leader_endpoint is not None
-    fences = [c.actuator._fence, c.state_store._fence,  # type: ignore[attr-defined]
-              c.leader_endpoint._fence]
-    assert all(f is not None and not f() for f in fences)  # the lease is not held
+    endpoint_fence = c.leader_endpoint._fence  # type: ignore[attr-defined]
+    assert endpoint_fence is not None
+    fences = [lambda: c.actuator._fence(REF), lambda: c.state_store._fence(3),  # type: ignore[attr-defined]
+              endpoint_fence]
+    assert all(not f() for f in fences)  # the lease is not held
     lease = FakeLease()
     lease.holder = True
     c.lease = lease
@@ -489,16 +530,20 @@ def test_on_cluster_wires_the_fence_into_every_writer() -> None:
 async def test_state_writes_are_fenced() -> None:
     core: Any = FlakyStateCore()
     held = [True]
-    store = StateStore(core, namespace="ns", name="st", timeout_s=1, fence=lambda: held[0])
+    store = StateStore(core, namespace="ns", name="st", shards=2, timeout_s=1,
+                       owns=lambda _i: held[0])
     decision = SimpleNamespace(pools={})
-    await store.save(ScaleState(), decision, mono_now=0, wall_now=0, identity="a")  # type: ignore[arg-type]
-    assert core.cm is not None
-    before = dict(core.cm.data)
+    await store.load(mono_now=0, wall_now=0)
+    state = ScaleState(pools={POOL: {ROLE: RoleState(last_replicas=4)}})
+    await store.save(state, decision, mono_now=0, wall_now=0, identity="a")  # type: ignore[arg-type]
+    assert set(core.cms) == {"st-0", "st-1"}  # both shards written: each differs from nothing
+    before = {n: dict(cm.binary_data) for n, cm in core.cms.items()}
     held[0] = False
+    state = ScaleState(pools={POOL: {ROLE: RoleState(last_replicas=5)}})
     with pytest.raises(errors.ActuationError, match="fence closed"):
-        await store.save(ScaleState(), decision, mono_now=5, wall_now=5, identity="a")  # type: ignore[arg-type]
-    assert core.writes == 1
-    assert core.cm.data == before
+        await store.save(state, decision, mono_now=5, wall_now=5, identity="a")  # type: ignore[arg-type]
+    assert core.writes == 0  # the two first writes were creates
+    assert {n: cm.binary_data for n, cm in core.cms.items()} == before
 
 
 async def test_deposed_leader_with_hanging_renewals_stops_writing_state(

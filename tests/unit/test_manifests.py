@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
+from autoscaler.controller.settings import Settings
 from autoscaler.policy.load import parse_policy
 from tests import kubectl as kubectl_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-KUSTOMIZATIONS = ("base", "overlays/shadow", "overlays/kind", "examples", "monitoring")
+KUSTOMIZATIONS = ("base", "overlays/shadow", "overlays/kind", "overlays/sharded", "examples",
+                  "monitoring")
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +96,18 @@ def test_rbac_is_least_privilege(kubectl: Path) -> None:
 
     named = {tuple(r["resources"]): r.get("resourceNames") for r in _grants(docs, "configmaps",
                                                                             "update")}
-    assert named == {("configmaps",): ["pd-autoscaler-state"]}
+    # Exactly the controller's state shards, by name (their number is the setting's default).
+    shards = Settings.model_fields["state_shards"].default
+    shard_names = [f"pd-autoscaler-state-{i}" for i in range(shards)]
+    assert named == {("configmaps",): shard_names}
     # No unnamed `create configmaps`: with it the controller could create a policy-labelled
-    # ConfigMap and load it. The state ConfigMap ships with the manifests instead.
+    # ConfigMap and load it. The state shards ship with the manifests instead.
     assert not _grants(docs, "configmaps", "create")
-    (state_cm,) = [cm for cm in by_kind(docs, "ConfigMap")
-                   if cm["metadata"]["name"] == "pd-autoscaler-state"]
-    assert "pd-autoscaler.io/policy" not in state_cm["metadata"].get("labels", {})
+    state_cms = [cm for cm in by_kind(docs, "ConfigMap")
+                 if cm["metadata"]["name"].startswith("pd-autoscaler-state")]
+    assert sorted(cm["metadata"]["name"] for cm in state_cms) == sorted(shard_names)
+    assert not any("pd-autoscaler.io/policy" in cm["metadata"].get("labels", {})
+                   for cm in state_cms)
 
 
 def test_shadow_overlay_cannot_scale(kubectl: Path) -> None:
@@ -111,6 +118,20 @@ def test_shadow_overlay_cannot_scale(kubectl: Path) -> None:
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]
            ["env"]}
     assert env["PD_AUTOSCALER_DRY_RUN"] == "true"
+
+
+def test_sharded_overlay_names_every_bucket_lease(kubectl: Path) -> None:
+    """The sharded overlay's settings are valid (buckets divide the state shards) and its Role
+    names exactly the Leases those buckets use, no more."""
+    docs = render(kubectl, "overlays/sharded")
+    (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "pd-autoscaler"]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    buckets = int(env["PD_AUTOSCALER_BUCKETS"])
+    assert dep["spec"]["replicas"] > 1
+    Settings(namespace="x", identity="a", buckets=buckets)  # valid: raises otherwise
+    leases = [r for r in _grants(docs, "leases", "update") if r.get("resourceNames")]
+    assert [r["resourceNames"] for r in leases] == [
+        ["pd-autoscaler", *(f"pd-autoscaler-{b}" for b in range(buckets))]]
 
 
 def test_controller_pod_is_locked_down(kubectl: Path) -> None:
