@@ -1,7 +1,8 @@
 """structlog set-up: JSON lines in the cluster, readable console output on a terminal.
 
-Every module logs through `structlog.get_logger(__name__)`; the controller emits one `decision`
-event per pool and tick carrying its reasons, so `kubectl logs` answers "why did it scale".
+Every module logs through `structlog.get_logger(__name__)`; the controller emits a `decision`
+event per role carrying its reasons whenever the role's numbers change (every tick at debug
+level), so `kubectl logs` answers "why did it scale".
 """
 
 from __future__ import annotations

@@ -430,7 +430,12 @@ async def measure(
 
     # The decision log line per role is part of a tick's cost; write it where it costs what
     # writing it costs, without flooding the terminal.
+    # The controller's own configuration (`logs.configure`: JSON lines, as in the cluster), with
+    # the lines going to /dev/null instead of stderr.
+    from autoscaler import logs  # noqa: PLC0415
+
     sink = open(os.devnull, "w")  # noqa: SIM115, ASYNC230 - once, before the measured ticks
+    logs.configure(fmt="json")
     structlog.configure(logger_factory=structlog.WriteLoggerFactory(sink))
     ctx = multiprocessing.get_context("spawn")
     port_q = ctx.Queue()
