@@ -93,6 +93,9 @@ def main() -> int:
 
     by_split: dict[str, list[float]] = {"fit": [], "held-out": [], "context": []}
     by_source: dict[str, list[float]] = {}
+    # Held-out errors by profile and metric family (ttft, tpot, e2e, throughput): where a miss
+    # concentrates says which part of the model is off.
+    by_regime: dict[str, list[float]] = {}
     head = ("experiment", "split", "metric", "published", "simulated", "error")
     print(f"{head[0]:28s} {head[1]:8s} {head[2]:18s} {head[3]:>10s} {head[4]:>10s} {head[5]:>8s}")
     for exp in data.experiments:
@@ -106,6 +109,9 @@ def main() -> int:
             by_split[split].append(e)
             if split != "context":
                 by_source.setdefault(exp.source, []).append(e)
+            if split == "held-out":
+                family = m.split("_")[1] if "_" in m and not m.endswith("throughput") else m
+                by_regime.setdefault(f"{exp.profile} {family}", []).append(e)
         print(f"    {exp.model}, {exp.gpu}, TP{exp.tp}, vLLM {exp.vllm_version}, "
               f"rate {exp.rate:g}/s x {exp.num_prompts}; {src.url} ({dt:.1f} s)")  # fmt: skip
     print()
@@ -114,6 +120,10 @@ def main() -> int:
     print("\nscored points (fit and held-out) by source:")
     for key, errs in by_source.items():
         print(f"  {key:28s} {_summary(errs)}")
+    print("\nheld-out points by profile and metric:")
+    for regime, errs in sorted(by_regime.items()):
+        bias = statistics.median(errs)
+        print(f"  {regime:34s} {_summary(errs)}, median signed error {100 * bias:+.1f} %")
 
     if not args.no_extras:
         print("\nlong prompts, one request on an idle replica (simulated TTFT, s):")
