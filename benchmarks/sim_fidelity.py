@@ -129,10 +129,10 @@ def main() -> int:
         print("\nlong prompts, one request on an idle replica (simulated TTFT, s):")
         for name in ("llama-8b-h100", "llama-70b-tp4-h100"):
             prof = builtin(name)
-            vals = [
+            cells = [
                 f"{n // 1024}k {long_prompt_ttft_s(prof, n):6.2f}" for n in (32768, 65536, 131072)
             ]
-            print(f"  {name:20s} " + "   ".join(vals))
+            print(f"  {name:20s} " + "   ".join(cells))
         print("\nsaturation knee (mean TTFT passes 1 s; ShareGPT-like lengths, 5-minute runs):")
         for name, lo, seats in (
             ("llama-8b-h100", 20.0, (1024,)),
