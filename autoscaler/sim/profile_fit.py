@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -186,12 +187,7 @@ def experiment_from_bench_json(path: str | Path, *, profile: str) -> Experiment:
     """An experiment from a `vllm bench serve --save-result` file: its rate, prompt count and
     mean lengths, and its mean/median TTFT, TPOT, E2E latency and throughputs."""
     p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
-    except json.JSONDecodeError as exc:
-        raise errors.ConfigError([f"{p}: not JSON: {exc}"]) from exc
+    raw = prom_export.read_json(p)
     if not isinstance(raw, dict):
         raise errors.ConfigError([f"{p}: (top level): expected an object"])
 
@@ -269,7 +265,9 @@ def _experiments(
             )
         overrides[key] = float(value) if "." in value or "e" in value else int(value)
     if not paths and not exports:
-        raise errors.ConfigError(["no measurements: give result files and/or --prom-export"])
+        raise errors.ConfigError(
+            ["no measurements: give result files, --prom-export or --prometheus"]
+        )
     found = [experiment_from_bench_json(p, profile=profile.name) for p in paths]
     for e in exports or []:
         found += prom_export.experiments_from_export(
@@ -292,8 +290,27 @@ def _print_points(points: list[PointError]) -> None:
 
 
 def _export_args(args: Any) -> dict[str, Any]:
+    exports = list(getattr(args, "prom_export", None) or [])
+    url = getattr(args, "prometheus", None)
+    if url:
+        from autoscaler.sim.prom_fetch import fetch_export  # noqa: PLC0415 (only with --prometheus)
+
+        end = args.end if args.end is not None else time.time()
+        out = args.save_export or Path(f"prom-export-{end:.0f}.json")
+        exports.append(
+            fetch_export(
+                url,
+                out,
+                start=end - args.last_s,
+                end=end,
+                step_s=args.step_s,
+                match=args.match,
+                bearer_token_file=args.bearer_token_file,
+            )
+        )
+        print(f"fetched {url} [{end - args.last_s:.0f}, {end:.0f}] into {out}")
     return {
-        "exports": getattr(args, "prom_export", None) or [],
+        "exports": exports,
         "window_s": getattr(args, "window_s", prom_export.DEFAULT_WINDOW_S),
         "min_requests": getattr(args, "min_requests", prom_export.DEFAULT_MIN_REQUESTS),
     }
