@@ -16,8 +16,10 @@ file has any (`long_prompt` and `knee` sections).
     .venv/bin/python benchmarks/sim_fidelity.py [--data FILE] [--only SUBSTRING] [--no-extras]
     .venv/bin/python benchmarks/sim_fidelity.py --fit PROFILE --params a,b,c
 
-`--fit` refits the named profile's constants on that profile's `fit` experiments and prints
-them with their standard errors (how the data file's fitted values were obtained).
+`--fit` refits the named profile's constants on that profile's `fit` experiments (soft-L1 loss
+on the log errors, autoscaler/sim/profile_fit.py) and prints them with their standard errors
+(how the 70B's and the data file's fitted values were obtained; the 8B's are from the earlier
+least-squares fit, see docs/simulator.md).
 """
 
 from __future__ import annotations

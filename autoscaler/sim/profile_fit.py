@@ -37,9 +37,9 @@ ROBUST_SCALE = 0.10
 """Log error at which the fit's loss turns from quadratic to linear (soft-L1). Why robust: a
 measured mean can carry a tail the engine does not produce (the 70B TP4 run at 20 req/s has a
 mean TTFT of 121 ms over a median of 68 ms); under squared loss that one point pulls a shared
-constant (frontend_ms) until every other TTFT of the fit is 15-20 % high, while under soft-L1
-it weighs no more than a point 10 % off in each direction it pulls. None selects the plain
-least squares."""
+constant (frontend_ms) until every other TTFT of the fit is 12-20 % high, while under soft-L1
+no point pulls harder than one 10 % off does under squared loss (the loss's slope is bounded).
+None selects the plain least squares."""
 
 FITTABLE = (
     "prefill_alpha_ms",
