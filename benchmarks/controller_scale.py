@@ -19,7 +19,10 @@ them (every replica ready at once), so after the warm-up tick the fleet settles 
 would.
 
 The controller's own metrics are part of the tick: its `Telemetry` is the decision hook and wraps
-the source, and `/metrics` is rendered once per tick (one scrape per 15 s).
+the source, and `/metrics` is rendered once per tick (one scrape per 15 s). So is the rest of
+`Controller.tick_once`'s bookkeeping: the state's JSON (compared with the last saved one) and the
+adoption servers' decision store; and, as the controller does after its first tick, the objects
+alive then are frozen out of the garbage collector's scans.
 
 Fleet: N prefill/decode pools, 2 pods per role, pools spread over 20 namespaces; prefill reads
 queue_depth, batched_tokens, kv_cache and TTFT p90, decode running, kv_cache and ITL p50; every
@@ -421,18 +424,19 @@ async def measure(
     import aiohttp  # noqa: PLC0415
     import structlog  # noqa: PLC0415
 
-    from autoscaler.controller.shards import bucket_of  # noqa: PLC0415
-    from autoscaler.loop import Loop  # noqa: PLC0415
-    from autoscaler.metrics.prometheus import PrometheusSource  # noqa: PLC0415
-    from autoscaler.metrics.settings import PrometheusSettings  # noqa: PLC0415
-    from autoscaler.spec import PolicyFile  # noqa: PLC0415
-    from autoscaler.telemetry import InstrumentedSource, Telemetry  # noqa: PLC0415
-
     # The decision log line per role is part of a tick's cost; write it where it costs what
     # writing it costs, without flooding the terminal.
     # The controller's own configuration (`logs.configure`: JSON lines, as in the cluster), with
     # the lines going to /dev/null instead of stderr.
     from autoscaler import logs  # noqa: PLC0415
+    from autoscaler.controller.app import _freeze_startup_objects  # noqa: PLC0415
+    from autoscaler.controller.shards import bucket_of  # noqa: PLC0415
+    from autoscaler.loop import Loop  # noqa: PLC0415
+    from autoscaler.metrics.prometheus import PrometheusSource  # noqa: PLC0415
+    from autoscaler.metrics.settings import PrometheusSettings  # noqa: PLC0415
+    from autoscaler.server.store import DecisionStore  # noqa: PLC0415
+    from autoscaler.spec import PolicyFile  # noqa: PLC0415
+    from autoscaler.telemetry import InstrumentedSource, Telemetry  # noqa: PLC0415
 
     sink = open(os.devnull, "w")  # noqa: SIM115, ASYNC230 - once, before the measured ticks
     logs.configure(fmt="json")
@@ -472,11 +476,22 @@ async def measure(
         scales: list[int] = []
         async with aiohttp.ClientSession() as session:
             await loop.tick(0.0)  # warm-up: discovery, first builds
+            _freeze_startup_objects()  # as the controller does after its first tick
+            store = DecisionStore()
+            saved = ""
             await _stats(session, url)
             fetch_cpu.clear()
             for i in range(ticks):
                 start = time.process_time()
                 report = await loop.tick(15.0 * (i + 1))
+                # The controller's bookkeeping per tick (Controller.tick_once): the state's JSON
+                # compared with the last saved (the shards' gzip and write only on change are
+                # benchmarks/state_shards.py's) and the adoption servers' decision store.
+                state_json = loop.state.to_json()
+                if state_json != saved:
+                    saved = state_json
+                store.record(report.decision, loop.policy, snapshot=report.snapshot,
+                             applied=report.applied)
                 mid = time.process_time()
                 scrape_bytes = len(tel.render())  # one /metrics scrape per tick
                 end = time.process_time()

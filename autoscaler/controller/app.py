@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -537,6 +538,8 @@ class Controller:
         t0 = self._clock()
         report = await loop.tick(t0)
         self.ticks += 1
+        if self.ticks == 1:
+            _freeze_startup_objects()
         wall = self._wall()
         if len(report.unobserved) < len(loop.policy.pools) or not loop.policy.pools:
             self.health.api_reachable = True
@@ -572,3 +575,20 @@ class Controller:
                 reason="ScaledUp" if replicas > rd.current else "ScaledDown",
                 message=f"New size: {replicas}; pool {pool} {role.value}: {rd.reason}",
             )
+
+
+_FROZEN = [False]
+
+
+def _freeze_startup_objects() -> None:
+    """Move every object alive after the first tick (modules, clients, the policy, built
+    policies, caches) to the collector's permanent generation, once per process. A tick at
+    1,000 pools allocates hundreds of thousands of short-lived objects, and each full
+    collection they trigger used to traverse this long-lived set too: freezing it took 0.2
+    CPU-s off a 1.3 CPU-s tick (benchmarks/controller_scale.py, median of 8 ticks, 2 runs
+    each). Frozen objects are still freed by reference counting; only cycles among them would
+    outlive the process, and the set is bounded (it is what the first tick built)."""
+    if not _FROZEN[0]:
+        _FROZEN[0] = True
+        gc.collect()
+        gc.freeze()
