@@ -165,6 +165,11 @@ async def test_unreadable_state_never_silences_the_leader(
                            what=f"{case}: state ConfigMap overwritten with a valid state")
             assert await spec_replicas(k8s_api, ns, "l") == 3, f"{case}: wrong scale-down"
             leader = a if a.health.leader else b
+            # Ready once its Deployment watch cache has listed (it ticks through GETs before
+            # that, and /readyz says "not synced yet" meanwhile, which on a loaded machine can
+            # outlast the state check above).
+            await wait_for(_const(leader.health.ready), until=lambda r: r[0], timeout_s=20,
+                           what=f"{case}: the leader is ready")
             ok, detail = leader.health.ready()
             assert ok, f"{case}: leader not ready: {detail}"
         COUNTS["hostile state ConfigMaps (two replicas)"] += 1
