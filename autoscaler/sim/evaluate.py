@@ -294,9 +294,13 @@ def prefill_misses_needed(
         hi = int(np.searchsorted(b, b[hi - 1], side="right"))
         parts.append(
             _misses_needed(
-                t[lo:hi], work_s[lo:hi], deadline_s[lo:hi],
-                bin_s=bin_s, nbins=nbins, widths_s=widths_s,
-            )  # fmt: skip
+                t[lo:hi],
+                work_s[lo:hi],
+                deadline_s[lo:hi],
+                bin_s=bin_s,
+                nbins=nbins,
+                widths_s=widths_s,
+            )
         )
         lo = hi
     # A slice's table stops at the level where none of its windows needs a miss: zeros beyond.
