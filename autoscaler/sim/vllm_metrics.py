@@ -190,6 +190,10 @@ class ScrapeSample:
     e2e: HistogramSnapshot
 
 
+# Finished requests buffered before they are binned (about 1 MB of tuples per replica).
+_FINISHED_BATCH = 4096
+
+
 class VllmMetrics:
     """The metric state of one vLLM engine (one replica, engine index 0)."""
 
@@ -229,7 +233,8 @@ class VllmMetrics:
         max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     ) -> None:
         # Finished requests not yet binned into the per-request histograms (binned in bulk when
-        # one of them is read: a backtest finishes requests far more often than it exposes).
+        # one of them is read, or every _FINISHED_BATCH requests: a backtest finishes requests
+        # far more often than it exposes, and a multi-day one must not keep them all).
         self._finished: list[tuple[float, float, float, float, int, int, int]] = []
         self.model_name = model_name
         self.kv_capacity_tokens = kv_capacity_tokens
@@ -293,6 +298,8 @@ class VllmMetrics:
                 max_tokens,
             )
         )
+        if len(self._finished) >= _FINISHED_BATCH:
+            self._bin_finished()
 
     def _bin_finished(self) -> None:
         if not self._finished:
