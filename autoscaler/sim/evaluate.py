@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +26,7 @@ import numpy.typing as npt
 from autoscaler.types import Role
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from autoscaler.profile import Profile
     from autoscaler.sim.engine import RequestResults, ScaleEvent, Simulation
@@ -282,32 +282,31 @@ def prefill_misses_needed(
 
     Every window lies inside one bin, so the trace is worked through in slices of whole bins
     (`_MISSES_SLICE` requests or so each): the same table, in memory bounded by the slice."""
-    n = len(t)
-    if n <= _MISSES_SLICE:
-        return _misses_needed(t, work_s, deadline_s, bin_s=bin_s, nbins=nbins, widths_s=widths_s)
     b = np.minimum((t // bin_s).astype(np.int64), nbins - 1)
-    parts: list[IntArray] = []
-    lo = 0
+    parts: list[tuple[int, IntArray]] = []
+    lo, n = 0, len(t)
     while lo < n:
         # Cut after the bin of the slice's last request, so no bin spans two slices.
         hi = min(lo + _MISSES_SLICE, n)
         hi = int(np.searchsorted(b, b[hi - 1], side="right"))
-        parts.append(
-            _misses_needed(
-                t[lo:hi],
-                work_s[lo:hi],
-                deadline_s[lo:hi],
-                bin_s=bin_s,
-                nbins=nbins,
-                widths_s=widths_s,
-            )
-        )
+        b0 = int(b[lo])
+        nb = int(b[hi - 1]) - b0 + 1
+        table = _misses_needed(
+            t[lo:hi], work_s[lo:hi], deadline_s[lo:hi], b[lo:hi],
+            b0=b0, nb=nb, bin_s=bin_s, widths_s=widths_s,
+        )  # fmt: skip
+        parts.append((b0, table))
         lo = hi
-    # A slice's table stops at the level where none of its windows needs a miss: zeros beyond.
-    width = max(p.shape[1] for p in parts)
+    return _assemble_need(parts, nbins)
+
+
+def _assemble_need(parts: Sequence[tuple[int, IntArray]], nbins: int) -> IntArray:
+    """The whole table from slices (first bin, rows): a slice's table stops at the level where
+    none of its windows needs a miss, so it is zeros beyond."""
+    width = max((part.shape[1] for _, part in parts), default=1)
     need = np.zeros((nbins, width), dtype=np.int64)
-    for part in parts:
-        need[:, : part.shape[1]] = np.maximum(need[:, : part.shape[1]], part)
+    for b0, part in parts:
+        need[b0 : b0 + part.shape[0], : part.shape[1]] = part
     return need
 
 
@@ -315,20 +314,24 @@ def _misses_needed(
     t: FloatArray,
     work_s: FloatArray,
     deadline_s: FloatArray,
+    b: IntArray,
     *,
+    b0: int,
+    nb: int,
     bin_s: float,
-    nbins: int,
     widths_s: Sequence[float],
 ) -> IntArray:
-    """`prefill_misses_needed` on one slice of whole bins."""
+    """`prefill_misses_needed` on one slice of whole bins, b0 .. b0 + nb - 1 (`b`: each request's
+    bin); rows are the slice's bins."""
     n = len(t)
-    b = np.minimum((t // bin_s).astype(np.int64), nbins - 1)
     if n == 0:
-        return np.zeros((nbins, 1), dtype=np.int64)
+        return np.zeros((nb, 1), dtype=np.int64)
+    nbins = nb
+    local = b - b0
     cum = np.concatenate(([0.0], np.cumsum(work_s)))
     d_table = _range_max_table(deadline_s)
     w_table = _range_max_table(work_s)
-    bin_end_idx = np.searchsorted(b, np.arange(nbins), side="right")[b]
+    bin_end_idx = np.searchsorted(local, np.arange(nbins), side="right")[local]
     bin_end_t = (b + 1) * bin_s
     lo = np.arange(n, dtype=np.int64)
     rows: list[tuple[IntArray, FloatArray, FloatArray, FloatArray]] = []
@@ -342,7 +345,7 @@ def _misses_needed(
         keep &= work > 0
         if not keep.any():
             continue
-        rows.append((b[keep], work[keep], span[keep], _range_max(w_table, lo[keep], hi[keep])))
+        rows.append((local[keep], work[keep], span[keep], _range_max(w_table, lo[keep], hi[keep])))
         top = max(top, float(np.max(work[keep] / span[keep])))
     levels = math.ceil(top - 1e-9) if top > 0 else 0
     need = np.zeros((nbins, levels + 1), dtype=np.int64)
@@ -459,19 +462,118 @@ def oracle(
     n̄=1500): alpha_p/B + beta_p + gamma_p·1500 per token; the decode bound takes the largest
     batch within the ITL SLO and the KV capacity (tests/sim/test_evaluate.py recomputes it).
     """
+    return oracle_of_stream(
+        [(arrival_s, prompt_tokens, output_tokens)],
+        profile,
+        disaggregated=disaggregated,
+        slo=slo,
+        bin_s=bin_s,
+        min_replicas=min_replicas,
+        attainment=attainment,
+    )
+
+
+# Requests per slice of the oracle's stream (a slice ends at a bin edge).
+_ORACLE_SLICE = 1 << 17
+
+
+def _whole_bins(chunks: Iterable[Sequence[Any]], bin_s: float) -> Iterator[tuple[FloatArray, ...]]:
+    """(t, prompt, output) slices of a time-ordered stream, each ending at a bin edge: every
+    per-bin figure is then computed from one slice, in the order a single pass would."""
+    carry: list[tuple[FloatArray, FloatArray, FloatArray]] = []
+    held = 0
+    for chunk in chunks:
+        t = np.asarray(chunk[0], dtype=np.float64)
+        if not len(t):
+            continue
+        carry.append((t, np.asarray(chunk[1]), np.asarray(chunk[2])))
+        held += len(t)
+        if held < _ORACLE_SLICE:
+            continue
+        t, p, o = (np.concatenate(col) for col in zip(*carry, strict=True))
+        b = (t // bin_s).astype(np.int64)
+        # Slices of about _ORACLE_SLICE requests ending at bin edges; the last bin is kept (it
+        # may continue in the next chunk).
+        lo = 0
+        last = int(np.searchsorted(b, b[-1], side="left"))
+        while last - lo >= _ORACLE_SLICE:
+            hi = int(np.searchsorted(b, b[lo + _ORACLE_SLICE - 1], side="right"))
+            hi = min(hi, last)
+            yield t[lo:hi], p[lo:hi], o[lo:hi]
+            lo = hi
+        carry = [(t[lo:], p[lo:], o[lo:])]
+        held = len(t) - lo
+    if held:
+        yield tuple(np.concatenate(col) for col in zip(*carry, strict=True))
+
+
+def oracle_of_stream(
+    chunks: Iterable[Sequence[Any]],
+    profile: Profile,
+    *,
+    disaggregated: bool,
+    slo: SLO = SLO(),
+    bin_s: float = 60.0,
+    min_replicas: int = 1,
+    attainment: float = 0.99,
+) -> Oracle:
+    """`oracle` over a request stream: chunks (arrival_s, prompt_tokens, output_tokens, ...) in
+    time order (a `traces.TraceStream`, or one chunk of whole arrays), in memory bounded by a
+    slice of the stream and the bins. Per-bin sums and burst tables come from whole bins, so
+    the figures are those of `oracle` on the joined arrays, bit for bit."""
     if not 0.0 < attainment <= 1.0:
         msg = f"attainment must be in (0, 1], got {attainment}"
         raise ValueError(msg)
-    t = np.asarray(arrival_s, dtype=np.float64)
-    p = np.maximum(np.asarray(prompt_tokens, dtype=np.float64), 1.0)
-    o = np.maximum(np.asarray(output_tokens, dtype=np.float64), 1.0)
-    nbins = max(1, math.ceil((float(t.max()) + 1e-9) / bin_s)) if t.size else 1
-    b = np.minimum((t // bin_s).astype(np.int64), nbins - 1)
-    p_sum = np.bincount(b, weights=p, minlength=nbins)
-    p_sq = np.bincount(b, weights=p * p, minlength=nbins)
-    o_sum = np.bincount(b, weights=o, minlength=nbins)
-    ctx = np.bincount(b, weights=o * (p + o / 2.0), minlength=nbins)
     m = float(profile.max_num_batched_tokens)
+    if disaggregated:
+        alpha_ms = profile.prefill_alpha_ms
+    else:
+        # A mixed step's fixed cost is alpha_d: take the smaller of the two.
+        alpha_ms = min(profile.prefill_alpha_ms, profile.decode_alpha_ms)
+    # Per-bin sums: prompt tokens, their squares, output tokens, output x mean context.
+    sums = np.zeros((4, 0))
+    parts: list[tuple[int, IntArray]] = []
+    n_total = 0
+    hopeless_total = 0
+    t_max = 0.0
+    for t, prompt_tokens, output_tokens in _whole_bins(chunks, bin_s):
+        p = np.maximum(np.asarray(prompt_tokens, dtype=np.float64), 1.0)
+        o = np.maximum(np.asarray(output_tokens, dtype=np.float64), 1.0)
+        b = (t // bin_s).astype(np.int64)
+        b0 = int(b[0])
+        nb = int(b[-1]) - b0 + 1
+        if sums.shape[1] < b0 + nb:
+            sums = np.pad(sums, ((0, 0), (0, max(b0 + nb, 2 * sums.shape[1]) - sums.shape[1])))
+        local = b - b0
+        for row, w in enumerate((p, p * p, o, o * (p + o / 2.0))):
+            sums[row, b0 : b0 + nb] += np.bincount(local, weights=w, minlength=nb)
+        # Prefill bursts against the TTFT SLO.
+        work = (
+            p * (alpha_ms / m + profile.prefill_beta_ms_per_token)
+            + profile.prefill_gamma_ms_per_token2 * p * p
+        ) / 1000.0
+        prompts = np.maximum(np.asarray(prompt_tokens, dtype=np.int64), 1)
+        limit = np.maximum(slo.ttft_floor_s, slo.ttft_slowdown * idle_prefill_s(profile, prompts))
+        deadline = t + limit
+        if disaggregated:
+            deadline -= (
+                profile.kv_bytes_per_token * p / profile.kv_transfer_bytes_per_s
+                + profile.kv_transfer_setup_s
+            )
+        # A request whose deadline is before its arrival misses with any fleet: it spends budget.
+        hopeless = deadline <= t
+        work[hopeless] = 0.0
+        deadline[hopeless] = t[hopeless]
+        hopeless_total += int(hopeless.sum())
+        table = _misses_needed(
+            t, work, deadline, b, b0=b0, nb=nb, bin_s=bin_s, widths_s=BURST_WIDTHS_S
+        )
+        parts.append((b0, table))
+        n_total += len(t)
+        t_max = float(t[-1])
+    nbins = max(1, math.ceil((t_max + 1e-9) / bin_s)) if n_total else 1
+    sums = np.pad(sums, ((0, 0), (0, max(0, nbins - sums.shape[1]))))[:, :nbins]
+    p_sum, p_sq, o_sum, ctx = sums
     with np.errstate(invalid="ignore", divide="ignore"):
         nbar = np.where(p_sum > 0, p_sq / p_sum, 0.0)
         lbar = np.where(o_sum > 0, ctx / o_sum, 0.0)
@@ -513,33 +615,13 @@ def oracle(
         n_d = np.maximum(np.ceil(dem_d / cap_d - 1e-9), min_replicas).astype(np.int64)
         thru = {Role.PREFILL: n_p, Role.DECODE: n_d}
         burst_role = Role.PREFILL
-        alpha_ms = profile.prefill_alpha_ms
     else:
         n_a = np.maximum(np.ceil(dem_p / cap_p + dem_d / cap_d - 1e-9), min_replicas)
         thru = {Role.AGGREGATED: n_a.astype(np.int64)}
         burst_role = Role.AGGREGATED
-        # A mixed step's fixed cost is alpha_d: take the smaller of the two.
-        alpha_ms = min(profile.prefill_alpha_ms, profile.decode_alpha_ms)
-    # Prefill bursts against the TTFT SLO.
-    work = (
-        p * (alpha_ms / m + profile.prefill_beta_ms_per_token)
-        + profile.prefill_gamma_ms_per_token2 * p * p
-    ) / 1000.0
-    prompts = np.maximum(np.asarray(prompt_tokens, dtype=np.int64), 1)
-    limit = np.maximum(slo.ttft_floor_s, slo.ttft_slowdown * idle_prefill_s(profile, prompts))
-    deadline = t + limit
-    if disaggregated:
-        deadline -= (
-            profile.kv_bytes_per_token * p / profile.kv_transfer_bytes_per_s
-            + profile.kv_transfer_setup_s
-        )
-    # A request whose deadline is before its arrival misses with any fleet: it spends budget.
-    hopeless = deadline <= t
-    work[hopeless] = 0.0
-    deadline[hopeless] = t[hopeless]
-    budget = math.floor((1.0 - attainment) * len(t) + 1e-9)
-    budget = max(budget - int(hopeless.sum()), 0)
-    need = prefill_misses_needed(t, work, deadline, bin_s=bin_s, nbins=nbins)
+    budget = math.floor((1.0 - attainment) * n_total + 1e-9)
+    budget = max(budget - hopeless_total, 0)
+    need = _assemble_need(parts, nbins)
     floor = thru[burst_role]
     replicas = dict(thru)
     replicas[burst_role] = _fewest_with_budget(need, floor, budget)

@@ -319,3 +319,29 @@ def test_prefill_misses_needed_in_slices_equals_one_pass(monkeypatch: pytest.Mon
     sliced = ev.prefill_misses_needed(t, work, deadline, bin_s=60.0, nbins=nbins)
     assert whole.any()
     assert sliced.tolist() == whole.tolist()
+
+
+def test_oracle_of_a_stream_equals_the_oracle_of_its_arrays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks of any size, cut into slices at bin edges, give the oracle of the whole arrays."""
+    from autoscaler.sim import evaluate as ev  # noqa: PLC0415
+    from autoscaler.sim.workload import AZURE_CODE, generate  # noqa: PLC0415
+
+    tr = generate(AZURE_CODE, duration_s=3 * 3600, seed=5)
+    whole = oracle(tr.arrival_s, tr.prompt_tokens, tr.output_tokens, P8B, disaggregated=True)
+    monkeypatch.setattr(ev, "_ORACLE_SLICE", 700)
+    monkeypatch.setattr(ev, "_MISSES_SLICE", 300)
+    step = 333
+    chunks = [
+        (tr.arrival_s[i : i + step], tr.prompt_tokens[i : i + step], tr.output_tokens[i : i + step])
+        for i in range(0, len(tr.arrival_s), step)
+    ]
+    got = ev.oracle_of_stream(chunks, P8B, disaggregated=True)
+    assert whole.miss_budget > 0
+    assert got.gpu_hours == whole.gpu_hours
+    assert got.all_requests_gpu_hours == whole.all_requests_gpu_hours
+    assert got.miss_budget == whole.miss_budget
+    for role, reps in whole.replicas.items():
+        assert got.replicas[role].tolist() == reps.tolist()
+    assert got.decode_capacity_tok_s.tolist() == whole.decode_capacity_tok_s.tolist()
