@@ -892,9 +892,9 @@ class RequestSink(Protocol):
         """(arrival, prompt tokens, output tokens, first token, finish, preemptions)."""
 
 
-# One chunk of a pool's request stream: arrival times, prompt and output tokens, and optionally
-# the prompts' block hashes (traces.Trace is one).
-Chunk = tuple[FloatArray, IntArray, IntArray, "Sequence[Sequence[int]] | None"]
+# One chunk of a pool's request stream: (arrival times, prompt tokens, output tokens[, the
+# prompts' block hashes or None, ...]); a traces.Trace is one.
+Chunk = tuple[Any, ...]
 
 
 class SimPool:
@@ -986,7 +986,9 @@ class SimPool:
     def _load_chunk(self) -> bool:
         """Read the next non-empty chunk into the current lists (validated as a whole, like the
         arrays given up front); False at the end of the stream."""
-        for arrival_s, prompt_tokens, output_tokens, hashes in self._feed:
+        for chunk in self._feed:
+            arrival_s, prompt_tokens, output_tokens = chunk[:3]
+            hashes = chunk[3] if len(chunk) > 3 else None
             n = len(arrival_s)
             if not (len(prompt_tokens) == n == len(output_tokens)):
                 msg = "arrival_s, prompt_tokens and output_tokens must have the same length"

@@ -248,6 +248,78 @@ def iter_trace(
         raise errors.ConfigError([f"{p}: trace has a header but no requests"])
 
 
+class StreamSummary(NamedTuple):
+    """What a report needs of a streamed trace, from one pass: requests, last arrival, and
+    requests and prompt tokens per bin (`bin_s`)."""
+
+    requests: int
+    duration_s: float
+    bin_s: float
+    requests_by_bin: IntArray
+    prompt_tokens_by_bin: IntArray
+
+
+class TraceStream:
+    """A trace file read on demand: every iteration streams it anew from disk (`iter_trace`),
+    so several replays share it without holding it; `summary()` reads it once for the figures
+    a report needs (and remembers them)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        speedup: float = 1.0,
+        start_s: float = 0.0,
+        duration_s: float | None = None,
+        chunk_rows: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        _check_options(self.path, speedup, 1.0, start_s)
+        detect_format(self.path)  # a missing or unknown file fails here, before any replay
+        self.speedup = speedup
+        self.start_s = start_s
+        self.duration_s_cut = duration_s
+        self.chunk_rows = chunk_rows
+        self.block_tokens = MOONCAKE_BLOCK_TOKENS
+        self._summary: StreamSummary | None = None
+
+    def __iter__(self) -> Iterator[Trace]:
+        return iter_trace(
+            self.path,
+            speedup=self.speedup,
+            start_s=self.start_s,
+            duration_s=self.duration_s_cut,
+            chunk_rows=self.chunk_rows,
+        )
+
+    def summary(self, bin_s: float = 60.0) -> StreamSummary:
+        if self._summary is not None and self._summary.bin_s == bin_s:
+            return self._summary
+        n = 0
+        last = 0.0
+        reqs = np.zeros(0, dtype=np.int64)
+        tokens = np.zeros(0, dtype=np.int64)
+        for c in self:
+            b = (c.arrival_s // bin_s).astype(np.int64)
+            top = int(b[-1]) + 1
+            if len(reqs) < top:
+                size = max(top, 2 * len(reqs))
+                reqs = np.pad(reqs, (0, size - len(reqs)))
+                tokens = np.pad(tokens, (0, size - len(tokens)))
+            reqs[:top] += np.bincount(b, minlength=top)
+            tokens[:top] += np.bincount(b, weights=c.prompt_tokens, minlength=top).astype(np.int64)
+            n += len(c.arrival_s)
+            last = float(c.arrival_s[-1])
+        nb = int(last // bin_s) + 1 if n else 0
+        self._summary = StreamSummary(n, last, bin_s, reqs[:nb], tokens[:nb])
+        return self._summary
+
+    @property
+    def duration_s(self) -> float:
+        """The last arrival (one pass over the file the first time)."""
+        return self.summary().duration_s
+
+
 def _check_options(p: Path, speedup: float, rate_scale: float, start_s: float) -> None:
     if not speedup > 0 or math.isinf(speedup):
         raise errors.ConfigError([f"{p}: speedup must be a positive number, got {speedup}"])
