@@ -63,6 +63,7 @@ class Result:
     max_reversals: int
     train_frontier: list[yardsticks.FleetPoint] = field(default_factory=list)
     tune_wall_s: float = 0.0
+    held_out_frontier: list[yardsticks.FleetPoint] = field(default_factory=list)
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -230,11 +231,12 @@ def tune(
         Row("keda-queue", k_tr, k_ho),
     ]
     frontier: list[yardsticks.FleetPoint] = []
+    ho_frontier: list[yardsticks.FleetPoint] = []
     if yardsticks_on:
         bs_tr, _, frontier = _static_score(
             parts.train, parts.window_s, policy, profile, config, with_hindsight=False
         )
-        bs_ho, hs_ho, _ = _static_score(
+        bs_ho, hs_ho, ho_frontier = _static_score(
             parts.held_out, parts.window_s, policy, profile, config, with_hindsight=hindsight
         )
         rows.append(
@@ -272,6 +274,7 @@ def tune(
         max_reversals=limit,
         train_frontier=frontier,
         tune_wall_s=wall,
+        held_out_frontier=ho_frontier,
     )
 
 
