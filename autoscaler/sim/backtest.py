@@ -362,9 +362,9 @@ def run_backtest(
     held = [b for b in baseline_names if b in (baselines.BEST_STATIC, baselines.HINDSIGHT)]
     if streamed and held:
         msg = (
-            f"{trace_name}: {' and '.join(held)} replay the trace once per fixed fleet and keep "
-            "every request's verdict; they need the trace in memory (no --stream), or leave "
-            "them out (--baseline keda-queue)"
+            f"{trace_name}: {' and '.join(held)} need the trace in memory (they replay it once "
+            "per fixed fleet and keep every request's verdict): drop --stream, or leave them "
+            "out (--baseline keda-queue)"
         )
         raise errors.ConfigError([msg])
     if isinstance(trace, TraceStream):
