@@ -267,8 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="SLO attainment best-static, hindsight and the oracle must reach (default 0.99)",
     )
     b.add_argument(
-        "--duration-s", type=_positive, default=None, help="replay only the first N seconds"
+        "--duration-s", type=_positive, default=None,
+        help="replay only N seconds (from --start-s; trace time after --speedup)",
     )
+    b.add_argument("--start-s", type=_non_negative, default=None,
+                   help="replay from this second of the trace (it becomes 0; default 0)")
+    b.add_argument("--stream", action="store_true",
+                   help="read the trace from disk as the replay goes (needs it sorted by time; "
+                        "memory does not grow with its length; baselines: keda-queue only)")
     b.add_argument("--ttft-floor-s", type=_positive, default=None, help="SLO TTFT floor (0.5)")
     b.add_argument(
         "--ttft-slowdown", type=_positive, default=None, help="SLO TTFT x idle prefill (3.0)"
