@@ -9,6 +9,7 @@ the reasons it reports are composed there.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from statistics import NormalDist
@@ -55,8 +56,9 @@ class PromptSpread:
 
     A rate window of W seconds holding N = lambda W requests has a mean prompt p_i whose
     variance across windows is sigma^2 / N for independent prompts of variance sigma^2, so
-    sigma^2 is estimated by sum(N_i (p_i - p)^2) / (k - 1) over k non-overlapping windows, and
-    cv = sigma / p. A drifting mix only inflates it (more margin, never less)."""
+    neighbouring windows differ by p_i - p_(i+1) of variance sigma^2 (1/N_i + 1/N_(i+1)), and
+    sigma^2 is the mean of (p_i - p_(i+1))^2 / (1/N_i + 1/N_(i+1)) over k non-overlapping
+    windows; cv = sigma / p. A mix drifting over many windows cancels out of neighbours."""
 
     def __init__(self, *, window_s: float, memory_s: float) -> None:
         self.window_s = window_s
@@ -76,7 +78,19 @@ class PromptSpread:
         if k < MIN_SPREAD_WINDOWS or tot <= 0:
             return None, k
         mean = sum(n * p for _, n, p in self.obs) / tot
-        var = sum(n * (p - mean) ** 2 for _, n, p in self.obs) / (k - 1)
+        # Successive differences, not deviations from the overall mean: p_i - p_(i+1) has
+        # variance sigma^2 (1/N_i + 1/N_(i+1)) for independent prompts, and a mix that drifts
+        # over tens of minutes (sessions, the hour's shape) cancels out of neighbours instead of
+        # inflating sigma, as it did about 2x on the Azure conversation hour.
+        obs = list(self.obs)
+        terms = [
+            (a[2] - b[2]) ** 2 / (1.0 / a[1] + 1.0 / b[1])
+            for a, b in itertools.pairwise(obs)
+            if a[1] > 0 and b[1] > 0
+        ]
+        if not terms:
+            return None, k
+        var = sum(terms) / len(terms)
         return (math.sqrt(var) / mean if mean > 0 else None), k
 
 
