@@ -34,6 +34,13 @@ class SignalName(StrEnum):
     - KV_CACHE: mean `vllm:kv_cache_usage_perc` (0-1).
     - RUNNING: mean `vllm:num_requests_running` per replica (requests).
     - TTFT / ITL: a latency quantile over the role's replicas (seconds); these are SLO guards.
+    - TTFT_RELATIVE: the SLO's relative form, TTFT against the prompt's own prefill time: the
+      TTFT quantile over max(floor / slowdown, the same quantile of vLLM's per-request prefill
+      time, `request_prefill_time_seconds`), compared with the slowdown as target; at or under
+      it, TTFT_q <= max(floor, slowdown x prefill_q). A guard that a 60k-token prompt can meet,
+      where an absolute TTFT target cannot be met on any number of replicas. (A ratio of
+      quantiles, not the quantile of each request's ratio: exact when TTFT and prefill time
+      rise together with the prompt's length.)
     - PROMPT_TOKENS_RATE / GENERATION_TOKENS_RATE: prompt (prefill) or generated (decode) tokens
       per second, SUMMED over the role's replicas (`rate(vllm:prompt_tokens_total)`); the target
       is per replica. Throughput is the flow signal production P/D systems scale on (HeteroScale:
@@ -47,6 +54,7 @@ class SignalName(StrEnum):
     RUNNING = "running"
     TTFT = "ttft"
     ITL = "itl"
+    TTFT_RELATIVE = "ttft_relative"
     PROMPT_TOKENS_RATE = "prompt_tokens_rate"
     GENERATION_TOKENS_RATE = "generation_tokens_rate"
 
@@ -59,7 +67,11 @@ STOCK_SIGNALS: frozenset[SignalName] = frozenset({SignalName.QUEUE_DEPTH})
 
 # Latency quantiles are not additive over replicas and say nothing linear about how many
 # replicas fewer would do: they can push up (guard) and veto a scale-down, never drive one.
-GUARD_SIGNALS: frozenset[SignalName] = frozenset({SignalName.TTFT, SignalName.ITL})
+GUARD_SIGNALS: frozenset[SignalName] = frozenset(
+    {SignalName.TTFT, SignalName.ITL, SignalName.TTFT_RELATIVE}
+)
+# Guards read a latency histogram's quantile (`SignalSpec.quantile`).
+QUANTILE_SIGNALS: frozenset[SignalName] = GUARD_SIGNALS
 
 # Signals whose sample value is a sum over the role's replicas rather than a per-replica mean.
 TOTAL_SIGNALS: frozenset[SignalName] = frozenset(

@@ -69,6 +69,7 @@ class Family(StrEnum):
     REQUESTS = "requests"
     PROMPT_TOKENS = "prompt_tokens"
     GENERATION_TOKENS = "generation_tokens"
+    PREFILL_TIME_BUCKET = "prefill_time_bucket"
 
 
 def _both(*names: str) -> tuple[str, ...]:
@@ -101,6 +102,8 @@ SPELLINGS: Mapping[Family, tuple[str, ...]] = {
     Family.REQUESTS: _both("vllm:request_success_total", "vllm:e2e_request_latency_seconds_count"),
     Family.PROMPT_TOKENS: _both("vllm:prompt_tokens_total"),
     Family.GENERATION_TOKENS: _both("vllm:generation_tokens_total"),
+    # Per request, scheduled to first token (V1): the divisor of ttft_relative.
+    Family.PREFILL_TIME_BUCKET: _both("vllm:request_prefill_time_seconds_bucket"),
 }
 
 ALL_NAMES: tuple[str, ...] = tuple(n for names in SPELLINGS.values() for n in names)
@@ -274,10 +277,18 @@ class Builder:
         return " or ".join(parts)
 
     def quantile(
-        self, bucket: Family, count: Family, roles: Sequence[RoleSelector], *, q: float
+        self,
+        bucket: Family,
+        count: Family,
+        roles: Sequence[RoleSelector],
+        *,
+        q: float,
+        over: tuple[Family, float] | None = None,
     ) -> str:
         """Per role: the q-quantile over all its pods' observations in the window, plus the
-        observation rate (0 means idle, not missing) and how many pods reported."""
+        observation rate (0 means idle, not missing) and how many pods reported. With `over`
+        (a bucket family and a floor) the value is divided by that histogram's q-quantile,
+        clamped to at least the floor (ttft_relative)."""
         pp, w = self._per_pod, self._window
         pr = f"{POOL_LABEL}, {ROLE_LABEL}"
 
@@ -289,6 +300,10 @@ class Builder:
 
         per_pod_counts = self._chain(count, counts)
         value = f"histogram_quantile({q!r}, sum by ({pr}, le) ({self._chain(bucket, buckets)}))"
+        if over is not None:
+            fam, floor = over
+            div = f"histogram_quantile({q!r}, sum by ({pr}, le) ({self._chain(fam, buckets)}))"
+            value = f"{value} / clamp_min({div}, {floor!r})"
         return (
             f'label_replace({value}, "{PART_LABEL}", "value", "", "")'
             f' or label_replace(sum by ({pr}) ({per_pod_counts}), "{PART_LABEL}", "rate", "", "")'
@@ -338,6 +353,17 @@ class Builder:
             return Kind.SUM, self.rate(Family.PROMPT_TOKENS, roles)
         if key == source.GENERATION_TOKENS_RATE:
             return Kind.SUM, self.rate(Family.GENERATION_TOKENS, roles)
+        relative = _RELATIVE_KEY.match(key)
+        if quantile is not None and relative is not None:
+            floor = int(relative.group(1)) / 1000.0
+            q = self.quantile(
+                Family.TTFT_BUCKET,
+                Family.TTFT_COUNT,
+                roles,
+                q=quantile,
+                over=(Family.PREFILL_TIME_BUCKET, floor),
+            )
+            return Kind.QUANTILE, q
         if quantile is not None and key.startswith(SignalName.TTFT.value + "_p"):
             q = self.quantile(Family.TTFT_BUCKET, Family.TTFT_COUNT, roles, q=quantile)
             return Kind.QUANTILE, q
@@ -346,6 +372,10 @@ class Builder:
             return Kind.QUANTILE, q
         msg = f"no PromQL for signal key {key!r}"
         raise ValueError(msg)
+
+
+# signal_key of ttft_relative: the divisor's floor in milliseconds is part of the key.
+_RELATIVE_KEY = re.compile(rf"^{SignalName.TTFT_RELATIVE.value}_p\d+_f(\d+)ms$")
 
 
 def _ident(selector: str) -> str:
@@ -387,7 +417,7 @@ def plan(targets: Sequence[source.RoleTarget], builder: Builder) -> Plan:
         for spec in t.spec.signals:
             key = source.signal_key(spec)
             keys.append(key)
-            if spec.signal in (SignalName.TTFT, SignalName.ITL):
+            if spec.signal in (SignalName.TTFT, SignalName.ITL, SignalName.TTFT_RELATIVE):
                 quantiles[key] = spec.quantile
         keys += source.RATE_KEYS
         expected[(t.pool, t.role.value)] = tuple(dict.fromkeys(keys))

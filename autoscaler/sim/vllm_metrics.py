@@ -188,6 +188,8 @@ class ScrapeSample:
     ttft: HistogramSnapshot
     itl: HistogramSnapshot
     e2e: HistogramSnapshot
+    # vllm:request_prefill_time_seconds (scheduled to first token), for ttft_relative.
+    prefill_time: HistogramSnapshot
 
 
 class VllmMetrics:
@@ -367,6 +369,7 @@ class VllmMetrics:
             ttft=self.ttft.snapshot(),
             itl=self.itl.snapshot(),
             e2e=self.e2e.snapshot(),
+            prefill_time=self.prefill_time.snapshot(),
         )
 
     # --- exposition -------------------------------------------------------------------------
