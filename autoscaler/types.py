@@ -29,8 +29,11 @@ class SignalName(StrEnum):
     `value` semantics (what the metric source must deliver, per role):
     - QUEUE_DEPTH: mean `vllm:num_requests_waiting` per reporting replica (requests).
     - BATCHED_TOKENS: mean tokens per engine step (`vllm:iteration_tokens_total` sum/count)
-      divided by the role's `max_num_batched_tokens`, averaged over replicas (0-1, can exceed 1
-      only through measurement noise).
+      divided by the role's `max_num_batched_tokens`, averaged over replicas. It measures how
+      full steps are, not how busy a replica is, and vLLM V1 counts a prompt's tokens in the
+      step where its prefill completes (steps that only run a chunk are not observed), so
+      prompts longer than the budget read above 1 at any load: with such prompts the signal
+      asks for more replicas every tick. Prefer prompt_tokens_rate or the slo kind there.
     - KV_CACHE: mean `vllm:kv_cache_usage_perc` (0-1).
     - RUNNING: mean `vllm:num_requests_running` per replica (requests).
     - TTFT / ITL: a latency quantile over the role's replicas (seconds); these are SLO guards.
