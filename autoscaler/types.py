@@ -73,8 +73,6 @@ STOCK_SIGNALS: frozenset[SignalName] = frozenset({SignalName.QUEUE_DEPTH})
 GUARD_SIGNALS: frozenset[SignalName] = frozenset(
     {SignalName.TTFT, SignalName.ITL, SignalName.TTFT_RELATIVE}
 )
-# Guards read a latency histogram's quantile (`SignalSpec.quantile`).
-QUANTILE_SIGNALS: frozenset[SignalName] = GUARD_SIGNALS
 
 # Signals whose sample value is a sum over the role's replicas rather than a per-replica mean.
 TOTAL_SIGNALS: frozenset[SignalName] = frozenset(
