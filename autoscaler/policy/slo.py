@@ -406,11 +406,13 @@ class SLOPolicy:
             self.p_mean = sum(x[2] for x in self.lengths) / tot
             self.o_mean = sum(x[3] for x in self.lengths) / tot
         now = ctx.now
+        n_req = got[REQUEST_RATE].replicas  # type: ignore[union-attr]
+        n_gen = got[GENERATION_TOKENS_RATE].replicas  # type: ignore[union-attr]
         if self.role is Role.DECODE:
-            self.gen.add(now, gtok)
+            self.gen.add(now, gtok, n_gen)
         else:
-            self.rate.add(now, lam)
-            self.gen.add(now, gtok)
+            self.rate.add(now, lam, n_req)
+            self.gen.add(now, gtok, n_gen)
         if self.p_mean is None or self.o_mean is None:
             return [self._hold(ctx, "no request seen yet: hold")]
         p, o = self.p_mean, self.o_mean

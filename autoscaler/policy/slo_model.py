@@ -104,7 +104,14 @@ class RateSeries:
     W (r_t - r_(t - tau)) + tau r_(t - W) (what left is taken at the older window's mean rate):
     a burst shorter than the window shows at tick resolution instead of diluted over W. With
     `short` off (decode: generation spreads a burst over each request's decode time) the
-    window rates themselves are remembered."""
+    window rates themselves are remembered.
+
+    The difference is only a count of arrivals while the same replicas report throughout the
+    window: a replica that just became ready reports a rate over its few seconds of samples
+    next to the others' 60-second means, so the sum jumps when it joins (and drops when one
+    leaves) with no change in arrivals, and W / tau amplifies the jump 4x into a phantom burst
+    that the headroom then holds for half an hour. Within a window of a change in the number
+    of reporting replicas the window rate itself is taken."""
 
     def __init__(
         self, *, memory_s: float, halflife_s: float, trend_s: float, window_s: float, short: bool
@@ -115,6 +122,8 @@ class RateSeries:
         self.window_s = window_s
         self.short = short
         self.samples: deque[tuple[float, float, float]] = deque()  # (t, window rate, short)
+        # (t, reporting replicas) of every sample within the last window.
+        self.reporting: deque[tuple[float, int]] = deque()
         self.minutes: deque[tuple[float, float, int]] = deque()  # (minute start, sum, n)
 
     def _at(self, t: float) -> float | None:
@@ -126,10 +135,15 @@ class RateSeries:
                 best = (d, r)
         return None if best is None else best[1]
 
-    def add(self, t: float, v: float) -> float:
-        """Record the window rate v at t; returns the short-window rate estimate."""
+    def add(self, t: float, v: float, replicas: int = 0) -> float:
+        """Record the window rate v at t, summed over `replicas` reporting replicas; returns
+        the short-window rate estimate."""
         short = v
-        if self.short and self.samples:
+        self.reporting.append((t, replicas))
+        while self.reporting and self.reporting[0][0] < t - self.window_s:
+            self.reporting.popleft()
+        steady = all(n == replicas for _, n in self.reporting)
+        if self.short and self.samples and steady:
             t_prev, r_prev, _ = self.samples[-1]
             tau = t - t_prev
             old = self._at(t - self.window_s)

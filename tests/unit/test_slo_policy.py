@@ -302,3 +302,30 @@ def test_burst_replicas_queue_at_the_burst_rate() -> None:
     assert n >= math.ceil(busy)
     assert "burst 60 - Poisson noise 6.58 req/s" in why
     assert pol.burst_replicas(0.0, 1000.0, 0.0) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("replicas", "expected"),
+    [
+        # The same replica reports throughout: the 0.5 req/s rise of the window sum is taken
+        # as arrivals of the last tick, 60 / 15 x 0.5 + 2 = 4 req/s.
+        ((1, 1), 4.0),
+        # A second replica joined: its rate over its first seconds joins the others' 60-s
+        # means, so the rise is no count of arrivals; the window rate is taken.
+        ((1, 2), 2.5),
+        # One left: its 60 s of requests vanish from the sum; likewise.
+        ((2, 1), 2.5),
+    ],
+)
+def test_short_rate_only_while_the_same_replicas_report(
+    replicas: tuple[int, int], expected: float
+) -> None:
+    series = RateSeries(memory_s=1800, halflife_s=600, trend_s=0, window_s=60, short=True)
+    before, after = replicas
+    for i in range(8):
+        series.add(15.0 * i, 2.0, before)
+    assert series.add(15.0 * 8, 2.5, after) == pytest.approx(expected)
+    # A window after the change the difference is trusted again.
+    for i in range(9, 13):
+        series.add(15.0 * i, 2.5, after)
+    assert series.add(15.0 * 13, 2.5, after) == pytest.approx(2.5)
