@@ -188,6 +188,8 @@ class ScrapeSample:
     ttft: HistogramSnapshot
     itl: HistogramSnapshot
     e2e: HistogramSnapshot
+    # vllm:request_prefill_time_seconds (scheduled to first token), for ttft_relative.
+    prefill_time: HistogramSnapshot
 
 
 # Finished requests buffered before they are binned (about 1 MB of tuples per replica).
@@ -369,6 +371,7 @@ class VllmMetrics:
             ttft=self.ttft.snapshot(),
             itl=self.itl.snapshot(),
             e2e=self.e2e.snapshot(),
+            prefill_time=self.prefill_time.snapshot(),
         )
 
     # --- exposition -------------------------------------------------------------------------

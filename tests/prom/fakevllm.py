@@ -80,6 +80,8 @@ class FakePod:
     generation_tokens_per_request: float = 0.0
     ttft_s: float = 0.2
     itl_s: float = 0.02
+    prefill_s: float = 0.2
+    """Every request's `request_prefill_time_seconds` (scheduled to first token)."""
     nan: bool = False
     """Report the gauges as NaN."""
     frozen_ms: int | None = None
@@ -127,6 +129,7 @@ class FakePod:
         if self.naming in ("old", "both"):
             w.histogram("vllm:time_per_output_token_seconds", ITL_BUCKETS, self.itl_s, tokens)
         w.histogram("vllm:e2e_request_latency_seconds", E2E_BUCKETS, 1.0, requests)
+        w.histogram("vllm:request_prefill_time_seconds", E2E_BUCKETS, self.prefill_s, requests)
         return "\n".join(w.lines) + "\n"
 
     def labels(self, engine: int) -> str:

@@ -144,3 +144,18 @@ def test_fleet_seeds_put_the_floors_at_the_fixed_fleet() -> None:
     doc = space.materialise(_doc("llama-8b-disagg.yaml"), policy)
     for seed in seeds:
         space.validate(space.apply(doc, widened, seed), source="seed")
+
+
+def test_relative_ttft_target_stays_a_slowdown() -> None:
+    """A ttft_relative target is searched above 1 (a slowdown of 1 or less is unmeetable and
+    invalid), where other targets span a third to three times the policy's."""
+    doc = _doc("llama-8b-disagg.yaml")
+    sigs = doc["pools"][0]["roles"]["prefill"]["signals"]
+    sigs[-1] = {"signal": "ttft_relative", "quantile": 0.9, "target": 2.0, "floor_s": 0.75}
+    params, _ = space.search_space(space.validate(doc, source="t"))
+    rel = next(p for p in params if "ttft_relative" in p.name)
+    assert (rel.low, rel.default, rel.high) == (pytest.approx(1.1), 2.0, pytest.approx(6.0))
+    low = space.validate(space.apply(doc, params, {rel.name: rel.low}), source="t")
+    assert [s.target for r in low.pools[0].roles.values() for s in r.signals][3] == pytest.approx(
+        1.1
+    )
