@@ -24,11 +24,18 @@ Members (all built from ../shared/traces and the built-in generator; nothing is 
 | held-out | long-1h-b | long prompts, seed 1, 1.5 req/s |
 | held-out | conv-bursts-b | conversation, 6x bursts of 30 s every 5 min, seed 1 |
 | held-out | code-day-b | 1 day: ServeGen m-mid shape, code bursts from 30 min in, seed 1 |
+| check | code-gen-1.5x-s7 | coding generator at 1.5x rate, seed 7 |
+| check | conv-gen-2x-s5 | conversation generator at 2x rate, seed 5 |
+| check | conv-bursts-c | conversation + 4x bursts of 45 s every 10 min, seed 5 |
+
+`check` is a second held-out set, added after the slo kind's round of changes on `dev` (issue
+14, session 4) and run only to report: nothing was changed after seeing it.
 
 Develop on `dev`, judge generalisation on `held-out` (never tuned on), run `day` sparingly (a
 day-long member replays ~15 fixed fleets of ~0.1-0.3 M requests: minutes on this machine).
 
-    .venv/bin/python benchmarks/decision_family.py [--set dev|day|held-out|all] [--only NAME ...]
+    .venv/bin/python benchmarks/decision_family.py [--set dev|day|held-out|check|all]
+        [--only NAME ...]
         [--policy FILE ...] [--json OUT]
 """
 
@@ -208,6 +215,41 @@ MEMBERS: tuple[Member, ...] = (
         ),
     ),
     Member(
+        "code-gen-1.5x-s7",
+        "check",
+        "coding generator at 1.5x rate, seed 7",
+        lambda: generate(
+            AZURE_CODE.with_rate(1.5 * AZURE_CODE.mean_rate_rps),
+            duration_s=HOUR,
+            seed=7,
+            diurnal=False,
+        ),
+    ),
+    Member(
+        "conv-gen-2x-s5",
+        "check",
+        "conversation generator at 2x rate, seed 5",
+        lambda: generate(
+            AZURE_CONV.with_rate(2 * AZURE_CONV.mean_rate_rps),
+            duration_s=HOUR,
+            seed=5,
+            diurnal=False,
+        ),
+    ),
+    Member(
+        "conv-bursts-c",
+        "check",
+        "conversation + 4x bursts of 45 s every 10 min, seed 5",
+        lambda: with_bursts(
+            generate(AZURE_CONV, duration_s=HOUR, seed=5, diurnal=False),
+            AZURE_CONV,
+            factor=4.0,
+            width_s=45.0,
+            every_s=600.0,
+            seed=5,
+        ),
+    ),
+    Member(
         "code-day-b",
         "held-out",
         "1 day: m-mid shape x coding bursts from 30 min in, peak 6 req/s, seed 1",
@@ -304,7 +346,7 @@ def header(policies: list[str]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", choices=["dev", "day", "held-out", "all"], default="dev")
+    ap.add_argument("--set", choices=["dev", "day", "held-out", "check", "all"], default="dev")
     ap.add_argument("--only", action="append", default=None, help="member name (repeatable)")
     ap.add_argument(
         "--policy",

@@ -235,6 +235,30 @@ def test_trend_prewarms_a_ramp_and_ignores_noise() -> None:
     assert "trend" not in why_noisy
 
 
+def test_trend_acts_from_half_an_hour_of_minute_bins() -> None:
+    """The forecast the issue asks for: it acts from about 30 minutes of history, not hours. On
+    a ramp from a cold start the trend enters the sizing once half the 30-minute window holds
+    closed minute means (15 min), and by 30 minutes it asks for more than the current rate
+    alone does. Its input is minute means, so one tick's 15-second sample moves it by a quarter
+    of a minute's weight at most."""
+    ramp = make(burst_memory_s=0, trend_window_s=1800)
+    flat = make(burst_memory_s=0, trend_window_s=0)
+    first = None
+    ahead = False
+    t = 0.0
+    for _ in range(120):  # 30 min: 2 -> 20 req/s
+        t += 15.0
+        lam = 2.0 + 18.0 * t / 1800.0
+        w_ramp, why, _ = tick(ramp, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
+        w_flat, _, _ = tick(flat, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
+        if first is None and "trend at" in why:
+            first = t
+        ahead = ahead or w_ramp > w_flat
+    assert first is not None
+    assert 900.0 <= first <= 1000.0
+    assert ahead
+
+
 def test_missing_or_absent_data_holds() -> None:
     """A missing rate: hold at the current count and block scale-down; no request seen yet:
     hold too (nothing to size from)."""
