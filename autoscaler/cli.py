@@ -352,6 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--prom-export", action="append", type=Path, default=None,
                        metavar="FILE", help="a Prometheus /api/v1/query_range JSON export of an "
                        "aggregated vLLM deployment's counters (repeatable; docs/simulator.md)")
+        q.add_argument("--prometheus", default=None, metavar="URL",
+                       help="fetch the export from this Prometheus first (prometheus-api-client;"
+                       " written to --save-export, then read as --prom-export)")
+        q.add_argument("--match", default="", metavar="MATCHERS",
+                       help='label matchers picking the deployment, e.g. namespace="llm"')
+        q.add_argument("--last-s", type=_positive, default=3600.0,
+                       help="with --prometheus: the range's length in seconds (3600)")
+        q.add_argument("--end", type=float, default=None, metavar="UNIX_S",
+                       help="with --prometheus: the range's end (default: now)")
+        q.add_argument("--step-s", type=_positive, default=15.0,
+                       help="with --prometheus: the query step (15; your scrape interval)")
+        q.add_argument("--bearer-token-file", type=Path, default=None,
+                       help="with --prometheus: a file holding a bearer token")
+        q.add_argument("--save-export", type=Path, default=None, metavar="FILE",
+                       help="with --prometheus: where the fetched export is written "
+                       "(default prom-export-<end>.json)")
         q.add_argument("--window-s", type=_positive, default=300.0,
                        help="cut a range export into measurements of this many seconds (300)")
         q.add_argument("--min-requests", type=_count, default=50,

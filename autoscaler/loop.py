@@ -21,7 +21,7 @@ from autoscaler.decision.core import decide
 from autoscaler.decision.state import ScaleState
 from autoscaler.metrics.source import MetricsSource, RoleTarget
 from autoscaler.policy import registry
-from autoscaler.policy.base import Policy
+from autoscaler.policy.base import Policy, extra_keys
 from autoscaler.spec import PolicyFile, PolicyRef
 from autoscaler.types import (
     Decision,
@@ -121,10 +121,15 @@ class Loop:
 
     def targets(self) -> list[RoleTarget]:
         return [
-            RoleTarget(pool=p.name, role=r, spec=s)
+            RoleTarget(pool=p.name, role=r, spec=s, extra=self._extra_keys(p.name, r))
             for p in self.policy.pools
             for r, s in p.roles.items()
         ]
+
+    def _extra_keys(self, pool: str, role: Role) -> tuple[str, ...]:
+        """The optional keys the role's policies declared (`extra_keys`, see policy/base.py)."""
+        keys = {k for pol in self.policies.get((pool, role), []) for k in extra_keys(pol)}
+        return tuple(sorted(keys))
 
     async def _statuses(
         self, report: TickReport, held: dict[str, dict[Role, int]]

@@ -16,8 +16,10 @@ file has any (`long_prompt` and `knee` sections).
     .venv/bin/python benchmarks/sim_fidelity.py [--data FILE] [--only SUBSTRING] [--no-extras]
     .venv/bin/python benchmarks/sim_fidelity.py --fit PROFILE --params a,b,c
 
-`--fit` refits the named profile's constants on that profile's `fit` experiments and prints
-them with their standard errors (how the data file's fitted values were obtained).
+`--fit` refits the named profile's constants on that profile's `fit` experiments (soft-L1 loss
+on the log errors, autoscaler/sim/profile_fit.py) and prints them with their standard errors
+(how the 70B's and the data file's fitted values were obtained; the 8B's are from the earlier
+least-squares fit, see docs/simulator.md).
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ def main() -> int:
 
     by_split: dict[str, list[float]] = {"fit": [], "held-out": [], "context": []}
     by_source: dict[str, list[float]] = {}
+    # Held-out errors by profile and metric family (ttft, tpot, e2e, throughput): where a miss
+    # concentrates says which part of the model is off.
+    by_regime: dict[str, list[float]] = {}
     head = ("experiment", "split", "metric", "published", "simulated", "error")
     print(f"{head[0]:28s} {head[1]:8s} {head[2]:18s} {head[3]:>10s} {head[4]:>10s} {head[5]:>8s}")
     for exp in data.experiments:
@@ -106,6 +111,9 @@ def main() -> int:
             by_split[split].append(e)
             if split != "context":
                 by_source.setdefault(exp.source, []).append(e)
+            if split == "held-out":
+                family = m.split("_")[1] if "_" in m and not m.endswith("throughput") else m
+                by_regime.setdefault(f"{exp.profile} {family}", []).append(e)
         print(f"    {exp.model}, {exp.gpu}, TP{exp.tp}, vLLM {exp.vllm_version}, "
               f"rate {exp.rate:g}/s x {exp.num_prompts}; {src.url} ({dt:.1f} s)")  # fmt: skip
     print()
@@ -114,15 +122,19 @@ def main() -> int:
     print("\nscored points (fit and held-out) by source:")
     for key, errs in by_source.items():
         print(f"  {key:28s} {_summary(errs)}")
+    print("\nheld-out points by profile and metric:")
+    for regime, errs in sorted(by_regime.items()):
+        bias = statistics.median(errs)
+        print(f"  {regime:34s} {_summary(errs)}, median signed error {100 * bias:+.1f} %")
 
     if not args.no_extras:
         print("\nlong prompts, one request on an idle replica (simulated TTFT, s):")
         for name in ("llama-8b-h100", "llama-70b-tp4-h100"):
             prof = builtin(name)
-            vals = [
+            cells = [
                 f"{n // 1024}k {long_prompt_ttft_s(prof, n):6.2f}" for n in (32768, 65536, 131072)
             ]
-            print(f"  {name:20s} " + "   ".join(vals))
+            print(f"  {name:20s} " + "   ".join(cells))
         print("\nsaturation knee (mean TTFT passes 1 s; ShareGPT-like lengths, 5-minute runs):")
         for name, lo, seats in (
             ("llama-8b-h100", 20.0, (1024,)),

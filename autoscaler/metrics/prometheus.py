@@ -31,10 +31,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
@@ -42,11 +42,12 @@ import numpy.typing as npt
 import structlog
 
 from autoscaler import errors
-from autoscaler.metrics import http, queries, samples, source
+from autoscaler.metrics import http, queries, samples, source, validate
 from autoscaler.metrics.settings import PrometheusSettings
 from autoscaler.types import Role, SignalSample
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -127,27 +128,25 @@ class PrometheusSource:
 
     # --- transport --------------------------------------------------------------------------
 
-    async def _query(self, key: str, promql: str) -> _Outcome:
-        """Run one instant query with retries and backoff; never raises except on
-        cancellation. Rows dropped as malformed are counted and logged here."""
-        assert self._session is not None, "instant queries run inside fetch()"
+    async def _attempts(
+        self, send: Callable[[], Awaitable[T]], *, count: str
+    ) -> tuple[T | None, _Outcome, int]:
+        """`send()` up to 1 + retries times with doubling backoff, each attempt counted in
+        `stats.<count>` and run under the concurrency bound. Returns the answer (None after
+        the last failure), the last failure and the number of attempts; never raises except
+        on cancellation. Instant and range reads share it so their retry rules cannot drift
+        apart."""
         delay = self.settings.backoff_s
         outcome = _Outcome(rows=None)
+        attempt = 0
         for attempt in range(self.settings.retries + 1):
             if attempt:
                 await asyncio.sleep(delay)
                 delay *= 2
-            self.stats.queries += 1
+            setattr(self.stats, count, getattr(self.stats, count) + 1)
             try:
                 async with self._sem:
-                    vector = await http.instant_query(
-                        self._session,
-                        self._endpoint,
-                        promql,
-                        deadline_s=self.settings.timeout_s,
-                        max_bytes=self.settings.max_response_bytes,
-                        headers=self._auth,
-                    )
+                    answer = await send()
             except http.QueryFailed as exc:
                 outcome = _Outcome(
                     rows=None, reason=exc.reason, error=exc.error, answered=exc.answered
@@ -155,10 +154,31 @@ class PrometheusSource:
                 if not exc.retry:
                     break
             else:
-                self._track_dropped(key, vector.dropped)
-                self._track_query(key, None)
-                return _Outcome(rows=vector.rows)
-        self._track_query(key, outcome, attempts=attempt + 1)
+                return answer, outcome, attempt + 1
+        return None, outcome, attempt + 1
+
+    async def _query(self, key: str, promql: str) -> _Outcome:
+        """Run one instant query with retries and backoff; never raises except on
+        cancellation. Rows dropped as malformed are counted and logged here."""
+        session = self._session
+        assert session is not None, "instant queries run inside fetch()"
+
+        async def send() -> validate.Vector:
+            return await http.instant_query(
+                session,
+                self._endpoint,
+                promql,
+                deadline_s=self.settings.timeout_s,
+                max_bytes=self.settings.max_response_bytes,
+                headers=self._auth,
+            )
+
+        vector, outcome, attempts = await self._attempts(send, count="queries")
+        if vector is not None:
+            self._track_dropped(key, vector.dropped)
+            self._track_query(key, None)
+            return _Outcome(rows=vector.rows)
+        self._track_query(key, outcome, attempts=attempts)
         self._problem(key, outcome.reason)
         return outcome
 
@@ -213,43 +233,31 @@ class PrometheusSource:
         """One range request with retries and backoff (as `_query`); every failure is logged,
         since the backfill runs once per leadership. The session is the caller's, so range
         reads never share state with a tick's fetch."""
-        delay = self.settings.backoff_s
-        outcome = _Outcome(rows=None)
-        for attempt in range(self.settings.retries + 1):
-            if attempt:
-                await asyncio.sleep(delay)
-                delay *= 2
-            self.stats.range_queries += 1
-            try:
-                async with self._sem:
-                    rows = await http.range_query(
-                        session,
-                        self._endpoint,
-                        promql,
-                        start=first,
-                        # Half a step of slack keeps the last point whatever the decimal
-                        # rounding of start and end (Prometheus evaluates start, start + step,
-                        # ... up to end).
-                        end=last + step / 2,
-                        step=step,
-                        deadline_s=self.settings.range_timeout_s,
-                        max_bytes=self.settings.max_response_bytes,
-                        headers=self._auth,
-                    )
-            except http.QueryFailed as exc:
-                outcome = _Outcome(
-                    rows=None, reason=exc.reason, error=exc.error, answered=exc.answered
-                )
-                if not exc.retry:
-                    break
-            else:
-                return _Outcome(rows=rows)
+
+        async def send() -> list[Any]:
+            return await http.range_query(
+                session,
+                self._endpoint,
+                promql,
+                start=first,
+                # Half a step of slack keeps the last point whatever the decimal rounding of
+                # start and end (Prometheus evaluates start, start + step, ... up to end).
+                end=last + step / 2,
+                step=step,
+                deadline_s=self.settings.range_timeout_s,
+                max_bytes=self.settings.max_response_bytes,
+                headers=self._auth,
+            )
+
+        rows, outcome, attempts = await self._attempts(send, count="range_queries")
+        if rows is not None:
+            return _Outcome(rows=rows)
         log.warning(
             "prometheus_query_failed",
             query=key,
             reason=outcome.reason,
             error=outcome.error[:300],
-            attempts=attempt + 1,
+            attempts=attempts,
         )
         self._problem(key, outcome.reason)
         return outcome
@@ -451,6 +459,8 @@ class PrometheusSource:
         for pr, rows in grouped.items():
             if q.kind is queries.Kind.QUANTILE:
                 sample, reasons = samples.quantile(rows)
+            elif q.kind is queries.Kind.SPREAD:
+                sample, reasons = samples.spread(rows)
             else:
                 sample, reasons = samples.per_pod(
                     q.kind,

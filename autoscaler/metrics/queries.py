@@ -114,6 +114,8 @@ class Kind(StrEnum):
     SUM = "sum"
     # Per role: pd_part=value (the quantile), rate (observations/s), replicas (pods).
     QUANTILE = "quantile"
+    # Per role: pd_part=bucket (one row per `le`, cumulative rates), sum, count, replicas.
+    SPREAD = "spread"
 
 
 class Family(StrEnum):
@@ -132,6 +134,9 @@ class Family(StrEnum):
     PROMPT_TOKENS = "prompt_tokens"
     GENERATION_TOKENS = "generation_tokens"
     PREFILL_TIME_BUCKET = "prefill_time_bucket"
+    PROMPT_LEN_BUCKET = "prompt_len_bucket"
+    PROMPT_LEN_SUM = "prompt_len_sum"
+    PROMPT_LEN_COUNT = "prompt_len_count"
 
 
 def _both(*names: str) -> tuple[str, ...]:
@@ -166,6 +171,9 @@ SPELLINGS: Mapping[Family, tuple[str, ...]] = {
     Family.GENERATION_TOKENS: _both("vllm:generation_tokens_total"),
     # Per request, scheduled to first token (V1): the divisor of ttft_relative.
     Family.PREFILL_TIME_BUCKET: _both("vllm:request_prefill_time_seconds_bucket"),
+    Family.PROMPT_LEN_BUCKET: _both("vllm:request_prompt_tokens_bucket"),
+    Family.PROMPT_LEN_SUM: _both("vllm:request_prompt_tokens_sum"),
+    Family.PROMPT_LEN_COUNT: _both("vllm:request_prompt_tokens_count"),
 }
 
 ALL_NAMES: tuple[str, ...] = tuple(n for names in SPELLINGS.values() for n in names)
@@ -421,6 +429,33 @@ class Builder:
 
         return self._halves(roles, half)
 
+    def spread(self, roles: Selection | Iterable[RoleSelector]) -> str:
+        """Per role: the prompt-length histogram's bucket rates (one row per `le`), and the
+        rates of its `_sum` and `_count` and how many pods reported, for
+        `lengths.prompt_length_cv`. Summed per role inside Prometheus: about 20 rows per role
+        (vLLM's 1-2-5 buckets up to max_model_len), asked only for roles whose policies read
+        the prompt mix (`RoleTarget.extra`)."""
+        w = self._window
+
+        def half(s: _Scope) -> str:
+            def per_pod(by: str) -> Callable[[str], str]:
+                return lambda n: f"sum by ({by}) ({s.select(n, lambda x: f'rate({x}{w})')})"
+
+            buckets = s.derive(self._chain(Family.PROMPT_LEN_BUCKET, per_pod(f"{s.pod}, le")))
+            sums = s.derive(self._chain(Family.PROMPT_LEN_SUM, per_pod(s.pod)))
+            counts = s.derive(self._chain(Family.PROMPT_LEN_COUNT, per_pod(s.pod)))
+            parts = (
+                ("bucket", f"sum by ({s.role}, le) ({buckets})"),
+                ("sum", f"sum by ({s.role}) ({sums})"),
+                ("count", f"sum by ({s.role}) ({counts})"),
+                ("replicas", f"count by ({s.role}) ({counts})"),
+            )
+            return " or ".join(
+                f'label_replace({expr}, "{PART_LABEL}", "{part}", "", "")' for part, expr in parts
+            )
+
+        return self._halves(roles, half)
+
     def role_total(self, series: str, role: RoleSelector) -> str:
         """One role's total of `series` (one of TOTAL_SERIES) as a single series, for a range
         query: the per-pod series the instant query of that key reads, pods whose value is
@@ -478,6 +513,8 @@ class Builder:
                 over=(Family.PREFILL_TIME_BUCKET, floor),
             )
             return Kind.QUANTILE, q
+        if key == source.PROMPT_LENGTH_CV:
+            return Kind.SPREAD, self.spread(roles)
         if quantile is not None and key.startswith(SignalName.TTFT.value + "_p"):
             q = self.quantile(Family.TTFT_BUCKET, Family.TTFT_COUNT, roles, q=quantile)
             return Kind.QUANTILE, q
@@ -528,6 +565,7 @@ def plan(targets: Sequence[source.RoleTarget], builder: Builder) -> Plan:
             if spec.signal in (SignalName.TTFT, SignalName.ITL, SignalName.TTFT_RELATIVE):
                 quantiles[key] = spec.quantile
         keys += source.RATE_KEYS
+        keys += t.extra
         expected[pr] = tuple(dict.fromkeys(keys))
         if is_derived(t):
             dep = (role_namespace(t), t.spec.deployment.name)

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from autoscaler.metrics import queries, validate
+from autoscaler.metrics import lengths, queries, validate
 from autoscaler.types import SignalSample
 
 Rows = list[tuple[Mapping[str, str], float]]
@@ -136,3 +136,43 @@ def quantile(
         detail = f"{n} pods; {why} quantile"
         return SignalSample(value=None, replicas=n, detail=detail), (why,)
     return SignalSample(value=value, replicas=n, detail=f"{n} pods"), ()
+
+
+def spread(
+    rows: list[tuple[Mapping[str, str], float]],
+) -> tuple[SignalSample, tuple[str, ...]]:
+    """A role's prompt-length CV from its bucket/sum/count/replicas parts (Kind.SPREAD): the
+    cumulative bucket rates are differenced into per-bucket rates (`le` sorted as numbers,
+    +Inf last) for `lengths.prompt_length_cv`."""
+    cumulative: dict[float, float] = {}
+    parts: dict[str, float] = {}
+    for labels, v in rows:
+        part = labels.get(queries.PART_LABEL, "")
+        if part == "bucket":
+            try:
+                le = float(labels.get("le", ""))
+            except ValueError:
+                continue
+            if not math.isnan(le):
+                cumulative[le] = v
+        else:
+            parts[part] = v
+    replicas = parts.get("replicas", 0.0)
+    if validate.value_problem(replicas) is not None or replicas < 1 or not cumulative:
+        return SignalSample(value=None, replicas=0, detail="no series"), ("empty",)
+    n = int(replicas)
+    total, count = parts.get("sum"), parts.get("count")
+    if total is None or count is None or count <= 0:
+        return SignalSample(value=None, replicas=n, detail=f"{n} pods; no request finished"), ()
+    les = sorted(cumulative)
+    if les[-1] != math.inf:
+        return SignalSample(value=None, replicas=n, detail=f"{n} pods; no +Inf bucket"), ("nan",)
+    counts: list[float] = []
+    below = 0.0
+    for le in les:
+        counts.append(max(cumulative[le] - below, 0.0))
+        below = max(below, cumulative[le])
+    cv = lengths.prompt_length_cv(les[:-1], counts, total / count)
+    if cv is None or validate.value_problem(cv) is not None:
+        return SignalSample(value=None, replicas=n, detail=f"{n} pods; no spread"), ("nan",)
+    return SignalSample(value=cv, replicas=n, detail=f"{n} pods"), ()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from autoscaler.spec import signal_key
 from autoscaler.types import (
     GENERATION_TOKENS_RATE,
+    PROMPT_LENGTH_CV,
     PROMPT_TOKENS_RATE,
     RATE_KEYS,
     REQUEST_RATE,
@@ -25,6 +26,7 @@ from autoscaler.types import (
 
 __all__ = [
     "GENERATION_TOKENS_RATE",
+    "PROMPT_LENGTH_CV",
     "PROMPT_TOKENS_RATE",
     "RATE_KEYS",
     "REQUEST_RATE",
@@ -45,6 +47,10 @@ class RoleTarget:
     pool: str
     role: Role
     spec: RoleSpec
+    extra: tuple[str, ...] = ()
+    """Optional keys the role's policies read besides its signals and RATE_KEYS (e.g.
+    PROMPT_LENGTH_CV), reported when the source can; a missing one is a policy's fallback, not
+    missing data."""
 
 
 RoleSamples = Mapping[tuple[str, Role], Mapping[str, SignalSample]]

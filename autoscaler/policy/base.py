@@ -43,6 +43,15 @@ class Policy(Protocol):
         ...
 
 
+def extra_keys(policy: Policy) -> tuple[str, ...]:
+    """Optional sample keys a policy reads besides its role's signals and the rates, declared
+    as an `extra_keys` attribute (e.g. the slo kind's PROMPT_LENGTH_CV). The metric source is
+    asked for them; a policy must cope when one is missing. Not part of the `Policy` protocol:
+    most kinds read nothing extra, and a plug-in need not declare an empty tuple."""
+    keys = getattr(policy, "extra_keys", ())
+    return tuple(str(k) for k in keys)
+
+
 class PluginConfig(BaseModel):
     """A convenient base for a kind's config model: frozen, and an unknown key is an error (as
     everywhere in a policy file). Any pydantic model works as `config_model`."""

@@ -90,15 +90,21 @@ def _bodies(raw: Any, path: Path) -> list[dict[str, Any]]:
     return bodies
 
 
+def read_json(path: Path) -> Any:
+    """A measurement file's JSON; a ConfigError naming the file when it cannot be read or
+    parsed (shared with the `vllm bench serve` reader)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise errors.ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except json.JSONDecodeError as exc:
+        raise errors.ConfigError([f"{path}: not JSON: {exc}"]) from exc
+
+
 def read_series(path: str | Path) -> list[_Series]:
     """Every series of the export, with its metric name and pod."""
     p = Path(path)
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
-    except json.JSONDecodeError as exc:
-        raise errors.ConfigError([f"{p}: not JSON: {exc}"]) from exc
+    raw = read_json(p)
     out: list[_Series] = []
     for i, body in enumerate(_bodies(raw, p)):
         for j, s in enumerate(body["data"]["result"]):

@@ -357,8 +357,16 @@ async def test_real_keda_operator_follows_pd_autoscaler(
                 await wait_for(replicas, until=lambda r: r == 4, timeout_s=budget_s,
                                what="KEDA's HPA scales to pd-autoscaler's 4")
                 assert desired() == 4
-                hpa = await hpas.read_namespaced_horizontal_pod_autoscaler(f"keda-hpa-{POOL}", ns)
-                assert hpa.status.desired_replicas == 4
+
+                async def hpa_desired() -> int | None:
+                    got = await hpas.read_namespaced_horizontal_pod_autoscaler(
+                        f"keda-hpa-{POOL}", ns)
+                    return got.status.desired_replicas if got.status else None
+
+                # The Deployment can reach 4 before the HPA controller writes its status (KEDA
+                # activates from 0 itself; the HPA's status follows on its next sync).
+                await wait_for(hpa_desired, until=lambda d: d == 4, timeout_s=60,
+                               what="the HPA's status says 4")
                 # The HPA's metric, read as the HPA reads it: apiserver -> aggregator -> KEDA's
                 # adapter -> operator (mTLS gRPC) -> pd-autoscaler's scaler (mTLS gRPC).
                 assert await _external_metric(cluster, ns, metric.external.metric) == ["4"]

@@ -16,8 +16,9 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
+
+from tests.prom.promserver import TEXT_FORMAT, Answer, serve_expositions
 
 Naming = Literal["new", "old", "both"]
 
@@ -35,6 +36,8 @@ E2E_BUCKETS = (
     240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 ITER_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# vLLM's 1-2-5 token-count buckets up to max_model_len (VLLM-METRICS.md §3c).
+TOKEN_BUCKETS = tuple(m * 10**e for e in range(6) for m in (1, 2, 5) if m * 10**e <= 131_072)
 
 
 def interpolated_quantile(buckets: tuple[float, ...], value: float, q: float) -> float:
@@ -78,6 +81,9 @@ class FakePod:
     request_rate: float = 0.0
     prompt_tokens_per_request: float = 0.0
     generation_tokens_per_request: float = 0.0
+    prompt_lengths: tuple[float, ...] = ()
+    """Prompt lengths of the requests, in equal shares, for `vllm:request_prompt_tokens`
+    (rendered only when set)."""
     ttft_s: float = 0.2
     itl_s: float = 0.02
     prefill_s: float = 0.2
@@ -130,6 +136,10 @@ class FakePod:
             w.histogram("vllm:time_per_output_token_seconds", ITL_BUCKETS, self.itl_s, tokens)
         w.histogram("vllm:e2e_request_latency_seconds", E2E_BUCKETS, 1.0, requests)
         w.histogram("vllm:request_prefill_time_seconds", E2E_BUCKETS, self.prefill_s, requests)
+        if self.prompt_lengths:
+            share = requests / len(self.prompt_lengths)
+            mix = [(length, share) for length in self.prompt_lengths]
+            w.histogram_mix("vllm:request_prompt_tokens", TOKEN_BUCKETS, mix)
         return "\n".join(w.lines) + "\n"
 
     def labels(self, engine: int) -> str:
@@ -160,15 +170,22 @@ class _Writer:
         self.family(name, kind, [("", self.pod.labels(e) + extra, v) for e in range(n)])
 
     def histogram(self, name: str, buckets: tuple[float, ...], value: float, count: float) -> None:
+        self.histogram_mix(name, buckets, [(value, count)])
+
+    def histogram_mix(
+        self, name: str, buckets: tuple[float, ...], mix: list[tuple[float, float]]
+    ) -> None:
+        """A histogram of observations at the given values, (value, count) each."""
         samples: list[tuple[str, str, float]] = []
-        per = count / self.pod.engines
-        for e in range(self.pod.engines):
+        n = self.pod.engines
+        for e in range(n):
             lab = self.pod.labels(e)
             for b in buckets:
-                samples.append(("_bucket", f'{lab},le="{float(b)!r}"', per if value <= b else 0.0))
-            samples.append(("_bucket", f'{lab},le="+Inf"', per))
-            samples.append(("_sum", lab, per * value))
-            samples.append(("_count", lab, per))
+                below = sum(c for v, c in mix if v <= b) / n
+                samples.append(("_bucket", f'{lab},le="{float(b)!r}"', below))
+            samples.append(("_bucket", f'{lab},le="+Inf"', sum(c for _, c in mix) / n))
+            samples.append(("_sum", lab, sum(v * c for v, c in mix) / n))
+            samples.append(("_count", lab, sum(c for _, c in mix) / n))
         self.family(name, "histogram", samples)
 
 
@@ -182,40 +199,25 @@ class FakeVllmServer:
         lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                parts = self.path.strip("/").split("/")
-                if len(parts) != 4 or parts[0] != "pods" or parts[3] != "metrics":
-                    self.send_error(404)
-                    return
-                key = (parts[1], parts[2])
-                with lock:
-                    pod = server.pods.get(key)
-                    server.scrapes[key] = server.scrapes.get(key, 0) + 1
-                    server.accept_headers.append(self.headers.get("Accept", ""))
-                    del server.accept_headers[:-50]
-                if pod is None:
-                    self.send_error(404)
-                    return
-                if pod.status != 200:
-                    self.send_error(pod.status)
-                    return
-                body = pod.render().encode()
-                self.send_response(200)
-                # Classic text format regardless of Accept (see the module docstring).
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def answer(path: str, accept: str) -> Answer:
+            parts = path.strip("/").split("/")
+            if len(parts) != 4 or parts[0] != "pods" or parts[3] != "metrics":
+                return 404
+            key = (parts[1], parts[2])
+            with lock:
+                pod = server.pods.get(key)
+                server.scrapes[key] = server.scrapes.get(key, 0) + 1
+                server.accept_headers.append(accept)
+                del server.accept_headers[:-50]
+            if pod is None:
+                return 404
+            if pod.status != 200:
+                return pod.status
+            # Classic text format regardless of Accept (see the module docstring).
+            return pod.render().encode(), TEXT_FORMAT
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = serve_expositions(answer)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
 
     def add(self, pod: FakePod) -> FakePod:
         self.pods[(pod.namespace, pod.name)] = pod

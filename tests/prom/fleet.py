@@ -89,9 +89,11 @@ def pods() -> list[FakePod]:
     }
     frozen = int((time.time() - 120) * 1000)
     return [
-        # alpha prefill: waiting 4/6/8 -> mean 6; kv 0.3; TTFT all at 0.3 s
+        # alpha prefill: waiting 4/6/8 -> mean 6; kv 0.3; TTFT all at 0.3 s; prompts 200 and
+        # 1,800 tokens in equal shares (mean 1,000, CV 0.8)
         *(
-            FakePod(rs_pod("alpha-prefill", i), "alpha", waiting=w, running=2, kv=0.3, ttft_s=0.3, **busy)
+            FakePod(rs_pod("alpha-prefill", i), "alpha", waiting=w, running=2, kv=0.3, ttft_s=0.3,
+                    prompt_lengths=(200, 1800), **busy)
             for i, w in enumerate((4, 6, 8))
         ),
         # alpha decode: running 30/50 -> 40; kv 0.6/0.8 -> 0.7; ITL 0.03 s; 64 tokens/step

@@ -14,8 +14,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +194,37 @@ async def eventually_async(
         else:
             return
         await asyncio.sleep(every)
+
+
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+"""The classic exposition format's content type (what vLLM's prometheus-client answers)."""
+
+Answer = tuple[bytes, str] | int
+"""What an exposition handler returns for a GET: (body, content type), or an HTTP error code."""
+
+
+def serve_expositions(answer: Callable[[str, str], Answer]) -> ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1 (a free port), already serving in a daemon thread, that
+    answers each GET with `answer(path, accept_header)`; the caller shuts it down (`shutdown()`
+    then `server_close()`). The scrape targets of the tests' fake exporters."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            got = answer(self.path, self.headers.get("Accept", ""))
+            if isinstance(got, int):
+                self.send_error(got)
+                return
+            body, content_type = got
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from autoscaler.policy.load import parse_policy
 from autoscaler.spec import DeploymentRef, PolicyFile
 from autoscaler.types import Role
 from tests import kubectl
-from tests.prom.promserver import PromServer, eventually, free_port
+from tests.prom.promserver import PromServer, eventually, free_port, serve_expositions
 
 pytestmark = pytest.mark.prometheus
 
@@ -229,20 +229,7 @@ def running(tmp_path_factory: pytest.TempPathFactory, prom_binary: str) -> Itera
         policy = with_forecasts(overlay_policy(docs))
         tel = telemetry.Telemetry()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = tel.render()
-                self.send_response(200)
-                self.send_header("Content-Type", telemetry.CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        httpd = serve_expositions(lambda path, accept: (tel.render(), telemetry.CONTENT_TYPE))
         ctrl = one(docs, "Deployment", "pd-autoscaler", "pd-autoscaler")
         pods.append(Pod("pd-autoscaler", "pd-autoscaler-6f9c8d7b5-q8z2m", httpd.server_address[1],
                         ctrl["spec"]["template"]["metadata"]["annotations"]))

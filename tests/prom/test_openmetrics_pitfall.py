@@ -11,10 +11,8 @@ queries both spellings) still reads them.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -24,7 +22,7 @@ from autoscaler.metrics.source import RoleTarget
 from autoscaler.testing import pool_policy
 from autoscaler.types import Role
 from tests.prom import fleet as fl
-from tests.prom.promserver import PromServer, eventually
+from tests.prom.promserver import TEXT_FORMAT, Answer, PromServer, eventually, serve_expositions
 
 pytestmark = pytest.mark.prometheus
 
@@ -41,25 +39,13 @@ def negotiating_exporter(prom: PromServer) -> Iterator[dict[str, str]]:
     ).observe(0.2)
     seen: dict[str, str] = {}
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            accept = self.headers.get("Accept", "")
-            seen[self.path] = accept
-            if self.path == "/negotiating" and "application/openmetrics-text" in accept:
-                body, ctype = om.generate_latest(registry), om.CONTENT_TYPE_LATEST
-            else:
-                body, ctype = generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8"
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str, accept: str) -> Answer:
+        seen[path] = accept
+        if path == "/negotiating" and "application/openmetrics-text" in accept:
+            return om.generate_latest(registry), om.CONTENT_TYPE_LATEST
+        return generate_latest(registry), TEXT_FORMAT
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = serve_expositions(answer)
     addr = f"127.0.0.1:{httpd.server_address[1]}"
     prom.set_targets(
         "vllm",

@@ -103,3 +103,20 @@ def test_range_export_round_trip(
     # start against the pods' steady state, and Prometheus' scrape timing at window edges.
     assert max(abs(e) for e in errs) <= 15.0, out
     print(json.dumps({"windows": len(exps), "errors_pct": errs}))
+
+    # The same range fetched by the CLI itself (prometheus-api-client), written to a file and
+    # read back: the same windows and lengths (its start is rounded to a whole second).
+    fetched = tmp_path / "fetched.json"
+    rc = cli.main(["profile", "check", "--prometheus", private_prom.url,
+                   "--match", 'namespace="sim"', "--end", f"{end:.3f}",
+                   "--last-s", f"{end - start:.3f}", "--step-s", "1",
+                   "--save-export", str(fetched),
+                   "--window-s", str(WINDOW_S), "--min-requests", "50"])  # fmt: skip
+    assert rc == 0
+    again = experiments_from_export(
+        fetched, profile="llama-8b-h100", window_s=WINDOW_S, min_requests=50
+    )
+    assert abs(len(again) - len(exps)) <= 1
+    for e in again:
+        assert e.replicas == 2
+        assert e.input_len == pytest.approx(500, rel=0.05)

@@ -7,15 +7,19 @@ extra labels; queries per tick independent of the number of pools.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from autoscaler.metrics import queries
+from autoscaler.metrics.lengths import prompt_length_cv
 from autoscaler.metrics.source import RoleSamples
-from autoscaler.types import Role, SignalSample
+from autoscaler.types import PROMPT_LENGTH_CV, Role, SignalSample
 from tests.prom import fleet as fl
 from tests.prom.fakevllm import (
     E2E_BUCKETS,
     ITL_BUCKETS,
+    TOKEN_BUCKETS,
     TTFT_BUCKETS,
     interpolated_quantile,
     rs_pod,
@@ -189,3 +193,25 @@ async def test_discovery_narrows_to_present_spellings(fleet: fl.Fleet) -> None:
         "vllm:num_requests_waiting",
         "vllm_num_requests_waiting",
     )
+
+
+async def test_prompt_mix_is_read_from_the_length_histogram(fleet: fl.Fleet) -> None:
+    """A role whose policies ask for PROMPT_LENGTH_CV gets it from the summed bucket rates of
+    `vllm:request_prompt_tokens` (prompts of 200 and 1,800 tokens in equal shares: true CV 0.8,
+    read through the buckets (100, 200] and (1000, 2000]); a role whose pods expose no such
+    histogram reports it missing; a role that did not ask gets no such key."""
+    asked = [dataclasses.replace(t, extra=(PROMPT_LENGTH_CV,)) for t in fleet.targets("alpha")]
+    src = fl.source(fleet.prom.url)
+    try:
+        got = await src.fetch([*asked, *fleet.targets("beta")], now=0.0)
+    finally:
+        src.close()
+    counts = [0.0] * (len(TOKEN_BUCKETS) + 1)
+    counts[TOKEN_BUCKETS.index(200)] = 1.0
+    counts[TOKEN_BUCKETS.index(2000)] = 1.0
+    expected = prompt_length_cv(TOKEN_BUCKETS, counts, 1000.0)
+    assert expected is not None
+    assert 0.8 <= expected <= 0.95  # one bucket's width on top of the true 0.8
+    approx(got[("alpha", P)][PROMPT_LENGTH_CV], expected, 3, rel=0.02)
+    assert got[("alpha", D)][PROMPT_LENGTH_CV].value is None
+    assert PROMPT_LENGTH_CV not in got[("beta", A)]

@@ -17,10 +17,8 @@ The fleet is built to catch a wrong split:
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ from autoscaler.spec import PolicyFile
 from autoscaler.types import Role
 from tests.prom import fleet as fl
 from tests.prom.fakevllm import rs_pod
-from tests.prom.promserver import PromServer, eventually
+from tests.prom.promserver import TEXT_FORMAT, Answer, PromServer, eventually, serve_expositions
 
 pytestmark = pytest.mark.prometheus
 
@@ -103,22 +101,11 @@ def exposition(shard: int, t0: float) -> str:
 def exporter() -> Iterator[int]:
     t0 = time.time() - 60
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            shard = int(self.path.rsplit("/", 1)[-1])
-            body = exposition(shard, t0).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(path: str, accept: str) -> Answer:
+        shard = int(path.rsplit("/", 1)[-1])
+        return exposition(shard, t0).encode(), TEXT_FORMAT
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    httpd = serve_expositions(answer)
     yield httpd.server_address[1]
     httpd.shutdown()
     httpd.server_close()

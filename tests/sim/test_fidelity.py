@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from autoscaler import errors
-from autoscaler.sim.fidelity import METRICS, load_data, workload
+from autoscaler.sim.fidelity import METRICS, load_data, run_experiment, workload
 
 pytestmark = pytest.mark.sim
 
@@ -33,6 +34,24 @@ def test_shipped_data_is_cited_and_split() -> None:
         data.profile_for(e)  # resolves (built-in or derived) with the run's settings
     held = [e for e in data.experiments if e.split == "held-out" and not e.note.startswith("context:")]
     assert sum(len(e.points) for e in held) >= 30
+
+
+def test_held_out_points_meet_the_calibration_target() -> None:
+    """Issue 13's bar on the benchmark's held-out points: at least 85 % within +-15 % and a
+    median absolute error of at most 8 % (benchmarks/sim_fidelity.py prints the same figures;
+    measured 96 % and 6.3 % when this test was written). A change to the engine or a built-in
+    profile that loses the calibration fails here, not only in a benchmark nobody re-ran."""
+    data = load_data(DATA)
+    errs = []
+    for e in data.experiments:
+        if e.split != "held-out" or e.note.startswith("context:"):
+            continue
+        sim = run_experiment(e, data)
+        errs += [abs(sim[m] - v) / v for m, v in e.points.items()]
+    assert len(errs) >= 40
+    within = sum(x <= 0.15 for x in errs) / len(errs)
+    assert within >= 0.85, f"{100 * within:.0f} % within +-15 %"
+    assert statistics.median(errs) <= 0.08
 
 
 def write(tmp_path: Path, body: str) -> Path:

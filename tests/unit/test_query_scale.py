@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -17,6 +18,7 @@ from aiohttp import web
 from autoscaler.metrics import http, queries, samples, validate
 from autoscaler.metrics.source import RoleTarget
 from autoscaler.spec import PolicyFile
+from autoscaler.types import PROMPT_LENGTH_CV, Role
 
 SIGNALS: list[dict[str, Any]] = [
     {"signal": "queue_depth", "target": 4},
@@ -341,3 +343,61 @@ def test_plan_is_reused_while_roles_and_spellings_stay() -> None:
     assert src._plan(targets, queries.Builder(names=narrowed, rate_window_s=60)) is not again
     assert src._plan(targets[:-1], builder) is not again
     src.close()
+
+
+def test_the_prompt_mix_is_asked_only_for_roles_whose_policies_read_it() -> None:
+    """PROMPT_LENGTH_CV (an optional key, `RoleTarget.extra`) adds one query, of a size
+    independent of the pool count, covering only the roles that asked."""
+    b = queries.Builder(names=queries.Names.all(), rate_window_s=60)
+    texts = []
+    for n in (100, 1000):
+        targets = [
+            replace(t, extra=(PROMPT_LENGTH_CV,)) if t.role is Role.PREFILL else t
+            for t in _targets(_policy(n))
+        ]
+        plan = queries.plan(targets, b)
+        (q,) = [q for q in plan.queries if q.key == PROMPT_LENGTH_CV]
+        assert q.kind is queries.Kind.SPREAD
+        assert len(q.roles) == n
+        assert all(role == "prefill" for _, role in q.roles)
+        assert "vllm:request_prompt_tokens_bucket" in q.promql
+        texts.append(q.promql)
+    assert texts[0] == texts[1]
+    plain = queries.plan(_targets(_policy(10)), b)
+    assert PROMPT_LENGTH_CV not in [q.key for q in plain.queries]
+
+
+def _spread_rows(buckets: dict[str, float], **parts: float) -> list[tuple[dict[str, str], float]]:
+    rows = [({queries.PART_LABEL: "bucket", "le": le}, v) for le, v in buckets.items()]
+    rows += [({queries.PART_LABEL: k}, v) for k, v in parts.items()]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("rows", "value", "reasons"),
+    [
+        # 200 and 1,800 tokens in equal shares, le in text order (1000.0 sorts before 200.0).
+        (
+            _spread_rows(
+                {"100.0": 0, "1000.0": 1, "200.0": 1, "2000.0": 2, "+Inf": 2},
+                sum=2000, count=2, replicas=2,
+            ),
+            "cv",
+            (),
+        ),
+        (_spread_rows({}, replicas=0), None, ("empty",)),
+        (_spread_rows({"+Inf": 0}, sum=0, count=0, replicas=1), None, ()),  # idle: no request
+        (_spread_rows({"200.0": 1}, sum=200, count=1, replicas=1), None, ("nan",)),  # no +Inf
+    ],
+)
+def test_spread_rows_become_a_prompt_length_cv(
+    rows: list[tuple[dict[str, str], float]], value: str | None, reasons: tuple[str, ...]
+) -> None:
+    sample, why = samples.spread(rows)
+    assert why == reasons
+    if value is None:
+        assert sample.value is None
+    else:
+        assert sample.value is not None
+        assert 0.8 <= sample.value <= 0.95
+        assert sample.replicas == 2
