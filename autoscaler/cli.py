@@ -39,6 +39,19 @@ def _validate(args: argparse.Namespace) -> int:
     if not args.files:
         print("validate: give one or more policy files (or --explain / --schema)", file=sys.stderr)
         return EXIT_INVALID
+    profile = None
+    if args.profile is not None:
+        from autoscaler.policy.slo import _load_profile  # noqa: PLC0415
+        from autoscaler.profile import Profile  # noqa: PLC0415
+
+        try:
+            loaded = _load_profile(args.profile)
+        except errors.ConfigError as exc:
+            for line in exc.problems:
+                print(f"validate --profile: {line}", file=sys.stderr)
+            return EXIT_INVALID
+        assert isinstance(loaded, Profile)
+        profile = loaded
     bad = 0
     for f in args.files:
         try:
@@ -50,6 +63,11 @@ def _validate(args: argparse.Namespace) -> int:
             continue
         roles = sum(len(p.roles) for p in policy.pools)
         print(f"{f}: valid ({len(policy.pools)} pool(s), {roles} role(s))")
+        from autoscaler.policy.reach import unreachable_targets  # noqa: PLC0415
+
+        for line in unreachable_targets(policy, profile):
+            # A warning, not an error: the prompt mix may never hold such prompts.
+            print(f"{f}: warning: {line}", file=sys.stderr)
     return EXIT_INVALID if bad else EXIT_OK
 
 
@@ -201,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("files", nargs="*", type=Path, help="policy YAML files")
     v.add_argument("--explain", action="store_true", help="describe every policy field")
     v.add_argument("--schema", action="store_true", help="print the JSON Schema (for editors)")
+    v.add_argument("--profile", default=None,
+                   help="performance profile (built-in or YAML) to check absolute latency "
+                        "targets against; a role with an slo policy uses that one's")  # fmt: skip
     v.set_defaults(func=_validate)
 
     d = sub.add_parser("demo", help="the controller on a simulated cluster, replaying traffic")
@@ -267,8 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="SLO attainment best-static, hindsight and the oracle must reach (default 0.99)",
     )
     b.add_argument(
-        "--duration-s", type=_positive, default=None, help="replay only the first N seconds"
+        "--duration-s", type=_positive, default=None,
+        help="replay only N seconds (from --start-s; trace time after --speedup)",
     )
+    b.add_argument("--start-s", type=_non_negative, default=None,
+                   help="replay from this second of the trace (it becomes 0; default 0)")
+    b.add_argument("--stream", action="store_true",
+                   help="read the trace from disk as the replay goes (needs it sorted by time; "
+                        "memory does not grow with its length; baselines: keda-queue only)")
     b.add_argument("--ttft-floor-s", type=_positive, default=None, help="SLO TTFT floor (0.5)")
     b.add_argument(
         "--ttft-slowdown", type=_positive, default=None, help="SLO TTFT x idle prefill (3.0)"

@@ -66,14 +66,18 @@ class SignalSpec(_Frozen):
     """One signal and its target per ready replica."""
 
     signal: SignalName
-    """queue_depth | batched_tokens | kv_cache | running | ttft | itl | prompt_tokens_rate |
-    generation_tokens_rate."""
+    """queue_depth | batched_tokens | kv_cache | running | ttft | itl | ttft_relative |
+    prompt_tokens_rate | generation_tokens_rate."""
     target: float = Field(ge=MIN_TARGET, le=MAX_TARGET)
     """Target per ready replica: requests for queue_depth/running, a 0-1 fraction for
     batched_tokens/kv_cache, seconds for ttft/itl (the SLO the quantile must stay under),
-    tokens per second for prompt_tokens_rate/generation_tokens_rate."""
+    tokens per second for prompt_tokens_rate/generation_tokens_rate, the slowdown over the
+    prompt's prefill time for ttft_relative (3: TTFT <= max(floor_s, 3 x prefill time))."""
     quantile: float = Field(default=0.9, ge=0.01, le=0.999)
-    """For ttft/itl only: which quantile of the latency histogram is compared with the target."""
+    """For ttft/itl/ttft_relative only: which quantile of the latency histograms is compared."""
+    floor_s: float | None = Field(default=None, ge=0.001, le=3600)
+    """For ttft_relative only (default 0.5): the TTFT every request is allowed, however short
+    its prompt: the guard holds TTFT_q <= max(floor_s, target x the prefill-time quantile)."""
     tolerance: float | None = Field(default=None, ge=0, le=MAX_TOLERANCE)
     """Overrides the role's tolerance for this signal."""
 
@@ -82,7 +86,26 @@ class SignalSpec(_Frozen):
         if self.signal in (SignalName.KV_CACHE, SignalName.BATCHED_TOKENS) and self.target > 1:
             msg = f"target {self.target} for {self.signal.value} is a 0-1 fraction; must be <= 1"
             raise ValueError(msg)
+        if self.floor_s is not None and self.signal is not SignalName.TTFT_RELATIVE:
+            msg = f"floor_s applies to ttft_relative only, not {self.signal.value}"
+            raise ValueError(msg)
+        if self.signal is SignalName.TTFT_RELATIVE and self.target <= 1:
+            msg = (
+                f"target {self.target} for ttft_relative is a slowdown over the prompt's "
+                "prefill time; must be > 1"
+            )
+            raise ValueError(msg)
         return self
+
+
+DEFAULT_RELATIVE_FLOOR_S = 0.5
+
+
+def relative_floor_s(spec: SignalSpec) -> float:
+    """A ttft_relative guard's divisor floor, floor_s / target, in whole milliseconds (the
+    sources and the signal key use the same rounded number)."""
+    floor = DEFAULT_RELATIVE_FLOOR_S if spec.floor_s is None else spec.floor_s
+    return max(1, round(1000.0 * floor / spec.target)) / 1000.0
 
 
 class ScalingRule(_Frozen):
@@ -189,7 +212,11 @@ class Behavior(_Frozen):
 
 
 def signal_key(spec: SignalSpec) -> str:
-    """The key a signal's sample is reported under: `queue_depth`, ..., `ttft_p90`, `itl_p50`."""
+    """The key a signal's sample is reported under: `queue_depth`, ..., `ttft_p90`, `itl_p50`,
+    `ttft_relative_p90_f167ms` (its divisor floor is part of what the source computes)."""
+    if spec.signal is SignalName.TTFT_RELATIVE:
+        ms = round(relative_floor_s(spec) * 1000)
+        return f"{spec.signal.value}_p{round(spec.quantile * 100):d}_f{ms:d}ms"
     if spec.signal in (SignalName.TTFT, SignalName.ITL):
         return f"{spec.signal.value}_p{round(spec.quantile * 100):d}"
     return spec.signal.value

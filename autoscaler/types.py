@@ -29,11 +29,21 @@ class SignalName(StrEnum):
     `value` semantics (what the metric source must deliver, per role):
     - QUEUE_DEPTH: mean `vllm:num_requests_waiting` per reporting replica (requests).
     - BATCHED_TOKENS: mean tokens per engine step (`vllm:iteration_tokens_total` sum/count)
-      divided by the role's `max_num_batched_tokens`, averaged over replicas (0-1, can exceed 1
-      only through measurement noise).
+      divided by the role's `max_num_batched_tokens`, averaged over replicas. It measures how
+      full steps are, not how busy a replica is, and vLLM V1 counts a prompt's tokens in the
+      step where its prefill completes (steps that only run a chunk are not observed), so
+      prompts longer than the budget read above 1 at any load: with such prompts the signal
+      asks for more replicas every tick. Prefer prompt_tokens_rate or the slo kind there.
     - KV_CACHE: mean `vllm:kv_cache_usage_perc` (0-1).
     - RUNNING: mean `vllm:num_requests_running` per replica (requests).
     - TTFT / ITL: a latency quantile over the role's replicas (seconds); these are SLO guards.
+    - TTFT_RELATIVE: the SLO's relative form, TTFT against the prompt's own prefill time: the
+      TTFT quantile over max(floor / slowdown, the same quantile of vLLM's per-request prefill
+      time, `request_prefill_time_seconds`), compared with the slowdown as target; at or under
+      it, TTFT_q <= max(floor, slowdown x prefill_q). A guard that a 60k-token prompt can meet,
+      where an absolute TTFT target cannot be met on any number of replicas. (A ratio of
+      quantiles, not the quantile of each request's ratio: exact when TTFT and prefill time
+      rise together with the prompt's length.)
     - PROMPT_TOKENS_RATE / GENERATION_TOKENS_RATE: prompt (prefill) or generated (decode) tokens
       per second, SUMMED over the role's replicas (`rate(vllm:prompt_tokens_total)`); the target
       is per replica. Throughput is the flow signal production P/D systems scale on (HeteroScale:
@@ -47,6 +57,7 @@ class SignalName(StrEnum):
     RUNNING = "running"
     TTFT = "ttft"
     ITL = "itl"
+    TTFT_RELATIVE = "ttft_relative"
     PROMPT_TOKENS_RATE = "prompt_tokens_rate"
     GENERATION_TOKENS_RATE = "generation_tokens_rate"
 
@@ -59,7 +70,9 @@ STOCK_SIGNALS: frozenset[SignalName] = frozenset({SignalName.QUEUE_DEPTH})
 
 # Latency quantiles are not additive over replicas and say nothing linear about how many
 # replicas fewer would do: they can push up (guard) and veto a scale-down, never drive one.
-GUARD_SIGNALS: frozenset[SignalName] = frozenset({SignalName.TTFT, SignalName.ITL})
+GUARD_SIGNALS: frozenset[SignalName] = frozenset(
+    {SignalName.TTFT, SignalName.ITL, SignalName.TTFT_RELATIVE}
+)
 
 # Signals whose sample value is a sum over the role's replicas rather than a per-replica mean.
 TOTAL_SIGNALS: frozenset[SignalName] = frozenset(

@@ -24,12 +24,19 @@ Members (all built from ../shared/traces and the built-in generator; nothing is 
 | held-out | long-1h-b | long prompts, seed 1, 1.5 req/s |
 | held-out | conv-bursts-b | conversation, 6x bursts of 30 s every 5 min, seed 1 |
 | held-out | code-day-b | 1 day: ServeGen m-mid shape, code bursts from 30 min in, seed 1 |
+| check | code-gen-1.5x-s7 | coding generator at 1.5x rate, seed 7 |
+| check | conv-gen-2x-s5 | conversation generator at 2x rate, seed 5 |
+| check | conv-bursts-c | conversation + 4x bursts of 45 s every 10 min, seed 5 |
+
+`check` is a second held-out set, added after the slo kind's round of changes on `dev` (issue
+14, session 4) and run only to report: nothing was changed after seeing it.
 
 Develop on `dev`, judge generalisation on `held-out` (never tuned on), run `day` sparingly (a
 day-long member replays ~15 fixed fleets of ~0.1-0.3 M requests: minutes on this machine).
 
-    .venv/bin/python benchmarks/decision_family.py [--set dev|day|held-out|all] [--only NAME ...]
-        [--policy FILE] [--json OUT]
+    .venv/bin/python benchmarks/decision_family.py [--set dev|day|held-out|check|all]
+        [--only NAME ...]
+        [--policy FILE ...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -208,6 +215,41 @@ MEMBERS: tuple[Member, ...] = (
         ),
     ),
     Member(
+        "code-gen-1.5x-s7",
+        "check",
+        "coding generator at 1.5x rate, seed 7",
+        lambda: generate(
+            AZURE_CODE.with_rate(1.5 * AZURE_CODE.mean_rate_rps),
+            duration_s=HOUR,
+            seed=7,
+            diurnal=False,
+        ),
+    ),
+    Member(
+        "conv-gen-2x-s5",
+        "check",
+        "conversation generator at 2x rate, seed 5",
+        lambda: generate(
+            AZURE_CONV.with_rate(2 * AZURE_CONV.mean_rate_rps),
+            duration_s=HOUR,
+            seed=5,
+            diurnal=False,
+        ),
+    ),
+    Member(
+        "conv-bursts-c",
+        "check",
+        "conversation + 4x bursts of 45 s every 10 min, seed 5",
+        lambda: with_bursts(
+            generate(AZURE_CONV, duration_s=HOUR, seed=5, diurnal=False),
+            AZURE_CONV,
+            factor=4.0,
+            width_s=45.0,
+            every_s=600.0,
+            seed=5,
+        ),
+    ),
+    Member(
         "code-day-b",
         "held-out",
         "1 day: m-mid shape x coding bursts from 30 min in, peak 6 req/s, seed 1",
@@ -216,14 +258,14 @@ MEMBERS: tuple[Member, ...] = (
 )
 
 
-def _run(member: Member, policy_path: Path) -> dict[str, Any]:
+def _run(member: Member, policy_paths: list[Path]) -> dict[str, Any]:
     trace = member.build()
     t0 = time.perf_counter()
     with backtest.quiet_logs():
         bt = backtest.run_backtest(
             trace,
             trace_name=member.name,
-            policies=[(policy_path.stem, load_policy_file(policy_path))],
+            policies=[(p.stem, load_policy_file(p)) for p in policy_paths],
             profile=builtin("llama-8b-h100"),
         )
     doc = backtest.summary_json(bt)
@@ -260,7 +302,8 @@ def verdicts(doc: Doc, policy: str) -> Doc:
     }
 
 
-def row(doc: Doc, policy: str) -> str:
+def row(doc: Doc, policies: list[str]) -> str:
+    """One table row; the per-policy columns list the policies in order, joined by " / "."""
     runs = _runs(doc)
 
     def cell(name: str) -> str:
@@ -271,29 +314,48 @@ def row(doc: Doc, policy: str) -> str:
 
     bs = doc["yardsticks"]["best_static"]
     fleet = "+".join(f"{n}{k[0].upper()}" for k, n in bs["replicas"].items()) if bs else "none"
-    v = verdicts(doc, policy)
-    front = runs[policy].get("static_frontier_attainment_at_gpu_hours")
-    front_s = "-" if front is None else f"{float(front):.2%}"
+    vs = [verdicts(doc, p) for p in policies]
+    fronts = [runs[p].get("static_frontier_attainment_at_gpu_hours") for p in policies]
+    front_s = " / ".join("-" if f is None else f"{float(f):.2%}" for f in fronts)
     name = doc["member"]["name"]
+    ratios = " / ".join(f"{float(v['x_hindsight']):.2f}" for v in vs)
     return (
-        f"| {name} | {cell(policy)} | {cell('keda-queue')} | {cell('best-static')} ({fleet}) "
-        f"| {cell('hindsight')} | {front_s} | {float(v['x_hindsight']):.2f} "
-        f"| {v['pareto_vs_keda']} | {'yes' if v['within_1_25'] else 'no'} |"
+        f"| {name} | {' | '.join(cell(p) for p in policies)} | {cell('keda-queue')} "
+        f"| {cell('best-static')} ({fleet}) | {cell('hindsight')} | {front_s} "
+        f"| {ratios} "
+        f"| {' / '.join(str(v['pareto_vs_keda']) for v in vs)} "
+        f"| {' / '.join('yes' if v['within_1_25'] else 'no' for v in vs)} |"
     )
 
 
-HEADER = (
-    "| workload | policy | keda-queue | best-static | hindsight | static@policy GPU-h "
-    "| x hindsight | Pareto vs keda | <= 1.25x hindsight |\n"
-    "|---|---|---|---|---|---|---|---|---|"
-)
+def header(policies: list[str]) -> str:
+    each = " / ".join(policies)
+    cols = [
+        "workload",
+        *policies,
+        "keda-queue",
+        "best-static",
+        "hindsight",
+        f"static@GPU-h ({each})",
+        f"x hindsight ({each})",
+        f"Pareto vs keda ({each})",
+        f"<= 1.25x hindsight ({each})",
+    ]
+    return "| " + " | ".join(cols) + " |\n" + "|---" * len(cols) + "|"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", choices=["dev", "day", "held-out", "all"], default="dev")
+    ap.add_argument("--set", choices=["dev", "day", "held-out", "check", "all"], default="dev")
     ap.add_argument("--only", action="append", default=None, help="member name (repeatable)")
-    ap.add_argument("--policy", type=Path, default=backtest.default_policy_path())
+    ap.add_argument(
+        "--policy",
+        type=Path,
+        action="append",
+        default=None,
+        help="policy file (repeatable: all are replayed against the same baselines; default: "
+        "the backtest's default policy)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="write every backtest's JSON here")
     args = ap.parse_args()
     chosen = [
@@ -305,14 +367,18 @@ def main() -> int:
     if not chosen:
         print(f"no member matches; members: {', '.join(m.name for m in MEMBERS)}", file=sys.stderr)
         return 2
-    policy = args.policy.stem
-    print(f"policy {args.policy}; cells: SLO attainment @ GPU-hours")
-    print(HEADER, flush=True)
+    paths: list[Path] = args.policy or [backtest.default_policy_path()]
+    names = [p.stem for p in paths]
+    if len(set(names)) != len(names):
+        print(f"policy files need distinct names: {names}", file=sys.stderr)
+        return 2
+    print(f"policies {', '.join(map(str, paths))}; cells: SLO attainment @ GPU-hours")
+    print(header(names), flush=True)
     docs = []
     for m in chosen:
-        doc = _run(m, args.policy)
+        doc = _run(m, paths)
         docs.append(doc)
-        print(row(doc, policy), flush=True)
+        print(row(doc, names), flush=True)
     for doc in docs:
         member = doc["member"]
         p50, p99 = doc["prompt_p50_p99"]

@@ -133,6 +133,7 @@ class Family(StrEnum):
     REQUESTS = "requests"
     PROMPT_TOKENS = "prompt_tokens"
     GENERATION_TOKENS = "generation_tokens"
+    PREFILL_TIME_BUCKET = "prefill_time_bucket"
     PROMPT_LEN_BUCKET = "prompt_len_bucket"
     PROMPT_LEN_SUM = "prompt_len_sum"
     PROMPT_LEN_COUNT = "prompt_len_count"
@@ -168,6 +169,8 @@ SPELLINGS: Mapping[Family, tuple[str, ...]] = {
     Family.REQUESTS: _both("vllm:request_success_total", "vllm:e2e_request_latency_seconds_count"),
     Family.PROMPT_TOKENS: _both("vllm:prompt_tokens_total"),
     Family.GENERATION_TOKENS: _both("vllm:generation_tokens_total"),
+    # Per request, scheduled to first token (V1): the divisor of ttft_relative.
+    Family.PREFILL_TIME_BUCKET: _both("vllm:request_prefill_time_seconds_bucket"),
     Family.PROMPT_LEN_BUCKET: _both("vllm:request_prompt_tokens_bucket"),
     Family.PROMPT_LEN_SUM: _both("vllm:request_prompt_tokens_sum"),
     Family.PROMPT_LEN_COUNT: _both("vllm:request_prompt_tokens_count"),
@@ -390,10 +393,13 @@ class Builder:
         roles: Selection | Iterable[RoleSelector],
         *,
         q: float,
+        over: tuple[Family, float] | None = None,
     ) -> str:
         """Per role: the q-quantile over all its pods' observations in the window, plus the
         observation rate (0 means idle, not missing) and how many pods reported. Buckets are
-        summed per role inside Prometheus: the answer is three rows per role."""
+        summed per role inside Prometheus: the answer is three rows per role. With `over` (a
+        bucket family and a floor) the value is divided by that histogram's q-quantile over
+        the same pods, clamped to at least the floor (ttft_relative)."""
         w = self._window
 
         def half(s: _Scope) -> str:
@@ -404,8 +410,15 @@ class Builder:
                 return f"sum by ({s.pod}) ({s.select(n, lambda x: f'rate({x}{w})')})"
 
             per_pod_counts = s.derive(self._chain(count, counts))
-            per_role = f"sum by ({s.role}, le) ({s.derive(self._chain(bucket, buckets))})"
-            value = f"histogram_quantile({q!r}, {per_role})"
+
+            def role_quantile(fam: Family) -> str:
+                per_role = f"sum by ({s.role}, le) ({s.derive(self._chain(fam, buckets))})"
+                return f"histogram_quantile({q!r}, {per_role})"
+
+            value = role_quantile(bucket)
+            if over is not None:
+                fam, floor = over
+                value = f"{value} / clamp_min({role_quantile(fam)}, {floor!r})"
             return (
                 f'label_replace({value}, "{PART_LABEL}", "value", "", "")'
                 f' or label_replace(sum by ({s.role}) ({per_pod_counts}), "{PART_LABEL}",'
@@ -489,6 +502,17 @@ class Builder:
             return Kind.SUM, self.rate(Family.PROMPT_TOKENS, roles)
         if key == source.GENERATION_TOKENS_RATE:
             return Kind.SUM, self.rate(Family.GENERATION_TOKENS, roles)
+        relative = _RELATIVE_KEY.match(key)
+        if quantile is not None and relative is not None:
+            floor = int(relative.group(1)) / 1000.0
+            q = self.quantile(
+                Family.TTFT_BUCKET,
+                Family.TTFT_COUNT,
+                roles,
+                q=quantile,
+                over=(Family.PREFILL_TIME_BUCKET, floor),
+            )
+            return Kind.QUANTILE, q
         if key == source.PROMPT_LENGTH_CV:
             return Kind.SPREAD, self.spread(roles)
         if quantile is not None and key.startswith(SignalName.TTFT.value + "_p"):
@@ -499,6 +523,10 @@ class Builder:
             return Kind.QUANTILE, q
         msg = f"no PromQL for signal key {key!r}"
         raise ValueError(msg)
+
+
+# signal_key of ttft_relative: the divisor's floor in milliseconds is part of the key.
+_RELATIVE_KEY = re.compile(rf"^{SignalName.TTFT_RELATIVE.value}_p\d+_f(\d+)ms$")
 
 
 def _ident(selector: str) -> str:
@@ -534,7 +562,7 @@ def plan(targets: Sequence[source.RoleTarget], builder: Builder) -> Plan:
         for spec in t.spec.signals:
             key = source.signal_key(spec)
             keys.append(key)
-            if spec.signal in (SignalName.TTFT, SignalName.ITL):
+            if spec.signal in (SignalName.TTFT, SignalName.ITL, SignalName.TTFT_RELATIVE):
                 quantiles[key] = spec.quantile
         keys += source.RATE_KEYS
         keys += t.extra

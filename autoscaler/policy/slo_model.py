@@ -9,6 +9,7 @@ the reasons it reports are composed there.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from statistics import NormalDist
@@ -55,8 +56,9 @@ class PromptSpread:
 
     A rate window of W seconds holding N = lambda W requests has a mean prompt p_i whose
     variance across windows is sigma^2 / N for independent prompts of variance sigma^2, so
-    sigma^2 is estimated by sum(N_i (p_i - p)^2) / (k - 1) over k non-overlapping windows, and
-    cv = sigma / p. A drifting mix only inflates it (more margin, never less)."""
+    neighbouring windows differ by p_i - p_(i+1) of variance sigma^2 (1/N_i + 1/N_(i+1)), and
+    sigma^2 is the mean of (p_i - p_(i+1))^2 / (1/N_i + 1/N_(i+1)) over k non-overlapping
+    windows; cv = sigma / p. A mix drifting over many windows cancels out of neighbours."""
 
     def __init__(self, *, window_s: float, memory_s: float) -> None:
         self.window_s = window_s
@@ -76,7 +78,19 @@ class PromptSpread:
         if k < MIN_SPREAD_WINDOWS or tot <= 0:
             return None, k
         mean = sum(n * p for _, n, p in self.obs) / tot
-        var = sum(n * (p - mean) ** 2 for _, n, p in self.obs) / (k - 1)
+        # Successive differences, not deviations from the overall mean: p_i - p_(i+1) has
+        # variance sigma^2 (1/N_i + 1/N_(i+1)) for independent prompts, and a mix that drifts
+        # over tens of minutes (sessions, the hour's shape) cancels out of neighbours instead of
+        # inflating sigma, as it did about 2x on the Azure conversation hour.
+        obs = list(self.obs)
+        terms = [
+            (a[2] - b[2]) ** 2 / (1.0 / a[1] + 1.0 / b[1])
+            for a, b in itertools.pairwise(obs)
+            if a[1] > 0 and b[1] > 0
+        ]
+        if not terms:
+            return None, k
+        var = sum(terms) / len(terms)
         return (math.sqrt(var) / mean if mean > 0 else None), k
 
 
@@ -90,7 +104,14 @@ class RateSeries:
     W (r_t - r_(t - tau)) + tau r_(t - W) (what left is taken at the older window's mean rate):
     a burst shorter than the window shows at tick resolution instead of diluted over W. With
     `short` off (decode: generation spreads a burst over each request's decode time) the
-    window rates themselves are remembered."""
+    window rates themselves are remembered.
+
+    The difference is only a count of arrivals while the same replicas report throughout the
+    window: a replica that just became ready reports a rate over its few seconds of samples
+    next to the others' 60-second means, so the sum jumps when it joins (and drops when one
+    leaves) with no change in arrivals, and W / tau amplifies the jump 4x into a phantom burst
+    that the headroom then holds for half an hour. Within a window of a change in the number
+    of reporting replicas the window rate itself is taken."""
 
     def __init__(
         self, *, memory_s: float, halflife_s: float, trend_s: float, window_s: float, short: bool
@@ -101,6 +122,8 @@ class RateSeries:
         self.window_s = window_s
         self.short = short
         self.samples: deque[tuple[float, float, float]] = deque()  # (t, window rate, short)
+        # (t, reporting replicas) of every sample within the last window.
+        self.reporting: deque[tuple[float, int]] = deque()
         self.minutes: deque[tuple[float, float, int]] = deque()  # (minute start, sum, n)
 
     def _at(self, t: float) -> float | None:
@@ -112,10 +135,15 @@ class RateSeries:
                 best = (d, r)
         return None if best is None else best[1]
 
-    def add(self, t: float, v: float) -> float:
-        """Record the window rate v at t; returns the short-window rate estimate."""
+    def add(self, t: float, v: float, replicas: int = 0) -> float:
+        """Record the window rate v at t, summed over `replicas` reporting replicas; returns
+        the short-window rate estimate."""
         short = v
-        if self.short and self.samples:
+        self.reporting.append((t, replicas))
+        while self.reporting and self.reporting[0][0] < t - self.window_s:
+            self.reporting.popleft()
+        steady = all(n == replicas for _, n in self.reporting)
+        if self.short and self.samples and steady:
             t_prev, r_prev, _ = self.samples[-1]
             tau = t - t_prev
             old = self._at(t - self.window_s)

@@ -15,6 +15,8 @@ per role (= per Deployment, the `pod=~"<deployment>-.*"` selector):
 * ttft_pXX / itl_pXX: `histogram_quantile(q, sum by (le) (rate(..._bucket[w])))` with
   Prometheus's linear interpolation inside the bucket (the +Inf bucket returns the highest
   finite bound); missing (None) when no request was observed in the window (Prometheus: NaN).
+* ttft_relative_pXX_fNms: the TTFT quantile over clamp_min(the same quantile of
+  `request_prefill_time_seconds`, N ms), both as above.
 * request_rate, prompt_tokens_rate, generation_tokens_rate: `sum(rate(...[w]))` of
   `request_success_total` (all reasons), `prompt_tokens_total`, `generation_tokens_total`.
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from autoscaler.actuator.base import WorkloadStatus
@@ -45,7 +47,8 @@ from autoscaler.metrics.source import (
     RoleTarget,
     signal_key,
 )
-from autoscaler.sim.vllm_metrics import ITL_BUCKETS, TTFT_BUCKETS
+from autoscaler.sim.vllm_metrics import ITL_BUCKETS, REQUEST_TIME_BUCKETS, TTFT_BUCKETS
+from autoscaler.spec import relative_floor_s
 from autoscaler.types import Role, SignalName, SignalSample
 
 if TYPE_CHECKING:
@@ -196,26 +199,18 @@ class SimMetricsSource:
             if not vals:
                 return SignalSample(None, 0, "fewer than 2 scrapes in window")
             return SignalSample(sum(vals) / len(vals), len(vals))
+        if name is SignalName.TTFT_RELATIVE:
+            ttft = _window_quantile(sig.quantile, TTFT_BUCKETS, _ttft, windows)
+            pre = _window_quantile(sig.quantile, REQUEST_TIME_BUCKETS, _prefill, windows)
+            if ttft.missing or pre.missing:
+                return ttft if ttft.missing else pre
+            # PromQL's clamp_min(prefill_q, floor / slowdown) as the divisor.
+            divisor = max(float(pre.value or 0.0), relative_floor_s(sig))
+            return SignalSample(float(ttft.value or 0.0) / divisor, ttft.replicas)
         # TTFT / ITL quantiles over the summed bucket increases.
         pick = _ttft if name is SignalName.TTFT else _itl
-        summed: list[float] | None = None
-        n = 0
-        for w in windows:
-            if len(w) < 2:
-                continue
-            a, b = pick(w[0][1]), pick(w[-1][1])
-            delta = [float(y - x) for x, y in zip(a.counts, b.counts, strict=True)]
-            summed = (
-                delta if summed is None else [x + y for x, y in zip(summed, delta, strict=True)]
-            )
-            n += 1
-        if summed is None:
-            return SignalSample(None, 0, "fewer than 2 scrapes in window")
         bounds = TTFT_BUCKETS if name is SignalName.TTFT else ITL_BUCKETS
-        value = histogram_quantile(sig.quantile, bounds, summed)
-        if math.isnan(value):
-            return SignalSample(None, n, "no observations in window")
-        return SignalSample(value, n)
+        return _window_quantile(sig.quantile, bounds, pick, windows)
 
     def _rate(self, key: str, windows: list[list[tuple[float, ScrapeSample]]]) -> SignalSample:
         total = 0.0
@@ -237,6 +232,34 @@ class SimMetricsSource:
         if n == 0:
             return SignalSample(None, 0, "fewer than 2 scrapes in window")
         return SignalSample(total, n)
+
+
+def _window_quantile(
+    q: float,
+    bounds: Sequence[float],
+    pick: Callable[[ScrapeSample], HistogramSnapshot],
+    windows: list[list[tuple[float, ScrapeSample]]],
+) -> SignalSample:
+    """The q-quantile of one histogram over the bucket increases of every replica's window."""
+    summed: list[float] | None = None
+    n = 0
+    for w in windows:
+        if len(w) < 2:
+            continue
+        a, b = pick(w[0][1]), pick(w[-1][1])
+        delta = [float(y - x) for x, y in zip(a.counts, b.counts, strict=True)]
+        summed = delta if summed is None else [x + y for x, y in zip(summed, delta, strict=True)]
+        n += 1
+    if summed is None:
+        return SignalSample(None, 0, "fewer than 2 scrapes in window")
+    value = histogram_quantile(q, bounds, summed)
+    if math.isnan(value):
+        return SignalSample(None, n, "no observations in window")
+    return SignalSample(value, n)
+
+
+def _prefill(s: ScrapeSample) -> HistogramSnapshot:
+    return s.prefill_time
 
 
 def _ttft(s: ScrapeSample) -> HistogramSnapshot:

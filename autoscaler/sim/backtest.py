@@ -53,8 +53,16 @@ from autoscaler.profile import BUILTIN_PROFILES, Profile, builtin, load_profile
 from autoscaler.sim import baselines, yardsticks
 from autoscaler.sim.backends import SimActuator, SimMetricsSource
 from autoscaler.sim.engine import ROUTING_POLICIES, Simulation
-from autoscaler.sim.evaluate import SLO, Evaluation, Oracle, evaluate, oracle, request_outcome
-from autoscaler.sim.traces import Trace, load_trace
+from autoscaler.sim.evaluate import (
+    SLO,
+    Evaluation,
+    Oracle,
+    OutcomeTally,
+    evaluate,
+    oracle_of_stream,
+    request_outcome,
+)
+from autoscaler.sim.traces import Trace, TraceStream, load_trace
 from autoscaler.spec import PolicyFile, PoolSpec
 from autoscaler.types import Role
 
@@ -150,20 +158,25 @@ class Backtest:
     """Every run of one backtest on one trace."""
 
     trace_name: str
-    trace: Trace
+    trace: Trace | TraceStream
     profile: Profile
     config: ReplayConfig
     horizon_s: float
     oracle: Oracle
     runs: dict[str, Run]
     yardsticks: yardsticks.Yardsticks | None = None
+    # Requests, last arrival, and requests and prompt tokens per BIN_S (the report's load).
+    requests: int = 0
+    duration_s: float = 0.0
+    requests_by_bin: np.ndarray[tuple[int], np.dtype[np.int64]] | None = None
+    prompt_tokens_by_bin: np.ndarray[tuple[int], np.dtype[np.int64]] | None = None
 
     @property
     def oracle_gpu_hours(self) -> float:
         return self.oracle.gpu_hours
 
 
-def horizon_of(trace: Trace) -> float:
+def horizon_of(trace: Trace | TraceStream) -> float:
     """The billed span: the last arrival rounded up to a whole minute (the oracle's bins)."""
     return max(1, math.ceil((trace.duration_s + 1e-9) / BIN_S)) * BIN_S
 
@@ -221,7 +234,7 @@ async def _drive(
 def run_controller(
     name: str,
     policy: PolicyFile,
-    trace: Trace,
+    trace: Trace | TraceStream,
     *,
     profile: Profile,
     config: ReplayConfig,
@@ -231,12 +244,23 @@ def run_controller(
     hooks: Sequence[DecisionHook] = (),
     on_tick: TickCallback | None = None,
 ) -> Run:
-    """Replay `trace` into the policy's (first) pool under the real controller Loop."""
+    """Replay `trace` into the policy's (first) pool under the real controller Loop. A
+    TraceStream is read from disk as the replay goes and judged as requests finish (an
+    OutcomeTally: no per-request arrays)."""
     t0 = time.perf_counter()
     policy, spec = single_pool(policy)
-    sim = Simulation.from_policy(
-        policy, {spec.name: tuple(trace)}, profile=profile, routing=config.routing
-    )
+    if isinstance(trace, TraceStream):
+        sim = Simulation.from_policy(
+            policy,
+            {spec.name: trace},
+            profile=profile,
+            routing=config.routing,
+            sinks={spec.name: OutcomeTally(profile, config.slo, bin_s=BIN_S)},
+        )
+    else:
+        sim = Simulation.from_policy(
+            policy, {spec.name: tuple(trace)}, profile=profile, routing=config.routing
+        )
     source = SimMetricsSource(sim, scrape_interval_s=config.scrape_s, window_s=config.window_s)
     # Forecast refits run inline in simulated time: a background thread would make the replay
     # depend on the machine's speed (and the result on the run).
@@ -318,7 +342,7 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def run_backtest(
-    trace: Trace,
+    trace: Trace | TraceStream,
     *,
     trace_name: str,
     policies: Sequence[tuple[str, PolicyFile]],
@@ -332,7 +356,9 @@ def run_backtest(
 ) -> Backtest:
     """Every policy, then every baseline (built from the first policy's pool), on `trace`.
 
-    `hooks` and `on_tick` apply to the policy runs only (the demo's live view)."""
+    `hooks` and `on_tick` apply to the policy runs only (the demo's live view). A TraceStream
+    is replayed from disk, in memory that does not grow with its requests; best-static and
+    hindsight need every request's verdict in every fixed-fleet replay, so they need a Trace."""
     if not policies:
         msg = "a backtest needs at least one policy"
         raise ValueError(msg)
@@ -340,14 +366,31 @@ def run_backtest(
     if unknown:
         known = ", ".join(baselines.BASELINES)
         raise errors.ConfigError([f"unknown baseline {', '.join(unknown)}; known: {known}"])
-    if len(trace.arrival_s) == 0:
+    streamed = isinstance(trace, TraceStream)
+    held = [b for b in baseline_names if b in (baselines.BEST_STATIC, baselines.HINDSIGHT)]
+    if streamed and held:
+        msg = (
+            f"{trace_name}: {' and '.join(held)} need the trace in memory (they replay it once "
+            "per fixed fleet and keep every request's verdict): drop --stream, or leave them "
+            "out (--baseline keda-queue)"
+        )
+        raise errors.ConfigError([msg])
+    if isinstance(trace, TraceStream):
+        load = trace.summary(BIN_S)
+        requests = load.requests
+        by_bin, tok_by_bin = load.requests_by_bin, load.prompt_tokens_by_bin
+    else:
+        requests = len(trace.arrival_s)
+        nb = int(trace.duration_s // BIN_S) + 1
+        bins = (trace.arrival_s // BIN_S).astype(np.int64)
+        by_bin = np.bincount(bins, minlength=nb)
+        tok_by_bin = np.bincount(bins, weights=trace.prompt_tokens, minlength=nb).astype(np.int64)
+    if requests == 0:
         raise errors.ConfigError([f"{trace_name}: the trace has no requests"])
     horizon = horizon_of(trace)
     base_policy, base_pool = single_pool(policies[0][1])
-    orc = oracle(
-        trace.arrival_s,
-        trace.prompt_tokens,
-        trace.output_tokens,
+    orc = oracle_of_stream(
+        trace if isinstance(trace, TraceStream) else [tuple(trace)],
         profile,
         disaggregated=Role.AGGREGATED not in base_pool.roles,
         slo=config.slo,
@@ -399,7 +442,7 @@ def run_backtest(
                 )
         ys = None
         wanted = [b for b in baseline_names if b in (baselines.BEST_STATIC, baselines.HINDSIGHT)]
-        if wanted:
+        if wanted and not isinstance(trace, TraceStream):
             tick = prog.task("yardsticks", horizon)
             ys = yardsticks.compute(
                 trace,
@@ -418,7 +461,20 @@ def run_backtest(
                 runs[key] = _yardstick_run(
                     key, b, ys, base_pool.name, config=config, horizon=horizon
                 )
-    return Backtest(trace_name, trace, profile, config, horizon, orc, runs, ys)
+    return Backtest(
+        trace_name,
+        trace,
+        profile,
+        config,
+        horizon,
+        orc,
+        runs,
+        ys,
+        requests=requests,
+        duration_s=trace.duration_s,
+        requests_by_bin=by_bin,
+        prompt_tokens_by_bin=tok_by_bin,
+    )
 
 
 def _yardstick_run(
@@ -668,8 +724,8 @@ def summary_json(bt: Backtest) -> dict[str, Any]:
     slo = bt.config.slo
     return {
         "trace": bt.trace_name,
-        "requests": len(bt.trace.arrival_s),
-        "duration_s": bt.trace.duration_s,
+        "requests": bt.requests,
+        "duration_s": bt.duration_s,
         "horizon_s": bt.horizon_s,
         "profile": bt.profile.name,
         "slo": {
@@ -678,7 +734,11 @@ def summary_json(bt: Backtest) -> dict[str, Any]:
             "itl_mean_s": slo.itl_mean_s,
         },
         "routing": bt.config.routing,
-        "prefix_cache": bt.trace.block_hashes is not None,
+        "prefix_cache": (
+            bt.trace.summary(BIN_S).hashed
+            if isinstance(bt.trace, TraceStream)
+            else bt.trace.block_hashes is not None
+        ),
         "tick_s": bt.config.tick_s,
         "scrape_s": bt.config.scrape_s,
         "rate_window_s": bt.config.window_s,
@@ -713,11 +773,11 @@ def summary_json(bt: Backtest) -> dict[str, Any]:
 def summary_table(bt: Backtest) -> Table:
     from rich.table import Table  # noqa: PLC0415
 
-    n = len(bt.trace.arrival_s)
+    n = bt.requests
     bnd = bt.oracle
     table = Table(
         title=(
-            f"{bt.trace_name}: {n:,} requests over {bt.trace.duration_s / 60:.1f} min, "
+            f"{bt.trace_name}: {n:,} requests over {bt.duration_s / 60:.1f} min, "
             f"profile {bt.profile.name}, routing {bt.config.routing}"
         ),
         caption=(
@@ -777,6 +837,13 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None or math.isnan(x) else spec.format(x)
 
 
+def _per_bin(x: np.ndarray[tuple[int], np.dtype[np.int64]] | None, nb: int) -> np.ndarray:
+    out = np.zeros(nb, dtype=np.float64)
+    if x is not None:
+        out[: min(nb, len(x))] = x[:nb]
+    return out
+
+
 def plot(bt: Backtest, path: Path) -> Path:
     """A PNG: load, replicas per role for every run (and the oracle), SLO misses per minute, and
     (with the yardsticks) the static frontier with every run placed on it."""
@@ -785,13 +852,13 @@ def plot(bt: Backtest, path: Path) -> Path:
     mpl.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    tr = bt.trace
     h = bt.horizon_s
     nb = round(h / BIN_S)
     edges = np.arange(nb + 1) * BIN_S
     mins = edges[:-1] / 60.0
-    req = np.histogram(tr.arrival_s, bins=edges)[0] / BIN_S
-    ptok = np.histogram(tr.arrival_s, bins=edges, weights=tr.prompt_tokens)[0] / BIN_S
+    arrivals = _per_bin(bt.requests_by_bin, nb)
+    req = arrivals / BIN_S
+    ptok = _per_bin(bt.prompt_tokens_by_bin, nb) / BIN_S
     first = next(iter(bt.runs.values()))
     roles = list(first.sim.pool(first.pool).deployments)
     ys = bt.yardsticks
@@ -826,9 +893,13 @@ def plot(bt: Backtest, path: Path) -> Path:
         ax.set_ylim(bottom=0)
     ax = axes[1 + len(roles)][0]
     for j, (name, run) in enumerate(bt.runs.items()):
-        res = run.sim.pool(run.pool).results()
-        out = request_outcome(res, bt.profile, bt.config.slo)
-        miss = np.histogram(res.arrival_s[~out.met], bins=edges)[0]
+        pool = run.sim.pool(run.pool)
+        if isinstance(pool.sink, OutcomeTally):
+            miss = arrivals - pool.sink.met_by_bin(nb)
+        else:
+            res = pool.results()
+            out = request_outcome(res, bt.profile, bt.config.slo)
+            miss = np.histogram(res.arrival_s[~out.met], bins=edges)[0]
         ax.step(mins, miss, where="post", label=f"{name} ({run.evaluation.slo_attainment:.2%} met)",
                 color=colors[j % len(colors)])  # fmt: skip
     ax.set_ylabel("SLO misses / min")
@@ -915,7 +986,6 @@ def check_output(path: Path | None, flag: str) -> None:
         raise errors.ConfigError([msg]) from None
 
 
-
 def check_profile(policies: Sequence[tuple[str, PolicyFile]], profile: Profile) -> None:
     """GPU-hours count the profile's GPUs per replica; a policy whose roles declare another
     count (a TP4 policy under a 1-GPU profile) would be billed in the wrong unit, silently."""
@@ -929,8 +999,10 @@ def check_profile(policies: Sequence[tuple[str, PolicyFile]], profile: Profile) 
                         f"is {spec.gpus_per_replica} but profile {profile.name} models "
                         f"{profile.gpus_per_replica} GPU(s) per replica; pass --profile with a "
                         f"matching profile (built-in: "
-                        + ", ".join(f"{n} ({p.gpus_per_replica})"
-                                    for n, p in sorted(BUILTIN_PROFILES.items()))
+                        + ", ".join(
+                            f"{n} ({p.gpus_per_replica})"
+                            for n, p in sorted(BUILTIN_PROFILES.items())
+                        )
                         + ")"
                     )
     if problems:
@@ -956,14 +1028,28 @@ def main(args: argparse.Namespace) -> int:
         plot_out = getattr(args, "plot", None)
         check_output(json_out, "--json")
         check_output(plot_out, "--plot")
-        trace = load_trace(
-            args.trace,
-            speedup=getattr(args, "speedup", 1.0),
-            rate_scale=getattr(args, "rate_scale", 1.0),
-            duration_s=getattr(args, "duration_s", None),
-        )
         names = getattr(args, "baseline", None)
-        baseline_names = list(baselines.BASELINES if names is None else names)
+        trace: Trace | TraceStream
+        if getattr(args, "stream", False):
+            if getattr(args, "rate_scale", 1.0) != 1.0:
+                msg = "--rate-scale needs the trace in memory (it re-sorts arrivals); no --stream"
+                raise errors.ConfigError([msg])
+            trace = TraceStream(
+                args.trace,
+                speedup=getattr(args, "speedup", 1.0),
+                start_s=getattr(args, "start_s", None) or 0.0,
+                duration_s=getattr(args, "duration_s", None),
+            )
+            baseline_names = [baselines.KEDA_QUEUE] if names is None else list(names)
+        else:
+            trace = load_trace(
+                args.trace,
+                speedup=getattr(args, "speedup", 1.0),
+                rate_scale=getattr(args, "rate_scale", 1.0),
+                duration_s=getattr(args, "duration_s", None),
+                start_s=getattr(args, "start_s", None) or 0.0,
+            )
+            baseline_names = list(baselines.BASELINES if names is None else names)
         # A bar on a terminal; plain progress lines otherwise (CI logs, pipes).
         show = not getattr(args, "no_progress", False)
         with quiet_logs():

@@ -56,9 +56,9 @@ import itertools
 import math
 import operator
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -93,6 +93,7 @@ class _Req:
         "arrival",
         "computed",
         "fin_step",
+        "first",
         "gen",
         "gen_join",
         "hashes",
@@ -101,6 +102,7 @@ class _Req:
         "last_tok",
         "output",
         "phase",
+        "preempted",
         "prompt",
         "remote",
         "t_enter",
@@ -133,6 +135,8 @@ class _Req:
         self.gen_join = 0
         self.fin_step = -1
         self.xfer_done = 0.0
+        self.first = math.nan  # the client's first token (from any replica)
+        self.preempted = 0
 
 
 def _steps_within(tau0: float, g: float, dt: float) -> int:
@@ -423,7 +427,7 @@ class Replica:
             v.phase = _WAIT
             self.waiting.appendleft(v)
             self.metrics.preemptions += 1
-            self.pool.preemptions[v.i] += 1
+            self.pool.preempted(v)
 
     def _admit_waiting(self, plan: _StepPlan, t: float) -> None:
         """Admit from the head of the FIFO queue while seats, budget and KV last (the head
@@ -578,7 +582,7 @@ class Replica:
             kv = r.prompt + 1
             self.reserved -= kv
             tx = r.xfer_done
-            pool.first_token[r.i] = tx
+            pool.first_token_at(r, tx)
             m.ttft.observe(tx - r.t_enter)
             m.prompt_tokens += r.prompt
             # vLLM's decode pod schedules the request with its prompt computed externally and
@@ -670,7 +674,7 @@ class Replica:
                 r.t_first = t
                 tokens += r.prompt
                 if not self.is_prefill:
-                    pool.first_token[r.i] = t
+                    pool.first_token_at(r, t)
             else:
                 # Recompute after a preemption: the next token comes after a stall.
                 m.itl.observe(t - r.last_tok)
@@ -725,7 +729,7 @@ class Replica:
         r.fin_step = -1
         r.gen = r.output
         self.load -= 1
-        self.pool.finish[r.i] = t
+        self.pool.finished(r, t)
         self.metrics.finish_request(
             "stop", t_arrival=r.t_enter, t_scheduled=r.t_sched, t_first_token=r.t_first, t_end=t,
             prompt_tokens=r.prompt, generation_tokens=r.output, max_tokens=r.output,
@@ -880,8 +884,28 @@ class RequestResults:
         return out
 
 
+class RequestSink(Protocol):
+    """Where a pool that keeps no per-request arrays sends each finished request (e.g.
+    evaluate.OutcomeTally: SLO verdicts and latency summaries in bounded memory)."""
+
+    def add(self, record: tuple[float, int, int, float, float, int]) -> None:
+        """(arrival, prompt tokens, output tokens, first token, finish, preemptions)."""
+
+
+# One chunk of a pool's request stream: (arrival times, prompt tokens, output tokens[, the
+# prompts' block hashes or None, ...]); a traces.Trace is one.
+Chunk = tuple[Any, ...]
+
+
 class SimPool:
-    """One served model: its request stream and its Deployments."""
+    """One served model: its request stream and its Deployments.
+
+    The stream is read chunk by chunk as simulated time reaches it (`arrivals`: an iterator of
+    chunks in time order, e.g. `traces.iter_trace`), or given whole (`arrival_s`, ... arrays: one
+    chunk). Only the current chunk is held as Python objects. Per-request results
+    (`results()`) are kept in arrays that grow with the requests read (48 bytes a request),
+    unless a `sink` is given: then each finished request goes to the sink and nothing
+    per-request is kept (the arrays below stay empty)."""
 
     def __init__(
         self,
@@ -889,12 +913,14 @@ class SimPool:
         name: str,
         *,
         profile: Profile,
-        arrival_s: FloatArray,
-        prompt_tokens: IntArray,
-        output_tokens: IntArray,
+        arrival_s: FloatArray | None = None,
+        prompt_tokens: IntArray | None = None,
+        output_tokens: IntArray | None = None,
         block_hashes: Sequence[Sequence[int]] | None = None,
         block_tokens: int = 16,
         routing: str = "least-loaded",
+        arrivals: Iterable[Chunk] | None = None,
+        sink: RequestSink | None = None,
     ) -> None:
         self.sim = sim
         self.name = name
@@ -905,52 +931,140 @@ class SimPool:
         if block_tokens < 1:
             msg = f"pool {name}: block_tokens must be >= 1, got {block_tokens}"
             raise ValueError(msg)
-        if block_hashes is not None and len(block_hashes) != len(arrival_s):
-            msg = f"pool {name}: block_hashes must have one entry per request"
+        if (arrivals is None) == (arrival_s is None):
+            msg = f"pool {name}: give either arrival_s (and tokens) or arrivals, not both"
             raise ValueError(msg)
+        feed: Iterator[Chunk]
+        if arrival_s is not None:
+            if prompt_tokens is None or output_tokens is None:
+                msg = f"pool {name}: arrival_s needs prompt_tokens and output_tokens"
+                raise ValueError(msg)
+            if block_hashes is not None and len(block_hashes) != len(arrival_s):
+                msg = f"pool {name}: block_hashes must have one entry per request"
+                raise ValueError(msg)
+            feed = iter([(arrival_s, prompt_tokens, output_tokens, block_hashes)])
+        else:
+            assert arrivals is not None
+            feed = iter(arrivals)
         self.routing = routing
         self.block_tokens = block_tokens
-        self.has_hashes = block_hashes is not None
-        self._hashes: list[tuple[int, ...]] | None = (
-            None if block_hashes is None else [tuple(h) for h in block_hashes]
-        )
-        n = len(arrival_s)
-        if not (len(prompt_tokens) == n == len(output_tokens)):
-            msg = "arrival_s, prompt_tokens and output_tokens must have the same length"
-            raise ValueError(msg)
-        if n and (np.any(np.diff(arrival_s) < 0) or arrival_s[0] < 0):
-            msg = "arrival_s must be sorted and >= 0"
-            raise ValueError(msg)
-        self.arrival_s = np.asarray(arrival_s, dtype=np.float64)
-        self.prompt_tokens = np.maximum(np.asarray(prompt_tokens, dtype=np.int64), 1)
-        self.output_tokens = np.maximum(np.asarray(output_tokens, dtype=np.int64), 1)
-        too_long = np.flatnonzero(
-            self.prompt_tokens + self.output_tokens > profile.kv_capacity_tokens
-        )
-        if too_long.size:
-            # vLLM rejects requests beyond max_model_len; the engine would livelock on them.
-            i = int(too_long[0])
-            msg = (
-                f"request {i}: {self.prompt_tokens[i]} + {self.output_tokens[i]} tokens exceed "
-                f"the KV capacity of {profile.kv_capacity_tokens} tokens"
-            )
-            raise ValueError(msg)
-        self._arr = self.arrival_s.tolist()
-        self._prm = self.prompt_tokens.tolist()
-        self._out = self.output_tokens.tolist()
-        self.first_token = np.full(n, np.nan)
-        self.finish = np.full(n, np.nan)
-        self.preemptions = np.zeros(n, dtype=np.int64)
+        self.sink = sink
+        self.keep = sink is None
         self.deployments: dict[Role, SimDeployment] = {}
         self.backlog: dict[Role, deque[_Req]] = {}
-        self._next = 0
         b = profile.kv_bytes_per_token / profile.kv_transfer_bytes_per_s
         setup = profile.kv_transfer_setup_s
         self.xfer_s: Callable[[int], float] = lambda prompt: b * prompt + setup
         # Requests reach the scheduler after the API server's front-end time.
         self.frontend_s = profile.frontend_ms / 1000.0
-        if n:
+        # Per-request arrays (keep mode), filled up to `loaded`; capacity grows by doubling.
+        self.loaded = 0
+        self._cap = 0
+        self._arrival = np.zeros(0)
+        self._prompt = np.zeros(0, dtype=np.int64)
+        self._output = np.zeros(0, dtype=np.int64)
+        self.first_token = np.zeros(0)
+        self.finish = np.zeros(0)
+        self.preemptions = np.zeros(0, dtype=np.int64)
+        self.n_finished = 0
+        self.n_preemptions = 0
+        # The current chunk (Python lists: the event loop reads them one request at a time).
+        self._feed = feed
+        self._base = 0
+        self._arr: list[float] = []
+        self._prm: list[int] = []
+        self._out: list[int] = []
+        self._hashes: list[tuple[int, ...]] | None = None
+        self._last_arrival = 0.0
+        self._next = 0
+        self._done = False
+        first = self._load_chunk()
+        self.has_hashes = self._hashes is not None
+        if first:
             sim.push(self._arr[0] + self.frontend_s, self._on_arrival, 0)
+
+    def _load_chunk(self) -> bool:
+        """Read the next non-empty chunk into the current lists (validated as a whole, like the
+        arrays given up front); False at the end of the stream."""
+        for chunk in self._feed:
+            arrival_s, prompt_tokens, output_tokens = chunk[:3]
+            hashes = chunk[3] if len(chunk) > 3 else None
+            n = len(arrival_s)
+            if not (len(prompt_tokens) == n == len(output_tokens)):
+                msg = "arrival_s, prompt_tokens and output_tokens must have the same length"
+                raise ValueError(msg)
+            if hashes is not None and len(hashes) != n:
+                msg = f"pool {self.name}: block_hashes must have one entry per request"
+                raise ValueError(msg)
+            if not n:
+                continue
+            arr = np.asarray(arrival_s, dtype=np.float64)
+            if np.any(np.diff(arr) < 0) or arr[0] < self._last_arrival:
+                msg = "arrival_s must be sorted and >= 0"
+                raise ValueError(msg)
+            prm = np.maximum(np.asarray(prompt_tokens, dtype=np.int64), 1)
+            out = np.maximum(np.asarray(output_tokens, dtype=np.int64), 1)
+            cap = self.profile.kv_capacity_tokens
+            too_long = np.flatnonzero(prm + out > cap)
+            if too_long.size:
+                # vLLM rejects requests beyond max_model_len; the engine would livelock on them.
+                i = int(too_long[0])
+                msg = (
+                    f"request {self.loaded + i}: {prm[i]} + {out[i]} tokens exceed "
+                    f"the KV capacity of {cap} tokens"
+                )
+                raise ValueError(msg)
+            self._base = self.loaded
+            if self.keep:
+                self._grow(self.loaded + n)
+                lo, hi = self.loaded, self.loaded + n
+                self._arrival[lo:hi] = arr
+                self._prompt[lo:hi] = prm
+                self._output[lo:hi] = out
+            self.loaded += n
+            self._last_arrival = float(arr[-1])
+            self._arr = arr.tolist()
+            self._prm = prm.tolist()
+            self._out = out.tolist()
+            if self.loaded == n:
+                self._hashes = None if hashes is None else [tuple(h) for h in hashes]
+            elif self._hashes is not None:
+                # A stream decides prefix caching by its first chunk.
+                self._hashes = [tuple(h) for h in hashes] if hashes is not None else [()] * n
+            return True
+        self._done = True
+        return False
+
+    def _grow(self, n: int) -> None:
+        if n <= self._cap:
+            return
+        cap = max(n, 2 * self._cap, 1024)
+
+        def grown(a: npt.NDArray[Any], fill: float) -> npt.NDArray[Any]:
+            out = np.full(cap, fill, dtype=a.dtype)
+            out[: len(a)] = a
+            return out
+
+        self._arrival = grown(self._arrival, 0.0)
+        self._prompt = grown(self._prompt, 0)
+        self._output = grown(self._output, 0)
+        self.first_token = grown(self.first_token, math.nan)
+        self.finish = grown(self.finish, math.nan)
+        self.preemptions = grown(self.preemptions, 0)
+        self._cap = cap
+
+    @property
+    def arrival_s(self) -> FloatArray:
+        """Arrival times of the requests read so far (keep mode)."""
+        return self._arrival[: self.loaded]
+
+    @property
+    def prompt_tokens(self) -> IntArray:
+        return self._prompt[: self.loaded]
+
+    @property
+    def output_tokens(self) -> IntArray:
+        return self._output[: self.loaded]
 
     @property
     def disaggregated(self) -> bool:
@@ -962,21 +1076,28 @@ class SimPool:
 
     def _on_arrival(self, i: int) -> None:
         t = self.sim.now
-        arr = self._arr
-        n = len(arr)
         role = self.entry_role
-        # Several requests can share a timestamp: take them all in one event.
-        hashes = self._hashes
         fe = self.frontend_s
+        base = self._base
+        arr, prm, out, hashes = self._arr, self._prm, self._out, self._hashes
+        j = i - base
+        n = len(arr)
+        # Several requests can share a timestamp: take them all in one event.
         while True:
-            h = None if hashes is None else hashes[i]
-            self.route(role, _Req(i, arr[i], self._prm[i], self._out[i], h), t)
-            i += 1
-            if i >= n or arr[i] + fe > t:
+            h = None if hashes is None else hashes[j]
+            self.route(role, _Req(base + j, arr[j], prm[j], out[j], h), t)
+            j += 1
+            if j >= n:
+                if not self._load_chunk():
+                    self._next = base + j
+                    return
+                base = self._base
+                arr, prm, out, hashes = self._arr, self._prm, self._out, self._hashes
+                j, n = 0, len(arr)
+            if arr[j] + fe > t:
                 break
-        self._next = i
-        if i < n:
-            self.sim.push(arr[i] + fe, self._on_arrival, i)
+        self._next = base + j
+        self.sim.push(arr[j] + fe, self._on_arrival, base + j)
 
     def route(self, role: Role, r: _Req, t: float) -> None:
         serving = self.deployments[role].serving
@@ -1004,14 +1125,39 @@ class SimPool:
         r.phase = _WAIT
         self.route(Role.DECODE, r, t)
 
+    def first_token_at(self, r: _Req, t: float) -> None:
+        """The client got r's first token at t."""
+        r.first = t
+        if self.keep:
+            self.first_token[r.i] = t
+
+    def preempted(self, r: _Req) -> None:
+        r.preempted += 1
+        self.n_preemptions += 1
+        if self.keep:
+            self.preemptions[r.i] += 1
+
+    def finished(self, r: _Req, t: float) -> None:
+        self.n_finished += 1
+        if self.keep:
+            self.finish[r.i] = t
+        else:
+            assert self.sink is not None
+            self.sink.add((r.arrival, r.prompt, r.output, r.first, t, r.preempted))
+
     def results(self) -> RequestResults:
+        """Per-request outcomes of the requests read so far (not in sink mode)."""
+        if not self.keep:
+            msg = f"pool {self.name} sends finished requests to a sink and keeps no results"
+            raise ValueError(msg)
+        n = self.loaded
         return RequestResults(
-            arrival_s=self.arrival_s,
-            prompt_tokens=self.prompt_tokens,
-            output_tokens=self.output_tokens,
-            first_token_s=self.first_token.copy(),
-            finish_s=self.finish.copy(),
-            preemptions=self.preemptions.copy(),
+            arrival_s=self._arrival[:n].copy(),
+            prompt_tokens=self._prompt[:n].copy(),
+            output_tokens=self._output[:n].copy(),
+            first_token_s=self.first_token[:n].copy(),
+            finish_s=self.finish[:n].copy(),
+            preemptions=self.preemptions[:n].copy(),
         )
 
     def prefix_cache_hit_rate(self) -> float:
@@ -1026,12 +1172,21 @@ class SimPool:
 
     @property
     def arrivals_done(self) -> bool:
-        return self._next >= len(self._arr)
+        return self._done and self._next >= self.loaded
+
+    @property
+    def arrived(self) -> int:
+        """Requests that have arrived so far."""
+        return self._next
 
     def outstanding(self) -> int:
         """Requests arrived and not finished."""
-        arrived = self._next
-        return arrived - int(np.count_nonzero(~np.isnan(self.finish[:arrived])))
+        return self._next - self.n_finished
+
+
+def _block_tokens(stream: Any) -> int:
+    """Tokens per block hash of a stream (`traces.Stream` says; 16, vLLM's, otherwise)."""
+    return int(getattr(stream, "block_tokens", 16))
 
 
 class Simulation:
@@ -1068,19 +1223,23 @@ class Simulation:
         *,
         profile: Profile,
         deployments: Mapping[Role, tuple[str, str]],
-        arrival_s: FloatArray,
-        prompt_tokens: IntArray,
-        output_tokens: IntArray,
+        arrival_s: FloatArray | None = None,
+        prompt_tokens: IntArray | None = None,
+        output_tokens: IntArray | None = None,
         initial_replicas: Mapping[Role, int] | None = None,
         block_hashes: Sequence[Sequence[int]] | None = None,
         block_tokens: int = 16,
         routing: str = "least-loaded",
+        arrivals: Iterable[Chunk] | None = None,
+        sink: RequestSink | None = None,
     ) -> SimPool:
         """Add a pool: `deployments` maps each role (prefill+decode, or aggregated) to a
         (namespace, name); `initial_replicas` are ready at time 0 (default 1 per role).
         `block_hashes` (one sequence per request, each hash covering `block_tokens` prompt
         tokens, chained as vLLM and Mooncake hash them) turns on the replicas' prefix caches;
-        `routing` is least-loaded or prefix-aware."""
+        `routing` is least-loaded or prefix-aware. `arrivals` streams the requests instead of
+        the arrays, and `sink` takes finished requests instead of per-request results (see
+        SimPool)."""
         roles = set(deployments)
         if roles not in ({Role.PREFILL, Role.DECODE}, {Role.AGGREGATED}):
             msg = f"pool {name}: roles must be prefill+decode or aggregated, got {sorted(roles)}"
@@ -1098,6 +1257,8 @@ class Simulation:
             block_hashes=block_hashes,
             block_tokens=block_tokens,
             routing=routing,
+            arrivals=arrivals,
+            sink=sink,
         )
         self.pools[name] = pool
         for role, (ns, dep_name) in deployments.items():
@@ -1117,12 +1278,13 @@ class Simulation:
     def from_policy(
         cls,
         policy: PolicyFile,
-        workloads: Mapping[str, tuple[Any, ...]],
+        workloads: Mapping[str, tuple[Any, ...] | Iterable[Chunk]],
         *,
         profile: Profile | Mapping[str, Profile],
         initial_replicas: Mapping[str, Mapping[Role, int]] | None = None,
         max_segment_steps: int = 0,
         routing: str = "least-loaded",
+        sinks: Mapping[str, RequestSink] | None = None,
     ) -> Simulation:
         """A simulation of every pool of a policy file that has a workload.
 
@@ -1130,7 +1292,9 @@ class Simulation:
         block_tokens]), e.g. a trace-loader or workload-generator result (a Trace). `profile` is
         one profile for all pools or one per pool name. Initial replicas default to each role's
         min_replicas (at least 1), ready at time 0. `routing` (least-loaded or prefix-aware)
-        applies to every pool.
+        applies to every pool. A workload that is not a tuple is a stream of such chunks
+        (`traces.iter_trace`), read as simulated time reaches it; `sinks` maps pool name -> a
+        RequestSink taking that pool's finished requests (see SimPool).
         """
         sim = cls(max_segment_steps=max_segment_steps)
         unknown = sorted(set(workloads) - {p.name for p in policy.pools})
@@ -1144,24 +1308,33 @@ class Simulation:
             init = {role: max(1, spec.min_replicas) for role, spec in pool.roles.items()}
             if initial_replicas is not None and pool.name in initial_replicas:
                 init.update(initial_replicas[pool.name])
-            arrival, prompt, output, *extra = workloads[pool.name]
+            work = workloads[pool.name]
+            sink = None if sinks is None else sinks.get(pool.name)
+            common: dict[str, Any] = {
+                "profile": prof,
+                "deployments": {
+                    role: (spec.deployment.namespace, spec.deployment.name)
+                    for role, spec in pool.roles.items()
+                },
+                "initial_replicas": init,
+                "sink": sink,
+                "routing": routing,
+            }
+            if not isinstance(work, tuple):
+                sim.add_pool(pool.name, arrivals=work, block_tokens=_block_tokens(work), **common)
+                continue
+            arrival, prompt, output, *extra = work
             # A Trace also carries its block hashes and tokens per hash (prefix caching).
             hashes = extra[0] if extra else None
             block_tokens = extra[1] if len(extra) > 1 else 16
             sim.add_pool(
                 pool.name,
-                profile=prof,
-                deployments={
-                    role: (spec.deployment.namespace, spec.deployment.name)
-                    for role, spec in pool.roles.items()
-                },
                 arrival_s=arrival,
                 prompt_tokens=prompt,
                 output_tokens=output,
-                initial_replicas=init,
                 block_hashes=hashes,
                 block_tokens=block_tokens,
-                routing=routing,
+                **common,
             )
         return sim
 

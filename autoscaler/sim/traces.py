@@ -27,11 +27,11 @@ years. Errors are ConfigError lines naming the file, the line and the column.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,8 @@ MAX_SPAN_S = 366 * 86400.0
 
 
 MOONCAKE_BLOCK_TOKENS = 512
+# Requests per chunk read from a file: Python objects live per chunk, numpy arrays after.
+CHUNK_ROWS = 1 << 16
 
 
 class Trace(NamedTuple):
@@ -142,42 +144,193 @@ def load_trace(
     rate_scale: float = 1.0,
     seed: int = 0,
     duration_s: float | None = None,
+    start_s: float = 0.0,
 ) -> Trace:
     """Load a trace file (format detected), shift it to start at 0, sort it, then apply
-    `speedup`, `rate_scale` and the optional `duration_s` cut (after the speed-up).
-    A generic CSV may carry extra columns: only the three named ones are read."""
+    `speedup`, `rate_scale` and the optional window [`start_s`, `start_s` + `duration_s`]
+    (after the speed-up; the window's start becomes 0). A generic CSV may carry extra columns:
+    only the three named ones are read. The file is parsed in chunks (`iter_trace` streams it
+    instead, for files in time order); only the arrays are kept whole."""
     p = Path(path)
-    if not speedup > 0 or math.isinf(speedup):
-        raise errors.ConfigError([f"{p}: speedup must be a positive number, got {speedup}"])
-    if not rate_scale > 0 or math.isinf(rate_scale):
-        raise errors.ConfigError([f"{p}: rate_scale must be a positive number, got {rate_scale}"])
-    fmt = detect_format(p)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as exc:  # pragma: no cover - detect_format read it already
-        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
-    hashes: list[tuple[int, ...]] | None = None
-    if fmt == "mooncake":
-        t, prompt, output, hashes = _parse_mooncake(p, text)
-    else:
-        t, prompt, output = _parse_csv(p, text, fmt)
-    if len(t) == 0:
+    _check_options(p, speedup, rate_scale, start_s)
+    parts = list(_raw_chunks(p, detect_format(p), CHUNK_ROWS))
+    if not parts:
         raise errors.ConfigError([f"{p}: trace has a header but no requests"])
+    t = np.concatenate([c.t for c in parts])
+    prompt = np.concatenate([c.prompt for c in parts])
+    output = np.concatenate([c.output for c in parts])
+    hashes: list[tuple[int, ...]] | None = None
+    if any(c.hashes is not None for c in parts):
+        hashes = [h for c in parts for h in (c.hashes or [()] * len(c.t))]
     order = np.argsort(t, kind="stable")
     span = float(t[order[-1]] - t[order[0]])
     if span > MAX_SPAN_S:
-        raise errors.ConfigError([
-            f"{p}: request {int(order[-1]) + 1} (in file order) arrives {span:.3g} s "
-            f"({span / 86400:.3g} days) after the first; a replay spans at most "
-            f"{MAX_SPAN_S / 86400:.0f} days (a wrong time unit, or a typo in that row?)"
-        ])
+        raise errors.ConfigError(
+            [
+                f"{p}: request {int(order[-1]) + 1} (in file order) arrives {span:.3g} s "
+                f"({span / 86400:.3g} days) after the first; a replay spans at most "
+                f"{MAX_SPAN_S / 86400:.0f} days (a wrong time unit, or a typo in that row?)"
+            ]
+        )
     trace = Trace(t, prompt, output, hashes, MOONCAKE_BLOCK_TOKENS).take(order)
     trace = trace._replace(arrival_s=(trace.arrival_s - trace.arrival_s[0]) / speedup)
     if rate_scale != 1.0:
         trace = scale_rate(trace, rate_scale, seed=seed)
-    if duration_s is not None:
-        trace = trace.take(trace.arrival_s <= duration_s)
+    if start_s or duration_s is not None:
+        trace = window(trace, start_s=start_s, duration_s=duration_s)
     return trace
+
+
+def window(trace: Trace, *, start_s: float = 0.0, duration_s: float | None = None) -> Trace:
+    """The requests arriving in [start_s, start_s + duration_s] (both ends included, as the
+    `--duration-s` cut always was), shifted so start_s is 0 (`iter_trace` cuts the same way)."""
+    keep = trace.arrival_s >= start_s
+    if duration_s is not None:
+        keep &= trace.arrival_s <= start_s + duration_s
+    cut = trace.take(keep)
+    return cut._replace(arrival_s=cut.arrival_s - start_s) if start_s else cut
+
+
+def iter_trace(
+    path: str | Path,
+    *,
+    speedup: float = 1.0,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    chunk_rows: int = 0,
+) -> Iterator[Trace]:
+    """The trace of `load_trace` (without `rate_scale`), streamed: chunks of about
+    `chunk_rows` requests (default CHUNK_ROWS) in time order, read from disk as they are
+    consumed. Times run from the file's first request; a window reads no further than its end.
+    Unlike `load_trace` it cannot sort: a row earlier than the row before it is a ConfigError
+    naming its line (sort the file by time, or load it whole with `load_trace`)."""
+    p = Path(path)
+    _check_options(p, speedup, 1.0, start_s)
+    rows = chunk_rows or CHUNK_ROWS
+    end = math.inf if duration_s is None else start_s + duration_s
+    origin: float | None = None
+    last = -math.inf
+    seen = 0
+    for c in _raw_chunks(p, detect_format(p), rows):
+        if not len(c.t):
+            continue
+        if origin is None:
+            origin = float(c.t[0])
+        back = np.flatnonzero(np.diff(c.t, prepend=last) < 0)
+        if back.size:
+            i = int(back[0])
+            before = last if i == 0 else float(c.t[i - 1])
+            raise _fail(
+                p,
+                c.lines[i],
+                f"arrives at {c.t[i] - origin:.6g} s, before the row above it "
+                f"({before - origin:.6g} s): streaming a trace needs it sorted by time "
+                "(sort the file, or load it whole)",
+            )
+        last = float(c.t[-1])
+        if last - origin > MAX_SPAN_S:
+            i = int(np.argmax(c.t - origin > MAX_SPAN_S))
+            raise _fail(
+                p,
+                c.lines[i],
+                f"arrives {(c.t[i] - origin) / 86400:.3g} days after the first request; a replay "
+                f"spans at most {MAX_SPAN_S / 86400:.0f} days (a wrong time unit, or a typo?)",
+            )
+        t = (c.t - origin) / speedup
+        keep = (t >= start_s) & (t <= end)
+        if keep.any():
+            part = Trace(t, c.prompt, c.output, c.hashes, MOONCAKE_BLOCK_TOKENS).take(keep)
+            seen += len(part.arrival_s)
+            yield part._replace(arrival_s=part.arrival_s - start_s) if start_s else part
+        if t[-1] > end:
+            return
+    if origin is None:
+        raise errors.ConfigError([f"{p}: trace has a header but no requests"])
+
+
+class StreamSummary(NamedTuple):
+    """What a report needs of a streamed trace, from one pass: requests, last arrival,
+    requests and prompt tokens per bin (`bin_s`), and whether any request carries block hashes
+    (then the replicas' prefix caches are on, as for a Trace with `block_hashes`)."""
+
+    requests: int
+    duration_s: float
+    bin_s: float
+    requests_by_bin: IntArray
+    prompt_tokens_by_bin: IntArray
+    hashed: bool = False
+
+
+class TraceStream:
+    """A trace file read on demand: every iteration streams it anew from disk (`iter_trace`),
+    so several replays share it without holding it; `summary()` reads it once for the figures
+    a report needs (and remembers them)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        speedup: float = 1.0,
+        start_s: float = 0.0,
+        duration_s: float | None = None,
+        chunk_rows: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        _check_options(self.path, speedup, 1.0, start_s)
+        detect_format(self.path)  # a missing or unknown file fails here, before any replay
+        self.speedup = speedup
+        self.start_s = start_s
+        self.duration_s_cut = duration_s
+        self.chunk_rows = chunk_rows
+        self.block_tokens = MOONCAKE_BLOCK_TOKENS
+        self._summary: StreamSummary | None = None
+
+    def __iter__(self) -> Iterator[Trace]:
+        return iter_trace(
+            self.path,
+            speedup=self.speedup,
+            start_s=self.start_s,
+            duration_s=self.duration_s_cut,
+            chunk_rows=self.chunk_rows,
+        )
+
+    def summary(self, bin_s: float = 60.0) -> StreamSummary:
+        if self._summary is not None and self._summary.bin_s == bin_s:
+            return self._summary
+        n = 0
+        last = 0.0
+        reqs = np.zeros(0, dtype=np.int64)
+        tokens = np.zeros(0, dtype=np.int64)
+        hashed = False
+        for c in self:
+            hashed = hashed or c.block_hashes is not None
+            b = (c.arrival_s // bin_s).astype(np.int64)
+            top = int(b[-1]) + 1
+            if len(reqs) < top:
+                size = max(top, 2 * len(reqs))
+                reqs = np.pad(reqs, (0, size - len(reqs)))
+                tokens = np.pad(tokens, (0, size - len(tokens)))
+            reqs[:top] += np.bincount(b, minlength=top)
+            tokens[:top] += np.bincount(b, weights=c.prompt_tokens, minlength=top).astype(np.int64)
+            n += len(c.arrival_s)
+            last = float(c.arrival_s[-1])
+        nb = int(last // bin_s) + 1 if n else 0
+        self._summary = StreamSummary(n, last, bin_s, reqs[:nb], tokens[:nb], hashed)
+        return self._summary
+
+    @property
+    def duration_s(self) -> float:
+        """The last arrival (one pass over the file the first time)."""
+        return self.summary().duration_s
+
+
+def _check_options(p: Path, speedup: float, rate_scale: float, start_s: float) -> None:
+    if not speedup > 0 or math.isinf(speedup):
+        raise errors.ConfigError([f"{p}: speedup must be a positive number, got {speedup}"])
+    if not rate_scale > 0 or math.isinf(rate_scale):
+        raise errors.ConfigError([f"{p}: rate_scale must be a positive number, got {rate_scale}"])
+    if not start_s >= 0 or math.isinf(start_s):
+        raise errors.ConfigError([f"{p}: the window start must be >= 0 s, got {start_s}"])
 
 
 def scale_rate(trace: Trace, factor: float, *, seed: int = 0) -> Trace:
@@ -222,8 +375,32 @@ def _float(p: Path, line: int, column: str, raw: str) -> float:
     return v
 
 
-def _parse_csv(p: Path, text: str, fmt: str) -> tuple[FloatArray, IntArray, IntArray]:
-    reader = csv.reader(io.StringIO(text))
+class _Chunk(NamedTuple):
+    """Rows of a file as read (not sorted): times in seconds (azure datetimes: from the file's
+    first row, as exact as their nanoseconds allow), the file line of each row (for errors)."""
+
+    t: FloatArray
+    prompt: IntArray
+    output: IntArray
+    hashes: list[tuple[int, ...]] | None
+    lines: list[int]
+
+
+def _raw_chunks(p: Path, fmt: str, rows: int) -> Iterator[_Chunk]:
+    try:
+        with p.open(encoding="utf-8-sig", newline="") as fh:
+            if fmt == "mooncake":
+                yield from _mooncake_chunks(p, fh, rows)
+            else:
+                yield from _csv_chunks(p, fh, fmt, rows)
+    except OSError as exc:
+        raise errors.ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise errors.ConfigError([f"{p}: not UTF-8 text: {exc.reason}"]) from exc
+
+
+def _csv_chunks(p: Path, fh: TextIO, fmt: str, rows: int) -> Iterator[_Chunk]:
+    reader = csv.reader(fh)
     header = [c.strip() for c in next(reader)]
     cols: tuple[str, ...]
     if fmt == "azure":
@@ -242,52 +419,109 @@ def _parse_csv(p: Path, text: str, fmt: str) -> tuple[FloatArray, IntArray, IntA
                 "trace_extra_columns_ignored", file=str(p), columns=extra
             )
     it, ii, io_ = header.index(t_col), header.index(in_col), header.index(out_col)
+    width = len(cols)
+    origin: list[np.datetime64] = []  # the first datetime of the file (azure)
+
+    def chunk(stamps: list[str], pr: list[str], out: list[str], lines: list[int]) -> _Chunk:
+        if fmt == "azure":
+            t = _parse_datetimes(p, stamps, t_col, lines, origin)
+        else:
+            t = _floats(p, stamps, t_col, lines)
+        return _Chunk(t, _ints(p, pr, in_col, lines), _ints(p, out, out_col, lines), None, lines)
+
     stamps: list[str] = []
-    prompt: list[int] = []
-    output: list[int] = []
+    prompt: list[str] = []
+    output: list[str] = []
+    lines: list[int] = []
     for row in reader:
-        line = reader.line_num
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) != len(cols):
-            raise _fail(p, line, f"expected {len(cols)} columns, got {len(row)}")
+        if not row or (not row[0].strip() and all(not c.strip() for c in row)):
+            continue  # a blank line (the first test alone settles almost every row)
+        if len(row) != width:
+            raise _fail(p, reader.line_num, f"expected {width} columns, got {len(row)}")
         stamps.append(row[it].strip())
-        prompt.append(_int(p, line, in_col, row[ii].strip()))
-        output.append(_int(p, line, out_col, row[io_].strip()))
-    if fmt == "azure":
-        t = _parse_datetimes(p, stamps, t_col)
-    else:
-        t = np.array([_float(p, i + 2, t_col, s) for i, s in enumerate(stamps)], dtype=np.float64)
-    return t, np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64)
+        prompt.append(row[ii].strip())
+        output.append(row[io_].strip())
+        lines.append(reader.line_num)
+        if len(lines) >= rows:
+            yield chunk(stamps, prompt, output, lines)
+            stamps, prompt, output, lines = [], [], [], []
+    if lines:
+        yield chunk(stamps, prompt, output, lines)
 
 
-def _parse_datetimes(p: Path, stamps: list[str], column: str) -> FloatArray:
+def _numbers(p: Path, raw: list[str], column: str, lines: list[int]) -> FloatArray:
+    """The column as floats, converted in bulk; the first bad value named by its line."""
+    try:
+        return np.array(raw, dtype=np.float64)
+    except ValueError:
+        for i, s in enumerate(raw):
+            try:
+                float(s)
+            except ValueError:
+                raise _fail(p, lines[i], f"not a number: {s!r}", column) from None
+        raise  # pragma: no cover - the bulk conversion failed, so one value must fail
+
+
+def _floats(p: Path, raw: list[str], column: str, lines: list[int]) -> FloatArray:
+    v = _numbers(p, raw, column, lines)
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        i = int(bad[0])
+        raise _fail(p, lines[i], f"not a finite number: {raw[i]!r}", column)
+    return v
+
+
+def _ints(p: Path, raw: list[str], column: str, lines: list[int]) -> IntArray:
+    v = _numbers(p, raw, column, lines)
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~np.isfinite(v) | (v < 0) | (v != np.floor(v)))
+    if bad.size:
+        i = int(bad[0])
+        raise _fail(p, lines[i], f"expected a non-negative integer, got {raw[i]!r}", column)
+    return v.astype(np.int64)
+
+
+def _parse_datetimes(
+    p: Path, stamps: list[str], column: str, lines: list[int], origin: list[np.datetime64]
+) -> FloatArray:
+    """Seconds after `origin` (the file's first datetime, set by the first call): nanoseconds
+    subtracted as integers first, so the float keeps the trace's 100 ns resolution."""
     try:
         ns = np.array(stamps, dtype="datetime64[ns]")
     except ValueError:
-        # Find the offending row for the message (data rows start on line 2).
         for i, s in enumerate(stamps):
             try:
                 np.datetime64(s, "ns")
             except ValueError:
-                raise _fail(p, i + 2, f"not a datetime: {s!r}", column) from None
+                raise _fail(p, lines[i], f"not a datetime: {s!r}", column) from None
         raise  # pragma: no cover - the bulk parse failed, so one row must fail
     if np.isnat(ns).any():
         i = int(np.flatnonzero(np.isnat(ns))[0])
-        raise _fail(p, i + 2, f"not a datetime: {stamps[i]!r}", column)
-    seconds: FloatArray = (ns - ns.min()).astype(np.int64).astype(np.float64) / 1e9
+        raise _fail(p, lines[i], f"not a datetime: {stamps[i]!r}", column)
+    if not origin:
+        origin.append(ns[0])
+    seconds: FloatArray = (ns - origin[0]).astype(np.int64).astype(np.float64) / 1e9
     return seconds
 
 
-def _parse_mooncake(
-    p: Path, text: str
-) -> tuple[FloatArray, IntArray, IntArray, list[tuple[int, ...]] | None]:
+def _mooncake_chunks(p: Path, fh: TextIO, rows: int) -> Iterator[_Chunk]:
     t: list[float] = []
     prompt: list[int] = []
     output: list[int] = []
     hashes: list[tuple[int, ...]] = []
+    lines: list[int] = []
     with_hashes = 0
-    for line_no, line in enumerate(text.splitlines(), start=1):
+
+    def chunk() -> _Chunk:
+        return _Chunk(
+            np.array(t, dtype=np.float64),
+            np.array(prompt, dtype=np.int64),
+            np.array(output, dtype=np.int64),
+            hashes if with_hashes else None,
+            lines,
+        )
+
+    for line_no, line in enumerate(fh, start=1):
         if not line.strip():
             continue
         try:
@@ -302,20 +536,21 @@ def _parse_mooncake(
         t.append(_float(p, line_no, "timestamp", str(rec["timestamp"])) / 1000.0)
         prompt.append(_int(p, line_no, "input_length", str(rec["input_length"])))
         output.append(_int(p, line_no, "output_length", str(rec["output_length"])))
+        lines.append(line_no)
         ids = rec.get("hash_ids")
         if ids is None:
             hashes.append(())
-            continue
-        if not isinstance(ids, list) or not all(
+        elif not isinstance(ids, list) or not all(
             isinstance(h, int) and not isinstance(h, bool) for h in ids
         ):
             raise _fail(p, line_no, "expected a list of integers", "hash_ids")
-        # Only whole blocks are cacheable: a trailing partial block's id is dropped.
-        hashes.append(tuple(ids[: prompt[-1] // MOONCAKE_BLOCK_TOKENS]))
-        with_hashes += 1
-    return (
-        np.array(t, dtype=np.float64),
-        np.array(prompt, dtype=np.int64),
-        np.array(output, dtype=np.int64),
-        hashes if with_hashes else None,
-    )
+        else:
+            # Only whole blocks are cacheable: a trailing partial block's id is dropped.
+            hashes.append(tuple(ids[: prompt[-1] // MOONCAKE_BLOCK_TOKENS]))
+            with_hashes += 1
+        if len(lines) >= rows:
+            yield chunk()
+            t, prompt, output, hashes, lines = [], [], [], [], []
+            with_hashes = 0
+    if lines:
+        yield chunk()

@@ -188,6 +188,12 @@ class ScrapeSample:
     ttft: HistogramSnapshot
     itl: HistogramSnapshot
     e2e: HistogramSnapshot
+    # vllm:request_prefill_time_seconds (scheduled to first token), for ttft_relative.
+    prefill_time: HistogramSnapshot
+
+
+# Finished requests buffered before they are binned (about 1 MB of tuples per replica).
+_FINISHED_BATCH = 4096
 
 
 class VllmMetrics:
@@ -229,7 +235,8 @@ class VllmMetrics:
         max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     ) -> None:
         # Finished requests not yet binned into the per-request histograms (binned in bulk when
-        # one of them is read: a backtest finishes requests far more often than it exposes).
+        # one of them is read, or every _FINISHED_BATCH requests: a backtest finishes requests
+        # far more often than it exposes, and a multi-day one must not keep them all).
         self._finished: list[tuple[float, float, float, float, int, int, int]] = []
         self.model_name = model_name
         self.kv_capacity_tokens = kv_capacity_tokens
@@ -282,27 +289,24 @@ class VllmMetrics:
         (queue = arrival to first scheduled, prefill = scheduled to first token, decode = first
         token to end, inference = scheduled to end; n is always 1 here)."""
         self.finish(reason, t_end - t_arrival)
+        # The durations are taken in bulk when binned (_bin_finished).
         self._finished.append(
-            (
-                max(0.0, t_scheduled - t_arrival),
-                max(0.0, t_first_token - t_scheduled),
-                max(0.0, t_end - t_first_token),
-                max(0.0, t_end - t_scheduled),
-                prompt_tokens,
-                generation_tokens,
-                max_tokens,
-            )
-        )
+            (t_arrival, t_scheduled, t_first_token, t_end, prompt_tokens, generation_tokens,
+             max_tokens)
+        )  # fmt: skip
+        if len(self._finished) >= _FINISHED_BATCH:
+            self._bin_finished()
 
     def _bin_finished(self) -> None:
         if not self._finished:
             return
         cols = np.asarray(self._finished, dtype=np.float64).T
         self._finished = []
-        self._queue_time.observe_many(cols[0])
-        self._prefill_time.observe_many(cols[1])
-        self._decode_time.observe_many(cols[2])
-        self._inference_time.observe_many(cols[3])
+        arrival, scheduled, first, end = cols[0], cols[1], cols[2], cols[3]
+        self._queue_time.observe_many(np.maximum(0.0, scheduled - arrival))
+        self._prefill_time.observe_many(np.maximum(0.0, first - scheduled))
+        self._decode_time.observe_many(np.maximum(0.0, end - first))
+        self._inference_time.observe_many(np.maximum(0.0, end - scheduled))
         self._prompt_tokens_hist.observe_many(cols[4])
         self._gen_tokens_hist.observe_many(cols[5])
         self._max_gen_tokens_hist.observe_many(cols[5])
@@ -367,6 +371,7 @@ class VllmMetrics:
             ttft=self.ttft.snapshot(),
             itl=self.itl.snapshot(),
             e2e=self.e2e.snapshot(),
+            prefill_time=self.prefill_time.snapshot(),
         )
 
     # --- exposition -------------------------------------------------------------------------

@@ -86,6 +86,8 @@ class FakePod:
     (rendered only when set)."""
     ttft_s: float = 0.2
     itl_s: float = 0.02
+    prefill_s: float = 0.2
+    """Every request's `request_prefill_time_seconds` (scheduled to first token)."""
     nan: bool = False
     """Report the gauges as NaN."""
     frozen_ms: int | None = None
@@ -133,6 +135,7 @@ class FakePod:
         if self.naming in ("old", "both"):
             w.histogram("vllm:time_per_output_token_seconds", ITL_BUCKETS, self.itl_s, tokens)
         w.histogram("vllm:e2e_request_latency_seconds", E2E_BUCKETS, 1.0, requests)
+        w.histogram("vllm:request_prefill_time_seconds", E2E_BUCKETS, self.prefill_s, requests)
         if self.prompt_lengths:
             share = requests / len(self.prompt_lengths)
             mix = [(length, share) for length in self.prompt_lengths]

@@ -31,6 +31,8 @@ ALL_SIGNALS: list[dict[str, Any]] = [
     {"signal": "running", "target": 40},
     {"signal": "ttft", "target": 1.0, "quantile": 0.9},
     {"signal": "itl", "target": 0.1, "quantile": 0.5},
+    # floor 0.5 s / slowdown 3: the divisor is clamped at 167 ms.
+    {"signal": "ttft_relative", "target": 3.0, "quantile": 0.9},
 ]
 
 

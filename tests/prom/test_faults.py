@@ -219,7 +219,7 @@ async def test_prometheus_error_reply_is_missing_not_unavailable(fleet: fl.Fleet
     assert samples["request_rate"].missing
     assert samples["request_rate"].detail == "query failed: error"
     assert src.stats.problems[("request_rate", "error")] == 1
-    assert src.stats.queries == 10  # discovery + 9, no retries
+    assert src.stats.queries == 11  # discovery + 10 (ttft_relative among them), no retries
 
 
 def test_invalid_selector_is_reported_for_its_role_only() -> None:

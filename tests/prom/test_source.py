@@ -17,6 +17,7 @@ from autoscaler.metrics.source import RoleSamples
 from autoscaler.types import PROMPT_LENGTH_CV, Role, SignalSample
 from tests.prom import fleet as fl
 from tests.prom.fakevllm import (
+    E2E_BUCKETS,
     ITL_BUCKETS,
     TOKEN_BUCKETS,
     TTFT_BUCKETS,
@@ -53,6 +54,11 @@ def test_prefill_decode_signals_match_ground_truth(samples: RoleSamples) -> None
     approx(p["running"], 2.0, 3)
     approx(p["batched_tokens"], 2048 / fl.MNBT, 3)
     approx(p["ttft_p90"], interpolated_quantile(TTFT_BUCKETS, 0.3, 0.9), 3)
+    # TTFT p90 over the prefill-time p90 (0.2 s each, above the 167 ms floor).
+    relative = interpolated_quantile(TTFT_BUCKETS, 0.3, 0.9) / interpolated_quantile(
+        E2E_BUCKETS, 0.2, 0.9
+    )
+    approx(p["ttft_relative_p90_f167ms"], relative, 3)
     approx(d["running"], 40.0, 2)
     approx(d["kv_cache"], 0.7, 2)
     approx(d["batched_tokens"], 64 / fl.MNBT, 2)
@@ -111,6 +117,7 @@ def test_role_without_pods_is_missing(samples: RoleSamples) -> None:
         "running",
         "ttft_p90",
         "itl_p50",
+        "ttft_relative_p90_f167ms",
         "request_rate",
         "prompt_tokens_rate",
         "generation_tokens_rate",
@@ -164,8 +171,8 @@ async def test_queries_per_tick_do_not_grow_with_pools(fleet: fl.Fleet) -> None:
             counts.append((after - before, src.stats.last_tick_queries))
     finally:
         src.close()
-    # 6 signal keys + 3 rates.
-    assert counts == [(9, 9), (9, 9)]
+    # 7 signal keys + 3 rates.
+    assert counts == [(10, 10), (10, 10)]
 
 
 async def test_discovery_narrows_to_present_spellings(fleet: fl.Fleet) -> None:

@@ -255,3 +255,93 @@ def test_oracle_bounds_are_ordered_on_the_azure_trace() -> None:
     orc = oracle(tr.arrival_s, tr.prompt_tokens, tr.output_tokens, P8B, disaggregated=True)
     assert orc.throughput_gpu_hours <= orc.gpu_hours <= orc.all_requests_gpu_hours
     assert orc.gpu_hours == orc.throughput_gpu_hours
+
+
+def _fewest_full_table(need: np.ndarray, floor: np.ndarray, budget: int) -> np.ndarray:
+    """The programme over every bin and the whole budget (the allocation before the cuts)."""
+    nbins, width = need.shape
+    top = max(width - 1, int(floor.max()))
+    inf = np.iinfo(np.int64).max // 4
+    best = np.zeros(budget + 1, dtype=np.int64)
+    pick = np.zeros((nbins, budget + 1), dtype=np.int64)
+    for m in range(nbins):
+        new = np.full(budget + 1, inf, dtype=np.int64)
+        arg = np.zeros(budget + 1, dtype=np.int64)
+        for lev in range(int(floor[m]), top + 1):
+            k = int(need[m, lev]) if lev < width else 0
+            if k > budget:
+                continue
+            cand = np.full(budget + 1, inf, dtype=np.int64)
+            cand[k:] = best[: budget + 1 - k] + lev
+            better = cand < new
+            new[better] = cand[better]
+            arg[better] = lev
+            if k == 0:
+                break
+        best = new
+        pick[m] = arg
+    out = np.zeros(nbins, dtype=np.int64)
+    k = budget
+    for m in range(nbins - 1, -1, -1):
+        out[m] = int(pick[m, k])
+        k -= int(need[m, out[m]]) if out[m] < width else 0
+    return out
+
+
+def test_fewest_with_budget_equals_the_full_table() -> None:
+    """Leaving bins that need no misses at their floor, and budget no floor uses, out of the
+    programme gives the same allocation, bin by bin (most bins of a long trace are such)."""
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        nbins = int(rng.integers(1, 40))
+        width = int(rng.integers(1, 6))
+        raw = rng.integers(0, 5, size=(nbins, width)) * (rng.random((nbins, 1)) < 0.3)
+        need = np.sort(raw, axis=1)[:, ::-1].copy()
+        need[:, -1] = 0
+        floor = rng.integers(1, width + 2, size=nbins)
+        budget = int(rng.integers(0, 25))
+        assert _fewest_with_budget(need, floor, budget).tolist() == (
+            _fewest_full_table(need, floor, budget).tolist()
+        )
+
+
+def test_prefill_misses_needed_in_slices_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Working through the trace in slices of whole bins (bounded memory) gives the same table."""
+    from autoscaler.sim import evaluate as ev  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    t = np.sort(rng.uniform(0, 600, 3000) ** 1.3 / 10)
+    work = rng.uniform(0.01, 0.5, len(t))
+    deadline = t + rng.uniform(0.2, 3.0, len(t))
+    nbins = int(t.max() // 60) + 1
+    whole = ev.prefill_misses_needed(t, work, deadline, bin_s=60.0, nbins=nbins)
+    monkeypatch.setattr(ev, "_MISSES_SLICE", 97)
+    sliced = ev.prefill_misses_needed(t, work, deadline, bin_s=60.0, nbins=nbins)
+    assert whole.any()
+    assert sliced.tolist() == whole.tolist()
+
+
+def test_oracle_of_a_stream_equals_the_oracle_of_its_arrays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks of any size, cut into slices at bin edges, give the oracle of the whole arrays."""
+    from autoscaler.sim import evaluate as ev  # noqa: PLC0415
+    from autoscaler.sim.workload import AZURE_CODE, generate  # noqa: PLC0415
+
+    tr = generate(AZURE_CODE, duration_s=3 * 3600, seed=5)
+    whole = oracle(tr.arrival_s, tr.prompt_tokens, tr.output_tokens, P8B, disaggregated=True)
+    monkeypatch.setattr(ev, "_ORACLE_SLICE", 700)
+    monkeypatch.setattr(ev, "_MISSES_SLICE", 300)
+    step = 333
+    chunks = [
+        (tr.arrival_s[i : i + step], tr.prompt_tokens[i : i + step], tr.output_tokens[i : i + step])
+        for i in range(0, len(tr.arrival_s), step)
+    ]
+    got = ev.oracle_of_stream(chunks, P8B, disaggregated=True)
+    assert whole.miss_budget > 0
+    assert got.gpu_hours == whole.gpu_hours
+    assert got.all_requests_gpu_hours == whole.all_requests_gpu_hours
+    assert got.miss_budget == whole.miss_budget
+    for role, reps in whole.replicas.items():
+        assert got.replicas[role].tolist() == reps.tolist()
+    assert got.decode_capacity_tok_s.tolist() == whole.decode_capacity_tok_s.tolist()

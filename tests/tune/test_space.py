@@ -118,3 +118,44 @@ def test_windows_alternate_and_rebase() -> None:
 def test_windows_bad_input_is_named(folds: int, span: float, match: str) -> None:
     with pytest.raises(errors.ConfigError, match=match):
         split(_trace(100, span), folds)
+
+
+def test_fleet_seeds_put_the_floors_at_the_fixed_fleet() -> None:
+    """The best fixed fleet as two trials: floors at its counts (the range widened to 6, within
+    the ceiling of 8), once with the policy's targets and once with every target at its top."""
+    from autoscaler.sim.tune.main import fleet_seeds  # noqa: PLC0415
+    from autoscaler.types import Role  # noqa: PLC0415
+
+    policy = load_policy_file(POLICIES / "llama-8b-disagg.yaml")
+    params, _ = space.search_space(policy)
+    ceiling = policy.pools[0].roles[Role.PREFILL].max_replicas
+    widened, seeds = fleet_seeds(params, policy, {Role.PREFILL: 6, Role.DECODE: 2})
+    by = {p.name: p for p in widened}
+    assert by["prefill.min_replicas"].high == min(6, ceiling) >= 6
+    at_floor, targets_high = seeds
+    assert at_floor["prefill.min_replicas"] == 6
+    assert at_floor["decode.min_replicas"] == 2
+    targets = [p for p in widened if p.name.endswith(".target")]
+    assert targets
+    assert all(at_floor[p.name] == p.clamp(p.default) for p in targets)
+    assert all(targets_high[p.name] == p.high for p in targets)
+    assert targets_high["prefill.min_replicas"] == 6
+    # Every seed is a valid policy.
+    doc = space.materialise(_doc("llama-8b-disagg.yaml"), policy)
+    for seed in seeds:
+        space.validate(space.apply(doc, widened, seed), source="seed")
+
+
+def test_relative_ttft_target_stays_a_slowdown() -> None:
+    """A ttft_relative target is searched above 1 (a slowdown of 1 or less is unmeetable and
+    invalid), where other targets span a third to three times the policy's."""
+    doc = _doc("llama-8b-disagg.yaml")
+    sigs = doc["pools"][0]["roles"]["prefill"]["signals"]
+    sigs[-1] = {"signal": "ttft_relative", "quantile": 0.9, "target": 2.0, "floor_s": 0.75}
+    params, _ = space.search_space(space.validate(doc, source="t"))
+    rel = next(p for p in params if "ttft_relative" in p.name)
+    assert (rel.low, rel.default, rel.high) == (pytest.approx(1.1), 2.0, pytest.approx(6.0))
+    low = space.validate(space.apply(doc, params, {rel.name: rel.low}), source="t")
+    assert [s.target for r in low.pools[0].roles.values() for s in r.signals][3] == pytest.approx(
+        1.1
+    )

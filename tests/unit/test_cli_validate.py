@@ -66,7 +66,7 @@ def test_shipped_policies_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
         ),
         pytest.param(
             ("queue_depth", "queue_length"),
-            "F: pools.0.roles.prefill.signals.0.signal: Input should be 'queue_depth', 'batched_tokens', 'kv_cache', 'running', 'ttft', 'itl', 'prompt_tokens_rate' or 'generation_tokens_rate' (got 'queue_length')",
+            "F: pools.0.roles.prefill.signals.0.signal: Input should be 'queue_depth', 'batched_tokens', 'kv_cache', 'running', 'ttft', 'itl', 'ttft_relative', 'prompt_tokens_rate' or 'generation_tokens_rate' (got 'queue_length')",
             id="unknown-signal",
         ),
         pytest.param(

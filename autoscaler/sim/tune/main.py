@@ -5,6 +5,7 @@ and writes the tuned YAML (with the measurements as its header), a table and a p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import sys
@@ -63,6 +64,7 @@ class Result:
     max_reversals: int
     train_frontier: list[yardsticks.FleetPoint] = field(default_factory=list)
     tune_wall_s: float = 0.0
+    held_out_frontier: list[yardsticks.FleetPoint] = field(default_factory=list)
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -86,6 +88,12 @@ class Result:
                 "on training"
             )
         return "; ".join(reasons) or None
+
+
+def _best_fleet(frontier: list[yardsticks.FleetPoint], target: float) -> dict[Role, int] | None:
+    """The cheapest verified fixed fleet reaching `target` (best-static), or None."""
+    ok = [p for p in frontier if p.verified and p.attainment >= target]
+    return dict(min(ok, key=lambda p: p.gpu_hours).replicas) if ok else None
 
 
 def _static_score(
@@ -137,6 +145,37 @@ def _static_score(
     return bs, hs, ys.frontier
 
 
+def fleet_seeds(
+    params: list[space.Param], policy: PolicyFile, fleet: dict[Role, int]
+) -> tuple[list[space.Param], tuple[dict[str, float], ...]]:
+    """The fixed fleet `fleet` as trials of the search: every role's floor (`min_replicas`) at
+    the fleet's count, once with the policy's own targets and once with every target at the top
+    of its range (the policy then rarely scales above the floor: about the fixed fleet, with
+    the controller's protection against bursts beyond it). A floor's range widens to the fleet
+    where the role's ceiling allows. Without these trials a search of a few dozen trials can end
+    costlier than a fixed fleet on its own training windows (issue 15's table: code-2x, long-1h)."""
+    _, spec = backtest.single_pool(policy)
+    want: dict[str, float] = {}
+    out: list[space.Param] = []
+    for p in params:
+        role = next((r for r in fleet if p.name == f"{r.value}.min_replicas"), None)
+        if role is None:
+            out.append(p)
+            continue
+        n = min(fleet[role], spec.roles[role].max_replicas)
+        out.append(dataclasses.replace(p, high=max(p.high, n)))
+        want[p.name] = n
+    if not want:
+        return params, ()
+    base = {p.name: p.clamp(p.default) for p in out}
+    at_floor = {**base, **want}
+    targets_high = {
+        **at_floor,
+        **{p.name: p.high for p in out if p.name.endswith(".target")},
+    }
+    return out, (at_floor, targets_high)
+
+
 def study_name_for(trace: Path, policy_text: str, folds: int, target: float) -> str:
     h = hashlib.sha256(f"{trace.resolve()}|{policy_text}|{folds}|{target}".encode()).hexdigest()
     return f"tune-{trace.stem}-{h[:10]}"
@@ -165,6 +204,17 @@ def tune(
     doc = space.materialise(load_yaml(policy_text, source=source), policy)
     parts = split(trace, folds)
     params, unsearched = space.search_space(policy)
+    frontier: list[yardsticks.FleetPoint] = []
+    bs_tr: Row | None = None
+    seeds: tuple[dict[str, float], ...] = ()
+    if yardsticks_on:
+        # The training windows' best fixed fleet, first: it seeds the search (fleet_seeds).
+        bs_tr, _, frontier = _static_score(
+            parts.train, parts.window_s, policy, profile, config, with_hindsight=False
+        )
+        best_fleet = _best_fleet(frontier, config.target)
+        if best_fleet is not None:
+            params, seeds = fleet_seeds(params, policy, best_fleet)
     hours = len(parts.train) * parts.window_s / 3600.0
     limit = max_reversals if max_reversals is not None else math.ceil(REVERSALS_PER_HOUR * hours)
     problem = study.Problem(
@@ -182,7 +232,7 @@ def tune(
         journal = None if storage or jobs <= 1 else str(Path(tmp) / "journal.log")
         args = study.WorkerArgs(
             problem, study_name, storage, journal, trials, seed, progress,
-            bar=progress and jobs <= 1 and sys.stderr.isatty(),
+            bar=progress and jobs <= 1 and sys.stderr.isatty(), seeds=seeds,
         )  # fmt: skip
         if jobs <= 1:
             st = study.create_study(study_name, study.open_storage(storage), seed=seed)
@@ -229,12 +279,9 @@ def tune(
         Row("input policy", d_tr, d_ho, source),
         Row("keda-queue", k_tr, k_ho),
     ]
-    frontier: list[yardsticks.FleetPoint] = []
+    ho_frontier: list[yardsticks.FleetPoint] = []
     if yardsticks_on:
-        bs_tr, _, frontier = _static_score(
-            parts.train, parts.window_s, policy, profile, config, with_hindsight=False
-        )
-        bs_ho, hs_ho, _ = _static_score(
+        bs_ho, hs_ho, ho_frontier = _static_score(
             parts.held_out, parts.window_s, policy, profile, config, with_hindsight=hindsight
         )
         rows.append(
@@ -272,6 +319,7 @@ def tune(
         max_reversals=limit,
         train_frontier=frontier,
         tune_wall_s=wall,
+        held_out_frontier=ho_frontier,
     )
 
 

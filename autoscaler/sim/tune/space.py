@@ -108,6 +108,10 @@ def reactive(pool: int, role: Role, spec: RoleSpec) -> list[Param]:
         if s.signal in (SignalName.KV_CACHE, SignalName.BATCHED_TOKENS):
             hi = min(hi, _FRACTION_CAP)
         lo = min(s.target / _TARGET_SPAN, hi)
+        if s.signal is SignalName.TTFT_RELATIVE:
+            # A slowdown over the prompt's own prefill time: 1 or less is unmeetable (and
+            # rejected by the spec).
+            lo = min(max(lo, 1.1), hi)
         out.append(
             Param(
                 f"{role.value}.{s.signal.value}{i}.target",

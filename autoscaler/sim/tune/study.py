@@ -199,6 +199,9 @@ class WorkerArgs:
     progress: bool
     # A progress bar instead of per-trial lines (one process, stderr a terminal).
     bar: bool = False
+    # Trials run first, after the user's policy (e.g. the training windows' best fixed fleet
+    # as a policy: tune.fleet_seeds).
+    seeds: tuple[dict[str, float], ...] = ()
 
 
 def work(args: WorkerArgs, study: optuna.Study | None = None) -> int:
@@ -212,6 +215,8 @@ def work(args: WorkerArgs, study: optuna.Study | None = None) -> int:
         # The user's policy is the first trial: the tuned result can only match or beat it on
         # the training windows.
         study.enqueue_trial({p.name: p.clamp(p.default) for p in args.problem.params})
+        for seed in args.seeds:
+            study.enqueue_trial(seed)
     done = len(completed(study))
     if done >= args.trials:
         return 0
@@ -306,6 +311,8 @@ def run_workers(args: WorkerArgs, jobs: int) -> None:
     )
     if not study.trials:
         study.enqueue_trial({p.name: p.clamp(p.default) for p in args.problem.params})
+        for seed in args.seeds:
+            study.enqueue_trial(seed)
     with ctx.Pool(jobs) as pool:
         pool.map(
             _work_in_process,

@@ -1,0 +1,128 @@
+"""`pd-autoscaler validate` warns when an absolute latency target is unreachable for the
+profile (`policy/reach.py`): a scenario table of policies, with and without `--profile`.
+
+The prompt lengths in the messages are computed from the profile here, not written down: a
+recalibrated profile moves them, the rule stays.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoscaler import cli
+from autoscaler.policy.reach import longest_prompt_within
+from autoscaler.profile import builtin
+from autoscaler.types import Role
+
+P8B = builtin("llama-8b-h100")
+
+
+def policy(prefill: str, decode: str = "signals: [{signal: kv_cache, target: 0.7}]") -> str:
+    return f"""
+pools:
+  - name: p
+    roles:
+      prefill: {{deployment: {{name: a}}, max_replicas: 4, {prefill}}}
+      decode: {{deployment: {{name: b}}, max_replicas: 4, {decode}}}
+"""
+
+
+TTFT_075 = "signals: [{signal: queue_depth, target: 2}, {signal: ttft, target: 0.75}]"
+SLO_ABS = "policies: [{kind: slo, profile: llama-8b-h100, ttft_slowdown: null, ttft_floor_s: 0.5}]"
+SLO_REL = "policies: [{kind: slo, profile: llama-8b-h100}]"
+
+
+def _n(limit: float, role: Role = Role.PREFILL) -> str:
+    return f"over {longest_prompt_within(P8B, limit, role=role):,} tokens"
+
+
+@pytest.mark.parametrize(
+    ("prefill", "decode", "flags", "warnings"),
+    [
+        pytest.param(
+            TTFT_075,
+            None,
+            ["--profile", "llama-8b-h100"],
+            [("pools.0.roles.prefill.signals.1: ttft target 0.75 s", _n(0.75))],
+            id="absolute-ttft-guard",
+        ),
+        pytest.param(TTFT_075, None, [], [], id="no-profile-no-check"),
+        pytest.param(
+            "signals: [{signal: ttft, target: 3600}]",
+            None,
+            ["--profile", "llama-8b-h100"],
+            [],
+            id="reachable-for-every-prompt",
+        ),
+        pytest.param(
+            "signals: [{signal: ttft_relative, target: 3, floor_s: 0.5}]",
+            None,
+            ["--profile", "llama-8b-h100"],
+            [],
+            id="relative-guard",
+        ),
+        pytest.param(
+            SLO_ABS,
+            SLO_REL,
+            [],
+            [("pools.0.roles.prefill.policies.0: absolute TTFT", _n(0.5))],
+            id="slo-absolute-ttft-its-own-profile",
+        ),
+        pytest.param(SLO_REL, SLO_REL, [], [], id="slo-relative"),
+        pytest.param(
+            TTFT_075.replace("0.75", "1.5"),
+            "signals: [{signal: itl, target: 0.005}]",
+            ["--profile", "llama-8b-h100"],
+            [
+                ("prefill.signals.1: ttft target 1.5 s", _n(1.5)),
+                ("decode.signals.0: itl target 0.005 s", "a decode step of a single sequence"),
+            ],
+            id="itl-below-the-step-floor",
+        ),
+    ],
+)
+def test_warnings(  # noqa: PLR0917 - the scenario table's columns
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    prefill: str,
+    decode: str | None,
+    flags: list[str],
+    warnings: list[tuple[str, str]],
+) -> None:
+    f = tmp_path / "policy.yaml"
+    f.write_text(policy(prefill) if decode is None else policy(prefill, decode))
+    assert cli.main(["validate", str(f), *flags]) == 0  # warnings never fail validation
+    out = capsys.readouterr()
+    assert out.out.count(": valid") == 1
+    lines = [ln for ln in out.err.splitlines() if ": warning: " in ln]
+    assert len(lines) == len(warnings), out.err
+    for line, (field, detail) in zip(lines, warnings, strict=True):
+        assert line.startswith(f"{f}: warning: "), line
+        assert field in line
+        assert detail in line
+        assert "llama-8b-h100" in line
+
+
+def test_unknown_profile_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "policy.yaml"
+    f.write_text(policy(TTFT_075))
+    assert cli.main(["validate", str(f), "--profile", "no-such-profile"]) == 2
+    assert "no-such-profile" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("limit", [0.05, 0.5, 0.75, 2.0, 10.0])
+@pytest.mark.parametrize("role", [Role.PREFILL, Role.AGGREGATED])
+def test_longest_prompt_is_the_boundary(limit: float, role: Role) -> None:
+    """n meets the limit and n + 1 does not (prefill replicas also pay the KV transfer)."""
+    n = longest_prompt_within(P8B, limit, role=role)
+
+    def t(p: int) -> float:
+        x = P8B.idle_prefill_s(p)
+        return x + (P8B.kv_transfer_s(p) if role is Role.PREFILL else 0.0)
+
+    if n == 0:
+        assert t(1) > limit
+    elif n < P8B.kv_capacity_tokens - 1:
+        assert t(n) <= limit < t(n + 1)
