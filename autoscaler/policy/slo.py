@@ -354,12 +354,12 @@ class SLOPolicy:
     def _load(self, series: RateSeries, now: float, current: float) -> tuple[float, float, str]:
         """(steady rate: max(current, trend at the horizon), burst headroom, explanation)."""
         head, age = series.headroom(now, self.config.attainment)
-        trend = series.trend(now, self.horizon_s)
+        rise = series.trend(now, self.horizon_s)
         parts = [f"now {current:.3g}"]
         value = current
-        if trend is not None and trend > value + _EPS:
-            value = trend
-            parts.append(f"trend at +{self.horizon_s:.0f} s {trend:.3g}")
+        if rise is not None and rise > _EPS:
+            value = current + rise
+            parts.append(f"trend +{rise:.3g} by +{self.horizon_s:.0f} s")
         if head > value + _EPS:
             q = self.config.attainment
             parts.append(
