@@ -73,6 +73,7 @@ from autoscaler.policy.slo_model import (
 from autoscaler.spec import RoleSpec
 from autoscaler.types import (
     GENERATION_TOKENS_RATE,
+    PROMPT_LENGTH_CV,
     PROMPT_TOKENS_RATE,
     REQUEST_RATE,
     Need,
@@ -196,6 +197,8 @@ class SLOPolicy:
         self.lengths: deque[tuple[float, float, float, float]] = deque()
         self._moments: dict[tuple[int, float], tuple[float, float, list[float]]] = {}
         self.o_mean: float | None = None
+        # (t, req/s, mean prompt, CV) of the ticks whose source measured the prompt-length CV.
+        self.measured: deque[tuple[float, float, float, float]] = deque()
 
     # --- the model --------------------------------------------------------------------------
 
@@ -298,9 +301,19 @@ class SLOPolicy:
         )
 
     def prompt_cv(self) -> tuple[float, str]:
-        """The prompt-length CV in use and where it comes from."""
+        """The prompt-length CV in use and where it comes from: configured, else measured
+        (vLLM's prompt-length histogram, pooled over the length window), else estimated from
+        the rate windows (`PromptSpread`, biased high where sessions send runs of similar
+        prompts), else the prior."""
         if self.config.prompt_length_cv is not None:
             return self.config.prompt_length_cv, "configured"
+        weight = sum(x[1] for x in self.measured)
+        if weight > _EPS and self.p_mean:
+            # Pooled within-window variance: each window's spread around its own mean, weighed
+            # by its requests; a mix drifting between windows is not a spread a queue sees.
+            var = sum(lam * (cv * p) ** 2 for _, lam, p, cv in self.measured) / weight
+            n = len(self.measured)
+            return math.sqrt(var) / self.p_mean, f"measured (prompt-length histogram, {n} ticks)"
         est, k = self.spread.cv()
         if est is None:
             return self.config.prompt_length_cv_prior, f"prior ({k} windows)"
@@ -397,8 +410,13 @@ class SLOPolicy:
         if lam > _EPS:
             self.spread.add(ctx.now, lam, ptok / lam)
             self.lengths.append((ctx.now, lam, ptok, gtok))
+        measured = sig.get(PROMPT_LENGTH_CV)
+        if lam > _EPS and measured is not None and measured.value is not None:
+            self.measured.append((ctx.now, lam, ptok / lam, float(measured.value)))
         while self.lengths and self.lengths[0][0] < ctx.now - self.config.length_window_s:
             self.lengths.popleft()
+        while self.measured and self.measured[0][0] < ctx.now - self.config.length_window_s:
+            self.measured.popleft()
         tot = sum(x[1] for x in self.lengths)
         if tot > _EPS:
             # Ratio of sums over the window: requests weigh in by their number, and a handful of

@@ -49,13 +49,15 @@ def make(role: Role = Role.PREFILL, **config: Any) -> SLOPolicy:
 
 def tick(
     pol: SLOPolicy, now: float, *, req: float | None, ptok: float | None, gtok: float | None,
-    replicas: int = 1,
+    replicas: int = 1, length_cv: float | None = None,
 ) -> tuple[int, str, bool]:  # fmt: skip
     sig = {
         "request_rate": SignalSample(req, replicas),
         "prompt_tokens_rate": SignalSample(ptok, replicas),
         "generation_tokens_rate": SignalSample(gtok, replicas),
     }
+    if length_cv is not None:
+        sig["prompt_length_cv"] = SignalSample(length_cv, replicas)
     ctx = RoleContext(
         pool="p",
         role=pol.role,
@@ -346,3 +348,41 @@ def test_trend_adds_nothing_once_a_hump_is_falling() -> None:
         w_plain, _, _ = tick(plain, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
     assert w_trend == w_plain
     assert "trend" not in why
+
+
+@pytest.mark.parametrize(
+    ("measured", "narrow_or_wide"),
+    [(0.3, "narrow"), (2.5, "wide")],
+)
+def test_a_measured_prompt_mix_is_preferred_to_the_rate_window_estimate(
+    measured: float, narrow_or_wide: str
+) -> None:
+    """With the prompt-length histogram's CV on the signals, the policy sizes on it (pooled
+    over the length window) instead of the rate-window estimate or the prior; a wide mix needs
+    more replicas than a narrow one at the same load."""
+    pol = make()
+    t = 0.0
+    for _ in range(40):
+        t += 15.0
+        want, why, _ = tick(pol, t, req=30.0, ptok=30.0 * 2000, gtok=30.0 * 50,
+                            length_cv=measured)  # fmt: skip
+    assert f"prompt cv {measured:.2f}: measured" in why
+    other = make()
+    t = 0.0
+    for _ in range(40):
+        t += 15.0
+        want_other, _, _ = tick(other, t, req=30.0, ptok=30.0 * 2000, gtok=30.0 * 50,
+                                length_cv=2.5 if narrow_or_wide == "narrow" else 0.3)  # fmt: skip
+    if narrow_or_wide == "narrow":
+        assert want < want_other
+    else:
+        assert want > want_other
+
+
+def test_without_the_histogram_the_rate_window_estimate_is_used() -> None:
+    pol = make()
+    t = 0.0
+    for _ in range(40):
+        t += 15.0
+        _, why, _ = tick(pol, t, req=30.0, ptok=30.0 * 2000, gtok=30.0 * 50)
+    assert "measured" not in why
