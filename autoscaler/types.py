@@ -87,8 +87,9 @@ PROMPT_TOKENS_RATE = "prompt_tokens_rate"
 GENERATION_TOKENS_RATE = "generation_tokens_rate"
 RATE_KEYS: tuple[str, ...] = (REQUEST_RATE, PROMPT_TOKENS_RATE, GENERATION_TOKENS_RATE)
 # The coefficient of variation of the prompt lengths of the requests finished in the rate window,
-# from vLLM's `request_prompt_tokens` histogram (metrics/lengths.py). Reported by the simulator
-# for every role; optional: a consumer (the slo kind) falls back when it is absent or missing.
+# from vLLM's `request_prompt_tokens` histogram (metrics/lengths.py). An optional key: sources
+# report it for roles whose policies ask for it (`Policy.extra_keys`, e.g. the slo kind), and a
+# consumer falls back when it is missing.
 PROMPT_LENGTH_CV = "prompt_length_cv"
 
 

@@ -162,6 +162,9 @@ def _load_profile(name: str) -> object:
 class SLOPolicy:
     """The SLO policy of one role of one pool."""
 
+    # The prompt mix from vLLM's prompt-length histogram (prompt_cv falls back without it).
+    extra_keys = (PROMPT_LENGTH_CV,)
+
     def __init__(self, config: SLOConfig, *, pool: str, role: Role, spec: RoleSpec) -> None:
         from autoscaler.profile import Profile  # noqa: PLC0415
 
