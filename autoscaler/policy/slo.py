@@ -73,6 +73,7 @@ from autoscaler.policy.slo_model import (
 from autoscaler.spec import RoleSpec
 from autoscaler.types import (
     GENERATION_TOKENS_RATE,
+    PROMPT_LENGTH_CV,
     PROMPT_TOKENS_RATE,
     REQUEST_RATE,
     Need,
@@ -161,6 +162,9 @@ def _load_profile(name: str) -> object:
 class SLOPolicy:
     """The SLO policy of one role of one pool."""
 
+    # The prompt mix from vLLM's prompt-length histogram (prompt_cv falls back without it).
+    extra_keys = (PROMPT_LENGTH_CV,)
+
     def __init__(self, config: SLOConfig, *, pool: str, role: Role, spec: RoleSpec) -> None:
         from autoscaler.profile import Profile  # noqa: PLC0415
 
@@ -196,6 +200,8 @@ class SLOPolicy:
         self.lengths: deque[tuple[float, float, float, float]] = deque()
         self._moments: dict[tuple[int, float], tuple[float, float, list[float]]] = {}
         self.o_mean: float | None = None
+        # (t, req/s, mean prompt, CV) of the ticks whose source measured the prompt-length CV.
+        self.measured: deque[tuple[float, float, float, float]] = deque()
 
     # --- the model --------------------------------------------------------------------------
 
@@ -298,9 +304,19 @@ class SLOPolicy:
         )
 
     def prompt_cv(self) -> tuple[float, str]:
-        """The prompt-length CV in use and where it comes from."""
+        """The prompt-length CV in use and where it comes from: configured, else measured
+        (vLLM's prompt-length histogram, pooled over the length window), else estimated from
+        the rate windows (`PromptSpread`, biased high where sessions send runs of similar
+        prompts), else the prior."""
         if self.config.prompt_length_cv is not None:
             return self.config.prompt_length_cv, "configured"
+        weight = sum(x[1] for x in self.measured)
+        if weight > _EPS and self.p_mean:
+            # Pooled within-window variance: each window's spread around its own mean, weighed
+            # by its requests; a mix drifting between windows is not a spread a queue sees.
+            var = sum(lam * (cv * p) ** 2 for _, lam, p, cv in self.measured) / weight
+            n = len(self.measured)
+            return math.sqrt(var) / self.p_mean, f"measured (prompt-length histogram, {n} ticks)"
         est, k = self.spread.cv()
         if est is None:
             return self.config.prompt_length_cv_prior, f"prior ({k} windows)"
@@ -354,12 +370,12 @@ class SLOPolicy:
     def _load(self, series: RateSeries, now: float, current: float) -> tuple[float, float, str]:
         """(steady rate: max(current, trend at the horizon), burst headroom, explanation)."""
         head, age = series.headroom(now, self.config.attainment)
-        trend = series.trend(now, self.horizon_s)
+        rise = series.trend(now, self.horizon_s)
         parts = [f"now {current:.3g}"]
         value = current
-        if trend is not None and trend > value + _EPS:
-            value = trend
-            parts.append(f"trend at +{self.horizon_s:.0f} s {trend:.3g}")
+        if rise is not None and rise > _EPS:
+            value = current + rise
+            parts.append(f"trend +{rise:.3g} by +{self.horizon_s:.0f} s")
         if head > value + _EPS:
             q = self.config.attainment
             parts.append(
@@ -397,8 +413,13 @@ class SLOPolicy:
         if lam > _EPS:
             self.spread.add(ctx.now, lam, ptok / lam)
             self.lengths.append((ctx.now, lam, ptok, gtok))
+        measured = sig.get(PROMPT_LENGTH_CV)
+        if lam > _EPS and measured is not None and measured.value is not None:
+            self.measured.append((ctx.now, lam, ptok / lam, float(measured.value)))
         while self.lengths and self.lengths[0][0] < ctx.now - self.config.length_window_s:
             self.lengths.popleft()
+        while self.measured and self.measured[0][0] < ctx.now - self.config.length_window_s:
+            self.measured.popleft()
         tot = sum(x[1] for x in self.lengths)
         if tot > _EPS:
             # Ratio of sums over the window: requests weigh in by their number, and a handful of

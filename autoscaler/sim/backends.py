@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from autoscaler.actuator.base import WorkloadStatus
+from autoscaler.metrics.lengths import prompt_length_cv
 from autoscaler.metrics.source import (
     GENERATION_TOKENS_RATE,
     PROMPT_TOKENS_RATE,
@@ -49,7 +50,7 @@ from autoscaler.metrics.source import (
 )
 from autoscaler.sim.vllm_metrics import ITL_BUCKETS, REQUEST_TIME_BUCKETS, TTFT_BUCKETS
 from autoscaler.spec import relative_floor_s
-from autoscaler.types import Role, SignalName, SignalSample
+from autoscaler.types import PROMPT_LENGTH_CV, Role, SignalName, SignalSample
 
 if TYPE_CHECKING:
     from autoscaler.sim.engine import Replica, SimDeployment, Simulation
@@ -146,7 +147,7 @@ class SimMetricsSource:
         if latest is None:
             for sig in spec.signals:
                 samples[signal_key(sig)] = SignalSample(None, 0, "no scrape yet")
-            for key in RATE_KEYS:
+            for key in (*RATE_KEYS, PROMPT_LENGTH_CV):
                 samples[key] = SignalSample(None, 0, "no scrape yet")
             return samples
         _, reps = latest
@@ -156,6 +157,8 @@ class SimMetricsSource:
                 samples[signal_key(sig)] = self._signal(sig, spec, windows)
         for key in RATE_KEYS:
             samples[key] = self._rate(key, windows)
+        bounds = reps[0].metrics.prompt_tokens_hist.bounds if reps else ()
+        samples[PROMPT_LENGTH_CV] = _length_cv(bounds, windows)
         return samples
 
     def _window(self, rep: Replica, now: float) -> list[tuple[float, ScrapeSample]]:
@@ -256,6 +259,32 @@ def _window_quantile(
     if math.isnan(value):
         return SignalSample(None, n, "no observations in window")
     return SignalSample(value, n)
+
+
+def _length_cv(
+    bounds: Sequence[float], windows: list[list[tuple[float, ScrapeSample]]]
+) -> SignalSample:
+    """The prompt-length CV of the requests finished in the window, from the summed increases
+    of every replica's `request_prompt_tokens` histogram (as the Prometheus source reads it)."""
+    summed: list[float] | None = None
+    total = 0.0
+    count = 0
+    n = 0
+    for w in windows:
+        if len(w) < 2:
+            continue
+        a, b = w[0][1].prompt_len, w[-1][1].prompt_len
+        delta = [float(y - x) for x, y in zip(a.counts, b.counts, strict=True)]
+        summed = delta if summed is None else [x + y for x, y in zip(summed, delta, strict=True)]
+        total += b.sum - a.sum
+        count += b.count - a.count
+        n += 1
+    if summed is None:
+        return SignalSample(None, 0, "fewer than 2 scrapes in window")
+    cv = prompt_length_cv(bounds, summed, total / count) if count > 0 else None
+    if cv is None:
+        return SignalSample(None, n, "no request finished in window")
+    return SignalSample(cv, n)
 
 
 def _prefill(s: ScrapeSample) -> HistogramSnapshot:

@@ -190,6 +190,8 @@ class ScrapeSample:
     e2e: HistogramSnapshot
     # vllm:request_prefill_time_seconds (scheduled to first token), for ttft_relative.
     prefill_time: HistogramSnapshot
+    # vllm:request_prompt_tokens (1-2-5 buckets), for the prompt mix (metrics/lengths.py).
+    prompt_len: HistogramSnapshot
 
 
 # Finished requests buffered before they are binned (about 1 MB of tuples per replica).
@@ -372,6 +374,7 @@ class VllmMetrics:
             itl=self.itl.snapshot(),
             e2e=self.e2e.snapshot(),
             prefill_time=self.prefill_time.snapshot(),
+            prompt_len=self.prompt_tokens_hist.snapshot(),
         )
 
     # --- exposition -------------------------------------------------------------------------

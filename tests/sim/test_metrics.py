@@ -121,8 +121,11 @@ async def test_metrics_source_signals(policy: PolicyFile) -> None:
     out = await src.fetch(targets, now=120.0)
     pre = out[("chat", Role.PREFILL)]
     dec = out[("chat", Role.DECODE)]
-    assert set(pre) == {"queue_depth", "batched_tokens", "ttft_p90", *RATE_KEYS}
-    assert set(dec) == {"kv_cache", "running", "itl_p50", *RATE_KEYS}
+    assert set(pre) == {"queue_depth", "batched_tokens", "ttft_p90", *RATE_KEYS, "prompt_length_cv"}
+    assert set(dec) == {"kv_cache", "running", "itl_p50", *RATE_KEYS, "prompt_length_cv"}
+    # Every prompt is 1000 tokens: the (500, 1000] bucket's width is all the spread there is.
+    assert pre["prompt_length_cv"].value is not None
+    assert pre["prompt_length_cv"].value < 0.3
     # ~1.33 req/s x 1000 prompt tokens; counters over the 60 s window.
     assert pre["prompt_tokens_rate"].value == pytest.approx(1333, rel=0.25)
     assert dec["generation_tokens_rate"].value == pytest.approx(133, rel=0.3)

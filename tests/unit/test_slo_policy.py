@@ -49,13 +49,15 @@ def make(role: Role = Role.PREFILL, **config: Any) -> SLOPolicy:
 
 def tick(
     pol: SLOPolicy, now: float, *, req: float | None, ptok: float | None, gtok: float | None,
-    replicas: int = 1,
+    replicas: int = 1, length_cv: float | None = None,
 ) -> tuple[int, str, bool]:  # fmt: skip
     sig = {
         "request_rate": SignalSample(req, replicas),
         "prompt_tokens_rate": SignalSample(ptok, replicas),
         "generation_tokens_rate": SignalSample(gtok, replicas),
     }
+    if length_cv is not None:
+        sig["prompt_length_cv"] = SignalSample(length_cv, replicas)
     ctx = RoleContext(
         pool="p",
         role=pol.role,
@@ -221,7 +223,7 @@ def test_trend_prewarms_a_ramp_and_ignores_noise() -> None:
         lam = 1.0 + 9.0 * t / 2700.0
         w_ramp, why, _ = tick(ramp, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
         w_flat, _, _ = tick(flat, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
-    assert "trend at +105 s" in why
+    assert "by +105 s" in why
     assert w_ramp >= w_flat
     noisy = make(burst_memory_s=0, trend_window_s=1800)
     calm = make(burst_memory_s=0, trend_window_s=0)
@@ -353,3 +355,58 @@ def test_short_rate_only_while_the_same_replicas_report(
     for i in range(9, 13):
         series.add(15.0 * i, 2.5, after)
     assert series.add(15.0 * 13, 2.5, after) == pytest.approx(2.5)
+
+
+def test_trend_adds_nothing_once_a_hump_is_falling() -> None:
+    """A busy quarter of an hour, then a fall: the 30-minute line's value at the horizon still
+    carries the hump's level, but only a rise adds load, so after the fall the want follows
+    the current rate (a hump at 2.5x on the Azure conversation hour held 13.5 req/s of "trend"
+    against 1.6 req/s)."""
+    trend = make(burst_memory_s=0, trend_window_s=1800, prompt_length_cv=1.0)
+    plain = make(burst_memory_s=0, trend_window_s=0, prompt_length_cv=1.0)
+    t = 0.0
+    rates = [5.0] * 40 + [40.0] * 60 + [5.0] * 40  # 10 min, 15 min busy, 10 min
+    for lam in rates:
+        t += 15.0
+        w_trend, why, _ = tick(trend, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
+        w_plain, _, _ = tick(plain, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
+    assert w_trend == w_plain
+    assert "trend" not in why
+
+
+@pytest.mark.parametrize(
+    ("measured", "narrow_or_wide"),
+    [(0.3, "narrow"), (2.5, "wide")],
+)
+def test_a_measured_prompt_mix_is_preferred_to_the_rate_window_estimate(
+    measured: float, narrow_or_wide: str
+) -> None:
+    """With the prompt-length histogram's CV on the signals, the policy sizes on it (pooled
+    over the length window) instead of the rate-window estimate or the prior; a wide mix needs
+    more replicas than a narrow one at the same load."""
+    pol = make()
+    t = 0.0
+    for _ in range(40):
+        t += 15.0
+        want, why, _ = tick(pol, t, req=30.0, ptok=30.0 * 2000, gtok=30.0 * 50,
+                            length_cv=measured)  # fmt: skip
+    assert f"prompt cv {measured:.2f}: measured" in why
+    other = make()
+    t = 0.0
+    for _ in range(40):
+        t += 15.0
+        want_other, _, _ = tick(other, t, req=30.0, ptok=30.0 * 2000, gtok=30.0 * 50,
+                                length_cv=2.5 if narrow_or_wide == "narrow" else 0.3)  # fmt: skip
+    if narrow_or_wide == "narrow":
+        assert want < want_other
+    else:
+        assert want > want_other
+
+
+def test_without_the_histogram_the_rate_window_estimate_is_used() -> None:
+    pol = make()
+    t = 0.0
+    for _ in range(40):
+        t += 15.0
+        _, why, _ = tick(pol, t, req=30.0, ptok=30.0 * 2000, gtok=30.0 * 50)
+    assert "measured" not in why
