@@ -253,7 +253,7 @@ def test_trend_acts_from_half_an_hour_of_minute_bins() -> None:
         lam = 2.0 + 18.0 * t / 1800.0
         w_ramp, why, _ = tick(ramp, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
         w_flat, _, _ = tick(flat, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
-        if first is None and "trend at" in why:
+        if first is None and "trend +" in why:
             first = t
         ahead = ahead or w_ramp > w_flat
     assert first is not None
