@@ -441,7 +441,10 @@ async def test_unsynced_cluster_cache_is_in_readyz_and_ticks_go_on(
     api = Forbidden([], [])
     cache = DeploymentCache(api, reconcile_s=0.01)
     async with leader(tmp_path, FlakyStateCore(), cluster_cache=cache) as c:
-        await until(lambda: any(k.startswith("cluster-cache") for k in c.health.failing),
+        # The cache's watch may fail before the first state read marks the API server reached
+        # (under load it does), and /readyz names that first; wait for both.
+        await until(lambda: c.health.api_reachable
+                    and any(k.startswith("cluster-cache") for k in c.health.failing),
                     "the cache's failure reported")
         ok, detail = c.health.ready()
         assert not ok
@@ -516,10 +519,11 @@ def test_on_cluster_wires_the_fence_into_every_writer() -> None:
     c = factory.on_cluster(s, api=NO_API, source=FakeMetricsSource(),
                            telemetry=Telemetry())
     assert c.leader_endpoint is not None
-    endpoint_fence = c.leader_endpoint._fence  # type: ignore[attr-defined]
+    actuator_fence = c.actuator._fence  # type: ignore[attr-defined]
+    state_fence = c.state_store._fence  # type: ignore[attr-defined]
+    endpoint_fence = c.leader_endpoint._fence
     assert endpoint_fence is not None
-    fences = [lambda: c.actuator._fence(REF), lambda: c.state_store._fence(3),  # type: ignore[attr-defined]
-              endpoint_fence]
+    fences = [lambda: actuator_fence(REF), lambda: state_fence(3), endpoint_fence]
     assert all(not f() for f in fences)  # the lease is not held
     lease = FakeLease()
     lease.holder = True
