@@ -114,8 +114,10 @@ async def test_backfill_before_the_first_tick_and_for_roles_a_reload_adds(
     async with running(tmp_path, source, text, forecast_backfill_s=86400.0) as c:
         await _until(lambda: c.ticks > 0, "first tick")
         hist = _forecast(c, "a").forecaster.history
-        assert len(hist) == 1440
-        assert hist.observed() == 1440
+        # A day of minute bins; the first tick's own sample opens a 1,441st when a minute
+        # boundary passes between the backfill and the tick (seen under load).
+        assert len(hist) in (1440, 1441)
+        assert hist.observed() in (1440, 1441)
         assert [(pool, series, end - start, step) for pool, series, start, end, step
                 in source.calls] == [("a", "request_rate", 86400.0, 60.0)]
         rd = c.store.latest
