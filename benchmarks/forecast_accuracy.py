@@ -19,6 +19,14 @@ true (noise-free) rate as a forecast, i.e. what Poisson noise alone costs.
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the BLAS thread setting must precede the numpy import)
+import os
+
+# Fits here stand for the controller's refit workers, which run one BLAS thread each
+# (autoscaler/controller/refits.py WORKER_ENV); set before numpy loads OpenBLAS.
+for _k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_k, "1")
+
 import argparse
 import sys
 import time
