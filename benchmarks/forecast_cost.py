@@ -14,9 +14,22 @@ processes, and what stays in the controller's own process per fit (submit, poll,
 
     .venv/bin/python benchmarks/forecast_cost.py [--pools 1000] [--ticks 40] [--reps 5]
         [--fit-samples 5] [--refit-workers 1]
+        [--steady-pools 500] [--steady-days 2] [--steady-sample 4]
+
+Steady state (issue 16): a few auto forecasters walk days of synthetic time on the default
+refit schedule; reported as refit CPU-s per fit, fits per 15-s tick and amortised refit CPU-s
+per tick at 500 forecasting pools, plus the per-tick prediction cost.
 """
 
 from __future__ import annotations
+
+# ruff: noqa: E402  (the BLAS thread setting must precede the numpy import)
+import os
+
+# Fits here stand for the controller's refit workers, which run one BLAS thread each
+# (autoscaler/controller/refits.py WORKER_ENV); set before numpy loads OpenBLAS.
+for _k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_k, "1")
 
 import argparse
 import copy
@@ -143,6 +156,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--fit-samples", type=int, default=5)
     ap.add_argument("--refit-workers", type=int, default=1)
+    ap.add_argument("--steady-pools", type=int, default=500)
+    ap.add_argument("--steady-days", type=float, default=2.0)
+    ap.add_argument("--steady-sample", type=int, default=4)
     args = ap.parse_args()
 
     history = synthetic(3, seed=0)
@@ -247,7 +263,48 @@ def main() -> int:
             f"| {per_h * 2 / (3600 / TICK_S) * 1e3:.3f} | {per_h * 2 * args.pools / 3600:.2f} |"
         )
     process_refits(long, args.fit_samples, args.refit_workers)
+    # (a) measured both roles of each pool; a forecasting pool here forecasts one series.
+    steady_state(args.steady_pools, args.steady_days, args.steady_sample, pol / 2 / 1e3)
     return 0
+
+
+def steady_state(pools: int, days: float, sample: int, predict_s: float) -> None:
+    """What refits cost a long-running controller with the default schedule: `sample` auto
+    forecasters (prompt_tokens_rate as in controller_scale.py) holding 8 days of history walk
+    `days` more days bin by bin with every refit check due on the defaults (hourly checks,
+    skipped while not drifted, daily comparison); every fit runs inline and its CPU (what a
+    worker process would spend) is summed. Scaled to `pools` forecasting pools per 15-s tick,
+    plus the per-tick prediction cost measured above."""
+    fit_cpu = 0.0
+    fits = skipped = 0
+    for j in range(sample):
+        series = synthetic(8 + days, seed=10 + j)
+        f = engine.Forecaster(engine.Settings(model="auto", horizon_s=105), key=f"p{j}/prefill")
+        start = 8 * 1440
+        f.history.load(0, series[:start])
+        inline = refit.Inline()
+        for k in range(start, len(series)):
+            t = k * BIN_S
+            before = f.fit
+            f.maybe_refit(t, inline)
+            if f.fit is not before and f.fit is not None:
+                fit_cpu += f.fit.cpu_s
+            f.observe(t, float(series[k]))
+        fits += f.fits
+        skipped += f.skipped
+    ticks = days * 86400 / TICK_S
+    per_tick_fits = fits / sample * pools / ticks
+    per_tick_cpu = fit_cpu / sample * pools / ticks
+    print(
+        f"\nsteady state, auto on the defaults ({sample} pools x {days:g} d, 8 d of history): "
+        f"{fits} fits, {skipped} due refits skipped (not drifted), "
+        f"{fit_cpu / max(fits, 1):.3f} CPU-s per fit"
+    )
+    print(
+        f"at {pools} forecasting pools: {per_tick_fits:.4f} fits per 15-s tick, refits "
+        f"{per_tick_cpu:.3f} CPU-s per tick amortised (worker processes), predictions "
+        f"{predict_s * pools:.3f} CPU-s per tick, total {per_tick_cpu + predict_s * pools:.3f}"
+    )
 
 
 def process_refits(long: np.ndarray, samples: int, workers: int) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +36,14 @@ from autoscaler.forecast import models
 log = structlog.get_logger(__name__)
 
 OnResult = Callable[[str, models.FitResult], None]
+
+# One BLAS/OpenMP thread per refit worker. A fit's matrices are tiny (<= 4,680 points, state
+# vectors of <= 4), so OpenBLAS's extra threads only spin: on the shared 2-core machine a
+# sarimax fit cost 2.5 CPU-s with the default thread pool and 0.14 with one thread, an `auto`
+# comparison 2.0-3.4 vs 0.25 (benchmarks/forecast_cost.py). Parallelism is REFIT_WORKERS.
+# Set in the environment the spawned workers inherit (BLAS reads it when it loads); a value
+# the operator set is kept.
+WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 class _Handle:
@@ -116,6 +125,8 @@ class ProcessRefitter:
     def submit(self, fn: Callable[[models.FitJob], models.FitResult], job: models.FitJob
                ) -> _Handle:
         if self._pool is None:
+            for k, v in WORKER_ENV.items():
+                os.environ.setdefault(k, v)
             # spawn, not fork: the controller has an event loop, threads and open sockets that
             # a forked child would inherit half-copied.
             self._pool = concurrent.futures.ProcessPoolExecutor(

@@ -7,6 +7,16 @@ only when a bin closed or a new fit was installed, and cached otherwise. Fits ar
 fitted model (its parameters get older, its state stays current) and is retried at the next
 period.
 
+Refits are what a forecast costs (issue 16: ~0.3-1 CPU-s per fit, ~3 s per `auto` comparison,
+against a budget of 0.25 CPU-s per 15-s tick for 500 forecasting pools). So a due refit is
+*skipped* while the fitted parameters demonstrably still fit: every closed bin's one-step error
+is recorded, and while the mean absolute one-step error since the fit stays within
+`drift_ratio` times the one measured on the fit's own held-out bins (`FitResult.err1`), a new
+fit would mostly re-estimate the same parameters. A drifted error, a fit older than
+`max_fit_age_s`, an `auto` comparison that is due, a failed or bridging fit (`note`) or a fit
+made on less history than its window all refit as scheduled. `drift_ratio=None` refits every
+period (the behaviour before issue 16).
+
 `predict` returns either a `Forecast` or a `Fallback` naming why there is none (too little
 history, no fit yet, the fit failed, no recent data, NaN or negative values), which the policy
 turns into a Need that leaves the decision to the reactive signals.
@@ -14,6 +24,7 @@ turns into a Need that leaves the decision to the reactive signals.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
@@ -35,7 +46,9 @@ class Settings:
     quantile: float = 0.9
     min_history_s: float = 7200.0
     refit_every_s: float = 3600.0
-    select_every_s: float = 6 * 3600.0
+    select_every_s: float = 24 * 3600.0
+    drift_ratio: float | None = 1.5
+    max_fit_age_s: float = 86400.0
     validation_s: float = 6 * 3600.0
     seasonal_window_s: float = 3 * 86400.0
     holt_window_s: float = 6 * 3600.0
@@ -83,6 +96,13 @@ class Forecaster:
         self.last_error = ""  # why the newest attempt failed ("" if it did not)
         self.fits = 0
         self.failures = 0
+        self.skipped = 0  # due refits skipped because the fit had not drifted
+        self._fitted_at: float | None = None  # submit time of the fit in use
+        self._submitted_at: float | None = None
+        self._full_window = False  # the fit in use saw its model's whole fit + validation window
+        self._submitted_full = False
+        self._err_sum = 0.0  # live one-step |log error| since the fit in use was installed
+        self._err_n = 0
         self._model: models.Model | None = None
         self._offsets = np.empty(0)
         self._model_end: int | None = None  # bins consumed by _model (absolute, one past)
@@ -90,6 +110,7 @@ class Forecaster:
         self._next_fit_at: float | None = None
         self._selected_at: float | None = None  # when `auto` last compared every model
         self._selecting: float | None = None  # submit time of an in-flight `auto` selection
+        self._selected_n = 0  # models the last `auto` comparison tried
         # Spread refits of many pools over the period (crc32: stable across runs and processes,
         # unlike hash()), so 1,000 pools started together do not all refit in the same tick.
         self._phase = (zlib.crc32(key.encode()) % 1000) / 1000.0
@@ -115,7 +136,11 @@ class Forecaster:
             self._model = None
             return
         for v in fresh:
-            self._model.update(float(np.log1p(v)) if not math.isnan(v) else math.nan)
+            z = float(np.log1p(v)) if not math.isnan(v) else math.nan
+            if not math.isnan(z):
+                self._err_sum += abs(z - float(self._model.forecast(1)[0]))
+                self._err_n += 1
+            self._model.update(z)
         self._model_end = end
 
     def maybe_refit(self, now: float, refitter: refit.Refitter | None = None) -> bool:
@@ -132,10 +157,48 @@ class Forecaster:
         delay = s.refit_every_s * (0.5 + self._phase) if first else s.refit_every_s
         self._next_fit_at = now + delay
         job = self.job(now)
+        if self.fresh(now, job):
+            self.skipped += 1
+            return False
+        self._submitted_at = now
+        self._submitted_full = len(job.z) >= self._need_bins(job.model)
         self._selecting = now if job.model == "auto" else None
         self._pending = (refitter or refit.default()).submit(models.fit, job)
         self.poll()
         return True
+
+    def live_err1(self) -> float:
+        """Mean |one-step log error| since the fit in use was installed (NaN before any)."""
+        return self._err_sum / self._err_n if self._err_n else math.nan
+
+    def fresh(self, now: float, job: models.FitJob) -> bool:
+        """True while the due refit `job` can be skipped (see the module doc)."""
+        s, f = self.settings, self.fit
+        if s.drift_ratio is None or f is None or self._model is None or self.last_error:
+            return False
+        if job.model == "auto":  # a comparison is due (period over, or new models eligible)
+            return False
+        if f.note or not self._full_window or self._fitted_at is None:
+            return False
+        if now - self._fitted_at >= s.max_fit_age_s:
+            return False
+        if not math.isfinite(f.err1):
+            return False
+        # Fewer live errors than validation needs is no evidence of drift: the fit is recent.
+        if self._err_n < models.MIN_ERRORS:
+            return True
+        return self.live_err1() <= s.drift_ratio * f.err1
+
+    def _need_bins(self, model: str) -> int:
+        """Bins a fit of `model` reads when history is long enough (window + validation)."""
+        s = self.settings
+        if model in ("holt", "last_value"):
+            window = s.holt_window_s
+        elif model == "arima":
+            window = s.arima_window_s
+        else:  # seasonal models and auto read the longest window
+            window = max(s.seasonal_window_s, s.holt_window_s, s.arima_window_s)
+        return math.ceil((window + s.validation_s) / s.bin_s)
 
     def poll(self) -> None:
         if self._pending is not None and self._pending.done():
@@ -144,18 +207,24 @@ class Forecaster:
 
     def job(self, now: float | None = None) -> models.FitJob:
         """A fit job from the current history. `auto` compares every model only every
-        `select_every_s` (a full tournament costs ~6x one fit); in between it refits the model
-        it chose last time."""
-        s = self.settings
-        model = s.model
+        `select_every_s` (a full tournament costs ~6x one fit), or sooner when the history has
+        grown enough for a model the last comparison could not try (seasonal ones need 2
+        days); in between it refits the model it chose last time."""
+        job = self._job()
         if (
-            model == "auto"
+            job.model == "auto"
             and self.fit is not None
             and self._selected_at is not None
             and now is not None
-            and now - self._selected_at < s.select_every_s
+            and now - self._selected_at < self.settings.select_every_s
+            and len(models.candidates(job)[0]) <= self._selected_n
         ):
-            model = self.fit.name
+            return dataclasses.replace(job, model=self.fit.name)
+        return job
+
+    def _job(self) -> models.FitJob:
+        s = self.settings
+        model = s.model
         end = self.history.end_bin or 0
         need = max(s.seasonal_window_s, s.holt_window_s, s.arima_window_s) + s.validation_s
         raw = self.history.tail(math.ceil(need / s.bin_s))
@@ -188,8 +257,12 @@ class Forecaster:
             return
         self.fits += 1
         self.last_error = ""
+        self._fitted_at = self._submitted_at
+        self._full_window = self._submitted_full
+        self._err_sum, self._err_n = 0.0, 0
         if self._selecting is not None:
             self._selected_at = self._selecting
+            self._selected_n = len(result.scores)
             self._selecting = None
         self.fit = result
         self._model = result.model

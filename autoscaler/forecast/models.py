@@ -55,7 +55,7 @@ SEASONAL: frozenset[str] = frozenset({"seasonal_naive", "holt_winters", "sarimax
 
 # Fewer validation errors than this and an empirical P90 is mostly noise (10 errors put the
 # P90 between the 9th and 10th largest); the fit is then refused rather than mis-calibrated.
-_MIN_ERRORS = 20
+MIN_ERRORS = 20
 
 
 class Model(Protocol):
@@ -256,6 +256,9 @@ class FitResult:
     name: str = ""
     offsets: FloatArray = field(default_factory=lambda: np.empty(0))  # per-step z quantile
     score: float = math.nan  # validation WAPE at the horizon step
+    # Mean |one-step log error| on the held-out bins: the yardstick a forecaster compares its
+    # live one-step errors with to tell whether the fitted parameters have drifted.
+    err1: float = math.nan
     scores: dict[str, float | str] = field(default_factory=dict)
     error: str = ""
     note: str = ""
@@ -411,8 +414,9 @@ def min_bins(name: str, job: FitJob) -> int:
 
 def _validate(
     model: Model, z_val: FloatArray, steps: int, quantile: float
-) -> tuple[FloatArray, float]:
-    """Walk the filter through held-out bins; per-step error quantiles and WAPE at `steps`."""
+) -> tuple[FloatArray, float, float]:
+    """Walk the filter through held-out bins; per-step error quantiles, WAPE at `steps` and
+    the mean absolute one-step error (log scale)."""
     n = len(z_val)
     fc = np.full((n, steps), np.nan)
     for i in range(n):
@@ -423,8 +427,8 @@ def _validate(
         actual[: n - k, k] = z_val[k:]
     err = actual - fc
     counts = np.count_nonzero(~np.isnan(err), axis=0)
-    if counts.min() < _MIN_ERRORS:
-        msg = f"only {int(counts.min())} validation errors (< {_MIN_ERRORS})"
+    if counts.min() < MIN_ERRORS:
+        msg = f"only {int(counts.min())} validation errors (< {MIN_ERRORS})"
         raise ValueError(msg)
     offsets = np.nanquantile(err, quantile, axis=0)
     last = ~np.isnan(err[:, -1])
@@ -434,10 +438,12 @@ def _validate(
     if not (np.isfinite(offsets).all() and math.isfinite(wape)):
         msg = "non-finite validation errors"
         raise ValueError(msg)
-    return offsets, wape
+    err1 = float(np.nanmean(np.abs(err[:, 0])))
+    return offsets, wape, err1
 
 
-def _candidates(job: FitJob) -> tuple[list[str], str]:
+def candidates(job: FitJob) -> tuple[list[str], str]:
+    """The models `job` can fit with its history, and a note when that is fewer than asked."""
     n = len(job.z)
     if job.model != "auto":
         if n >= min_bins(job.model, job):
@@ -454,12 +460,12 @@ def _candidates(job: FitJob) -> tuple[list[str], str]:
 def fit(job: FitJob) -> FitResult:
     """Fit (and for `auto`, select by validation WAPE) a model; never raises; any thread."""
     t0 = time.process_time()
-    names, note = _candidates(job)
+    names, note = candidates(job)
     if not names:
         return FitResult(ok=False, end_bin=job.end_bin, error=note, cpu_s=0.0)
     v = job.validation_bins
     train, val = job.z[:-v], job.z[-v:]
-    best: tuple[float, str, Model, FloatArray] | None = None
+    best: tuple[float, str, Model, FloatArray, float] | None = None
     scores: dict[str, float | str] = {}
     for name in names:
         try:
@@ -468,18 +474,18 @@ def fit(job: FitJob) -> FitResult:
                 # the validation score below is the judge of whether the fit is usable.
                 warnings.simplefilter("ignore")
                 model = _fit_one(name, job, train)
-                offsets, wape = _validate(model, val, job.steps, job.quantile)
+                offsets, wape, err1 = _validate(model, val, job.steps, job.quantile)
         except Exception as exc:  # a model failing must not stop the others
             scores[name] = f"failed: {type(exc).__name__}: {exc}"[:200]
             continue
         scores[name] = wape
         if best is None or wape < best[0]:
-            best = (wape, name, model, offsets)
+            best = (wape, name, model, offsets, err1)
     cpu = time.process_time() - t0
     if best is None:
         errs = "; ".join(f"{k} {v}" for k, v in scores.items())
         return FitResult(ok=False, end_bin=job.end_bin, error=errs, scores=scores, cpu_s=cpu)
-    wape, name, model, offsets = best
+    wape, name, model, offsets, err1 = best
     return FitResult(
         ok=True,
         end_bin=job.end_bin,
@@ -487,6 +493,7 @@ def fit(job: FitJob) -> FitResult:
         name=name,
         offsets=offsets,
         score=wape,
+        err1=err1,
         scores=scores,
         note=note,
         cpu_s=cpu,

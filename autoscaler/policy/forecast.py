@@ -106,11 +106,22 @@ class ForecastConfig(BaseModel):
     """No forecast before this much history (2 h: enough bins to fit Holt and hold out a third
     for validation)."""
     refit_every_s: float = Field(default=3600, ge=60, le=7 * 86400)
-    """Seconds between refits. Between refits every closed bin still updates the model's state;
-    only the parameters age, and hourly is plenty for a daily pattern."""
-    select_every_s: float = Field(default=6 * 3600, ge=60, le=7 * 86400)
+    """Seconds between refit checks. Between refits every closed bin still updates the model's
+    state; only the parameters age, and hourly is plenty for a daily pattern. A due refit is
+    skipped while the fit has not drifted (`drift_ratio`)."""
+    select_every_s: float = Field(default=24 * 3600, ge=60, le=7 * 86400)
     """auto only: seconds between full comparisons of every model; refits in between re-fit
-    only the model chosen last (a comparison costs the sum of all fits, ~3 s of CPU)."""
+    only the model chosen last. A comparison costs the sum of all fits (~3 s of CPU), so at 6 h
+    comparisons alone cost ~1 CPU-s per 15-s tick at 500 pools; once per season (daily) is when
+    which model wins can change, and new models joining (2 days of history) trigger one sooner."""
+    drift_ratio: float | None = Field(default=1.5, ge=1, le=100)
+    """Skip a due refit while the mean |one-step log error| since the fit is within this factor
+    of the one measured on the fit's own held-out bins; null refits every `refit_every_s`. 1.5:
+    an hour's 60 one-step errors scatter ~10-20 % around their mean under Poisson noise, so a
+    50 % rise is drift, not sampling (see docs/forecast.md for the measured effect)."""
+    max_fit_age_s: float = Field(default=86400, gt=0, le=30 * 86400)
+    """Refit at least this often even without drift: one season, so the parameters have been
+    re-estimated on every hour of the day's shape at least once a day."""
     validation_s: float = Field(default=6 * 3600, gt=0, le=90 * 86400)
     """Newest history held out to choose a model and calibrate its quantile (rolling origin)."""
     seasonal_window_s: float = Field(default=3 * 86400, gt=0, le=90 * 86400)
@@ -234,6 +245,8 @@ class ForecastPolicy:
             min_history_s=config.min_history_s,
             refit_every_s=config.refit_every_s,
             select_every_s=config.select_every_s,
+            drift_ratio=config.drift_ratio,
+            max_fit_age_s=config.max_fit_age_s,
             validation_s=config.validation_s,
             seasonal_window_s=config.seasonal_window_s,
             holt_window_s=config.holt_window_s,

@@ -100,7 +100,8 @@ def test_failed_fit_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_failed_refit_keeps_previous_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """A refit that fails keeps forecasting with the previous fit's parameters."""
-    p = policy(**FAST, capacity_per_replica=CAP, refit_every_s=600)
+    # drift_ratio None: refit every period, so the failing refit is attempted on a steady rate.
+    p = policy(**FAST, capacity_per_replica=CAP, refit_every_s=600, drift_ratio=None)
     feed(p, 6000, lambda t: 2000.0)
     assert p.forecaster.fits == 1
     monkeypatch.setattr(models, "_fit_one", _boom)

@@ -22,6 +22,12 @@ def job(key: str = "p/prefill", model: str = "holt") -> models.FitJob:
 
 
 # Module-level so the spawned workers can unpickle them by reference.
+def blas_threads(j: models.FitJob) -> models.FitResult:
+    import os  # noqa: PLC0415
+
+    return models.FitResult(ok=False, end_bin=0, error=os.environ.get("OPENBLAS_NUM_THREADS", ""))
+
+
 def boom(j: models.FitJob) -> models.FitResult:
     msg = "statsmodels blew up"
     raise ValueError(msg)
@@ -125,3 +131,17 @@ def test_every_fitted_model_survives_the_trip_back_from_a_worker(kind: str) -> N
     assert back.model is not None
     assert res.model is not None
     np.testing.assert_array_equal(back.model.forecast(5), res.model.forecast(5))
+
+
+def test_workers_run_single_threaded_blas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refit workers start with one BLAS thread (extra threads only spin on tiny fits)."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    r = ProcessRefitter(max_workers=1)
+    try:
+        h = r.submit(blas_threads, job())
+        deadline = time.monotonic() + 60
+        while not h.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert h.result().error == "1"
+    finally:
+        r.shutdown()
