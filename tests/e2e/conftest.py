@@ -27,7 +27,6 @@ What KUBECONFIG mode assumes of a user's cluster (kind, say):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import re
@@ -42,7 +41,7 @@ from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.rest import ApiException
 
 from ..k8senv import cluster as k8senv
-from .support import manifest, wait_for
+from .support import delete_namespace, manifest, wait_for
 
 
 def _external_kubeconfig() -> Path | None:
@@ -175,24 +174,7 @@ async def k8s_namespace(request: pytest.FixtureRequest, k8s_api: ApiClient) -> A
     try:
         yield name
     finally:
-        await _delete_namespace(core, name)
-
-
-async def _delete_namespace(core: client.CoreV1Api, name: str) -> None:
-    """Delete without waiting for the namespace itself (that takes several controller passes),
-    but wait for its Pods: they hold fake GPUs the next test may count on."""
-    with contextlib.suppress(ApiException):
-        await core.delete_namespace(name, propagation_policy="Background")
-        # A Terminating namespace admits no new Pods, so deleting them now (kwok finalises at
-        # once) frees the GPUs in well under a second instead of a namespace-controller pass.
-        await core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
-
-    async def pods_left() -> int:
-        return len((await core.list_namespaced_pod(name)).items)
-
-    # A timeout here fails the test's teardown on purpose: leftover Pods skew later tests.
-    await wait_for(pods_left, until=lambda n: n == 0, timeout_s=60,
-                   what=f"Pods of namespace {name} deleted")
+        await delete_namespace(core, name)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -7,9 +7,12 @@ soon as the condition holds, and on timeout the error shows the last observed va
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+from kubernetes_asyncio.client.rest import ApiException
 
 from ..k8senv.cluster import GPU_RESOURCE
 
@@ -91,3 +94,20 @@ async def state_doc(api: Any, ns: str, pool: str, key: str, *, shards: int = 60,
         raise
     raw = (cm.binary_data or {}).get(key + ".gz")
     return None if raw is None else unpack(raw, where=name)
+
+
+async def delete_namespace(core: Any, name: str) -> None:
+    """Delete without waiting for the namespace itself (that takes several controller passes),
+    but wait for its Pods: they hold fake GPUs the next test may count on."""
+    with contextlib.suppress(ApiException):
+        await core.delete_namespace(name, propagation_policy="Background")
+        # A Terminating namespace admits no new Pods, so deleting them now (kwok finalises at
+        # once) frees the GPUs in well under a second instead of a namespace-controller pass.
+        await core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+
+    async def pods_left() -> int:
+        return len((await core.list_namespaced_pod(name)).items)
+
+    # A timeout here fails the test's teardown on purpose: leftover Pods skew later tests.
+    await wait_for(pods_left, until=lambda n: n == 0, timeout_s=60,
+                   what=f"Pods of namespace {name} deleted")

@@ -46,7 +46,7 @@ from autoscaler.testing import FakeMetricsSource
 from autoscaler.types import Role, SignalName
 
 from ..k8senv.cluster import ClusterInfo
-from .support import gpu_deployment, state_doc, wait_for
+from .support import delete_namespace, gpu_deployment, state_doc, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -479,14 +479,7 @@ async def test_manifest_rbac_allows_scaling_targets_and_nothing_else(
                 assert lease.spec.holder_identity == "sa-ctl"
             assert await spec_replicas(k8s_api, llm, "other") == 1
     finally:
-        with contextlib.suppress(ApiException):
-            await core.delete_namespace(llm, propagation_policy="Background")
-
-        async def pods_left() -> int:
-            return len((await core.list_namespaced_pod(llm)).items)
-
-        await wait_for(pods_left, until=lambda n: n == 0, timeout_s=60,
-                       what=f"Pods of {llm} deleted")
+        await delete_namespace(core, llm)
 
 
 # --- 6. missing metrics, deleted target -----------------------------------------------------

@@ -46,7 +46,7 @@ from autoscaler.types import Role
 
 from ..faults.conftest import COUNTS
 from ..k8senv.cluster import ClusterInfo
-from .support import PAUSE_IMAGE, manifest, state_doc, wait_for
+from .support import PAUSE_IMAGE, delete_namespace, manifest, state_doc, wait_for
 from .test_controller_e2e import (
     LEASE,
     ROOT,
@@ -368,14 +368,7 @@ async def test_leader_endpoint_follows_the_lease_on_the_overlays_rbac(
                 # b stopped cleanly: it removed its own address.
                 assert await slice_addresses(k8s_api, ns, name) == []
     finally:
-        with contextlib.suppress(ApiException):
-            await core.delete_namespace(llm, propagation_policy="Background")
-
-        async def pods_left() -> int:
-            return len((await core.list_namespaced_pod(llm)).items)
-
-        await wait_for(pods_left, until=lambda n: n == 0, timeout_s=60,
-                       what=f"Pods of {llm} deleted")
+        await delete_namespace(core, llm)
 
 
 class DroppingDiscovery:
