@@ -120,6 +120,8 @@ class Loop:
         (a forecast keeps its history across a hot reload)."""
         self._built, self.policies = build_policies(policy, self._built)
         self.policy = policy
+        # Roles a reload removed: forget what their last decision line said.
+        self._last_logged = {k: v for k, v in self._last_logged.items() if k in self.policies}
 
     def targets(self) -> list[RoleTarget]:
         return [
