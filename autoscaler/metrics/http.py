@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+import orjson
 
 from autoscaler.metrics import validate
 
@@ -211,10 +211,11 @@ def paused_gc() -> Iterator[None]:
 
 def _decode(body: bytes, status: int, parse: Callable[[Any], T]) -> T:
     try:
-        doc: Any = json.loads(body)
+        doc: Any = orjson.loads(body)
     except (ValueError, RecursionError) as exc:
-        # UnicodeDecodeError is a ValueError; RecursionError: nesting deeper than the decoder
-        # goes (a hostile body of a few KB).
+        # orjson.JSONDecodeError is a ValueError, for invalid UTF-8 and for nesting deeper than
+        # 1,024 levels (a hostile body of a few KB) too; it refuses the bare NaN/Infinity tokens
+        # the standard library would read (Prometheus sends sample values as strings).
         what = f"HTTP {status}, body is not JSON ({type(exc).__name__}): {body[:120]!r}"
         raise QueryFailed("malformed" if status == 200 else "error", what,
                           retry=status >= 500) from exc
