@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import ssl
 from collections.abc import Callable, Iterator
@@ -83,15 +84,17 @@ async def instant_query(
     deadline_s: float,
     max_bytes: int,
     headers: dict[str, str] | None = None,
+    only: tuple[str, frozenset[str]] | None = None,
 ) -> validate.Vector:
-    """One instant query, bounded in time and memory; raises QueryFailed."""
+    """One instant query, bounded in time and memory; raises QueryFailed. `only`: see
+    `validate.parse_vector`."""
     form = {"query": promql, "timeout": _timeout(deadline_s)}
     body, status = await _send(
         session, endpoint, "/api/v1/query", form, deadline_s=deadline_s, max_bytes=max_bytes,
         headers=headers,
     )
     with paused_gc():
-        return _decode(body, status, validate.parse_vector)
+        return _decode(body, status, functools.partial(validate.parse_vector, only=only))
 
 
 async def range_query(

@@ -162,3 +162,21 @@ def test_per_pod_keeps_exactly_the_fresh_possible_pods(
         total = sum(good) if kind is queries.Kind.SUM else sum(good) / len(good)
         assert sample.value == pytest.approx(total / 2.0)
         assert bool(reasons) == (len(good) < len(pods))
+
+
+@pytest.mark.parametrize(
+    ("labels", "kept"),
+    [
+        ({"pd_deployment": "a-prefill", "pod": "x"}, True),
+        ({"pd_deployment": "b-decode", "pod": "y"}, False),  # another role's, or replica's
+        ({"pd_pool": "p", "pd_role": "decode"}, True),  # no such label: a selector role's row
+    ],
+)
+def test_only_skips_rows_of_deployments_not_asked_for(labels: dict[str, str], kept: bool) -> None:
+    body = ok([{"metric": labels, "value": [1.0, "2.5"]},
+               {"metric": {"pd_deployment": "c"}, "value": [1.0, None]}])
+    vec = validate.parse_vector(body, only=("pd_deployment", frozenset({"a-prefill"})))
+    assert [r.labels for r in vec.rows] == ([labels] if kept else [])
+    # A malformed row is still named, asked for or not: the answer as a whole is suspect.
+    assert len(vec.dropped) == 1
+    assert "row 1: value is null" in vec.dropped[0]
