@@ -370,8 +370,9 @@ class _PoolSeries(Collector):
         for pool, dry in list(tel._dry_run.items()):
             dry_run.append(((pool,), 1 if dry else 0))
         for (pool, srole), by_key in list(tel._samples.items()):
+            rname = srole.value  # an enum's .value is a descriptor call, once per role here
             for k, sample in by_key.items():
-                skey = (pool, srole.value, k)
+                skey = (pool, rname, k)
                 if not sample.missing and sample.value is not None:
                     observed.append((skey, sample.value))
                 observed_replicas.append((skey, sample.replicas))
