@@ -174,9 +174,13 @@ def test_per_pod_keeps_exactly_the_fresh_possible_pods(
 )
 def test_only_skips_rows_of_deployments_not_asked_for(labels: dict[str, str], kept: bool) -> None:
     body = ok([{"metric": labels, "value": [1.0, "2.5"]},
-               {"metric": {"pd_deployment": "c"}, "value": [1.0, None]}])
+               {"metric": {"pd_deployment": "a-prefill"}, "value": [1.0, None]},
+               {"metric": {"pd_deployment": "c"}, "value": [1.0, None]},
+               {"metric": {"pd_deployment": ["a-prefill"]}, "value": [1.0, "1"]}])
     vec = validate.parse_vector(body, only=("pd_deployment", frozenset({"a-prefill"})))
     assert [r.labels for r in vec.rows] == ([labels] if kept else [])
-    # A malformed row is still named, asked for or not: the answer as a whole is suspect.
-    assert len(vec.dropped) == 1
-    assert "row 1: value is null" in vec.dropped[0]
+    # A malformed row of a Deployment asked for is named; one of a Deployment not asked for
+    # is not read at all; a label that is no string is judged (and named) as before.
+    assert len(vec.dropped) == 2
+    assert vec.dropped[0].startswith("row 1: value is null")
+    assert vec.dropped[1].startswith("row 3: metric is not a map of strings")
