@@ -241,46 +241,35 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         # TP4: four GPUs per replica.
         gpus_per_replica=4,
     ),
-    # Llama-3(.1)-8B on one H100 PCIe (80 GB HBM2e): the H100 SXM constants moved by the NVIDIA
-    # H100 datasheet ratios (SXM 3.35 TB/s and 989 dense BF16 TFLOPS; PCIe 2.0 TB/s and 756),
-    # checked against IOG-Foundation's vLLM 0.8.5 runs (benchmarks/data/vllm_published.yaml,
-    # 36 held-out points; docs/simulator.md).
-    "llama-8b-h100-pcie": Profile(
-        name="llama-8b-h100-pcie",
-        model_name="meta-llama/Llama-3.1-8B-Instruct",
-        gpu="H100-80GB-PCIe",
-        vllm_version="V1 (derived from the SXM fit; checked on 0.8.5)",
-        # CPU cost, as the SXM profile.
-        prefill_alpha_ms=4.0,
+}
+
+# Llama-3(.1)-8B on one H100 PCIe (80 GB HBM2e): the H100 SXM constants moved by the NVIDIA
+# H100 datasheet ratios (SXM 3.35 TB/s and 989 dense BF16 TFLOPS; PCIe 2.0 TB/s and 756),
+# checked against IOG-Foundation's vLLM 0.8.5 runs (benchmarks/data/vllm_published.yaml,
+# 36 held-out points; docs/simulator.md). Everything not named here is the SXM profile's: the
+# CPU costs (prefill_alpha, decode_beta), the KV budget (same 80 GB at utilisation 0.9), V1's
+# defaults on >=70 GiB non-A100 GPUs (§2.3), the cold start and the KV transfer.
+BUILTIN_PROFILES["llama-8b-h100-pcie"] = Profile.model_validate(
+    BUILTIN_PROFILES["llama-8b-h100"].model_dump() | {
+        "name": "llama-8b-h100-pcie",
+        "gpu": "H100-80GB-PCIe",
+        "vllm_version": "V1 (derived from the SXM fit; checked on 0.8.5)",
         # Compute-bound: 0.025 x 989/756.
-        prefill_beta_ms_per_token=0.0327,
+        "prefill_beta_ms_per_token": 0.0327,
         # Compute-bound: 7e-7 x 989/756.
-        prefill_gamma_ms_per_token2=9.16e-7,
+        "prefill_gamma_ms_per_token2": 9.16e-7,
         # Memory-bound weight read 16.06 GB / 2.0 TB/s = 8.03 ms, plus the SXM fit's fixed cost
         # beyond its own weight read (6.57 - 4.79 = 1.78 ms: CPU, launches; not scaled).
-        decode_alpha_ms=9.81,
-        # Per-sequence CPU and sampling cost: the SXM fit's.
-        decode_beta_ms_per_seq=0.0344,
+        "decode_alpha_ms": 9.81,
         # Memory-bound KV read: 4.4e-5 x 3.35/2.0.
-        decode_gamma_ms_per_ctx_token=7.37e-5,
-        sched_ms_per_seq=0.0,
+        "decode_gamma_ms_per_ctx_token": 7.37e-5,
         # Fitted (benchmarks/sim_fidelity.py --fit llama-8b-h100-pcie --params frontend_ms,
         # soft-L1) on IOG's 1 req/s run: 4.14 ms, standard error 18 %. The front end is the
         # serving stack's and the benchmark client's, not the GPU's: the SXM profile's 24.3 ms
         # comes from a different harness (inference-perf); docs/simulator.md.
-        frontend_ms=4.14,
-        # Same 80 GB and utilisation 0.9 as the SXM card: the SXM profile's KV budget.
-        kv_capacity_tokens=430_000,
-        # vLLM V1 API-server defaults on >=70 GiB non-A100 GPUs (§2.3), as on SXM.
-        max_num_seqs=1024,
-        max_num_batched_tokens=8192,
-        cold_start_s=120.0,
-        kv_bytes_per_token=131_072,
-        kv_transfer_bytes_per_s=25e9,
-        kv_transfer_setup_s=0.0015,
-        gpus_per_replica=1,
-    ),
-}
+        "frontend_ms": 4.14,
+    }
+)
 
 
 def builtin(name: str) -> Profile:
