@@ -24,9 +24,15 @@ the source, and `/metrics` is rendered once per tick (one scrape per 15 s). So i
 adoption servers' decision store; and, as the controller does after its first tick, the objects
 alive then are frozen out of the garbage collector's scans.
 
-Fleet: N prefill/decode pools, 2 pods per role, pools spread over 20 namespaces; prefill reads
-queue_depth, batched_tokens, kv_cache and TTFT p90, decode running, kv_cache and ITL p50; every
-second pool's prefill also has a forecast policy (model auto on prompt_tokens_rate), as in the
+Fleet: N prefill/decode pools, 2 replicas per role at start, pools spread over 20 namespaces.
+`--load steady` (the default) answers what such a fleet reports: each role's load in replicas'
+worth at its targets (1.9: two replicas at 95 %, inside the deadband), split over its current
+replicas (one series per replica) with +-5 % noise per tick, and 2 % of the pools' load rising
+or falling 1.6x each tick, so most roles hold and a few scale. `--load storm` keeps the fixed
+answers the benchmark gave before (every gauge 3.0 per pod, KV usage included: far above its
+0.8 target, so every role scales up each tick its rate rules allow): the worst case of writes
+and decision lines. Prefill reads queue_depth, batched_tokens, kv_cache and TTFT p90, decode
+running, kv_cache and ITL p50; every second pool's prefill also has a forecast policy (model auto on prompt_tokens_rate), as in the
 issue. Refits are not in these ticks (the histories are minutes old, below min_history): their
 cost per fit and amortised per pool is `benchmarks/forecast_cost.py`'s, and with the default
 `REFIT_WORKERS` they run in worker processes, outside this process' CPU.
@@ -39,7 +45,7 @@ plus request line and headers, as the server received them), the largest single 
 response bytes per tick.
 
     .venv/bin/python benchmarks/controller_scale.py [--pools 10 100 1000 5000] [--ticks 5]
-        [--cluster cache|gets|fake]
+        [--cluster cache|gets|fake] [--load steady|storm] [--profile FILE]
 
 With `--buckets B` (replica sharding, controller/shards.py), each pool count is split onto B
 buckets by the controller's own hash, and each bucket's share is measured as one replica
