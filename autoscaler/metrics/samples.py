@@ -60,15 +60,16 @@ def per_pod(
     # The usual case, every pod fresh and every value a possible one, without the bookkeeping
     # of reasons below (tens of thousands of pods per tick at 1,000 pools, issue 16). Each test
     # is the negation of a `value_problem` / staleness rule; NaN fails every comparison.
-    age_ok = min(max_sample_age_s, validate.MAX_VALUE)
-    if values and all(
-        0.0 <= v <= validate.MAX_VALUE and -validate.MAX_VALUE <= ages.get(p, 0.0) <= age_ok
-        for p, v in values.items()
-    ):
-        n = len(values)
-        total = sum(values.values())
-        mean = total if kind is queries.Kind.SUM else total / n
-        return SignalSample(value=mean / scale, replicas=n, detail=f"{n} pods"), ()
+    # Age rows come only for pods past the age limit (queries.Builder.max_sample_age_s), so
+    # usually there are none. A finite sum means no value is NaN or infinite, after which
+    # min/max are exact.
+    if values and not ages:
+        vals = values.values()
+        total = sum(vals)
+        if math.isfinite(total) and min(vals) >= 0.0 and max(vals) <= validate.MAX_VALUE:
+            n = len(values)
+            mean = total if kind is queries.Kind.SUM else total / n
+            return SignalSample(value=mean / scale, replicas=n, detail=f"{n} pods"), ()
     bad: dict[str, list[str]] = {}
     for p, v in values.items():
         why = validate.value_problem(v)
