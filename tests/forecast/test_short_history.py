@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
+from autoscaler.forecast import models
 from autoscaler.policy.forecast import ForecastConfig, ForecastNeed
 from tests.forecast.conftest import ctx, policy
 
@@ -153,3 +154,44 @@ def test_config_defaults_and_warning() -> None:
     assert tiny.model_bin_s == 60
     (w,) = tiny.warnings()
     assert "bin_s 15 is below min_bin_s 60" in w
+
+
+def _job(model: str, z: np.ndarray) -> models.FitJob:
+    return models.FitJob(
+        model=model, z=z, end_bin=len(z), bin_s=60.0, season_bins=1440, steps=3, quantile=0.9,
+        validation_bins=max(len(z) // 3, 1), seasonal_window_bins=4320, holt_window_bins=360,
+        arima_window_bins=360, arima_order=(2, 1, 1), fourier_terms=6,
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "bins", "name", "note"),
+    [
+        pytest.param("auto", 30, "local", "", id="auto, 30 min: local only"),
+        pytest.param("holt", 30, "local", "holt needs", id="holt, 30 min: bridged by local"),
+        pytest.param("sarimax", 30, "local", "sarimax needs", id="sarimax, 30 min: local"),
+        pytest.param("sarimax", 120, "holt", "sarimax needs", id="sarimax, 2 h: holt"),
+    ],
+)
+def test_short_history_fits(model: str, bins: int, name: str, note: str) -> None:
+    """What a fit picks from a short history, and the note that says what it stands in for."""
+    rng = np.random.default_rng(0)
+    z = np.log1p(rng.poisson(120, bins) / 60.0)
+    res = models.fit(_job(model, z))
+    assert res.ok, res.error
+    assert res.name == name
+    assert res.note.startswith(note)
+    too_short = models.fit(_job(model, z[:20]))
+    assert not too_short.ok
+
+
+@pytest.mark.parametrize("per_bin", [30, 120, 480])
+def test_sampling_noise_is_one_over_the_count(per_bin: int) -> None:
+    """A steady Poisson rate of n arrivals per bin: log-scale noise variance ~ 1/n (within 30 %),
+    and a slow daily-like drift on top does not pass for noise."""
+    rng = np.random.default_rng(per_bin)
+    t = np.arange(600)
+    drift = 1 + 0.5 * np.sin(2 * np.pi * t / 600)
+    z = np.log(rng.poisson(per_bin * drift) / 60.0)
+    v = models.sampling_noise_var(z, bin_s=60.0)
+    assert 0.7 / per_bin < v < 1.3 / per_bin
