@@ -60,6 +60,12 @@ class Profile(BaseModel):
     """Cost per running sequence, ms."""
     decode_gamma_ms_per_ctx_token: float = Field(ge=0)
     """Cost per context token in the batch (KV read), ms."""
+    allreduce_ms_per_token: float = Field(default=0.0, ge=0)
+    """Tensor-parallel all-reduce cost per step token once the all-reduces are bandwidth-bound,
+    ms (0 at TP1). Below `allreduce_latency_tokens` they are latency-bound, a fixed cost that
+    decode_alpha_ms already holds."""
+    allreduce_latency_tokens: int = Field(default=0, ge=0)
+    """Step size (tokens) up to which the tensor-parallel all-reduces are latency-bound."""
     sched_ms_per_seq: float = Field(default=0.0, ge=0)
     """Scheduler/CPU cost per sequence scheduled in a step (decoding or prefilling), ms."""
     frontend_ms: float = Field(default=0.0, ge=0)
@@ -94,10 +100,12 @@ class Profile(BaseModel):
 
     def linear_ms(self, tokens: float) -> float:
         """The token-linear part of a step of `tokens` tokens: the weights are read once per
-        step (decode_alpha_ms), and the GEMM work costs more only above the roofline knee."""
+        step (decode_alpha_ms), and the GEMM work costs more only above the roofline knee; at
+        TP > 1 the all-reduces, which run between the GEMMs, not beside them, add their
+        bandwidth cost above the size where they stop being latency-bound."""
         return max(
             self.decode_alpha_ms, self.prefill_alpha_ms + self.prefill_beta_ms_per_token * tokens
-        )
+        ) + self.allreduce_ms_per_token * max(tokens - self.allreduce_latency_tokens, 0.0)
 
     def decode_step_s(self, batch: int, context_sum: float) -> float:
         """Duration of a pure decode step of `batch` sequences holding `context_sum` tokens."""
@@ -128,7 +136,7 @@ class Profile(BaseModel):
         )
 
 
-# The two built-ins (H100 80GB SXM, BF16, vLLM V1). Sources: docs/simulator.md "Constants".
+# The built-ins (H100 80GB SXM and PCIe, BF16, vLLM V1). Sources: docs/simulator.md "Constants".
 # "SIM-MODEL" below is the project's research notes (section numbers as cited there);
 # docs/simulator.md carries the figures a user needs.
 BUILTIN_PROFILES: dict[str, Profile] = {
@@ -199,6 +207,17 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         # 80 KiB per GPU at TP4 read at about 90 % of 3.35 TB/s: the 8B correction's bandwidth
         # share applied to §2.8's 3.7e-5 (at 65 %): 3.7e-5 x 0.65 / 0.90 = 2.67e-5 (derived).
         decode_gamma_ms_per_ctx_token=2.67e-5,
+        # All-reduce bandwidth: Vidur's H100 DGX NCCL all-reduce microbenchmark at 4 GPUs
+        # (microsoft/vidur data/profiling/network/h100_dgx/all_reduce.csv) is flat at a median
+        # 0.041 ms up to 2 MiB and grows 7.16e-5 ms per 16 KiB token (least squares over
+        # 4-64 MiB; intercept 0.023 ms) above. Two all-reduces per layer x 80 layers of
+        # 8192-dim BF16 activations: 160 x 7.16e-5 = 0.0115 ms per step token once a step has
+        # more than (0.041 - 0.023) / 7.16e-5 = 253 tokens; below that the 160 x 0.041 = 6.6 ms
+        # of latency is part of decode_alpha_ms (SIM-MODEL §2.5: 5-7 ms per step). Derived from
+        # the microbenchmark, not fitted: the fit runs (at most 128 sequences, prompts served
+        # from the prefix cache) rarely have steps that large.
+        allreduce_ms_per_token=0.0115,
+        allreduce_latency_tokens=253,
         # As the 8B: the fitted per-sequence cost holds the scheduler's share.
         sched_ms_per_seq=0.0,
         # Fitted likewise: 32.3 ms, standard error 30 % (TP4 broadcasts each request to four
@@ -223,6 +242,34 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         gpus_per_replica=4,
     ),
 }
+
+# Llama-3(.1)-8B on one H100 PCIe (80 GB HBM2e): the H100 SXM constants moved by the NVIDIA
+# H100 datasheet ratios (SXM 3.35 TB/s and 989 dense BF16 TFLOPS; PCIe 2.0 TB/s and 756),
+# checked against IOG-Foundation's vLLM 0.8.5 runs (benchmarks/data/vllm_published.yaml,
+# 36 held-out points; docs/simulator.md). Everything not named here is the SXM profile's: the
+# CPU costs (prefill_alpha, decode_beta), the KV budget (same 80 GB at utilisation 0.9), V1's
+# defaults on >=70 GiB non-A100 GPUs (§2.3), the cold start and the KV transfer.
+BUILTIN_PROFILES["llama-8b-h100-pcie"] = Profile.model_validate(
+    BUILTIN_PROFILES["llama-8b-h100"].model_dump() | {
+        "name": "llama-8b-h100-pcie",
+        "gpu": "H100-80GB-PCIe",
+        "vllm_version": "V1 (derived from the SXM fit; checked on 0.8.5)",
+        # Compute-bound: 0.025 x 989/756.
+        "prefill_beta_ms_per_token": 0.0327,
+        # Compute-bound: 7e-7 x 989/756.
+        "prefill_gamma_ms_per_token2": 9.16e-7,
+        # Memory-bound weight read 16.06 GB / 2.0 TB/s = 8.03 ms, plus the SXM fit's fixed cost
+        # beyond its own weight read (6.57 - 4.79 = 1.78 ms: CPU, launches; not scaled).
+        "decode_alpha_ms": 9.81,
+        # Memory-bound KV read: 4.4e-5 x 3.35/2.0.
+        "decode_gamma_ms_per_ctx_token": 7.37e-5,
+        # Fitted (benchmarks/sim_fidelity.py --fit llama-8b-h100-pcie --params frontend_ms,
+        # soft-L1) on IOG's 1 req/s run: 4.14 ms, standard error 18 %. The front end is the
+        # serving stack's and the benchmark client's, not the GPU's: the SXM profile's 24.3 ms
+        # comes from a different harness (inference-perf); docs/simulator.md.
+        "frontend_ms": 4.14,
+    }
+)
 
 
 def builtin(name: str) -> Profile:

@@ -223,6 +223,9 @@ def _esc(v: str) -> str:
     return v
 
 
+_NUMBER_CACHE = 20_000
+"""Formatted values kept between scrapes (observed rates rarely repeat; counts and flags do)."""
+
 _Row = tuple[tuple[str, ...], float]
 _Fam = tuple[str, str, str, tuple[str, ...], list[_Row], list[_Row]]
 """name, HELP, type, label names, rows (label values, value), `_created` rows (counters)."""
@@ -237,6 +240,13 @@ class _PoolSeries(Collector):
 
     def __init__(self, tel: Telemetry) -> None:
         self._tel = tel
+        # Scrape after scrape the same series come back: their label text and most of their
+        # values (replica counts, targets, flags) repeat. Both are kept between scrapes, so a
+        # series costs two dict lookups rather than escaping, sorting and formatting each time
+        # (at 1,000 pools, 80,000 series: issue 16's per-tick budget).
+        self._labels: dict[tuple[str, ...], dict[tuple[str, ...], str]] = {}
+        self._numbers: dict[float, str] = {}
+        self._last_rows = 0
 
     def describe(self) -> Iterator[Metric]:
         # Names only (no samples): lets the registry refuse a duplicate name at registration
@@ -250,15 +260,27 @@ class _PoolSeries(Collector):
         """The families in the classic text format, line for line as prometheus_client's
         `generate_latest` writes them (labels sorted by name; a counter as `<name>_total` and
         a `<name>_created` gauge family), straight from the rows: at 1,000 pools a scrape has
-        ~200,000 series, and the generic writer (a `Sample` and a label sort per series) cost
+        ~80,000 series, and the generic writer (a `Sample` and a label sort per series) cost
         more CPU than the tick itself."""
+        fams = self.rows()
+        n_rows = sum(len(f[4]) + len(f[5]) for f in fams)
+        # Series of roles a reload removed would stay in the caches for good: start afresh
+        # when they hold far more than a scrape uses.
+        cached = sum(len(c) for c in self._labels.values())
+        if cached > 2 * max(n_rows, self._last_rows) + 1000:
+            self._labels.clear()
+        if len(self._numbers) > _NUMBER_CACHE:
+            self._numbers.clear()
+        self._last_rows = n_rows
+        numbers = self._numbers
         out: list[str] = []
-        for name, help_text, kind, labels, rows, created in self.rows():
+        for name, help_text, kind, labels, rows, created in fams:
             doc = help_text.replace("\\", r"\\").replace("\n", r"\n")
             shown = f"{name}_total" if kind == "counter" else name
             out.append(f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n")
             order = sorted(range(len(labels)), key=labels.__getitem__)
             heads = [f'{labels[i]}="' for i in order]
+            texts = self._labels.setdefault(labels, {})
             for suffix, part in (("", rows), ("_created", created)):
                 if suffix:
                     if not part:
@@ -266,9 +288,16 @@ class _PoolSeries(Collector):
                     out.append(f"# HELP {name}{suffix} {doc}\n# TYPE {name}{suffix} gauge\n")
                 prefix = f"{shown}{{" if not suffix else f"{name}{suffix}{{"
                 for values, value in part:
-                    lbl = '",'.join([h + _esc(values[i]) for h, i in zip(heads, order,
-                                                                           strict=True)])
-                    out.append(f'{prefix}{lbl}"}} {_go(value)}\n')
+                    lbl = texts.get(values)
+                    if lbl is None:
+                        lbl = '",'.join([h + _esc(values[i]) for h, i in zip(heads, order,
+                                                                               strict=True)])
+                        texts[values] = lbl
+                    num = numbers.get(value)
+                    if num is None:
+                        num = _go(value)
+                        numbers[value] = num
+                    out.append(f'{prefix}{lbl}"}} {num}\n')
         return "".join(out)
 
     @staticmethod
@@ -341,8 +370,9 @@ class _PoolSeries(Collector):
         for pool, dry in list(tel._dry_run.items()):
             dry_run.append(((pool,), 1 if dry else 0))
         for (pool, srole), by_key in list(tel._samples.items()):
+            rname = srole.value  # an enum's .value is a descriptor call, once per role here
             for k, sample in by_key.items():
-                skey = (pool, srole.value, k)
+                skey = (pool, rname, k)
                 if not sample.missing and sample.value is not None:
                     observed.append((skey, sample.value))
                 observed_replicas.append((skey, sample.replicas))

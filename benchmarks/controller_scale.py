@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import multiprocessing
 import os
@@ -62,6 +63,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -166,40 +168,112 @@ def _deployments(pools: int, promql: str) -> list[tuple[str, str]]:
     return out
 
 
-def answer(promql: str, at: float, pools: int) -> list[dict[str, Any]]:
-    """The rows Prometheus would return for `promql` over the benchmark's fleet.
+# Per-replica value of each metric when a role runs exactly at the policy's target (`load`
+# 1.0 per replica), found by a fragment of the metric's name; rates and latencies are what a
+# Llama-8B pod at that load reports (their exact size does not matter to the cost).
+LEVELS = (
+    ("num_requests_waiting", 5.0),  # queue_depth target 5
+    ("num_requests_running", 40.0),  # running target 40
+    ("cache_usage_perc", 0.8),  # kv_cache target 0.8
+    ("iteration_tokens_total", 0.8 * 8192),  # batched_tokens 0.8 of max_num_batched_tokens
+    ("request_success_total", 4.0),
+    ("e2e_request_latency", 4.0),
+    ("prompt_tokens_total", 4000.0),
+    ("generation_tokens_total", 800.0),
+)
+LATENCY = (("time_to_first_token", 0.4), ("inter_token_latency", 0.05),
+           ("time_per_output_token", 0.05))  # p90 TTFT target 1 s, p50 ITL 0.1 s: below both
+STEADY_LOAD = 1.9  # replicas' worth at target: 2 replicas at 95 %, inside the 10 % deadband
+CHURN = 0.02  # share of pools whose load moves in a tick (x1.6 or /1.6)
+
+
+def _hash(*key: object) -> int:
+    """A hash that is the same in every run (str hashes are salted per process)."""
+    return zlib.crc32(repr(key).encode())
+
+
+def _noise(*key: object) -> float:
+    """A deterministic +-5 % per pod and tick: values move every tick, as real ones do."""
+    return 1.0 + ((_hash(*key) % 1001) / 1000.0 - 0.5) * 0.1
+
+
+class Fleet:
+    """The load behind the answers: per role, in replicas' worth at the policy's target.
+
+    `steady`: every role starts at 1.9 (2 replicas at 95 % of target, so the fleet holds) and
+    each tick 2 % of the pools see their load rise or fall by 1.6x (bounded to 0.5-12): a
+    realistic fleet, where most roles hold and a few scale. Per-pod values are the role's load
+    over its current replicas (the server's own scale records) with +-5 % noise, and a role
+    reports one series per replica.
+
+    `storm`: the fixed answers the benchmark gave before (every gauge 3.0 per pod, KV usage
+    included, i.e. 375 % of the 0.8 target; 2 pods per role): every role scales up each tick
+    its rate rules allow, until its maximum, the worst case of a tick's writes and logs."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.tick = 0
+        self.load: dict[str, float] = {}
+
+    def advance(self, tick: int, pools: int) -> None:
+        self.tick = tick
+        for i in range(pools):
+            if (_hash("churn", i, tick) % 10_000) < CHURN * 10_000:
+                for role in ("prefill", "decode"):
+                    name = f"pool-{i}-{role}"
+                    up = _hash("dir", i, tick) % 2 == 0
+                    now = self.load.get(name, STEADY_LOAD)
+                    self.load[name] = min(12.0, max(0.5, now * (1.6 if up else 1 / 1.6)))
+
+
+FLEET = Fleet("steady")
+
+
+def answer(
+    promql: str, at: float, pools: int, replicas: dict[tuple[str, str], int] | None = None
+) -> list[dict[str, Any]]:
+    """The rows Prometheus would return for `promql` over the benchmark's fleet (`FLEET`).
 
     Before issue 16 every role was a tagged branch (pd_pool/pd_role); now roles without a
     custom `metrics:` section are read namespace-wide and carry `pd_deployment`. Both shapes
     are answered, so the same server measures either version of the source."""
     if promql.startswith("count by (__name__)"):
         return [_row({"__name__": n}, 4.0, at) for n in _PRESENT]
-    groups: list[tuple[dict[str, str], str]] = [
-        ({"pd_pool": pool, "pd_role": role}, f"{pool}-{role}")
+    groups: list[tuple[dict[str, str], str, str]] = [
+        ({"pd_pool": pool, "pd_role": role}, f"{pool}-{role}", "")
         for pool, role in dict.fromkeys(_TAGGED.findall(promql))
     ]
     if "pd_deployment" in promql:
         groups += [
-            ({"namespace": ns, "pd_deployment": dep}, dep)
+            ({"namespace": ns, "pd_deployment": dep}, dep, ns)
             for ns, dep in _deployments(pools, promql)
         ]
     # Age rows: every pod's, unless the query keeps only pods older than max_sample_age_s
     # (`...timestamp(...)) > 60.0)`; the benchmark's pods are all fresh).
     ages = '"age"' in promql and re.search(r"\)\) > [0-9.e+]+\)", promql) is None
+    storm = FLEET.mode == "storm"
+    level = next((v for frag, v in LEVELS if frag in promql), 1.0)
+    latency = next((v for frag, v in LATENCY if frag in promql), 0.4)
     rows: list[dict[str, Any]] = []
-    for base, prefix in groups:
+    tick = FLEET.tick
+    for base, prefix, ns in groups:
+        n = PODS_PER_ROLE if storm or replicas is None else replicas.get((ns, prefix), 2)
+        load = FLEET.load.get(prefix, STEADY_LOAD)
         if "histogram_quantile" in promql:
-            for part, v in (("value", 0.4), ("rate", 3.0), ("replicas", PODS_PER_ROLE)):
+            value = 0.4 if storm else latency * _noise(prefix, tick)
+            rate = 3.0 if storm else 4.0 * load
+            for part, v in (("value", value), ("rate", rate), ("replicas", n)):
                 rows.append(_row({**base, "pd_part": part}, float(v), at))
             continue
-        for k in range(PODS_PER_ROLE):
+        for k in range(n):
             pod = {**base, "pod": f"{prefix}-5d8f7c9b4-x{k:04d}"}
+            per_pod = level * load / n * _noise(prefix, k, tick)
             if '"age"' in promql:
-                rows.append(_row({**pod, "pd_part": "value"}, 3.0, at))
+                rows.append(_row({**pod, "pd_part": "value"}, 3.0 if storm else per_pod, at))
                 if ages:
                     rows.append(_row({**pod, "pd_part": "age"}, 1.5, at))
             else:
-                rows.append(_row(pod, 0.25, at))
+                rows.append(_row(pod, 0.25 if storm else per_pod, at))
     return rows
 
 
@@ -262,9 +336,10 @@ def deployment(ns: str, name: str, replicas: int = 2) -> dict[str, Any]:
 POOLS = [0]  # the fleet's size, set in the server process
 
 
-def serve(port_out: Any, pools: int = 0) -> None:
+def serve(port_out: Any, pools: int = 0, load: str = "steady") -> None:
     """Run the server until killed; counts what it received and sent."""
     POOLS[0] = pools
+    FLEET.mode = load
     stats = {"requests": 0, "request_bytes": 0, "max_request_bytes": 0, "response_bytes": 0,
              "kube_requests": 0}
 
@@ -354,11 +429,16 @@ def serve(port_out: Any, pools: int = 0) -> None:
         promql = form.get("query") or request.query.get("query", "")
         doc = {
             "status": "success",
-            "data": {"resultType": "vector", "result": answer(promql, time.time(), pools)},
+            "data": {"resultType": "vector",
+                     "result": answer(promql, time.time(), pools, replicas)},
         }
         text = json.dumps(doc, separators=(",", ":"))
         stats["response_bytes"] += len(text)
         return web.Response(text=text, content_type="application/json")
+
+    async def next_tick(request: web.Request) -> web.Response:
+        FLEET.advance(int(await request.text()), pools)
+        return web.Response(text="ok")
 
     async def read_stats(_: web.Request) -> web.Response:
         out = web.json_response(dict(stats))
@@ -373,6 +453,7 @@ def serve(port_out: Any, pools: int = 0) -> None:
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments", list_deployments)
         app.router.add_route("*", "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", scale)
         app.router.add_get("/stats", read_stats)
+        app.router.add_post("/tick", next_tick)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -419,7 +500,8 @@ async def _actuator(cluster: str, url: str, policy: Any) -> tuple[Any, Any, Any]
 
 
 async def measure(
-    pools: int, ticks: int, cluster: str, bucket: int = 0, buckets: int = 1
+    pools: int, ticks: int, cluster: str, bucket: int = 0, buckets: int = 1, *,
+    profile: str | None = None, load: str = "steady",
 ) -> dict[str, Any]:
     import aiohttp  # noqa: PLC0415
     import structlog  # noqa: PLC0415
@@ -443,7 +525,7 @@ async def measure(
     structlog.configure(logger_factory=structlog.WriteLoggerFactory(sink))
     ctx = multiprocessing.get_context("spawn")
     port_q = ctx.Queue()
-    server = ctx.Process(target=serve, args=(port_q, pools), daemon=True)
+    server = ctx.Process(target=serve, args=(port_q, pools, load), daemon=True)
     server.start()
     try:
         url = f"http://127.0.0.1:{port_q.get(timeout=60)}"
@@ -481,7 +563,14 @@ async def measure(
             saved = ""
             await _stats(session, url)
             fetch_cpu.clear()
+            prof = cProfile.Profile() if profile else None
+            if prof is not None:
+                prof.enable()
             for i in range(ticks):
+                # The fleet's load moves (outside the measured CPU: the server is another
+                # process, and this request is made before the tick's clock starts).
+                async with session.post(url + "/tick", data=str(i + 1)) as resp:
+                    resp.raise_for_status()
                 start = time.process_time()
                 report = await loop.tick(15.0 * (i + 1))
                 # The controller's bookkeeping per tick (Controller.tick_once): the state's JSON
@@ -501,6 +590,9 @@ async def measure(
                 scales.append(len(report.applied))
                 assert report.metrics_error is None, report.metrics_error
                 assert not report.unobserved, list(report.unobserved.items())[:2]
+            if prof is not None:
+                prof.disable()
+                prof.dump_stats(str(profile))
             sent = await _stats(session, url)
         src.close()
         if cache is not None:
@@ -538,19 +630,27 @@ def main() -> None:
     ap.add_argument("--pools", type=int, nargs="+", default=[10, 100, 1000, 5000])
     ap.add_argument("--ticks", type=int, default=5)
     ap.add_argument("--cluster", choices=("cache", "gets", "fake"), default="cache")
+    ap.add_argument("--load", choices=("steady", "storm"), default="steady",
+                    help="steady: most roles hold, 2 %% of pools change load per tick; storm: "
+                         "every role scales up each tick (the fixed answers of before)")
     ap.add_argument("--buckets", type=int, default=1,
                     help="split each pool count onto this many buckets (replicas)")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="with one --pools value: cProfile the measured ticks into FILE "
+                         "(the CPU figures then include the profiler's overhead)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bucket", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.one is not None:
-        print(json.dumps(asyncio.run(
-            measure(args.one, args.ticks, args.cluster, args.bucket, args.buckets))))
+    if args.one is not None or args.profile:
+        n = args.one if args.one is not None else args.pools[0]
+        print(json.dumps(asyncio.run(measure(
+            n, args.ticks, args.cluster, args.bucket, args.buckets, profile=args.profile,
+            load=args.load))))
         return
     if args.buckets > 1:
-        sharded(args.pools, args.ticks, args.buckets, args.cluster)
+        sharded(args.pools, args.ticks, args.buckets, args.cluster, args.load)
         return
-    print(f"cluster reads: {args.cluster}")
+    print(f"cluster reads: {args.cluster}; load: {args.load}")
     print(
         "| pools | CPU-s/tick median | p90 | of which fetch (median) | peak RSS MB | queries/tick "
         "| request MB/tick | largest request MB | response MB/tick | API requests/tick "
@@ -561,7 +661,7 @@ def main() -> None:
     for n in args.pools:
         done = subprocess.run(  # noqa: S603 - this very script, by its own path
             [sys.executable, __file__, "--one", str(n), "--ticks", str(args.ticks),
-             "--cluster", args.cluster],
+             "--cluster", args.cluster, "--load", args.load],
             capture_output=True,
             text=True,
             check=False,
@@ -581,11 +681,12 @@ def main() -> None:
 
 
 def _one(
-    n: int, ticks: int, bucket: int = 0, buckets: int = 1, cluster: str = "cache"
+    n: int, ticks: int, bucket: int = 0, buckets: int = 1, *, cluster: str = "cache",
+    load: str = "steady",
 ) -> dict[str, Any] | str:
     done = subprocess.run(  # noqa: S603 - this very script, by its own path
         [sys.executable, __file__, "--one", str(n), "--ticks", str(ticks), "--bucket",
-         str(bucket), "--buckets", str(buckets), "--cluster", cluster],
+         str(bucket), "--buckets", str(buckets), "--cluster", cluster, "--load", load],
         capture_output=True,
         text=True,
         check=False,
@@ -596,7 +697,9 @@ def _one(
     return result
 
 
-def sharded(pool_counts: list[int], ticks: int, buckets: int, cluster: str) -> None:
+def sharded(
+    pool_counts: list[int], ticks: int, buckets: int, cluster: str, load: str = "steady"
+) -> None:
     """Each bucket's share as one replica's tick, in a fresh process per bucket."""
     print("| pools | bucket | pools in bucket | CPU-s/tick median | p90 | peak RSS MB "
           "| queries/tick | request MB/tick | response MB/tick |")
@@ -605,7 +708,7 @@ def sharded(pool_counts: list[int], ticks: int, buckets: int, cluster: str) -> N
         shares = []
         cpu = []
         for b in range(buckets):
-            r = _one(n, ticks, b, buckets, cluster)
+            r = _one(n, ticks, b, buckets, cluster=cluster, load=load)
             if isinstance(r, str):
                 print(f"| {n} | {b} | {r} |", flush=True)
                 continue

@@ -35,6 +35,7 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -307,6 +308,14 @@ def steady_state(pools: int, days: float, sample: int, predict_s: float) -> None
     )
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """A live process' peak resident set (VmHWM, Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def process_refits(long: np.ndarray, samples: int, workers: int) -> None:
     """The controller's refitter (controller/refits.py): fits in worker processes. What stays
     in the controller's process (and GIL) is submitting the job and unpickling the result."""
@@ -336,6 +345,9 @@ def process_refits(long: np.ndarray, samples: int, workers: int) -> None:
             results = [h.result() for h in handles if h.done()]
             parent += time.process_time() - c0
         wall = time.perf_counter() - t0
+        pool = r._pool
+        assert pool is not None  # submitted above
+        worker_mb = max(_peak_rss_mb(pid) for pid in (pool._processes or {}))
     finally:
         r.shutdown()
     assert all(x.ok for x in results), [x.error for x in results if not x.ok]
@@ -345,6 +357,8 @@ def process_refits(long: np.ndarray, samples: int, workers: int) -> None:
         f"worker CPU {worker / len(jobs):.3f} s per fit; controller process CPU "
         f"{parent / len(jobs) * 1e3:.1f} ms per fit (submit, poll, unpickle); wall {wall:.1f} s"
     )
+    # Part of the controller Pod's memory beside the controller process' own.
+    print(f"largest refit worker's peak RSS: {worker_mb:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ the `held-out` points (not used): share within +-15 % and median absolute error.
 experiment ran an older vLLM than the profile represents are listed but kept out of both
 summaries (`context`).
 
-It also prints, for both built-in profiles, the simulated TTFT of one 32k-128k-token prompt on
+It also prints, for the built-in profiles, the simulated TTFT of one 32k-128k-token prompt on
 an idle replica and the saturation knee (the Poisson rate at which mean TTFT passes 1 s in a
 5-minute run of ShareGPT-like lengths), next to the published figures for them when the data
 file has any (`long_prompt` and `knee` sections).
@@ -129,7 +129,7 @@ def main() -> int:
 
     if not args.no_extras:
         print("\nlong prompts, one request on an idle replica (simulated TTFT, s):")
-        for name in ("llama-8b-h100", "llama-70b-tp4-h100"):
+        for name in ("llama-8b-h100", "llama-70b-tp4-h100", "llama-8b-h100-pcie"):
             prof = builtin(name)
             cells = [
                 f"{n // 1024}k {long_prompt_ttft_s(prof, n):6.2f}" for n in (32768, 65536, 131072)
@@ -141,6 +141,8 @@ def main() -> int:
             # The 70B also at the seat limits of older defaults (V0: 256) and of the measured
             # V1 runs (128): the knee is where the seats fill, so it depends on max_num_seqs.
             ("llama-70b-tp4-h100", 12.0, (1024, 256, 128)),
+            # The derived H100 PCIe profile (no published knee to compare with).
+            ("llama-8b-h100-pcie", 15.0, (1024,)),
         ):
             rates = [lo * (1 + 0.05 * i) for i in range(60)]
             for mns in seats:

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
-import json
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+import orjson
 
 from autoscaler.metrics import validate
 
@@ -83,15 +84,17 @@ async def instant_query(
     deadline_s: float,
     max_bytes: int,
     headers: dict[str, str] | None = None,
+    only: tuple[str, frozenset[str]] | None = None,
 ) -> validate.Vector:
-    """One instant query, bounded in time and memory; raises QueryFailed."""
+    """One instant query, bounded in time and memory; raises QueryFailed. `only`: see
+    `validate.parse_vector`."""
     form = {"query": promql, "timeout": _timeout(deadline_s)}
     body, status = await _send(
         session, endpoint, "/api/v1/query", form, deadline_s=deadline_s, max_bytes=max_bytes,
         headers=headers,
     )
     with paused_gc():
-        return _decode(body, status, validate.parse_vector)
+        return _decode(body, status, functools.partial(validate.parse_vector, only=only))
 
 
 async def range_query(
@@ -211,10 +214,11 @@ def paused_gc() -> Iterator[None]:
 
 def _decode(body: bytes, status: int, parse: Callable[[Any], T]) -> T:
     try:
-        doc: Any = json.loads(body)
+        doc: Any = orjson.loads(body)
     except (ValueError, RecursionError) as exc:
-        # UnicodeDecodeError is a ValueError; RecursionError: nesting deeper than the decoder
-        # goes (a hostile body of a few KB).
+        # orjson.JSONDecodeError is a ValueError, for invalid UTF-8 and for nesting deeper than
+        # 1,024 levels (a hostile body of a few KB) too; it refuses the bare NaN/Infinity tokens
+        # the standard library would read (Prometheus sends sample values as strings).
         what = f"HTTP {status}, body is not JSON ({type(exc).__name__}): {body[:120]!r}"
         raise QueryFailed("malformed" if status == 200 else "error", what,
                           retry=status >= 500) from exc

@@ -57,6 +57,18 @@ def per_pod(
             ages[pod] = v
         else:
             values[pod] = v
+    # The usual case, every pod fresh and every value a possible one, without the bookkeeping
+    # of reasons below (tens of thousands of pods per tick at 1,000 pools, issue 16). Each test
+    # is the negation of a `value_problem` / staleness rule; NaN fails every comparison.
+    age_ok = min(max_sample_age_s, validate.MAX_VALUE)
+    if values and all(
+        0.0 <= v <= validate.MAX_VALUE and -validate.MAX_VALUE <= ages.get(p, 0.0) <= age_ok
+        for p, v in values.items()
+    ):
+        n = len(values)
+        total = sum(values.values())
+        mean = total if kind is queries.Kind.SUM else total / n
+        return SignalSample(value=mean / scale, replicas=n, detail=f"{n} pods"), ()
     bad: dict[str, list[str]] = {}
     for p, v in values.items():
         why = validate.value_problem(v)

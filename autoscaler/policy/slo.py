@@ -94,8 +94,9 @@ class SLOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     profile: str = Field(min_length=1)
-    """Performance profile: a built-in name (llama-8b-h100, llama-70b-tp4-h100) or a profile
-    YAML path (relative paths are taken from the working directory)."""
+    """Performance profile: a built-in name (llama-8b-h100, llama-70b-tp4-h100,
+    llama-8b-h100-pcie) or a profile YAML path (relative paths are taken from the working
+    directory)."""
     ttft_floor_s: float = Field(default=0.5, gt=0)
     """TTFT limit floor, seconds: a request meets TTFT when TTFT <= max(floor, slowdown x its
     idle prefill time)."""

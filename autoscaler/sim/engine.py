@@ -19,6 +19,8 @@ Model (constants in profile.py; the model and its sources: docs/simulator.md):
   per-sequence cost); pure decode `alpha_d + (beta_d + s)·B + gamma_d·sum(L)`; a mixed step
   (aggregated replicas, or decode replicas recomputing a preempted request) costs the decode
   step plus the prefill chunk terms (one fixed cost, alpha_d, since both read the weights once).
+  At TP > 1 a step of T tokens adds `ar·max(T - T_ar, 0)`: the all-reduces' bandwidth cost once
+  they are no longer latency-bound (their latency is inside alpha_d).
 * **KV** is counted in tokens (no 16-token block rounding, no watermark). A request holds
   prompt + generated tokens once decoding; a prefilling request holds its computed tokens.
 * **Prefill replica** (disaggregated): a request is done on it when its prefill completes (the
@@ -202,6 +204,8 @@ class Replica:
         self.db = (p.decode_beta_ms_per_seq + p.sched_ms_per_seq) / 1000.0
         self.ss = p.sched_ms_per_seq / 1000.0
         self.dg = p.decode_gamma_ms_per_ctx_token / 1000.0
+        self.ar = p.allreduce_ms_per_token / 1000.0
+        self.ar0 = p.allreduce_latency_tokens
         self.profile = p
         self.max_segment_steps = sim.max_segment_steps
         # Prefix cache (vLLM V1 default on): an LRU of block hashes sized from the KV budget.
@@ -468,6 +472,14 @@ class Replica:
                 plan.need += hit + c
             seats -= 1
 
+    def _linear_s(self, tokens: int) -> float:
+        """Profile.linear_ms in seconds: the weight read or the GEMM work, whichever is longer,
+        plus the all-reduce bandwidth above its latency-bound size (TP > 1)."""
+        lin = max(self.da, self.pa + self.pb * tokens)
+        if tokens > self.ar0:
+            lin += self.ar * (tokens - self.ar0)
+        return lin
+
     def _launch(self, plan: _StepPlan, t: float, *, preempted: bool) -> None:
         """Start the planned work: one explicit step if it carries prefill chunks, else a
         closed-form decode segment, else wait for a transfer (or stop, if draining)."""
@@ -482,7 +494,7 @@ class Replica:
                 attn += c * (c + 2 * cr.computed)
             # The weights are read once per step; the token-linear (GEMM) work only costs more
             # than that read above the roofline knee (alpha_d - alpha_p) / beta_p tokens.
-            dur = max(self.da, self.pa + self.pb * (dec + csum))
+            dur = self._linear_s(dec + csum)
             dur += self.db * dec + self.dg * self.s_dec + self.pg * attn + self.ss * len(chunks)
             self.st_chunks = chunks
             self.st_dec = dec
@@ -512,7 +524,7 @@ class Replica:
             k = 1
         if self.max_segment_steps and k > self.max_segment_steps:
             k = self.max_segment_steps
-        tau0 = max(self.da, self.pa + self.pb * dec) + self.db * dec + self.dg * self.s_dec
+        tau0 = self._linear_s(dec) + self.db * dec + self.dg * self.s_dec
         g = self.dg * dec
         self.sg_t0 = t
         self.sg_tau0 = tau0

@@ -59,9 +59,16 @@ def idle_prefill_s(profile: Profile, prompt_tokens: IntArray) -> FloatArray:
     rest_f = rest.astype(np.float64)
     # A step's token-linear cost is max(alpha_d, alpha_p + beta_p·tokens) (Profile.linear_ms);
     # each chunk attends to the prefix before it, so the attention terms sum to P² (engine.py).
+    ar, ar0 = profile.allreduce_ms_per_token, profile.allreduce_latency_tokens
     ms = (
-        full * (max(a_d, a_p + b_p * m) + profile.sched_ms_per_seq)
-        + np.where(rest > 0, np.maximum(a_d, a_p + b_p * rest_f) + profile.sched_ms_per_seq, 0.0)
+        full * (profile.linear_ms(m) + profile.sched_ms_per_seq)
+        + np.where(
+            rest > 0,
+            np.maximum(a_d, a_p + b_p * rest_f)
+            + ar * np.maximum(rest_f - ar0, 0.0)
+            + profile.sched_ms_per_seq,
+            0.0,
+        )
         + profile.prefill_gamma_ms_per_token2 * p.astype(np.float64) ** 2
     )
     out: FloatArray = ms / 1000.0
@@ -683,6 +690,9 @@ def oracle_of_stream(
         msg = f"attainment must be in (0, 1], got {attainment}"
         raise ValueError(msg)
     m = float(profile.max_num_batched_tokens)
+    ar, ar0 = profile.allreduce_ms_per_token, float(profile.allreduce_latency_tokens)
+    # All-reduce bandwidth per prompt token in a full-budget prefill step (0 at TP1).
+    ar_tok = ar * max(m - ar0, 0.0) / m
     if disaggregated:
         alpha_ms = profile.prefill_alpha_ms
     else:
@@ -707,7 +717,7 @@ def oracle_of_stream(
             sums[row, b0 : b0 + nb] += np.bincount(local, weights=w, minlength=nb)
         # Prefill bursts against the TTFT SLO.
         work = (
-            p * (alpha_ms / m + profile.prefill_beta_ms_per_token)
+            p * (alpha_ms / m + profile.prefill_beta_ms_per_token + ar_tok)
             + profile.prefill_gamma_ms_per_token2 * p * p
         ) / 1000.0
         prompts = np.maximum(np.asarray(prompt_tokens, dtype=np.int64), 1)
@@ -738,6 +748,7 @@ def oracle_of_stream(
     per_tok_ms = (
         profile.prefill_alpha_ms / m
         + profile.prefill_beta_ms_per_token
+        + ar_tok
         + profile.prefill_gamma_ms_per_token2 * nbar
     )
     cap_p = 1000.0 / per_tok_ms
@@ -750,8 +761,16 @@ def oracle_of_stream(
         + profile.sched_ms_per_seq
         + profile.decode_gamma_ms_per_ctx_token * lbar
     )
+    b_p = profile.prefill_beta_ms_per_token
+    # Each branch of the step's linear part, with the all-reduce term (zero up to ar0 tokens)
+    # as a second constraint: the smallest bound is the exact largest batch within the ITL.
     bstar = np.floor(
-        np.minimum(room / per_seq, room_p / (per_seq + profile.prefill_beta_ms_per_token))
+        np.minimum(
+            np.minimum(room / per_seq, room_p / (per_seq + b_p)),
+            np.minimum(
+                (room + ar * ar0) / (per_seq + ar), (room_p + ar * ar0) / (per_seq + b_p + ar)
+            ),
+        )
     )
     bstar = np.minimum(bstar, profile.max_num_seqs)
     with np.errstate(divide="ignore"):
@@ -762,6 +781,7 @@ def oracle_of_stream(
             profile.decode_alpha_ms,
             profile.prefill_alpha_ms + profile.prefill_beta_ms_per_token * bstar,
         )
+        + ar * np.maximum(bstar - ar0, 0.0)
         + per_seq * bstar
     )
     cap_d = bstar / step_ms * 1000.0

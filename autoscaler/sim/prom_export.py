@@ -8,8 +8,13 @@ the counters' increases over every pod give one measurement, replayed as an expe
 
 - requests: the increase of `vllm:request_success_total` (all finish reasons); the arrival rate
   is requests / window (Poisson, as an open-loop client sends them);
-- lengths: increases of `vllm:prompt_tokens_total` and `vllm:generation_tokens_total` per
-  request (each request gets the window's mean lengths: the export has no per-request lengths);
+- lengths: the mean prompt and output length of the requests that finished in the window, from
+  the `vllm:request_prompt_tokens` and `vllm:request_generation_tokens` histograms (`_sum` /
+  `_count` increases; both observed when a request finishes, so they describe the same
+  requests). Where an export lacks them: the increases of `vllm:prompt_tokens_total` and
+  `vllm:generation_tokens_total` per finished request, which count tokens as they are computed
+  and are off by the requests in flight at the window's edges. Each replayed request gets the
+  window's mean lengths: the export has no per-request lengths;
 - replicas: the pods that reported `vllm:request_success_total` in the window;
 - points: mean TTFT, mean end-to-end latency (histogram `_sum` / `_count` increases) and mean
   inter-token latency (`vllm:inter_token_latency_seconds`, or the older
@@ -46,10 +51,12 @@ HISTOGRAMS = {
     # vLLM 0.10+ names it inter_token_latency; older versions time_per_output_token (same data).
     "mean_itl_ms": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
 }
+LENGTHS = ("vllm:request_prompt_tokens", "vllm:request_generation_tokens")
+"""Per-request length histograms (vLLM V1), preferred to the token counters when present."""
 QUERY = (
     '{__name__=~"vllm:(request_success_total|prompt_tokens_total|generation_tokens_total|'
     "(time_to_first_token_seconds|e2e_request_latency_seconds|inter_token_latency_seconds|"
-    'time_per_output_token_seconds)_(sum|count))"}'
+    'time_per_output_token_seconds|request_prompt_tokens|request_generation_tokens)_(sum|count))"}'
 )
 """The PromQL selector whose range export this module reads (add a namespace or pod matcher
 to pick your deployment)."""
@@ -186,8 +193,15 @@ def experiments_from_export(
         requests, pods = total(SUCCESS, lo, hi)
         if requests < min_requests:
             continue
-        prompt, _ = total(PROMPT, lo, hi)
-        gen, _ = total(GENERATION, lo, hi)
+        lengths = []
+        for hist, counter in zip(LENGTHS, (PROMPT, GENERATION), strict=True):
+            h_sum, _ = total(f"{hist}_sum", lo, hi)
+            h_count, _ = total(f"{hist}_count", lo, hi)
+            if h_count > 0:
+                lengths.append(h_sum / h_count)
+            else:
+                lengths.append(total(counter, lo, hi)[0] / requests)
+        prompt_len, gen_len = lengths
         points: dict[str, float] = {}
         for key, families in HISTOGRAMS.items():
             for fam in families:
@@ -210,8 +224,8 @@ def experiments_from_export(
                 vllm_version="unspecified",
                 rate=rate,
                 num_prompts=max(1, round(requests)),
-                input_len=max(1, round(prompt / requests)),
-                output_len=max(1, round(gen / requests)),
+                input_len=max(1, round(prompt_len)),
+                output_len=max(1, round(gen_len)),
                 dataset=None,
                 replicas=max(1, len(pods)),
                 split="fit",

@@ -86,10 +86,11 @@ def test_range_export_round_trip(
     assert len(exps) >= 3
     for e in exps:
         assert e.replicas == 2
-        # Tokens are counted as they are computed, requests as they finish: a window's ratio
-        # is off by the requests in flight at its edges.
-        assert e.input_len == pytest.approx(500, rel=0.05)
-        assert e.output_len == pytest.approx(100, rel=0.05)
+        # The lengths come from the per-request histograms, observed as each request finishes
+        # (the token counters' ratio was off by the requests in flight at a window's edges,
+        # up to 6 % on a loaded machine).
+        assert e.input_len == 500
+        assert e.output_len == 100
         assert e.rate == pytest.approx(RATE, rel=0.35)  # Poisson counts over 20 s
         assert set(e.points) == {"mean_ttft_ms", "mean_e2e_ms", "mean_itl_ms"}
 
@@ -119,4 +120,4 @@ def test_range_export_round_trip(
     assert abs(len(again) - len(exps)) <= 1
     for e in again:
         assert e.replicas == 2
-        assert e.input_len == pytest.approx(500, rel=0.05)
+        assert (e.input_len, e.output_len) == (500, 100)

@@ -112,3 +112,26 @@ def test_the_fast_writer_matches_prometheus_clients() -> None:
     mine = tel.render().decode()
     theirs = generate_latest(tel.registry).decode()
     assert mine == theirs
+
+
+def test_the_writers_caches_follow_changing_values_and_removed_series() -> None:
+    """The fast writer keeps label text and formatted values between scrapes: scrape after
+    scrape, as values change and a reload removes series, it still matches prometheus_client."""
+    from prometheus_client import generate_latest  # noqa: PLC0415
+
+    tel = telemetry.Telemetry()
+    t = Ticker(pool_policy(
+        prefill={"signals": [{"signal": "queue_depth", "target": 5}], "max_replicas": 10},
+        decode={"signals": [{"signal": "running", "target": 40}]},
+    ))
+    for i, q in enumerate([20.0, 50.0, 5.0, 5.0, 0.25, 1e-7]):
+        t.tick(i * 15, prefill=obs(2, queue_depth=q), decode=obs(2, running=30.0 + i))
+        tel.record_decision(t.decisions[-1], t.policy)
+        tel.record_forecast("p", "decode", series="request_rate", value=q / 3, horizon_s=120)
+        assert tel.render().decode() == generate_latest(tel.registry).decode()
+    other = Ticker(pool_policy(aggregated={"signals": [{"signal": "running", "target": 8}]}))
+    other.tick(90, aggregated=obs(1, running=16))
+    tel.record_decision(other.decisions[-1], other.policy)
+    text = tel.render().decode()
+    assert text == generate_latest(tel.registry).decode()
+    assert 'role="prefill"' not in text.split("pd_autoscaler_forecast_value")[0]

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoscaler import errors
+from autoscaler.profile import BUILTIN_PROFILES
 from autoscaler.sim.engine import Simulation
 from autoscaler.types import Role
 from tests.sim.conftest import P8B, one_pool, small_profile
@@ -377,3 +378,52 @@ def test_fixed_replica_driver_over_a_generated_hour() -> None:
     assert dec.replicas[1].t_requested == 600.0
     assert dec.replicas[1].t_ready == 600.0 + P8B.cold_start_s
     assert [e.to_replicas for e in sim.scale_events()] == [2, 1]
+
+
+# A TP4 profile with the all-reduce bandwidth term (front end left out, as for P8B).
+P70B = BUILTIN_PROFILES["llama-70b-tp4-h100"].model_copy(update={"frontend_ms": 0.0})
+
+
+@pytest.mark.parametrize(
+    ("tokens", "want_ms"),
+    [
+        # Below the latency-bound size the all-reduces cost nothing beyond decode_alpha_ms.
+        (80, 17.34),
+        (253, 12.0 + 0.06 * 253),
+        # Above it each further token pays 0.0115 ms of all-reduce bandwidth.
+        (1000, 12.0 + 0.06 * 1000 + 0.0115 * (1000 - 253)),
+        (8192, 12.0 + 0.06 * 8192 + 0.0115 * (8192 - 253)),
+    ],
+)
+def test_tp_all_reduce_costs_only_above_its_latency_bound_size(tokens: int, want_ms: float) -> None:
+    """The TP4 step's linear part: max(alpha_d, alpha_p + beta_p·T) + ar·max(T - T_ar, 0)."""
+    assert P70B.linear_ms(tokens) == pytest.approx(want_ms)
+
+
+def test_tp_all_reduce_in_a_chunked_long_prompt() -> None:
+    """A 20k-token prompt on the TP4 profile: the engine's three prefill steps carry the
+    all-reduce term of 8192, 8192 and 3616 tokens, as Profile.idle_prefill_s says."""
+    sim, pool = one_pool([0.0], [20_000], [2], disaggregated=False, profile=P70B)
+    sim.advance_to(30)
+    m = 8192
+    want = (
+        2 * P70B.linear_ms(m) + P70B.linear_ms(3616) + P70B.prefill_gamma_ms_per_token2 * 20_000**2
+    ) / 1000.0
+    assert pool.results().ttft_s[0] == pytest.approx(want)
+    assert want == pytest.approx(P70B.idle_prefill_s(20_000))
+    assert P70B.linear_ms(m) - max(17.34, 12.0 + 0.06 * m) == pytest.approx(0.0115 * (m - 253))
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_tp_all_reduce_in_large_decode_batches(k: int) -> None:
+    """400 sequences decoding together (a step of 400 tokens, above the all-reduce's
+    latency-bound 253): every decode step, jumped over in closed form or stepped one by one,
+    costs Profile.decode_step_s with the all-reduce term."""
+    n, prompt, out = 400, 8, 6
+    sim, pool = one_pool([0.0] * n, [prompt] * n, [out] * n, disaggregated=False,
+                         profile=P70B, max_segment_steps=k)  # fmt: skip
+    sim.run_until_idle(limit_s=600)
+    res = pool.results()
+    steps = [P70B.decode_step_s(n, n * (prompt + 1 + j)) for j in range(out - 1)]
+    np.testing.assert_allclose(res.finish_s - res.first_token_s, sum(steps), rtol=1e-9)
+    assert P70B.decode_step_s(n, 0) * 1000 > 12.0 + 0.06 * n + 0.0115 * (n - 253)

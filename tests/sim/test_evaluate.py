@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from autoscaler.profile import BUILTIN_PROFILES
 from autoscaler.sim.engine import RequestResults, ScaleEvent
 from autoscaler.sim.evaluate import (
     SLO,
@@ -69,6 +70,11 @@ def test_idle_prefill_vectorised_matches_profile() -> None:
     prompts = np.array([1, 100, 8192, 8193, 20_000])
     np.testing.assert_allclose(
         idle_prefill_s(P8B, prompts), [P8B.idle_prefill_s(int(p)) for p in prompts]
+    )
+    # The TP4 profile's all-reduce term (steps above 253 tokens) included.
+    p70 = BUILTIN_PROFILES["llama-70b-tp4-h100"]
+    np.testing.assert_allclose(
+        idle_prefill_s(p70, prompts), [p70.idle_prefill_s(int(p)) for p in prompts]
     )
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from autoscaler import errors
-from autoscaler.sim.fidelity import METRICS, load_data, run_experiment, workload
+from autoscaler.sim.fidelity import METRICS, Experiment, load_data, run_experiment, workload
 
 pytestmark = pytest.mark.sim
 
@@ -39,19 +40,36 @@ def test_shipped_data_is_cited_and_split() -> None:
 def test_held_out_points_meet_the_calibration_target() -> None:
     """Issue 13's bar on the benchmark's held-out points: at least 85 % within +-15 % and a
     median absolute error of at most 8 % (benchmarks/sim_fidelity.py prints the same figures;
-    measured 96 % and 6.3 % when this test was written). A change to the engine or a built-in
-    profile that loses the calibration fails here, not only in a benchmark nobody re-ran."""
-    data = load_data(DATA)
-    errs = []
-    for e in data.experiments:
-        if e.split != "held-out" or e.note.startswith("context:"):
-            continue
-        sim = run_experiment(e, data)
-        errs += [abs(sim[m] - v) / v for m, v in e.points.items()]
-    assert len(errs) >= 40
+    measured 96 % and 6.3 % when this test was written, 93 % and 5.2 % on 84 points with the
+    IOG runs). A change to the engine or a built-in profile that loses the calibration fails
+    here, not only in a benchmark nobody re-ran."""
+    errs = _held_out_errors(lambda e: True)
+    assert len(errs) >= 80
     within = sum(x <= 0.15 for x in errs) / len(errs)
     assert within >= 0.85, f"{100 * within:.0f} % within +-15 %"
     assert statistics.median(errs) <= 0.08
+
+
+def test_independent_source_meets_the_calibration_target() -> None:
+    """The same bar on the held-out points of the one source outside the inference-sim team
+    (IOG-Foundation, vLLM 0.8.5, H100 PCIe: a profile derived by datasheet ratios, only its
+    front end fitted; 89 % and 4.1 % when this test was written)."""
+    errs = _held_out_errors(lambda e: e.source == "iog-llm-inference-benchmarks")
+    assert len(errs) >= 36
+    within = sum(x <= 0.15 for x in errs) / len(errs)
+    assert within >= 0.85, f"{100 * within:.0f} % within +-15 %"
+    assert statistics.median(errs) <= 0.08
+
+
+def _held_out_errors(keep: Callable[[Experiment], bool]) -> list[float]:
+    data = load_data(DATA)
+    errs: list[float] = []
+    for e in data.experiments:
+        if e.split != "held-out" or e.note.startswith("context:") or not keep(e):
+            continue
+        sim = run_experiment(e, data)
+        errs += [abs(sim[m] - v) / v for m, v in e.points.items()]
+    return errs
 
 
 def write(tmp_path: Path, body: str) -> Path:

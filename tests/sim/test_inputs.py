@@ -170,6 +170,29 @@ def test_builtin_profiles_match_sim_model_table() -> None:
     assert p8.decode_step_s(1, 1000) == pytest.approx(0.0066484)
 
 
+def test_h100_pcie_profile_is_the_sxm_profile_at_the_datasheet_ratios() -> None:
+    """llama-8b-h100-pcie moves the SXM constants by the H100 datasheet ratios: memory-bound
+    terms by HBM bandwidth (3.35 / 2.0 TB/s; only the weight read of decode_alpha, 16.06 GB),
+    compute-bound terms by dense BF16 FLOPS (989 / 756); CPU-side terms stay."""
+    sxm, pcie = profiles.builtin("llama-8b-h100"), profiles.builtin("llama-8b-h100-pcie")
+    bw, fl = 3.35 / 2.0, 989 / 756
+    read_sxm_ms = 16.06e9 / 3.35e12 * 1e3
+    want_alpha = read_sxm_ms * bw + (sxm.decode_alpha_ms - read_sxm_ms)
+    assert pcie.decode_alpha_ms == pytest.approx(want_alpha, abs=0.01)
+    assert pcie.decode_gamma_ms_per_ctx_token == pytest.approx(
+        sxm.decode_gamma_ms_per_ctx_token * bw, rel=0.005
+    )
+    assert pcie.prefill_beta_ms_per_token == pytest.approx(
+        sxm.prefill_beta_ms_per_token * fl, rel=0.005
+    )
+    assert pcie.prefill_gamma_ms_per_token2 == pytest.approx(
+        sxm.prefill_gamma_ms_per_token2 * fl, rel=0.005
+    )
+    same = ("prefill_alpha_ms", "decode_beta_ms_per_seq", "kv_capacity_tokens", "max_num_seqs")
+    assert all(getattr(pcie, f) == getattr(sxm, f) for f in same)
+    assert (pcie.gpu, pcie.allreduce_ms_per_token) == ("H100-80GB-PCIe", 0.0)
+
+
 def test_profile_yaml_overrides(tmp_path: Path) -> None:
     """A YAML starts from a built-in and overrides fields."""
     p = _write(tmp_path, "a100.yaml", "base: llama-8b-h100\nprefill_beta_ms_per_token: 0.08\n")

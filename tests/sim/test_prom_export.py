@@ -79,6 +79,26 @@ def test_windows_increases_and_means(tmp_path: Path) -> None:
     assert exps[1].id == "export@300s"
 
 
+def test_lengths_come_from_the_per_request_histograms_when_exported(tmp_path: Path) -> None:
+    """The counters say 500/100 tokens per finished request, the per-request histograms say
+    640/80 (what the finished requests themselves had, e.g. while long prompts are still in
+    flight at a window's edge): the histograms win. Without them the counters are used (the
+    test above)."""
+    n = 30.0
+    hists = [
+        _series(name, pod, [v * i for i in range(41)])
+        for pod in ("a", "b")
+        for name, v in (("vllm:request_prompt_tokens_sum", 640 * n),
+                        ("vllm:request_prompt_tokens_count", n),
+                        ("vllm:request_generation_tokens_sum", 80 * n),
+                        ("vllm:request_generation_tokens_count", n))
+    ]
+    p = tmp_path / "export.json"
+    p.write_text(json.dumps(_body(_pod("a", n) + _pod("b", n) + hists)))
+    exps = experiments_from_export(p, profile="llama-8b-h100", window_s=300.0)
+    assert [(e.input_len, e.output_len) for e in exps] == [(640, 80), (640, 80)]
+
+
 def test_quiet_windows_are_skipped_and_a_list_of_bodies_is_read(tmp_path: Path) -> None:
     """A list of query_range bodies (one query per family) reads like one body; windows under
     --min-requests are skipped, and all of them skipped is an error naming the file."""

@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autoscaler.metrics import queries, samples, validate
 from autoscaler.metrics.prometheus import PrometheusSource
@@ -126,3 +128,59 @@ def test_quantile_parts_judged(parts: dict[str, float], missing: bool) -> None:
     rows = [({queries.PART_LABEL: k}, v) for k, v in parts.items()]
     sample, _ = samples.quantile(rows)
     assert sample.missing is missing
+
+
+_EDGE = [0.0, -0.0, 1.0, 5.5, validate.MAX_VALUE, -1.0, 1.5e9, float("nan"), float("inf"),
+         -float("inf"), 1e-300]
+_AGE = [None, 0.0, -3.0, 30.0, 59.999, 60.0, 60.001, -1.5e9, float("nan"), float("inf")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_EDGE), st.sampled_from(_AGE)), max_size=5),
+       st.sampled_from([queries.Kind.GAUGE, queries.Kind.SUM]))
+def test_per_pod_keeps_exactly_the_fresh_possible_pods(
+    pods: list[tuple[float, float | None]], kind: queries.Kind
+) -> None:
+    """Whichever path `per_pod` takes (the all-good shortcut or the one that names reasons), a
+    pod counts exactly when its value has no `value_problem` and its age (0 when absent) is a
+    number no older than `max_sample_age_s`; the value is their mean (sum for rates)."""
+    rows: list[tuple[dict[str, str], float]] = []
+    for i, (v, age) in enumerate(pods):
+        rows.append(({"pod": f"p{i}"}, v))
+        if age is not None:
+            rows.append(({"pod": f"p{i}", queries.PART_LABEL: "age"}, age))
+    sample, reasons = samples.per_pod(kind, rows, scale=2.0, pod_label="pod",
+                                      max_sample_age_s=60.0)
+    good = [v for v, age in pods
+            if validate.value_problem(v) is None
+            and validate.value_problem(age or 0.0, part="age") is None and (age or 0.0) <= 60.0]
+    assert sample.replicas == len(good)
+    if not good:
+        assert sample.value is None
+        assert reasons
+    else:
+        total = sum(good) if kind is queries.Kind.SUM else sum(good) / len(good)
+        assert sample.value == pytest.approx(total / 2.0)
+        assert bool(reasons) == (len(good) < len(pods))
+
+
+@pytest.mark.parametrize(
+    ("labels", "kept"),
+    [
+        ({"pd_deployment": "a-prefill", "pod": "x"}, True),
+        ({"pd_deployment": "b-decode", "pod": "y"}, False),  # another role's, or replica's
+        ({"pd_pool": "p", "pd_role": "decode"}, True),  # no such label: a selector role's row
+    ],
+)
+def test_only_skips_rows_of_deployments_not_asked_for(labels: dict[str, str], kept: bool) -> None:
+    body = ok([{"metric": labels, "value": [1.0, "2.5"]},
+               {"metric": {"pd_deployment": "a-prefill"}, "value": [1.0, None]},
+               {"metric": {"pd_deployment": "c"}, "value": [1.0, None]},
+               {"metric": {"pd_deployment": ["a-prefill"]}, "value": [1.0, "1"]}])
+    vec = validate.parse_vector(body, only=("pd_deployment", frozenset({"a-prefill"})))
+    assert [r.labels for r in vec.rows] == ([labels] if kept else [])
+    # A malformed row of a Deployment asked for is named; one of a Deployment not asked for
+    # is not read at all; a label that is no string is judged (and named) as before.
+    assert len(vec.dropped) == 2
+    assert vec.dropped[0].startswith("row 1: value is null")
+    assert vec.dropped[1].startswith("row 3: metric is not a map of strings")
