@@ -86,6 +86,10 @@ from autoscaler.types import (
 _EPS = 1e-9
 # Largest fleet the Erlang-C search considers beyond the offered load (a bound on the loop).
 _MAX_EXTRA = 1024
+# Fields of the forecast kind an slo policy's `forecast` does not take.
+_NOT_IN_SLO_FORECAST = frozenset(
+    {"series", "capacity_per_replica", "horizon_s", "tick_s", "learn_band", "learn_halflife_s"}
+)
 
 
 class SLOConfig(BaseModel):
@@ -133,7 +137,8 @@ class SLOConfig(BaseModel):
     for decode) at the cold-start horizon with the `forecast` kind's models, and size for
     max(now, the forecast's quantile); `{}` takes every default (model auto, usable from 30 min
     of history). While the forecast has nothing to say (too little history, no fit) the
-    30-minute trend stands in. `series` and `capacity_per_replica` are the slo kind's own."""
+    30-minute trend stands in. `series`, `capacity_per_replica`, `horizon_s`, `tick_s` and the
+    `learn_*` fields are the slo kind's own and cannot be set here."""
 
     @model_validator(mode="after")
     def _check(self) -> SLOConfig:
@@ -142,13 +147,14 @@ class SLOConfig(BaseModel):
             raise ValueError(msg)
         fc = self.forecast
         if fc is not None:
-            for name in ("series", "capacity_per_replica", "horizon_s"):
-                if getattr(fc, name) is not None:
-                    msg = (
-                        f"forecast.{name}: {getattr(fc, name)!r} cannot be set here (the slo "
-                        f"kind forecasts its own rates at its cold-start horizon)"
-                    )
-                    raise ValueError(msg)
+            # The forecast kind's own sizing and timing fields mean nothing here: the slo kind
+            # picks the series, sizes with its profile and forecasts at its cold-start horizon.
+            for name in sorted(fc.model_fields_set & _NOT_IN_SLO_FORECAST):
+                msg = (
+                    f"forecast.{name}: {getattr(fc, name)!r} cannot be set here (the slo "
+                    f"kind forecasts its own rates at its cold-start horizon)"
+                )
+                raise ValueError(msg)
         return self
 
 

@@ -10,6 +10,7 @@ and the reason says why; config errors name the field; validate warns on short b
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,10 @@ import pytest
 
 from autoscaler import errors
 from autoscaler.forecast import refit
-from autoscaler.policy.load import parse_policy
+from autoscaler.policy.load import load_policy_file, parse_policy
 from autoscaler.policy.reach import unreachable_targets
-from autoscaler.policy.slo import SLOPolicy
+from autoscaler.policy.slo import SLOConfig, SLOPolicy
+from autoscaler.types import Role
 from tests.unit.test_slo_policy import make, tick
 
 PROMPT, OUTPUT = 2000.0, 200.0  # tokens per request
@@ -111,6 +113,7 @@ pools:
                      id="series"),
         pytest.param("{capacity_per_replica: 3}", "forecast.capacity_per_replica: 3.0 cannot",
                      id="capacity"),
+        pytest.param("{tick_s: 30}", "forecast.tick_s: 30.0 cannot", id="tick"),
         pytest.param("{model: prophet}", "forecast.model: Input should be", id="model"),
     ],
 )
@@ -126,3 +129,17 @@ def test_validate_warns_on_short_bins() -> None:
     policy = parse_policy(DOC.format(forecast="{bin_s: 15}"), source="f.yaml")
     (w,) = [x for x in unreachable_targets(policy) if "bin_s" in x]
     assert w.startswith("pools.0.roles.aggregated.policies.0: bin_s 15 is below min_bin_s 60")
+
+
+def test_shipped_forecast_policy_builds_a_forecaster() -> None:
+    """policies/llama-8b-slo-forecast.yaml loads and both roles forecast at cold start + tick."""
+    path = Path(__file__).resolve().parents[2] / "policies" / "llama-8b-slo-forecast.yaml"
+    pf = load_policy_file(path)
+    for role, rs in pf.pools[0].roles.items():
+        (ref,) = rs.policies
+        cfg = SLOConfig.model_validate(ref.model_extra or {})
+        pol = SLOPolicy(cfg, pool="llama-8b", role=role, spec=rs)
+        assert pol.forecaster is not None
+        assert pol.forecaster.settings.horizon_s == rs.cold_start_s + cfg.tick_s
+        assert pol.forecaster.settings.min_history_s == 1800
+        assert role in (Role.PREFILL, Role.DECODE)
