@@ -231,7 +231,8 @@ class SLOPolicy:
         self.forecaster: engine.Forecaster | None = None
         if config.forecast is not None:
             settings = settings_for(config.forecast, self.horizon_s)
-            self.forecaster = engine.Forecaster(settings, key=f"{pool}/{role.value}/slo")
+            # "pool/role", as the forecast kind's: refit CPU is exported per pool and role.
+            self.forecaster = engine.Forecaster(settings, key=f"{pool}/{role.value}")
 
     # --- the model --------------------------------------------------------------------------
 
