@@ -69,6 +69,9 @@ def evaluate(
     settings = engine.Settings(
         model=model,
         damped_trend=variant != "undamped",
+        # Coverage and pinball loss here are scored against each bin's value, so the band is
+        # the bin's (noise included), not the policies' default band of the rate.
+        band="sample",
         bin_s=BIN_S,
         horizon_s=max(HORIZONS) * BIN_S,
         quantile=quantile,

@@ -44,7 +44,7 @@ class Settings:
     history_s: float = 8 * 86400.0
     horizon_s: float = 135.0
     quantile: float = 0.9
-    min_history_s: float = 7200.0
+    min_history_s: float = 1800.0
     refit_every_s: float = 3600.0
     select_every_s: float = 24 * 3600.0
     drift_ratio: float | None = 1.5
@@ -56,6 +56,7 @@ class Settings:
     arima_order: tuple[int, int, int] = (2, 1, 1)
     fourier_terms: int = 6
     damped_trend: bool = True
+    band: str = "rate"
     stale_after_s: float = 600.0
 
     @property
@@ -192,6 +193,8 @@ class Forecaster:
     def _need_bins(self, model: str) -> int:
         """Bins a fit of `model` reads when history is long enough (window + validation)."""
         s = self.settings
+        if model == "local":
+            return models.min_bins("local", self._job())
         if model in ("holt", "last_value"):
             window = s.holt_window_s
         elif model == "arima":
@@ -245,6 +248,7 @@ class Forecaster:
             arima_order=s.arima_order,
             fourier_terms=s.fourier_terms,
             damped_trend=s.damped_trend,
+            band=s.band,
             key=self.key,
         )
 

@@ -12,6 +12,9 @@ state (level, trend, season, ARIMA lags) stays current even when the parameters 
 
 Models (all on z):
 - last_value      z_{t+k} = z_t                                  (reference)
+- local           damped local level + trend with fixed smoothing constants: nothing to
+                  estimate, so it is usable from ~30 minutes of history (see `LOCAL_*`) and
+                  stands in until the fitted models have the bins they need
 - seasonal_naive  z_{t+k} = z_{t+k-m}, m bins per season          (reference: same time yesterday)
 - holt            additive level + trend (statsmodels ExponentialSmoothing, trend="add")
 - holt_winters    Holt + additive season of m bins (needs 2 seasons to initialise)
@@ -41,10 +44,11 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float64]
 
 ModelName = Literal[
-    "auto", "holt", "holt_winters", "sarimax", "arima", "last_value", "seasonal_naive"
+    "auto", "local", "holt", "holt_winters", "sarimax", "arima", "last_value", "seasonal_naive"
 ]
 CONCRETE: tuple[str, ...] = (
     "last_value",
+    "local",
     "seasonal_naive",
     "holt",
     "holt_winters",
@@ -56,6 +60,19 @@ SEASONAL: frozenset[str] = frozenset({"seasonal_naive", "holt_winters", "sarimax
 # Fewer validation errors than this and an empirical P90 is mostly noise (10 errors put the
 # P90 between the 9th and 10th largest); the fit is then refused rather than mis-calibrated.
 MIN_ERRORS = 20
+
+# The short-history model's constants, fixed rather than fitted so that every bin after a short
+# warm-up is an honest out-of-sample forecast and 30 one-minute bins are enough to calibrate it.
+# alpha 0.3: the level averages ~6 bins (2 / alpha - 1 = 5.7), so one minute's Poisson noise moves
+# it by 0.3 of its size; beta 0.1: the slope averages ~20 bins, a ramp of tens of minutes;
+# phi 0.9: the slope's pull fades within ~10 bins, so a slope read from noise cannot carry the
+# forecast far (4 steps ahead it adds 3.1 slopes, not 4).
+LOCAL_ALPHA = 0.3
+LOCAL_BETA = 0.1
+LOCAL_PHI = 0.9
+LOCAL_WARMUP = 5  # bins the level and slope settle over before their errors count
+# Models a configured model falls back to while its history is short, in order of preference.
+BRIDGES: tuple[str, ...] = ("holt", "local")
 
 
 class Model(Protocol):
@@ -243,6 +260,9 @@ class FitJob:
     arima_order: tuple[int, int, int]
     fourier_terms: int
     damped_trend: bool = True
+    # "rate": the quantile band covers the uncertainty of the rate itself, with one bin's
+    # sampling noise taken out (`sampling_noise_var`); "sample": it covers one bin's sample.
+    band: str = "rate"
     key: str = ""  # whose fit this is ("pool/role"): refit cost is reported per pool
 
 
@@ -389,8 +409,30 @@ def _diff_poly(d: int) -> FloatArray:
     return out
 
 
+def local_model() -> ETS:
+    """The short-history model: a damped local linear trend with the fixed `LOCAL_*` constants,
+    its level started at the first bin it consumes."""
+    return _LocalETS(
+        name="local", alpha=LOCAL_ALPHA, beta=LOCAL_BETA, gamma=0.0, level=math.nan, trend=0.0,
+        seasons=None, phi=LOCAL_PHI,
+    )
+
+
+class _LocalETS(ETS):
+    """ETS whose level starts at the first observed bin (no fitted initial state)."""
+
+    def update(self, z: float) -> None:
+        if math.isnan(self.level):
+            if not math.isnan(z):
+                self.level = z
+            return
+        super().update(z)
+
+
 def _fit_one(name: str, job: FitJob, train: FloatArray) -> Model:
     m = job.season_bins
+    if name == "local":
+        return _replay(local_model(), train)
     if name == "last_value":
         return _replay(LastValue(), train[-1:] if len(train) else train)
     if name == "seasonal_naive":
@@ -408,15 +450,48 @@ def min_bins(name: str, job: FitJob) -> int:
     """Complete bins a model needs to be fitted and validated."""
     # Seasonal models need 2 seasons to train (Holt-Winters' heuristic start decomposes two;
     # a 1-season Fourier fit cannot tell the daily shape from a trend) plus the held-out bins.
+    if name == "local":
+        # Walked from its first bin (nothing is fitted): a warm-up, then enough forecasts that
+        # the farthest step still has MIN_ERRORS errors.
+        return LOCAL_WARMUP + job.steps - 1 + MIN_ERRORS
     base = 2 * job.season_bins if name in SEASONAL else 4 * job.steps + 10
     return base + job.validation_bins
 
 
+# Bins this far apart carry independent sampling noise: a rate the source averages over a window
+# (60 s in the simulator, 120 s by default in the cluster) makes neighbouring bins share arrivals.
+NOISE_LAG_S = 120.0
+
+
+def sampling_noise_var(z: FloatArray, *, bin_s: float) -> float:
+    """Variance of one bin's sampling noise around the underlying rate (log scale).
+
+    Half the squared difference of two bins `NOISE_LAG_S` apart is the noise variance plus what
+    the rate itself moved in that time; its median (over the chi-square's median, 0.455) keeps
+    bursts and ramps, which move a minority of pairs, from passing for noise. At a steady rate
+    of n arrivals per bin this reads ~1/n; the rate's own moves over minutes are what is left
+    of a forecast's error once this is taken out."""
+    lag = max(1, math.ceil(NOISE_LAG_S / bin_s))
+    if len(z) <= lag:
+        return 0.0
+    d = z[lag:] - z[:-lag]
+    d = d[~np.isnan(d)]
+    if len(d) < MIN_ERRORS:
+        return 0.0
+    return float(np.median(d * d) / 2.0 / 0.4549)
+
+
 def _validate(
-    model: Model, z_val: FloatArray, steps: int, quantile: float
+    model: Model, z_val: FloatArray, steps: int, quantile: float, noise_var: float = 0.0
 ) -> tuple[FloatArray, float, float]:
     """Walk the filter through held-out bins; per-step error quantiles, WAPE at `steps` and
-    the mean absolute one-step error (log scale)."""
+    the mean absolute one-step error (log scale).
+
+    With `noise_var` > 0 each step's quantile is pulled towards the errors' median by the share
+    of their variance that is one bin's sampling noise: the band then covers how far the rate
+    itself may move, not the Poisson scatter of a single bin around it. Capacity per replica is
+    a mean rate at which the queue already absorbs that scatter; counting it again is what made
+    short bins ask for replicas no load needed."""
     n = len(z_val)
     fc = np.full((n, steps), np.nan)
     for i in range(n):
@@ -431,6 +506,11 @@ def _validate(
         msg = f"only {int(counts.min())} validation errors (< {MIN_ERRORS})"
         raise ValueError(msg)
     offsets = np.nanquantile(err, quantile, axis=0)
+    if noise_var > 0:
+        mid = np.nanmedian(err, axis=0)
+        var = np.nanvar(err, axis=0)
+        keep = np.sqrt(np.clip(1.0 - noise_var / np.maximum(var, 1e-300), 0.0, 1.0))
+        offsets = mid + (offsets - mid) * keep
     last = ~np.isnan(err[:, -1])
     a = np.expm1(actual[last, -1])
     f = np.expm1(fc[last, -1])
@@ -448,13 +528,19 @@ def candidates(job: FitJob) -> tuple[list[str], str]:
     if job.model != "auto":
         if n >= min_bins(job.model, job):
             return [job.model], ""
-        if job.model in SEASONAL and n >= min_bins("holt", job):
-            # Until 2 days exist a daily season cannot be estimated; Holt bridges the gap.
-            need_d = min_bins(job.model, job) * job.bin_s / 86400
-            return ["holt"], f"{job.model} needs {need_d:.2f} d of history"
-        return [], f"{job.model} needs {min_bins(job.model, job)} bins, have {n}"
+        need = min_bins(job.model, job)
+        if job.model in SEASONAL or job.model in ("holt", "arima"):
+            # Until 2 days exist a daily season cannot be estimated, and until a few hours
+            # exist Holt's or ARIMA's parameters cannot: Holt, then the local model, bridge.
+            for bridge in BRIDGES:
+                if bridge != job.model and n >= min_bins(bridge, job):
+                    have = f"{need * job.bin_s / 3600:.2f} h" if need * job.bin_s < 86400 else (
+                        f"{need * job.bin_s / 86400:.2f} d"
+                    )
+                    return [bridge], f"{job.model} needs {have} of history"
+        return [], f"{job.model} needs {need} bins, have {n}"
     names = [c for c in CONCRETE if n >= min_bins(c, job)]
-    return names, "" if names else f"needs {min_bins('holt', job)} bins, have {n}"
+    return names, "" if names else f"needs {min_bins('local', job)} bins, have {n}"
 
 
 def fit(job: FitJob) -> FitResult:
@@ -465,16 +551,22 @@ def fit(job: FitJob) -> FitResult:
         return FitResult(ok=False, end_bin=job.end_bin, error=note, cpu_s=0.0)
     v = job.validation_bins
     train, val = job.z[:-v], job.z[-v:]
+    noise = sampling_noise_var(job.z, bin_s=job.bin_s) if job.band == "rate" else 0.0
     best: tuple[float, str, Model, FloatArray, float] | None = None
     scores: dict[str, float | str] = {}
     for name in names:
+        tr, va = train, val
+        if name == "local" and v - job.steps + 1 < MIN_ERRORS:
+            # Nothing of the local model is fitted, so every forecast from its first bins on is
+            # out of sample: with a short history it is validated on all but the warm-up.
+            tr, va = job.z[:LOCAL_WARMUP], job.z[LOCAL_WARMUP:]
         try:
             with warnings.catch_warnings():
                 # statsmodels warns on every hard optimisation (convergence, starting values);
                 # the validation score below is the judge of whether the fit is usable.
                 warnings.simplefilter("ignore")
-                model = _fit_one(name, job, train)
-                offsets, wape, err1 = _validate(model, val, job.steps, job.quantile)
+                model = _fit_one(name, job, tr)
+                offsets, wape, err1 = _validate(model, va, job.steps, job.quantile, noise)
         except Exception as exc:  # a model failing must not stop the others
             scores[name] = f"failed: {type(exc).__name__}: {exc}"[:200]
             continue

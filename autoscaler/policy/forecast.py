@@ -80,9 +80,11 @@ class ForecastConfig(BaseModel):
     )
 
     model: models.ModelName = "auto"
-    """auto | holt | holt_winters | sarimax | arima (last_value | seasonal_naive as references).
-    auto refits every eligible model and keeps the one with the lowest rolling-origin WAPE on
-    the newest `validation_s` of history. Seasonal models need 2 days; Holt stands in until then."""
+    """auto | local | holt | holt_winters | sarimax | arima (last_value | seasonal_naive as
+    references). auto refits every eligible model and keeps the one with the lowest
+    rolling-origin WAPE on the newest `validation_s` of history. `local` (a damped local trend
+    with fixed constants) is usable from ~30 min of history; Holt and ARIMA need ~1 h, seasonal
+    models 2 days; until a configured model qualifies Holt, then `local`, stand in."""
     series: SeriesName | None = None
     """request_rate | prompt_tokens_rate | generation_tokens_rate | running (decode concurrency,
     needs a `running` signal on the role). Default: prompt_tokens_rate for prefill,
@@ -97,14 +99,28 @@ class ForecastConfig(BaseModel):
     SLO misses, over-provisioning only GPU-minutes)."""
     bin_s: float = Field(default=60, ge=5, le=3600)
     """History bin width, seconds: 1-minute bins as in SageServe; shorter bins add noise and
-    fit cost without moving a horizon measured in minutes."""
+    fit cost without moving a horizon measured in minutes. Bins shorter than `min_bin_s` are
+    aggregated to it (and `validate` warns)."""
+    min_bin_s: float = Field(default=60, ge=1, le=3600)
+    """The narrowest bin the models see, seconds: shorter `bin_s` is widened to this. A
+    minute holds enough arrivals that its mean is not mostly Poisson noise (at 2 req/s a 15-s
+    bin holds ~30 requests, +-18 %; a minute ~120, +-9 %), and rates averaged over a 60-120 s
+    window make 15-s bins four to eight copies of the same noise, which a fitted trend then
+    extrapolates. Lower it only for compressed clocks in tests."""
     season_s: float = Field(default=86400, gt=0, le=90 * 86400)
     """Season length, seconds (daily)."""
     history_s: float = Field(default=8 * 86400, gt=0, le=90 * 86400)
     """History kept, seconds: 8 days = a week plus a day, for a same-day-last-week view."""
-    min_history_s: float = Field(default=7200, gt=0, le=90 * 86400)
-    """No forecast before this much history (2 h: enough bins to fit Holt and hold out a third
-    for validation)."""
+    min_history_s: float = Field(default=1800, gt=0, le=90 * 86400)
+    """No forecast before this much history (30 min: the `local` model needs a 5-bin warm-up
+    and 20 validation errors at the farthest step, 30 one-minute bins at a 2-3 min horizon; it
+    stands in until Holt has the ~1 h it needs to be fitted and validated)."""
+    band: Literal["rate", "sample"] = "rate"
+    """What the quantile covers. rate: the rate itself, one bin's sampling noise taken out
+    (measured as the median scatter of bins 2 min apart), since capacity per replica is a mean
+    rate at which the queue already absorbs that scatter; with few arrivals per bin the sample
+    band adds replicas no load needs. sample: one bin's value, noise included (before issue
+    14)."""
     refit_every_s: float = Field(default=3600, ge=60, le=7 * 86400)
     """Seconds between refit checks. Between refits every closed bin still updates the model's
     state; only the parameters age, and hourly is plenty for a daily pattern. A due refit is
@@ -150,9 +166,12 @@ class ForecastConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ForecastConfig:
-        ratio = self.season_s / self.bin_s
+        ratio = self.season_s / self.model_bin_s
         if abs(ratio - round(ratio)) > 1e-9:
-            msg = f"season_s {self.season_s:g} must be a whole number of bin_s {self.bin_s:g}"
+            msg = (
+                f"season_s {self.season_s:g} must be a whole number of bin_s "
+                f"{self.model_bin_s:g}"
+            )
             raise ValueError(msg)
         if self.history_s < 2 * self.season_s and self.model in models.SEASONAL:
             msg = (
@@ -173,6 +192,46 @@ class ForecastConfig(BaseModel):
             msg = f"arima_order {self.arima_order}: p, q in 0..10 and d in 0..2"
             raise ValueError(msg)
         return self
+
+    @property
+    def model_bin_s(self) -> float:
+        """The bin the models work on: `bin_s`, widened to `min_bin_s`."""
+        return max(self.bin_s, self.min_bin_s)
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not meant (printed by `validate`)."""
+        if self.bin_s < self.min_bin_s:
+            return [
+                f"bin_s {self.bin_s:g} is below min_bin_s {self.min_bin_s:g}: the forecast "
+                f"bins at {self.min_bin_s:g} s (shorter bins hold too few arrivals; their "
+                f"Poisson noise would be forecast as load)"
+            ]
+        return []
+
+
+def settings_for(config: ForecastConfig, horizon_s: float) -> engine.Settings:
+    """The engine's settings for `config`, forecasting `horizon_s` ahead."""
+    return engine.Settings(
+        model=config.model,
+        bin_s=config.model_bin_s,
+        season_s=config.season_s,
+        history_s=config.history_s,
+        horizon_s=horizon_s,
+        quantile=config.quantile,
+        min_history_s=config.min_history_s,
+        refit_every_s=config.refit_every_s,
+        select_every_s=config.select_every_s,
+        drift_ratio=config.drift_ratio,
+        max_fit_age_s=config.max_fit_age_s,
+        validation_s=config.validation_s,
+        seasonal_window_s=config.seasonal_window_s,
+        holt_window_s=config.holt_window_s,
+        arima_window_s=config.arima_window_s,
+        arima_order=config.arima_order,
+        fourier_terms=config.fourier_terms,
+        damped_trend=config.damped_trend,
+        band=config.band,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,26 +294,7 @@ class ForecastPolicy:
             if config.horizon_s is not None
             else spec.cold_start_s + (config.tick_s)
         )
-        self.settings = engine.Settings(
-            model=config.model,
-            bin_s=config.bin_s,
-            season_s=config.season_s,
-            history_s=config.history_s,
-            horizon_s=horizon,
-            quantile=config.quantile,
-            min_history_s=config.min_history_s,
-            refit_every_s=config.refit_every_s,
-            select_every_s=config.select_every_s,
-            drift_ratio=config.drift_ratio,
-            max_fit_age_s=config.max_fit_age_s,
-            validation_s=config.validation_s,
-            seasonal_window_s=config.seasonal_window_s,
-            holt_window_s=config.holt_window_s,
-            arima_window_s=config.arima_window_s,
-            arima_order=config.arima_order,
-            fourier_terms=config.fourier_terms,
-            damped_trend=config.damped_trend,
-        )
+        self.settings = settings_for(config, horizon)
         self.forecaster = engine.Forecaster(self.settings, key=f"{pool}/{role.value}")
         running = [s for s in spec.signals if s.signal is SignalName.RUNNING]
         if self.series == "running" and not running:

@@ -11,6 +11,10 @@ stops being reachable.
 
 The profile of a role is the one its `slo` policy names, else the one given to `validate
 --profile`; without either, nothing is checked.
+
+Forecast settings that are valid but probably not meant (bins shorter than the models' minimum,
+which are widened) are warned about here too, for `forecast` policies and an `slo` policy's
+`forecast`, with or without a profile.
 """
 
 from __future__ import annotations
@@ -97,15 +101,24 @@ def _role_profile(rs: RoleSpec, default: Profile | None) -> Profile | None:
 def unreachable_targets(policy: PolicyFile, profile: Profile | None = None) -> list[str]:
     """One warning per absolute latency target the role's profile cannot meet (see the module
     docstring), each naming its field as `pools.N.roles.ROLE...`."""
+    from autoscaler.policy.forecast import ForecastConfig  # noqa: PLC0415
     from autoscaler.policy.slo import SLOConfig  # noqa: PLC0415
 
     out: list[str] = []
     for i, pool in enumerate(policy.pools):
         for role, rs in pool.roles.items():
+            base = f"pools.{i}.roles.{role.value}"
+            for j, ref in enumerate(rs.policies):
+                fc = None
+                if ref.kind == "forecast":
+                    fc = ForecastConfig.model_validate(ref.model_extra or {})
+                elif ref.kind == "slo":
+                    fc = SLOConfig.model_validate(ref.model_extra or {}).forecast
+                if fc is not None:
+                    out += [f"{base}.policies.{j}: {w}" for w in fc.warnings()]
             prof = _role_profile(rs, profile)
             if prof is None:
                 continue
-            base = f"pools.{i}.roles.{role.value}"
             for j, sig in enumerate(rs.signals):
                 where = f"{base}.signals.{j}"
                 if sig.signal is SignalName.TTFT:

@@ -62,7 +62,9 @@ from statistics import NormalDist
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler import errors
+from autoscaler.forecast import engine
 from autoscaler.policy.base import Policy, RoleContext
+from autoscaler.policy.forecast import ForecastConfig, settings_for
 from autoscaler.policy.slo_model import (
     PromptSpread,
     RateSeries,
@@ -84,6 +86,10 @@ from autoscaler.types import (
 _EPS = 1e-9
 # Largest fleet the Erlang-C search considers beyond the offered load (a bound on the loop).
 _MAX_EXTRA = 1024
+# Fields of the forecast kind an slo policy's `forecast` does not take.
+_NOT_IN_SLO_FORECAST = frozenset(
+    {"series", "capacity_per_replica", "horizon_s", "tick_s", "learn_band", "learn_halflife_s"}
+)
 
 
 class SLOConfig(BaseModel):
@@ -126,12 +132,29 @@ class SLOConfig(BaseModel):
     """History of per-minute means the trend line is fitted on, seconds (0: no trend)."""
     tick_s: float = Field(default=15, gt=0, le=600)
     """The controller's tick interval, seconds: the trend horizon is cold start + one tick."""
+    forecast: ForecastConfig | None = None
+    """Forecast the role's workload (requests/s for prefill and aggregated, generated tokens/s
+    for decode) at the cold-start horizon with the `forecast` kind's models, and size for
+    max(now, the forecast's quantile); `{}` takes every default (model auto, usable from 30 min
+    of history). While the forecast has nothing to say (too little history, no fit) the
+    30-minute trend stands in. `series`, `capacity_per_replica`, `horizon_s`, `tick_s` and the
+    `learn_*` fields are the slo kind's own and cannot be set here."""
 
     @model_validator(mode="after")
     def _check(self) -> SLOConfig:
         if self.ttft_slowdown is None and self.ttft_floor_s <= 0:
             msg = "an absolute TTFT needs ttft_floor_s > 0"
             raise ValueError(msg)
+        fc = self.forecast
+        if fc is not None:
+            # The forecast kind's own sizing and timing fields mean nothing here: the slo kind
+            # picks the series, sizes with its profile and forecasts at its cold-start horizon.
+            for name in sorted(fc.model_fields_set & _NOT_IN_SLO_FORECAST):
+                msg = (
+                    f"forecast.{name}: {getattr(fc, name)!r} cannot be set here (the slo "
+                    f"kind forecasts its own rates at its cold-start horizon)"
+                )
+                raise ValueError(msg)
         return self
 
 
@@ -203,6 +226,13 @@ class SLOPolicy:
         self.o_mean: float | None = None
         # (t, req/s, mean prompt, CV) of the ticks whose source measured the prompt-length CV.
         self.measured: deque[tuple[float, float, float, float]] = deque()
+        # The forecast of the series the role is sized on (requests/s, or generated tokens/s
+        # for decode), at the same horizon as the trend.
+        self.forecaster: engine.Forecaster | None = None
+        if config.forecast is not None:
+            settings = settings_for(config.forecast, self.horizon_s)
+            # "pool/role", as the forecast kind's: refit CPU is exported per pool and role.
+            self.forecaster = engine.Forecaster(settings, key=f"{pool}/{role.value}")
 
     # --- the model --------------------------------------------------------------------------
 
@@ -368,19 +398,50 @@ class SLOPolicy:
         cur = ctx.obs.replicas
         return SLONeed(self.source, cur, cur, None, None, blocks_down=True, note=why)
 
-    def _load(self, series: RateSeries, now: float, current: float) -> tuple[float, float, str]:
-        """(steady rate: max(current, trend at the horizon), burst headroom, explanation)."""
+    def _forecast(self, now: float, value: float) -> engine.Forecast | engine.Fallback | None:
+        """Feed this tick's rate to the forecast and read it at the horizon (None: no forecast
+        configured). Refits run through the process-wide refitter (inline in the simulator)."""
+        f = self.forecaster
+        if f is None:
+            return None
+        f.observe(now, value)
+        f.maybe_refit(now)
+        return f.predict(now)
+
+    def _load(
+        self,
+        series: RateSeries,
+        now: float,
+        current: float,
+        fc: engine.Forecast | engine.Fallback | None = None,
+    ) -> tuple[float, float, str]:
+        """(steady rate: max(current, forecast or else trend at the horizon), burst headroom,
+        explanation)."""
         head, age = series.headroom(now, self.config.attainment)
-        rise = series.trend(now, self.horizon_s)
         parts = [f"now {current:.3g}"]
         value = current
+        if isinstance(fc, engine.Forecast):
+            # The forecast replaces the trend: both read where the rate is going, the forecast
+            # with a calibrated band (of the rate, not of one bin's noise).
+            q = round(self.forecaster.settings.quantile * 100) if self.forecaster else 0
+            verdict = "sized for" if fc.upper > current + _EPS else "not above now"
+            parts.append(
+                f"forecast[{fc.model}] P{q} {fc.upper:.3g} (median {fc.median:.3g}) within "
+                f"+{self.horizon_s:.0f} s: {verdict}"
+            )
+            value = max(current, fc.upper)
+            rise: float | None = None
+        else:
+            if isinstance(fc, engine.Fallback):
+                parts.append(f"forecast: {fc.reason}, trend instead")
+            rise = series.trend(now, self.horizon_s)
         if rise is not None and rise > _EPS:
             value = current + rise
             parts.append(f"trend +{rise:.3g} by +{self.horizon_s:.0f} s")
         if head > value + _EPS:
-            q = self.config.attainment
+            qa = self.config.attainment
             parts.append(
-                f"burst headroom {head:.3g} (q{q:g} of recent short-window rates, {age:.0f} s ago)"
+                f"burst headroom {head:.3g} (q{qa:g} of recent short-window rates, {age:.0f} s ago)"
             )
         return value, head, ", ".join(parts)
 
@@ -435,12 +496,14 @@ class SLOPolicy:
         else:
             self.rate.add(now, lam, n_req)
             self.gen.add(now, gtok, n_gen)
+        # Every tick with rates feeds the forecast, idle ones too (a zero rate is history).
+        fc = self._forecast(now, gtok if self.role is Role.DECODE else lam)
         if self.p_mean is None or self.o_mean is None:
             return [self._hold(ctx, "no request seen yet: hold")]
         p, o = self.p_mean, self.o_mean
         cv, cv_why = self.prompt_cv()
         if self.role is Role.PREFILL:
-            lam_s, head, why = self._load(self.rate, now, lam)
+            lam_s, head, why = self._load(self.rate, now, lam, fc)
             n, value, expl = self.prefill_replicas(lam_s, p, cv)
             n_b, bexpl = self.burst_replicas(head, p, cv)
             text = f"req/s {why}; {expl}"
@@ -448,11 +511,11 @@ class SLOPolicy:
                 n = n_b
                 text += f"; {bexpl}"
         elif self.role is Role.DECODE:
-            g_s, head, why = self._load(self.gen, now, gtok)
+            g_s, head, why = self._load(self.gen, now, gtok, fc)
             n, value, expl = self.decode_replicas(max(g_s, head), p, o, cv)
             text = f"gen tok/s {why}; {expl}"
         else:
-            lam_s, head, why = self._load(self.rate, now, lam)
+            lam_s, head, why = self._load(self.rate, now, lam, fc)
             n_p, a, expl = self.prefill_replicas(lam_s, p, cv)
             n_b, bexpl = self.burst_replicas(head, p, cv)
             cap, _, dexpl = self.decode_capacity(p, o)

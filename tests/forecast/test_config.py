@@ -34,7 +34,7 @@ pools:
             id="quantile",
         ),
         pytest.param(
-            "model: prophet", "policies.0.model: Input should be 'auto', 'holt'", id="model"
+            "model: prophet", "policies.0.model: Input should be 'auto', 'local', 'holt'", id="model"
         ),
         pytest.param(
             "horizon: 60", "policies.0.horizon: Extra inputs are not permitted", id="unknown-field"

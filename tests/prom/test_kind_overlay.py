@@ -73,6 +73,7 @@ QUICK_FORECAST = {
     "kind": "forecast",
     "model": "last_value",
     "bin_s": 10,
+    "min_bin_s": 10,  # a compressed clock: 10-s bins are minutes of the loop's time
     "horizon_s": 10,
     "min_history_s": 60,
     "validation_s": 250,

@@ -118,8 +118,8 @@ async def test_backfill_from_real_prometheus_fills_forecast_history(fleet: fl.Fl
     `backfill.range_rates_of` finds it): the policy's complete bins since the fleet started
     hold the role's prompt-token rate, on the policy's (monotonic) clock."""
     target = _target(fleet, "alpha", P)
-    cfg = ForecastConfig(model="holt", bin_s=5, season_s=60, history_s=600, min_history_s=60,
-                         capacity_per_replica=1000.0)
+    cfg = ForecastConfig(model="holt", bin_s=5, min_bin_s=5, season_s=60, history_s=600,
+                         min_history_s=60, capacity_per_replica=1000.0)
     src = fl.source(fleet.prom.url)
     fetch = backfill.range_rates_of(telemetry.InstrumentedSource(src, telemetry.Telemetry()))
     assert fetch is not None
