@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -218,29 +219,33 @@ class Loop:
 
     async def _apply(self, pd: PoolDecision, report: TickReport) -> None:
         pool = self.policy.pool(pd.pool)
+        debug = log.is_enabled_for(logging.DEBUG)
         for role, rd in pd.roles.items():
             # At info when the role's numbers change (replicas, recommendation, clips, panic,
             # dry run), at debug every tick: a steady fleet of 1,000 pools would otherwise write
             # 2,000 identical lines per tick, which cost a quarter of the tick's CPU (issue 16).
             # The numbers of every tick stay in /metrics and the state ConfigMap.
             seen = (rd.current, rd.ready, rd.pending, rd.recommended, rd.desired,
-                    rd.clipped_by, rd.panic, pd.dry_run)  # fmt: skip
-            emit = log.info if self._last_logged.get((pd.pool, role)) != seen else log.debug
+                    rd.clips, rd.panic, pd.dry_run)  # fmt: skip
+            changed = self._last_logged.get((pd.pool, role)) != seen
             self._last_logged[(pd.pool, role)] = seen
-            emit(
-                "decision",
-                pool=pd.pool,
-                role=role.value,
-                current=rd.current,
-                ready=rd.ready,
-                pending=rd.pending,
-                recommended=rd.recommended,
-                desired=rd.desired,
-                driver=rd.driver,
-                clipped_by=list(rd.clipped_by),
-                panic=rd.panic,
-                dry_run=pd.dry_run,
-            )
+            # An unchanged role's debug line is not even built (rendering its driver text costs
+            # more than the rest of this loop) unless debug logging is on.
+            if changed or debug:
+                (log.info if changed else log.debug)(
+                    "decision",
+                    pool=pd.pool,
+                    role=role.value,
+                    current=rd.current,
+                    ready=rd.ready,
+                    pending=rd.pending,
+                    recommended=rd.recommended,
+                    desired=rd.desired,
+                    driver=rd.driver,
+                    clipped_by=list(rd.clipped_by),
+                    panic=rd.panic,
+                    dry_run=pd.dry_run,
+                )
             if not rd.changed or pd.dry_run:
                 continue
             ref = pool.roles[role].deployment

@@ -249,3 +249,53 @@ async def test_fetch_past_the_tick_deadline_is_missing_data() -> None:
     assert report.metrics_error == "metrics fetch missed the tick's 0.2s deadline"
     assert report.decision.pools["p"].roles[A].desired == 4
     assert act.scales == []
+
+
+@pytest.mark.parametrize("debug", [False, True])
+async def test_decision_line_at_info_on_change_and_debug_only_when_enabled(
+    monkeypatch: pytest.MonkeyPatch, debug: bool
+) -> None:
+    """A role's `decision` line is at info when its numbers change; an unchanged role's line is
+    at debug, and not built at all while debug logging is off (issue 16: 2,000 of them a tick)."""
+    import logging  # noqa: PLC0415
+
+    from autoscaler import loop as loop_mod  # noqa: PLC0415
+    from autoscaler.actuator.base import WorkloadStatus  # noqa: PLC0415
+    from autoscaler.testing import FakeMetricsSource  # noqa: PLC0415
+
+    class Rec:
+        def __init__(self) -> None:
+            self.lines: list[tuple[str, str]] = []
+
+        def is_enabled_for(self, level: int) -> bool:
+            return debug or level >= logging.INFO
+
+        def info(self, event: str, **kw: object) -> None:
+            self.lines.append(("info", event))
+
+        def debug(self, event: str, **kw: object) -> None:
+            self.lines.append(("debug", event))
+
+        def warning(self, event: str, **kw: object) -> None:
+            self.lines.append(("warning", event))
+
+    class Act:
+        async def status(self, ref: object) -> WorkloadStatus:
+            return WorkloadStatus(replicas=2, ready=2, pending=0)
+
+        async def scale(self, ref: object, replicas: int, *, reason: str) -> None:
+            return None
+
+    rec = Rec()
+    monkeypatch.setattr(loop_mod, "log", rec)
+    policy = two_pools(8)
+    src = FakeMetricsSource()
+    loop = loop_mod.Loop(policy, src, Act())
+    per_tick = []
+    for t in range(3):
+        rec.lines.clear()
+        await loop.tick(float(t))
+        per_tick.append([line for line in rec.lines if line[1] == "decision"])
+    roles = sum(len(p.roles) for p in policy.pools)
+    assert per_tick[0] == [("info", "decision")] * roles
+    assert per_tick[1] == per_tick[2] == ([("debug", "decision")] * roles if debug else [])
