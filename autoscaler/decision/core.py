@@ -20,7 +20,9 @@ The pipeline, per role, then per pool, then per file:
 
 from __future__ import annotations
 
+import bisect
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -44,6 +46,9 @@ from autoscaler.types import (
 )
 
 PolicyMap = Mapping[tuple[str, Role], Sequence[Policy]]
+
+
+_time = operator.itemgetter(0)
 
 
 @dataclass(slots=True)
@@ -328,8 +333,9 @@ def _state(w: _Work, *, now: float) -> RoleState:
     keep_recs = max(b.scale_up.stabilization_window_s, b.scale_down.stabilization_window_s)
     periods = [r.period_s for r in (*b.scale_up.rules, *b.scale_down.rules)]
     keep_events = max(periods, default=0.0)
-    recs = tuple((t, r) for t, r in w.history if t > now - keep_recs)
-    events = tuple((t, d) for t, d in w.events if t > now - keep_events)
+    # Time-ordered (RoleState): what is still inside its window is a suffix.
+    recs = w.history[bisect.bisect_right(w.history, now - keep_recs, key=_time):]
+    events = w.events[bisect.bisect_right(w.events, now - keep_events, key=_time):]
     return RoleState(
         recommendations=(*recs, (now, w.raw)) if keep_recs > 0 else (),
         events=events,

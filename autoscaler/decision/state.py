@@ -25,6 +25,8 @@ class RoleState:
         stabilization window (the HPA's approach).
     events: (time, replica change) of applied scales, kept as long as the longest rate-limit
         period.
+    Both are in time order (the decision core appends; `from_dict` sorts what it restores), so
+    the core finds a window's start by bisection.
     panic_until: the role is in panic mode until this time (None: not in panic).
     missing_since: since when every signal of the role has been missing (None: data present).
     last_replicas / last_desired / last_at: the replicas observed and decided at the last tick.
@@ -100,8 +102,12 @@ class RoleState:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RoleState:
         return cls(
-            recommendations=tuple((float(t), int(r)) for t, r in data.get("recommendations", [])),
-            events=tuple((float(t), int(d)) for t, d in data.get("events", [])),
+            # Sorted: a state written by hand (or by a future version) may list them in any
+            # order, and the core relies on time order (see the class doc).
+            recommendations=tuple(
+                sorted((float(t), int(r)) for t, r in data.get("recommendations", []))
+            ),
+            events=tuple(sorted((float(t), int(d)) for t, d in data.get("events", []))),
             panic_until=_opt_float(data.get("panic_until")),
             missing_since=_opt_float(data.get("missing_since")),
             last_replicas=_opt_int(data.get("last_replicas")),

@@ -3,6 +3,7 @@ and no window outlasting its length because of a timestamp from a skewed clock."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import pytest
 
 from autoscaler.decision import signals
 from autoscaler.decision.core import decide
-from autoscaler.decision.state import RoleState, ScaleState
+from autoscaler.decision.state import STATE_VERSION, RoleState, ScaleState
 from autoscaler.policy.base import RoleContext
 from autoscaler.spec import PolicyFile
 from autoscaler.testing import Ticker, obs, pool_policy
@@ -142,6 +143,31 @@ def test_clamped_is_identity_for_sane_state() -> None:
     assert rs.clamped(10.0, panic_window_s=60) is rs
     far = RoleState(panic_until=10_000.0)
     assert far.clamped(10.0, panic_window_s=60).panic_until == 70.0
+
+
+def test_a_restored_state_out_of_time_order_keeps_its_windows() -> None:
+    """A hand-edited state may list recommendations out of order; restored, they are sorted
+    (the core cuts windows by bisection), so the 600 s down window still holds the peak."""
+    text = json.dumps({"version": STATE_VERSION, "pools": {"p": {"aggregated": {
+        "recommendations": [[100.0, 3], [-200.0, 10], [50.0, 4]], "events": [[90.0, 1], [10.0, 2]],
+        "last_replicas": 10, "last_desired": 10, "last_at": 100.0, "last_ready": 10}}}})
+    state = ScaleState.from_json(text)
+    rs = state.role("p", A)
+    assert rs.recommendations == ((-200.0, 10), (50.0, 4), (100.0, 3))
+    assert rs.events == ((10.0, 2), (90.0, 1))
+    policy = pool_policy(aggregated={
+        "signals": Q5, "max_replicas": 50,
+        "behavior": {"scale_down": {"stabilization_window_s": 600}},
+    })
+    # At 450 s the 600 s window starts at -150 s: the peak of 10 has left it, 4 at 50 s holds.
+    t = Ticker(policy)
+    t.state = state
+    desired = t.tick(450.0, aggregated=obs(10, queue_depth=1))[A].desired
+    ordered = Ticker(policy)
+    ordered.state = ScaleState(pools={"p": {A: RoleState(
+        recommendations=((-200.0, 10), (50.0, 4), (100.0, 3)), events=((10.0, 2), (90.0, 1)),
+        last_replicas=10, last_desired=10, last_at=100.0, last_ready=10)}})
+    assert desired == ordered.tick(450.0, aggregated=obs(10, queue_depth=1))[A].desired < 10
 
 
 @dataclass
