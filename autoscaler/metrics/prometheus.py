@@ -52,14 +52,6 @@ T = TypeVar("T")
 FloatArray = npt.NDArray[np.float64]
 
 
-def _only(q: queries.Query) -> tuple[str, frozenset[str]] | None:
-    """The Deployments a namespace-wide query is read for: its answer holds every pod of the
-    namespaces it names, and at 1,000 pools about a third of those rows (roles that do not read
-    this key; on a sharded replica, the other replicas' pools) are skipped unread."""
-    if not q.deployments:
-        return None
-    return queries.DEPLOYMENT_LABEL, frozenset(dep for _, dep in q.deployments)
-
 
 @dataclass(slots=True)
 class _Outcome:
@@ -335,7 +327,7 @@ class PrometheusSource:
         )
         plan = self._plan(targets, builder)
         before = self.stats.queries
-        outcomes = await asyncio.gather(*(self._query(q.key, q.promql, _only(q))
+        outcomes = await asyncio.gather(*(self._query(q.key, q.promql, q.only)
                                           for q in plan.queries))
         self.stats.ticks += 1
         self.stats.last_tick_queries = self.stats.queries - before

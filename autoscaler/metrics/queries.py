@@ -243,6 +243,16 @@ class Query:
     deployments: Mapping[Pair, tuple[Pair, ...]] = field(default_factory=dict)
     """(namespace, Deployment) -> (pool, role) for rows of derived roles (they carry the
     namespace label and `pd_deployment`); rows of selector roles carry pd_pool and pd_role."""
+    only: tuple[str, frozenset[str]] | None = field(init=False, default=None)
+    """`validate.parse_vector`'s `only`: the Deployments this namespace-wide query is read for.
+    Its answer holds every pod of the namespaces it names, and at 1,000 pools about a third of
+    those rows (roles that do not read this key; on a sharded replica, the other replicas'
+    pools) are skipped unread. Set once here: a plan, and so its queries, lasts many ticks."""
+
+    def __post_init__(self) -> None:
+        if self.deployments:
+            names = frozenset(dep for _, dep in self.deployments)
+            object.__setattr__(self, "only", (DEPLOYMENT_LABEL, names))
 
 
 @dataclass(frozen=True, slots=True)
