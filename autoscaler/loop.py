@@ -201,8 +201,9 @@ class Loop:
         report.decision = decision
         report.crashed = dict(decision.failed)
         self._log_crashes(decision.failed)
+        debug = log.is_enabled_for(logging.DEBUG)  # once per tick, not per pool
         for pd in decision.pools.values():
-            await self._apply(pd, report)
+            await self._apply(pd, report, debug=debug)
         for hook in self.hooks:
             hook(decision, self.policy)
         return report
@@ -217,9 +218,8 @@ class Loop:
             log.info("pool_decision_recovered", pool=pool, was=self._crashed[pool])
         self._crashed = dict(failed)
 
-    async def _apply(self, pd: PoolDecision, report: TickReport) -> None:
+    async def _apply(self, pd: PoolDecision, report: TickReport, *, debug: bool) -> None:
         pool = self.policy.pool(pd.pool)
-        debug = log.is_enabled_for(logging.DEBUG)
         for role, rd in pd.roles.items():
             # At info when the role's numbers change (replicas, recommendation, clips, panic,
             # dry run), at debug every tick: a steady fleet of 1,000 pools would otherwise write
