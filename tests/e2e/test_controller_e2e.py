@@ -362,7 +362,10 @@ async def test_only_leader_writes_and_standby_takes_over_without_undoing(
                         what="new leader keeps the old leader's decision")
             await wait_for(lambda: spec_replicas(k8s_api, ns, "l"), until=lambda r: r == 1,
                            timeout_s=15, what="scale-down after the window")
-            evs = await events_for(k8s_api, ns, "l", "ScaledDown")
+            # The Event is written after the scale and may land a moment later (one CI replay
+            # listed none): wait for it rather than read once.
+            evs = await wait_for(lambda: events_for(k8s_api, ns, "l", "ScaledDown"),
+                                 timeout_s=10, what="the ScaledDown event")
             assert {e.reporting_instance for e in evs} == {"ctl-b"}
 
 
