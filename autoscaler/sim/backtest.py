@@ -74,8 +74,8 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_INVALID = 2
 
-DEFAULT_POLICY_FILE = "llama-8b-disagg.yaml"
-# The package keeps a copy of policies/llama-8b-disagg.yaml so an installed wheel has a default;
+DEFAULT_POLICY_FILE = "llama-8b-slo.yaml"
+# The package keeps a copy of policies/llama-8b-slo.yaml so an installed wheel has a default;
 # tests/sim/test_backtest.py keeps the two identical.
 PACKAGED_POLICY = Path(__file__).with_name("default_policy.yaml")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ REVERSAL_WINDOW_S = 600.0
 
 
 def default_policy_path() -> Path:
-    """policies/llama-8b-disagg.yaml of the source tree when present, else the packaged copy."""
+    """policies/llama-8b-slo.yaml of the source tree when present, else the packaged copy."""
     repo = REPO_ROOT / "policies" / DEFAULT_POLICY_FILE
     return repo if repo.is_file() else PACKAGED_POLICY
 

@@ -39,11 +39,13 @@ from autoscaler.controller import app as ctl
 from autoscaler.controller import factory
 from autoscaler.controller.settings import POLICY_LABEL, Settings
 from autoscaler.controller.state_store import LAST_SCALE_KEY, STATE_KEY
+from autoscaler.policy import registry
 from autoscaler.policy.load import load_policy_file
-from autoscaler.spec import DeploymentRef
+from autoscaler.policy.slo import SLOPolicy
+from autoscaler.spec import DeploymentRef, PolicyFile
 from autoscaler.telemetry import Telemetry
 from autoscaler.testing import FakeMetricsSource
-from autoscaler.types import Role, SignalName
+from autoscaler.types import Role
 
 from ..k8senv.cluster import ClusterInfo
 from .support import delete_namespace, gpu_deployment, state_doc, wait_for
@@ -124,6 +126,28 @@ def ready_from(api: ApiClient, ns: str, names: dict[tuple[str, Role], str]
             return 0
 
     return ready
+
+
+
+def _rate_sized_at(policy: PolicyFile, n: int, *, prompt: float, output: float
+                   ) -> tuple[float, float, float]:
+    """(request rate, prompt, output) at which the policy's slo prefill model asks for `n`
+    replicas with the prompt spread at its prior (what a controller's first ticks see): the
+    middle of the range of rates sized at `n`, so neither edge's rounding decides the test."""
+    pool = policy.pool("llama-8b")
+    spec = pool.roles[Role.PREFILL]
+    built = registry.build(spec.policies[0], pool=pool.name, role=Role.PREFILL, spec=spec,
+                           where="shipped")
+    assert isinstance(built, SLOPolicy)
+    cv = built.config.prompt_length_cv_prior
+
+    def count(lam: float) -> int:
+        return built.prefill_replicas(lam, prompt, cv)[0]
+
+    rates = [r / 10 for r in range(1, 2000)]
+    inside = [r for r in rates if count(r) == n]
+    assert inside, f"no rate sizes prefill at {n}"
+    return inside[len(inside) // 2], prompt, output
 
 
 async def create_deployments(api: ApiClient, ns: str, *specs: tuple[str, int]) -> None:
@@ -453,20 +477,18 @@ async def test_manifest_rbac_allows_scaling_targets_and_nothing_else(
                 await act.scale(DeploymentRef(namespace=llm, name="other"), 2, reason="probe")
             assert f"patch deployments/scale/other in namespace {llm}" in str(forbidden.value)
 
-            # The controller itself, on the shipped policy: a prefill queue of twice its
-            # per-replica target asks for 2 replicas (read the target: the policy gets tuned).
-            shipped = load_policy_file(ROOT / "policies" / "llama-8b-disagg.yaml")
-            q_target = next(
-                s.target for s in shipped.pool("llama-8b").roles[Role.PREFILL].signals
-                if s.signal is SignalName.QUEUE_DEPTH
-            )
+            # The controller itself, on the shipped policy (the slo kind): a steady prefill
+            # load that its own model sizes at 2 replicas (read from the policy, which gets
+            # re-calibrated) is scaled to 2 by the manifests' controller.
+            shipped = load_policy_file(ROOT / "policies" / "llama-8b-slo.yaml")
+            lam, p_tok, o_tok = _rate_sized_at(shipped, 2, prompt=2000.0, output=200.0)
             src = FakeMetricsSource(ready=ready_from(k8s_api, llm, {
                 ("llama-8b", Role.PREFILL): "llama-8b-prefill",
                 ("llama-8b", Role.DECODE): "llama-8b-decode"}))
-            src.set_totals("llama-8b", Role.PREFILL, queue_depth=2 * q_target)
-            src.set("llama-8b", Role.PREFILL, batched_tokens=0.1, ttft_p90=0.1)
-            src.set("llama-8b", Role.DECODE, kv_cache=0.3, itl_p90=0.01)
-            src.set_totals("llama-8b", Role.DECODE, running=10)
+            for role in (Role.PREFILL, Role.DECODE):
+                # Rates are sums over the role's replicas (RATE_KEYS), as every source reports.
+                src.set("llama-8b", role, request_rate=lam, prompt_tokens_rate=lam * p_tok,
+                        generation_tokens_rate=lam * o_tok)
             async with running(k8s_cluster, ns, src, api=sa_api, identity="sa-ctl") as (c, _):
                 await until_leader(c)
                 await wait_for(lambda: spec_replicas(k8s_api, llm, "llama-8b-prefill"),

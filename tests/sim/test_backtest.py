@@ -107,10 +107,10 @@ def test_keda_queue_policy_shape() -> None:
 
 
 def test_packaged_default_policy_matches_repo() -> None:
-    """The wheel's copy of the default policy is byte-identical to policies/llama-8b-disagg.yaml."""
-    repo = (REPO / "policies" / "llama-8b-disagg.yaml").read_bytes()
+    """The wheel's copy of the default policy is byte-identical to policies/llama-8b-slo.yaml."""
+    repo = (REPO / "policies" / "llama-8b-slo.yaml").read_bytes()
     assert backtest.PACKAGED_POLICY.read_bytes() == repo
-    assert backtest.default_policy_path() == REPO / "policies" / "llama-8b-disagg.yaml"
+    assert backtest.default_policy_path() == REPO / "policies" / "llama-8b-slo.yaml"
 
 
 def test_horizon_rounds_up_to_minutes() -> None:
@@ -180,7 +180,7 @@ def test_backtest_end_to_end_json_and_plot(
     assert doc["oracle_gpu_hours"] <= doc["oracle_all_requests_gpu_hours"]
     assert doc["oracle_attainment"] == 0.99
     assert doc["oracle_miss_budget"] == doc["requests"] // 100
-    assert set(doc["runs"]) == {"llama-8b-disagg", "keda-queue", "best-static", "hindsight"}
+    assert set(doc["runs"]) == {"llama-8b-slo", "keda-queue", "best-static", "hindsight"}
     ys = doc["yardsticks"]
     assert ys["target_attainment"] == 0.99
     assert ys["best_static"]["slo_attainment"] >= 0.99
@@ -228,10 +228,10 @@ def test_backtest_selected_baseline_and_slo_flags(tmp_path: Path) -> None:
     )
     assert rc == 0
     doc = json.loads(out.read_text())
-    assert set(doc["runs"]) == {"llama-8b-disagg", "best-static"}
+    assert set(doc["runs"]) == {"llama-8b-slo", "best-static"}
     assert doc["yardsticks"]["hindsight"] is None
     assert doc["slo"]["ttft_floor_s"] == 30.0
-    assert doc["runs"]["llama-8b-disagg"]["slo_attainment"] == 1.0  # nothing waits 30 s
+    assert doc["runs"]["llama-8b-slo"]["slo_attainment"] == 1.0  # nothing waits 30 s
 
 
 @pytest.mark.parametrize(

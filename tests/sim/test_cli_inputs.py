@@ -149,7 +149,7 @@ def test_progress_lines_without_a_terminal(tmp_path: Path, monkeypatch: pytest.M
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("backtest: ")]
     runs = {ln.split(":")[1].strip() for ln in lines}
-    assert runs == {"llama-8b-disagg", "keda-queue"}, r.stderr
+    assert runs == {"llama-8b-slo", "keda-queue"}, r.stderr
     assert all("min simulated" in ln for ln in lines)
     assert any("(100 %)" in ln for ln in lines)
     quiet = _cli("backtest", "--trace", str(p), "--no-progress")

@@ -35,7 +35,7 @@ def test_demo_on_the_generator(
     png = tmp_path / "out" / "demo.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((tmp_path / "out" / "demo.json").read_text())
-    assert set(doc["runs"]) == {"llama-8b-disagg", "keda-queue", "best-static", "hindsight"}
+    assert set(doc["runs"]) == {"llama-8b-slo", "keda-queue", "best-static", "hindsight"}
     assert str(png) in out
 
 

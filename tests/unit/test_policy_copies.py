@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE = REPO / "policies" / "llama-8b-disagg.yaml"
+SOURCE = REPO / "policies" / "llama-8b-slo.yaml"
 
 
 @pytest.mark.parametrize(
@@ -17,13 +17,13 @@ SOURCE = REPO / "policies" / "llama-8b-disagg.yaml"
     [
         pytest.param(REPO / "autoscaler" / "sim" / "default_policy.yaml", id="package-data"),
         pytest.param(
-            REPO / "manifests" / "base" / "controller" / "policy" / "llama-8b-disagg.yaml",
+            REPO / "manifests" / "base" / "controller" / "policy" / "llama-8b-slo.yaml",
             id="kustomize-base",
         ),
     ],
 )
 def test_copy_is_identical(copy: Path) -> None:
-    """Edit policies/llama-8b-disagg.yaml, then copy it over (cp) - this test says where."""
+    """Edit policies/llama-8b-slo.yaml, then copy it over (cp) - this test says where."""
     assert copy.read_bytes() == SOURCE.read_bytes(), f"cp {SOURCE} {copy}"
 
 
