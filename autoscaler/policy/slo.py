@@ -14,6 +14,16 @@ non-overlapping rate windows differ (`PromptSpread`: a window of N requests has 
 variance sigma^2 / N; a drifting mix cancels out of neighbours), unless configured. Prompts
 are modelled as a lognormal of that mean and CV, averaged at 64 equal-probability points.
 
+**Arrivals, not completions**: vLLM counts a request when it finishes (`request_success_total`),
+so a role's request rate is what its replicas served, which a load beyond their capacity does
+not raise: the excess waits, and a policy sized on completions would add about one replica per
+cold start to a fleet that needs several. For prefill and aggregated roles the steady load is
+the arrivals over the rate window, the completions plus the growth of the requests in the role
+(waiting + running, vLLM's two gauges) over the same window: A(t) = C(t) + (Q(t) - Q(t - W)) / W
+when the backlog grew, C(t) otherwise (a draining queue needs the capacity that serves it).
+Without the gauges the completions are taken as they are. The burst headroom's short-window
+series stays on completions (see `_arrivals`).
+
 **Load to size for**: the current rate or the **trend at the cold-start horizon**, whichever is
 larger, for the steady queueing model; and the **burst headroom**, the short-window rate (see
 `RateSeries`) that all but 1 - attainment of the requests of the last `burst_memory_s` arrived at
@@ -80,10 +90,15 @@ from autoscaler.types import (
     REQUEST_RATE,
     Need,
     Role,
+    RoleObservation,
+    SignalName,
 )
 
 # ceil() of a ratio that is an integer up to float noise must not add a replica.
 _EPS = 1e-9
+# The gauges of the requests in a role (totals = per-replica mean x reporting replicas).
+_WAITING = SignalName.QUEUE_DEPTH.value
+_RUNNING = SignalName.RUNNING.value
 # Largest fleet the Erlang-C search considers beyond the offered load (a bound on the loop).
 _MAX_EXTRA = 1024
 # Fields of the forecast kind an slo policy's `forecast` does not take.
@@ -186,8 +201,9 @@ def _load_profile(name: str) -> object:
 class SLOPolicy:
     """The SLO policy of one role of one pool."""
 
-    # The prompt mix from vLLM's prompt-length histogram (prompt_cv falls back without it).
-    extra_keys = (PROMPT_LENGTH_CV,)
+    # The prompt mix from vLLM's prompt-length histogram (prompt_cv falls back without it);
+    # prefill and aggregated roles also read the requests waiting and running (arrivals).
+    extra_keys: tuple[str, ...] = (PROMPT_LENGTH_CV,)
 
     def __init__(self, config: SLOConfig, *, pool: str, role: Role, spec: RoleSpec) -> None:
         from autoscaler.profile import Profile  # noqa: PLC0415
@@ -199,6 +215,10 @@ class SLOPolicy:
         self.role = role
         self.pool = pool
         self.source = f"slo:{role.value}"
+        if role is not Role.DECODE:
+            self.extra_keys = (PROMPT_LENGTH_CV, _WAITING, _RUNNING)
+        # (t, requests in the role) of the last rate window, for the arrivals (_arrivals).
+        self.backlog: deque[tuple[float, float]] = deque()
         self.horizon_s = spec.cold_start_s + config.tick_s
         # The series the role is sized on: requests for prefill (with the prompt mix), generated
         # tokens for decode, both for an aggregated server.
@@ -394,6 +414,34 @@ class SLOPolicy:
 
     # --- per tick ---------------------------------------------------------------------------
 
+    def _arrivals(self, now: float, obs: RoleObservation, served: float) -> tuple[float, str]:
+        """(arrival rate over the rate window, what was added to the served rate): the
+        completions plus the growth of the requests in the role over the window (module doc),
+        never below the completions.
+        Both gauges are totals over the replicas that report them; with either missing, or no
+        sample a window back, the served rate is all there is."""
+        total = 0.0
+        for key in (_WAITING, _RUNNING):
+            got = obs.signals.get(key)
+            if got is None or got.missing:
+                self.backlog.clear()
+                return served, ""
+            total += float(got.value or 0.0) * got.replicas
+        w = self.config.rate_window_s
+        self.backlog.append((now, total))
+        while self.backlog and self.backlog[0][0] < now - 1.5 * w:
+            self.backlog.popleft()
+        # The sample nearest one window back (within half a window): the window rates' own span.
+        then = min(self.backlog, key=lambda x: abs(x[0] - (now - w)))
+        if abs(then[0] - (now - w)) > w / 2:
+            return served, ""
+        growth = (total - then[1]) / w
+        if growth <= _EPS:
+            # A draining queue: fewer arrived than were served, but the drain needs the
+            # capacity that served them, so the served rate stands.
+            return served, ""
+        return served + growth, f"served {served:.3g} + backlog growth {growth:.3g}"
+
     def _hold(self, ctx: RoleContext, why: str) -> Need:
         cur = ctx.obs.replicas
         return SLONeed(self.source, cur, cur, None, None, blocks_down=True, note=why)
@@ -491,11 +539,16 @@ class SLOPolicy:
         now = ctx.now
         n_req = got[REQUEST_RATE].replicas  # type: ignore[union-attr]
         n_gen = got[GENERATION_TOKENS_RATE].replicas  # type: ignore[union-attr]
+        arr_why = ""
         if self.role is Role.DECODE:
             self.gen.add(now, gtok, n_gen)
         else:
             self.rate.add(now, lam, n_req)
             self.gen.add(now, gtok, n_gen)
+            # The steady load is the arrivals (module doc). The short-window series keeps the
+            # served rates: a gauge read once a tick, differenced and scaled by W / tick, would
+            # turn the queue's instant-to-instant noise into phantom bursts.
+            lam, arr_why = self._arrivals(now, ctx.obs, lam)
         # Every tick with rates feeds the forecast, idle ones too (a zero rate is history).
         fc = self._forecast(now, gtok if self.role is Role.DECODE else lam)
         if self.p_mean is None or self.o_mean is None:
@@ -528,6 +581,8 @@ class SLOPolicy:
             text += f"; + decode {d_share:.2f} replicas at {dexpl}"
             value = a + d_share
         n = max(n, 0)
+        if arr_why:
+            text = f"{text} [arrivals: {arr_why}]"
         text = f"{text} [prompt cv {cv:.2f}: {cv_why}]"
         return [SLONeed(self.source, n, n, value, float(n), explanation=text)]
 

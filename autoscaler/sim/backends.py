@@ -49,15 +49,19 @@ from autoscaler.metrics.source import (
     signal_key,
 )
 from autoscaler.sim.vllm_metrics import ITL_BUCKETS, REQUEST_TIME_BUCKETS, TTFT_BUCKETS
-from autoscaler.spec import relative_floor_s
+from autoscaler.spec import SignalSpec, relative_floor_s
 from autoscaler.types import PROMPT_LENGTH_CV, Role, SignalName, SignalSample
 
 if TYPE_CHECKING:
     from autoscaler.sim.engine import Replica, SimDeployment, Simulation
     from autoscaler.sim.vllm_metrics import HistogramSnapshot, ScrapeSample
-    from autoscaler.spec import DeploymentRef, RoleSpec, SignalSpec
+    from autoscaler.spec import DeploymentRef, RoleSpec
 
 _Series = deque[tuple[float, "ScrapeSample"]]
+# Extra keys a policy may ask for that are plain gauges of the scrape (Policy.extra_keys).
+_EXTRA_GAUGES = frozenset(
+    {SignalName.QUEUE_DEPTH.value, SignalName.RUNNING.value, SignalName.KV_CACHE.value}
+)
 
 
 def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float:
@@ -136,23 +140,31 @@ class SimMetricsSource:
             self.sim.advance_to(now)
         out: dict[tuple[str, Role], dict[str, SignalSample]] = {}
         for target in targets:
-            out[(target.pool, target.role)] = self.role_samples(target.spec, now=now)
+            out[(target.pool, target.role)] = self.role_samples(
+                target.spec, now=now, extra=target.extra
+            )
         return out
 
-    def role_samples(self, spec: RoleSpec, *, now: float) -> dict[str, SignalSample]:
-        """Every configured signal of one role plus RATE_KEYS."""
+    def role_samples(
+        self, spec: RoleSpec, *, now: float, extra: Sequence[str] = ()
+    ) -> dict[str, SignalSample]:
+        """Every configured signal of one role plus RATE_KEYS, and the `extra` keys its
+        policies asked for (a gauge such as queue_depth, as if configured)."""
         dep = self.sim.deployment(spec.deployment)
         latest = self._latest.get(dep)
         samples: dict[str, SignalSample] = {}
+        gauges = [
+            SignalSpec(signal=SignalName(k), target=1.0) for k in extra if k in _EXTRA_GAUGES
+        ]
         if latest is None:
-            for sig in spec.signals:
+            for sig in (*spec.signals, *gauges):
                 samples[signal_key(sig)] = SignalSample(None, 0, "no scrape yet")
             for key in (*RATE_KEYS, PROMPT_LENGTH_CV):
                 samples[key] = SignalSample(None, 0, "no scrape yet")
             return samples
         _, reps = latest
         windows = [self._window(r, now) for r in reps]
-        for sig in spec.signals:
+        for sig in (*spec.signals, *gauges):
             if signal_key(sig) not in RATE_KEYS:  # throughput signals are the rates below
                 samples[signal_key(sig)] = self._signal(sig, spec, windows)
         for key in RATE_KEYS:

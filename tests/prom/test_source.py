@@ -215,3 +215,23 @@ async def test_prompt_mix_is_read_from_the_length_histogram(fleet: fl.Fleet) -> 
     approx(got[("alpha", P)][PROMPT_LENGTH_CV], expected, 3, rel=0.02)
     assert got[("alpha", D)][PROMPT_LENGTH_CV].value is None
     assert PROMPT_LENGTH_CV not in got[("beta", A)]
+
+
+async def test_gauges_asked_as_extra_keys_are_read(fleet: fl.Fleet) -> None:
+    """A role with no signals of its own whose policy asks for the waiting and running gauges
+    (the slo kind, for arrivals) gets them, per replica as a configured signal would."""
+    bare = [
+        dataclasses.replace(
+            t, spec=t.spec.model_copy(update={"signals": []}), extra=("queue_depth", "running")
+        )
+        for t in fleet.targets("alpha")
+    ]
+    src = fl.source(fleet.prom.url)
+    try:
+        got = await src.fetch(bare, now=0.0)
+    finally:
+        src.close()
+    approx(got[("alpha", P)]["queue_depth"], 6.0, 3)
+    approx(got[("alpha", P)]["running"], 2.0, 3)
+    approx(got[("alpha", D)]["running"], 40.0, 2)
+    assert "kv_cache" not in got[("alpha", P)]

@@ -142,6 +142,25 @@ async def test_metrics_source_signals(policy: PolicyFile) -> None:
     assert again[("chat", Role.PREFILL)]["prompt_tokens_rate"] == pre["prompt_tokens_rate"]
 
 
+async def test_extra_gauges_are_reported_when_a_policy_asks(policy: PolicyFile) -> None:
+    """Keys a role's policies ask for (`RoleTarget.extra`, e.g. the slo kind's waiting and
+    running gauges) are reported like configured signals; other extras are not invented."""
+    sim = _sim(policy)
+    src = SimMetricsSource(sim, scrape_interval_s=15, window_s=60)
+    pool = policy.pool("chat")
+    spec = pool.roles[Role.DECODE]  # configures running, not queue_depth
+    target = RoleTarget("chat", Role.DECODE, spec, extra=("queue_depth", "running", "nope"))
+    dec = (await src.fetch([target], now=120.0))[("chat", Role.DECODE)]
+    plain = (await src.fetch([RoleTarget("chat", Role.DECODE, spec)], now=120.0))[
+        ("chat", Role.DECODE)
+    ]
+    assert "queue_depth" not in plain
+    assert dec["queue_depth"].value is not None
+    assert dec["queue_depth"].value >= 0.0
+    assert dec["running"] == plain["running"]
+    assert "nope" not in dec
+
+
 async def test_idle_replica_reports_zero_not_missing(policy: PolicyFile) -> None:
     """After the load stops, batched_tokens is 0 (idle), latency quantiles are missing."""
     sim = _sim(policy)

@@ -49,8 +49,10 @@ def make(role: Role = Role.PREFILL, **config: Any) -> SLOPolicy:
 
 def tick(
     pol: SLOPolicy, now: float, *, req: float | None, ptok: float | None, gtok: float | None,
-    replicas: int = 1, length_cv: float | None = None,
+    replicas: int = 1, length_cv: float | None = None, waiting: float | None = None,
+    running: float | None = None,
 ) -> tuple[int, str, bool]:  # fmt: skip
+    """One tick; `waiting` / `running` are role totals (reported as per-replica means)."""
     sig = {
         "request_rate": SignalSample(req, replicas),
         "prompt_tokens_rate": SignalSample(ptok, replicas),
@@ -58,6 +60,10 @@ def tick(
     }
     if length_cv is not None:
         sig["prompt_length_cv"] = SignalSample(length_cv, replicas)
+    if waiting is not None:
+        sig["queue_depth"] = SignalSample(waiting / replicas, replicas)
+    if running is not None:
+        sig["running"] = SignalSample(running / replicas, replicas)
     ctx = RoleContext(
         pool="p",
         role=pol.role,
@@ -410,3 +416,61 @@ def test_without_the_histogram_the_rate_window_estimate_is_used() -> None:
         t += 15.0
         _, why, _ = tick(pol, t, req=30.0, ptok=30.0 * 2000, gtok=30.0 * 50)
     assert "measured" not in why
+
+
+def _overload(pol: SLOPolicy, *, lam: float, served: float, waiting: bool) -> list[int]:
+    """A steady 5 req/s, then from t = 300 s `lam` req/s arrive at one replica that serves
+    `served` req/s: the excess queues (waiting grows by lam - served per second)."""
+    wants = []
+    queue = 0.0
+    for k in range(1, 41):
+        t = 15.0 * k
+        rate = 5.0 if t <= 300 else served
+        if t > 300:
+            queue += (lam - served) * 15.0
+        want, _, _ = tick(pol, t, req=rate, ptok=rate * 2000, gtok=rate * 100,
+                          waiting=queue if waiting else None, running=4.0 if waiting else None)
+        wants.append(want)
+    return wants
+
+
+def test_sustained_overload_is_sized_on_arrivals_not_completions() -> None:
+    """vLLM counts requests as they finish, so an overloaded replica reports its capacity, not
+    the load. 60 req/s arrive at one replica serving 18: sized on completions the policy asks
+    for what serves 18 req/s with a margin (2 replicas, then one cold start later more); with
+    the queue's growth added it asks at once for what 60 req/s need, as if they were served."""
+    cfg = {"prompt_length_cv": 1.0, "burst_memory_s": 0, "trend_window_s": 0}
+    on_arrivals = _overload(make(**cfg), lam=60.0, served=18.0, waiting=True)
+    on_completions = _overload(make(**cfg), lam=60.0, served=18.0, waiting=False)
+    direct = make(**cfg)
+    at_load = tick(direct, 15.0, req=60.0, ptok=60.0 * 2000, gtok=60.0 * 100)[0]
+    # Before the step both agree; the window needs one tick of backlog to see growth.
+    assert on_arrivals[:20] == on_completions[:20]
+    assert max(on_completions) < at_load
+    # Within the 60-s rate window the growth over the window is the whole excess (42 req/s).
+    assert on_arrivals[24] == at_load
+
+
+def test_draining_queue_and_missing_gauges_keep_the_served_rate() -> None:
+    """A queue that shrinks does not lower the load below what was served (the drain needs that
+    capacity), and without the gauges the served rate is all there is: both size as the rates
+    alone do."""
+    cfg = {"prompt_length_cv": 1.0, "burst_memory_s": 0, "trend_window_s": 0}
+    plain, draining, gaugeless = make(**cfg), make(**cfg), make(**cfg)
+    for k in range(1, 11):
+        t = 15.0 * k
+        a = tick(plain, t, req=20.0, ptok=40_000.0, gtok=2000.0)
+        b = tick(draining, t, req=20.0, ptok=40_000.0, gtok=2000.0, waiting=max(0.0, 200 - 20 * k),
+                 running=4.0)
+        c = tick(gaugeless, t, req=20.0, ptok=40_000.0, gtok=2000.0, waiting=None, running=4.0)
+        assert a[0] == b[0] == c[0]
+        assert "backlog" not in b[1]
+    assert "backlog" not in c[1]
+
+
+def test_backlog_growth_is_in_the_reason() -> None:
+    pol = make(prompt_length_cv=1.0, burst_memory_s=0, trend_window_s=0)
+    for k, q in enumerate((0.0, 0.0, 0.0, 0.0, 600.0), start=1):
+        _, why, _ = tick(pol, 15.0 * k, req=18.0, ptok=36_000.0, gtok=1800.0, waiting=q,
+                         running=4.0)
+    assert "[arrivals: served 18 + backlog growth 10]" in why
