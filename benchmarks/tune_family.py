@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decision_family import MEMBERS
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICY = ROOT / "policies" / "llama-8b-disagg.yaml"
+POLICY = backtest.default_policy_path()
 ATT_EPS = 1e-4
 GPU_EPS = 0.005
 

@@ -9,8 +9,8 @@ one place the real ones are built, tests pass the fakes of `autoscaler.testing`)
     leader election (coordination.k8s.io Lease, leader.py) -> only the leader ticks and writes;
           with buckets > 1, one Lease per bucket (shards.py) -> each replica ticks and writes
           the pools of the buckets it holds
-    on leading (and when a reload adds forecast roles): forecast history refilled from the
-          source's range queries before the next tick (bounded, never fatal; backfill.py)
+    on leading (and when a reload adds forecast or slo roles): their history refilled from
+          the source's range queries before the next tick (bounded, never fatal; backfill.py)
     tick: Loop(policy, MetricsSource, fenced actuator) -> TickReport
           -> Events on scaled Deployments; state + last decision saved to the state shards
              (state_store.py); DecisionStore (in-process servers) and Telemetry (/metrics)
@@ -527,7 +527,7 @@ class Controller:
         log.info("policy_applied", pools=[p.name for p in policy.pools], dry_run=policy.dry_run)
 
     async def _backfill_forecasts(self, loop: Loop) -> None:
-        from autoscaler.controller import backfill  # noqa: PLC0415 - only forecast users pay
+        from autoscaler.controller import backfill  # noqa: PLC0415 - only leaders pay
 
         s = self.settings
         await backfill.refill(loop, self.source, history_s=s.forecast_backfill_s,

@@ -1,9 +1,12 @@
-"""Refill forecast history from Prometheus at start-up, so a restart keeps the daily shape.
+"""Refill policy history from Prometheus at start-up, so a restart keeps what policies learnt.
 
 Without it a restarted controller forecasts nothing for `min_history_s` and no seasonal model
-for 2 days. Prometheus already holds the series (the same rates the source reads each tick), so
-the controller asks for them once, as a range query at the history's bin width, and loads them
-into each forecast policy's ring buffer before the first tick.
+for 2 days, and an `slo` policy forgets its burst headroom and trend: it sizes on the current
+rate alone and, once the scale-down window has passed, releases the replicas the last bursts
+needed (a leader failover or a rolling update would scale a pool down). Prometheus already
+holds the series (the same rates the source reads each tick), so the controller asks for them
+once, as range queries (at a forecast's bin width, at an slo policy's tick), and loads them
+into each policy's history before the first tick.
 
 The adapter (`metrics/prometheus.py`) implements `RangeRates`; this module only needs that
 one-method protocol, so it is tested with a fake. Timestamps: Prometheus speaks wall-clock
@@ -26,7 +29,8 @@ from autoscaler.loop import Loop
 from autoscaler.metrics.source import MetricsSource, RoleTarget
 from autoscaler.policy.base import Policy
 from autoscaler.policy.forecast import ForecastPolicy
-from autoscaler.types import Role
+from autoscaler.policy.slo import SLOPolicy
+from autoscaler.types import RATE_KEYS, Role
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +114,43 @@ async def backfill_policy(
     return hist.load(start_bin + int(first[0]), binned[first[0] :])
 
 
+# The rates an slo policy's history is made of, in `SLOPolicy.prime`'s order.
+SLO_SERIES = "+".join(RATE_KEYS)
+
+
+async def backfill_slo(
+    policy: SLOPolicy,
+    target: RoleTarget,
+    fetch: RangeRates,
+    *,
+    now: float,
+    wall_now: float,
+    max_history_s: float | None = None,
+) -> int:
+    """Load the span an slo policy remembers (burst memory, trend and length windows) before
+    `now`, one point per tick, into its history (`SLOPolicy.prime`). The three rates are
+    fetched separately and joined on their timestamps; a step missing from any is left out."""
+    c = policy.config
+    span = max(c.burst_memory_s, c.trend_window_s, c.length_window_s, 2 * c.rate_window_s)
+    if max_history_s is not None:
+        span = min(span, max_history_s)
+    step = c.tick_s
+    offset = now - wall_now
+    end = math.floor(now / step) * step  # whole ticks before now, on the policy's clock
+    start = end - math.floor(span / step) * step
+    if end <= start:
+        return 0
+    columns: list[dict[float, float]] = []
+    for key in RATE_KEYS:
+        ts, values = await fetch(target, key, start=start - offset, end=end - offset, step=step)
+        columns.append(
+            {round(float(t) + offset, 3): float(v) for t, v in zip(ts, values, strict=True)}
+        )
+    common = sorted(set(columns[0]).intersection(*columns[1:]))
+    points = [(t, *(col[t] for col in columns)) for t in common if t < now]
+    return policy.prime([(t, lam, ptok, gtok) for t, lam, ptok, gtok in points])
+
+
 async def backfill(
     policies: Mapping[tuple[str, Role], Sequence[Policy]],
     targets: Iterable[RoleTarget],
@@ -119,33 +160,43 @@ async def backfill(
     wall_now: float,
     max_history_s: float | None = None,
 ) -> list[Filled]:
-    """Backfill every forecast policy of the given roles; one role's failure skips only it.
-    `max_history_s` caps how far back each policy is filled (its `history_s` is the other cap)."""
+    """Backfill every forecast and slo policy of the given roles; one role's failure skips
+    only it. `max_history_s` caps how far back each policy is filled (a forecast's
+    `history_s`, an slo policy's memory are the other cap)."""
     out = []
     for target in targets:
         for p in policies.get((target.pool, target.role), ()):
-            if not isinstance(p, ForecastPolicy):
-                continue
-            try:
-                n = await backfill_policy(
+            series: str
+            if isinstance(p, ForecastPolicy):
+                series = p.series
+                fill = backfill_policy(
                     p, target, fetch, now=now, wall_now=wall_now, max_history_s=max_history_s
                 )
+            elif isinstance(p, SLOPolicy):
+                series = SLO_SERIES
+                fill = backfill_slo(
+                    p, target, fetch, now=now, wall_now=wall_now, max_history_s=max_history_s
+                )
+            else:
+                continue
+            try:
+                n = await fill
             except Exception as exc:  # any adapter error: that role starts empty
-                out.append(Filled(target.pool, target.role, p.series, 0, f"{exc}"))
+                out.append(Filled(target.pool, target.role, series, 0, f"{exc}"))
                 log.warning(
                     "forecast_backfill_failed",
                     pool=target.pool,
                     role=target.role.value,
-                    series=p.series,
+                    series=series,
                     error=str(exc),
                 )
                 continue
-            out.append(Filled(target.pool, target.role, p.series, n))
+            out.append(Filled(target.pool, target.role, series, n))
             log.info(
                 "forecast_backfilled",
                 pool=target.pool,
                 role=target.role.value,
-                series=p.series,
+                series=series,
                 bins=n,
             )
     return out
@@ -164,14 +215,16 @@ def range_rates_of(source: MetricsSource) -> RangeRates | None:
 
 async def refill(loop: Loop, source: MetricsSource, *, history_s: float, timeout_s: float,
                  clock: Callable[[], float], wall: Callable[[], float]) -> None:
-    """Refill the history of forecast policies that have none yet (a new leader, or roles a
-    reload added) from Prometheus range queries, so a restart keeps the daily shape. Bounded
-    by `timeout_s`; a failure only logs (those roles learn live)."""
+    """Refill the history of forecast and slo policies that have none yet (a new leader, or
+    roles a reload added) from Prometheus range queries, so a restart keeps the daily shape
+    and the burst headroom. Bounded by `timeout_s`; a failure only logs (those roles learn
+    live)."""
     fetch = range_rates_of(source)
     if fetch is None or history_s <= 0:
         return
-    empty = {key: [p for p in ps if isinstance(p, ForecastPolicy)
-                   and p.forecaster.history.end_bin is None]
+    empty = {key: [p for p in ps
+                   if (isinstance(p, ForecastPolicy) and p.forecaster.history.end_bin is None)
+                   or (isinstance(p, SLOPolicy) and not p.has_history)]
              for key, ps in loop.policies.items()}
     todo = {key: ps for key, ps in empty.items() if ps}
     if not todo:

@@ -181,8 +181,9 @@ class Settings(BaseModel):
     """The Pod's namespace (`POD_NAMESPACE`); defaults to `namespace`."""
     # Forecast history backfill (docs/prometheus.md): range queries before the first tick.
     forecast_backfill_s: float = 8 * 86400.0
-    """History refilled per forecast policy on gaining leadership or adding forecast roles
-    (also capped by each policy's history_s); 0 turns the backfill off."""
+    """History refilled per forecast or slo policy on gaining leadership or adding such roles
+    (also capped by each policy's history_s, or an slo policy's memory); 0 turns the backfill
+    off."""
     forecast_backfill_timeout_s: float = 30.0
     refit_workers: int = 1
     """Worker processes for forecast refits (controller/refits.py): their concurrency bound.

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -414,6 +415,56 @@ class SLOPolicy:
 
     # --- per tick ---------------------------------------------------------------------------
 
+    def _record(
+        self, now: float, lam: float, ptok: float, gtok: float, *, n_req: int, n_gen: int
+    ) -> None:
+        """One sample of the role's rates into its history: the mean lengths, the prompt
+        spread, the rate series (burst headroom, trend). Live ticks and a restart's backfill
+        (`prime`) both go through here, so a primed history is the one ticks would have built."""
+        if lam > _EPS:
+            self.spread.add(now, lam, ptok / lam)
+            self.lengths.append((now, lam, ptok, gtok))
+        while self.lengths and self.lengths[0][0] < now - self.config.length_window_s:
+            self.lengths.popleft()
+        tot = sum(x[1] for x in self.lengths)
+        if tot > _EPS:
+            # Ratio of sums over the window: requests weigh in by their number, and a handful of
+            # very long prompts in one rate window cannot swing the mean from tick to tick.
+            self.p_mean = sum(x[2] for x in self.lengths) / tot
+            self.o_mean = sum(x[3] for x in self.lengths) / tot
+        if self.role is not Role.DECODE:
+            self.rate.add(now, lam, n_req)
+        self.gen.add(now, gtok, n_gen)
+
+    @property
+    def has_history(self) -> bool:
+        """Whether any rate sample was recorded (live or primed)."""
+        return bool(self.rate.samples or self.gen.samples)
+
+    def prime(self, points: Sequence[tuple[float, float, float, float]]) -> int:
+        """Load (t, requests/s, prompt tokens/s, generated tokens/s) samples from before the
+        first tick, oldest first: a restarted controller's history from Prometheus range
+        queries (controller/backfill.py). Without it a restart forgets the burst headroom and
+        the trend, sizes on the current rate alone and, once the scale-down window passes,
+        releases the replicas the last bursts needed. Only an empty history is primed (live
+        samples win; the series are kept in time order); points that are not finite and
+        non-negative are skipped. Returns how many were loaded.
+
+        The number of reporting replicas is not in a range query; every point is taken as
+        from the same set, so a replica that joined within the range can show as a short
+        burst, which only holds capacity (the safe side after a restart)."""
+        if self.has_history:
+            return 0
+        n = 0
+        for t, lam, ptok, gtok in sorted(points):
+            if not all(math.isfinite(x) and x >= 0 for x in (t, lam, ptok, gtok)):
+                continue
+            self._record(t, lam, ptok, gtok, n_req=0, n_gen=0)
+            if self.forecaster is not None:
+                self.forecaster.observe(t, gtok if self.role is Role.DECODE else lam)
+            n += 1
+        return n
+
     def _arrivals(self, now: float, obs: RoleObservation, served: float) -> tuple[float, str]:
         """(arrival rate over the rate window, what was added to the served rate): the
         completions plus the growth of the requests in the role over the window (module doc),
@@ -520,31 +571,17 @@ class SLOPolicy:
         lam = float(got[REQUEST_RATE].value or 0.0)  # type: ignore[union-attr]
         ptok = float(got[PROMPT_TOKENS_RATE].value or 0.0)  # type: ignore[union-attr]
         gtok = float(got[GENERATION_TOKENS_RATE].value or 0.0)  # type: ignore[union-attr]
-        if lam > _EPS:
-            self.spread.add(ctx.now, lam, ptok / lam)
-            self.lengths.append((ctx.now, lam, ptok, gtok))
+        now = ctx.now
         measured = sig.get(PROMPT_LENGTH_CV)
         if lam > _EPS and measured is not None and measured.value is not None:
-            self.measured.append((ctx.now, lam, ptok / lam, float(measured.value)))
-        while self.lengths and self.lengths[0][0] < ctx.now - self.config.length_window_s:
-            self.lengths.popleft()
-        while self.measured and self.measured[0][0] < ctx.now - self.config.length_window_s:
+            self.measured.append((now, lam, ptok / lam, float(measured.value)))
+        while self.measured and self.measured[0][0] < now - self.config.length_window_s:
             self.measured.popleft()
-        tot = sum(x[1] for x in self.lengths)
-        if tot > _EPS:
-            # Ratio of sums over the window: requests weigh in by their number, and a handful of
-            # very long prompts in one rate window cannot swing the mean from tick to tick.
-            self.p_mean = sum(x[2] for x in self.lengths) / tot
-            self.o_mean = sum(x[3] for x in self.lengths) / tot
-        now = ctx.now
         n_req = got[REQUEST_RATE].replicas  # type: ignore[union-attr]
         n_gen = got[GENERATION_TOKENS_RATE].replicas  # type: ignore[union-attr]
+        self._record(now, lam, ptok, gtok, n_req=n_req, n_gen=n_gen)
         arr_why = ""
-        if self.role is Role.DECODE:
-            self.gen.add(now, gtok, n_gen)
-        else:
-            self.rate.add(now, lam, n_req)
-            self.gen.add(now, gtok, n_gen)
+        if self.role is not Role.DECODE:
             # The steady load is the arrivals (module doc). The short-window series keeps the
             # served rates: a gauge read once a tick, differenced and scaled by W / tick, would
             # turn the queue's instant-to-instant noise into phantom bursts.

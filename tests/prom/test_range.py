@@ -150,3 +150,46 @@ async def test_backfill_from_real_prometheus_fills_forecast_history(fleet: fl.Fl
     assert good.size >= 3
     # The first bin may hold a rate over less than a window of samples (extrapolated).
     np.testing.assert_allclose(good[1:], 3 * 2.0 * 1000, rtol=0.15)
+
+
+async def test_backfill_from_real_prometheus_primes_an_slo_policy(fleet: fl.Fleet) -> None:
+    """An slo policy primed through range_rates holds the role's rates as the instant queries
+    read them: requests/s in its rate series and the mean prompt (prompt tokens over requests)
+    of the fake pods, on its own clock, before any tick."""
+    from autoscaler.policy.slo import SLOConfig, SLOPolicy  # noqa: PLC0415
+
+    target = _target(fleet, "alpha", P)
+    cfg = SLOConfig(profile="llama-8b-h100", tick_s=STEP, burst_memory_s=20, trend_window_s=0,
+                    length_window_s=20, rate_window_s=fl.RATE_WINDOW_S)
+    src = fl.source(fleet.prom.url)
+    fetch = backfill.range_rates_of(telemetry.InstrumentedSource(src, telemetry.Telemetry()))
+    assert fetch is not None
+    primed: SLOPolicy | None = None
+
+    async def check() -> None:
+        nonlocal primed
+        # A fresh policy each try: only an empty history is primed.
+        p = SLOPolicy(cfg, pool="alpha", role=P, spec=target.spec)
+        now = time.monotonic()
+        (f,) = await backfill.backfill({("alpha", P): [p]}, [target], fetch, now=now,
+                                       wall_now=time.time())
+        assert f.error == ""
+        assert f.bins >= 4, f
+        assert all(t < now for t, _, _ in p.rate.samples)
+        primed = p
+
+    try:
+        await eventually_async(check, timeout=40)
+        instant = (await src.fetch([target], now=time.monotonic()))[("alpha", P)]
+    finally:
+        src.close()
+    assert primed is not None
+    lam = instant["request_rate"].value
+    ptok = instant["prompt_tokens_rate"].value
+    assert lam
+    assert ptok
+    # The oldest points may hold rates over less than a window of samples (the fleet started
+    # seconds before): the last three are over whole windows.
+    got = [v for _, v, _ in primed.rate.samples][-3:]
+    np.testing.assert_allclose(got, lam, rtol=0.15)
+    assert primed.p_mean == pytest.approx(ptok / lam, rel=0.1)

@@ -176,3 +176,28 @@ def test_backfill_settings_are_validated(env: dict[str, str], fragment: str) -> 
     ok = settings_from(None, {"PD_AUTOSCALER_NAMESPACE": "x",
                                          "PD_AUTOSCALER_FORECAST_BACKFILL_S": "3600"})
     assert ok.forecast_backfill_s == 3600.0
+
+
+async def test_slo_history_is_refilled_before_the_first_tick(tmp_path: Path) -> None:
+    """An slo role gets its three rates over its memory (30 min at its 15-s tick) before the
+    first tick, so a new leader keeps the burst headroom the old one had learnt."""
+    from autoscaler.policy.slo import SLOPolicy  # noqa: PLC0415
+    from autoscaler.types import RATE_KEYS  # noqa: PLC0415
+
+    slo = """
+  - name: s
+    roles:
+      aggregated:
+        deployment: {namespace: llm, name: s}
+        max_replicas: 8
+        policies: [{kind: slo, profile: llama-8b-h100}]
+"""
+    source = RangeSource()
+    async with running(tmp_path, source, _policy(slo)) as c:
+        await _until(lambda: c.ticks > 0, "first tick")
+        assert [(pool, series, end - start, step) for pool, series, start, end, step
+                in source.calls] == [("s", k, 1800.0, 15.0) for k in RATE_KEYS]
+        assert c.loop is not None
+        (pol,) = c.loop.policies[("s", A)]
+        assert isinstance(pol, SLOPolicy)
+        assert len(pol.rate.samples) >= 119
