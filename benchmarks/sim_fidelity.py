@@ -12,8 +12,8 @@ profiles.
 
 It also prints, for the built-in profiles, the simulated TTFT of one 32k-128k-token prompt on
 an idle replica and the saturation knee (the Poisson rate at which mean TTFT passes 1 s in a
-5-minute run of ShareGPT-like lengths), next to the published figures for them when the data
-file has any (`long_prompt` and `knee` sections).
+5-minute run of ShareGPT-like lengths). No published figure for either is in the data file yet
+(docs/simulator.md, "What still deviates"), so these are printed without a comparison.
 
     .venv/bin/python benchmarks/sim_fidelity.py [--data FILE] [--only SUBSTRING] [--no-extras]
     .venv/bin/python benchmarks/sim_fidelity.py --fit PROFILE --params a,b,c
