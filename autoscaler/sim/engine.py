@@ -34,7 +34,10 @@ Model (constants in profile.py; the model and its sources: docs/simulator.md):
   decode batch at the next step boundary.
 * **Routing**: each request goes to the least-loaded ready, non-draining replica of the role
   (outstanding prompt tokens on prefill replicas, outstanding requests otherwise; ties go to the
-  oldest replica). With no ready replica, requests wait in the pool's gateway queue.
+  oldest replica), or with `prefix-aware` to the one holding most of its leading blocks, or
+  with `random` to one drawn uniformly (seeded), as a plain Kubernetes Service's kube-proxy
+  does for each new connection. With no ready replica, requests wait in the pool's gateway
+  queue.
 * **Kubernetes**: `scale()` adds replicas that hold GPUs from the request but serve only after
   the profile's cold start; removal takes not-yet-ready replicas first (newest first), then the
   most recently ready (the ReplicaSet's deletion ranking); a removed ready replica takes no new
@@ -85,7 +88,9 @@ STARTING, READY, DRAINING, STOPPED = "starting", "ready", "draining", "stopped"
 
 _load = operator.attrgetter("load")
 
-ROUTING_POLICIES = ("least-loaded", "prefix-aware")
+# `random`: a plain Kubernetes Service (kube-proxy picks a ready endpoint per connection, and
+# vLLM's benchmark client opens one connection per request), no gateway in front.
+ROUTING_POLICIES = ("least-loaded", "prefix-aware", "random")
 
 
 class _Req:
@@ -959,6 +964,8 @@ class SimPool:
             assert arrivals is not None
             feed = iter(arrivals)
         self.routing = routing
+        # Seeded: the same replay picks the same replicas every run.
+        self._route_rng = np.random.default_rng(0)
         self.block_tokens = block_tokens
         self.sink = sink
         self.keep = sink is None
@@ -1122,6 +1129,8 @@ class SimPool:
             # llm-d's prefix-cache scorer: most cached leading blocks first, then least load.
             hashes = r.hashes
             best = max(serving, key=lambda rep: (rep.cached_blocks(hashes), -rep.load))
+        elif self.routing == "random":
+            best = serving[int(self._route_rng.integers(len(serving)))]
         else:
             best = min(serving, key=_load)
         best.enqueue(r, t)
@@ -1249,9 +1258,9 @@ class Simulation:
         (namespace, name); `initial_replicas` are ready at time 0 (default 1 per role).
         `block_hashes` (one sequence per request, each hash covering `block_tokens` prompt
         tokens, chained as vLLM and Mooncake hash them) turns on the replicas' prefix caches;
-        `routing` is least-loaded or prefix-aware. `arrivals` streams the requests instead of
-        the arrays, and `sink` takes finished requests instead of per-request results (see
-        SimPool)."""
+        `routing` is least-loaded, prefix-aware or random. `arrivals` streams the requests
+        instead of the arrays, and `sink` takes finished requests instead of per-request
+        results (see SimPool)."""
         roles = set(deployments)
         if roles not in ({Role.PREFILL, Role.DECODE}, {Role.AGGREGATED}):
             msg = f"pool {name}: roles must be prefill+decode or aggregated, got {sorted(roles)}"

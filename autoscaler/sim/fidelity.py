@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from autoscaler import errors
 from autoscaler.profile import BUILTIN_PROFILES, Profile, resolve_profile
-from autoscaler.sim.engine import Simulation
+from autoscaler.sim.engine import ROUTING_POLICIES, Simulation
 from autoscaler.types import Role
 from autoscaler.yamlsafe import format_validation_error, load_yaml, read_text
 
@@ -145,6 +145,12 @@ class Experiment:
     stages: tuple[tuple[float, float], ...] = ()
     """(rate, duration_s) load stages run back to back; the points summarise all of them.
     Empty: one stage of `num_prompts` requests at `rate`."""
+    burstiness: float = 1.0
+    """vLLM's benchmark `--burstiness`: gamma-distributed gaps with this shape and the rate's
+    mean (1 is Poisson; larger is more even). Only with `poisson` arrivals."""
+    routing: str = "least-loaded"
+    """How requests chose a replica (engine ROUTING_POLICIES): `random` for a plain Kubernetes
+    Service in front of several replicas."""
     vantage: str = "client"
     """Where latencies were measured: `client` (a benchmark client: HTTP, tokenization and
     streaming included) or `server` (vLLM's own histograms, which start at the engine's
@@ -251,6 +257,20 @@ def load_data(path: str | Path) -> DataFile:
             raise errors.ConfigError(
                 [f"{w}: arrivals: expected poisson or constant, got {arrivals!r}"]
             )
+        burst_raw = e.get("burstiness", 1.0)
+        if (
+            not isinstance(burst_raw, (int, float))
+            or isinstance(burst_raw, bool)
+            or burst_raw <= 0
+        ):
+            raise errors.ConfigError([f"{w}: burstiness: expected a number > 0, got {burst_raw!r}"])
+        if arrivals == "constant" and burst_raw != 1:
+            raise errors.ConfigError([f"{w}: burstiness: only with poisson arrivals"])
+        routing = str(e.get("routing", "least-loaded"))
+        if routing not in ROUTING_POLICIES:
+            raise errors.ConfigError(
+                [f"{w}: routing: expected one of {ROUTING_POLICIES}, got {routing!r}"]
+            )
         pts = _need(e, "points", w, dict)
         points: dict[str, float] = {}
         for m, v in pts.items():
@@ -303,6 +323,8 @@ def load_data(path: str | Path) -> DataFile:
                 overrides=dict(e.get("overrides") or {}),
                 shared_prefix=sp,
                 stages=tuple(stages),
+                burstiness=float(burst_raw),
+                routing=routing,
             )
         )
         prof = exps[-1].profile
@@ -334,7 +356,7 @@ def workload(
             if exp.arrivals == "constant":
                 parts.append(start + np.arange(k, dtype=np.float64) / r)
             else:
-                parts.append(start + np.cumsum(rng.exponential(1.0 / r, k)))
+                parts.append(start + np.cumsum(_gaps(rng, r, exp.burstiness, k)))
             start += d
         arrival = np.concatenate(parts)
     elif math.isinf(exp.rate):
@@ -342,8 +364,16 @@ def workload(
     elif exp.arrivals == "constant":
         arrival = np.arange(n, dtype=np.float64) / exp.rate
     else:
-        arrival = np.cumsum(rng.exponential(1.0 / exp.rate, n))
+        arrival = np.cumsum(_gaps(rng, exp.rate, exp.burstiness, n))
     return arrival, prompt, output
+
+
+def _gaps(rng: np.random.Generator, rate: float, burstiness: float, n: int) -> FloatArray:
+    """Inter-arrival gaps as vLLM's benchmark client draws them: exponential at burstiness 1
+    (Poisson), else gamma with shape `burstiness` and mean 1/rate."""
+    if burstiness == 1.0:
+        return rng.exponential(1.0 / rate, n)
+    return rng.gamma(burstiness, 1.0 / (rate * burstiness), n)
 
 
 def simulate(
@@ -407,7 +437,15 @@ def run_experiment(
         assert exp.input_len is not None
         rng = np.random.default_rng(exp.seed + 1)
         hashes = exp.shared_prefix.hashes(len(arrival), exp.input_len, rng)
-    out = simulate(prof, arrival, prompt, output, replicas=exp.replicas, block_hashes=hashes)
+    out = simulate(
+        prof,
+        arrival,
+        prompt,
+        output,
+        replicas=exp.replicas,
+        block_hashes=hashes,
+        routing=exp.routing,
+    )
     if exp.vantage == "server":
         # The front-end delay precedes the engine's arrival stamp (engine: frontend_ms delays
         # each request's entry to the scheduler), so vLLM's TTFT and e2e histograms lack it.

@@ -191,6 +191,21 @@ def test_least_loaded_routing() -> None:
     assert [r.outstanding for r in dep.replicas] == [2, 2, 2]
 
 
+def test_random_routing_is_seeded_and_ignores_load() -> None:
+    """`random` (a plain Kubernetes Service) draws a replica per request whatever the load: 60
+    simultaneous requests over 3 replicas land unevenly, where least-loaded puts 20 on each;
+    the same replay draws the same replicas."""
+    counts = []
+    for _ in range(2):
+        sim, _ = one_pool([0.0] * 60, [100] * 60, [500] * 60, disaggregated=False,
+                          initial={Role.AGGREGATED: 3}, routing="random")  # fmt: skip
+        sim.advance_to(0.0)
+        counts.append([r.outstanding for r in sim.deployment(("llm", "a")).replicas])
+    assert counts[0] == counts[1]
+    assert sum(counts[0]) == 60
+    assert counts[0] != [20, 20, 20]
+    assert min(counts[0]) > 0
+
 def test_errors() -> None:
     """Unknown Deployments, negative replicas and time travel are refused."""
     sim, _ = one_pool([0.0], [10], [2])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from autoscaler import errors
+from autoscaler import profile as profiles
 from autoscaler.sim.fidelity import METRICS, Experiment, load_data, run_experiment, workload
 
 pytestmark = pytest.mark.sim
@@ -38,13 +39,17 @@ def test_shipped_data_is_cited_and_split() -> None:
 
 
 def test_held_out_points_meet_the_calibration_target() -> None:
-    """Issue 13's bar on the benchmark's held-out points: at least 85 % within +-15 % and a
-    median absolute error of at most 8 % (benchmarks/sim_fidelity.py prints the same figures;
-    measured 96 % and 6.3 % when this test was written, 93 % and 5.2 % on 84 points with the
-    IOG runs). A change to the engine or a built-in profile that loses the calibration fails
-    here, not only in a benchmark nobody re-ran."""
-    errs = _held_out_errors(lambda e: True)
-    assert len(errs) >= 80
+    """Issue 13's bar on the held-out points of the profiles the project ships (the built-ins):
+    at least 85 % within +-15 % and a median absolute error of at most 8 %
+    (benchmarks/sim_fidelity.py prints the same figures; 96 % and 6.3 % when this test was
+    written, 93 % and 5.2 % on 84 points with the IOG runs, 92 % on the 72 points of the
+    built-ins once the data file's own derived profiles were left out). A change to the engine
+    or a built-in profile that loses the calibration fails here, not only in a benchmark nobody
+    re-ran. The data file's derived profiles are checked by the benchmark, not held to this bar:
+    the A100 candidate derived by datasheet ratios misses its held-out runs (docs/simulator.md)
+    and is not shipped for that reason."""
+    errs = _held_out_errors(lambda e: e.profile in profiles.BUILTIN_PROFILES)
+    assert len(errs) >= 70
     within = sum(x <= 0.15 for x in errs) / len(errs)
     assert within >= 0.85, f"{100 * within:.0f} % within +-15 %"
     assert statistics.median(errs) <= 0.08
@@ -97,6 +102,8 @@ BASE = (
         ("{mean_ttft_ms: 1}", ", rate: fast", "rate: expected a number or 'inf'"),
         ("{mean_ttft_ms: 1}", ", profile: h900", "profile: unknown profile"),
         ("{mean_ttft_ms: 1}", ", stages: [[1]]", r"stages\[0\]: expected \[rate, duration_s\]"),
+        ("{mean_ttft_ms: 1}", ", burstiness: 0", "burstiness: expected a number > 0"),
+        ("{mean_ttft_ms: 1}", ", routing: round-robin", "routing: expected one of"),
     ],
 )
 def test_bad_entries_name_file_entry_and_field(
@@ -127,3 +134,58 @@ def test_stages_and_constant_arrivals(tmp_path: Path) -> None:
     assert np.all(prompt == 100)
     assert np.all(output == 10)
     assert not math.isinf(arrival[-1])
+
+
+def test_burstiness_draws_gamma_gaps_as_vllm_bench_does(tmp_path: Path) -> None:
+    """`burstiness: 50` (vLLM's benchmark `--burstiness`): gamma gaps of shape 50 and the
+    rate's mean, so nearly even arrivals (coefficient of variation 1/sqrt(50) = 0.14), where
+    the default Poisson gaps vary as much as they average (CV 1)."""
+    body = (BASE % ("{mean_ttft_ms: 1}", "")).replace(
+        "num_prompts: 10", "num_prompts: 4000"
+    )
+    cvs = {}
+    for burst in ("", ", burstiness: 50"):
+        data = load_data(write(tmp_path, body.replace("}\n", f"{burst}}}\n", 1)))
+        gaps = np.diff(workload(data.experiments[0], data.datasets)[0])
+        assert gaps.mean() == pytest.approx(0.5, rel=0.05)  # rate 2
+        cvs[burst] = gaps.std() / gaps.mean()
+    assert cvs[""] == pytest.approx(1.0, abs=0.05)
+    assert cvs[", burstiness: 50"] == pytest.approx(50**-0.5, abs=0.02)
+
+
+def test_constant_arrivals_refuse_burstiness(tmp_path: Path) -> None:
+    body = (BASE % ("{mean_ttft_ms: 1}", "")).replace(
+        "}\n", ", arrivals: constant, burstiness: 2}\n", 1
+    )
+    with pytest.raises(errors.ConfigError, match="burstiness: only with poisson arrivals"):
+        load_data(write(tmp_path, body))
+
+
+def test_a100_candidate_is_the_sxm_profile_at_the_datasheet_ratios() -> None:
+    """The data file's llama-8b-a100 is derived as the built-in H100 PCIe profile is: memory-
+    bound terms by HBM bandwidth (3.35 / 2.039 TB/s; only the 16.06 GB weight read of
+    decode_alpha), compute-bound ones by dense BF16 FLOPS (989 / 312), nothing fitted (its front
+    end is IOG's, same client and vLLM release). A refit to its own held-out runs would show
+    here."""
+    data = load_data(DATA)
+    sxm, a100 = profiles.builtin("llama-8b-h100"), data.profiles["llama-8b-a100"]
+    bw, fl = 3.35 / 2.039, 989 / 312
+    read_sxm_ms = 16.06e9 / 3.35e12 * 1e3
+    assert a100.decode_alpha_ms == pytest.approx(
+        read_sxm_ms * bw + (sxm.decode_alpha_ms - read_sxm_ms), abs=0.01
+    )
+    assert a100.decode_gamma_ms_per_ctx_token == pytest.approx(
+        sxm.decode_gamma_ms_per_ctx_token * bw, rel=0.005
+    )
+    assert a100.prefill_beta_ms_per_token == pytest.approx(
+        sxm.prefill_beta_ms_per_token * fl, rel=0.005
+    )
+    assert a100.prefill_gamma_ms_per_token2 == pytest.approx(
+        sxm.prefill_gamma_ms_per_token2 * fl, rel=0.005
+    )
+    assert a100.frontend_ms == profiles.builtin("llama-8b-h100-pcie").frontend_ms
+    same = ("prefill_alpha_ms", "decode_beta_ms_per_seq", "kv_capacity_tokens")
+    assert all(getattr(a100, f) == getattr(sxm, f) for f in same)
+    runs = [e for e in data.experiments if e.profile == "llama-8b-a100"]
+    assert runs
+    assert all(e.split == "held-out" and e.routing == "random" for e in runs)

@@ -90,7 +90,7 @@ def test_prefix_aware_routing_finds_the_cached_replica(routing: str, want_hits: 
 
 def test_unknown_routing_is_refused() -> None:
     with pytest.raises(ValueError, match="routing must be one of"):
-        one_pool([0.0], [10], [2], routing="random")
+        one_pool([0.0], [10], [2], routing="round-robin")
 
 
 def test_decode_replicas_do_not_look_up_prompts() -> None:
