@@ -34,6 +34,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from autoscaler.profile import BUILTIN_PROFILES, builtin, resolve_profile
+
+# The data file's A100 profile, derived by datasheet ratios and rejected: it misses every
+# held-out run (docs/simulator.md).
+REJECTED_CANDIDATE = "llama-8b-a100"
 from autoscaler.sim.fidelity import (
     DataFile,
     Dataset,
@@ -99,6 +103,9 @@ def main() -> int:
     # The held-out points of the profiles the project ships (autoscaler/profile.py), apart from
     # those of the data file's own derived profiles (a candidate that misses is not shipped).
     builtin_held: list[float] = []
+    # Every held-out point but the A100 candidate's, which is derived, misses, and is not
+    # shipped (tests/sim/test_fidelity.py holds issue 13's bar on this set).
+    kept_held: list[float] = []
     by_source: dict[str, list[float]] = {}
     # Held-out errors by profile and metric family (ttft, tpot, e2e, throughput): where a miss
     # concentrates says which part of the model is off.
@@ -118,6 +125,8 @@ def main() -> int:
                 by_source.setdefault(exp.source, []).append(e)
             if split == "held-out" and exp.profile in BUILTIN_PROFILES:
                 builtin_held.append(e)
+            if split == "held-out" and exp.profile != REJECTED_CANDIDATE:
+                kept_held.append(e)
             if split == "held-out":
                 family = m.split("_")[1] if "_" in m and not m.endswith("throughput") else m
                 by_regime.setdefault(f"{exp.profile} {family}", []).append(e)
@@ -129,6 +138,7 @@ def main() -> int:
     for split in ("fit", "held-out", "context"):
         print(f"{split:9s} {_summary(by_split[split])}")
     print(f"held-out, built-in profiles only: {_summary(builtin_held)}")
+    print(f"held-out, all but the rejected {REJECTED_CANDIDATE}: {_summary(kept_held)}")
     print("\nscored points (fit and held-out) by source:")
     for key, errs in by_source.items():
         print(f"  {key:28s} {_summary(errs)}")

@@ -18,6 +18,9 @@ from autoscaler.sim.fidelity import METRICS, Experiment, load_data, run_experime
 
 pytestmark = pytest.mark.sim
 
+# The data file's A100 profile candidate, derived and rejected (it misses every held-out run).
+REJECTED_A100 = "llama-8b-a100"
+
 DATA = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "vllm_published.yaml"
 
 
@@ -39,17 +42,16 @@ def test_shipped_data_is_cited_and_split() -> None:
 
 
 def test_held_out_points_meet_the_calibration_target() -> None:
-    """Issue 13's bar on the held-out points of the profiles the project ships (the built-ins):
-    at least 85 % within +-15 % and a median absolute error of at most 8 %
-    (benchmarks/sim_fidelity.py prints the same figures; 96 % and 6.3 % when this test was
-    written, 93 % and 5.2 % on 84 points with the IOG runs, 92 % on the 72 points of the
-    built-ins once the data file's own derived profiles were left out). A change to the engine
-    or a built-in profile that loses the calibration fails here, not only in a benchmark nobody
-    re-ran. The data file's derived profiles are checked by the benchmark, not held to this bar:
-    the A100 candidate derived by datasheet ratios misses its held-out runs (docs/simulator.md)
-    and is not shipped for that reason."""
-    errs = _held_out_errors(lambda e: e.profile in profiles.BUILTIN_PROFILES)
-    assert len(errs) >= 70
+    """Issue 13's bar on the held-out points: at least 85 % within +-15 % and a median absolute
+    error of at most 8 % (benchmarks/sim_fidelity.py prints the same figures; 96 % and 6.3 %
+    when this test was written, 93 % and 5.2 % on 84 points with the IOG runs). A change to
+    the engine or a profile that loses the calibration fails here, not only in a benchmark
+    nobody re-ran. The one exception is the A100 candidate (`llama-8b-a100`, derived from the
+    SXM profile by datasheet ratios): it misses all 12 of its held-out runs
+    (docs/simulator.md), which is why it is not shipped, and the bar is about the profiles
+    that are kept, the built-ins and the data file's other derived ones."""
+    errs = _held_out_errors(lambda e: e.profile != REJECTED_A100)
+    assert len(errs) >= 80
     within = sum(x <= 0.15 for x in errs) / len(errs)
     assert within >= 0.85, f"{100 * within:.0f} % within +-15 %"
     assert statistics.median(errs) <= 0.08
