@@ -34,10 +34,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from autoscaler.profile import BUILTIN_PROFILES, builtin, resolve_profile
-
-# The data file's A100 profile, derived by datasheet ratios and rejected: it misses every
-# held-out run (docs/simulator.md).
-REJECTED_CANDIDATE = "llama-8b-a100"
 from autoscaler.sim.fidelity import (
     DataFile,
     Dataset,
@@ -48,6 +44,10 @@ from autoscaler.sim.fidelity import (
     saturation_knee,
 )
 from autoscaler.sim.profile_fit import fit_profile
+
+# The data file's A100 profile, derived by datasheet ratios and rejected: it misses every
+# held-out run (docs/simulator.md).
+REJECTED_CANDIDATE = "llama-8b-a100"
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "benchmarks" / "data" / "vllm_published.yaml"
