@@ -35,7 +35,8 @@ and decision lines. Prefill reads queue_depth, batched_tokens, kv_cache and TTFT
 running, kv_cache and ITL p50; every second pool's prefill also has a forecast policy (model
 auto on prompt_tokens_rate), as in the issue. Refits are not in these ticks (the histories are
 minutes old, below min_history): their cost per fit and amortised per pool is
-`benchmarks/forecast_cost.py`'s, and with the default `REFIT_WORKERS` they run in worker processes, outside this process' CPU.
+`benchmarks/forecast_cost.py`'s, and with the default `REFIT_WORKERS` they run in worker processes,
+outside this process' CPU.
 
 Per pool count, in a fresh process (peak RSS is per process): one warm-up tick (discovery),
 then `--ticks` measured ticks. Printed per size: CPU-s per tick of the controller process
