@@ -20,7 +20,7 @@ from autoscaler import errors
 from autoscaler.actuator.base import Actuator, WorkloadStatus
 from autoscaler.decision.core import decide
 from autoscaler.decision.state import ScaleState
-from autoscaler.metrics.source import MetricsSource, RoleTarget
+from autoscaler.metrics.source import MetricsSource, RoleTarget, rate_window_of
 from autoscaler.policy import registry
 from autoscaler.policy.base import Policy, extra_keys
 from autoscaler.spec import PolicyFile, PolicyRef
@@ -121,6 +121,15 @@ class Loop:
         (a forecast keeps its history across a hot reload)."""
         self._built, self.policies = build_policies(policy, self._built)
         self.policy = policy
+        # Policy kinds that read the source's rates over time (the slo kind) need its window:
+        # told once, at build (duck-typed like extra_keys; a third-party kind may ignore it).
+        window = rate_window_of(self.source)
+        if window is not None:
+            for pols in self.policies.values():
+                for pol in pols:
+                    bind = getattr(pol, "bind_rate_window", None)
+                    if callable(bind):
+                        bind(window)
         # Roles a reload removed: forget what their last decision line said.
         self._last_logged = {k: v for k, v in self._last_logged.items() if k in self.policies}
 

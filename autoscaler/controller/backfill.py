@@ -131,7 +131,7 @@ async def backfill_slo(
     `now`, one point per tick, into its history (`SLOPolicy.prime`). The three rates are
     fetched separately and joined on their timestamps; a step missing from any is left out."""
     c = policy.config
-    span = max(c.burst_memory_s, c.trend_window_s, c.length_window_s, 2 * c.rate_window_s)
+    span = max(c.burst_memory_s, c.trend_window_s, c.length_window_s, 2 * policy.window_s)
     if max_history_s is not None:
         span = min(span, max_history_s)
     step = c.tick_s

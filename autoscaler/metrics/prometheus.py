@@ -297,6 +297,12 @@ class PrometheusSource:
 
     # --- the MetricsSource protocol ---------------------------------------------------------
 
+    @property
+    def rate_window_s(self) -> float:
+        """The window of every rate and histogram quantile this source reports (policies that
+        recover short-window rates need it: `metrics.source.rate_window_of`)."""
+        return self.settings.rate_window_s
+
     async def fetch(
         self, targets: Sequence[source.RoleTarget], *, now: float
     ) -> source.RoleSamples:

@@ -69,3 +69,14 @@ class ErrorSink(Protocol):
     that sits above them."""
 
     def metric_source_error(self, *, query: str, reason: str) -> None: ...
+
+
+def rate_window_of(source: object) -> float | None:
+    """The window (seconds) a source's rates and histogram quantiles are taken over, where it
+    says (a `rate_window_s` attribute: PrometheusSource, SimMetricsSource), also behind a
+    wrapper that keeps the source as `inner` (telemetry's InstrumentedSource); None if not."""
+    for candidate in (source, getattr(source, "inner", None)):
+        w = getattr(candidate, "rate_window_s", None)
+        if isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0:
+            return float(w)
+    return None

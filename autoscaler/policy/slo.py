@@ -100,6 +100,8 @@ _EPS = 1e-9
 # The gauges of the requests in a role (totals = per-replica mean x reporting replicas).
 _WAITING = SignalName.QUEUE_DEPTH.value
 _RUNNING = SignalName.RUNNING.value
+# The rate window assumed until the metric source says its own: the simulator's.
+DEFAULT_RATE_WINDOW_S = 60.0
 # Largest fleet the Erlang-C search considers beyond the offered load (a bound on the loop).
 _MAX_EXTRA = 1024
 # Fields of the forecast kind an slo policy's `forecast` does not take.
@@ -137,9 +139,12 @@ class SLOConfig(BaseModel):
     """The mean prompt and output lengths are ratios of summed rates over this window, seconds:
     10 minutes hold hundreds of requests even at 1 req/s, so one window with a few very long
     prompts does not swing the sizing, and a change of mix is followed within minutes."""
-    rate_window_s: float = Field(default=60, gt=0, le=3600)
-    """The metric source's rate window, seconds (the simulator's 60 s; set the in-cluster
-    source's, 120 s by default): how many requests each rate sample averages."""
+    rate_window_s: float | None = Field(default=None, gt=0, le=3600)
+    """The metric source's rate window, seconds: how many requests each rate sample averages,
+    and the W of the short-window recovery (`RateSeries`). Null (the default): the source's
+    own, which the controller and the simulator tell the policy (the in-cluster Prometheus
+    source's `rate_window_s`, 120 s; the simulator's 60 s). A number is used only with a
+    source that does not say its window; where the source says, its window wins."""
     burst_memory_s: float = Field(default=1800, ge=0, le=86400)
     """How long short-window rates are remembered for the burst headroom, seconds (0: none)."""
     burst_halflife_s: float = Field(default=600, gt=0)
@@ -221,25 +226,9 @@ class SLOPolicy:
         # (t, requests in the role) of the last rate window, for the arrivals (_arrivals).
         self.backlog: deque[tuple[float, float]] = deque()
         self.horizon_s = spec.cold_start_s + config.tick_s
-        # The series the role is sized on: requests for prefill (with the prompt mix), generated
-        # tokens for decode, both for an aggregated server.
-        self.rate = RateSeries(
-            memory_s=config.burst_memory_s,
-            halflife_s=config.burst_halflife_s,
-            trend_s=config.trend_window_s,
-            window_s=config.rate_window_s,
-            short=True,
-        )
-        self.gen = RateSeries(
-            memory_s=config.burst_memory_s,
-            halflife_s=config.burst_halflife_s,
-            trend_s=config.trend_window_s,
-            window_s=config.rate_window_s,
-            short=False,
-        )
-        self.spread = PromptSpread(
-            window_s=config.rate_window_s, memory_s=max(1800.0, config.burst_memory_s)
-        )
+        # The source's rate window until the source says (bind_rate_window).
+        self.window_s = config.rate_window_s or DEFAULT_RATE_WINDOW_S
+        self._new_history()
         # Last seen mean lengths: kept through idle ticks (rate 0 says nothing about lengths).
         self.p_mean: float | None = None
         self.lengths: deque[tuple[float, float, float, float]] = deque()
@@ -415,6 +404,39 @@ class SLOPolicy:
 
     # --- per tick ---------------------------------------------------------------------------
 
+    def _new_history(self) -> None:
+        """Empty rate series and prompt spread over the current window."""
+        c = self.config
+        # The series the role is sized on: requests for prefill (with the prompt mix), generated
+        # tokens for decode, both for an aggregated server.
+        self.rate = RateSeries(
+            memory_s=c.burst_memory_s,
+            halflife_s=c.burst_halflife_s,
+            trend_s=c.trend_window_s,
+            window_s=self.window_s,
+            short=True,
+        )
+        self.gen = RateSeries(
+            memory_s=c.burst_memory_s,
+            halflife_s=c.burst_halflife_s,
+            trend_s=c.trend_window_s,
+            window_s=self.window_s,
+            short=False,
+        )
+        self.spread = PromptSpread(window_s=self.window_s, memory_s=max(1800.0, c.burst_memory_s))
+
+    def bind_rate_window(self, window_s: float) -> None:
+        """The metric source's rate window, told by the loop when the policy is built (see
+        `Loop.set_policy`). The short-window recovery differences successive window rates and
+        scales them by W / tick: a W that is not the source's turns every burst into the wrong
+        rate (a 120-s window read as 60 s halves it). Before the first sample the history is
+        rebuilt on it; a policy that already has history keeps it (a source's window does not
+        change under a running loop)."""
+        if window_s <= 0 or window_s == self.window_s or self.has_history:
+            return
+        self.window_s = window_s
+        self._new_history()
+
     def _record(
         self, now: float, lam: float, ptok: float, gtok: float, *, n_req: int, n_gen: int
     ) -> None:
@@ -478,7 +500,7 @@ class SLOPolicy:
                 self.backlog.clear()
                 return served, ""
             total += float(got.value or 0.0) * got.replicas
-        w = self.config.rate_window_s
+        w = self.window_s
         self.backlog.append((now, total))
         while self.backlog and self.backlog[0][0] < now - 1.5 * w:
             self.backlog.popleft()

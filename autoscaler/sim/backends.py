@@ -133,6 +133,11 @@ class SimMetricsSource:
         for rep in [r for r in self._series if r not in live]:
             del self._series[rep]
 
+    @property
+    def rate_window_s(self) -> float:
+        """The window of every rate and quantile (`metrics.source.rate_window_of`)."""
+        return self.window_s
+
     async def fetch(self, targets: Sequence[RoleTarget], *, now: float) -> RoleSamples:
         """Samples for every target from the scrapes at or before `now` (advancing the
         simulation to `now` first if it is behind)."""
