@@ -141,7 +141,12 @@ def test_longest_prompt_is_the_boundary(limit: float, role: Role) -> None:
             "aggregated: {deployment: {name: a}, max_replicas: 4, max_num_batched_tokens: 2048, "
             "signals: "
             "[{signal: queue_depth, target: 4}, {signal: batched_tokens, target: 0.5}]}",
-            [("pools.0.roles.aggregated.signals.1: batched_tokens target 0.5", "over 1,024 tokens")],
+            [
+                (
+                    "pools.0.roles.aggregated.signals.1: batched_tokens target 0.5",
+                    "over 1,024 tokens",
+                )
+            ],
             id="aggregated-own-budget",
         ),
         pytest.param(
