@@ -35,9 +35,9 @@ class SignalName(StrEnum):
       steps that only ran a chunk of a longer prompt are not observed. So on a decode role it is
       the running batch (one token per sequence per step), but on a prefill or aggregated role
       it measures the prompt-length mix, not load: one prompt longer than target x budget reads
-      above the target on an idle replica, and long prompts keep the role at max_replicas.
-      `validate` warns about it there; the shipped policies scale prefill on
-      PROMPT_TOKENS_RATE instead (or use the slo kind).
+      above the target on an idle replica, and long prompts keep asking for replicas, up to
+      max_replicas. `validate` warns about it there; no shipped policy targets it on prefill
+      (they scale prefill on PROMPT_TOKENS_RATE, a forecast of it, or the slo kind).
     - KV_CACHE: mean `vllm:kv_cache_usage_perc` (0-1).
     - RUNNING: mean `vllm:num_requests_running` per replica (requests).
     - TTFT / ITL: a latency quantile over the role's replicas (seconds); these are SLO guards.
