@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from autoscaler import cli
-from autoscaler.policy.reach import longest_prompt_within
+from autoscaler.policy.load import load_policy_file
+from autoscaler.policy.reach import longest_prompt_within, unreachable_targets
 from autoscaler.profile import builtin
 from autoscaler.types import Role
 
@@ -175,3 +176,15 @@ def test_batched_tokens_on_prefill_warns_without_a_profile(
         assert line.startswith(f"{f}: warning: {field}"), line
         assert detail in line
         assert "prompt_tokens_rate" in line
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[2] / "policies").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_policies_have_no_prefill_batched_tokens_or_unreachable_ttft(path: Path) -> None:
+    """No shipped policy scales a prefill role on batched_tokens or guards an absolute TTFT its
+    profile cannot meet (the 70B policy is checked against its own profile)."""
+    prof = builtin("llama-70b-tp4-h100" if "70b" in path.name else "llama-8b-h100")
+    assert unreachable_targets(load_policy_file(path), prof) == []
