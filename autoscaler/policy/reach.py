@@ -17,9 +17,9 @@ profile: vLLM V1 observes its iteration-token histogram once per engine step tha
 and counts, for each request whose prefill completed in that step, its whole prompt (steps that
 only ran a chunk are not observed at all). So a single prompt longer than target x
 `max_num_batched_tokens` reads above the target on an idle replica, and a prompt mix with such
-prompts keeps asking for more replicas (up to max_replicas) at any load: the signal measures the prompt-length mix,
-not how busy the replica is. A decode role's steps hold one token per running sequence, where the
-signal stays a batch-size measure, so decode is not warned about.
+prompts keeps asking for more replicas (up to max_replicas) at any load: the signal measures the
+prompt-length mix, not how busy the replica is. A decode role's steps hold one token per running
+sequence, where the signal stays a batch-size measure, so decode is not warned about.
 
 Forecast settings that are valid but probably not meant (bins shorter than the models' minimum,
 which are widened) are warned about here too, for `forecast` policies and an `slo` policy's
