@@ -28,12 +28,16 @@ class SignalName(StrEnum):
 
     `value` semantics (what the metric source must deliver, per role):
     - QUEUE_DEPTH: mean `vllm:num_requests_waiting` per reporting replica (requests).
-    - BATCHED_TOKENS: mean tokens per engine step (`vllm:iteration_tokens_total` sum/count)
-      divided by the role's `max_num_batched_tokens`, averaged over replicas. It measures how
-      full steps are, not how busy a replica is, and vLLM V1 counts a prompt's tokens in the
-      step where its prefill completes (steps that only run a chunk are not observed), so
-      prompts longer than the budget read above 1 at any load: with such prompts the signal
-      asks for more replicas every tick. Prefer prompt_tokens_rate or the slo kind there.
+    - BATCHED_TOKENS: mean tokens per observation of `vllm:iteration_tokens_total` (its
+      sum/count rates) divided by the role's `max_num_batched_tokens`, averaged over replicas.
+      vLLM V1 observes that histogram once per engine step that emitted output, with the step's
+      generated tokens plus the WHOLE prompt of every request whose prefill completed in it;
+      steps that only ran a chunk of a longer prompt are not observed. So on a decode role it is
+      the running batch (one token per sequence per step), but on a prefill or aggregated role
+      it measures the prompt-length mix, not load: one prompt longer than target x budget reads
+      above the target on an idle replica, and long prompts keep asking for replicas, up to
+      max_replicas. `validate` warns about it there; no shipped policy targets it on prefill
+      (they scale prefill on PROMPT_TOKENS_RATE, a forecast of it, or the slo kind).
     - KV_CACHE: mean `vllm:kv_cache_usage_perc` (0-1).
     - RUNNING: mean `vllm:num_requests_running` per replica (requests).
     - TTFT / ITL: a latency quantile over the role's replicas (seconds); these are SLO guards.

@@ -12,6 +12,15 @@ stops being reachable.
 The profile of a role is the one its `slo` policy names, else the one given to `validate
 --profile`; without either, nothing is checked.
 
+A `batched_tokens` target on a prefill or aggregated role is warned about with or without a
+profile: vLLM V1 observes its iteration-token histogram once per engine step that emitted output
+and counts, for each request whose prefill completed in that step, its whole prompt (steps that
+only ran a chunk are not observed at all). So a single prompt longer than target x
+`max_num_batched_tokens` reads above the target on an idle replica, and a prompt mix with such
+prompts keeps asking for more replicas (up to max_replicas) at any load: the signal measures the
+prompt-length mix, not how busy the replica is. A decode role's steps hold one token per running
+sequence, where the signal stays a batch-size measure, so decode is not warned about.
+
 Forecast settings that are valid but probably not meant (bins shorter than the models' minimum,
 which are widened) are warned about here too, for `forecast` policies and an `slo` policy's
 `forecast`, with or without a profile.
@@ -81,6 +90,18 @@ def _itl(profile: Profile, where: str, what: str, limit_s: float) -> list[str]:
     ]
 
 
+def _batched_tokens(where: str, target: float, rs: RoleSpec, role: Role) -> list[str]:
+    over = int(target * rs.max_num_batched_tokens)
+    return [
+        f"{where}: batched_tokens target {target:g} on a {role.value} role: vLLM V1 counts a "
+        "prompt's whole length in the engine step where its prefill completes, so one prompt of "
+        f"over {over:,} tokens (target x max_num_batched_tokens {rs.max_num_batched_tokens}) "
+        "reads above the target on an idle replica: a prompt mix that holds such prompts asks for "
+        "more replicas, up to max_replicas, at any load; scale prefill work on "
+        "prompt_tokens_rate (or the slo kind)"
+    ]
+
+
 def _role_profile(rs: RoleSpec, default: Profile | None) -> Profile | None:
     from autoscaler.policy.slo import _load_profile  # noqa: PLC0415 - profile loads lazily
     from autoscaler.profile import Profile  # noqa: PLC0415
@@ -99,8 +120,9 @@ def _role_profile(rs: RoleSpec, default: Profile | None) -> Profile | None:
 
 
 def unreachable_targets(policy: PolicyFile, profile: Profile | None = None) -> list[str]:
-    """One warning per absolute latency target the role's profile cannot meet (see the module
-    docstring), each naming its field as `pools.N.roles.ROLE...`."""
+    """One warning per absolute latency target the role's profile cannot meet and per
+    batched_tokens target on a prefill/aggregated role (see the module docstring), each naming
+    its field as `pools.N.roles.ROLE...`."""
     from autoscaler.policy.forecast import ForecastConfig  # noqa: PLC0415
     from autoscaler.policy.slo import SLOConfig  # noqa: PLC0415
 
@@ -116,6 +138,10 @@ def unreachable_targets(policy: PolicyFile, profile: Profile | None = None) -> l
                     fc = SLOConfig.model_validate(ref.model_extra or {}).forecast
                 if fc is not None:
                     out += [f"{base}.policies.{j}: {w}" for w in fc.warnings()]
+            if role is not Role.DECODE:
+                for j, sig in enumerate(rs.signals):
+                    if sig.signal is SignalName.BATCHED_TOKENS:
+                        out += _batched_tokens(f"{base}.signals.{j}", sig.target, rs, role)
             prof = _role_profile(rs, profile)
             if prof is None:
                 continue

@@ -29,7 +29,7 @@ def _doc(name: str) -> dict:  # type: ignore[type-arg]
     [
         # Reactive signals: every target, behaviour and floor of both roles.
         ("llama-8b-disagg.yaml",
-         {"prefill.prompt_tokens_rate2.target", "decode.kv_cache0.target", "prefill.tolerance",
+         {"prefill.prompt_tokens_rate1.target", "decode.kv_cache0.target", "prefill.tolerance",
           "decode.min_replicas", "prefill.scale_down.window_s", "prefill.scale_up.window_s"},
          []),
         # The slo kind: its margins, never the SLO contract itself.
@@ -81,10 +81,10 @@ def test_apply_writes_values_and_rejects_invalid() -> None:
     original = load_policy_file(POLICIES / "llama-8b-disagg.yaml")
     params, _ = space.search_space(original)
     doc = space.apply(_doc("llama-8b-disagg.yaml"), params,
-                      {"prefill.prompt_tokens_rate2.target": 31234.567, "decode.min_replicas": 3})  # fmt: skip
+                      {"prefill.prompt_tokens_rate1.target": 31234.567, "decode.min_replicas": 3})  # fmt: skip
     tuned = space.validate(doc, source="t")
     prefill = tuned.pools[0].roles[next(iter(tuned.pools[0].roles))]
-    assert prefill.signals[2].target == 31230.0  # 4 significant digits
+    assert prefill.signals[1].target == 31230.0  # 4 significant digits
     assert [r.min_replicas for r in tuned.pools[0].roles.values()] == [1, 3]
     bad = space.apply(_doc("llama-8b-disagg.yaml"), params, {"decode.min_replicas": 99})
     with pytest.raises(errors.ConfigError, match="min_replicas"):
@@ -156,6 +156,6 @@ def test_relative_ttft_target_stays_a_slowdown() -> None:
     rel = next(p for p in params if "ttft_relative" in p.name)
     assert (rel.low, rel.default, rel.high) == (pytest.approx(1.1), 2.0, pytest.approx(6.0))
     low = space.validate(space.apply(doc, params, {rel.name: rel.low}), source="t")
-    assert [s.target for r in low.pools[0].roles.values() for s in r.signals][3] == pytest.approx(
+    assert [s.target for r in low.pools[0].roles.values() for s in r.signals][2] == pytest.approx(
         1.1
     )

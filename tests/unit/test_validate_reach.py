@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from autoscaler import cli
-from autoscaler.policy.reach import longest_prompt_within
+from autoscaler.policy.load import load_policy_file
+from autoscaler.policy.reach import longest_prompt_within, unreachable_targets
 from autoscaler.profile import builtin
 from autoscaler.types import Role
 
@@ -126,3 +127,64 @@ def test_longest_prompt_is_the_boundary(limit: float, role: Role) -> None:
         assert t(1) > limit
     elif n < P8B.kv_capacity_tokens - 1:
         assert t(n) <= limit < t(n + 1)
+
+
+@pytest.mark.parametrize(
+    ("roles", "warnings"),
+    [
+        pytest.param(
+            "prefill: {deployment: {name: a}, max_replicas: 4, signals: [{signal: batched_tokens, target: 0.8}]}\n"
+            "      decode: {deployment: {name: b}, max_replicas: 4, signals: [{signal: kv_cache, target: 0.7}]}",
+            [("pools.0.roles.prefill.signals.0: batched_tokens target 0.8", "over 6,553 tokens")],
+            id="prefill-default-budget",
+        ),
+        pytest.param(
+            "aggregated: {deployment: {name: a}, max_replicas: 4, max_num_batched_tokens: 2048, "
+            "signals: "
+            "[{signal: queue_depth, target: 4}, {signal: batched_tokens, target: 0.5}]}",
+            [
+                (
+                    "pools.0.roles.aggregated.signals.1: batched_tokens target 0.5",
+                    "over 1,024 tokens",
+                )
+            ],
+            id="aggregated-own-budget",
+        ),
+        pytest.param(
+            "prefill: {deployment: {name: a}, max_replicas: 4, signals: [{signal: prompt_tokens_rate, target: 24000}]}"
+            "\n      decode: {deployment: {name: b}, max_replicas: 4, signals: [{signal: batched_tokens, target: 0.5}]}",
+            [],
+            id="decode-steps-are-one-token-per-sequence",
+        ),
+    ],
+)
+def test_batched_tokens_on_prefill_warns_without_a_profile(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    roles: str,
+    warnings: list[tuple[str, str]],
+) -> None:
+    """batched_tokens reads a completing prompt's whole length in one step (vLLM V1), so on a
+    role that prefills it is warned about whatever the profile: the file, field, value and the
+    prompt length above which one prompt alone exceeds the target."""
+    f = tmp_path / "policy.yaml"
+    f.write_text(f"pools:\n  - name: p\n    roles:\n      {roles}\n")
+    assert cli.main(["validate", str(f)]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ": warning: " in ln]
+    assert len(lines) == len(warnings), lines
+    for line, (field, detail) in zip(lines, warnings, strict=True):
+        assert line.startswith(f"{f}: warning: {field}"), line
+        assert detail in line
+        assert "prompt_tokens_rate" in line
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[2] / "policies").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_policies_have_no_prefill_batched_tokens_or_unreachable_ttft(path: Path) -> None:
+    """No shipped policy scales a prefill role on batched_tokens or guards an absolute TTFT its
+    profile cannot meet (the 70B policy is checked against its own profile)."""
+    prof = builtin("llama-70b-tp4-h100" if "70b" in path.name else "llama-8b-h100")
+    assert unreachable_targets(load_policy_file(path), prof) == []
