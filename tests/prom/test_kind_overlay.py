@@ -301,7 +301,13 @@ def test_simulated_pods_are_scraped_as_the_policy_expects(running: Running) -> N
 
 def test_controller_reads_every_signal_from_the_simulated_pods(running: Running) -> None:
     """Through the overlay's Prometheus the controller sees data for every configured signal
-    of both roles (not the 'hold: all signals missing' the kind path used to show)."""
+    and every policy kind (the shipped default is the slo kind, whose need is `slo:<role>`) of
+    both roles (not the 'hold: all signals missing' the kind path used to show)."""
+    expected = 0
+    for pool in running.policy.pools:
+        for spec in pool.roles.values():
+            expected += len(spec.signals) + len(spec.policies)
+    assert expected >= 2  # the shipped policy sizes both roles by something
 
     def check() -> None:
         rows = running.prom.query("pd_autoscaler_signal_missing")
@@ -314,6 +320,11 @@ def test_controller_reads_every_signal_from_the_simulated_pods(running: Running)
                                if r == role.value and (s == key or s.startswith(sig.signal.value))]
                     assert matches, (role, sig.signal)
                     assert matches[0] == "0", (role, sig.signal, matches)
+                for ref in spec.policies:
+                    matches = [v for (r, s), v in seen.items()
+                               if r == role.value and s.startswith(f"{ref.kind}:")]
+                    assert matches, (role, ref.kind, seen)
+                    assert matches[0] == "0", (role, ref.kind, matches)
 
     eventually(check, timeout=60)
     assert Role.PREFILL in running.policy.pools[0].roles
