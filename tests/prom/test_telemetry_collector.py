@@ -75,8 +75,10 @@ def content(text: str) -> list[tuple[str, str, str, list[tuple[str, tuple, float
     return sorted(out)
 
 
-# Families added since the golden file was rendered (refits run in worker processes now).
-NEW = {"pd_autoscaler_forecast_refits", "pd_autoscaler_forecast_refit_cpu_seconds"}
+# Families added since the golden file was rendered (refits run in worker processes now; the
+# latency SLO of slo-kind roles, which the dashboard draws where guard targets would be).
+NEW = {"pd_autoscaler_forecast_refits", "pd_autoscaler_forecast_refit_cpu_seconds",
+       "pd_autoscaler_slo_target_seconds"}
 
 
 def test_exposition_matches_the_per_label_implementation() -> None:
@@ -135,3 +137,23 @@ def test_the_writers_caches_follow_changing_values_and_removed_series() -> None:
     text = tel.render().decode()
     assert text == generate_latest(tel.registry).decode()
     assert 'role="prefill"' not in text.split("pd_autoscaler_forecast_value")[0]
+
+
+def test_slo_kind_roles_export_their_latency_slo() -> None:
+    """A role sized by the slo kind exports the TTFT floor and the ITL mean it sizes for (the
+    dashboard's "vs SLO" panels draw them); a reactive role exports none; a reload that drops
+    the slo kind drops its rows."""
+    slo = {"policies": [{"kind": "slo", "profile": "llama-8b-h100", "ttft_floor_s": 0.4}]}
+    t = Ticker(pool_policy(prefill=slo, decode={"signals": [{"signal": "running", "target": 8}]}))
+    t.tick(15.0, prefill=obs(1, request_rate=None), decode=obs(1, running=2.0))
+    tel = telemetry.Telemetry()
+    tel.record_decision(t.decisions[-1], t.policy)
+    fams = {f[0]: f[3] for f in content(tel.render().decode())}
+    rows = fams["pd_autoscaler_slo_target_seconds"]
+    assert sorted((dict(labels)["role"], dict(labels)["target"], v) for _, labels, v in rows) == [
+        ("prefill", "itl_mean", 0.05), ("prefill", "ttft_floor", 0.4)]
+    plain = Ticker(pool_policy(aggregated={"signals": [{"signal": "running", "target": 8}]}))
+    plain.tick(15.0, aggregated=obs(1, running=2.0))
+    tel.record_decision(plain.decisions[-1], plain.policy)
+    fams = {f[0]: f[3] for f in content(tel.render().decode())}
+    assert fams.get("pd_autoscaler_slo_target_seconds", []) == []
