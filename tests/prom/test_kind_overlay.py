@@ -192,7 +192,9 @@ def with_forecasts(policy: PolicyFile) -> PolicyFile:
     data["dry_run"] = True
     for pool in data["pools"]:
         for spec in pool["roles"].values():
-            spec["policies"] = [copy.deepcopy(QUICK_FORECAST)]
+            # Added to the shipped kinds (the slo default), not in their place: the dashboard's
+            # panels are checked against what the shipped policy exports.
+            spec["policies"] = [*spec.get("policies", []), copy.deepcopy(QUICK_FORECAST)]
     return PolicyFile.model_validate(data)
 
 
