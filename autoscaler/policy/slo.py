@@ -409,20 +409,18 @@ class SLOPolicy:
         c = self.config
         # The series the role is sized on: requests for prefill (with the prompt mix), generated
         # tokens for decode, both for an aggregated server.
-        self.rate = RateSeries(
-            memory_s=c.burst_memory_s,
-            halflife_s=c.burst_halflife_s,
-            trend_s=c.trend_window_s,
-            window_s=self.window_s,
-            short=True,
-        )
-        self.gen = RateSeries(
-            memory_s=c.burst_memory_s,
-            halflife_s=c.burst_halflife_s,
-            trend_s=c.trend_window_s,
-            window_s=self.window_s,
-            short=False,
-        )
+        def series(*, short: bool) -> RateSeries:
+            return RateSeries(
+                memory_s=c.burst_memory_s,
+                halflife_s=c.burst_halflife_s,
+                trend_s=c.trend_window_s,
+                window_s=self.window_s,
+                short=short,
+            )
+
+        self.rate = series(short=True)
+        # Generated tokens spread a burst over each request's decode time: window rates only.
+        self.gen = series(short=False)
         self.spread = PromptSpread(window_s=self.window_s, memory_s=max(1800.0, c.burst_memory_s))
 
     def bind_rate_window(self, window_s: float) -> None:
@@ -496,10 +494,13 @@ class SLOPolicy:
         total = 0.0
         for key in (_WAITING, _RUNNING):
             got = obs.signals.get(key)
-            if got is None or got.missing:
+            value = None if got is None or got.missing else float(got.value or 0.0)
+            if got is None or value is None or not math.isfinite(value) or value < 0:
+                # Missing or not a count (a source bug or a hostile answer that got through):
+                # the served rate stands, and the window starts afresh.
                 self.backlog.clear()
                 return served, ""
-            total += float(got.value or 0.0) * got.replicas
+            total += value * got.replicas
         w = self.window_s
         self.backlog.append((now, total))
         while self.backlog and self.backlog[0][0] < now - 1.5 * w:

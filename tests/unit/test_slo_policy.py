@@ -474,3 +474,18 @@ def test_backlog_growth_is_in_the_reason() -> None:
         _, why, _ = tick(pol, 15.0 * k, req=18.0, ptok=36_000.0, gtok=1800.0, waiting=q,
                          running=4.0)
     assert "[arrivals: served 18 + backlog growth 10]" in why
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -5.0])
+def test_a_gauge_that_is_not_a_count_leaves_the_served_rate(bad: float) -> None:
+    """A waiting gauge that is NaN, infinite or negative (a hostile answer that got past the
+    source) is not read as a backlog: the role is sized on what was served."""
+    cfg = {"prompt_length_cv": 1.0, "burst_memory_s": 0, "trend_window_s": 0}
+    plain, hostile = make(**cfg), make(**cfg)
+    for k in range(1, 8):
+        t = 15.0 * k
+        a = tick(plain, t, req=18.0, ptok=36_000.0, gtok=1800.0)
+        b = tick(hostile, t, req=18.0, ptok=36_000.0, gtok=1800.0,
+                 waiting=0.0 if k < 5 else bad, running=4.0)
+        assert a[0] == b[0]
+        assert "backlog" not in b[1]
