@@ -146,9 +146,9 @@ async def backfill_slo(
         columns.append(
             {round(float(t) + offset, 3): float(v) for t, v in zip(ts, values, strict=True)}
         )
-    common = sorted(set(columns[0]).intersection(*columns[1:]))
-    points = [(t, *(col[t] for col in columns)) for t in common if t < now]
-    return policy.prime([(t, lam, ptok, gtok) for t, lam, ptok, gtok in points])
+    requests, prompt, generated = columns
+    common = sorted(set(requests).intersection(prompt, generated))
+    return policy.prime([(t, requests[t], prompt[t], generated[t]) for t in common if t < now])
 
 
 async def backfill(

@@ -82,6 +82,7 @@ from autoscaler.policy.slo_model import (
     erlang_c,
     lognormal_points,
     lognormal_quantile,
+    value_near,
 )
 from autoscaler.spec import RoleSpec
 from autoscaler.types import (
@@ -506,10 +507,10 @@ class SLOPolicy:
         while self.backlog and self.backlog[0][0] < now - 1.5 * w:
             self.backlog.popleft()
         # The sample nearest one window back (within half a window): the window rates' own span.
-        then = min(self.backlog, key=lambda x: abs(x[0] - (now - w)))
-        if abs(then[0] - (now - w)) > w / 2:
+        then = value_near(self.backlog, now - w, w / 2)
+        if then is None:
             return served, ""
-        growth = (total - then[1]) / w
+        growth = (total - then) / w
         if growth <= _EPS:
             # A draining queue: fewer arrived than were served, but the drain needs the
             # capacity that served them, so the served rate stands.

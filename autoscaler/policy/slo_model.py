@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Iterable
 from statistics import NormalDist
 
 # Windows needed before the estimated prompt spread replaces the prior (8 minutes at 60 s).
@@ -49,6 +50,17 @@ def lognormal_quantile(mean: float, second: float, z: float) -> float:
         return 0.0
     s2 = math.log1p(second / (mean * mean))
     return math.exp(math.log(mean) - s2 / 2.0 + z * math.sqrt(s2))
+
+
+def value_near(points: Iterable[tuple[float, float]], t: float, within: float) -> float | None:
+    """The value of the (time, value) point nearest to t, the earliest of equals, if one lies
+    within `within` seconds of it; None otherwise."""
+    best: tuple[float, float] | None = None
+    for ts, v in points:
+        d = abs(ts - t)
+        if d <= within and (best is None or d < best[0]):
+            best = (d, v)
+    return None if best is None else best[1]
 
 
 class PromptSpread:
@@ -128,12 +140,7 @@ class RateSeries:
 
     def _at(self, t: float) -> float | None:
         """The window rate sampled nearest to t (within half a window), if any."""
-        best: tuple[float, float] | None = None
-        for ts, r, _ in self.samples:
-            d = abs(ts - t)
-            if d <= self.window_s / 2 and (best is None or d < best[0]):
-                best = (d, r)
-        return None if best is None else best[1]
+        return value_near(((ts, r) for ts, r, _ in self.samples), t, self.window_s / 2)
 
     def add(self, t: float, v: float, replicas: int = 0) -> float:
         """Record the window rate v at t, summed over `replicas` reporting replicas; returns
