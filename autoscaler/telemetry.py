@@ -69,9 +69,8 @@ class Telemetry:
         self._dry_run: dict[str, bool] = {}
         self._samples: RoleSamples = {}
         self._forecasts: dict[tuple[str, str, str], tuple[float, float]] = {}
-        # (the policy document they were read from, its roles' latency SLOs): slo_targets().
-        self._slo_targets: tuple[PolicyFile | None, list[tuple[tuple[str, str, str], float]]] = (
-            None, [])
+        # ((pool, role, target), seconds) of the current policy's latency SLOs: slo_targets_of.
+        self._slo_targets: list[tuple[tuple[str, str, str], float]] = []
         # Forecast refits by (pool, role): [ok, failed, CPU seconds], measured in the worker.
         self._refits: dict[tuple[str, str], list[float]] = {}
         # Decision counts by (pool, role, direction, driver, clipped_by), and when each series
@@ -140,6 +139,7 @@ class Telemetry:
         if policy is not self._policy:
             self._policy = policy
             self._configured = frozenset((p.name, r) for p in policy.pools for r in p.roles)
+            self._slo_targets = slo_targets_of(policy)
             names = {p.name for p in policy.pools}
             for pool in [p for p in self._dry_run if p not in names]:
                 del self._dry_run[pool]
@@ -166,35 +166,6 @@ class Telemetry:
         for gone in [k for k in roles if k not in self._configured]:
             del roles[gone]
         self.last_tick.set(now)
-
-    def slo_targets(self) -> list[tuple[tuple[str, str, str], float]]:
-        """((pool, role, target), seconds) of every role whose policy kinds state a latency SLO
-        (a config with `ttft_floor_s` / `itl_mean_s`, as the slo kind's): the dashboard draws
-        them where a reactive policy's TTFT/ITL guard targets would be. Computed once per
-        policy document."""
-        policy = self._policy
-        if policy is None:
-            return []
-        if self._slo_targets[0] is not policy:
-            from autoscaler.policy import registry  # noqa: PLC0415 - only with a policy
-
-            rows: list[tuple[tuple[str, str, str], float]] = []
-            for p in policy.pools:
-                for role, spec in p.roles.items():
-                    for i, ref in enumerate(spec.policies):
-                        try:
-                            cfg = registry.validate_ref(
-                                ref, where=f"pools.{p.name}.roles.{role.value}.policies.{i}"
-                            )
-                        except errors.ConfigError:
-                            continue  # the loop rejects it; nothing to draw
-                        for target, field in (("ttft_floor", "ttft_floor_s"),
-                                              ("itl_mean", "itl_mean_s")):
-                            value = getattr(cfg, field, None)
-                            if isinstance(value, (int, float)):
-                                rows.append(((p.name, role.value, target), float(value)))
-            self._slo_targets = (policy, rows)
-        return list(self._slo_targets[1])
 
     def record_samples(self, samples: RoleSamples) -> None:
         """Keep what the metric source reported (value and reporting replicas per key)."""
@@ -383,7 +354,7 @@ class _PoolSeries(Collector):
          decisions, refits, refit_cpu, slo_target) = (f[4] for f in fams)
         tel = self._tel
         policy = tel._policy
-        slo_target.extend(tel.slo_targets())
+        slo_target.extend(tel._slo_targets)
         for (pool, role), rd in list(tel._roles.items()):
             key = (pool, role.value)
             desired.append((key, rd.desired))
@@ -425,6 +396,29 @@ class _PoolSeries(Collector):
             refits.append(((rpool, rrole, "failure"), failed))
             refit_cpu.append(((rpool, rrole), cpu_s))
         return fams
+
+
+def slo_targets_of(policy: PolicyFile) -> list[tuple[tuple[str, str, str], float]]:
+    """((pool, role, target), seconds) of every role whose policy kinds state a latency SLO (a
+    config with `ttft_floor_s` / `itl_mean_s`, as the slo kind's): the dashboard draws them
+    where a reactive policy's TTFT/ITL guard targets would be."""
+    from autoscaler.policy import registry  # noqa: PLC0415 - only once a policy is recorded
+
+    rows: list[tuple[tuple[str, str, str], float]] = []
+    for p in policy.pools:
+        for role, spec in p.roles.items():
+            for i, ref in enumerate(spec.policies):
+                try:
+                    cfg = registry.validate_ref(
+                        ref, where=f"pools.{p.name}.roles.{role.value}.policies.{i}"
+                    )
+                except errors.ConfigError:
+                    continue  # the loop rejects it; nothing to draw
+                for target, field in (("ttft_floor", "ttft_floor_s"), ("itl_mean", "itl_mean_s")):
+                    value = getattr(cfg, field, None)
+                    if isinstance(value, (int, float)):
+                        rows.append(((p.name, role.value, target), float(value)))
+    return rows
 
 
 def _metric(f: _Fam) -> Metric:
