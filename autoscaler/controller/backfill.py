@@ -127,11 +127,18 @@ async def backfill_slo(
     wall_now: float,
     max_history_s: float | None = None,
 ) -> int:
-    """Load the span an slo policy remembers (burst memory, trend and length windows) before
-    `now`, one point per tick, into its history (`SLOPolicy.prime`). The three rates are
-    fetched separately and joined on their timestamps; a step missing from any is left out."""
+    """Load the span an slo policy remembers (burst memory and shape, trend and length
+    windows) before `now`, one point per tick, into its history (`SLOPolicy.prime`). The three
+    rates are fetched separately and joined on their timestamps; a step missing from any is
+    left out."""
     c = policy.config
-    span = max(c.burst_memory_s, c.trend_window_s, c.length_window_s, 2 * policy.window_s)
+    span = max(
+        c.burst_memory_s,
+        c.burst_shape_memory_s,
+        c.trend_window_s,
+        c.length_window_s,
+        2 * policy.window_s,
+    )
     if max_history_s is not None:
         span = min(span, max_history_s)
     step = c.tick_s

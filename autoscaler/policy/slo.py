@@ -150,6 +150,15 @@ class SLOConfig(BaseModel):
     """How long short-window rates are remembered for the burst headroom, seconds (0: none)."""
     burst_halflife_s: float = Field(default=600, gt=0)
     """Half-life of a remembered burst's weight, seconds: its requests 10 min ago count half."""
+    burst_shape_memory_s: float = Field(default=10800, ge=0, le=7 * 86400)
+    """How long burst multipliers (short-window rate over the 10-minute level) are remembered,
+    seconds (0: none). Prefill and aggregated roles also size for the multiplier at the
+    attainment quantile times the current level (`RateSeries.shape_headroom`): a pattern that
+    recurs at the load's scale more than `burst_memory_s` apart (an hourly job) is held at
+    the size the current level gives it. 3 h: three half-lives."""
+    burst_shape_halflife_s: float = Field(default=3600, gt=0)
+    """Half-life of a remembered multiplier's weight, seconds: a burst that recurs hourly
+    weighs half at its next occurrence."""
     trend_window_s: float = Field(default=1800, ge=0, le=86400)
     """History of per-minute means the trend line is fitted on, seconds (0: no trend)."""
     tick_s: float = Field(default=15, gt=0, le=600)
@@ -417,6 +426,8 @@ class SLOPolicy:
                 trend_s=c.trend_window_s,
                 window_s=self.window_s,
                 short=short,
+                shape_memory_s=c.burst_shape_memory_s,
+                shape_halflife_s=c.burst_shape_halflife_s,
             )
 
         self.rate = series(short=True)
@@ -586,6 +597,18 @@ class SLOPolicy:
         c, _, expl = self.prefill_replicas(lam_b, p, cv)
         return c, f"burst {head:.3g} - Poisson noise {noise:.3g} req/s: {expl}"
 
+    def shape_replicas(self, now: float, p: float, cv: float) -> tuple[int, str]:
+        """Replicas for the remembered burst shape at the current level (already net of
+        Poisson noise, `RateSeries.shape_headroom`), through the same M/G/c model."""
+        rate, age, level = self.rate.shape_headroom(now, self.config.attainment)
+        if rate <= level + _EPS:
+            return 0, ""
+        c, _, expl = self.prefill_replicas(rate, p, cv)
+        return c, (
+            f"burst shape {rate:.3g} req/s (x{rate / level:.2f} of level {level:.3g}; largest "
+            f"{age / 60:.0f} min ago): {expl}"
+        )
+
     def needs(self, ctx: RoleContext) -> list[Need]:
         sig = ctx.obs.signals
         got = {k: sig.get(k) for k in (REQUEST_RATE, PROMPT_TOKENS_RATE, GENERATION_TOKENS_RATE)}
@@ -620,10 +643,14 @@ class SLOPolicy:
             lam_s, head, why = self._load(self.rate, now, lam, fc)
             n, value, expl = self.prefill_replicas(lam_s, p, cv)
             n_b, bexpl = self.burst_replicas(head, p, cv)
+            n_s, sexpl = self.shape_replicas(now, p, cv)
             text = f"req/s {why}; {expl}"
-            if n_b > n:
+            if n_b > n and n_b >= n_s:
                 n = n_b
                 text += f"; {bexpl}"
+            elif n_s > n:
+                n = n_s
+                text += f"; {sexpl}"
         elif self.role is Role.DECODE:
             g_s, head, why = self._load(self.gen, now, gtok, fc)
             n, value, expl = self.decode_replicas(max(g_s, head), p, o, cv)
@@ -632,6 +659,9 @@ class SLOPolicy:
             lam_s, head, why = self._load(self.rate, now, lam, fc)
             n_p, a, expl = self.prefill_replicas(lam_s, p, cv)
             n_b, bexpl = self.burst_replicas(head, p, cv)
+            n_s, sexpl = self.shape_replicas(now, p, cv)
+            if n_s > n_b:
+                n_b, bexpl = n_s, sexpl
             cap, _, dexpl = self.decode_capacity(p, o)
             d_share = max(lam_s, head) * o / cap if cap > 0 else 0.0
             # Decode shares the replicas' time with prefill: add its share of replicas.

@@ -15,6 +15,9 @@ from collections import deque
 from collections.abc import Iterable
 from statistics import NormalDist
 
+# The level a burst multiplier is taken against: the mean window rate over the last 10 minutes,
+# long enough that one 10-60 s burst moves it little, short enough to follow a day's swing.
+LEVEL_S = 600.0
 # Windows needed before the estimated prompt spread replaces the prior (8 minutes at 60 s).
 MIN_SPREAD_WINDOWS = 8
 # Quadrature for the prompt-length average: 64 equal-probability points of a standard normal.
@@ -61,6 +64,23 @@ def value_near(points: Iterable[tuple[float, float]], t: float, within: float) -
         if d <= within and (best is None or d < best[0]):
             best = (d, v)
     return None if best is None else best[1]
+
+
+def _excess_point(
+    pts: list[tuple[float, float, float]], budget: float, *, floor: float
+) -> float:
+    """The smallest x >= floor with sum over (value, weight, _) of max(value - x, 0) x weight
+    <= budget: the level above which the weighted excess stays within the budget."""
+    pts = sorted(pts, key=lambda p: p[0], reverse=True)
+    a = w_sum = 0.0
+    for k, (v, w, _) in enumerate(pts):
+        a += v * w
+        w_sum += w
+        nxt = pts[k + 1][0] if k + 1 < len(pts) else floor
+        if a - max(nxt, floor) * w_sum > budget:
+            # The excess passes the budget between v and the next value: a - x w_sum = budget.
+            return max((a - budget) / w_sum, nxt, floor)
+    return floor
 
 
 class PromptSpread:
@@ -126,14 +146,28 @@ class RateSeries:
     of reporting replicas the window rate itself is taken."""
 
     def __init__(
-        self, *, memory_s: float, halflife_s: float, trend_s: float, window_s: float, short: bool
+        self,
+        *,
+        memory_s: float,
+        halflife_s: float,
+        trend_s: float,
+        window_s: float,
+        short: bool,
+        shape_memory_s: float = 0.0,
+        shape_halflife_s: float = 3600.0,
     ) -> None:
         self.memory_s = memory_s
         self.halflife_s = halflife_s
         self.trend_s = trend_s
         self.window_s = window_s
         self.short = short
+        self.shape_memory_s = shape_memory_s
+        self.shape_halflife_s = shape_halflife_s
         self.samples: deque[tuple[float, float, float]] = deque()  # (t, window rate, short)
+        # The level the burst shape is relative to: window rates of the last LEVEL_S seconds.
+        self.level_win: deque[tuple[float, float]] = deque()
+        # (t, short-window rate, level, its span): the burst shape, kept for shape_memory_s.
+        self.shape: deque[tuple[float, float, float, float]] = deque()
         # (t, reporting replicas) of every sample within the last window.
         self.reporting: deque[tuple[float, int]] = deque()
         self.minutes: deque[tuple[float, float, int]] = deque()  # (minute start, sum, n)
@@ -160,6 +194,16 @@ class RateSeries:
         self.samples.append((t, v, short))
         while self.samples and self.samples[0][0] < t - keep:
             self.samples.popleft()
+        self.level_win.append((t, v))
+        while self.level_win and self.level_win[0][0] <= t - LEVEL_S:
+            self.level_win.popleft()
+        if self.short and self.shape_memory_s > 0 and len(self.samples) > 1:
+            level = self.level()
+            span = t - self.samples[-2][0]
+            if level > 0 and span > 0:
+                self.shape.append((t, short, level, span))
+            while self.shape and self.shape[0][0] < t - self.shape_memory_s:
+                self.shape.popleft()
         m = math.floor(t / 60.0) * 60.0
         if self.minutes and self.minutes[-1][0] == m:
             _, s, n = self.minutes[-1]
@@ -192,6 +236,56 @@ class RateSeries:
             if above > (1.0 - level) * total:
                 return v, age
         return pts[-1][0], pts[-1][2]
+
+    def level(self) -> float:
+        """The mean window rate of the last `LEVEL_S` seconds: what a burst is relative to. A
+        burst lifts it for those ten minutes (the shape's rate is capped at the largest rate
+        seen, so this cannot ask for more than a burst was); a median, which a burst does not
+        lift, sits far below the mean of bursty traffic, so bursts seen at a quiet moment read
+        as multipliers of x30 and more (the Azure coding hour)."""
+        n = len(self.level_win)
+        if not n:
+            return 0.0
+        return max(sum(v for _, v in self.level_win) / n, 0.0)
+
+    def shape_headroom(self, t: float, level: float) -> tuple[float, float, float]:
+        """(the burst rate the shape asks to hold now, the age of the largest remembered burst,
+        the current level `self.level()`).
+
+        Each remembered sample has a rate r, its short-window rate less that estimate's
+        Poisson noise at the `level` quantile (z sqrt(2 L / tick) at the sample's level L: the
+        variance of a rate recovered from two window rates; without it a quiet night's
+        15-second counts would read as a burst shape), and a multiplier r / L. The multiplier
+        held is the smallest x whose excess, sum((m_i - x) span_i) over the samples above it
+        (`_excess_point`), is within 1 - level of all remembered requests counted at their own
+        level (short_i / L_i x span_i): a fleet sized for x lets about that share arrive beyond
+        it. Weights halve every `shape_halflife_s`, so a burst that recurs hourly weighs half
+        at its next occurrence, and a one-off burst's share is diluted by the hours of requests
+        around it.
+
+        The rate held is min(x times the current level, the largest r remembered). The
+        multiplier, not the rate, is what is remembered: a pattern that recurs at the load's
+        own scale is held across a day's swing at the size the current level gives it (a night
+        fleet is not held at the afternoon's bursts, a morning fleet not at the night's). The
+        cap keeps a burst seen at a quiet moment (a batch job at 3 a.m., x20 of its level) from
+        being scaled up with the day's level to rates never seen."""
+        z = NormalDist().inv_cdf(level)
+        mults: list[tuple[float, float, float]] = []
+        total = 0.0
+        top = 0.0
+        for ts, short, lvl, span in self.shape:
+            decay = 0.5 ** ((t - ts) / self.shape_halflife_s)
+            total += short / lvl * span * decay
+            r = short - z * math.sqrt(2.0 * lvl / span)
+            if r > lvl:
+                mults.append((r / lvl, span * decay, t - ts))
+                top = max(top, r)
+        cur = self.level()
+        if not mults or cur <= 0:
+            return 0.0, 0.0, cur
+        x = _excess_point(mults, (1.0 - level) * total, floor=1.0)
+        age = max(mults)[2]
+        return min(x * cur, top), age, cur
 
     def trend(self, t: float, horizon_s: float) -> float | None:
         """The rise of the least-squares line through the closed minute means of the window

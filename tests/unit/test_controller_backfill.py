@@ -179,8 +179,9 @@ def test_backfill_settings_are_validated(env: dict[str, str], fragment: str) -> 
 
 
 async def test_slo_history_is_refilled_before_the_first_tick(tmp_path: Path) -> None:
-    """An slo role gets its three rates over its memory (30 min at its 15-s tick) before the
-    first tick, so a new leader keeps the burst headroom the old one had learnt."""
+    """An slo role gets its three rates over its memory (the burst shape's 3 h at its 15-s
+    tick) before the first tick, so a new leader keeps the burst headroom and shape the old one
+    had learnt."""
     from autoscaler.policy.slo import SLOPolicy  # noqa: PLC0415
     from autoscaler.types import RATE_KEYS  # noqa: PLC0415
 
@@ -196,8 +197,9 @@ async def test_slo_history_is_refilled_before_the_first_tick(tmp_path: Path) -> 
     async with running(tmp_path, source, _policy(slo)) as c:
         await _until(lambda: c.ticks > 0, "first tick")
         assert [(pool, series, end - start, step) for pool, series, start, end, step
-                in source.calls] == [("s", k, 1800.0, 15.0) for k in RATE_KEYS]
+                in source.calls] == [("s", k, 10800.0, 15.0) for k in RATE_KEYS]
         assert c.loop is not None
         (pol,) = c.loop.policies[("s", A)]
         assert isinstance(pol, SLOPolicy)
         assert len(pol.rate.samples) >= 119
+        assert len(pol.rate.shape) >= 700

@@ -106,24 +106,27 @@ class FakeRange:
 
 
 def test_backfill_asks_each_rate_once_per_tick_over_the_memory() -> None:
-    """The three rates over the policy's memory (30 min: burst memory and trend window), one
-    point per tick, on the policy's clock; a step missing from one rate is left out."""
+    """The three rates over the policy's memory (3 h: the burst shape's; the burst memory and
+    trend window are 30 min), one point per tick, on the policy's clock; a step missing from one
+    rate is left out."""
     pol = make()
     fake = FakeRange()
     target = RoleTarget(pool="p", role=Role.PREFILL, spec=spec())
-    now = 5000.0
+    now = 20000.0
     filled = asyncio.run(backfill.backfill({("p", Role.PREFILL): [pol]}, [target], fake,
                                            now=now, wall_now=WALL))
-    steps = 1800 // 15
+    steps = 10800 // 15
     assert filled == [backfill.Filled("p", Role.PREFILL, backfill.SLO_SERIES, steps - 1)]
     assert [c[0] for c in fake.calls] == ["request_rate", "prompt_tokens_rate",
                                           "generation_tokens_rate"]
     _, start, end, step = fake.calls[0]
     assert step == TICK
-    assert end - start == 1800.0
-    assert end == pytest.approx(4995.0 - now + WALL)  # whole ticks before now, wall clock
+    assert end - start == 10800.0
+    assert end == pytest.approx(19995.0 - now + WALL)  # whole ticks before now, wall clock
     times = [t for t, _, _ in pol.rate.samples]
-    assert times[0] == pytest.approx(4995.0 - 1800.0 + 7.5)
+    # The rate samples keep the 30-min burst memory; the shape keeps all 3 h.
+    assert times[-1] - times[0] == pytest.approx(1800.0)
+    assert pol.rate.shape[0][0] == pytest.approx(19995.0 - 10800.0 + 7.5, abs=15.0)
     assert times[-1] < now
     assert pol.p_mean == pytest.approx(2000.0)
     assert pol.has_history

@@ -81,8 +81,8 @@ def _ramp(t: float) -> float:
 def test_ramp_is_sized_ahead_with_the_forecast_in_the_reason() -> None:
     """With 30-35 min of history the forecast sizes a ramp for more than the current rate (the
     same policy with neither trend nor forecast), and its reason names the forecast."""
-    with_fc = replay(_ramp, 2700, 4, forecast={}, burst_memory_s=0)
-    now_only = replay(_ramp, 2700, 4, burst_memory_s=0, trend_window_s=0)
+    with_fc = replay(_ramp, 2700, 4, forecast={}, burst_memory_s=0, burst_shape_memory_s=0)
+    now_only = replay(_ramp, 2700, 4, burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=0)
     window = [(a, b) for a, b in zip(with_fc, now_only, strict=True) if 1800 <= a[0] <= 2100]
     ahead = [a for a, b in window if a[1] > b[1]]
     assert ahead

@@ -91,7 +91,7 @@ def test_prefill_by_hand_deterministic_mix() -> None:
     """cv 0: every prompt 1,000 tokens. S = idle prefill(1000); the limit max(0.5, 3 S) = 0.5 s
     leaves w = 0.5 - S - transfer; the fewest c > a = lambda S with
     C(c, a) exp(-(c - a) w / S x 2) <= 1 % (cs^2 = 0)."""
-    pol = make(prompt_length_cv=0.0, burst_memory_s=0, trend_window_s=0)
+    pol = make(prompt_length_cv=0.0, burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=0)
     s = P8B.idle_prefill_s(1000)
     xfer = P8B.kv_bytes_per_token * 1000 / P8B.kv_transfer_bytes_per_s + P8B.kv_transfer_setup_s
     w = 0.5 - s - xfer
@@ -112,7 +112,7 @@ def test_prefill_grows_with_load_and_spread() -> None:
     fewer replicas."""
     wants = []
     for cv, lam in ((0.5, 5.0), (0.5, 10.0), (1.5, 10.0), (1.5, 20.0)):
-        pol = make(prompt_length_cv=cv, burst_memory_s=0, trend_window_s=0)
+        pol = make(prompt_length_cv=cv, burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=0)
         wants.append(tick(pol, 15.0, req=lam, ptok=lam * 2000, gtok=lam * 100)[0])
     assert wants == sorted(wants)
     assert wants[-1] > wants[0]
@@ -122,7 +122,7 @@ def test_unreachable_absolute_ttft_is_sized_for_load_and_said() -> None:
     """An absolute 0.2 s TTFT with 20k-token prompts (idle prefill ~0.8 s): no fleet meets it;
     the policy sizes for the load alone and says the target is unreachable."""
     pol = make(ttft_floor_s=0.2, ttft_slowdown=None, prompt_length_cv=0.0,
-               burst_memory_s=0, trend_window_s=0)  # fmt: skip
+               burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=0)  # fmt: skip
     lam = 2.0
     want, why, _ = tick(pol, 15.0, req=lam, ptok=lam * 20000, gtok=lam * 100)
     assert P8B.idle_prefill_s(20000) > 0.2
@@ -158,7 +158,7 @@ def test_decode_by_hand(lam: float, p: float, o: float) -> None:
     """Decode, cv 0: per-seq cost beta + gamma (p + o/2); with n replicas N = lambda o alpha /
     (1 - lambda o per_seq / n); the fewest n whose step stays <= 50 ms and whose KV at the
     99 % quantile (lognormal of mean B (p + o), variance B (p + o)^2) fits."""
-    pol = make(Role.DECODE, prompt_length_cv=0.0, burst_memory_s=0, trend_window_s=0)
+    pol = make(Role.DECODE, prompt_length_cv=0.0, burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=0)
     want, why, _ = tick(pol, 15.0, req=lam, ptok=lam * p, gtok=lam * o)
     assert want == _decode_by_hand(lam, p, o)
     assert "running" in why
@@ -201,7 +201,7 @@ def test_burst_headroom_holds_then_fades() -> None:
     30 minutes' 7,800: more than the 1 % tail): the policy keeps the burst's replicas while the
     burst is in the 30-min memory, and forgets it after."""
     pol = make(prompt_length_cv=1.0, burst_halflife_s=600, burst_memory_s=1800,
-               trend_window_s=0)  # fmt: skip
+               burst_shape_memory_s=0, trend_window_s=0)  # fmt: skip
     slots = [2.0] * 40 + [40.0] + [2.0] * 200  # req/s per 15-s slot
     wants = []
     for i in range(len(slots)):
@@ -221,8 +221,8 @@ def test_burst_headroom_holds_then_fades() -> None:
 def test_trend_prewarms_a_ramp_and_ignores_noise() -> None:
     """A steady 30-minute ramp: the want runs ahead of the current rate (sized for the rate at
     now + cold start + tick). 15-second noise around a flat mean adds no trend."""
-    ramp = make(burst_memory_s=0, trend_window_s=1800)
-    flat = make(burst_memory_s=0, trend_window_s=0)
+    ramp = make(burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=1800)
+    flat = make(burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=0)
     t = 0.0
     for _ in range(180):  # 45 min: 1 -> 10 req/s
         t += 15.0
@@ -231,8 +231,8 @@ def test_trend_prewarms_a_ramp_and_ignores_noise() -> None:
         w_flat, _, _ = tick(flat, t, req=lam, ptok=lam * 2000, gtok=lam * 50)
     assert "by +105 s" in why
     assert w_ramp >= w_flat
-    noisy = make(burst_memory_s=0, trend_window_s=1800)
-    calm = make(burst_memory_s=0, trend_window_s=0)
+    noisy = make(burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=1800)
+    calm = make(burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=0)
     t = 0.0
     for i in range(180):
         t += 15.0
@@ -249,8 +249,8 @@ def test_trend_acts_from_half_an_hour_of_minute_bins() -> None:
     closed minute means (15 min), and by 30 minutes it asks for more than the current rate
     alone does. Its input is minute means, so one tick's 15-second sample moves it by a quarter
     of a minute's weight at most."""
-    ramp = make(burst_memory_s=0, trend_window_s=1800)
-    flat = make(burst_memory_s=0, trend_window_s=0)
+    ramp = make(burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=1800)
+    flat = make(burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=0)
     first = None
     ahead = False
     t = 0.0
@@ -368,8 +368,8 @@ def test_trend_adds_nothing_once_a_hump_is_falling() -> None:
     carries the hump's level, but only a rise adds load, so after the fall the want follows
     the current rate (a hump at 2.5x on the Azure conversation hour held 13.5 req/s of "trend"
     against 1.6 req/s)."""
-    trend = make(burst_memory_s=0, trend_window_s=1800, prompt_length_cv=1.0)
-    plain = make(burst_memory_s=0, trend_window_s=0, prompt_length_cv=1.0)
+    trend = make(burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=1800, prompt_length_cv=1.0)
+    plain = make(burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=0, prompt_length_cv=1.0)
     t = 0.0
     rates = [5.0] * 40 + [40.0] * 60 + [5.0] * 40  # 10 min, 15 min busy, 10 min
     for lam in rates:
@@ -439,7 +439,7 @@ def test_sustained_overload_is_sized_on_arrivals_not_completions() -> None:
     the load. 60 req/s arrive at one replica serving 18: sized on completions the policy asks
     for what serves 18 req/s with a margin (2 replicas, then one cold start later more); with
     the queue's growth added it asks at once for what 60 req/s need, as if they were served."""
-    cfg = {"prompt_length_cv": 1.0, "burst_memory_s": 0, "trend_window_s": 0}
+    cfg = {"prompt_length_cv": 1.0, "burst_memory_s": 0, "burst_shape_memory_s": 0, "trend_window_s": 0}
     on_arrivals = _overload(make(**cfg), lam=60.0, served=18.0, waiting=True)
     on_completions = _overload(make(**cfg), lam=60.0, served=18.0, waiting=False)
     direct = make(**cfg)
@@ -455,7 +455,7 @@ def test_draining_queue_and_missing_gauges_keep_the_served_rate() -> None:
     """A queue that shrinks does not lower the load below what was served (the drain needs that
     capacity), and without the gauges the served rate is all there is: both size as the rates
     alone do."""
-    cfg = {"prompt_length_cv": 1.0, "burst_memory_s": 0, "trend_window_s": 0}
+    cfg = {"prompt_length_cv": 1.0, "burst_memory_s": 0, "burst_shape_memory_s": 0, "trend_window_s": 0}
     plain, draining, gaugeless = make(**cfg), make(**cfg), make(**cfg)
     for k in range(1, 11):
         t = 15.0 * k
@@ -469,7 +469,7 @@ def test_draining_queue_and_missing_gauges_keep_the_served_rate() -> None:
 
 
 def test_backlog_growth_is_in_the_reason() -> None:
-    pol = make(prompt_length_cv=1.0, burst_memory_s=0, trend_window_s=0)
+    pol = make(prompt_length_cv=1.0, burst_memory_s=0, burst_shape_memory_s=0, trend_window_s=0)
     for k, q in enumerate((0.0, 0.0, 0.0, 0.0, 600.0), start=1):
         _, why, _ = tick(pol, 15.0 * k, req=18.0, ptok=36_000.0, gtok=1800.0, waiting=q,
                          running=4.0)
@@ -480,7 +480,7 @@ def test_backlog_growth_is_in_the_reason() -> None:
 def test_a_gauge_that_is_not_a_count_leaves_the_served_rate(bad: float) -> None:
     """A waiting gauge that is NaN, infinite or negative (a hostile answer that got past the
     source) is not read as a backlog: the role is sized on what was served."""
-    cfg = {"prompt_length_cv": 1.0, "burst_memory_s": 0, "trend_window_s": 0}
+    cfg = {"prompt_length_cv": 1.0, "burst_memory_s": 0, "burst_shape_memory_s": 0, "trend_window_s": 0}
     plain, hostile = make(**cfg), make(**cfg)
     for k in range(1, 8):
         t = 15.0 * k
