@@ -29,13 +29,17 @@ larger, for the steady queueing model; and the **burst headroom**, the short-win
 `RateSeries`) that all but 1 - attainment of the requests of the last `burst_memory_s` arrived at
 or below, each sample weighted by its requests and halved every `burst_halflife_s` (recurring
 bursts that carry more than that share of requests find capacity waiting, since a replica takes
-a cold start to arrive; a one-off burst's weight fades). The trend is a least-squares line
-through the per-minute means of the last `trend_window_s` (30 min, needing half of it) at now +
-cold start + one tick: minute means over 30 minutes do not follow 15-second noise, and only a
-rising trend adds anything. Steady load and the burst headroom are both sized by the queueing
-model below (a burst of a few seconds lasts tens of prefill times, long enough for its queue to
-reach the steady state), the headroom less its Poisson noise over a tick; the role gets the
-larger.
+a cold start to arrive; a one-off burst's weight fades); and, for prefill and aggregated
+roles, the **burst shape**: burst multipliers over the 10-minute level remembered for
+`burst_shape_memory_s` (3 h), held at the current level and capped at the largest rate seen
+(`RateSeries.shape_headroom`), so a burst that recurs further apart than the 30-minute memory
+(hourly) finds capacity waiting at the size today's level gives it. The trend is a
+least-squares line through the per-minute means of the last `trend_window_s` (30 min, needing
+half of it) at now + cold start + one tick: minute means over 30 minutes do not follow
+15-second noise, and only a rising trend adds anything. Steady load, the burst headroom and the
+shape are all sized by the queueing model below (a burst of a few seconds lasts tens of
+prefill times, long enough for its queue to reach the steady state), the headroom and the
+shape less their Poisson noise over a tick; the role gets the largest.
 
 **Prefill** (M/G/c against each prompt's own TTFT limit): a prompt P takes S(P), the profile's
 idle prefill time (`Profile.idle_prefill_s`, so a recalibrated profile changes the sizing, not
