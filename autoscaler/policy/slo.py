@@ -68,6 +68,7 @@ headroom and the trend pace scale-down, with the role's behavior (stabilization,
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -166,7 +167,10 @@ class SLOConfig(BaseModel):
     trend_window_s: float = Field(default=1800, ge=0, le=86400)
     """History of per-minute means the trend line is fitted on, seconds (0: no trend)."""
     tick_s: float = Field(default=15, gt=0, le=600)
-    """The controller's tick interval, seconds: the trend horizon is cold start + one tick."""
+    """The controller's tick interval, seconds, until the policy has seen its own: from the
+    second tick on it uses the interval between its last two ticks (a controller run with
+    `--tick-s 30` then gets a 30-s noise term and trend horizon without setting this). The trend
+    horizon is cold start + one tick; a configured forecast's horizon stays at this value."""
     forecast: ForecastConfig | None = None
     """Forecast the role's workload (requests/s for prefill and aggregated, generated tokens/s
     for decode) at the cold-start horizon with the `forecast` kind's models, and size for
@@ -239,7 +243,12 @@ class SLOPolicy:
             self.extra_keys = (PROMPT_LENGTH_CV, _WAITING, _RUNNING)
         # (t, requests in the role) of the last rate window, for the arrivals (_arrivals).
         self.backlog: deque[tuple[float, float]] = deque()
+        self.cold_start_s = spec.cold_start_s
         self.horizon_s = spec.cold_start_s + config.tick_s
+        # The tick in use: configured until two ticks are seen, then the last interval.
+        self.tick_s = config.tick_s
+        self._last_now: float | None = None
+        self._intervals: deque[float] = deque(maxlen=8)
         # The source's rate window until the source says (bind_rate_window).
         self.window_s = config.rate_window_s or DEFAULT_RATE_WINDOW_S
         self._new_history()
@@ -596,7 +605,7 @@ class SLOPolicy:
         # noise the M/G/c model already covers at the mean rate. Only what exceeds that noise
         # at the attainment quantile is a burst.
         z = NormalDist().inv_cdf(self.config.attainment)
-        noise = z * math.sqrt(2.0 * head / self.config.tick_s)
+        noise = z * math.sqrt(2.0 * head / self.tick_s)
         lam_b = max(head - noise, 0.0)
         c, _, expl = self.prefill_replicas(lam_b, p, cv)
         return c, f"burst {head:.3g} - Poisson noise {noise:.3g} req/s: {expl}"
@@ -613,7 +622,18 @@ class SLOPolicy:
             f"{age / 60:.0f} min ago): {expl}"
         )
 
+    def _observe_tick(self, now: float) -> None:
+        """The controller's own tick: the median of the last 8 intervals between calls (a
+        slow tick or a gap does not move it), bounded as the config's. The Poisson noise of a
+        short-window rate and the trend's horizon depend on it."""
+        if self._last_now is not None and 0 < now - self._last_now <= 600:
+            self._intervals.append(now - self._last_now)
+            self.tick_s = statistics.median(self._intervals)
+            self.horizon_s = self.cold_start_s + self.tick_s
+        self._last_now = now
+
     def needs(self, ctx: RoleContext) -> list[Need]:
+        self._observe_tick(ctx.now)
         sig = ctx.obs.signals
         got = {k: sig.get(k) for k in (REQUEST_RATE, PROMPT_TOKENS_RATE, GENERATION_TOKENS_RATE)}
         missing = [k for k, s in got.items() if s is None or s.missing]

@@ -175,3 +175,25 @@ def test_prefill_is_ready_for_the_next_hourly_burst() -> None:
     without, _ = _run(_policy(burst_shape_memory_s=0), slots)
     assert without < with_shape
     assert "burst shape " in why
+
+
+@pytest.mark.parametrize(
+    ("intervals", "tick"),
+    [
+        ([], 15.0),  # one call: the configured tick
+        ([30.0] * 5, 30.0),  # a controller run at 30 s
+        ([15.0] * 6 + [90.0], 15.0),  # one slow tick does not move the median
+        ([15.0, 4000.0], 15.0),  # a gap beyond 600 s is no tick
+    ],
+)
+def test_the_tick_in_use_is_the_controllers_own(intervals: list[float], tick: float) -> None:
+    """The noise term and the trend horizon use the interval the controller really ticks at,
+    measured from successive calls, not only the configured `tick_s`."""
+    pol = _policy()
+    t = 1000.0
+    pol.needs(_ctx(t, {}))
+    for d in intervals:
+        t += d
+        pol.needs(_ctx(t, {}))
+    assert pol.tick_s == pytest.approx(tick)
+    assert pol.horizon_s == pytest.approx(90.0 + tick)
