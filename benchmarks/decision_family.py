@@ -5,7 +5,11 @@ with every baseline, and one row per member is printed: the policy's and keda-qu
 attainment and GPU-hours, the cheapest fixed fleet reaching 99 % (best-static), the clairvoyant
 schedule with the real cold start (hindsight), the static frontier's attainment at the policy's
 GPU-hours, and two verdicts: Pareto-better than keda-queue (attainment >= and GPU-h <=, one of
-them strictly) and GPU-h <= 1.25 x hindsight's.
+them strictly) and GPU-h <= 1.25 x hindsight's at equal attainment. Where the policy meets less
+than the 99 % hindsight, hindsight is re-planned for the policy's own attainment from the same
+miss tables (`yardsticks.hindsight_at`, verified by replay, which may land a little above it)
+and the ratio is taken against that ("x hs at its att."); a policy that meets at least what
+hindsight does is compared with it directly.
 
 Members (all built from ../shared/traces and the built-in generator; nothing is copied):
 
@@ -55,7 +59,7 @@ import numpy as np
 
 from autoscaler.policy.load import load_policy_file
 from autoscaler.profile import builtin
-from autoscaler.sim import backtest, stitch
+from autoscaler.sim import backtest, stitch, yardsticks
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.sim.workload import AZURE_CODE, AZURE_CONV, WorkloadSpec, generate
 
@@ -269,6 +273,19 @@ def _run(member: Member, policy_paths: list[Path]) -> dict[str, Any]:
             profile=builtin("llama-8b-h100"),
         )
     doc = backtest.summary_json(bt)
+    ys = bt.yardsticks
+    hs_run = doc["runs"].get("hindsight")
+    for path in policy_paths:
+        run = doc["runs"][path.stem]
+        att = float(run["slo_attainment"])
+        if ys is not None and hs_run is not None and att < float(hs_run["slo_attainment"]):
+            # Equal attainment: the clairvoyant schedule for what the policy met.
+            eq = yardsticks.hindsight_at(ys, att)
+            if eq is not None:
+                run["hindsight_at_attainment"] = {
+                    "slo_attainment": eq.evaluation.slo_attainment,
+                    "gpu_hours": eq.evaluation.gpu_hours,
+                }
     doc["wall_s"] = round(time.perf_counter() - t0, 1)
     doc["member"] = {"name": member.name, "set": member.set, "what": member.what}
     p = np.asarray(trace.prompt_tokens)
@@ -295,10 +312,21 @@ def verdicts(doc: Doc, policy: str) -> Doc:
     tie = abs(pa - ka) <= 1e-12 and abs(pg - kg) <= 1e-12
     ratio = pg / float(hs["gpu_hours"]) if hs else math.nan
     hs_att = float(hs["slo_attainment"]) if hs else math.nan
+    # At equal attainment: against hindsight re-planned for the policy's attainment where the
+    # policy met less (its verified replay meets at least that), else the 99 % one.
+    eq = pol.get("hindsight_at_attainment")
+    if eq is not None:
+        # Re-planned for the policy's attainment (its replay meets at least about that).
+        eq_ratio = pg / float(eq["gpu_hours"])
+        within = eq_ratio <= 1.25
+    else:
+        eq_ratio = ratio
+        within = ratio <= 1.25 and pa >= hs_att - 1e-12
     return {
         "pareto_vs_keda": "tie" if tie else ("yes" if pareto else "no"),
         "x_hindsight": ratio,
-        "within_1_25": bool(ratio <= 1.25 and pa >= hs_att - 1e-12),
+        "x_hindsight_equal": eq_ratio,
+        "within_1_25": bool(within),
     }
 
 
@@ -319,10 +347,19 @@ def row(doc: Doc, policies: list[str]) -> str:
     front_s = " / ".join("-" if f is None else f"{float(f):.2%}" for f in fronts)
     name = doc["member"]["name"]
     ratios = " / ".join(f"{float(v['x_hindsight']):.2f}" for v in vs)
+    eq_cells = []
+    for p, v in zip(policies, vs, strict=True):
+        eq = runs[p].get("hindsight_at_attainment")
+        eq_cells.append(
+            "="
+            if eq is None
+            else f"{float(v['x_hindsight_equal']):.2f} (hs {float(eq['slo_attainment']):.2%} "
+            f"@ {float(eq['gpu_hours']):.2f})"
+        )
     return (
         f"| {name} | {' | '.join(cell(p) for p in policies)} | {cell('keda-queue')} "
         f"| {cell('best-static')} ({fleet}) | {cell('hindsight')} | {front_s} "
-        f"| {ratios} "
+        f"| {ratios} | {' / '.join(eq_cells)} "
         f"| {' / '.join(str(v['pareto_vs_keda']) for v in vs)} "
         f"| {' / '.join('yes' if v['within_1_25'] else 'no' for v in vs)} |"
     )
@@ -338,6 +375,7 @@ def header(policies: list[str]) -> str:
         "hindsight",
         f"static@GPU-h ({each})",
         f"x hindsight ({each})",
+        f"x hs at its att. ({each})",
         f"Pareto vs keda ({each})",
         f"<= 1.25x hindsight ({each})",
     ]

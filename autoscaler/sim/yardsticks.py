@@ -97,6 +97,22 @@ class Hindsight:
 
 
 @dataclass(slots=True)
+class HindsightPlan:
+    """What hindsight is planned from, kept so that it can be re-planned for another
+    attainment (`hindsight_at`) without replaying the fixed fleets again."""
+
+    tables: dict[Role, tuple[list[int], IntArray]]
+    per_bin: float
+    cold: float
+    fixed_bins: int
+    forced: int
+    base_misses: int
+    n: int
+    bin_s: float
+    slo: SLO
+
+
+@dataclass(slots=True)
 class Yardsticks:
     """Static frontier, best-static and hindsight for one trace and pool."""
 
@@ -113,6 +129,7 @@ class Yardsticks:
     profile: Profile
     notes: list[str] = field(default_factory=list)
     routing: str = "least-loaded"
+    plan: HindsightPlan | None = None
 
     def frontier_attainment_at(self, gpu_hours: float) -> float:
         """The best attainment of a frontier fleet costing at most `gpu_hours` (NaN if none)."""
@@ -404,6 +421,7 @@ def compute(
         f"{base_misses} requests miss even then (fluid no-miss bound {strict:.2f} GPU-h)"
     ]
     hs: Hindsight | None = None
+    plan: HindsightPlan | None = None
     if with_hindsight:
         tables: dict[Role, tuple[list[int], IntArray]] = {}
         base_bins = _bin_misses(base_miss, bins, nb)
@@ -413,37 +431,29 @@ def compute(
                 for lv in levels[role]
             ]
             tables[role] = (levels[role], np.stack(cols, axis=1))
-        per_bin = gpu * bin_s / 3600.0
-        cold = gpu * profile.cold_start_s / 3600.0
         # The schedule starts where every controller run starts, at min_replicas (ready at 0):
         # a replica requested at 0 serves from the cold start on, so the bins before that stay
         # at the floor (the scans start at the floor, so levels[0] is it).
         fixed_bins = math.ceil(profile.cold_start_s / bin_s - 1e-9)
-        # Misses in those first bins are forced on every run that starts at the floor: they do
-        # not spend the budget (else an infeasible start would push every later bin to the top).
-        forced = sum(int(t[1][:fixed_bins, 0].sum()) for t in tables.values())
-        b = budget + forced
-        for rnd in range(1, HINDSIGHT_ROUNDS + 1):
-            sched, planned = plan_hindsight(
-                tables,
-                budget=b,
-                cost_per_bin=per_bin,
-                cold_start_cost=cold,
-                fixed_bins=fixed_bins,
-            )
-            replays += 1
-            if on_replay is not None:
-                on_replay("hindsight")
-            sim = replay_schedule(
-                trace, pool, profile, sched, bin_s=bin_s, horizon_s=horizon_s, routing=routing
-            )
-            ev = evaluate(sim, pool.name, slo=slo, end_s=horizon_s, with_oracle=False)
-            hs = Hindsight(sched, planned, b, sim, ev, rnd, forced)
-            goal = target - forced / max(n, 1)
-            if ev.slo_attainment >= goal or b == 0:
-                break
-            short = math.ceil((goal - ev.slo_attainment) * n)
-            b = max(0, b - short)
+        plan = HindsightPlan(
+            tables=tables,
+            per_bin=gpu * bin_s / 3600.0,
+            cold=gpu * profile.cold_start_s / 3600.0,
+            fixed_bins=fixed_bins,
+            # Misses in those first bins are forced on every run that starts at the floor: they
+            # do not spend the budget (else an infeasible start would push every later bin to
+            # the top).
+            forced=sum(int(t[1][:fixed_bins, 0].sum()) for t in tables.values()),
+            base_misses=base_misses,
+            n=n,
+            bin_s=bin_s,
+            slo=slo,
+        )
+        hs, k = _plan_and_verify(
+            plan, trace, pool, profile, target=target, horizon_s=horizon_s, routing=routing,
+            on_replay=on_replay,
+        )  # fmt: skip
+        replays += k
     return Yardsticks(
         target=target,
         horizon_s=horizon_s,
@@ -458,4 +468,63 @@ def compute(
         profile=profile,
         notes=notes,
         routing=routing,
+        plan=plan,
     )
+
+
+def _plan_and_verify(
+    plan: HindsightPlan,
+    trace: Trace,
+    pool: PoolSpec,
+    profile: Profile,
+    *,
+    target: float,
+    horizon_s: float,
+    routing: str,
+    on_replay: Callable[[str], None] | None = None,
+) -> tuple[Hindsight, int]:
+    """Plan the cheapest schedule whose misses fit (1 - target) x requests and verify it by
+    replay, tightening the budget by any shortfall (up to HINDSIGHT_ROUNDS rounds). Returns the
+    verified schedule and the replays it took."""
+    budget = max(0, math.floor((1.0 - target) * plan.n + 1e-9) - plan.base_misses)
+    b = budget + plan.forced
+    hs: Hindsight | None = None
+    rnd = 0
+    for rnd in range(1, HINDSIGHT_ROUNDS + 1):
+        sched, planned = plan_hindsight(
+            plan.tables,
+            budget=b,
+            cost_per_bin=plan.per_bin,
+            cold_start_cost=plan.cold,
+            fixed_bins=plan.fixed_bins,
+        )
+        if on_replay is not None:
+            on_replay("hindsight")
+        sim = replay_schedule(
+            trace, pool, profile, sched, bin_s=plan.bin_s, horizon_s=horizon_s, routing=routing
+        )
+        ev = evaluate(sim, pool.name, slo=plan.slo, end_s=horizon_s, with_oracle=False)
+        hs = Hindsight(sched, planned, b, sim, ev, rnd, plan.forced)
+        goal = target - plan.forced / max(plan.n, 1)
+        if ev.slo_attainment >= goal or b == 0:
+            break
+        short = math.ceil((goal - ev.slo_attainment) * plan.n)
+        b = max(0, b - short)
+    assert hs is not None
+    return hs, rnd
+
+
+def hindsight_at(ys: Yardsticks, attainment: float) -> Hindsight | None:
+    """The hindsight schedule re-planned for another measured attainment (a policy's own, to
+    compare GPU-hours at equal attainment), from the miss tables `compute` kept: no fixed fleet
+    is replayed again, only the schedule's verifying replays. None without hindsight."""
+    if ys.plan is None or not 0.0 < attainment < 1.0:
+        return None
+    # The attainment asked for is a measured one, forced misses included (every run has them);
+    # the planner's target leaves them out of its budget, so they are added back.
+    target = min(attainment + ys.plan.forced / max(ys.plan.n, 1), 1.0 - 1e-9)
+    hs, _ = _plan_and_verify(
+        ys.plan, ys.trace, ys.pool, ys.profile, target=target, horizon_s=ys.horizon_s,
+        routing=ys.routing,
+    )  # fmt: skip
+    return hs
