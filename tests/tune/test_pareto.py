@@ -1,0 +1,167 @@
+"""`tune --objective pareto`: a winner that dominates the input policy on the training windows.
+
+The search scenarios use the built-in generator (small traces, few trials); the selection rule is
+checked on synthetic trials, since which trial a study ends up holding is the sampler's business
+and the rule must hold for any of them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from autoscaler import cli, errors
+from autoscaler.profile import builtin
+from autoscaler.sim import backtest
+from autoscaler.sim.tune import main as tune_main
+from autoscaler.sim.tune import study
+from tests.tune.conftest import HERE, code_trace, write_azure_csv
+
+pytestmark = pytest.mark.sim
+
+# The default slo policy with each role's floor at its ceiling: 4 prefill + 4 decode, always.
+OVER_PROVISIONED = HERE / "overprovisioned_policy.yaml"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_pareto_finds_cheaper_policy_than_over_provisioned_input(jobs: int) -> None:
+    """A fixed 4 + 4 fleet meets the SLO on generated coding traffic with room to spare; the
+    pareto objective keeps its attainment on the training window for fewer GPU-hours, and the
+    chosen trial dominates the input's own trial 0. With two workers the parent measures trial 0
+    before they start, so the reference is the same."""
+    res = tune_main.tune(
+        code_trace(),
+        OVER_PROVISIONED.read_text(),
+        source=str(OVER_PROVISIONED),
+        profile=builtin("llama-8b-h100"),
+        config=backtest.ReplayConfig(),
+        folds=2,
+        trials=8,
+        jobs=jobs,
+        yardsticks_on=False,
+        objective="pareto",
+    )
+    assert res.objective == "pareto"
+    assert res.feasible
+    inp, tuned = res.row("input policy"), res.row("tuned")
+    assert inp.train is not None
+    assert tuned.train is not None
+    # The reference is trial 0's measurement, which is the input policy replayed on training.
+    first = next(t for t in res.trials if t["number"] == 0)
+    assert res.reference == (first["attainment"], first["gpu_hours"])
+    assert math.isclose(inp.train.attainment, first["attainment"])
+    assert math.isclose(inp.train.gpu_hours, first["gpu_hours"])
+    # Cheaper, at no less attainment: it dominates the input on the training windows.
+    assert tuned.train.attainment >= inp.train.attainment
+    assert tuned.train.gpu_hours < inp.train.gpu_hours - 0.1
+    assert tuned.train.reversals <= res.max_reversals
+    chosen = next(t for t in res.trials if t["chosen"])
+    assert chosen["number"] != 0
+    assert chosen["feasible"]
+    # And by the rule: no other dominating trial has a higher capped attainment, or the same
+    # capped attainment for fewer GPU-hours.
+    dominating = [t for t in res.trials if t["feasible"] and t["number"] != 0]
+    assert study.pareto_key(chosen, res.target) == max(
+        study.pareto_key(t, res.target) for t in dominating
+    )
+    # Every trial counted, including the one the parent ran.
+    assert sorted(t["number"] for t in res.trials) == list(range(len(res.trials)))
+    assert len(res.trials) >= 8
+
+
+def _trial(number: int, att: float, gpu: float, rev: int = 0) -> FrozenTrial:
+    t = optuna.trial.create_trial(
+        params={"decode.min_replicas": 1},
+        distributions={"decode.min_replicas": IntDistribution(1, 4)},
+        values=[min(att, 0.99), gpu],
+        user_attrs={"attainment": att, "gpu_hours": gpu, "reversals": rev},
+        state=TrialState.COMPLETE,
+    )
+    t.number = number
+    return t
+
+
+def _problem() -> study.Problem:
+    return study.Problem(
+        doc={}, params=(), train=(), profile=builtin("llama-8b-h100"),
+        config=backtest.ReplayConfig(), target=0.99, max_reversals=2, source="p.yaml",
+        objective="pareto", reference=None,
+    )  # fmt: skip
+
+
+# Trial 0 is the input; then (attainment, GPU-h, reversals) of trials 1, 2, ...
+@pytest.mark.parametrize(
+    ("others", "chosen", "dominated"),
+    [
+        # Capped attainment first: 0.99 beats 0.97 although it costs more.
+        ([(0.97, 1.0, 0), (0.99, 1.9, 0)], 2, True),
+        # Both at or above the target cap to 0.99: then the fewest GPU-hours.
+        ([(0.999, 1.9, 0), (0.99, 1.5, 0), (0.995, 1.7, 0)], 2, True),
+        # Equal on both axes: the earliest.
+        ([(0.98, 1.5, 0), (0.98, 1.5, 0)], 1, True),
+        # Better attainment for more GPU-hours, or cheaper for less: neither dominates.
+        ([(0.999, 2.5, 0), (0.94, 1.0, 0)], 0, False),
+        # Dominating, but over the reversal limit.
+        ([(0.99, 1.5, 5)], 0, False),
+        # The input's own figures again (not strictly better): the input stays.
+        ([(0.95, 2.0, 0)], 0, False),
+        # Strictly better on one axis only is enough.
+        ([(0.95, 1.99, 0)], 1, True),
+    ],
+)
+def test_pareto_selection_rule(
+    others: list[tuple[float, float, int]], chosen: int, dominated: bool
+) -> None:
+    trials = [_trial(0, 0.95, 2.0)] + [_trial(i + 1, *o) for i, o in enumerate(others)]
+    got, ok = study.best(trials, _problem())
+    assert got.number == chosen
+    assert ok is dominated
+
+
+def test_pareto_selection_needs_the_input_trial() -> None:
+    with pytest.raises(errors.ConfigError, match="trial 0"):
+        study.best([_trial(1, 0.9, 3.0)], _problem())
+
+
+def test_study_names_differ_by_objective(tmp_path: Path) -> None:
+    trace = tmp_path / "code.csv"
+    names = {
+        obj: tune_main.study_name_for(trace, "policy text", 2, 0.99, obj)
+        for obj in study.OBJECTIVES
+    }
+    assert names["target"] != names["pareto"]
+    for obj, name in names.items():
+        assert obj in name
+        # Stable: the same command resumes the same study.
+        assert name == tune_main.study_name_for(trace, "policy text", 2, 0.99, obj)
+
+
+def test_a_study_refuses_the_other_objective(tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.log")
+    study.create_study("s", study.open_storage(None, journal=journal), seed=0, objective="target")
+    with pytest.raises(errors.ConfigError, match="made with --objective target"):
+        study.create_study(
+            "s", study.open_storage(None, journal=journal), seed=0, objective="pareto"
+        )
+    # The same objective continues it.
+    st = study.create_study(
+        "s", study.open_storage(None, journal=journal), seed=0, objective="target"
+    )
+    assert st.user_attrs[study.OBJECTIVE_ATTR] == "target"
+
+
+def test_cli_header_states_the_pareto_objective(tmp_path: Path) -> None:
+    trace = write_azure_csv(code_trace(), tmp_path / "code.csv")
+    out = tmp_path / "tuned.yaml"
+    rc = cli.main(["tune", "--trace", str(trace), "--policy", str(OVER_PROVISIONED),
+                   "--objective", "pareto", "--trials", "3", "--no-yardsticks",
+                   "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    header = "\n".join(line for line in out.read_text().splitlines() if line.startswith("#"))
+    assert "objective: pareto: dominate the input policy on the training windows" in header
+    assert "-pareto-" in header  # the study's name
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
