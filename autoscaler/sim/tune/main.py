@@ -99,6 +99,15 @@ def _best_fleet(frontier: list[yardsticks.FleetPoint], target: float) -> dict[Ro
     return dict(min(ok, key=lambda p: p.gpu_hours).replicas) if ok else None
 
 
+def _fleet_within(
+    frontier: list[yardsticks.FleetPoint], gpu_hours: float
+) -> dict[Role, int] | None:
+    """The most attaining verified fixed fleet costing no more than `gpu_hours` (the input
+    policy's, for `pareto`: the one fixed fleet that can dominate it), or None."""
+    ok = [p for p in frontier if p.verified and p.gpu_hours <= gpu_hours]
+    return dict(max(ok, key=lambda p: (p.attainment, -p.gpu_hours)).replicas) if ok else None
+
+
 def _static_score(
     windows: tuple[Window, ...],
     width_s: float,
@@ -179,6 +188,33 @@ def fleet_seeds(
     return out, (at_floor, targets_high)
 
 
+# Parameters at whose low end a policy scales above its floor least: the slo kind's sizing quantile
+# and burst headroom. (A reactive signal target's "least" end is its high one: fleet_seeds.)
+_LEAN_LOW = (".attainment", ".burst_memory_s")
+
+
+def _lean(params: list[space.Param], seed: dict[str, float]) -> dict[str, float]:
+    """`seed` (a fixed fleet as the floor) with the controller as lean as the space allows:
+    reactive targets at the top, the slo kind's quantile and burst memory at the bottom. About
+    the fixed fleet itself, with the controller left for what exceeds it."""
+    out = dict(seed)
+    for p in params:
+        if p.name.endswith(".target"):
+            out[p.name] = p.high
+        elif p.name.endswith(_LEAN_LOW):
+            out[p.name] = p.low
+    return out
+
+
+def _clamped(
+    params: list[space.Param], seeds: tuple[dict[str, float], ...]
+) -> tuple[dict[str, float], ...]:
+    """Seeds within the search's ranges (fixed before trial 0 ran, so a seed chosen after it
+    cannot widen them)."""
+    by = {p.name: p for p in params}
+    return tuple({k: by[k].clamp(v) for k, v in s.items()} for s in seeds)
+
+
 def study_name_for(
     trace: Path, policy_text: str, folds: int, target: float, objective: study.Objective
 ) -> str:
@@ -244,10 +280,22 @@ def tune(
             study_name, study.open_storage(storage, journal=journal), seed=seed,
             objective=objective,
         )  # fmt: skip
-        study.enqueue_first(st, params, seeds)
-        if objective == "pareto":
+        if objective == "target":
+            study.enqueue_first(st, params, seeds)
+        else:
+            new = study.enqueue_first(st, params, ())
             # Before any worker samples: every other trial's constraints are relative to it.
-            problem = dataclasses.replace(problem, reference=study.establish_reference(st, problem))
+            ref = study.establish_reference(st, problem)
+            problem = dataclasses.replace(problem, reference=ref)
+            # best-static costs more than an input below the target, so it cannot dominate it;
+            # the fixed fleet that can is the most attaining one within the input's GPU-hours.
+            fleet = _fleet_within(frontier, ref[1]) if yardsticks_on else None
+            if fleet is not None:
+                seeds = _clamped(params, fleet_seeds(params, policy, fleet)[1])
+                seeds = (*seeds, _lean(params, seeds[0]))
+            if new:
+                for s in seeds:
+                    st.enqueue_trial(s)
         args = study.WorkerArgs(
             problem, study_name, storage, journal, trials, seed, progress,
             bar=progress and jobs <= 1 and sys.stderr.isatty(), seeds=seeds,

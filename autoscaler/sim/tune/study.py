@@ -202,14 +202,16 @@ def objective(problem: Problem) -> Any:
 
 def enqueue_first(
     st: optuna.Study, params: Sequence[space.Param], seeds: Sequence[dict[str, float]]
-) -> None:
+) -> bool:
     """A new study's first trials: the user's policy exactly (trial 0: the tuned result can
-    only match or beat it on the training windows), then the seeds."""
+    only match or beat it on the training windows), then the seeds. False: the study already
+    had trials (resumed, or another worker made it)."""
     if st.trials:
-        return
+        return False
     st.enqueue_trial({p.name: p.clamp(p.default) for p in params})
     for seed in seeds:
         st.enqueue_trial(seed)
+    return True
 
 
 def input_policy(problem: Problem) -> PolicyFile:
