@@ -15,10 +15,13 @@ from optuna.distributions import IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from autoscaler import cli, errors
+from autoscaler.policy.load import parse_policy
 from autoscaler.profile import builtin
 from autoscaler.sim import backtest
 from autoscaler.sim.tune import main as tune_main
-from autoscaler.sim.tune import study
+from autoscaler.sim.tune import space, study
+from autoscaler.sim.yardsticks import FleetPoint
+from autoscaler.types import Role
 from tests.tune.conftest import HERE, code_trace, write_azure_csv
 
 pytestmark = pytest.mark.sim
@@ -165,3 +168,43 @@ def test_cli_header_states_the_pareto_objective(tmp_path: Path) -> None:
     assert "objective: pareto: dominate the input policy on the training windows" in header
     assert "-pareto-" in header  # the study's name
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fleet(p: int, gpu: float, att: float, verified: bool = True) -> FleetPoint:
+    return FleetPoint({Role.PREFILL: p, Role.DECODE: 1}, gpu, att, verified)
+
+
+# The training windows' fixed fleets of code-1h (measured) and the input's GPU-hours.
+FRONTIER = [_fleet(1, 0.967, 0.6286), _fleet(2, 1.45, 0.8963), _fleet(3, 1.933, 0.9626),
+            _fleet(4, 2.417, 0.9998)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("frontier", "gpu_hours", "prefill"),
+    [
+        (FRONTIER, 1.633, 2),  # 2P+1D is the most attaining within the input's cost
+        (FRONTIER, 1.45, 2),  # at the same cost counts
+        (FRONTIER, 0.9, None),  # nothing is that cheap
+        (FRONTIER, 5.0, 4),
+        ([_fleet(2, 1.45, 0.8963, verified=False)], 1.633, None),  # only verified fleets
+    ],
+)
+def test_pareto_seed_fleet_is_the_most_attaining_within_the_input_cost(
+    frontier: list[FleetPoint], gpu_hours: float, prefill: int | None
+) -> None:
+    got = tune_main._fleet_within(frontier, gpu_hours)
+    assert (got[Role.PREFILL] if got else None) == prefill
+
+
+def test_lean_seed_puts_the_controller_at_its_least_scaling_end() -> None:
+    policy = parse_policy(OVER_PROVISIONED.read_text(), source=str(OVER_PROVISIONED))
+    params, _ = space.search_space(policy)
+    _, seeds = tune_main.fleet_seeds(params, policy, {Role.PREFILL: 2, Role.DECODE: 1})
+    lean = tune_main._lean(params, seeds[0])
+    by = {p.name: p for p in params}
+    assert lean["prefill.min_replicas"] == 2
+    assert lean["decode.min_replicas"] == 1
+    for name in ("prefill.slo0.attainment", "decode.slo0.burst_memory_s"):
+        assert lean[name] == by[name].low
+    # Everything else as the policy wrote it.
+    assert lean["prefill.tolerance"] == by["prefill.tolerance"].default
