@@ -292,7 +292,10 @@ def tune(
             fleet = _fleet_within(frontier, ref[1]) if yardsticks_on else None
             if fleet is not None:
                 seeds = _clamped(params, fleet_seeds(params, policy, fleet)[1])
-                seeds = (*seeds, _lean(params, seeds[0]))
+                # Distinct ones only (a kind without `.target` params makes two the same).
+                seeds = tuple(dict(t) for t in dict.fromkeys(
+                    tuple(sorted(x.items())) for x in (*seeds, _lean(params, seeds[0]))
+                ))  # fmt: skip
             if new:
                 for s in seeds:
                     st.enqueue_trial(s)
