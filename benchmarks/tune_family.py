@@ -57,6 +57,7 @@ def frontier_at(points: list[FleetPoint], gpu_hours: float) -> float:
 def verdicts(res: Result) -> dict[str, Any]:
     tuned = res.row("tuned").held_out
     default = res.row("input policy").held_out
+    t_tr, d_tr = res.row("tuned").train, res.row("input policy").train
     assert tuned is not None
     assert default is not None
     d_att = tuned.attainment - default.attainment
@@ -73,7 +74,9 @@ def verdicts(res: Result) -> dict[str, Any]:
         "feasible": res.feasible,
         "search_wall_s": round(res.tune_wall_s, 1),
         "objective": res.objective,
-        "train_reference": res.reference,
+        # Training windows: what the search saw (pareto: the input's score is the reference).
+        "train_default": [d_tr.attainment, d_tr.gpu_hours] if d_tr else None,
+        "train_tuned": [t_tr.attainment, t_tr.gpu_hours] if t_tr else None,
         "trials": len(res.trials),
     }
 
