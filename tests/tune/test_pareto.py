@@ -22,7 +22,7 @@ from autoscaler.sim.tune import main as tune_main
 from autoscaler.sim.tune import space, study
 from autoscaler.sim.yardsticks import FleetPoint
 from autoscaler.types import Role
-from tests.tune.conftest import HERE, code_trace, write_azure_csv
+from tests.tune.conftest import HERE, POOR_POLICY, code_trace, write_azure_csv
 
 pytestmark = pytest.mark.sim
 
@@ -208,3 +208,37 @@ def test_lean_seed_puts_the_controller_at_its_least_scaling_end() -> None:
         assert lean[name] == by[name].low
     # Everything else as the policy wrote it.
     assert lean["prefill.tolerance"] == by["prefill.tolerance"].default
+
+
+@pytest.mark.parametrize(
+    ("policy_file", "has_fleet"),
+    [
+        # The poor policy's 1 + 1 floor costs about what 1P+1D costs: that fleet seeds it.
+        (POOR_POLICY, True),
+        # The yardsticks' fleets respect the policy's floors: only 4P+4D, which costs more
+        # than the input's own replay (the joined windows run longer): no seed, and not
+        # best-static's either.
+        (OVER_PROVISIONED, False),
+    ],
+)
+def test_pareto_seeds_are_the_fleet_within_the_input_cost(
+    policy_file: Path, has_fleet: bool
+) -> None:
+    """With yardsticks, the trials after the input are the most attaining fixed fleet costing no
+    more than the input, never best-static (which an input below the target cannot afford)."""
+    text = policy_file.read_text()
+    res = tune_main.tune(
+        code_trace(), text, source=str(policy_file), profile=builtin("llama-8b-h100"),
+        config=backtest.ReplayConfig(), folds=2, trials=4, objective="pareto",
+    )  # fmt: skip
+    assert res.reference is not None
+    policy = parse_policy(text, source=str(policy_file))
+    fleet = tune_main._fleet_within(res.train_frontier, res.reference[1])
+    assert (fleet is not None) is has_fleet
+    expected = tune_main._pareto_seeds(res.params, policy, fleet) if fleet else ()
+    by_number = sorted(res.trials, key=lambda t: t["number"])
+    assert [t["params"] for t in by_number[1 : 1 + len(expected)]] == list(expected)
+    best = tune_main._best_fleet(res.train_frontier, res.target)
+    if best is not None and best != fleet:
+        _, target_seeds = tune_main.fleet_seeds(res.params, policy, best)
+        assert not any(t["params"] in target_seeds for t in by_number[1:])

@@ -206,6 +206,19 @@ def _lean(params: list[space.Param], seed: dict[str, float]) -> dict[str, float]
     return out
 
 
+def _pareto_seeds(
+    params: list[space.Param], policy: PolicyFile, fleet: dict[Role, int]
+) -> tuple[dict[str, float], ...]:
+    """`fleet` as floors (fleet_seeds' two trials) and the same at the leanest controller;
+    within the search's ranges, distinct ones only (a kind without `.target` parameters, e.g.
+    slo, makes fleet_seeds' two the same)."""
+    seeds = _clamped(params, fleet_seeds(params, policy, fleet)[1])
+    if not seeds:
+        return ()
+    every = (*seeds, _lean(params, seeds[0]))
+    return tuple(dict(t) for t in dict.fromkeys(tuple(sorted(x.items())) for x in every))
+
+
 def _clamped(
     params: list[space.Param], seeds: tuple[dict[str, float], ...]
 ) -> tuple[dict[str, float], ...]:
@@ -290,12 +303,7 @@ def tune(
             # best-static costs more than an input below the target, so it cannot dominate it;
             # the fixed fleet that can is the most attaining one within the input's GPU-hours.
             fleet = _fleet_within(frontier, ref[1]) if yardsticks_on else None
-            if fleet is not None:
-                seeds = _clamped(params, fleet_seeds(params, policy, fleet)[1])
-                # Distinct ones only (a kind without `.target` params makes two the same).
-                seeds = tuple(dict(t) for t in dict.fromkeys(
-                    tuple(sorted(x.items())) for x in (*seeds, _lean(params, seeds[0]))
-                ))  # fmt: skip
+            seeds = () if fleet is None else _pareto_seeds(params, policy, fleet)
             if new:
                 for s in seeds:
                     st.enqueue_trial(s)
@@ -378,6 +386,7 @@ def tune(
             **{k: t.user_attrs[k] for k in ("attainment", "gpu_hours", "reversals")},
             "feasible": study.feasible(t.user_attrs, problem),
             "chosen": t.number == chosen.number,
+            "params": dict(t.params),
         }
         for t in done
     ]
