@@ -6,6 +6,7 @@ and the rule must hold for any of them."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from autoscaler.profile import builtin
 from autoscaler.sim import backtest
 from autoscaler.sim.tune import main as tune_main
 from autoscaler.sim.tune import space, study
+from autoscaler.sim.tune.windows import split
 from autoscaler.sim.yardsticks import FleetPoint
 from autoscaler.types import Role
+from autoscaler.yamlsafe import load_yaml
 from tests.tune.conftest import HERE, POOR_POLICY, code_trace, write_azure_csv
 
 pytestmark = pytest.mark.sim
@@ -126,8 +129,17 @@ def test_pareto_selection_rule(
 
 
 def test_pareto_selection_needs_the_input_trial() -> None:
-    with pytest.raises(errors.ConfigError, match="trial 0"):
+    # No input trial and no reference: nothing to dominate.
+    with pytest.raises(errors.ConfigError, match="trial 0 has no result"):
         study.best([_trial(1, 0.9, 3.0)], _problem())
+    # A reference (measured by this process) but the input's trial not complete, and nothing
+    # dominates it: the input cannot be written from a trial yet.
+    with_ref = dataclasses.replace(_problem(), reference=(0.95, 2.0))
+    with pytest.raises(errors.ConfigError, match="no trial of the input has completed"):
+        study.best([_trial(1, 0.9, 3.0)], with_ref)
+    # Something dominates it: chosen without the input's trial.
+    got, ok = study.best([_trial(1, 0.96, 1.5)], with_ref)
+    assert (got.number, ok) == (1, True)
 
 
 def test_study_names_differ_by_objective(tmp_path: Path) -> None:
@@ -242,3 +254,50 @@ def test_pareto_seeds_are_the_fleet_within_the_input_cost(
     if best is not None and best != fleet:
         _, target_seeds = tune_main.fleet_seeds(res.params, policy, best)
         assert not any(t["params"] in target_seeds for t in by_number[1:])
+
+
+def _real_problem() -> study.Problem:
+    """The over-provisioned policy on the generated trace's training window, as tune builds it."""
+    text = OVER_PROVISIONED.read_text()
+    policy = parse_policy(text, source=str(OVER_PROVISIONED))
+    params, _ = space.search_space(policy)
+    return study.Problem(
+        doc=space.materialise(load_yaml(text, source="p"), policy), params=tuple(params),
+        train=split(code_trace(), 2).train, profile=builtin("llama-8b-h100"),
+        config=backtest.ReplayConfig(), target=0.99, max_reversals=2, source="p",
+        objective="pareto",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("trial0", "input_runs_here"),
+    [
+        ("waiting", True),  # a new study: this process runs trial 0 itself
+        ("failed", True),  # its worker died: the input is enqueued again and run here
+        ("running", False),  # another machine holds it: the input replayed here, no trial
+    ],
+)
+def test_the_reference_is_the_input_measured_before_any_worker(
+    trial0: str, input_runs_here: bool
+) -> None:
+    problem = _real_problem()
+    st = study.create_study("ref", None, seed=0, objective="pareto")
+    study.enqueue_first(st, problem.params, ())
+    if trial0 != "waiting":
+        held = st.ask()  # trial 0, taken by "another worker"
+        assert held.number == 0
+        if trial0 == "failed":
+            st.tell(held, state=TrialState.FAIL)
+    ref = study.establish_reference(st, problem)
+    inp = study.score(study.input_policy(problem), problem.train, profile=problem.profile,
+                      config=problem.config)  # fmt: skip
+    assert ref == (inp.attainment, inp.gpu_hours)
+    done = st.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == (1 if input_runs_here else 0)
+    if input_runs_here:
+        (t,) = done
+        assert t.params == study.input_params(problem)
+        assert study.input_trial(done, problem) is not None
+        # Its own constraints against itself: zero, so it meets them.
+        assert t.constraints["attainment_vs_input"] == 0.0
+        assert t.constraints["gpu_hours_vs_input"] == 0.0

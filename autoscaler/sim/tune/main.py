@@ -324,7 +324,7 @@ def tune(
     if not done:
         raise errors.ConfigError([f"{source}: no trial completed (every candidate was invalid)"])
     chosen, ok = study.best(done, problem)
-    first = study.input_trial(done)
+    first = study.input_trial(done, problem)
     if objective == "pareto" and first is not None:
         # The reference the choice was made against: trial 0's own measurement.
         problem = dataclasses.replace(

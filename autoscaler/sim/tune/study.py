@@ -163,10 +163,15 @@ def suggest(trial: optuna.Trial, params: Sequence[space.Param]) -> dict[str, flo
     return out
 
 
+def input_params(problem: Problem) -> dict[str, float]:
+    """The input policy as a trial's parameters (trial 0's, enqueued)."""
+    return {p.name: p.clamp(p.default) for p in problem.params}
+
+
 def evaluate(trial: optuna.Trial, problem: Problem) -> float | tuple[float, float]:
     """Replay the trial's candidate, store its measurements and constraints, return its
-    objective value(s). `pareto` with no reference yet: the trial is the input policy itself
-    (trial 0, run by `establish_reference`), the reference is its own score."""
+    objective value(s). `pareto` with no reference yet (`establish_reference`): if the trial is
+    the input policy, the reference is its own score; else a replay of the input here."""
     values = suggest(trial, problem.params)
     doc = space.apply(problem.doc, problem.params, values)
     try:
@@ -184,9 +189,11 @@ def evaluate(trial: optuna.Trial, problem: Problem) -> float | tuple[float, floa
         trial.set_constraint("attainment", problem.target - s.attainment)
         trial.set_constraint("reversals", float(s.reversals - problem.max_reversals))
         return s.gpu_hours
-    if problem.reference is None and trial.number != 0:
-        raise RuntimeError("pareto: a trial other than the input's ran before the reference")
-    ref_att, ref_gpu = problem.reference or (s.attainment, s.gpu_hours)
+    ref_att, ref_gpu = problem.reference or (
+        (s.attainment, s.gpu_hours) if values == input_params(problem) else _replay_input(problem)
+    )
+    # What this trial's dominance constraints were computed against.
+    trial.set_user_attr("reference", [ref_att, ref_gpu])
     trial.set_constraint("reversals", float(s.reversals - problem.max_reversals))
     trial.set_constraint("attainment_vs_input", ref_att - s.attainment)
     trial.set_constraint("gpu_hours_vs_input", s.gpu_hours - ref_gpu)
@@ -220,27 +227,28 @@ def input_policy(problem: Problem) -> PolicyFile:
 
 def establish_reference(st: optuna.Study, problem: Problem) -> tuple[float, float]:
     """The input policy's training (attainment, GPU-hours), for `pareto`'s constraints, before
-    any worker samples: trial 0's measurement when it is complete (a resumed study) or when this
-    process can run it (it is waiting: this process claims it and runs it here); else (another
-    machine holds it, or it failed) this process replays the input policy on the same windows,
-    which the deterministic simulator measures as trial 0 does."""
+    any worker samples. The input's completed trial when the study holds one (a resumed study);
+    else this process runs the input as a trial here: trial 0 if it is waiting, or the input
+    enqueued again if trial 0 failed (its worker died). If another machine holds trial 0 (it is
+    running, or took it between two reads), this process replays the input policy on the same
+    windows, which the deterministic simulator measures as that trial does."""
+    complete = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    inp = input_trial(complete, problem)
+    if inp is not None:
+        return float(inp.user_attrs["attainment"]), float(inp.user_attrs["gpu_hours"])
     first = next((t for t in st.get_trials(deepcopy=False) if t.number == 0), None)
-    if first is not None and first.state == TrialState.COMPLETE:
-        return float(first.user_attrs["attainment"]), float(first.user_attrs["gpu_hours"])
-    if first is not None and first.state == TrialState.WAITING:
-        trial = st.ask()
-        if trial.number == 0:
-            done = st.tell(trial, evaluate(trial, problem))
-            return float(done.user_attrs["attainment"]), float(done.user_attrs["gpu_hours"])
-        # Another machine claimed trial 0 between the two reads: measure the reference here,
-        # then run the trial this process was handed like any other.
-        ref = _replay_input(problem)
-        try:
-            st.tell(trial, evaluate(trial, replace(problem, reference=ref)))
-        except optuna.TrialPruned:
-            st.tell(trial, state=TrialState.PRUNED)
-        return ref
-    return _replay_input(problem)
+    if first is None or first.state == TrialState.RUNNING:
+        return _replay_input(problem)
+    if first.state != TrialState.WAITING:
+        st.enqueue_trial(input_params(problem))
+    trial = st.ask()
+    try:
+        told = st.tell(trial, evaluate(trial, problem))
+    except optuna.TrialPruned:  # not the input (which is valid): a sampled trial, rejected
+        st.tell(trial, state=TrialState.PRUNED)
+        return _replay_input(problem)
+    ref = told.user_attrs["reference"]
+    return float(ref[0]), float(ref[1])
 
 
 def _replay_input(problem: Problem) -> tuple[float, float]:
@@ -450,8 +458,17 @@ def run_workers(args: WorkerArgs, jobs: int) -> None:
         )
 
 
-def input_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    return next((t for t in trials if t.number == 0), None)
+def input_trial(
+    trials: Sequence[FrozenTrial], problem: Problem | None = None
+) -> FrozenTrial | None:
+    """Among `trials`: trial 0 (the input, enqueued first), else (it failed and the input was
+    run again) the earliest with the input's parameters."""
+    ordered = sorted(trials, key=lambda t: t.number)
+    first = next((t for t in ordered if t.number == 0), None)
+    if first is not None or problem is None:
+        return first
+    inp = input_params(problem)
+    return next((t for t in ordered if t.params == inp), None)
 
 
 def pareto_key(attrs: dict[str, Any], target: float) -> tuple[float, float]:
@@ -469,7 +486,7 @@ def best(trials: Sequence[FrozenTrial], problem: Problem) -> tuple[FrozenTrial, 
     attainment, then the fewest GPU-hours, then the earliest; else (none dominates) the input,
     trial 0. The reference is trial 0's measurement when the study holds it."""
     if problem.objective == "pareto":
-        first = input_trial(trials)
+        first = input_trial(trials, problem)
         ref = (
             (float(first.user_attrs["attainment"]), float(first.user_attrs["gpu_hours"]))
             if first is not None
@@ -490,8 +507,8 @@ def best(trials: Sequence[FrozenTrial], problem: Problem) -> tuple[FrozenTrial, 
             ), True
         if first is None:
             raise errors.ConfigError(
-                ["--objective pareto: no trial dominated the input policy, and its trial 0 has "
-                 "not completed (another worker may still run it): run again to resume"]
+                ["--objective pareto: no trial dominated the input policy, and no trial of the "
+                 "input has completed (another worker may still run it): run again to resume"]
             )  # fmt: skip
         return first, False
     ok = [t for t in trials if feasible(t.user_attrs, problem)]
