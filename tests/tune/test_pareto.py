@@ -301,3 +301,16 @@ def test_the_reference_is_the_input_measured_before_any_worker(
         # Its own constraints against itself: zero, so it meets them.
         assert t.constraints["attainment_vs_input"] == 0.0
         assert t.constraints["gpu_hours_vs_input"] == 0.0
+
+
+@pytest.mark.parametrize(("floor", "high"), [(1, 4), (4, 4), (6, 6)])
+def test_min_replicas_range_reaches_the_input_floor(floor: int, high: int) -> None:
+    """The first trial is the input exactly, even with a floor above the usual 1-4 range (the
+    pareto reference would otherwise be another policy's score)."""
+    text = OVER_PROVISIONED.read_text().replace(
+        "min_replicas: 4\n        max_replicas: 4", f"min_replicas: {floor}\n        max_replicas: 16", 1
+    )
+    params, _ = space.search_space(parse_policy(text, source="p"))
+    p = next(p for p in params if p.name == "prefill.min_replicas")
+    assert (p.low, p.high) == (1, high)
+    assert p.clamp(p.default) == floor
