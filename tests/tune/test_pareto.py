@@ -46,7 +46,8 @@ def test_pareto_finds_cheaper_policy_than_over_provisioned_input(jobs: int) -> N
         profile=builtin("llama-8b-h100"),
         config=backtest.ReplayConfig(),
         folds=2,
-        trials=8,
+        # 2-3 of 8 trials dominate here (1 and 2 workers); 10 leave margin.
+        trials=10,
         jobs=jobs,
         yardsticks_on=False,
         objective="pareto",
@@ -76,7 +77,7 @@ def test_pareto_finds_cheaper_policy_than_over_provisioned_input(jobs: int) -> N
     )
     # Every trial counted, including the one the parent ran.
     assert sorted(t["number"] for t in res.trials) == list(range(len(res.trials)))
-    assert len(res.trials) >= 8
+    assert len(res.trials) >= 10
 
 
 def _trial(number: int, att: float, gpu: float, rev: int = 0) -> FrozenTrial:
