@@ -12,11 +12,14 @@ fleet costing no more, replayed on the same held-out windows), and two verdicts:
   the rounding);
 * **not below the frontier**: attainment >= the frontier's at the same GPU-hours.
 
-It also prints the search's wall time. Members and sets are decision_family.py's; day-long
-members take many minutes per trial on a shared machine.
+`--objective` is `tune`'s: `target` (fewest GPU-hours at the target attainment on the training
+windows) or `pareto` (a policy dominating the default on the training windows; see
+autoscaler/sim/tune/study.py). It also prints the search's and the whole tune's wall time.
+Members and sets are decision_family.py's; day-long members take many minutes per trial on a
+shared machine.
 
     .venv/bin/python benchmarks/tune_family.py [--set dev|day|held-out|all] [--only NAME ...]
-        [--trials 20] [--folds 2] [--jobs 1] [--json OUT]
+        [--trials 20] [--folds 2] [--jobs 1] [--objective target|pareto] [--json OUT]
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def frontier_at(points: list[FleetPoint], gpu_hours: float) -> float:
 def verdicts(res: Result) -> dict[str, Any]:
     tuned = res.row("tuned").held_out
     default = res.row("input policy").held_out
+    t_tr, d_tr = res.row("tuned").train, res.row("input policy").train
     assert tuned is not None
     assert default is not None
     d_att = tuned.attainment - default.attainment
@@ -69,6 +73,10 @@ def verdicts(res: Result) -> dict[str, Any]:
         "tuned_values": res.values,
         "feasible": res.feasible,
         "search_wall_s": round(res.tune_wall_s, 1),
+        "objective": res.objective,
+        # Training windows: what the search saw (pareto: the input's score is the reference).
+        "train_default": [d_tr.attainment, d_tr.gpu_hours] if d_tr else None,
+        "train_tuned": [t_tr.attainment, t_tr.gpu_hours] if t_tr else None,
         "trials": len(res.trials),
     }
 
@@ -80,6 +88,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--objective", default="target", choices=("target", "pareto"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     members = [
@@ -89,9 +98,11 @@ def main() -> int:
     ]
     text = POLICY.read_text(encoding="utf-8")
     out: dict[str, Any] = {}
-    print(f"{args.trials} trials, {args.folds} folds, {args.jobs} worker(s); held-out windows:")
+    print(f"objective {args.objective}, {args.trials} trials, {args.folds} folds, "
+          f"{args.jobs} worker(s); held-out windows:")  # fmt: skip
     print(f"{'member':<16}{'default att / GPU-h':>22}{'tuned att / GPU-h':>22}"
-          f"{'frontier@tuned':>16}{'Pareto':>8}{'>=front':>9}{'search s':>10}")  # fmt: skip
+          f"{'frontier@tuned':>16}{'Pareto':>8}{'>=front':>9}{'search s':>10}"
+          f"{'tune s':>8}")  # fmt: skip
     for m in members:
         trace = m.build()
         t0 = time.perf_counter()
@@ -99,7 +110,8 @@ def main() -> int:
             res = tune(
                 trace, text, source=str(POLICY), profile=builtin("llama-8b-h100"),
                 config=backtest.ReplayConfig(), folds=args.folds, trials=args.trials,
-                jobs=args.jobs, study_name=f"family-{m.name}", yardsticks_on=True,
+                jobs=args.jobs, study_name=f"family-{m.name}-{args.objective}",
+                yardsticks_on=True, objective=args.objective,
             )  # fmt: skip
         v = verdicts(res)
         v["whole_tune_wall_s"] = round(time.perf_counter() - t0, 1)
@@ -108,7 +120,8 @@ def main() -> int:
         print(f"{m.name:<16}{100 * d[0]:>10.2f} % {d[1]:>7.2f}{100 * t[0]:>12.2f} % {t[1]:>7.2f}"
               f"{100 * v['frontier_at_tuned_gpu_hours']:>14.2f} %"
               f"{'yes' if v['pareto_better'] else 'no':>8}"
-              f"{'yes' if v['not_below_frontier'] else 'no':>9}{v['search_wall_s']:>10.1f}",
+              f"{'yes' if v['not_below_frontier'] else 'no':>9}{v['search_wall_s']:>10.1f}"
+              f"{v['whole_tune_wall_s']:>8.1f}",
               flush=True)  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

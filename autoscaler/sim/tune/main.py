@@ -65,6 +65,9 @@ class Result:
     train_frontier: list[yardsticks.FleetPoint] = field(default_factory=list)
     tune_wall_s: float = 0.0
     held_out_frontier: list[yardsticks.FleetPoint] = field(default_factory=list)
+    objective: study.Objective = "target"
+    # `pareto`: the input policy's training (attainment, GPU-hours) the winner had to dominate.
+    reference: tuple[float, float] | None = None
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -94,6 +97,15 @@ def _best_fleet(frontier: list[yardsticks.FleetPoint], target: float) -> dict[Ro
     """The cheapest verified fixed fleet reaching `target` (best-static), or None."""
     ok = [p for p in frontier if p.verified and p.attainment >= target]
     return dict(min(ok, key=lambda p: p.gpu_hours).replicas) if ok else None
+
+
+def _fleet_within(
+    frontier: list[yardsticks.FleetPoint], gpu_hours: float
+) -> dict[Role, int] | None:
+    """The most attaining verified fixed fleet costing no more than `gpu_hours` (the input
+    policy's, for `pareto`: the one fixed fleet that can dominate it), or None."""
+    ok = [p for p in frontier if p.verified and p.gpu_hours <= gpu_hours]
+    return dict(max(ok, key=lambda p: (p.attainment, -p.gpu_hours)).replicas) if ok else None
 
 
 def _static_score(
@@ -176,9 +188,54 @@ def fleet_seeds(
     return out, (at_floor, targets_high)
 
 
-def study_name_for(trace: Path, policy_text: str, folds: int, target: float) -> str:
-    h = hashlib.sha256(f"{trace.resolve()}|{policy_text}|{folds}|{target}".encode()).hexdigest()
-    return f"tune-{trace.stem}-{h[:10]}"
+# Parameters at whose low end a policy scales above its floor least: the slo kind's sizing quantile
+# and burst headroom. (A reactive signal target's "least" end is its high one: fleet_seeds.)
+_LEAN_LOW = (".attainment", ".burst_memory_s")
+
+
+def _lean(params: list[space.Param], seed: dict[str, float]) -> dict[str, float]:
+    """`seed` (a fixed fleet as the floor) with the controller as lean as the space allows:
+    reactive targets at the top, the slo kind's quantile and burst memory at the bottom. About
+    the fixed fleet itself, with the controller left for what exceeds it."""
+    out = dict(seed)
+    for p in params:
+        if p.name.endswith(".target"):
+            out[p.name] = p.high
+        elif p.name.endswith(_LEAN_LOW):
+            out[p.name] = p.low
+    return out
+
+
+def _pareto_seeds(
+    params: list[space.Param], policy: PolicyFile, fleet: dict[Role, int]
+) -> tuple[dict[str, float], ...]:
+    """`fleet` as floors (fleet_seeds' two trials) and the same at the leanest controller;
+    within the search's ranges, distinct ones only (a kind without `.target` parameters, e.g.
+    slo, makes fleet_seeds' two the same)."""
+    seeds = _clamped(params, fleet_seeds(params, policy, fleet)[1])
+    if not seeds:
+        return ()
+    every = (*seeds, _lean(params, seeds[0]))
+    return tuple(dict(t) for t in dict.fromkeys(tuple(sorted(x.items())) for x in every))
+
+
+def _clamped(
+    params: list[space.Param], seeds: tuple[dict[str, float], ...]
+) -> tuple[dict[str, float], ...]:
+    """Seeds within the search's ranges (fixed before trial 0 ran, so a seed chosen after it
+    cannot widen them)."""
+    by = {p.name: p for p in params}
+    return tuple({k: by[k].clamp(v) for k, v in s.items()} for s in seeds)
+
+
+def study_name_for(
+    trace: Path, policy_text: str, folds: int, target: float, objective: study.Objective
+) -> str:
+    """Stable for the same inputs (a rerun resumes), different for another objective (a study
+    keeps its directions and constraints; the two must not mix)."""
+    key = f"{trace.resolve()}|{policy_text}|{folds}|{target}|{objective}"
+    h = hashlib.sha256(key.encode()).hexdigest()
+    return f"tune-{trace.stem}-{objective}-{h[:10]}"
 
 
 def tune(
@@ -198,6 +255,7 @@ def tune(
     yardsticks_on: bool = True,
     hindsight: bool = False,
     progress: bool = False,
+    objective: study.Objective = "target",
 ) -> Result:
     """Search, choose, and measure (the command without its I/O)."""
     policy = parse_policy(policy_text, source=source)
@@ -226,27 +284,53 @@ def tune(
         target=config.target,
         max_reversals=limit,
         source=source,
+        objective=objective,
     )
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pd-tune-") as tmp:
         journal = None if storage or jobs <= 1 else str(Path(tmp) / "journal.log")
+        st = study.create_study(
+            study_name, study.open_storage(storage, journal=journal), seed=seed,
+            objective=objective,
+        )  # fmt: skip
+        if objective == "target":
+            study.enqueue_first(st, params, seeds)
+        else:
+            new = study.enqueue_first(st, params, ())
+            # Before any worker samples: every other trial's constraints are relative to it.
+            ref = study.establish_reference(st, problem)
+            problem = dataclasses.replace(problem, reference=ref)
+            # best-static costs more than an input below the target, so it cannot dominate it;
+            # the fixed fleet that can is the most attaining one within the input's GPU-hours.
+            fleet = _fleet_within(frontier, ref[1]) if yardsticks_on else None
+            seeds = () if fleet is None else _pareto_seeds(params, policy, fleet)
+            if new:
+                for s in seeds:
+                    st.enqueue_trial(s)
         args = study.WorkerArgs(
             problem, study_name, storage, journal, trials, seed, progress,
             bar=progress and jobs <= 1 and sys.stderr.isatty(), seeds=seeds,
         )  # fmt: skip
         if jobs <= 1:
-            st = study.create_study(study_name, study.open_storage(storage), seed=seed)
             study.work(args, st)
         else:
             study.run_workers(args, jobs)
             st = study.create_study(
-                study_name, study.open_storage(storage, journal=journal), seed=seed
-            )
+                study_name, study.open_storage(storage, journal=journal), seed=seed,
+                objective=objective,
+            )  # fmt: skip
         done = study.completed(st)
     wall = time.perf_counter() - t0
     if not done:
         raise errors.ConfigError([f"{source}: no trial completed (every candidate was invalid)"])
     chosen, ok = study.best(done, problem)
+    first = study.input_trial(done, problem)
+    if objective == "pareto" and first is not None:
+        # The reference the choice was made against: trial 0's own measurement.
+        problem = dataclasses.replace(
+            problem,
+            reference=(float(first.user_attrs["attainment"]), float(first.user_attrs["gpu_hours"])),
+        )
     tuned_doc = space.apply(doc, params, dict(chosen.params))
     # As written (rounded), for the header's "changed" line.
     values = {
@@ -302,6 +386,7 @@ def tune(
             **{k: t.user_attrs[k] for k in ("attainment", "gpu_hours", "reversals")},
             "feasible": study.feasible(t.user_attrs, problem),
             "chosen": t.number == chosen.number,
+            "params": dict(t.params),
         }
         for t in done
     ]
@@ -320,6 +405,8 @@ def tune(
         train_frontier=frontier,
         tune_wall_s=wall,
         held_out_frontier=ho_frontier,
+        objective=objective,
+        reference=problem.reference,
     )
 
 
@@ -342,6 +429,29 @@ def table_lines(res: Result) -> list[str]:
     return lines
 
 
+def objective_line(res: Result) -> str:
+    if res.objective == "pareto":
+        ref = res.reference
+        at = f" ({100 * ref[0]:.2f} %, {ref[1]:.2f} GPU-h)" if ref is not None else ""
+        return (
+            "objective: pareto: dominate the input policy on the training windows"
+            f"{at}: attainment >= and GPU-h <= its own; among those, the highest attainment "
+            f"capped at {100 * res.target:g} %, then the fewest GPU-h"
+        )
+    return (
+        f"objective: target: the fewest GPU-h with attainment >= {100 * res.target:g} % on the "
+        "training windows"
+    )
+
+
+def _verdict(res: Result) -> str:
+    if res.feasible:
+        return ""
+    if res.objective == "pareto":
+        return " (no trial dominated the input policy: the input is kept)"
+    return " (NO trial met the constraints: the most attaining shown)"
+
+
 def header(res: Result, *, trace: str, config: backtest.ReplayConfig) -> str:
     slo = config.slo
     out = [
@@ -350,9 +460,10 @@ def header(res: Result, *, trace: str, config: backtest.ReplayConfig) -> str:
         f"  SLO: TTFT <= max({slo.ttft_floor_s:g} s, {slo.ttft_slowdown:g} x idle prefill), mean"
         f" ITL <= {slo.itl_mean_s * 1000:g} ms; target attainment {100 * res.target:g} %, "
         f"reversals <= {res.max_reversals} on the training windows",
+        "  " + objective_line(res),
         f"  study {res.study_name}: {len(res.trials)} trials, chosen trial "
         + str(next(t["number"] for t in res.trials if t["chosen"]))
-        + ("" if res.feasible else " (NO trial met the constraints: the most attaining shown)"),
+        + _verdict(res),
         *("  " + line for line in table_lines(res)),
     ]
     worse = res.worse_held_out
@@ -394,14 +505,14 @@ def plot(res: Result, path: Path) -> Path | None:
         [100 * t["attainment"] for t in bad],
         s=14,
         c="0.6",
-        label="trials (infeasible)",
+        label="trials (constraints not met)",
     )
     ax.scatter(
         [t["gpu_hours"] for t in ok],
         [100 * t["attainment"] for t in ok],
         s=14,
         c="tab:blue",
-        label="trials (feasible)",
+        label="trials (constraints met)",
     )
     if res.train_frontier:
         fr = res.train_frontier
@@ -429,13 +540,29 @@ def plot(res: Result, path: Path) -> Path | None:
                 zorder=5,
             )
     ax.axhline(100 * res.target, ls="--", c="0.4", lw=0.8)
+    if res.objective == "pareto" and res.reference is not None:
+        # The quadrant up-left of the input policy: trials there dominate it.
+        ref_att, ref_gpu = 100 * res.reference[0], res.reference[1]
+        xs = [t["gpu_hours"] for t in res.trials] + [ref_gpu]
+        ax.fill_between(
+            [min(xs) * 0.95, ref_gpu],
+            ref_att,
+            100.2,
+            color="tab:blue",
+            alpha=0.08,
+            label="dominates the input policy",
+        )
+        ax.axvline(ref_gpu, c="black", lw=0.6, ls=":")
+        ax.axhline(ref_att, c="black", lw=0.6, ls=":")
     shown = [r.train for r in res.rows if r.name in ("tuned", "input policy", "keda-queue")]
     lows = [100 * t["attainment"] for t in res.trials] + [100 * res.target - 1]
     lows += [100 * s.attainment for s in shown if s is not None]
     ax.set_ylim(max(0.0, min(lows) - 1), 100.2)
     ax.set_xlabel("GPU-hours (training windows)")
     ax.set_ylabel("SLO attainment, % (training windows)")
-    ax.set_title(f"pd-autoscaler tune: {len(res.trials)} trials, study {res.study_name}")
+    ax.set_title(
+        f"pd-autoscaler tune ({res.objective}): {len(res.trials)} trials, study {res.study_name}"
+    )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -469,11 +596,12 @@ def main(args: argparse.Namespace) -> int:
         policy = parse_policy(text, source=str(args.policy))
         backtest.check_profile([(str(args.policy), policy)], profile)
         trace = load_trace(args.trace)
-        name = args.study or study_name_for(Path(args.trace), text, args.folds, config.target)
+        name = args.study or study_name_for(
+            Path(args.trace), text, args.folds, config.target, args.objective
+        )
         print(
-            f"tune: study {name} ({args.trials} trials, {args.jobs} process(es)"
-            + (", storage given" if args.storage else "")
-            + ")",
+            f"tune: study {name} (objective {args.objective}, {args.trials} trials, "
+            f"{args.jobs} process(es)" + (", storage given" if args.storage else "") + ")",
             file=sys.stderr,
         )
         res = tune(
@@ -492,6 +620,7 @@ def main(args: argparse.Namespace) -> int:
             yardsticks_on=not args.no_yardsticks,
             hindsight=args.hindsight,
             progress=not args.no_progress,
+            objective=args.objective,
         )
     except errors.ConfigError as exc:
         for line in exc.problems:

@@ -32,6 +32,13 @@ def add_arguments(p: argparse.ArgumentParser, positive: Any) -> None:
         help=f"scale reversals allowed on the training windows "
         f"(default {REVERSALS_PER_HOUR:g} per hour of them)",
     )
+    p.add_argument(
+        "--objective",
+        choices=("target", "pareto"),
+        default="target",
+        help="target: fewest GPU-h at the target attainment; pareto: a policy dominating the "
+        "input (attainment >=, GPU-h <= its own), highest capped attainment then fewest GPU-h",
+    )
     p.add_argument("--trials", type=int, default=40, help="completed trials in the study")
     p.add_argument("--jobs", type=int, default=1, help="worker processes on this machine")
     p.add_argument(

@@ -78,7 +78,8 @@ def common(pool: int, role: Role, spec: RoleSpec) -> list[Param]:
             prefix + "min_replicas",
             (*base, "min_replicas"),
             1,
-            max(1, min(4, spec.max_replicas)),
+            # Up to the policy's own floor when that is higher: the first trial is the input.
+            max(1, min(4, spec.max_replicas), spec.min_replicas),
             spec.min_replicas,
             integer=True,
         ),
