@@ -190,12 +190,12 @@ def fleet_seeds(
 
 # Parameters at whose low end a policy scales above its floor least: the slo kind's sizing quantile
 # and burst headroom. (A reactive signal target's "least" end is its high one: fleet_seeds.)
-_LEAN_LOW = (".attainment", ".burst_memory_s")
+_LEAN_LOW = (".attainment", ".burst_memory_s", ".burst_shape_memory_s")
 
 
 def _lean(params: list[space.Param], seed: dict[str, float]) -> dict[str, float]:
     """`seed` (a fixed fleet as the floor) with the controller as lean as the space allows:
-    reactive targets at the top, the slo kind's quantile and burst memory at the bottom. About
+    reactive targets at the top, the slo kind's quantile and burst memories at the bottom. About
     the fixed fleet itself, with the controller left for what exceeds it."""
     out = dict(seed)
     for p in params:

@@ -138,7 +138,8 @@ def reactive(pool: int, role: Role, spec: RoleSpec) -> list[Param]:
 
 def slo(pool: int, role: Role, spec: RoleSpec) -> list[Param]:
     """The SLO kind's margins: the Erlang-C tail it sizes for (`attainment`), the burst headroom
-    (memory, half-life), the trend window and the prompt-spread prior. The SLO itself
+    (memory, half-life), the burst shape's (prefill and aggregated roles), the trend window and
+    the prompt-spread prior. The SLO itself
     (floor, slowdown, ITL) is the user's contract, never searched."""
     base = _role_path(pool, role)
     out: list[Param] = []
@@ -172,6 +173,28 @@ def slo(pool: int, role: Role, spec: RoleSpec) -> list[Param]:
                 float(cfg.get("burst_halflife_s", 600.0)),
                 log=True,
             ),
+        ]
+        if role is not Role.DECODE:
+            # The burst shape is sized for prefill and aggregated roles only.
+            out += [
+                Param(
+                    name + "burst_shape_memory_s",
+                    (*at, "burst_shape_memory_s"),
+                    0.0,
+                    21600.0,
+                    float(cfg.get("burst_shape_memory_s", 10800.0)),
+                    step=1800.0,
+                ),
+                Param(
+                    name + "burst_shape_halflife_s",
+                    (*at, "burst_shape_halflife_s"),
+                    600.0,
+                    7200.0,
+                    float(cfg.get("burst_shape_halflife_s", 3600.0)),
+                    log=True,
+                ),
+            ]
+        out += [
             Param(
                 name + "trend_window_s",
                 (*at, "trend_window_s"),
