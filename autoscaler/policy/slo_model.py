@@ -248,16 +248,16 @@ class RateSeries:
             return 0.0
         return max(sum(v for _, v in self.level_win) / n, 0.0)
 
-    def shape_headroom(self, t: float, level: float) -> tuple[float, float, float]:
+    def shape_headroom(self, t: float, attainment: float) -> tuple[float, float, float]:
         """(the burst rate the shape asks to hold now, the age of the largest remembered burst,
         the current level `self.level()`).
 
         Each remembered sample has a rate r, its short-window rate less that estimate's
-        Poisson noise at the `level` quantile (z sqrt(2 L / tick) at the sample's level L: the
+        Poisson noise at the `attainment` quantile (z sqrt(2 L / tick) at the sample's level L: the
         variance of a rate recovered from two window rates; without it a quiet night's
         15-second counts would read as a burst shape), and a multiplier r / L. The multiplier
         held is the smallest x whose excess, sum((m_i - x) span_i) over the samples above it
-        (`_excess_point`), is within 1 - level of all remembered requests counted at their own
+        (`_excess_point`), is within 1 - attainment of all remembered requests counted at their own
         level (short_i / L_i x span_i): a fleet sized for x lets about that share arrive beyond
         it. Weights halve every `shape_halflife_s`, so a burst that recurs hourly weighs half
         at its next occurrence, and a one-off burst's share is diluted by the hours of requests
@@ -269,7 +269,7 @@ class RateSeries:
         fleet is not held at the afternoon's bursts, a morning fleet not at the night's). The
         cap keeps a burst seen at a quiet moment (a batch job at 3 a.m., x20 of its level) from
         being scaled up with the day's level to rates never seen."""
-        z = NormalDist().inv_cdf(level)
+        z = NormalDist().inv_cdf(attainment)
         mults: list[tuple[float, float, float]] = []
         total = 0.0
         top = 0.0
@@ -283,7 +283,7 @@ class RateSeries:
         cur = self.level()
         if not mults or cur <= 0:
             return 0.0, 0.0, cur
-        x = _excess_point(mults, (1.0 - level) * total, floor=1.0)
+        x = _excess_point(mults, (1.0 - attainment) * total, floor=1.0)
         age = max(mults)[2]
         return min(x * cur, top), age, cur
 
