@@ -143,7 +143,10 @@ async def test_backfill_failure_or_timeout_is_not_fatal(tmp_path: Path, behaviou
                        forecast_backfill_timeout_s=0.3) as c:
         await _until(lambda: c.ticks > 1, "ticking")
         assert len(source.calls) == 1
-        assert _forecast(c, "a").forecaster.history.end_bin is None
+        # Nothing was loaded (a backfill loads its whole span, 1,440 bins here). Live ticks may
+        # have closed a bin if the run crossed a bin boundary of the clock, which a loaded
+        # machine makes likely: "no bin at all" failed CI once for that reason alone.
+        assert len(_forecast(c, "a").forecaster.history) <= 2
 
 
 async def test_no_backfill_without_range_queries_or_when_off(tmp_path: Path) -> None:
