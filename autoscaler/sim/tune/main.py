@@ -179,7 +179,7 @@ def fleet_seeds(
         want[p.name] = n
     if not want:
         return params, ()
-    base = {p.name: p.clamp(p.default) for p in out}
+    base = space.inputs(out)
     at_floor = {**base, **want}
     targets_high = {
         **at_floor,

@@ -136,6 +136,12 @@ def reactive(pool: int, role: Role, spec: RoleSpec) -> list[Param]:
     return out
 
 
+def inputs(params: Sequence[Param]) -> dict[str, float]:
+    """The input policy's own values as a trial's parameters, each within its range: trial 0,
+    and the base the seeds change."""
+    return {p.name: p.clamp(p.default) for p in params}
+
+
 def slo(pool: int, role: Role, spec: RoleSpec) -> list[Param]:
     """The SLO kind's margins: the Erlang-C tail it sizes for (`attainment`), the burst headroom
     (memory, half-life), the burst shape's (prefill and aggregated roles), the trend window and

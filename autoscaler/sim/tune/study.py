@@ -165,7 +165,7 @@ def suggest(trial: optuna.Trial, params: Sequence[space.Param]) -> dict[str, flo
 
 def input_params(problem: Problem) -> dict[str, float]:
     """The input policy as a trial's parameters (trial 0's, enqueued)."""
-    return {p.name: p.clamp(p.default) for p in problem.params}
+    return space.inputs(problem.params)
 
 
 def evaluate(trial: optuna.Trial, problem: Problem) -> float | tuple[float, float]:
@@ -215,7 +215,7 @@ def enqueue_first(
     had trials (resumed, or another worker made it)."""
     if st.trials:
         return False
-    st.enqueue_trial({p.name: p.clamp(p.default) for p in params})
+    st.enqueue_trial(space.inputs(params))
     for seed in seeds:
         st.enqueue_trial(seed)
     return True
