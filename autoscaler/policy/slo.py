@@ -244,8 +244,7 @@ class SLOPolicy:
         # (t, requests in the role) of the last rate window, for the arrivals (_arrivals).
         self.backlog: deque[tuple[float, float]] = deque()
         self.cold_start_s = spec.cold_start_s
-        self.horizon_s = spec.cold_start_s + config.tick_s
-        # The tick in use: configured until two ticks are seen, then the last interval.
+        # The tick in use: configured until two ticks are seen, then measured (_observe_tick).
         self.tick_s = config.tick_s
         self._last_now: float | None = None
         self._intervals: deque[float] = deque(maxlen=8)
@@ -266,6 +265,11 @@ class SLOPolicy:
             settings = settings_for(config.forecast, self.horizon_s)
             # "pool/role", as the forecast kind's: refit CPU is exported per pool and role.
             self.forecaster = engine.Forecaster(settings, key=f"{pool}/{role.value}")
+
+    @property
+    def horizon_s(self) -> float:
+        """How far ahead the trend (or forecast) is read: a cold start plus one tick."""
+        return self.cold_start_s + self.tick_s
 
     # --- the model --------------------------------------------------------------------------
 
@@ -622,6 +626,13 @@ class SLOPolicy:
             f"{age / 60:.0f} min ago): {expl}"
         )
 
+    def peak_replicas(self, now: float, head: float, p: float, cv: float) -> tuple[int, str]:
+        """The larger of the burst headroom's and the burst shape's replicas, with its
+        explanation (the headroom's on a tie)."""
+        n_b, bexpl = self.burst_replicas(head, p, cv)
+        n_s, sexpl = self.shape_replicas(now, p, cv)
+        return (n_b, bexpl) if n_b >= n_s else (n_s, sexpl)
+
     def _observe_tick(self, now: float) -> None:
         """The controller's own tick: the median of the last 8 intervals between calls (a
         slow tick or a gap does not move it), bounded as the config's. The Poisson noise of a
@@ -629,7 +640,6 @@ class SLOPolicy:
         if self._last_now is not None and 0 < now - self._last_now <= 600:
             self._intervals.append(now - self._last_now)
             self.tick_s = statistics.median(self._intervals)
-            self.horizon_s = self.cold_start_s + self.tick_s
         self._last_now = now
 
     def needs(self, ctx: RoleContext) -> list[Need]:
@@ -666,15 +676,11 @@ class SLOPolicy:
         if self.role is Role.PREFILL:
             lam_s, head, why = self._load(self.rate, now, lam, fc)
             n, value, expl = self.prefill_replicas(lam_s, p, cv)
-            n_b, bexpl = self.burst_replicas(head, p, cv)
-            n_s, sexpl = self.shape_replicas(now, p, cv)
+            n_b, bexpl = self.peak_replicas(now, head, p, cv)
             text = f"req/s {why}; {expl}"
-            if n_b > n and n_b >= n_s:
+            if n_b > n:
                 n = n_b
                 text += f"; {bexpl}"
-            elif n_s > n:
-                n = n_s
-                text += f"; {sexpl}"
         elif self.role is Role.DECODE:
             g_s, head, why = self._load(self.gen, now, gtok, fc)
             n, value, expl = self.decode_replicas(max(g_s, head), p, o, cv)
@@ -682,10 +688,7 @@ class SLOPolicy:
         else:
             lam_s, head, why = self._load(self.rate, now, lam, fc)
             n_p, a, expl = self.prefill_replicas(lam_s, p, cv)
-            n_b, bexpl = self.burst_replicas(head, p, cv)
-            n_s, sexpl = self.shape_replicas(now, p, cv)
-            if n_s > n_b:
-                n_b, bexpl = n_s, sexpl
+            n_b, bexpl = self.peak_replicas(now, head, p, cv)
             cap, _, dexpl = self.decode_capacity(p, o)
             d_share = max(lam_s, head) * o / cap if cap > 0 else 0.0
             # Decode shares the replicas' time with prefill: add its share of replicas.
