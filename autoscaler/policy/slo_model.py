@@ -66,14 +66,12 @@ def value_near(points: Iterable[tuple[float, float]], t: float, within: float) -
     return None if best is None else best[1]
 
 
-def _excess_point(
-    pts: list[tuple[float, float, float]], budget: float, *, floor: float
-) -> float:
-    """The smallest x >= floor with sum over (value, weight, _) of max(value - x, 0) x weight
+def _excess_point(pts: list[tuple[float, float]], budget: float, *, floor: float) -> float:
+    """The smallest x >= floor with sum over (value, weight) of max(value - x, 0) x weight
     <= budget: the level above which the weighted excess stays within the budget."""
-    pts = sorted(pts, key=lambda p: p[0], reverse=True)
+    pts = sorted(pts, reverse=True)
     a = w_sum = 0.0
-    for k, (v, w, _) in enumerate(pts):
+    for k, (v, w) in enumerate(pts):
         a += v * w
         w_sum += w
         nxt = pts[k + 1][0] if k + 1 < len(pts) else floor
@@ -270,22 +268,23 @@ class RateSeries:
         cap keeps a burst seen at a quiet moment (a batch job at 3 a.m., x20 of its level) from
         being scaled up with the day's level to rates never seen."""
         z = NormalDist().inv_cdf(attainment)
-        mults: list[tuple[float, float, float]] = []
+        mults: list[tuple[float, float]] = []
         total = 0.0
         top = 0.0
+        largest = (0.0, 0.0)  # (multiplier, age) of the largest burst remembered
         for ts, short, lvl, span in self.shape:
             decay = 0.5 ** ((t - ts) / self.shape_halflife_s)
             total += short / lvl * span * decay
             r = short - z * math.sqrt(2.0 * lvl / span)
             if r > lvl:
-                mults.append((r / lvl, span * decay, t - ts))
+                mults.append((r / lvl, span * decay))
                 top = max(top, r)
+                largest = max(largest, (r / lvl, t - ts))
         cur = self.level()
         if not mults or cur <= 0:
             return 0.0, 0.0, cur
         x = _excess_point(mults, (1.0 - attainment) * total, floor=1.0)
-        age = max(mults)[2]
-        return min(x * cur, top), age, cur
+        return min(x * cur, top), largest[1], cur
 
     def trend(self, t: float, horizon_s: float) -> float | None:
         """The rise of the least-squares line through the closed minute means of the window

@@ -91,7 +91,7 @@ def test_shape_holds_recurring_bursts_only(name: str, slots: list[float], held: 
     ],
 )
 def test_excess_point_by_hand(budget: float, expected: float) -> None:
-    pts = [(5.0, 1.0, 0.0), (10.0, 1.0, 0.0), (2.0, 1.0, 0.0)]
+    pts = [(5.0, 1.0), (10.0, 1.0), (2.0, 1.0)]
     assert _excess_point(pts, budget, floor=1.0) == pytest.approx(expected)
 
 
