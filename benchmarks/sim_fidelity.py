@@ -12,11 +12,17 @@ profiles.
 
 It also prints, for the built-in profiles, the simulated TTFT of one 32k-128k-token prompt on
 an idle replica and the saturation knee (the Poisson rate at which mean TTFT passes 1 s in a
-5-minute run of ShareGPT-like lengths). No published figure for either is in the data file yet
-(docs/simulator.md, "What still deviates"), so these are printed without a comparison.
+5-minute run of ShareGPT-like lengths). No published figure for either is in the data file for
+these profiles yet (the one long prompt there, 28.7k tokens, ran on an A100; docs/simulator.md,
+"What still deviates"), so these are printed without a comparison.
 
     .venv/bin/python benchmarks/sim_fidelity.py [--data FILE] [--only SUBSTRING] [--no-extras]
     .venv/bin/python benchmarks/sim_fidelity.py --fit PROFILE --params a,b,c
+    .venv/bin/python benchmarks/sim_fidelity.py --only a100 --profile-as OLD=NEW
+
+`--profile-as` replays the runs of profile OLD with profile NEW (each run keeps its server
+settings): how a second candidate is checked on the first one's runs. A data-file profile's
+`fit_experiments` then count as its fit points, not held out.
 
 `--fit` refits the named profile's constants on that profile's `fit` experiments (soft-L1 loss
 on the log errors, autoscaler/sim/profile_fit.py) and prints them with their standard errors
@@ -68,9 +74,15 @@ def _summary(errs: list[float]) -> str:
     )
 
 
-def _row(exp: Experiment, data: DataFile) -> tuple[list[tuple[str, float, float, float]], float]:
+def _row(
+    exp: Experiment, data: DataFile, swap: dict[str, str]
+) -> tuple[list[tuple[str, float, float, float]], float]:
     t0 = time.perf_counter()
-    sim = run_experiment(exp, data)
+    # --profile-as: the run's server settings (overrides) on another profile's constants.
+    prof = (
+        data.profile_for(replace(exp, profile=swap[exp.profile])) if exp.profile in swap else None
+    )
+    sim = run_experiment(exp, data, profile=prof)
     rows = [(m, v, sim[m], (sim[m] - v) / v) for m, v in exp.points.items()]
     return rows, time.perf_counter() - t0
 
@@ -82,8 +94,24 @@ def main() -> int:
     ap.add_argument("--no-extras", action="store_true", help="skip long-prompt TTFT and knees")
     ap.add_argument("--fit", metavar="PROFILE", help="refit this profile on its fit experiments")
     ap.add_argument("--params", default="decode_alpha_ms,decode_beta_ms_per_seq,frontend_ms")
+    ap.add_argument(
+        "--profile-as",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="replay the experiments of profile OLD with profile NEW (a built-in or a data-file\n"
+        "profile; each run keeps its own server settings), e.g. to check another candidate",
+    )
     args = ap.parse_args()
     data = load_data(args.data)
+    swap: dict[str, str] = {}
+    for pair in args.profile_as:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            ap.error(f"--profile-as: expected OLD=NEW, got {pair!r}")
+        if new not in data.profiles and new not in BUILTIN_PROFILES:
+            ap.error(f"--profile-as: unknown profile {new!r} (not built in, not in {args.data})")
+        swap[old] = new
 
     if args.fit:
         exps = [e for e in data.experiments if e.profile == args.fit and e.split == "fit"]
@@ -115,24 +143,28 @@ def main() -> int:
     for exp in data.experiments:
         if args.only not in exp.id:
             continue
-        rows, dt = _row(exp, data)
+        rows, dt = _row(exp, data, swap)
+        prof_name = swap.get(exp.profile, exp.profile)
         src = data.sources[exp.source]
         split = "context" if exp.note.startswith("context:") else exp.split
+        if exp.id in data.profile_fits.get(prof_name, ()):
+            split = "fit"  # a replayed candidate's own fit points
         for m, v, s, e in rows:
             print(f"{exp.id:28s} {split:8s} {m:18s} {v:10.1f} {s:10.1f} {100 * e:+7.1f}%")
             by_split[split].append(e)
             if split != "context":
                 by_source.setdefault(exp.source, []).append(e)
-            if split == "held-out" and exp.profile in BUILTIN_PROFILES:
+            if split == "held-out" and prof_name in BUILTIN_PROFILES:
                 builtin_held.append(e)
-            if split == "held-out" and exp.profile != REJECTED_CANDIDATE:
+            if split == "held-out" and prof_name != REJECTED_CANDIDATE:
                 kept_held.append(e)
             if split == "held-out":
                 family = m.split("_")[1] if "_" in m and not m.endswith("throughput") else m
-                by_regime.setdefault(f"{exp.profile} {family}", []).append(e)
+                by_regime.setdefault(f"{prof_name} {family}", []).append(e)
         fleet = f", {exp.replicas} replicas ({exp.routing})" if exp.replicas > 1 else ""
         load = f"rate {exp.rate:g}/s x {exp.num_prompts}{fleet}"
-        print(f"    {exp.model}, {exp.gpu}, TP{exp.tp}, vLLM {exp.vllm_version}, {load}; "
+        print(f"    {exp.model}, {exp.gpu}, TP{exp.tp}, vLLM {exp.vllm_version}, {load}, "
+              f"profile {prof_name}; "
               f"{src.url} ({dt:.1f} s)")  # fmt: skip
     print()
     for split in ("fit", "held-out", "context"):

@@ -164,6 +164,9 @@ class DataFile:
     experiments: list[Experiment] = field(default_factory=list)
     profiles: dict[str, Profile] = field(default_factory=dict)
     """Profiles defined in the data file (a built-in `base` plus derived fields)."""
+    profile_fits: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per data-file profile, the experiments whose points set its constants (`fit_experiments`):
+    when another profile's runs are replayed with it, those are its fit points, not held out."""
 
     def profile_for(self, exp: Experiment) -> Profile:
         """The experiment's profile with the server settings it ran with."""
@@ -210,12 +213,21 @@ def load_data(path: str | Path) -> DataFile:
             total_max=int(_need(d, "total_max", w, int)),
         )
     profiles: dict[str, Profile] = {}
+    profile_fits: dict[str, tuple[str, ...]] = {}
     for key, pr in (data.get("profiles") or {}).items():
         w = f"{p}: profiles.{key}"
         if not isinstance(pr, dict):
             raise errors.ConfigError([f"{w}: expected a mapping"])
-        fields = {k: v for k, v in pr.items() if k not in ("base", "derivation")}
-        base = resolve_profile(_need(pr, "base", w, str))
+        fields = {k: v for k, v in pr.items() if k not in ("base", "derivation", "fit_experiments")}
+        fit_ids = pr.get("fit_experiments") or []
+        if not isinstance(fit_ids, list) or not all(isinstance(x, str) for x in fit_ids):
+            raise errors.ConfigError(
+                [f"{w}: fit_experiments: expected a list of experiment ids, got {fit_ids!r}"]
+            )
+        profile_fits[key] = tuple(fit_ids)
+        base_name = _need(pr, "base", w, str)
+        # A built-in, or a profile defined above it in the same file (a refinement of it).
+        base = profiles.get(base_name) or resolve_profile(base_name)
         try:
             profiles[key] = Profile.model_validate({**base.model_dump(), **fields, "name": key})
         except ValidationError as exc:
@@ -258,11 +270,7 @@ def load_data(path: str | Path) -> DataFile:
                 [f"{w}: arrivals: expected poisson or constant, got {arrivals!r}"]
             )
         burst_raw = e.get("burstiness", 1.0)
-        if (
-            not isinstance(burst_raw, (int, float))
-            or isinstance(burst_raw, bool)
-            or burst_raw <= 0
-        ):
+        if not isinstance(burst_raw, (int, float)) or isinstance(burst_raw, bool) or burst_raw <= 0:
             raise errors.ConfigError([f"{w}: burstiness: expected a number > 0, got {burst_raw!r}"])
         if arrivals == "constant" and burst_raw != 1:
             raise errors.ConfigError([f"{w}: burstiness: only with poisson arrivals"])
@@ -331,7 +339,19 @@ def load_data(path: str | Path) -> DataFile:
         if prof not in profiles and prof not in BUILTIN_PROFILES:
             known = ", ".join([*sorted(BUILTIN_PROFILES), *sorted(profiles)])
             raise errors.ConfigError([f"{w}: profile: unknown profile {prof!r}; known: {known}"])
-    return DataFile(sources=sources, datasets=datasets, experiments=exps, profiles=profiles)
+    for key, fit_ids in profile_fits.items():
+        unknown = sorted(set(fit_ids) - seen)
+        if unknown:
+            raise errors.ConfigError(
+                [f"{p}: profiles.{key}: fit_experiments: unknown experiment ids {unknown}"]
+            )
+    return DataFile(
+        sources=sources,
+        datasets=datasets,
+        experiments=exps,
+        profiles=profiles,
+        profile_fits=profile_fits,
+    )
 
 
 def workload(

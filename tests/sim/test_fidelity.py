@@ -37,7 +37,9 @@ def test_shipped_data_is_cited_and_split() -> None:
         assert e.split in ("fit", "held-out"), e.id
         assert set(e.points) <= set(METRICS), e.id
         data.profile_for(e)  # resolves (built-in or derived) with the run's settings
-    held = [e for e in data.experiments if e.split == "held-out" and not e.note.startswith("context:")]
+    held = [
+        e for e in data.experiments if e.split == "held-out" and not e.note.startswith("context:")
+    ]
     assert sum(len(e.points) for e in held) >= 30
 
 
@@ -81,10 +83,7 @@ def _held_out_errors(keep: Callable[[Experiment], bool]) -> list[float]:
 
 def write(tmp_path: Path, body: str) -> Path:
     p = tmp_path / "d.yaml"
-    p.write_text(
-        "sources:\n  s: {url: 'https://x', title: t, kind: k}\n"
-        "experiments:\n" + body
-    )
+    p.write_text("sources:\n  s: {url: 'https://x', title: t, kind: k}\nexperiments:\n" + body)
     return p
 
 
@@ -142,9 +141,7 @@ def test_burstiness_draws_gamma_gaps_as_vllm_bench_does(tmp_path: Path) -> None:
     """`burstiness: 50` (vLLM's benchmark `--burstiness`): gamma gaps of shape 50 and the
     rate's mean, so nearly even arrivals (coefficient of variation 1/sqrt(50) = 0.14), where
     the default Poisson gaps vary as much as they average (CV 1)."""
-    body = (BASE % ("{mean_ttft_ms: 1}", "")).replace(
-        "num_prompts: 10", "num_prompts: 4000"
-    )
+    body = (BASE % ("{mean_ttft_ms: 1}", "")).replace("num_prompts: 10", "num_prompts: 4000")
     cvs = {}
     for burst in ("", ", burstiness: 50"):
         data = load_data(write(tmp_path, body.replace("}\n", f"{burst}}}\n", 1)))
@@ -190,4 +187,84 @@ def test_a100_candidate_is_the_sxm_profile_at_the_datasheet_ratios() -> None:
     assert all(getattr(a100, f) == getattr(sxm, f) for f in same)
     runs = [e for e in data.experiments if e.profile == "llama-8b-a100"]
     assert runs
-    assert all(e.split == "held-out" and e.routing == "random" for e in runs)
+    assert all(e.split == "held-out" for e in runs)
+    # Several replicas behind a plain Service (llm-d's runs): kube-proxy's random pick.
+    assert all(e.routing == "random" for e in runs if e.replicas > 1)
+
+
+def test_a_data_file_profile_refines_another_and_names_its_fit_runs(tmp_path: Path) -> None:
+    """A profile may take a profile defined above it as its base, and list the runs that set its
+    constants (its fit points when another profile's runs are replayed with it); an id that
+    names no run is refused with the file and profile named."""
+    head = (
+        "sources:\n  s: {url: 'https://x', title: t, kind: k}\n"
+        "profiles:\n"
+        "  first: {base: llama-8b-h100, decode_alpha_ms: 9.0}\n"
+        "  second: {base: first, prefill_beta_ms_per_token: 0.05, fit_experiments: [%s]}\n"
+        "experiments:\n"
+    )
+    body = BASE % ("{mean_ttft_ms: 10}", "")
+    p = tmp_path / "d.yaml"
+    p.write_text(head % "a" + body)
+    data = load_data(p)
+    second = data.profiles["second"]
+    assert second.decode_alpha_ms == 9.0
+    assert second.prefill_beta_ms_per_token == 0.05
+    assert data.profile_fits == {"first": (), "second": ("a",)}
+    p.write_text(head % "zz" + body)
+    with pytest.raises(
+        errors.ConfigError, match=r"profiles\.second: fit_experiments: unknown"
+    ) as ei:
+        load_data(p)
+    assert str(p) in str(ei.value)
+
+
+def test_accelmark_a100_candidate_follows_its_stated_rule() -> None:
+    """The second A100 candidate is the datasheet one with its step costs set from AccelMark's
+    one-at-a-time runs by the rule its derivation states (one factor on both prefill terms from
+    the 28.7k-token TTFT; decode from the two batch-of-one steps), nothing else: a refit to the
+    runs it is checked on would show here."""
+    data = load_data(DATA)
+    ds, am = data.profiles[REJECTED_A100], data.profiles["llama-8b-a100-accelmark"]
+    assert data.profile_fits["llama-8b-a100-accelmark"] == (
+        "accelmark-a100-8b-longctx-seq",
+        "accelmark-a100-8b-sharegpt-seq",
+    )
+    runs = {e.id: e for e in data.experiments}
+    long_run = runs["accelmark-a100-8b-longctx-seq"]
+    short_run = runs["accelmark-a100-8b-sharegpt-seq"]
+    p = long_run.input_len
+    assert p is not None
+    assert short_run.input_len is not None
+    assert short_run.output_len is not None
+    chunks = math.ceil(p / long_run.overrides["max_num_batched_tokens"])
+    k = (long_run.points["median_ttft_ms"] - ds.frontend_ms - chunks * ds.prefill_alpha_ms) / (
+        ds.prefill_beta_ms_per_token * p + ds.prefill_gamma_ms_per_token2 * p * p
+    )
+    assert am.prefill_beta_ms_per_token == pytest.approx(
+        ds.prefill_beta_ms_per_token * k, rel=0.005
+    )
+    assert am.prefill_gamma_ms_per_token2 == pytest.approx(
+        ds.prefill_gamma_ms_per_token2 * k, rel=0.005
+    )
+    assert long_run.output_len is not None
+    ctx_short = short_run.input_len + short_run.output_len / 2
+    ctx_long = p + long_run.output_len / 2
+    slope = (long_run.points["median_tpot_ms"] - short_run.points["median_tpot_ms"]) / (
+        ctx_long - ctx_short
+    )
+    assert am.decode_gamma_ms_per_ctx_token == pytest.approx(slope, rel=0.005)
+    assert am.decode_alpha_ms == pytest.approx(
+        short_run.points["median_tpot_ms"] - am.decode_beta_ms_per_seq - slope * ctx_short,
+        abs=0.01,
+    )
+    changed = {
+        "prefill_beta_ms_per_token",
+        "prefill_gamma_ms_per_token2",
+        "decode_alpha_ms",
+        "decode_gamma_ms_per_ctx_token",
+        "name",
+        "vllm_version",
+    }
+    d_ds, d_am = ds.model_dump(), am.model_dump()
+    assert {f for f in d_ds if d_ds[f] != d_am[f]} <= changed
