@@ -235,23 +235,27 @@ def schedule_dp(
     lam: float,
     *,
     fixed_bins: int = 0,
+    widths: FloatArray | None = None,
 ) -> tuple[IntArray, int]:
     """One role's levels per bin minimising sum(n x cost_per_bin + lam x misses[m, n]) + every
     increase x cold_start_cost. `misses[m, j]` is bin m's misses at levels[j]; the first
     `fixed_bins` bins stay at levels[0] (the fleet at time 0, before any replica requested at 0
-    can be ready). Returns the level per bin and the misses planned."""
+    can be ready). With `widths`, step m stands for widths[m] bins (a block whose level is
+    held throughout, `plan_hindsight`) and is billed as many. Returns the level per step and
+    the misses planned."""
     nb, nl = misses.shape
     lv = np.asarray(levels, dtype=np.float64)
+    w = np.ones(nb) if widths is None else widths
     unit = lv * cost_per_bin
     up = np.maximum(lv[None, :] - lv[:, None], 0.0) * cold_start_cost  # [from, to]
     barred = np.full(nl, np.inf)
     barred[0] = 0.0
-    best = unit + lam * misses[0] + (barred if fixed_bins > 0 else 0.0)
+    best = unit * w[0] + lam * misses[0] + (barred if fixed_bins > 0 else 0.0)
     arg = np.zeros((nb, nl), dtype=np.int64)
     for m in range(1, nb):
         trans = best[:, None] + up  # from j to k
         arg[m] = np.argmin(trans, axis=0)
-        best = trans[arg[m], np.arange(nl)] + unit + lam * misses[m]
+        best = trans[arg[m], np.arange(nl)] + unit * w[m] + lam * misses[m]
         if m < fixed_bins:
             best = best + barred
     pick = np.zeros(nb, dtype=np.int64)
@@ -270,17 +274,43 @@ def plan_hindsight(
     cost_per_bin: float,
     cold_start_cost: float,
     fixed_bins: int = 0,
+    block_bins: int = 1,
 ) -> tuple[dict[Role, IntArray], int]:
     """The cheapest per-bin schedule over all roles whose planned misses fit `budget`: bisect
-    the price of a miss (lambda) in the joint programme (roles separate given lambda)."""
+    the price of a miss (lambda) in the joint programme (roles separate given lambda).
+
+    `block_bins` > 1 lets the fleet change only every that many bins after the fixed start:
+    each block's misses are summed and one level is held through it. That is a schedule that
+    knows each block's load but not when inside it the bursts come (a 15-minute block is
+    about what a forecast of the next quarter-hour knows). Its misses are summed per block, so
+    the price bisection moves in coarser steps and can stop further below the budget: an upper
+    bound on the cheapest such schedule."""
+    nb = next(iter(tables.values()))[1].shape[0]
+    if block_bins > 1:
+        starts = sorted({*range(min(fixed_bins, nb)), *range(min(fixed_bins, nb), nb, block_bins)})
+        widths = np.diff(np.append(starts, nb)).astype(np.float64)
+        steps = {
+            r: (lv, np.add.reduceat(m, starts, axis=0).astype(np.int64))
+            for r, (lv, m) in tables.items()
+        }
+    else:
+        widths = None
+        steps = tables
 
     def solve(lam: float) -> tuple[dict[Role, IntArray], int]:
         out: dict[Role, IntArray] = {}
         total = 0
-        for role, (levels, misses) in tables.items():
-            out[role], k = schedule_dp(
-                cost_per_bin, cold_start_cost, levels, misses, lam, fixed_bins=fixed_bins
+        for role, (levels, misses) in steps.items():
+            lv, k = schedule_dp(
+                cost_per_bin,
+                cold_start_cost,
+                levels,
+                misses,
+                lam,
+                fixed_bins=fixed_bins,
+                widths=widths,
             )
+            out[role] = lv if widths is None else np.repeat(lv, widths.astype(np.int64))
             total += k
         return out, total
 
@@ -482,10 +512,11 @@ def _plan_and_verify(
     horizon_s: float,
     routing: str,
     on_replay: Callable[[str], None] | None = None,
+    block_bins: int = 1,
 ) -> tuple[Hindsight, int]:
     """Plan the cheapest schedule whose misses fit (1 - target) x requests and verify it by
     replay, tightening the budget by any shortfall (up to HINDSIGHT_ROUNDS rounds). Returns the
-    verified schedule and the replays it took."""
+    verified schedule and the replays it took. `block_bins`: as `plan_hindsight`."""
     budget = max(0, math.floor((1.0 - target) * plan.n + 1e-9) - plan.base_misses)
     b = budget + plan.forced
     hs: Hindsight | None = None
@@ -497,6 +528,7 @@ def _plan_and_verify(
             cost_per_bin=plan.per_bin,
             cold_start_cost=plan.cold,
             fixed_bins=plan.fixed_bins,
+            block_bins=block_bins,
         )
         if on_replay is not None:
             on_replay("hindsight")
@@ -514,17 +546,24 @@ def _plan_and_verify(
     return hs, rnd
 
 
-def hindsight_at(ys: Yardsticks, attainment: float) -> Hindsight | None:
+def hindsight_at(
+    ys: Yardsticks, attainment: float, *, block_s: float | None = None
+) -> Hindsight | None:
     """The hindsight schedule re-planned for another measured attainment (a policy's own, to
     compare GPU-hours at equal attainment), from the miss tables `compute` kept: no fixed fleet
-    is replayed again, only the schedule's verifying replays. None without hindsight."""
+    is replayed again, only the schedule's verifying replays. None without hindsight.
+
+    `block_s`: the fleet may change only every block_s seconds (whole bins) after the start
+    (`plan_hindsight`): what the clairvoyant schedule costs when it knows each block's load
+    but not the timing of the bursts inside it."""
     if ys.plan is None or not 0.0 < attainment < 1.0:
         return None
+    block_bins = 1 if block_s is None else max(1, round(block_s / ys.plan.bin_s))
     # The attainment asked for is a measured one, forced misses included (every run has them);
     # the planner's target leaves them out of its budget, so they are added back.
     target = min(attainment + ys.plan.forced / max(ys.plan.n, 1), 1.0 - 1e-9)
     hs, _ = _plan_and_verify(
         ys.plan, ys.trace, ys.pool, ys.profile, target=target, horizon_s=ys.horizon_s,
-        routing=ys.routing,
+        routing=ys.routing, block_bins=block_bins,
     )  # fmt: skip
     return hs
