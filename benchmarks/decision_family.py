@@ -9,10 +9,11 @@ them strictly) and GPU-h <= 1.25 x hindsight's at equal attainment. Where the po
 than the 99 % hindsight, hindsight is re-planned for the policy's own attainment from the same
 miss tables (`yardsticks.hindsight_at`, verified by replay, which may land a little above it)
 and the ratio is taken against that ("x hs at its att."); a policy that meets at least what
-hindsight does is compared with it directly. For scale, "x hs changing every 15 / 60 min" divides
-the policy's GPU-hours by those of the same clairvoyant schedule when it may change the fleet
-only every 15 or 60 minutes, at the same attainment (`hindsight_at(..., block_s=)`): it knows
-each block's load but not when inside it the bursts come, which no controller knows either.
+hindsight does is compared with it directly. For scale, "x hs changing every N min" divides the
+policy's GPU-hours by those of the same clairvoyant schedule when it may change the fleet only
+every N minutes (`--blocks`, default 15 and 60), at the same attainment (`hindsight_at(...,
+block_s=)`): it knows each block's load but not when inside it the bursts come, which no
+controller knows either.
 
 Members (all built from ../shared/traces and the built-in generator; nothing is copied):
 
@@ -43,7 +44,7 @@ day-long member replays ~15 fixed fleets of ~0.1-0.3 M requests: minutes on this
 
     .venv/bin/python benchmarks/decision_family.py [--set dev|day|held-out|check|all]
         [--only NAME ...]
-        [--policy FILE ...] [--json OUT]
+        [--policy FILE ...] [--json OUT] [--blocks 15,60]
 """
 
 from __future__ import annotations
@@ -265,11 +266,13 @@ MEMBERS: tuple[Member, ...] = (
 )
 
 
-# Block lengths (minutes) of the blocked hindsight columns.
+# Block lengths (minutes) of the blocked hindsight columns (`--blocks`).
 BLOCK_MIN = (15, 60)
 
 
-def _run(member: Member, policy_paths: list[Path]) -> dict[str, Any]:
+def _run(
+    member: Member, policy_paths: list[Path], blocks: tuple[int, ...] = BLOCK_MIN
+) -> dict[str, Any]:
     trace = member.build()
     t0 = time.perf_counter()
     with backtest.quiet_logs():
@@ -299,7 +302,7 @@ def _run(member: Member, policy_paths: list[Path]) -> dict[str, Any]:
             # attainment the equal-attainment comparison uses.
             ref = min(att, float(hs_run["slo_attainment"]))
             blocked = {}
-            for minutes in BLOCK_MIN:
+            for minutes in blocks:
                 bh = yardsticks.hindsight_at(ys, ref, block_s=minutes * 60.0)
                 if bh is not None:
                     blocked[str(minutes)] = {
@@ -382,10 +385,7 @@ def row(doc: Doc, policies: list[str]) -> str:
         bl = runs[p].get("hindsight_blocked") or {}
         pg = float(runs[p]["gpu_hours"])
         blocked_cells.append(
-            ", ".join(
-                f"{m}m {pg / float(bl[str(m)]['gpu_hours']):.2f}" if str(m) in bl else f"{m}m -"
-                for m in BLOCK_MIN
-            )
+            ", ".join(f"{m}m {pg / float(v['gpu_hours']):.2f}" for m, v in bl.items()) or "-"
         )
     return (
         f"| {name} | {' | '.join(cell(p) for p in policies)} | {cell('keda-queue')} "
@@ -407,7 +407,7 @@ def header(policies: list[str]) -> str:
         f"static@GPU-h ({each})",
         f"x hindsight ({each})",
         f"x hs at its att. ({each})",
-        f"x hs changing every 15 / 60 min ({each})",
+        f"x hs changing every N min ({each})",
         f"Pareto vs keda ({each})",
         f"<= 1.25x hindsight ({each})",
     ]
@@ -427,6 +427,11 @@ def main() -> int:
         "the backtest's default policy)",
     )
     ap.add_argument("--json", type=Path, default=None, help="write every backtest's JSON here")
+    ap.add_argument(
+        "--blocks",
+        default=",".join(map(str, BLOCK_MIN)),
+        help="minutes between fleet changes of the blocked hindsight columns (comma-separated)",
+    )
     args = ap.parse_args()
     chosen = [
         m
@@ -442,11 +447,19 @@ def main() -> int:
     if len(set(names)) != len(names):
         print(f"policy files need distinct names: {names}", file=sys.stderr)
         return 2
+    try:
+        blocks = tuple(int(x) for x in args.blocks.split(",") if x.strip())
+    except ValueError:
+        print(f"--blocks: expected minutes like 15,60; got {args.blocks!r}", file=sys.stderr)
+        return 2
+    if any(b < 1 for b in blocks):
+        print(f"--blocks: minutes must be >= 1; got {args.blocks!r}", file=sys.stderr)
+        return 2
     print(f"policies {', '.join(map(str, paths))}; cells: SLO attainment @ GPU-hours")
     print(header(names), flush=True)
     docs = []
     for m in chosen:
-        doc = _run(m, paths)
+        doc = _run(m, paths, blocks)
         docs.append(doc)
         print(row(doc, names), flush=True)
     for doc in docs:
