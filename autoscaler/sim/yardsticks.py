@@ -283,8 +283,9 @@ def plan_hindsight(
     each block's misses are summed and one level is held through it. That is a schedule that
     knows each block's load but not when inside it the bursts come (a 15-minute block is
     about what a forecast of the next quarter-hour knows). Its misses are summed per block, so
-    the price bisection moves in coarser steps and can stop further below the budget: an upper
-    bound on the cheapest such schedule."""
+    the price bisection moves in coarser steps and can stop further below the budget; `_trim`
+    then lowers blocks while the misses fit. Still a heuristic: an upper bound on the cheapest
+    such schedule."""
     nb = next(iter(tables.values()))[1].shape[0]
     if block_bins > 1:
         starts = sorted({*range(min(fixed_bins, nb)), *range(min(fixed_bins, nb), nb, block_bins)})
@@ -301,7 +302,7 @@ def plan_hindsight(
         out: dict[Role, IntArray] = {}
         total = 0
         for role, (levels, misses) in steps.items():
-            lv, k = schedule_dp(
+            out[role], k = schedule_dp(
                 cost_per_bin,
                 cold_start_cost,
                 levels,
@@ -310,7 +311,6 @@ def plan_hindsight(
                 fixed_bins=fixed_bins,
                 widths=widths,
             )
-            out[role] = lv if widths is None else np.repeat(lv, widths.astype(np.int64))
             total += k
         return out, total
 
@@ -319,19 +319,76 @@ def plan_hindsight(
     while k > budget and hi < 1e9:
         lo, hi = hi, hi * 4.0
         sched, k = solve(hi)
-    if k > budget:
-        return sched, k  # even the biggest levels miss more: the best there is
-    best = (sched, k)
-    for _ in range(40):
-        mid = math.sqrt(lo * hi) if lo > 0 else hi / 2.0
-        s, km = solve(mid)
-        if km <= budget:
-            hi, best = mid, (s, km)
-        else:
-            lo = mid
-        if hi - lo <= 1e-4 * hi:
+    if k <= budget:
+        best = (sched, k)
+        for _ in range(40):
+            mid = math.sqrt(lo * hi) if lo > 0 else hi / 2.0
+            s, km = solve(mid)
+            if km <= budget:
+                hi, best = mid, (s, km)
+            else:
+                lo = mid
+            if hi - lo <= 1e-4 * hi:
+                break
+        sched, k = best
+    # else: even the biggest levels miss more: the best there is.
+    if widths is None:
+        return sched, k
+    sched, k = _trim(
+        steps, sched, budget=budget, used=k, cost_per_bin=cost_per_bin,
+        cold_start_cost=cold_start_cost, widths=widths, fixed_bins=fixed_bins,
+    )  # fmt: skip
+    reps = widths.astype(np.int64)
+    return {r: np.repeat(v, reps) for r, v in sched.items()}, k
+
+
+def _trim(
+    steps: dict[Role, tuple[list[int], IntArray]],
+    sched: dict[Role, IntArray],
+    *,
+    budget: int,
+    used: int,
+    cost_per_bin: float,
+    cold_start_cost: float,
+    widths: FloatArray,
+    fixed_bins: int,
+) -> tuple[dict[Role, IntArray], int]:
+    """Lower one block by one level at a time while the misses still fit the budget, the
+    largest saving per added miss first. A blocked schedule's misses move in block-sized steps,
+    so the price bisection can stop well below the budget (a 15-minute schedule then costing
+    more than a 60-minute one, which it could have copied); this spends what is left."""
+    idx = {r: [steps[r][0].index(int(v)) for v in sched[r]] for r in steps}
+    while True:
+        best: tuple[float, Role, int, int] | None = None
+        for role, (levels, misses) in steps.items():
+            pk = idx[role]
+            for m in range(min(fixed_bins, len(pk)), len(pk)):
+                j = pk[m]
+                if j == 0:
+                    continue
+                added = int(misses[m, j - 1] - misses[m, j])
+                if used + added > budget:
+                    continue
+                a, b = levels[j], levels[j - 1]
+                saving = (a - b) * cost_per_bin * float(widths[m])
+                if m > 0:  # the cold starts billed into this block
+                    prev = levels[pk[m - 1]]
+                    saving += (max(a - prev, 0) - max(b - prev, 0)) * cold_start_cost
+                if m + 1 < len(pk):  # and out of it
+                    nxt = levels[pk[m + 1]]
+                    saving += (max(nxt - a, 0) - max(nxt - b, 0)) * cold_start_cost
+                if saving <= 1e-12:
+                    continue
+                score = saving / (added + 1e-9)
+                if best is None or score > best[0]:
+                    best = (score, role, m, added)
+        if best is None:
             break
-    return best
+        _, role, m, added = best
+        idx[role][m] -= 1
+        used += added
+    out = {r: np.asarray([steps[r][0][j] for j in pk], dtype=np.int64) for r, pk in idx.items()}
+    return out, used
 
 
 def compute(
