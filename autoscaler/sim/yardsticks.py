@@ -355,8 +355,9 @@ def _trim(
 ) -> tuple[dict[Role, IntArray], int]:
     """Lower one block by one level at a time while the misses still fit the budget, the
     largest saving per added miss first. A blocked schedule's misses move in block-sized steps,
-    so the price bisection can stop well below the budget (a 15-minute schedule then costing
-    more than a 60-minute one, which it could have copied); this spends what is left."""
+    so the price bisection can stop well below the budget: two equal blocks reach the same price
+    together and drop together, past the budget, so both stay up; or, on code-2x, a 5-minute
+    schedule cost more than the 15-minute one it could have copied. This spends what is left."""
     idx = {r: [steps[r][0].index(int(v)) for v in sched[r]] for r in steps}
     while True:
         best: tuple[float, Role, int, int] | None = None

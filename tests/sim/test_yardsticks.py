@@ -6,7 +6,8 @@ start before the minute that needs them, and on a synthetic trace best-static is
 the fleet one step cheaper on the frontier is not, while hindsight's verified schedule reaches the
 target for no more than best-static, and re-planned for a lower attainment (a policy's, to compare
 at equal attainment) it meets that for no more; allowed to change the fleet only every few minutes
-(blocked), it holds one level per block and costs no less.
+(blocked), it holds one level per block and costs no less, and the budget the price bisection
+leaves unspent is spent by lowering blocks.
 """
 
 from __future__ import annotations
@@ -178,3 +179,15 @@ def test_blocked_hindsight_holds_one_level_per_block(
     )  # fmt: skip
     assert sched[Role.PREFILL].tolist() == expected
     assert planned == 0
+
+
+def test_blocked_hindsight_spends_the_budget_the_bisection_left() -> None:
+    """Two equal blocks of 2 bins, each losing 60 requests at one replica, and a budget of 100:
+    at every price both blocks drop together (120 misses, over budget) or stay up (0), so the
+    bisection keeps both at 2; the trim then lowers one of them (60 misses within 100)."""
+    tables = {Role.PREFILL: ([1, 2], _table([[30, 0], [30, 0], [30, 0], [30, 0]]))}
+    sched, planned = yardsticks.plan_hindsight(
+        tables, budget=100, cost_per_bin=1.0, cold_start_cost=0.0, block_bins=2
+    )
+    assert sorted(sched[Role.PREFILL].tolist()) == [1, 1, 2, 2]
+    assert planned == 60
