@@ -316,7 +316,7 @@ class SLOPolicy:
     def prefill_replicas(self, lam: float, p: float, cv: float) -> tuple[int, float, str]:
         """Fewest replicas c whose M/G/c waiting tail, averaged over the prompt mix, lets all
         but 1 - attainment of the requests meet their own TTFT limits."""
-        es, cs2, waits = self.prefill_model(p, cv)
+        es, _, waits = self.prefill_model(p, cv)
         a = lam * es
         tail = 1.0 - self.config.attainment
         hopeless = sum(1 for w in waits if w <= 0) / len(waits)
@@ -338,19 +338,32 @@ class SLOPolicy:
             )
         if a <= 0:
             return 0, 0.0, f"{head} -> 0"
-        k = 2.0 / (1.0 + cs2)
         c = max(1, math.floor(a + _EPS) + 1)
         for _ in range(_MAX_EXTRA):
-            decay = (c - a) / es * k
-            miss = hopeless + erlang_c(c, a) * sum(
-                math.exp(-decay * w) for w in waits if w > 0
-            ) / len(waits)
+            miss = self.prefill_miss(c, lam, p, cv)
             if miss <= tail:
                 break
             c += 1
         return c, a, (
             f"{head}; M/G/c wait tail vs each prompt's {slo}: {miss:.2%} miss at {c} "
             f"(<= {tail:.2%}) -> {c}"
+        )
+
+    def prefill_miss(self, c: int, lam: float, p: float, cv: float) -> float:
+        """The model's share of requests missing their TTFT limit at c replicas and a steady
+        lam req/s: the M/G/c waiting tail averaged over the prompt mix; 1 at or past
+        saturation (the backlog passes a sub-second allowance within seconds)."""
+        es, cs2, waits = self.prefill_model(p, cv)
+        a = lam * es
+        if a <= 0:
+            return 0.0
+        if a >= c:
+            return 1.0
+        hopeless = sum(1 for w in waits if w <= 0) / len(waits)
+        k = 2.0 / (1.0 + cs2)
+        decay = (c - a) / es * k
+        return hopeless + erlang_c(c, a) * sum(math.exp(-decay * w) for w in waits if w > 0) / len(
+            waits
         )
 
     def decode_capacity(self, p: float, o: float) -> tuple[float, int, str]:

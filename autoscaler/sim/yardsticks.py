@@ -235,23 +235,27 @@ def schedule_dp(
     lam: float,
     *,
     fixed_bins: int = 0,
+    widths: FloatArray | None = None,
 ) -> tuple[IntArray, int]:
     """One role's levels per bin minimising sum(n x cost_per_bin + lam x misses[m, n]) + every
     increase x cold_start_cost. `misses[m, j]` is bin m's misses at levels[j]; the first
     `fixed_bins` bins stay at levels[0] (the fleet at time 0, before any replica requested at 0
-    can be ready). Returns the level per bin and the misses planned."""
+    can be ready). With `widths`, step m stands for widths[m] bins (a block whose level is
+    held throughout, `plan_hindsight`) and is billed as many. Returns the level per step and
+    the misses planned."""
     nb, nl = misses.shape
     lv = np.asarray(levels, dtype=np.float64)
+    w = np.ones(nb) if widths is None else widths
     unit = lv * cost_per_bin
     up = np.maximum(lv[None, :] - lv[:, None], 0.0) * cold_start_cost  # [from, to]
     barred = np.full(nl, np.inf)
     barred[0] = 0.0
-    best = unit + lam * misses[0] + (barred if fixed_bins > 0 else 0.0)
+    best = unit * w[0] + lam * misses[0] + (barred if fixed_bins > 0 else 0.0)
     arg = np.zeros((nb, nl), dtype=np.int64)
     for m in range(1, nb):
         trans = best[:, None] + up  # from j to k
         arg[m] = np.argmin(trans, axis=0)
-        best = trans[arg[m], np.arange(nl)] + unit + lam * misses[m]
+        best = trans[arg[m], np.arange(nl)] + unit * w[m] + lam * misses[m]
         if m < fixed_bins:
             best = best + barred
     pick = np.zeros(nb, dtype=np.int64)
@@ -270,16 +274,42 @@ def plan_hindsight(
     cost_per_bin: float,
     cold_start_cost: float,
     fixed_bins: int = 0,
+    block_bins: int = 1,
 ) -> tuple[dict[Role, IntArray], int]:
     """The cheapest per-bin schedule over all roles whose planned misses fit `budget`: bisect
-    the price of a miss (lambda) in the joint programme (roles separate given lambda)."""
+    the price of a miss (lambda) in the joint programme (roles separate given lambda).
+
+    `block_bins` > 1 lets the fleet change only every that many bins after the fixed start:
+    each block's misses are summed and one level is held through it. That is a schedule that
+    knows each block's load but not when inside it the bursts come (a 15-minute block is
+    about what a forecast of the next quarter-hour knows). Its misses are summed per block, so
+    the price bisection moves in coarser steps and can stop further below the budget; `_trim`
+    then lowers blocks while the misses fit. Still a heuristic: an upper bound on the cheapest
+    such schedule."""
+    nb = next(iter(tables.values()))[1].shape[0]
+    if block_bins > 1:
+        starts = sorted({*range(min(fixed_bins, nb)), *range(min(fixed_bins, nb), nb, block_bins)})
+        widths = np.diff(np.append(starts, nb)).astype(np.float64)
+        steps = {
+            r: (lv, np.add.reduceat(m, starts, axis=0).astype(np.int64))
+            for r, (lv, m) in tables.items()
+        }
+    else:
+        widths = None
+        steps = tables
 
     def solve(lam: float) -> tuple[dict[Role, IntArray], int]:
         out: dict[Role, IntArray] = {}
         total = 0
-        for role, (levels, misses) in tables.items():
+        for role, (levels, misses) in steps.items():
             out[role], k = schedule_dp(
-                cost_per_bin, cold_start_cost, levels, misses, lam, fixed_bins=fixed_bins
+                cost_per_bin,
+                cold_start_cost,
+                levels,
+                misses,
+                lam,
+                fixed_bins=fixed_bins,
+                widths=widths,
             )
             total += k
         return out, total
@@ -289,19 +319,77 @@ def plan_hindsight(
     while k > budget and hi < 1e9:
         lo, hi = hi, hi * 4.0
         sched, k = solve(hi)
-    if k > budget:
-        return sched, k  # even the biggest levels miss more: the best there is
-    best = (sched, k)
-    for _ in range(40):
-        mid = math.sqrt(lo * hi) if lo > 0 else hi / 2.0
-        s, km = solve(mid)
-        if km <= budget:
-            hi, best = mid, (s, km)
-        else:
-            lo = mid
-        if hi - lo <= 1e-4 * hi:
+    if k <= budget:
+        best = (sched, k)
+        for _ in range(40):
+            mid = math.sqrt(lo * hi) if lo > 0 else hi / 2.0
+            s, km = solve(mid)
+            if km <= budget:
+                hi, best = mid, (s, km)
+            else:
+                lo = mid
+            if hi - lo <= 1e-4 * hi:
+                break
+        sched, k = best
+    # else: even the biggest levels miss more: the best there is.
+    if widths is None:
+        return sched, k
+    sched, k = _trim(
+        steps, sched, budget=budget, used=k, cost_per_bin=cost_per_bin,
+        cold_start_cost=cold_start_cost, widths=widths, fixed_bins=fixed_bins,
+    )  # fmt: skip
+    reps = widths.astype(np.int64)
+    return {r: np.repeat(v, reps) for r, v in sched.items()}, k
+
+
+def _trim(
+    steps: dict[Role, tuple[list[int], IntArray]],
+    sched: dict[Role, IntArray],
+    *,
+    budget: int,
+    used: int,
+    cost_per_bin: float,
+    cold_start_cost: float,
+    widths: FloatArray,
+    fixed_bins: int,
+) -> tuple[dict[Role, IntArray], int]:
+    """Lower one block by one level at a time while the misses still fit the budget, the
+    largest saving per added miss first. A blocked schedule's misses move in block-sized steps,
+    so the price bisection can stop well below the budget: two equal blocks reach the same price
+    together and drop together, past the budget, so both stay up; or, on code-2x, a 5-minute
+    schedule cost more than the 15-minute one it could have copied. This spends what is left."""
+    idx = {r: [steps[r][0].index(int(v)) for v in sched[r]] for r in steps}
+    while True:
+        best: tuple[float, Role, int, int] | None = None
+        for role, (levels, misses) in steps.items():
+            pk = idx[role]
+            for m in range(min(fixed_bins, len(pk)), len(pk)):
+                j = pk[m]
+                if j == 0:
+                    continue
+                added = int(misses[m, j - 1] - misses[m, j])
+                if used + added > budget:
+                    continue
+                a, b = levels[j], levels[j - 1]
+                saving = (a - b) * cost_per_bin * float(widths[m])
+                if m > 0:  # the cold starts billed into this block
+                    prev = levels[pk[m - 1]]
+                    saving += (max(a - prev, 0) - max(b - prev, 0)) * cold_start_cost
+                if m + 1 < len(pk):  # and out of it
+                    nxt = levels[pk[m + 1]]
+                    saving += (max(nxt - a, 0) - max(nxt - b, 0)) * cold_start_cost
+                if saving <= 1e-12:
+                    continue
+                score = saving / (added + 1e-9)
+                if best is None or score > best[0]:
+                    best = (score, role, m, added)
+        if best is None:
             break
-    return best
+        _, role, m, added = best
+        idx[role][m] -= 1
+        used += added
+    out = {r: np.asarray([steps[r][0][j] for j in pk], dtype=np.int64) for r, pk in idx.items()}
+    return out, used
 
 
 def compute(
@@ -482,10 +570,11 @@ def _plan_and_verify(
     horizon_s: float,
     routing: str,
     on_replay: Callable[[str], None] | None = None,
+    block_bins: int = 1,
 ) -> tuple[Hindsight, int]:
     """Plan the cheapest schedule whose misses fit (1 - target) x requests and verify it by
     replay, tightening the budget by any shortfall (up to HINDSIGHT_ROUNDS rounds). Returns the
-    verified schedule and the replays it took."""
+    verified schedule and the replays it took. `block_bins`: as `plan_hindsight`."""
     budget = max(0, math.floor((1.0 - target) * plan.n + 1e-9) - plan.base_misses)
     b = budget + plan.forced
     hs: Hindsight | None = None
@@ -497,6 +586,7 @@ def _plan_and_verify(
             cost_per_bin=plan.per_bin,
             cold_start_cost=plan.cold,
             fixed_bins=plan.fixed_bins,
+            block_bins=block_bins,
         )
         if on_replay is not None:
             on_replay("hindsight")
@@ -514,17 +604,24 @@ def _plan_and_verify(
     return hs, rnd
 
 
-def hindsight_at(ys: Yardsticks, attainment: float) -> Hindsight | None:
+def hindsight_at(
+    ys: Yardsticks, attainment: float, *, block_s: float | None = None
+) -> Hindsight | None:
     """The hindsight schedule re-planned for another measured attainment (a policy's own, to
     compare GPU-hours at equal attainment), from the miss tables `compute` kept: no fixed fleet
-    is replayed again, only the schedule's verifying replays. None without hindsight."""
+    is replayed again, only the schedule's verifying replays. None without hindsight.
+
+    `block_s`: the fleet may change only every block_s seconds (whole bins) after the start
+    (`plan_hindsight`): what the clairvoyant schedule costs when it knows each block's load
+    but not the timing of the bursts inside it."""
     if ys.plan is None or not 0.0 < attainment < 1.0:
         return None
+    block_bins = 1 if block_s is None else max(1, round(block_s / ys.plan.bin_s))
     # The attainment asked for is a measured one, forced misses included (every run has them);
     # the planner's target leaves them out of its budget, so they are added back.
     target = min(attainment + ys.plan.forced / max(ys.plan.n, 1), 1.0 - 1e-9)
     hs, _ = _plan_and_verify(
         ys.plan, ys.trace, ys.pool, ys.profile, target=target, horizon_s=ys.horizon_s,
-        routing=ys.routing,
+        routing=ys.routing, block_bins=block_bins,
     )  # fmt: skip
     return hs

@@ -5,7 +5,9 @@ not), the miss price is bisected to the budget, a schedule's replicas are reques
 start before the minute that needs them, and on a synthetic trace best-static is verified and
 the fleet one step cheaper on the frontier is not, while hindsight's verified schedule reaches the
 target for no more than best-static, and re-planned for a lower attainment (a policy's, to compare
-at equal attainment) it meets that for no more.
+at equal attainment) it meets that for no more; allowed to change the fleet only every few minutes
+(blocked), it holds one level per block and costs no less, and the budget the price bisection
+leaves unspent is spent by lowering blocks.
 """
 
 from __future__ import annotations
@@ -133,6 +135,16 @@ def test_best_static_and_hindsight_on_a_bursty_trace() -> None:
     assert eq.evaluation.slo_attainment >= lower
     assert eq.evaluation.gpu_hours <= hs.evaluation.gpu_hours + 1e-9
     assert yardsticks.hindsight_at(ys, 1.0) is None
+    # Changing the fleet only every 5 minutes, at the same attainment, it meets that for no
+    # fewer GPU-hours (it can do nothing the per-bin schedule cannot), one level per block.
+    blocked = yardsticks.hindsight_at(ys, lower, block_s=300.0)
+    assert blocked is not None
+    assert blocked.evaluation.slo_attainment >= lower
+    assert blocked.evaluation.gpu_hours >= eq.evaluation.gpu_hours - 1e-9
+    assert ys.plan is not None
+    for role, levels in blocked.levels.items():
+        for start in range(ys.plan.fixed_bins, len(levels), 5):
+            assert len(set(levels[start : start + 5].tolist())) == 1, role
 
 
 def test_dp_keeps_the_start_at_the_floor() -> None:
@@ -142,3 +154,40 @@ def test_dp_keeps_the_start_at_the_floor() -> None:
     sched, planned = yardsticks.schedule_dp(1.0, 0.0, [1, 2], misses, lam=10.0, fixed_bins=2)
     assert sched.tolist() == [1, 1, 2]
     assert planned == 200
+
+
+@pytest.mark.parametrize(
+    ("block_bins", "fixed_bins", "expected"),
+    [
+        # Per bin: the extra replica only where bin 1's burst is.
+        pytest.param(1, 0, [1, 2, 1, 1], id="per-bin"),
+        # Blocks of 2 bins: the burst's whole block holds 2, the other block 1.
+        pytest.param(2, 0, [2, 2, 1, 1], id="blocks-of-2"),
+        # The fixed start stays its own step at the floor; blocks follow from bin 1: [1, 2], [3].
+        pytest.param(2, 1, [1, 2, 2, 1], id="blocks-after-the-fixed-start"),
+    ],
+)
+def test_blocked_hindsight_holds_one_level_per_block(
+    block_bins: int, fixed_bins: int, expected: list[int]
+) -> None:
+    """A schedule that may change the fleet only every `block_bins` bins holds the level its
+    block's worst bin needs (budget 0), and is billed every bin of it."""
+    tables = {Role.PREFILL: ([1, 2], _table([[0, 0], [100, 0], [0, 0], [0, 0]]))}
+    sched, planned = yardsticks.plan_hindsight(
+        tables, budget=0, cost_per_bin=1.0, cold_start_cost=0.0, fixed_bins=fixed_bins,
+        block_bins=block_bins,
+    )  # fmt: skip
+    assert sched[Role.PREFILL].tolist() == expected
+    assert planned == 0
+
+
+def test_blocked_hindsight_spends_the_budget_the_bisection_left() -> None:
+    """Two equal blocks of 2 bins, each losing 60 requests at one replica, and a budget of 100:
+    at every price both blocks drop together (120 misses, over budget) or stay up (0), so the
+    bisection keeps both at 2; the trim then lowers one of them (60 misses within 100)."""
+    tables = {Role.PREFILL: ([1, 2], _table([[30, 0], [30, 0], [30, 0], [30, 0]]))}
+    sched, planned = yardsticks.plan_hindsight(
+        tables, budget=100, cost_per_bin=1.0, cold_start_cost=0.0, block_bins=2
+    )
+    assert sorted(sched[Role.PREFILL].tolist()) == [1, 1, 2, 2]
+    assert planned == 60

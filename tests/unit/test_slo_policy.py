@@ -1,7 +1,8 @@
 """The `slo` policy kind on synthetic time: each sizing rule against a hand computation.
 
-Covers: Erlang C against closed forms; prefill replicas from the M/G/c tail over the prompt mix
-(a deterministic mix computed by hand), an unreachable absolute TTFT sized for load only and
+Covers: Erlang C against closed forms; the model miss share ordered in replicas and load; prefill
+replicas from the M/G/c tail over the prompt mix (a deterministic mix computed by hand), an
+unreachable absolute TTFT sized for load only and
 said so; decode from Little's law, the ITL target and the KV quantile (by hand); the prompt
 spread estimated from the scatter of window means; burst headroom that waits and then decays;
 a 30-minute trend that pre-warms a ramp and ignores 15-second noise; missing or absent data
@@ -10,6 +11,7 @@ holds; config errors name the field; the kind is registered and the shipped poli
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -489,3 +491,32 @@ def test_a_gauge_that_is_not_a_count_leaves_the_served_rate(bad: float) -> None:
                  waiting=0.0 if k < 5 else bad, running=4.0)
         assert a[0] == b[0]
         assert "backlog" not in b[1]
+
+
+@pytest.mark.parametrize(
+    ("c", "lam", "expected"),
+    [
+        pytest.param(1, 0.0, 0.0, id="no-load-no-miss"),
+        # 1,000-token prompts take ~30 ms: 40 req/s is past one replica's capacity.
+        pytest.param(1, 40.0, 1.0, id="saturated-all-miss"),
+    ],
+)
+def test_prefill_miss_at_the_edges(c: int, lam: float, expected: float) -> None:
+    assert make().prefill_miss(c, lam, 1000.0, 0.5) == expected
+
+
+def test_prefill_miss_falls_with_replicas_and_rises_with_load() -> None:
+    """The model's miss share, which prefill_replicas searches over, is ordered as a queue's:
+    fewer misses with more replicas at the same rate, more with more load on the same
+    replicas; the sizing stops at the first replica count within 1 - attainment."""
+    pol = make()
+    p, cv = 1500.0, 0.8
+    rates = [2.0, 8.0, 14.0, 20.0, 26.0]
+    for lam in rates:
+        by_c = [pol.prefill_miss(c, lam, p, cv) for c in range(1, 6)]
+        assert all(b <= a for a, b in itertools.pairwise(by_c)), by_c
+    for c in (1, 2, 3):
+        by_lam = [pol.prefill_miss(c, lam, p, cv) for lam in rates]
+        assert all(b >= a for a, b in itertools.pairwise(by_lam)), by_lam
+    n, _, _ = pol.prefill_replicas(20.0, p, cv)
+    assert pol.prefill_miss(n, 20.0, p, cv) <= 0.01 < pol.prefill_miss(n - 1, 20.0, p, cv)
