@@ -627,24 +627,27 @@ class SLOPolicy:
         c, _, expl = self.prefill_replicas(lam_b, p, cv)
         return c, f"burst {head:.3g} - Poisson noise {noise:.3g} req/s: {expl}"
 
-    def shape_replicas(self, now: float, p: float, cv: float) -> tuple[int, str]:
+    def shape_replicas(self, now: float, p: float, cv: float) -> tuple[int, str, float]:
         """Replicas for the remembered burst shape at the current level (already net of
-        Poisson noise, `RateSeries.shape_headroom`), through the same M/G/c model."""
+        Poisson noise, `RateSeries.shape_headroom`), through the same M/G/c model; with the
+        explanation and the rate (req/s) they are sized for."""
         rate, age, level = self.rate.shape_headroom(now, self.config.attainment)
         if rate <= level + _EPS:
-            return 0, ""
+            return 0, "", 0.0
         c, _, expl = self.prefill_replicas(rate, p, cv)
         return c, (
             f"burst shape {rate:.3g} req/s (x{rate / level:.2f} of level {level:.3g}; largest "
             f"{age / 60:.0f} min ago): {expl}"
-        )
+        ), rate
 
-    def peak_replicas(self, now: float, head: float, p: float, cv: float) -> tuple[int, str]:
+    def peak_replicas(
+        self, now: float, head: float, p: float, cv: float
+    ) -> tuple[int, str, float]:
         """The larger of the burst headroom's and the burst shape's replicas, with its
-        explanation (the headroom's on a tie)."""
+        explanation and the burst rate (req/s) it holds (the headroom's on a tie)."""
         n_b, bexpl = self.burst_replicas(head, p, cv)
-        n_s, sexpl = self.shape_replicas(now, p, cv)
-        return (n_b, bexpl) if n_b >= n_s else (n_s, sexpl)
+        n_s, sexpl, rate = self.shape_replicas(now, p, cv)
+        return (n_b, bexpl, head) if n_b >= n_s else (n_s, sexpl, rate)
 
     def _observe_tick(self, now: float) -> None:
         """The controller's own tick: the median of the last 8 intervals between calls (a
@@ -689,7 +692,7 @@ class SLOPolicy:
         if self.role is Role.PREFILL:
             lam_s, head, why = self._load(self.rate, now, lam, fc)
             n, value, expl = self.prefill_replicas(lam_s, p, cv)
-            n_b, bexpl = self.peak_replicas(now, head, p, cv)
+            n_b, bexpl, _ = self.peak_replicas(now, head, p, cv)
             text = f"req/s {why}; {expl}"
             if n_b > n:
                 n = n_b
@@ -701,9 +704,11 @@ class SLOPolicy:
         else:
             lam_s, head, why = self._load(self.rate, now, lam, fc)
             n_p, a, expl = self.prefill_replicas(lam_s, p, cv)
-            n_b, bexpl = self.peak_replicas(now, head, p, cv)
+            n_b, bexpl, peak = self.peak_replicas(now, head, p, cv)
             cap, _, dexpl = self.decode_capacity(p, o)
-            d_share = max(lam_s, head) * o / cap if cap > 0 else 0.0
+            # Decode's share at the rate the prefill part is held for: the burst the headroom or
+            # the shape keeps capacity for brings its generation too.
+            d_share = max(lam_s, head, peak) * o / cap if cap > 0 else 0.0
             # Decode shares the replicas' time with prefill: add its share of replicas.
             n = math.ceil(max(n_p, n_b) + d_share - _EPS)
             text = f"req/s {why}; prefill {expl}"

@@ -1,5 +1,6 @@
 """The slo kind's burst shape on synthetic time: burst multipliers remembered for hours and
-applied at the current level (`RateSeries.shape_headroom`, `SLOPolicy.shape_replicas`).
+applied at the current level (`RateSeries.shape_headroom`, `SLOPolicy.shape_replicas`), for
+prefill and for an aggregated role, whose decode share follows the burst the shape holds.
 
 Each scenario feeds 60-s window rates sampled every 15 s, built from per-slot arrival rates
 (req/s in each 15-s slot), exactly as a source reports them.
@@ -197,3 +198,46 @@ def test_the_tick_in_use_is_the_controllers_own(intervals: list[float], tick: fl
         pol.needs(_ctx(t, {}))
     assert pol.tick_s == pytest.approx(tick)
     assert pol.horizon_s == pytest.approx(90.0 + tick)
+
+
+def _aggregated_policy(**config: Any) -> SLOPolicy:
+    cfg = SLOConfig.model_validate({"profile": "llama-8b-h100", "prompt_length_cv": 1.0,
+                                    "trend_window_s": 0, **config})  # fmt: skip
+    return SLOPolicy(cfg, pool="p", role=Role.AGGREGATED, spec=_spec())
+
+
+def _run_aggregated(pol: SLOPolicy, slots: list[float]) -> tuple[int, str]:
+    t = 0.0
+    want, why = 0, ""
+    for v in windows(slots):
+        t += TICK
+        sig = {
+            "request_rate": SignalSample(v, 1),
+            "prompt_tokens_rate": SignalSample(v * 2000.0, 1),
+            "generation_tokens_rate": SignalSample(v * 400.0, 1),
+        }
+        obs = RoleObservation(replicas=1, ready=1, signals=sig)
+        ctx = RoleContext(pool="p", role=Role.AGGREGATED, spec=_spec(), obs=obs, now=t)
+        (need,) = pol.needs(ctx)
+        want, why = need.want, need.describe()
+    return want, why
+
+
+def test_aggregated_decode_share_follows_the_burst_shape() -> None:
+    """An aggregated replica both prefills and decodes: when the shape holds capacity for an
+    hourly burst, the decode share is sized at the burst's rate too (its requests generate
+    as well), so the role holds more than the shape's prefill replicas alone would give, and
+    the reason's decode share is the burst's, not the base rate's."""
+    slots = hour(8.0, 14, 10.0) + hour(8.0, None, 1.0)[:228]
+    pol = _aggregated_policy()
+    want, why = _run_aggregated(pol, slots)
+    assert "burst shape " in why
+    rate, _, level = pol.rate.shape_headroom(len(slots) * TICK, 0.99)
+    assert rate > 5.0 * level
+    cap, _, _ = pol.decode_capacity(2000.0, 400.0)
+    share = float(why.split("+ decode ")[1].split(" replicas")[0])
+    # The share is the burst rate's generation, not the base 8 req/s's.
+    assert share == pytest.approx(rate * 400.0 / cap, rel=0.05)
+    assert share > 8.0 * 400.0 / cap * 2
+    without, _ = _run_aggregated(_aggregated_policy(burst_shape_memory_s=0), slots)
+    assert want > without
