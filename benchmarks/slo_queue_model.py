@@ -94,7 +94,10 @@ def step_model_miss(prof: Profile, prompts: np.ndarray, arrivals: np.ndarray) ->
                 finished.append(r[0])
         t += prof.prefill_step_s(tokens, attn, seqs)
         done[finished] = t
-        run = deque(r for r in run if r[1] < prompts[r[0]])
+        # Packing is first come, first served: a request finishes only once every earlier one
+        # has, so the finished ones are the queue's head.
+        while run and run[0][1] >= prompts[run[0][0]]:
+            run.popleft()
     idle = np.array([prof.idle_prefill_s(int(q)) for q in prompts])
     ttft = done - arrivals + prof.kv_bytes_per_token * prompts / prof.kv_transfer_bytes_per_s
     ttft += prof.kv_transfer_setup_s

@@ -141,13 +141,15 @@ def _spec() -> RoleSpec:
     )
 
 
-def _policy(**config: Any) -> SLOPolicy:
+def _policy(role: Role = Role.PREFILL, **config: Any) -> SLOPolicy:
     cfg = SLOConfig.model_validate({"profile": "llama-8b-h100", "prompt_length_cv": 1.0,
                                     "trend_window_s": 0, **config})  # fmt: skip
-    return SLOPolicy(cfg, pool="p", role=Role.PREFILL, spec=_spec())
+    return SLOPolicy(cfg, pool="p", role=role, spec=_spec())
 
 
-def _run(pol: SLOPolicy, slots: list[float]) -> tuple[int, str]:
+def _run(pol: SLOPolicy, slots: list[float], *, output: float = 100.0) -> tuple[int, str]:
+    """Feed the slots' window rates (2,000-token prompts, `output` tokens generated per
+    request); returns the last tick's replicas and reason."""
     t = 0.0
     want, why = 0, ""
     for v in windows(slots):
@@ -155,16 +157,16 @@ def _run(pol: SLOPolicy, slots: list[float]) -> tuple[int, str]:
         sig = {
             "request_rate": SignalSample(v, 1),
             "prompt_tokens_rate": SignalSample(v * 2000.0, 1),
-            "generation_tokens_rate": SignalSample(v * 100.0, 1),
+            "generation_tokens_rate": SignalSample(v * output, 1),
         }
-        (need,) = pol.needs(_ctx(t, sig))
+        (need,) = pol.needs(_ctx(t, sig, pol.role))
         want, why = need.want, need.describe()
     return want, why
 
 
-def _ctx(now: float, sig: dict[str, SignalSample]) -> RoleContext:
+def _ctx(now: float, sig: dict[str, SignalSample], role: Role = Role.PREFILL) -> RoleContext:
     obs = RoleObservation(replicas=1, ready=1, signals=sig)
-    return RoleContext(pool="p", role=Role.PREFILL, spec=_spec(), obs=obs, now=now)
+    return RoleContext(pool="p", role=role, spec=_spec(), obs=obs, now=now)
 
 
 def test_prefill_is_ready_for_the_next_hourly_burst() -> None:
@@ -200,37 +202,14 @@ def test_the_tick_in_use_is_the_controllers_own(intervals: list[float], tick: fl
     assert pol.horizon_s == pytest.approx(90.0 + tick)
 
 
-def _aggregated_policy(**config: Any) -> SLOPolicy:
-    cfg = SLOConfig.model_validate({"profile": "llama-8b-h100", "prompt_length_cv": 1.0,
-                                    "trend_window_s": 0, **config})  # fmt: skip
-    return SLOPolicy(cfg, pool="p", role=Role.AGGREGATED, spec=_spec())
-
-
-def _run_aggregated(pol: SLOPolicy, slots: list[float]) -> tuple[int, str]:
-    t = 0.0
-    want, why = 0, ""
-    for v in windows(slots):
-        t += TICK
-        sig = {
-            "request_rate": SignalSample(v, 1),
-            "prompt_tokens_rate": SignalSample(v * 2000.0, 1),
-            "generation_tokens_rate": SignalSample(v * 400.0, 1),
-        }
-        obs = RoleObservation(replicas=1, ready=1, signals=sig)
-        ctx = RoleContext(pool="p", role=Role.AGGREGATED, spec=_spec(), obs=obs, now=t)
-        (need,) = pol.needs(ctx)
-        want, why = need.want, need.describe()
-    return want, why
-
-
 def test_aggregated_decode_share_follows_the_burst_shape() -> None:
     """An aggregated replica both prefills and decodes: when the shape holds capacity for an
     hourly burst, the decode share is sized at the burst's rate too (its requests generate
     as well), so the role holds more than the shape's prefill replicas alone would give, and
     the reason's decode share is the burst's, not the base rate's."""
     slots = hour(8.0, 14, 10.0) + hour(8.0, None, 1.0)[:228]
-    pol = _aggregated_policy()
-    want, why = _run_aggregated(pol, slots)
+    pol = _policy(Role.AGGREGATED)
+    want, why = _run(pol, slots, output=400.0)
     assert "burst shape " in why
     rate, _, level = pol.rate.shape_headroom(len(slots) * TICK, 0.99)
     assert rate > 5.0 * level
@@ -239,5 +218,5 @@ def test_aggregated_decode_share_follows_the_burst_shape() -> None:
     # The share is the burst rate's generation, not the base 8 req/s's.
     assert share == pytest.approx(rate * 400.0 / cap, rel=0.05)
     assert share > 8.0 * 400.0 / cap * 2
-    without, _ = _run_aggregated(_aggregated_policy(burst_shape_memory_s=0), slots)
+    without, _ = _run(_policy(Role.AGGREGATED, burst_shape_memory_s=0), slots, output=400.0)
     assert want > without

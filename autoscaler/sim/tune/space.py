@@ -142,82 +142,41 @@ def inputs(params: Sequence[Param]) -> dict[str, float]:
     return {p.name: p.clamp(p.default) for p in params}
 
 
+# The slo kind's searched fields: (field, low, high, the kind's default, Param options), in the
+# trials' order, the burst shape's after the headroom's (prefill and aggregated roles only).
+_Field = tuple[str, float, float, float, dict[str, Any]]
+_SLO_FIELDS: tuple[_Field, ...] = (
+    ("attainment", 0.9, 0.999, 0.99, {}),
+    ("burst_memory_s", 0.0, 3600.0, 1800.0, {"step": 300.0}),
+    ("burst_halflife_s", 60.0, 3600.0, 600.0, {"log": True}),
+    ("trend_window_s", 0.0, 3600.0, 1800.0, {"step": 300.0}),
+    ("prompt_length_cv_prior", 0.25, 3.0, 1.0, {"log": True}),
+)
+_SLO_SHAPE_FIELDS: tuple[_Field, ...] = (
+    ("burst_shape_memory_s", 0.0, 21600.0, 10800.0, {"step": 1800.0}),
+    ("burst_shape_halflife_s", 600.0, 7200.0, 3600.0, {"log": True}),
+)
+
+
 def slo(pool: int, role: Role, spec: RoleSpec) -> list[Param]:
     """The SLO kind's margins: the Erlang-C tail it sizes for (`attainment`), the burst headroom
     (memory, half-life), the burst shape's (prefill and aggregated roles), the trend window and
     the prompt-spread prior. The SLO itself
     (floor, slowdown, ITL) is the user's contract, never searched."""
     base = _role_path(pool, role)
+    fields = [*_SLO_FIELDS[:3], *(_SLO_SHAPE_FIELDS if role is not Role.DECODE else []),
+              *_SLO_FIELDS[3:]]  # fmt: skip
     out: list[Param] = []
     for i, ref in enumerate(spec.policies):
         if ref.kind != "slo":
             continue
         cfg: dict[str, Any] = dict(ref.model_extra or {})
         at = (*base, "policies", i)
-        name = f"{role.value}.slo{i}."
         out += [
-            Param(
-                name + "attainment",
-                (*at, "attainment"),
-                0.9,
-                0.999,
-                float(cfg.get("attainment", 0.99)),
-            ),
-            Param(
-                name + "burst_memory_s",
-                (*at, "burst_memory_s"),
-                0.0,
-                3600.0,
-                float(cfg.get("burst_memory_s", 1800.0)),
-                step=300.0,
-            ),
-            Param(
-                name + "burst_halflife_s",
-                (*at, "burst_halflife_s"),
-                60.0,
-                3600.0,
-                float(cfg.get("burst_halflife_s", 600.0)),
-                log=True,
-            ),
-        ]
-        if role is not Role.DECODE:
-            # The burst shape is sized for prefill and aggregated roles only.
-            out += [
-                Param(
-                    name + "burst_shape_memory_s",
-                    (*at, "burst_shape_memory_s"),
-                    0.0,
-                    21600.0,
-                    float(cfg.get("burst_shape_memory_s", 10800.0)),
-                    step=1800.0,
-                ),
-                Param(
-                    name + "burst_shape_halflife_s",
-                    (*at, "burst_shape_halflife_s"),
-                    600.0,
-                    7200.0,
-                    float(cfg.get("burst_shape_halflife_s", 3600.0)),
-                    log=True,
-                ),
-            ]
-        out += [
-            Param(
-                name + "trend_window_s",
-                (*at, "trend_window_s"),
-                0.0,
-                3600.0,
-                float(cfg.get("trend_window_s", 1800.0)),
-                step=300.0,
-            ),
-            Param(
-                name + "prompt_length_cv_prior",
-                (*at, "prompt_length_cv_prior"),
-                0.25,
-                3.0,
-                float(cfg.get("prompt_length_cv_prior", 1.0)),
-                log=True,
-            ),
-        ]
+            Param(f"{role.value}.slo{i}.{key}", (*at, key), low, high, float(cfg.get(key, dflt)),
+                  **opts)
+            for key, low, high, dflt, opts in fields
+        ]  # fmt: skip
     return out
 
 
