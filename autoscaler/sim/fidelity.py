@@ -158,6 +158,30 @@ class Experiment:
 
 
 @dataclass(frozen=True, slots=True)
+class DecodeFit:
+    """A published straight line through the median inter-token latency of one request alone
+    on an idle server against its input length, `ITL = slope x input_len + intercept` (a
+    concurrency-1 sweep). Its two numbers are what the source printed; the per-length ITLs
+    behind them are not, so the check compares lines, not points."""
+
+    id: str
+    source: str
+    profile: str
+    model: str
+    gpu: str
+    tp: int
+    vllm_version: str
+    input_min: int
+    input_max: int
+    """The swept input lengths' range, as the source states it."""
+    output_len: int
+    slope_ms_per_token: float
+    intercept_ms: float
+    split: str
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DataFile:
     sources: dict[str, Source]
     datasets: dict[str, Dataset]
@@ -167,6 +191,8 @@ class DataFile:
     profile_fits: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Per data-file profile, the experiments whose points set its constants (`fit_experiments`):
     when another profile's runs are replayed with it, those are its fit points, not held out."""
+    decode_fits: list[DecodeFit] = field(default_factory=list)
+    """Published single-request ITL lines (`decode_fits`), checked by their slope and intercept."""
 
     def profile_for(self, exp: Experiment) -> Profile:
         """The experiment's profile with the server settings it ran with."""
@@ -345,12 +371,63 @@ def load_data(path: str | Path) -> DataFile:
             raise errors.ConfigError(
                 [f"{p}: profiles.{key}: fit_experiments: unknown experiment ids {unknown}"]
             )
+    fits = [
+        _decode_fit(f"{p}: decode_fits[{i}]", f, sources, profiles)
+        for i, f in enumerate(data.get("decode_fits") or [])
+    ]
     return DataFile(
         sources=sources,
         datasets=datasets,
         experiments=exps,
         profiles=profiles,
         profile_fits=profile_fits,
+        decode_fits=fits,
+    )
+
+
+def _decode_fit(
+    where: str, f: Any, sources: dict[str, Source], profiles: dict[str, Profile]
+) -> DecodeFit:
+    if not isinstance(f, dict):
+        raise errors.ConfigError([f"{where}: expected a mapping"])
+    w = f"{where} ({_need(f, 'id', where, str)})"
+    src = _need(f, "source", w, str)
+    if src not in sources:
+        raise errors.ConfigError([f"{w}: source: unknown source {src!r}"])
+    split = _need(f, "split", w, str)
+    if split not in SPLITS:
+        raise errors.ConfigError([f"{w}: split: expected one of {SPLITS}, got {split!r}"])
+    prof = _need(f, "profile", w, str)
+    if prof not in profiles and prof not in BUILTIN_PROFILES:
+        known = ", ".join([*sorted(BUILTIN_PROFILES), *sorted(profiles)])
+        raise errors.ConfigError([f"{w}: profile: unknown profile {prof!r}; known: {known}"])
+    lo, hi = _need(f, "input_min", w, int), _need(f, "input_max", w, int)
+    if not 0 < lo < hi:
+        raise errors.ConfigError([f"{w}: input_min/input_max: need 0 < min < max, got {lo}, {hi}"])
+    out = _need(f, "output_len", w, int)
+    if out < 2:
+        raise errors.ConfigError([f"{w}: output_len: needs 2 or more tokens, got {out}"])
+    line: dict[str, float] = {}
+    for key in ("slope_ms_per_token", "intercept_ms"):
+        v = _need(f, key, w, (int, float))
+        if v <= 0:
+            raise errors.ConfigError([f"{w}: {key}: expected a number > 0, got {v!r}"])
+        line[key] = float(v)
+    return DecodeFit(
+        id=str(f["id"]),
+        source=src,
+        profile=prof,
+        model=_need(f, "model", w, str),
+        gpu=_need(f, "gpu", w, str),
+        tp=int(_need(f, "tp", w, int)),
+        vllm_version=str(_need(f, "vllm_version", w, (str, int, float))),
+        input_min=lo,
+        input_max=hi,
+        output_len=out,
+        slope_ms_per_token=line["slope_ms_per_token"],
+        intercept_ms=line["intercept_ms"],
+        split=split,
+        note=str(f.get("note", "")),
     )
 
 
@@ -512,3 +589,24 @@ def long_prompt_ttft_s(profile: Profile, prompt_tokens: int) -> float:
         np.array([2], dtype=np.int64),
     )
     return m["mean_ttft_ms"] / 1000.0
+
+
+def single_request_itl_fit(
+    profile: Profile, input_lens: list[int], output_len: int
+) -> tuple[float, float]:
+    """Slope (ms per input token) and intercept (ms) of the least-squares line through the
+    simulated ITL of one request alone on an idle replica at each input length: what a
+    concurrency-1 `vllm bench serve` sweep fits. Each request's ITL is its mean gap after the
+    first token, so the line's intercept holds the decode step at the prompt plus half the
+    output of context."""
+    itl = [
+        simulate(
+            profile,
+            np.zeros(1),
+            np.array([n], dtype=np.int64),
+            np.array([output_len], dtype=np.int64),
+        )["mean_tpot_ms"]
+        for n in input_lens
+    ]
+    slope, intercept = np.polyfit(np.asarray(input_lens, dtype=np.float64), np.asarray(itl), 1)
+    return float(slope), float(intercept)
