@@ -170,6 +170,8 @@ def main() -> int:
                 by_regime.setdefault(f"{prof_name} {family}", []).append(e)
         fleet = f", {exp.replicas} replicas ({exp.routing})" if exp.replicas > 1 else ""
         load = f"rate {exp.rate:g}/s x {exp.num_prompts}{fleet}"
+        if exp.concurrency:
+            load = f"closed loop of {exp.concurrency} x {exp.num_prompts}{fleet}"
         print(f"    {exp.model}, {exp.gpu}, TP{exp.tp}, vLLM {exp.vllm_version}, {load}, "
               f"profile {prof_name}; "
               f"{src.url} ({dt:.1f} s)")  # fmt: skip

@@ -1,8 +1,9 @@
 """Replaying published vLLM measurements on the simulator: the fidelity benchmark's engine.
 
 A published *experiment* is one `vllm bench serve` (or equivalent) run: a fixed fleet of
-replicas of one profile, a request rate (Poisson arrivals, or all at once for `inf`), a number
-of prompts and their lengths (fixed, or a dataset's length distribution). Each experiment
+replicas of one profile, a request rate (Poisson arrivals, or all at once for `inf`) or a
+closed loop of a fixed concurrency, a number of prompts and their lengths (fixed, drawn within
+a range around them, or a dataset's length distribution). Each experiment
 carries one or more published *points* (a metric and its value). `run_experiment` simulates the
 experiment and returns the same metrics, computed the way the benchmark client computes them:
 
@@ -32,7 +33,7 @@ from pydantic import ValidationError
 
 from autoscaler import errors
 from autoscaler.profile import BUILTIN_PROFILES, Profile, resolve_profile
-from autoscaler.sim.engine import ROUTING_POLICIES, Simulation
+from autoscaler.sim.engine import ROUTING_POLICIES, RequestResults, Simulation
 from autoscaler.types import Role
 from autoscaler.yamlsafe import format_validation_error, load_yaml, read_text
 
@@ -151,6 +152,12 @@ class Experiment:
     routing: str = "least-loaded"
     """How requests chose a replica (engine ROUTING_POLICIES): `random` for a plain Kubernetes
     Service in front of several replicas."""
+    concurrency: int = 0
+    """0: open loop, arrivals at `rate`. n > 0: a closed loop at rate `inf`, as `vllm bench serve
+    --max-concurrency n` runs it: n requests in flight, the next sent as soon as one finishes."""
+    range_ratio: float = 0.0
+    """With fixed `input_len`/`output_len`: each request's lengths drawn uniformly from the
+    integers within +-range_ratio of them (vLLM's random dataset, `--random-range-ratio`)."""
     vantage: str = "client"
     """Where latencies were measured: `client` (a benchmark client: HTTP, tokenization and
     streaming included) or `server` (vLLM's own histograms, which start at the engine's
@@ -305,6 +312,18 @@ def load_data(path: str | Path) -> DataFile:
             raise errors.ConfigError(
                 [f"{w}: routing: expected one of {ROUTING_POLICIES}, got {routing!r}"]
             )
+        conc = e.get("concurrency", 0)
+        if not isinstance(conc, int) or isinstance(conc, bool) or conc < 0:
+            raise errors.ConfigError([f"{w}: concurrency: expected an integer >= 1, got {conc!r}"])
+        if conc and not math.isinf(rate):
+            raise errors.ConfigError(
+                [f"{w}: concurrency: a closed loop sends at rate 'inf', got rate {rate:g}"]
+            )
+        ratio = e.get("range_ratio", 0.0)
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio < 1:
+            raise errors.ConfigError([f"{w}: range_ratio: expected 0 <= ratio < 1, got {ratio!r}"])
+        if ratio and ds is not None:
+            raise errors.ConfigError([f"{w}: range_ratio: only with input_len/output_len"])
         pts = _need(e, "points", w, dict)
         points: dict[str, float] = {}
         for m, v in pts.items():
@@ -359,6 +378,8 @@ def load_data(path: str | Path) -> DataFile:
                 stages=tuple(stages),
                 burstiness=float(burst_raw),
                 routing=routing,
+                concurrency=conc,
+                range_ratio=float(ratio),
             )
         )
         prof = exps[-1].profile
@@ -444,8 +465,8 @@ def workload(
     else:
         assert exp.input_len is not None
         assert exp.output_len is not None
-        prompt = np.full(n, exp.input_len, dtype=np.int64)
-        output = np.full(n, exp.output_len, dtype=np.int64)
+        prompt = _lengths(rng, exp.input_len, exp.range_ratio, n)
+        output = _lengths(rng, exp.output_len, exp.range_ratio, n)
     if exp.stages:
         parts, start = [], 0.0
         for r, d in exp.stages:
@@ -463,6 +484,15 @@ def workload(
     else:
         arrival = np.cumsum(_gaps(rng, exp.rate, exp.burstiness, n))
     return arrival, prompt, output
+
+
+def _lengths(rng: np.random.Generator, length: int, ratio: float, n: int) -> IntArray:
+    """`n` copies of `length`, or with `ratio` > 0 integers drawn uniformly from
+    [length x (1 - ratio), length x (1 + ratio)], as vLLM's random dataset draws them."""
+    if ratio == 0:
+        return np.full(n, length, dtype=np.int64)
+    lo, hi = int(length * (1 - ratio)), int(length * (1 + ratio))
+    return rng.integers(max(lo, 1), hi + 1, n).astype(np.int64)
 
 
 def _gaps(rng: np.random.Generator, rate: float, burstiness: float, n: int) -> FloatArray:
@@ -484,20 +514,15 @@ def simulate(
     routing: str = "least-loaded",
 ) -> dict[str, float]:
     """Run a fixed aggregated fleet on the requests and measure them as the client would."""
-    sim = Simulation()
-    sim.add_pool(
-        "bench",
-        profile=profile,
-        deployments={Role.AGGREGATED: ("bench", "vllm")},
-        arrival_s=arrival,
-        prompt_tokens=prompt,
-        output_tokens=output,
-        initial_replicas={Role.AGGREGATED: replicas},
+    res = _run(
+        profile,
+        arrival,
+        prompt,
+        output,
+        replicas=replicas,
         block_hashes=block_hashes,
         routing=routing,
     )
-    sim.run_until_idle(limit_s=7 * 86_400.0, step_s=600.0)
-    res = sim.pool("bench").results()
     ttft = res.ttft_s * 1000.0
     e2e = (res.finish_s - res.arrival_s) * 1000.0
     tpot = res.mean_itl_s * 1000.0
@@ -522,6 +547,64 @@ def simulate(
     }
 
 
+def _run(
+    profile: Profile,
+    arrival: FloatArray,
+    prompt: IntArray,
+    output: IntArray,
+    *,
+    replicas: int,
+    block_hashes: list[list[int]] | None,
+    routing: str,
+) -> RequestResults:
+    sim = Simulation()
+    sim.add_pool(
+        "bench",
+        profile=profile,
+        deployments={Role.AGGREGATED: ("bench", "vllm")},
+        arrival_s=arrival,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        initial_replicas={Role.AGGREGATED: replicas},
+        block_hashes=block_hashes,
+        routing=routing,
+    )
+    sim.run_until_idle(limit_s=7 * 86_400.0, step_s=600.0)
+    return sim.pool("bench").results()
+
+
+def closed_loop_arrivals(
+    profile: Profile,
+    prompt: IntArray,
+    output: IntArray,
+    concurrency: int,
+    *,
+    replicas: int = 1,
+    block_hashes: list[list[int]] | None = None,
+    routing: str = "least-loaded",
+) -> FloatArray:
+    """Send times of a closed-loop client keeping `concurrency` requests in flight: the first
+    `concurrency` at 0, request k when the (k - concurrency + 1)-th completion comes. Built
+    causally: the completions before request k's send time depend only on the k requests sent
+    before it, so simulating those k alone gives that time exactly (n - concurrency runs of at
+    most n requests each)."""
+    n = len(prompt)
+    arrival = np.zeros(n)
+    for k in range(concurrency, n):
+        hashes = block_hashes[:k] if block_hashes is not None else None
+        res = _run(
+            profile,
+            arrival[:k],
+            prompt[:k],
+            output[:k],
+            replicas=replicas,
+            block_hashes=hashes,
+            routing=routing,
+        )
+        arrival[k] = np.sort(res.finish_s)[k - concurrency]
+    return arrival
+
+
 def run_experiment(
     exp: Experiment, data: DataFile, profile: Profile | None = None
 ) -> dict[str, float]:
@@ -534,6 +617,16 @@ def run_experiment(
         assert exp.input_len is not None
         rng = np.random.default_rng(exp.seed + 1)
         hashes = exp.shared_prefix.hashes(len(arrival), exp.input_len, rng)
+    if exp.concurrency:
+        arrival = closed_loop_arrivals(
+            prof,
+            prompt,
+            output,
+            exp.concurrency,
+            replicas=exp.replicas,
+            block_hashes=hashes,
+            routing=exp.routing,
+        )
     out = simulate(
         prof,
         arrival,

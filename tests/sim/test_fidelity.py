@@ -17,6 +17,8 @@ from autoscaler import profile as profiles
 from autoscaler.sim.fidelity import (
     METRICS,
     Experiment,
+    _run,
+    closed_loop_arrivals,
     load_data,
     run_experiment,
     single_request_itl_fit,
@@ -112,6 +114,8 @@ BASE = (
         ("{mean_ttft_ms: 1}", ", stages: [[1]]", r"stages\[0\]: expected \[rate, duration_s\]"),
         ("{mean_ttft_ms: 1}", ", burstiness: 0", "burstiness: expected a number > 0"),
         ("{mean_ttft_ms: 1}", ", routing: round-robin", "routing: expected one of"),
+        ("{mean_ttft_ms: 1}", ", concurrency: 8", "concurrency: a closed loop sends at rate 'inf'"),
+        ("{mean_ttft_ms: 1}", ", range_ratio: 1.5", r"range_ratio: expected 0 <= ratio < 1"),
     ],
 )
 def test_bad_entries_name_file_entry_and_field(
@@ -342,4 +346,45 @@ def test_bad_decode_fits_name_file_entry_and_field(
         load_data(p)
     assert str(p) in str(ei.value)
     assert "decode_fits[0] (f)" in str(ei.value)
+
+
+def test_closed_loop_keeps_its_requests_in_flight() -> None:
+    """`vllm bench serve --max-concurrency c` at rate inf: the first c requests go at once and
+    each later one the moment an earlier one finishes, so c are in flight until the tail; the
+    send times are the completions of the run itself, not of a run without the later requests
+    (which would finish sooner: the later ones share the batch)."""
+    prof = profiles.builtin("llama-8b-h100")
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(500, 3000, 40).astype(np.int64)
+    output = rng.integers(50, 400, 40).astype(np.int64)
+    c = 4
+    arrival = closed_loop_arrivals(prof, prompt, output, c)
+    assert np.all(arrival[:c] == 0)
+    assert np.all(arrival[c:] > 0)
+    sim = np.asarray(
+        _run(
+            prof, arrival, prompt, output, replicas=1, block_hashes=None, routing="least-loaded"
+        ).finish_s
+    )
+    finish = np.sort(sim)
+    assert arrival[c:] == pytest.approx(finish[: len(prompt) - c], abs=1e-9)
+    for t in arrival[c:]:
+        in_flight = np.sum((arrival < t) & (sim > t))
+        assert in_flight == c - 1  # the one that just finished freed the slot
+
+
+def test_range_ratio_draws_lengths_as_vllms_random_dataset(tmp_path: Path) -> None:
+    body = (BASE % ("{mean_ttft_ms: 1}", "")).replace(
+        "rate: 2, num_prompts: 10, input_len: 100, output_len: 10",
+        "rate: inf, concurrency: 2, num_prompts: 400, input_len: 20000, output_len: 2000,"
+        " range_ratio: 0.15",
+    )
+    exp = load_data(write(tmp_path, body)).experiments[0]
+    _, prompt, output = workload(exp, {})
+    assert prompt.min() >= 17000
+    assert prompt.max() <= 23000
+    assert output.min() >= 1700
+    assert output.max() <= 2300
+    assert abs(prompt.mean() - 20000) < 300
+    assert prompt.std() > 1500
 
