@@ -10,11 +10,15 @@ summaries (`context`). A last summary line restricts the held-out points to the 
 profiles (the bar tests/sim/test_fidelity.py holds), leaving out the data file's own derived
 profiles.
 
+Published single-request decode lines (`decode_fits`: ITL = slope x input_len + intercept of a
+concurrency-1 sweep) are printed next to the line through the simulator's own sweep.
+
 It also prints, for the built-in profiles, the simulated TTFT of one 32k-128k-token prompt on
 an idle replica and the saturation knee (the Poisson rate at which mean TTFT passes 1 s in a
-5-minute run of ShareGPT-like lengths). No published figure for either is in the data file for
-these profiles yet (the one long prompt there, 28.7k tokens, ran on an A100; docs/simulator.md,
-"What still deviates"), so these are printed without a comparison.
+5-minute run of ShareGPT-like lengths). No printed figure for either is in the data file for
+these profiles yet (the one long prompt there, 28.7k tokens, ran on an A100; the H100 sweeps
+found plot TTFT without printing it; docs/simulator.md, "What still deviates"), so these are
+printed without a comparison.
 
     .venv/bin/python benchmarks/sim_fidelity.py [--data FILE] [--only SUBSTRING] [--no-extras]
     .venv/bin/python benchmarks/sim_fidelity.py --fit PROFILE --params a,b,c
@@ -39,6 +43,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from autoscaler.profile import BUILTIN_PROFILES, builtin, resolve_profile
 from autoscaler.sim.fidelity import (
     DataFile,
@@ -48,6 +54,7 @@ from autoscaler.sim.fidelity import (
     long_prompt_ttft_s,
     run_experiment,
     saturation_knee,
+    single_request_itl_fit,
 )
 from autoscaler.sim.profile_fit import fit_profile
 
@@ -163,6 +170,8 @@ def main() -> int:
                 by_regime.setdefault(f"{prof_name} {family}", []).append(e)
         fleet = f", {exp.replicas} replicas ({exp.routing})" if exp.replicas > 1 else ""
         load = f"rate {exp.rate:g}/s x {exp.num_prompts}{fleet}"
+        if exp.concurrency:
+            load = f"closed loop of {exp.concurrency} x {exp.num_prompts}{fleet}"
         print(f"    {exp.model}, {exp.gpu}, TP{exp.tp}, vLLM {exp.vllm_version}, {load}, "
               f"profile {prof_name}; "
               f"{src.url} ({dt:.1f} s)")  # fmt: skip
@@ -178,6 +187,8 @@ def main() -> int:
     for regime, errs in sorted(by_regime.items()):
         bias = statistics.median(errs)
         print(f"  {regime:34s} {_summary(errs)}, median signed error {100 * bias:+.1f} %")
+
+    _decode_fits(data, args.only, swap)
 
     if not args.no_extras:
         print("\nlong prompts, one request on an idle replica (simulated TTFT, s):")
@@ -203,6 +214,35 @@ def main() -> int:
                 print(f"  {name:20s} max_num_seqs {mns:5d} {knee:6.1f} req/s")
         _measured_workload_knee(data)
     return 0
+
+
+def _decode_fits(data: DataFile, only: str, swap: dict[str, str]) -> None:
+    """The published single-request ITL lines against the same line fitted through the
+    simulator's own single-request sweep over the stated range of input lengths (held out: no
+    constant was set from them). Not in the point summaries above: a line is two numbers."""
+    fits = [f for f in data.decode_fits if only in f.id]
+    if not fits:
+        return
+    print("\nsingle-request decode lines (ITL = slope x input_len + intercept, one request alone):")
+    for f in fits:
+        name = swap.get(f.profile, f.profile)
+        prof = data.profiles.get(name) or builtin(name)
+        lens = [round(x) for x in np.linspace(f.input_min, f.input_max, 8)]
+        slope, icpt = single_request_itl_fit(prof, lens, f.output_len)
+        print(f"  {f.id} ({f.split}), profile {name}; {f.model}, {f.gpu}, TP{f.tp}, "
+              f"vLLM {f.vllm_version}, {f.input_min}-{f.input_max} tokens in, {f.output_len} out; "
+              f"{data.sources[f.source].url}")  # fmt: skip
+        rows = [
+            ("slope (ms/token)", f.slope_ms_per_token, slope),
+            ("intercept (ms)", f.intercept_ms, icpt),
+            (f"ITL at {f.input_min} in (ms)", f.intercept_ms + f.slope_ms_per_token * f.input_min,
+             icpt + slope * f.input_min),
+            (f"ITL at {f.input_max} in (ms)", f.intercept_ms + f.slope_ms_per_token * f.input_max,
+             icpt + slope * f.input_max),
+        ]  # fmt: skip
+        for label, pub, sim in rows:
+            print(f"    {label:26s} published {pub:10.4g}  simulated {sim:10.4g}  "
+                  f"{100 * (sim - pub) / pub:+6.1f} %")  # fmt: skip
 
 
 def _measured_workload_knee(data: DataFile) -> None:

@@ -1,8 +1,9 @@
 """Replaying published vLLM measurements on the simulator: the fidelity benchmark's engine.
 
 A published *experiment* is one `vllm bench serve` (or equivalent) run: a fixed fleet of
-replicas of one profile, a request rate (Poisson arrivals, or all at once for `inf`), a number
-of prompts and their lengths (fixed, or a dataset's length distribution). Each experiment
+replicas of one profile, a request rate (Poisson arrivals, or all at once for `inf`) or a
+closed loop of a fixed concurrency, a number of prompts and their lengths (fixed, drawn within
+a range around them, or a dataset's length distribution). Each experiment
 carries one or more published *points* (a metric and its value). `run_experiment` simulates the
 experiment and returns the same metrics, computed the way the benchmark client computes them:
 
@@ -32,7 +33,7 @@ from pydantic import ValidationError
 
 from autoscaler import errors
 from autoscaler.profile import BUILTIN_PROFILES, Profile, resolve_profile
-from autoscaler.sim.engine import ROUTING_POLICIES, Simulation
+from autoscaler.sim.engine import ROUTING_POLICIES, RequestResults, Simulation
 from autoscaler.types import Role
 from autoscaler.yamlsafe import format_validation_error, load_yaml, read_text
 
@@ -151,10 +152,40 @@ class Experiment:
     routing: str = "least-loaded"
     """How requests chose a replica (engine ROUTING_POLICIES): `random` for a plain Kubernetes
     Service in front of several replicas."""
+    concurrency: int = 0
+    """0: open loop, arrivals at `rate`. n > 0: a closed loop at rate `inf`, as `vllm bench serve
+    --max-concurrency n` runs it: n requests in flight, the next sent as soon as one finishes."""
+    range_ratio: float = 0.0
+    """With fixed `input_len`/`output_len`: each request's lengths drawn uniformly from the
+    integers within +-range_ratio of them (vLLM's random dataset, `--random-range-ratio`)."""
     vantage: str = "client"
     """Where latencies were measured: `client` (a benchmark client: HTTP, tokenization and
     streaming included) or `server` (vLLM's own histograms, which start at the engine's
     arrival: the profile's `frontend_ms` is not in them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeFit:
+    """A published straight line through the median inter-token latency of one request alone
+    on an idle server against its input length, `ITL = slope x input_len + intercept` (a
+    concurrency-1 sweep). Its two numbers are what the source printed; the per-length ITLs
+    behind them are not, so the check compares lines, not points."""
+
+    id: str
+    source: str
+    profile: str
+    model: str
+    gpu: str
+    tp: int
+    vllm_version: str
+    input_min: int
+    input_max: int
+    """The swept input lengths' range, as the source states it."""
+    output_len: int
+    slope_ms_per_token: float
+    intercept_ms: float
+    split: str
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +198,8 @@ class DataFile:
     profile_fits: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Per data-file profile, the experiments whose points set its constants (`fit_experiments`):
     when another profile's runs are replayed with it, those are its fit points, not held out."""
+    decode_fits: list[DecodeFit] = field(default_factory=list)
+    """Published single-request ITL lines (`decode_fits`), checked by their slope and intercept."""
 
     def profile_for(self, exp: Experiment) -> Profile:
         """The experiment's profile with the server settings it ran with."""
@@ -279,6 +312,18 @@ def load_data(path: str | Path) -> DataFile:
             raise errors.ConfigError(
                 [f"{w}: routing: expected one of {ROUTING_POLICIES}, got {routing!r}"]
             )
+        conc = e.get("concurrency", 0)
+        if not isinstance(conc, int) or isinstance(conc, bool) or conc < 0:
+            raise errors.ConfigError([f"{w}: concurrency: expected an integer >= 1, got {conc!r}"])
+        if conc and not math.isinf(rate):
+            raise errors.ConfigError(
+                [f"{w}: concurrency: a closed loop sends at rate 'inf', got rate {rate:g}"]
+            )
+        ratio = e.get("range_ratio", 0.0)
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio < 1:
+            raise errors.ConfigError([f"{w}: range_ratio: expected 0 <= ratio < 1, got {ratio!r}"])
+        if ratio and ds is not None:
+            raise errors.ConfigError([f"{w}: range_ratio: only with input_len/output_len"])
         pts = _need(e, "points", w, dict)
         points: dict[str, float] = {}
         for m, v in pts.items():
@@ -333,6 +378,8 @@ def load_data(path: str | Path) -> DataFile:
                 stages=tuple(stages),
                 burstiness=float(burst_raw),
                 routing=routing,
+                concurrency=conc,
+                range_ratio=float(ratio),
             )
         )
         prof = exps[-1].profile
@@ -345,12 +392,63 @@ def load_data(path: str | Path) -> DataFile:
             raise errors.ConfigError(
                 [f"{p}: profiles.{key}: fit_experiments: unknown experiment ids {unknown}"]
             )
+    fits = [
+        _decode_fit(f"{p}: decode_fits[{i}]", f, sources, profiles)
+        for i, f in enumerate(data.get("decode_fits") or [])
+    ]
     return DataFile(
         sources=sources,
         datasets=datasets,
         experiments=exps,
         profiles=profiles,
         profile_fits=profile_fits,
+        decode_fits=fits,
+    )
+
+
+def _decode_fit(
+    where: str, f: Any, sources: dict[str, Source], profiles: dict[str, Profile]
+) -> DecodeFit:
+    if not isinstance(f, dict):
+        raise errors.ConfigError([f"{where}: expected a mapping"])
+    w = f"{where} ({_need(f, 'id', where, str)})"
+    src = _need(f, "source", w, str)
+    if src not in sources:
+        raise errors.ConfigError([f"{w}: source: unknown source {src!r}"])
+    split = _need(f, "split", w, str)
+    if split not in SPLITS:
+        raise errors.ConfigError([f"{w}: split: expected one of {SPLITS}, got {split!r}"])
+    prof = _need(f, "profile", w, str)
+    if prof not in profiles and prof not in BUILTIN_PROFILES:
+        known = ", ".join([*sorted(BUILTIN_PROFILES), *sorted(profiles)])
+        raise errors.ConfigError([f"{w}: profile: unknown profile {prof!r}; known: {known}"])
+    lo, hi = _need(f, "input_min", w, int), _need(f, "input_max", w, int)
+    if not 0 < lo < hi:
+        raise errors.ConfigError([f"{w}: input_min/input_max: need 0 < min < max, got {lo}, {hi}"])
+    out = _need(f, "output_len", w, int)
+    if out < 2:
+        raise errors.ConfigError([f"{w}: output_len: needs 2 or more tokens, got {out}"])
+    line: dict[str, float] = {}
+    for key in ("slope_ms_per_token", "intercept_ms"):
+        v = _need(f, key, w, (int, float))
+        if v <= 0:
+            raise errors.ConfigError([f"{w}: {key}: expected a number > 0, got {v!r}"])
+        line[key] = float(v)
+    return DecodeFit(
+        id=str(f["id"]),
+        source=src,
+        profile=prof,
+        model=_need(f, "model", w, str),
+        gpu=_need(f, "gpu", w, str),
+        tp=int(_need(f, "tp", w, int)),
+        vllm_version=str(_need(f, "vllm_version", w, (str, int, float))),
+        input_min=lo,
+        input_max=hi,
+        output_len=out,
+        slope_ms_per_token=line["slope_ms_per_token"],
+        intercept_ms=line["intercept_ms"],
+        split=split,
+        note=str(f.get("note", "")),
     )
 
 
@@ -367,8 +465,8 @@ def workload(
     else:
         assert exp.input_len is not None
         assert exp.output_len is not None
-        prompt = np.full(n, exp.input_len, dtype=np.int64)
-        output = np.full(n, exp.output_len, dtype=np.int64)
+        prompt = _lengths(rng, exp.input_len, exp.range_ratio, n)
+        output = _lengths(rng, exp.output_len, exp.range_ratio, n)
     if exp.stages:
         parts, start = [], 0.0
         for r, d in exp.stages:
@@ -386,6 +484,15 @@ def workload(
     else:
         arrival = np.cumsum(_gaps(rng, exp.rate, exp.burstiness, n))
     return arrival, prompt, output
+
+
+def _lengths(rng: np.random.Generator, length: int, ratio: float, n: int) -> IntArray:
+    """`n` copies of `length`, or with `ratio` > 0 integers drawn uniformly from
+    [length x (1 - ratio), length x (1 + ratio)], as vLLM's random dataset draws them."""
+    if ratio == 0:
+        return np.full(n, length, dtype=np.int64)
+    lo, hi = int(length * (1 - ratio)), int(length * (1 + ratio))
+    return rng.integers(max(lo, 1), hi + 1, n).astype(np.int64)
 
 
 def _gaps(rng: np.random.Generator, rate: float, burstiness: float, n: int) -> FloatArray:
@@ -407,20 +514,15 @@ def simulate(
     routing: str = "least-loaded",
 ) -> dict[str, float]:
     """Run a fixed aggregated fleet on the requests and measure them as the client would."""
-    sim = Simulation()
-    sim.add_pool(
-        "bench",
-        profile=profile,
-        deployments={Role.AGGREGATED: ("bench", "vllm")},
-        arrival_s=arrival,
-        prompt_tokens=prompt,
-        output_tokens=output,
-        initial_replicas={Role.AGGREGATED: replicas},
+    res = _run(
+        profile,
+        arrival,
+        prompt,
+        output,
+        replicas=replicas,
         block_hashes=block_hashes,
         routing=routing,
     )
-    sim.run_until_idle(limit_s=7 * 86_400.0, step_s=600.0)
-    res = sim.pool("bench").results()
     ttft = res.ttft_s * 1000.0
     e2e = (res.finish_s - res.arrival_s) * 1000.0
     tpot = res.mean_itl_s * 1000.0
@@ -445,6 +547,64 @@ def simulate(
     }
 
 
+def _run(
+    profile: Profile,
+    arrival: FloatArray,
+    prompt: IntArray,
+    output: IntArray,
+    *,
+    replicas: int,
+    block_hashes: list[list[int]] | None,
+    routing: str,
+) -> RequestResults:
+    sim = Simulation()
+    sim.add_pool(
+        "bench",
+        profile=profile,
+        deployments={Role.AGGREGATED: ("bench", "vllm")},
+        arrival_s=arrival,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        initial_replicas={Role.AGGREGATED: replicas},
+        block_hashes=block_hashes,
+        routing=routing,
+    )
+    sim.run_until_idle(limit_s=7 * 86_400.0, step_s=600.0)
+    return sim.pool("bench").results()
+
+
+def closed_loop_arrivals(
+    profile: Profile,
+    prompt: IntArray,
+    output: IntArray,
+    concurrency: int,
+    *,
+    replicas: int = 1,
+    block_hashes: list[list[int]] | None = None,
+    routing: str = "least-loaded",
+) -> FloatArray:
+    """Send times of a closed-loop client keeping `concurrency` requests in flight: the first
+    `concurrency` at 0, request k when the (k - concurrency + 1)-th completion comes. Built
+    causally: the completions before request k's send time depend only on the k requests sent
+    before it, so simulating those k alone gives that time exactly (n - concurrency runs of at
+    most n requests each)."""
+    n = len(prompt)
+    arrival = np.zeros(n)
+    for k in range(concurrency, n):
+        hashes = block_hashes[:k] if block_hashes is not None else None
+        res = _run(
+            profile,
+            arrival[:k],
+            prompt[:k],
+            output[:k],
+            replicas=replicas,
+            block_hashes=hashes,
+            routing=routing,
+        )
+        arrival[k] = np.sort(res.finish_s)[k - concurrency]
+    return arrival
+
+
 def run_experiment(
     exp: Experiment, data: DataFile, profile: Profile | None = None
 ) -> dict[str, float]:
@@ -457,6 +617,16 @@ def run_experiment(
         assert exp.input_len is not None
         rng = np.random.default_rng(exp.seed + 1)
         hashes = exp.shared_prefix.hashes(len(arrival), exp.input_len, rng)
+    if exp.concurrency:
+        arrival = closed_loop_arrivals(
+            prof,
+            prompt,
+            output,
+            exp.concurrency,
+            replicas=exp.replicas,
+            block_hashes=hashes,
+            routing=exp.routing,
+        )
     out = simulate(
         prof,
         arrival,
@@ -512,3 +682,24 @@ def long_prompt_ttft_s(profile: Profile, prompt_tokens: int) -> float:
         np.array([2], dtype=np.int64),
     )
     return m["mean_ttft_ms"] / 1000.0
+
+
+def single_request_itl_fit(
+    profile: Profile, input_lens: list[int], output_len: int
+) -> tuple[float, float]:
+    """Slope (ms per input token) and intercept (ms) of the least-squares line through the
+    simulated ITL of one request alone on an idle replica at each input length: what a
+    concurrency-1 `vllm bench serve` sweep fits. Each request's ITL is its mean gap after the
+    first token, so the line's intercept holds the decode step at the prompt plus half the
+    output of context."""
+    itl = [
+        simulate(
+            profile,
+            np.zeros(1),
+            np.array([n], dtype=np.int64),
+            np.array([output_len], dtype=np.int64),
+        )["mean_tpot_ms"]
+        for n in input_lens
+    ]
+    slope, intercept = np.polyfit(np.asarray(input_lens, dtype=np.float64), np.asarray(itl), 1)
+    return float(slope), float(intercept)

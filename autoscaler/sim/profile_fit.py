@@ -184,8 +184,9 @@ def fit_profile(
 
 
 def experiment_from_bench_json(path: str | Path, *, profile: str) -> Experiment:
-    """An experiment from a `vllm bench serve --save-result` file: its rate, prompt count and
-    mean lengths, and its mean/median TTFT, TPOT, E2E latency and throughputs."""
+    """An experiment from a `vllm bench serve --save-result` file: its rate (or, at rate inf
+    with `--max-concurrency`, its closed loop), prompt count and mean lengths, and its
+    mean/median TTFT, TPOT, E2E latency and throughputs."""
     p = Path(path)
     raw = prom_export.read_json(p)
     if not isinstance(raw, dict):
@@ -204,10 +205,18 @@ def experiment_from_bench_json(path: str | Path, *, profile: str) -> Experiment:
     output_len = max(1, round(num("total_output_tokens") / completed))
     rate_raw = raw.get("request_rate", "inf")
     rate = math.inf if rate_raw in ("inf", None) else float(rate_raw)
-    if raw.get("max_concurrency") not in (None, "None"):
+    conc = raw.get("max_concurrency")
+    if conc in (None, "None"):
+        conc = 0
+    elif not isinstance(conc, int) or isinstance(conc, bool) or conc < 1:
+        raise errors.ConfigError([f"{p}: max_concurrency: expected an integer >= 1, got {conc!r}"])
+    elif not math.isinf(rate):
+        # Both limits at once (Poisson sends, held back while the slots are full) are not
+        # replayed; either alone is.
         raise errors.ConfigError(
-            [f"{p}: max_concurrency: closed-loop runs are not replayed; use --request-rate runs"]
-        )
+            [f"{p}: max_concurrency: {conc} with request_rate {rate:g} is not replayed; use"
+             " --request-rate inf for a closed loop, or drop --max-concurrency"]
+        )  # fmt: skip
     keys = {
         "mean_ttft_ms": "mean_ttft_ms",
         "median_ttft_ms": "median_ttft_ms",
@@ -241,6 +250,7 @@ def experiment_from_bench_json(path: str | Path, *, profile: str) -> Experiment:
         replicas=1,
         split="fit",
         points=points,
+        concurrency=conc,
     )
 
 

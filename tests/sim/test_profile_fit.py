@@ -13,7 +13,7 @@ import pytest
 
 from autoscaler import cli, errors
 from autoscaler.profile import builtin, load_profile
-from autoscaler.sim.fidelity import DataFile, simulate
+from autoscaler.sim.fidelity import DataFile, closed_loop_arrivals, run_experiment, simulate
 from autoscaler.sim.profile_fit import experiment_from_bench_json, fit_profile
 
 pytestmark = pytest.mark.sim
@@ -81,7 +81,9 @@ def test_check_with_the_wrong_profile_shows_the_error(
         ({"completed": 3, "total_input_tokens": "x", "total_output_tokens": 1},
          "total_input_tokens: expected a number"),
         ({"completed": 3, "total_input_tokens": 9, "total_output_tokens": 9, "max_concurrency": 4,
-          "mean_ttft_ms": 5}, "closed-loop"),
+          "request_rate": 2.0, "mean_ttft_ms": 5}, "max_concurrency: 4 with request_rate 2"),
+        ({"completed": 3, "total_input_tokens": 9, "total_output_tokens": 9, "max_concurrency": 0,
+          "mean_ttft_ms": 5}, "max_concurrency: expected an integer >= 1"),
         ({"completed": 3, "total_input_tokens": 9, "total_output_tokens": 9}, "no metric"),
     ],
 )  # fmt: skip
@@ -133,3 +135,28 @@ def test_one_tail_inflated_mean_does_not_drag_a_robust_fit(
         assert err < lands_within, res.profile.frontend_ms
     else:
         assert err > 0.20, res.profile.frontend_ms
+
+
+def test_a_closed_loop_result_file_is_replayed_as_one(tmp_path: Path) -> None:
+    """`vllm bench serve --max-concurrency 4 --request-rate inf`: the file's run is replayed as
+    the closed loop it was (4 in flight), not as 60 requests sent at once, which would queue
+    56 of them behind the first batch and read as a far longer TTFT."""
+    prof = builtin("llama-8b-h100").model_copy(update={"decode_alpha_ms": 11.0})
+    n, c = 60, 4
+    prompt, output = np.full(n, 1200), np.full(n, 200)
+    m = simulate(prof, closed_loop_arrivals(prof, prompt, output, c), prompt, output)
+    doc = {
+        "num_prompts": n, "request_rate": "inf", "max_concurrency": c, "completed": n,
+        "total_input_tokens": 1200 * n, "total_output_tokens": 200 * n,
+        "mean_ttft_ms": m["mean_ttft_ms"], "mean_tpot_ms": m["mean_tpot_ms"],
+    }  # fmt: skip
+    f = tmp_path / "c4.json"
+    f.write_text(json.dumps(doc))
+    exp = experiment_from_bench_json(f, profile="llama-8b-h100")
+    assert exp.concurrency == c
+    replay = run_experiment(exp, DataFile(sources={}, datasets={}), profile=prof)
+    assert replay["mean_ttft_ms"] == pytest.approx(m["mean_ttft_ms"], rel=1e-6)
+    assert replay["mean_tpot_ms"] == pytest.approx(m["mean_tpot_ms"], rel=1e-6)
+    burst = simulate(prof, np.zeros(n), prompt, output)
+    assert burst["mean_ttft_ms"] > 3 * m["mean_ttft_ms"]
+
