@@ -81,6 +81,7 @@ from autoscaler import errors
 from autoscaler.forecast import engine
 from autoscaler.policy.base import Policy, RoleContext
 from autoscaler.policy.forecast import ForecastConfig, settings_for
+from autoscaler.policy.prefill_steps import PromptMix, StepCurves
 from autoscaler.policy.slo_model import (
     PromptSpread,
     RateSeries,
@@ -110,6 +111,16 @@ _RUNNING = SignalName.RUNNING.value
 DEFAULT_RATE_WINDOW_S = 60.0
 # Largest fleet the Erlang-C search considers beyond the offered load (a bound on the loop).
 _MAX_EXTRA = 1024
+# The step model's curves are tabulated per prompt mix with its mean rounded to 5 % and its CV
+# to 0.05 (a coding hour visits about 13 such mixes, a long-prompt hour 21), shared by every
+# policy of the same profile and SLO in the process (tune replays the same traffic many times).
+_MIX_MEAN_STEP = math.log(1.05)
+_MIX_CV_STEP = 0.05
+_CURVES: dict[tuple[object, ...], StepCurves] = {}
+# The arriving prompts' law in the step model: finer than the 64 quadrature points in the tail,
+# where the rare huge prompt sits (prefill_steps.PromptMix).
+_ARRIVAL_POINTS = 2048
+_MAX_CURVES = 512
 # Fields of the forecast kind an slo policy's `forecast` does not take.
 _NOT_IN_SLO_FORECAST = frozenset(
     {"series", "capacity_per_replica", "horizon_s", "tick_s", "learn_band", "learn_halflife_s"}
@@ -255,6 +266,10 @@ class SLOPolicy:
         self.p_mean: float | None = None
         self.lengths: deque[tuple[float, float, float, float]] = deque()
         self._moments: dict[tuple[int, float], tuple[float, float, list[float]]] = {}
+        # What the step model's curves depend on besides the mix (the process-wide cache key).
+        self._curve_ns = (
+            prof.model_dump_json(), role.value, config.ttft_floor_s, config.ttft_slowdown
+        )
         self.o_mean: float | None = None
         # (t, req/s, mean prompt, CV) of the ticks whose source measured the prompt-length CV.
         self.measured: deque[tuple[float, float, float, float]] = deque()
@@ -290,15 +305,12 @@ class SLOPolicy:
         hit = self._moments.get(key)
         if hit is not None:
             return hit
-        c = self.config
         pr = self.profile
         xs, waits = [], []
         for q in self.prompt_points(p, cv):
             sv = self.service_s(q)
             xs.append(sv)
-            limit = c.ttft_floor_s if c.ttft_slowdown is None else max(
-                c.ttft_floor_s, c.ttft_slowdown * sv
-            )
+            limit = self.ttft_limit_s(sv)
             xfer = 0.0
             if self.role is Role.PREFILL:
                 xfer = pr.kv_bytes_per_token * q / pr.kv_transfer_bytes_per_s
@@ -314,8 +326,8 @@ class SLOPolicy:
         return out
 
     def prefill_replicas(self, lam: float, p: float, cv: float) -> tuple[int, float, str]:
-        """Fewest replicas c whose M/G/c waiting tail, averaged over the prompt mix, lets all
-        but 1 - attainment of the requests meet their own TTFT limits."""
+        """Fewest replicas c at which the prefill model (`prefill_miss`) lets all but
+        1 - attainment of the requests meet their own TTFT limits."""
         es, _, waits = self.prefill_model(p, cv)
         a = lam * es
         tail = 1.0 - self.config.attainment
@@ -345,14 +357,24 @@ class SLOPolicy:
                 break
             c += 1
         return c, a, (
-            f"{head}; M/G/c wait tail vs each prompt's {slo}: {miss:.2%} miss at {c} "
+            f"{head}; step model and M/G/c tail vs each prompt's {slo}: {miss:.2%} miss at {c} "
             f"(<= {tail:.2%}) -> {c}"
         )
 
     def prefill_miss(self, c: int, lam: float, p: float, cv: float) -> float:
         """The model's share of requests missing their TTFT limit at c replicas and a steady
-        lam req/s: the M/G/c waiting tail averaged over the prompt mix; 1 at or past
-        saturation (the backlog passes a sub-second allowance within seconds)."""
+        lam req/s: the larger of the M/G/c waiting tail and the step model's miss.
+
+        Each leaves out what the other keeps, and each under-counts the engine by what it
+        leaves out (`benchmarks/slo_queue_model.py`): the M/G/c tail serves each prompt alone
+        (the engine finishes it at the end of a step shared with the prompts behind it) and
+        has an exponential tail; the step model keeps the steps but takes the replicas behind
+        the router as independent, where huge prompts load them together."""
+        return max(self.mgc_miss(c, lam, p, cv), self.step_curves(p, cv).miss(c, lam))
+
+    def mgc_miss(self, c: int, lam: float, p: float, cv: float) -> float:
+        """The M/G/c waiting tail averaged over the prompt mix; 1 at or past saturation (the
+        backlog passes a sub-second allowance within seconds)."""
         es, cs2, waits = self.prefill_model(p, cv)
         a = lam * es
         if a <= 0:
@@ -364,6 +386,39 @@ class SLOPolicy:
         decay = (c - a) / es * k
         return hopeless + erlang_c(c, a) * sum(math.exp(-decay * w) for w in waits if w > 0) / len(
             waits
+        )
+
+    def step_curves(self, p: float, cv: float) -> StepCurves:
+        """The step model's curves for the mix nearest (p, cv) on its grid, computed once per
+        process for this profile, role and SLO."""
+        pk = round(math.log(max(p, 1.0)) / _MIX_MEAN_STEP)
+        ck = round(cv / _MIX_CV_STEP)
+        key = (self._curve_ns, pk, ck)
+        hit = _CURVES.get(key)
+        if hit is not None:
+            return hit
+        pq, cq = math.exp(pk * _MIX_MEAN_STEP), ck * _MIX_CV_STEP
+        pr = self.profile
+        tokens, allowance = [], []
+        for q in self.prompt_points(pq, cq):
+            limit = self.ttft_limit_s(self.service_s(q))
+            xfer = pr.kv_transfer_s(round(q)) if self.role is Role.PREFILL else 0.0
+            tokens.append(q)
+            allowance.append(limit - xfer - pr.frontend_ms / 1000.0)
+        arrivals = lognormal_points(
+            pq, cq, top=float(pr.kv_capacity_tokens - 1), n=_ARRIVAL_POINTS
+        )
+        curves = StepCurves(pr, PromptMix(tuple(tokens), tuple(allowance), tuple(arrivals)))
+        if len(_CURVES) >= _MAX_CURVES:
+            _CURVES.pop(next(iter(_CURVES)))
+        _CURVES[key] = curves
+        return curves
+
+    def ttft_limit_s(self, idle_s: float) -> float:
+        """The TTFT limit of a prompt whose idle prefill takes idle_s: the SLO's own form."""
+        c = self.config
+        return c.ttft_floor_s if c.ttft_slowdown is None else max(
+            c.ttft_floor_s, c.ttft_slowdown * idle_s
         )
 
     def decode_capacity(self, p: float, o: float) -> tuple[float, int, str]:

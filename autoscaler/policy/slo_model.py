@@ -37,12 +37,13 @@ def erlang_c(c: int, a: float) -> float:
     return b / (1.0 - rho + rho * b)
 
 
-def lognormal_points(mean: float, cv: float, *, top: float) -> list[float]:
-    """`QUAD` equal-probability points of a lognormal with the given mean (at least 1) and CV,
-    each capped at top: the prompt mix the prefill and KV models average over."""
+def lognormal_points(mean: float, cv: float, *, top: float, n: int = QUAD) -> list[float]:
+    """`n` (default `QUAD`) equal-probability points of a lognormal with the given mean (at
+    least 1) and CV, each capped at top: the prompt mix the prefill and KV models average over."""
     sigma = math.sqrt(math.log1p(cv * cv))
     mu = math.log(max(mean, 1.0)) - sigma * sigma / 2.0
-    return [min(math.exp(mu + sigma * z), top) for z in _QUAD_Z]
+    zs = _QUAD_Z if n == QUAD else [NormalDist().inv_cdf((i + 0.5) / n) for i in range(n)]
+    return [min(math.exp(mu + sigma * z), top) for z in zs]
 
 
 def lognormal_quantile(mean: float, second: float, z: float) -> float:
