@@ -41,14 +41,21 @@ shape are all sized by the queueing model below (a burst of a few seconds lasts 
 prefill times, long enough for its queue to reach the steady state), the headroom and the
 shape less their Poisson noise over a tick; the role gets the largest.
 
-**Prefill** (M/G/c against each prompt's own TTFT limit): a prompt P takes S(P), the profile's
-idle prefill time (`Profile.idle_prefill_s`, so a recalibrated profile changes the sizing, not
-this code), and may queue w(P) = max(floor, k S(P)) - S(P) - its KV transfer and still meet its
-limit. With offered load a = lambda E[S] replicas, the policy asks for the fewest c > a with
-C(c, a) x mean over prompts of exp(-(c - a) w(P) / E[S] x 2 / (1 + cs^2)) <= 1 - attainment
-(Erlang C, the exponential waiting tail with the M/G/c heavy-traffic correction for the spread
-cs^2 of S). Prompts whose limit no fleet can meet (w <= 0, an absolute TTFT below their prefill)
-count as misses; if they alone exceed the budget the role is sized for load only and says so.
+**Prefill** (against each prompt's own TTFT limit): a prompt P takes S(P), the profile's idle
+prefill time (`Profile.idle_prefill_s`, so a recalibrated profile changes the sizing, not this
+code), and its limit is max(floor, k S(P)) less its KV transfer. The policy asks for the fewest
+replicas c whose share of late requests is at most 1 - attainment, the larger of two models
+(each under-counts the engine by what it leaves out; `benchmarks/slo_queue_model.py`):
+- the **step model** (prefill_steps.py): one replica's backlog as a Markov chain over steps of
+  up to the token budget, each prompt done at the end of the step holding its last chunk, after
+  the prompts packed behind it; c replicas behind least-loaded routing as independent queues at
+  their share of the rate, a request late only if it would be late on each;
+- the **M/G/c waiting tail** with offered load a = lambda E[S]: C(c, a) x mean over prompts of
+  exp(-(c - a) w(P) / E[S] x 2 / (1 + cs^2)), w(P) the queueing its limit allows (Erlang C,
+  the exponential tail with the heavy-traffic correction for the spread cs^2 of S), which keeps
+  the replicas' shared load where huge prompts block several at once.
+Prompts whose limit no fleet can meet (an absolute TTFT below their prefill) count as misses;
+if they alone exceed the budget the role is sized for load only and says so.
 
 **Decode** (Little's law, the ITL target, the KV cache): with n replicas each runs B = N / n
 sequences of mean context L = p + o/2; a step takes alpha_d + (beta_d + gamma_d L) B; by Little's
@@ -666,7 +673,7 @@ class SLOPolicy:
 
     def burst_replicas(self, head: float, p: float, cv: float) -> tuple[int, str]:
         """Replicas that hold the TTFT tail while requests arrive at the short-window rate
-        `head`: the same M/G/c model as the steady load, at the burst's rate. A burst of even a
+        `head`: the same prefill model as the steady load, at the burst's rate. A burst of even a
         few seconds lasts tens of prefill times (60 ms for a 2k prompt), so the queue reaches
         its quasi-stationary state within it; a fluid bound (the burst's work drains within a
         tick) lets requests wait seconds, far past a TTFT limit of 0.5 s."""
@@ -674,7 +681,7 @@ class SLOPolicy:
             return 0, ""
         # The short-window rate is a Poisson count over about one tick, recovered from two
         # window rates (variance ~ 2 lambda / tick): its high quantile over a smooth load is
-        # noise the M/G/c model already covers at the mean rate. Only what exceeds that noise
+        # noise the prefill model already covers at the mean rate. Only what exceeds that noise
         # at the attainment quantile is a burst.
         z = NormalDist().inv_cdf(self.config.attainment)
         noise = z * math.sqrt(2.0 * head / self.tick_s)
@@ -684,7 +691,7 @@ class SLOPolicy:
 
     def shape_replicas(self, now: float, p: float, cv: float) -> tuple[int, str, float]:
         """Replicas for the remembered burst shape at the current level (already net of
-        Poisson noise, `RateSeries.shape_headroom`), through the same M/G/c model; with the
+        Poisson noise, `RateSeries.shape_headroom`), through the same prefill model; with the
         explanation and the rate (req/s) they are sized for."""
         rate, age, level = self.rate.shape_headroom(now, self.config.attainment)
         if rate <= level + _EPS:
