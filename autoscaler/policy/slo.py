@@ -25,11 +25,12 @@ Without the gauges the completions are taken as they are. The burst headroom's s
 series stays on completions (see `_arrivals`).
 
 **Load to size for**: the current rate or the **trend at the cold-start horizon**, whichever is
-larger, for the steady queueing model; and the **burst headroom**, the short-window rate (see
-`RateSeries`) that all but 1 - attainment of the requests of the last `burst_memory_s` arrived at
-or below, each sample weighted by its requests and halved every `burst_halflife_s` (recurring
-bursts that carry more than that share of requests find capacity waiting, since a replica takes
-a cold start to arrive; a one-off burst's weight fades); and, for prefill and aggregated
+larger, for the steady queueing model; and the **burst headroom**: the short-window rates (see
+`RateSeries`) of the last `burst_memory_s`, each weighted by its requests and halved every
+`burst_halflife_s`, net of their Poisson noise, sized so that their requests, each window at
+the model's miss for its rate, expect at most 1 - attainment late (recurring bursts find
+capacity waiting, since a replica takes a cold start to arrive; a one-off burst's weight fades;
+for decode, the rates' 1 - attainment quantile); and, for prefill and aggregated
 roles, the **burst shape**: burst multipliers over the 10-minute level remembered for
 `burst_shape_memory_s` (3 h), held at the current level and capped at the largest rate seen
 (`RateSeries.shape_headroom`), so a burst that recurs further apart than the 30-minute memory
