@@ -42,7 +42,6 @@ from autoscaler.policy.load import load_policy_file
 from autoscaler.policy.slo import SLOConfig, SLOPolicy
 from autoscaler.profile import Profile, builtin
 from autoscaler.sim import backtest
-from autoscaler.sim.evaluate import request_outcome
 from autoscaler.sim.traces import Trace
 from autoscaler.sim.workload import AZURE_CODE, AZURE_CONV, WorkloadSpec, generate
 from autoscaler.types import Role
@@ -155,14 +154,10 @@ def main() -> int:
                 rng = np.random.default_rng(0)
                 idx = rng.integers(0, len(pt), n)
                 tr = Trace(np.cumsum(rng.exponential(1.0 / lam, n)), pt[idx], ot[idx])
-                run = backtest.run_static(
-                    "fixed", pool, {Role.PREFILL: c, Role.DECODE: 2 * c + 2}, tr, profile=prof,
-                    config=cfg, horizon_s=backtest.horizon_of(tr),
-                )  # fmt: skip
-                res = run.sim.pool(run.pool).results()
-                out = request_outcome(res, prof, cfg.slo)
-                keep = res.arrival_s > WARMUP_S
-                e = float((~out.ttft_ok[keep]).mean())
+                fleet = {Role.PREFILL: c, Role.DECODE: 2 * c + 2}
+                e = backtest.ttft_miss_share(
+                    pool, fleet, tr, profile=prof, config=cfg, after_s=WARMUP_S
+                )
                 m = pol.prefill_miss(c, lam, p, cv)
                 g = pol.mgc_miss(c, lam, p, cv)
                 rates.append(lam)

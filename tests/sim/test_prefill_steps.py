@@ -14,7 +14,6 @@ from autoscaler.policy import prefill_steps as ps
 from autoscaler.policy.slo import SLOConfig, SLOPolicy
 from autoscaler.profile import builtin
 from autoscaler.sim import backtest
-from autoscaler.sim.evaluate import request_outcome
 from autoscaler.sim.traces import Trace
 from autoscaler.sim.workload import AZURE_CODE, generate
 from autoscaler.spec import PoolSpec, RoleSpec
@@ -138,15 +137,9 @@ def _engine_miss(c: int, lam: float, prompts: np.ndarray, n: int) -> float:
             },
         }
     )  # fmt: skip
+    fleet = {Role.PREFILL: c, Role.DECODE: 2 * c + 2}
     cfg = backtest.ReplayConfig()
-    run = backtest.run_static(
-        "fixed", pool, {Role.PREFILL: c, Role.DECODE: 2 * c + 2}, tr, profile=PROFILE,
-        config=cfg, horizon_s=backtest.horizon_of(tr),
-    )  # fmt: skip
-    res = run.sim.pool(run.pool).results()
-    out = request_outcome(res, PROFILE, cfg.slo)
-    keep = res.arrival_s > 60.0
-    return float((~out.ttft_ok[keep]).mean())
+    return backtest.ttft_miss_share(pool, fleet, tr, profile=PROFILE, config=cfg, after_s=60.0)
 
 
 @pytest.mark.parametrize(("replicas", "utilisation"), [(1, 0.5), (1, 0.75), (2, 0.8)])
