@@ -6,8 +6,9 @@ saturation (`benchmarks/slo_queue_model.py`): a prompt's first token comes at th
 step, after the prompts packed behind it in the same step, and the wait is not exponential.
 This model keeps both, analytically:
 
-- **One replica's backlog at step boundaries** is a Markov chain on prompt tokens (in units of
-  1/16 of the budget): a step serves min(backlog, budget) and lasts the profile's step time for
+- **One replica's backlog at step boundaries** is a Markov chain on prompt work (tokens plus
+  their attention, `work_tokens`, in units of 1/16 of the budget): a step serves
+  min(backlog, budget) and lasts the profile's step time for
   it; during it prompts arrive as a compound Poisson process over the prompt mix. An empty
   engine waits for the next arrival, whose prompt then starts a step. Its stationary law is one
   dense linear solve.
@@ -45,7 +46,8 @@ from autoscaler.profile import Profile
 _MAX_STATES = 300
 # A step's budget in units (512 tokens each at the default 8,192 budget). Each prompt's units are
 # split between the two whole numbers around it, keeping the mean, and the answers at 16, 32
-# and 64 units agree within a few per cent of the miss share (benchmarks/slo_queue_model.py).
+# and 64 units agree within a few per cent of the miss share
+# (tests/sim/test_prefill_steps.py::test_the_answer_does_not_depend_on_the_grid).
 _STEP_UNITS = 16
 # Points at which the elapsed share of the step in progress is sampled (midpoint rule).
 _ELAPSED_POINTS = 8
