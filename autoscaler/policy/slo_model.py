@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from statistics import NormalDist
 
 # The level a burst multiplier is taken against: the mean window rate over the last 10 minutes,
@@ -37,12 +37,13 @@ def erlang_c(c: int, a: float) -> float:
     return b / (1.0 - rho + rho * b)
 
 
-def lognormal_points(mean: float, cv: float, *, top: float) -> list[float]:
-    """`QUAD` equal-probability points of a lognormal with the given mean (at least 1) and CV,
-    each capped at top: the prompt mix the prefill and KV models average over."""
+def lognormal_points(mean: float, cv: float, *, top: float, n: int = QUAD) -> list[float]:
+    """`n` (default `QUAD`) equal-probability points of a lognormal with the given mean (at
+    least 1) and CV, each capped at top: the prompt mix the prefill and KV models average over."""
     sigma = math.sqrt(math.log1p(cv * cv))
     mu = math.log(max(mean, 1.0)) - sigma * sigma / 2.0
-    return [min(math.exp(mu + sigma * z), top) for z in _QUAD_Z]
+    zs = _QUAD_Z if n == QUAD else [NormalDist().inv_cdf((i + 0.5) / n) for i in range(n)]
+    return [min(math.exp(mu + sigma * z), top) for z in zs]
 
 
 def lognormal_quantile(mean: float, second: float, z: float) -> float:
@@ -53,6 +54,39 @@ def lognormal_quantile(mean: float, second: float, z: float) -> float:
         return 0.0
     s2 = math.log1p(second / (mean * mean))
     return math.exp(math.log(mean) - s2 / 2.0 + z * math.sqrt(s2))
+
+
+def rate_bins(
+    pts: Sequence[tuple[float, float, float]], tick_s: float, bins: int = 24
+) -> list[tuple[float, float]]:
+    """The short-window rates (rate, weight, age) net of their Poisson noise, as at most `bins`
+    (rate, weight) groups of equal weight.
+
+    A short-window rate is a Poisson count over about a tick recovered from two window rates
+    (variance about 2 m / tick at mean m). Its spread over a smooth load is that noise alone,
+    and a convex miss curve averaged over it would count misses no load causes, so each rate is
+    drawn towards the weighted mean by the share of its spread that is not noise (the spread's
+    variance less the noise's, over the spread's). Grouping keeps the expected miss to a few
+    model evaluations a tick."""
+    total = sum(w for _, w, _ in pts)
+    if total <= 0:
+        return []
+    m = sum(v * w for v, w, _ in pts) / total
+    var = sum(w * (v - m) ** 2 for v, w, _ in pts) / total
+    keep = math.sqrt(max(var - 2.0 * m / tick_s, 0.0) / var) if var > 0 else 0.0
+    net = sorted((max(m + (v - m) * keep, 0.0), w) for v, w, _ in pts)
+    out: list[tuple[float, float]] = []
+    acc_v = acc_w = 0.0
+    step = total / bins
+    for v, w in net:
+        acc_v += v * w
+        acc_w += w
+        if acc_w >= step * (1.0 - 1e-9):
+            out.append((acc_v / acc_w, acc_w))
+            acc_v = acc_w = 0.0
+    if acc_w > 0:
+        out.append((acc_v / acc_w, acc_w))
+    return out
 
 
 def value_near(points: Iterable[tuple[float, float]], t: float, within: float) -> float | None:
@@ -212,18 +246,23 @@ class RateSeries:
             self.minutes.popleft()
         return short
 
-    def headroom(self, t: float, level: float) -> tuple[float, float]:
-        """(request-weighted `level` quantile of the short-window rates over the memory, the age
-        of the sample it came from). Each sample weighs its requests (rate x tick), halved every
-        half-life: the rate that all but 1 - level of the recent requests arrived at or below,
-        so bursts that carry more than that share of requests are sized for, and a one-off
-        burst's weight fades."""
+    def short_rates(self, t: float) -> list[tuple[float, float, float]]:
+        """The remembered short-window rates as (rate, weight, age): each sample weighs its
+        requests (rate x tick), halved every half-life, so a one-off burst's weight fades."""
         pts = []
         prev = None
         for ts, _, v in self.samples:
             if ts >= t - self.memory_s and prev is not None and v > 0:
                 pts.append((v, v * (ts - prev) * 0.5 ** ((t - ts) / self.halflife_s), t - ts))
             prev = ts
+        return pts
+
+    def headroom(self, t: float, level: float) -> tuple[float, float]:
+        """(request-weighted `level` quantile of the short-window rates over the memory, the age
+        of the sample it came from): the rate that all but 1 - level of the recent requests
+        arrived at or below, so bursts that carry more than that share of requests are sized
+        for, and a one-off burst's weight fades."""
+        pts = self.short_rates(t)
         if not pts:
             return 0.0, 0.0
         total = sum(w for _, w, _ in pts)

@@ -334,6 +334,26 @@ def run_static(
     )
 
 
+def ttft_miss_share(
+    pool: PoolSpec,
+    replicas: dict[Role, int],
+    trace: Trace,
+    *,
+    profile: Profile,
+    config: ReplayConfig,
+    after_s: float = 0.0,
+) -> float:
+    """The share of requests arriving after `after_s` whose TTFT misses the SLO on a fixed
+    fleet: what the slo kind's prefill model predicts (benchmarks/slo_queue_model.py)."""
+    run = run_static(
+        "fixed", pool, replicas, trace, profile=profile, config=config, horizon_s=horizon_of(trace)
+    )
+    res = run.sim.pool(run.pool).results()
+    out = request_outcome(res, profile, config.slo)
+    keep = res.arrival_s > after_s
+    return float((~out.ttft_ok[keep]).mean())
+
+
 def _unique(name: str, taken: set[str]) -> str:
     out, i = name, 2
     while out in taken:
