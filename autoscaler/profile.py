@@ -149,9 +149,15 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         prefill_alpha_ms=4.0,
         # §2.8 "Prefill beta_p": 0.025 recommended (range 0.021-0.030; Vidur lin x 1.1-1.2).
         prefill_beta_ms_per_token=0.025,
-        # §2.8 "Prefill gamma_p": causal-attention FLOP count at about 400 TF/s (§2.4). Applied
+        # Causal attention at FlashAttention-3's published H100 SXM throughput (derived, not
+        # fitted; docs/simulator.md "Constants"). A prompt of P tokens has about P^2/2 (query,
+        # key) pairs, each 4 x 128 FLOPs per query head (q.k and p.v), so 2 x 32 layers x 32
+        # heads x 128 = 262,144 FLOPs x P^2, counted as FlashAttention's benchmarks count causal
+        # work. Its authors' BF16 causal forward figure at head dim 128 (arXiv 2407.08608v1,
+        # Fig. 5) is 616 TF/s at 16k tokens (602 at 8k): 262,144 / 616e12 s = 4.26e-7 ms. Applied
         # to c^2 + 2cp per chunk, so a prompt of P tokens pays gamma*P^2 (SIM-MODEL corrections).
-        prefill_gamma_ms_per_token2=7e-7,
+        # SIM-MODEL §2.8's 7e-7 assumed about 400 TF/s (it prices 375).
+        prefill_gamma_ms_per_token2=4.26e-7,
         # Fitted (benchmarks/sim_fidelity.py --fit llama-8b-h100) on measured Llama-3.1-8B
         # runs on H100, vLLM 0.15.1 (the fit split of benchmarks/data/vllm_published.yaml:
         # the default-config general and codegen runs): 6.57 ms, standard error 9 %. The
@@ -196,8 +202,11 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         prefill_alpha_ms=12.0,
         # §2.8 "Prefill beta_p": 0.060 recommended (range 0.054-0.12).
         prefill_beta_ms_per_token=0.060,
-        # §2.8 "Prefill gamma_p": FLOP count at about 400 TF/s, per TP4 replica.
-        prefill_gamma_ms_per_token2=8e-7,
+        # As the 8B's, per GPU at TP4: 80 layers x 16 of the 64 query heads per GPU, 2 x 80 x
+        # 16 x 128 = 327,680 FLOPs x P^2 on each GPU in parallel, at FlashAttention-3's 616 TF/s
+        # (BF16 causal, head dim 128, 16k tokens; its benchmark used 16 heads of 128, the 70B's
+        # per-GPU shape at TP4): 5.32e-7 ms (derived; §2.8's 8e-7 assumed about 400 TF/s).
+        prefill_gamma_ms_per_token2=5.32e-7,
         # Fitted (soft-L1 loss, benchmarks/sim_fidelity.py --fit llama-70b-tp4-h100) on
         # Llama-2-70B TP4 H100 measurements (same layers, heads and hidden size as 3.1-70B; its
         # 128k vocabulary adds about 1 % of weights): 17.3 ms, standard error 19 % (§2.8: 17).
@@ -256,8 +265,8 @@ BUILTIN_PROFILES["llama-8b-h100-pcie"] = Profile.model_validate(
         "vllm_version": "V1 (derived from the SXM fit; checked on 0.8.5)",
         # Compute-bound: 0.025 x 989/756.
         "prefill_beta_ms_per_token": 0.0327,
-        # Compute-bound: 7e-7 x 989/756.
-        "prefill_gamma_ms_per_token2": 9.16e-7,
+        # Compute-bound: the SXM's 4.26e-7 (FlashAttention-3's SXM throughput) x 989/756.
+        "prefill_gamma_ms_per_token2": 5.57e-7,
         # Memory-bound weight read 16.06 GB / 2.0 TB/s = 8.03 ms, plus the SXM fit's fixed cost
         # beyond its own weight read (6.57 - 4.79 = 1.78 ms: CPU, launches; not scaled).
         "decode_alpha_ms": 9.81,

@@ -32,8 +32,10 @@ def test_single_request_disaggregated_ttft_is_prefill_plus_transfer() -> None:
     sim.advance_to(10)
     res = pool.results()
     assert res.ttft_s[0] == pytest.approx(P8B.idle_prefill_s(1000) + P8B.kv_transfer_s(1000))
-    # max(alpha_d, 4 + 0.025*1000) + 7e-7*1000^2 ms = 29.7 ms; 131072*1000/25e9 + 1.5 ms = 6.74 ms.
-    assert res.ttft_s[0] == pytest.approx(0.0297 + 0.00674288)
+    # max(alpha_d, 4 + 0.025*1000) + 4.26e-7*1000^2 ms = 29.426 ms (prefill gamma from
+    # FlashAttention-3's H100 throughput, autoscaler/profile.py); 131072*1000/25e9 + 1.5 ms
+    # = 6.74 ms.
+    assert res.ttft_s[0] == pytest.approx(0.029426 + 0.00674288)
     assert res.mean_itl_s[0] == pytest.approx(expected_mean_itl(1000, 10))
     assert res.finish_s[0] == pytest.approx(0.5 + res.ttft_s[0] + 9 * res.mean_itl_s[0], rel=1e-12)
 
@@ -73,7 +75,10 @@ def test_long_prompt_ttft_is_quadratic_in_the_whole_prompt() -> None:
     t8, t64 = pool.results().ttft_s
     extra = P8B.prefill_gamma_ms_per_token2 * (65_536**2 - 8 * 8192**2) / 1000.0
     assert t64 - 8 * t8 == pytest.approx(extra)
-    assert extra > 2.0  # seconds: the term the per-chunk pricing left out
+    # Seconds: the term the per-chunk pricing left out, 4.26e-7 x (64k² - 8·8k²) ms = 1.60 s
+    # with the attention constant from FlashAttention-3's H100 throughput (2.4 s at the 7e-7 of
+    # SIM-MODEL §2.8 when this test was written).
+    assert extra > 1.5
 
 
 def test_batched_decode_step_time() -> None:

@@ -190,9 +190,11 @@ def test_a100_candidate_is_the_sxm_profile_at_the_datasheet_ratios() -> None:
     assert a100.prefill_beta_ms_per_token == pytest.approx(
         sxm.prefill_beta_ms_per_token * fl, rel=0.005
     )
-    assert a100.prefill_gamma_ms_per_token2 == pytest.approx(
-        sxm.prefill_gamma_ms_per_token2 * fl, rel=0.005
-    )
+    # The attention term was scaled from the SXM profile's 7e-7 of its derivation (causal
+    # attention FLOPs at about 400 TF/s). The SXM profile now takes FlashAttention-3's H100
+    # throughput (4.26e-7), a Hopper-only kernel, so that figure does not carry to an A100
+    # (FlashAttention-2 there) by the FLOPS ratio; the rejected candidate keeps its derivation.
+    assert a100.prefill_gamma_ms_per_token2 == pytest.approx(7e-7 * fl, rel=0.005)
     assert a100.frontend_ms == profiles.builtin("llama-8b-h100-pcie").frontend_ms
     same = ("prefill_alpha_ms", "decode_beta_ms_per_seq", "kv_capacity_tokens")
     assert all(getattr(a100, f) == getattr(sxm, f) for f in same)

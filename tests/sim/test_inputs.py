@@ -170,6 +170,24 @@ def test_builtin_profiles_match_sim_model_table() -> None:
     assert p8.decode_step_s(1, 1000) == pytest.approx(0.0066484)
 
 
+@pytest.mark.parametrize(
+    ("name", "layers", "heads_per_gpu"),
+    [("llama-8b-h100", 32, 32), ("llama-70b-tp4-h100", 80, 64 // 4)],
+)
+def test_prefill_attention_is_flash_attention_3_throughput(
+    name: str, layers: int, heads_per_gpu: int
+) -> None:
+    """The H100 profiles' prefill attention constant is derived, not fitted: causal attention
+    FLOPs per token pair on one GPU (2 x layers x query heads per GPU x head dim 128, the count
+    FlashAttention's benchmarks use) at FlashAttention-3's published BF16 causal forward
+    throughput at head dim 128 on H100 SXM, 616 TF/s at 16k tokens (docs/simulator.md,
+    "Constants"). A refit of it to the held-out runs or to chart readings would show here."""
+    prof = profiles.builtin(name)
+    flops_per_pair = 2 * layers * heads_per_gpu * 128
+    want_ms = flops_per_pair / 616e12 * 1e3
+    assert prof.prefill_gamma_ms_per_token2 == pytest.approx(want_ms, rel=0.005)
+
+
 def test_h100_pcie_profile_is_the_sxm_profile_at_the_datasheet_ratios() -> None:
     """llama-8b-h100-pcie moves the SXM constants by the H100 datasheet ratios: memory-bound
     terms by HBM bandwidth (3.35 / 2.0 TB/s; only the weight read of decode_alpha, 16.06 GB),

@@ -142,7 +142,11 @@ def test_window_replay_equals_the_same_window_cut_from_the_full_trace(code_trace
     """`backtest --stream --start-s 1200 --duration-s 1500` (read from disk, judged as requests
     finish) reports what the in-memory backtest of that window of the fully loaded trace does:
     the same requests, attainment, GPU-hours, scale events and oracle; latency percentiles from
-    the tally's 0.1 % bins within 0.1 %."""
+    the tally's 0.1 % bins within 0.2 %: the tally reports the order statistic at rank
+    q/100 x (n - 1) rounded down, at its bin's centre (within 0.05 %), while the in-memory
+    evaluation's np.percentile interpolates toward the next order statistic, which here lies up
+    to 0.11 % above it (the policy run's mean-ITL p99, 0.108 % apart in all, after the prefill
+    attention constant moved to FlashAttention-3's H100 throughput; 0.1 % had held before)."""
     policy = load_policy_file(default_policy_path())
     cut = window(load_trace(code_trace), start_s=1200.0, duration_s=1500.0)
     stream = TraceStream(code_trace, start_s=1200.0, duration_s=1500.0, chunk_rows=700)
@@ -170,7 +174,7 @@ def test_window_replay_equals_the_same_window_cut_from_the_full_trace(code_trace
         assert (y.scale_events, y.reversals, y.preemptions) == (
             x.scale_events, x.reversals, x.preemptions)  # fmt: skip
         for q in ("ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s"):
-            assert getattr(y, q) == pytest.approx(getattr(x, q), rel=1e-3), q
+            assert getattr(y, q) == pytest.approx(getattr(x, q), rel=2e-3), q
     assert any(r.evaluation.slo_attainment < 1.0 for r in mem.runs.values())
     assert any(r.evaluation.scale_events for r in mem.runs.values())
 

@@ -468,18 +468,22 @@ def _overload(pol: SLOPolicy, *, lam: float, served: float, waiting: bool) -> li
 
 def test_sustained_overload_is_sized_on_arrivals_not_completions() -> None:
     """vLLM counts requests as they finish, so an overloaded replica reports its capacity, not
-    the load. 60 req/s arrive at one replica serving 18: sized on completions the policy asks
+    the load. 64 req/s arrive at one replica serving 18: sized on completions the policy asks
     for what serves 18 req/s with a margin (2 replicas, then one cold start later more); with
-    the queue's growth added it asks at once for what 60 req/s need, as if they were served."""
+    the queue's growth added it asks at once for what 64 req/s need, as if they were served.
+    (The load was 60 req/s, which needed 5 replicas while the 8B's prefill attention constant
+    was 7e-7; at the 4.26e-7 derived from FlashAttention-3's H100 throughput a 2000-token
+    prompt takes 57 ms, not 59, and 60 req/s need 4, as many as the completions path's first
+    tick asks; 64 req/s need 5 at either constant.)"""
     cfg = {"prompt_length_cv": 1.0, "burst_memory_s": 0, "burst_shape_memory_s": 0, "trend_window_s": 0}
-    on_arrivals = _overload(make(**cfg), lam=60.0, served=18.0, waiting=True)
-    on_completions = _overload(make(**cfg), lam=60.0, served=18.0, waiting=False)
+    on_arrivals = _overload(make(**cfg), lam=64.0, served=18.0, waiting=True)
+    on_completions = _overload(make(**cfg), lam=64.0, served=18.0, waiting=False)
     direct = make(**cfg)
-    at_load = tick(direct, 15.0, req=60.0, ptok=60.0 * 2000, gtok=60.0 * 100)[0]
+    at_load = tick(direct, 15.0, req=64.0, ptok=64.0 * 2000, gtok=64.0 * 100)[0]
     # Before the step both agree; the window needs one tick of backlog to see growth.
     assert on_arrivals[:20] == on_completions[:20]
     assert max(on_completions) < at_load
-    # Within the 60-s rate window the growth over the window is the whole excess (42 req/s).
+    # Within the 60-s rate window the growth over the window is the whole excess (46 req/s).
     assert on_arrivals[24] == at_load
 
 
