@@ -17,6 +17,7 @@ from autoscaler.sim import backtest as bt_mod
 from autoscaler.sim.backtest import default_policy_path, quiet_logs, run_backtest
 from autoscaler.sim.baselines import KEDA_QUEUE
 from autoscaler.sim.engine import Simulation
+from autoscaler.sim.evaluate import request_outcome
 from autoscaler.sim.traces import Trace, TraceStream, iter_trace, load_trace, window
 from autoscaler.sim.workload import AZURE_CODE, generate
 
@@ -141,12 +142,12 @@ def test_streamed_pool_gives_the_per_request_results_of_arrays(code_trace: Path)
 def test_window_replay_equals_the_same_window_cut_from_the_full_trace(code_trace: Path) -> None:
     """`backtest --stream --start-s 1200 --duration-s 1500` (read from disk, judged as requests
     finish) reports what the in-memory backtest of that window of the fully loaded trace does:
-    the same requests, attainment, GPU-hours, scale events and oracle; latency percentiles from
-    the tally's 0.1 % bins within 0.2 %: the tally reports the order statistic at rank
-    q/100 x (n - 1) rounded down, at its bin's centre (within 0.05 %), while the in-memory
-    evaluation's np.percentile interpolates toward the next order statistic, which here lies up
-    to 0.11 % above it (the policy run's mean-ITL p99, 0.108 % apart in all, after the prefill
-    attention constant moved to FlashAttention-3's H100 throughput; 0.1 % had held before)."""
+    the same requests, attainment, GPU-hours, scale events and oracle; latency percentiles as
+    the tally defines them: the order statistic at rank q/100 x (n - 1) rounded down, at its
+    0.1 % bin's centre (within 0.05 %). The in-memory evaluation's np.percentile interpolates
+    toward the next order statistic, which can lie anywhere above it (0.1 %, 0.11 % and 0.39 %
+    on this window as the profile and the policy changed), so the streamed figure is checked
+    against the same order statistic of the in-memory run's own outcomes."""
     policy = load_policy_file(default_policy_path())
     cut = window(load_trace(code_trace), start_s=1200.0, duration_s=1500.0)
     stream = TraceStream(code_trace, start_s=1200.0, duration_s=1500.0, chunk_rows=700)
@@ -173,8 +174,14 @@ def test_window_replay_equals_the_same_window_cut_from_the_full_trace(code_trace
         assert y.gpu_hours_by_role == x.gpu_hours_by_role
         assert (y.scale_events, y.reversals, y.preemptions) == (
             x.scale_events, x.reversals, x.preemptions)  # fmt: skip
-        for q in ("ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s"):
-            assert getattr(y, q) == pytest.approx(getattr(x, q), rel=2e-3), q
+        out = request_outcome(run.sim.pool(run.pool).results(), mem.profile, mem.config.slo)
+        for q, values, pct in (
+            ("ttft_p50_s", out.ttft_s, 50), ("ttft_p99_s", out.ttft_s, 99),
+            ("itl_p50_s", out.mean_itl_s, 50), ("itl_p99_s", out.mean_itl_s, 99),
+        ):  # fmt: skip
+            lower = float(np.nanpercentile(values, pct, method="lower"))
+            assert getattr(y, q) == pytest.approx(lower, rel=6e-4), q
+            assert getattr(x, q) >= lower, q
     assert any(r.evaluation.slo_attainment < 1.0 for r in mem.runs.values())
     assert any(r.evaluation.scale_events for r in mem.runs.values())
 
