@@ -336,13 +336,19 @@ class SLOPolicy:
         self._moments[key] = out
         return out
 
+    def hopeless_share(self, p: float, cv: float) -> float:
+        """The share of the mix's prompts whose TTFT limit no fleet can meet (their prefill
+        alone takes longer): misses every sizing counts first."""
+        _, _, waits = self.prefill_model(p, cv)
+        return sum(1 for w in waits if w <= 0) / len(waits)
+
     def prefill_replicas(self, lam: float, p: float, cv: float) -> tuple[int, float, str]:
         """Fewest replicas c at which the prefill model (`prefill_miss`) lets all but
         1 - attainment of the requests meet their own TTFT limits."""
-        es, _, waits = self.prefill_model(p, cv)
+        es, _, _ = self.prefill_model(p, cv)
         a = lam * es
         tail = 1.0 - self.config.attainment
-        hopeless = sum(1 for w in waits if w <= 0) / len(waits)
+        hopeless = self.hopeless_share(p, cv)
         slo = (
             f"TTFT <= {self.config.ttft_floor_s:g} s"
             if self.config.ttft_slowdown is None
@@ -392,7 +398,7 @@ class SLOPolicy:
             return 0.0
         if a >= c:
             return 1.0
-        hopeless = sum(1 for w in waits if w <= 0) / len(waits)
+        hopeless = self.hopeless_share(p, cv)
         k = 2.0 / (1.0 + cs2)
         decay = (c - a) / es * k
         return hopeless + erlang_c(c, a) * sum(math.exp(-decay * w) for w in waits if w > 0) / len(
@@ -695,8 +701,7 @@ class SLOPolicy:
         if head <= 0:
             return 0, ""
         tail = 1.0 - self.config.attainment
-        _, _, waits = self.prefill_model(p, cv)
-        hopeless = sum(1 for w in waits if w <= 0) / len(waits)
+        hopeless = self.hopeless_share(p, cv)
         rates = self.rate.short_rates(now)
         # Too few rates to tell their spread from noise (a restart without backfill, or no
         # memory configured): the steady sizing at the burst's rate less its noise.
