@@ -293,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--start-s", type=_non_negative, default=None,
                    help="replay from this second of the trace (it becomes 0; default 0)")
+    b.add_argument("--warmup-s", type=_non_negative, default=None,
+                   help="judge every run from this second on (requests before it and GPUs held "
+                        "before it are left out; default 0). For a trace cut from running "
+                        "traffic: one cold start plus one rate window (180 s on the built-in "
+                        "profiles) lets each controller run reach its size first")
     b.add_argument("--stream", action="store_true",
                    help="read the trace from disk as the replay goes (needs it sorted by time; "
                         "memory does not grow with its length; baselines: keda-queue only)")

@@ -15,6 +15,12 @@ every N minutes (`--blocks`, default 15 and 60), at the same attainment (`hindsi
 block_s=)`): it knows each block's load but not when inside it the bursts come, which no
 controller knows either.
 
+Every member is judged from 180 s on (`--warmup-s`, `ReplayConfig.warmup_s`), every run alike:
+a member is cut from running traffic, so a fixed fleet is warm at 0 while a controller run
+starts at 1 replica under full load and needs a cold start (120 s) and a rate window (60 s) to
+reach its size. Judging those first minutes judges the cut, not the policy (on long-1h they
+held 2.9 of the policy's 4.0 points of misses). `--warmup-s 0` judges every request.
+
 Members (all built from ../shared/traces and the built-in generator; nothing is copied):
 
 | set | name | what |
@@ -270,8 +276,18 @@ MEMBERS: tuple[Member, ...] = (
 BLOCK_MIN = (15, 60)
 
 
+PROFILE = builtin("llama-8b-h100")
+# Every member is judged after one cold start and one rate window (180 s): each is cut from
+# running traffic, where the fixed fleets are warm at 0 and the controller runs would start at
+# 1 replica under full load (`ReplayConfig.warmup_s`).
+WARMUP_S = backtest.warmup_for(PROFILE, backtest.ReplayConfig())
+
+
 def _run(
-    member: Member, policy_paths: list[Path], blocks: tuple[int, ...] = BLOCK_MIN
+    member: Member,
+    policy_paths: list[Path],
+    blocks: tuple[int, ...] = BLOCK_MIN,
+    warmup_s: float = WARMUP_S,
 ) -> dict[str, Any]:
     trace = member.build()
     t0 = time.perf_counter()
@@ -280,7 +296,8 @@ def _run(
             trace,
             trace_name=member.name,
             policies=[(p.stem, load_policy_file(p)) for p in policy_paths],
-            profile=builtin("llama-8b-h100"),
+            profile=PROFILE,
+            config=backtest.ReplayConfig(warmup_s=warmup_s),
         )
     doc = backtest.summary_json(bt)
     ys = bt.yardsticks
@@ -432,7 +449,17 @@ def main() -> int:
         default=",".join(map(str, BLOCK_MIN)),
         help="minutes between fleet changes of the blocked hindsight columns (comma-separated)",
     )
+    ap.add_argument(
+        "--warmup-s",
+        type=float,
+        default=WARMUP_S,
+        help=f"judge from this second on (default {WARMUP_S:g}: one cold start + one rate "
+        "window; 0 judges every request, the controller runs starting at 1 replica)",
+    )
     args = ap.parse_args()
+    if not args.warmup_s >= 0:
+        print(f"--warmup-s must be >= 0; got {args.warmup_s}", file=sys.stderr)
+        return 2
     chosen = [
         m
         for m in MEMBERS
@@ -455,11 +482,14 @@ def main() -> int:
     if any(b < 1 for b in blocks):
         print(f"--blocks: minutes must be >= 1; got {args.blocks!r}", file=sys.stderr)
         return 2
-    print(f"policies {', '.join(map(str, paths))}; cells: SLO attainment @ GPU-hours")
+    print(
+        f"policies {', '.join(map(str, paths))}; cells: SLO attainment @ GPU-hours, judged "
+        f"from {args.warmup_s:g} s (warm-up)"
+    )
     print(header(names), flush=True)
     docs = []
     for m in chosen:
-        doc = _run(m, paths, blocks)
+        doc = _run(m, paths, blocks, args.warmup_s)
         docs.append(doc)
         print(row(doc, names), flush=True)
     for doc in docs:

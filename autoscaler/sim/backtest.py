@@ -14,6 +14,11 @@ What is reported (docs/SIM-MODEL.md §3.2), per run, on the trace's first pool:
   included), counted over the trace's horizon [0, H), H = the last arrival rounded up to a whole
   minute: the span the oracle covers, so that all columns add up the same interval. Requests
   still running at H are served to the end and judged, but GPUs held after H are not billed.
+* **Warm-up** (`--warmup-s W`, default 0): every figure, in every run alike, judges only
+  requests arriving from W on and bills GPUs over [W, H); the oracle covers the same span. A
+  trace cut from running traffic starts at full load; a fixed fleet is warm at 0, a controller
+  run starts at min_replicas and needs a cold start to catch up. W = one cold start plus one
+  rate window (`warmup_for`) judges the policy rather than the cut.
 * **oracle_gpu_hours**: `evaluate.oracle`, a fluid lower bound for a fleet reaching 99 % SLO
   attainment: per minute, the fewest replicas per role whose modelled capacity covers that
   minute's prompt and output tokens/s and, for prefill, every burst of arrivals by its TTFT
@@ -37,7 +42,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,8 +131,16 @@ class ReplayConfig:
     target: float = yardsticks.DEFAULT_TARGET
     # How requests pick a replica, in every run alike (the policy's and the baselines').
     routing: str = "least-loaded"
+    # Judge from this many seconds on, in every run alike: requests arriving before it and the
+    # GPU-seconds held before it are left out. A trace cut from running traffic starts at full
+    # load, where a fixed fleet is warm at 0 and a controller run starts at min_replicas and
+    # needs a cold start to catch up: without a warm-up the first minutes judge that cut, not
+    # the policy. `warmup_for` gives the usual value (one cold start and one rate window).
+    warmup_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (self.warmup_s >= 0 and math.isfinite(self.warmup_s)):
+            raise errors.ConfigError([f"--warmup-s must be >= 0, got {self.warmup_s}"])
         if self.routing not in ROUTING_POLICIES:
             known = " | ".join(ROUTING_POLICIES)
             raise errors.ConfigError([f"--routing must be {known}, got {self.routing!r}"])
@@ -174,6 +187,13 @@ class Backtest:
     @property
     def oracle_gpu_hours(self) -> float:
         return self.oracle.gpu_hours
+
+
+def warmup_for(profile: Profile, config: ReplayConfig) -> float:
+    """The warm-up after which every run has had the chance to reach its size: the profile's
+    cold start (a replica requested at 0 serves from then) plus one rate window (the metrics
+    the first decision reads)."""
+    return profile.cold_start_s + config.window_s
 
 
 def horizon_of(trace: Trace | TraceStream) -> float:
@@ -255,7 +275,11 @@ def run_controller(
             {spec.name: trace},
             profile=profile,
             routing=config.routing,
-            sinks={spec.name: OutcomeTally(profile, config.slo, bin_s=BIN_S)},
+            sinks={
+                spec.name: OutcomeTally(
+                    profile, config.slo, bin_s=BIN_S, start_s=config.warmup_s
+                )
+            },
         )
     else:
         sim = Simulation.from_policy(
@@ -286,6 +310,7 @@ def run_controller(
         end_s=horizon_s,
         reversal_window_s=REVERSAL_WINDOW_S,
         with_oracle=False,
+        start_s=config.warmup_s,
     )
     return Run(name, kind, description, sim, spec.name, ev, wall_s=time.perf_counter() - t0)
 
@@ -321,6 +346,7 @@ def run_static(
         end_s=horizon_s,
         reversal_window_s=REVERSAL_WINDOW_S,
         with_oracle=False,
+        start_s=config.warmup_s,
     )
     return Run(
         name,
@@ -408,9 +434,15 @@ def run_backtest(
     if requests == 0:
         raise errors.ConfigError([f"{trace_name}: the trace has no requests"])
     horizon = horizon_of(trace)
+    if config.warmup_s >= trace.duration_s:
+        msg = (
+            f"{trace_name}: --warmup-s {config.warmup_s:g} leaves nothing to judge: the last "
+            f"request arrives at {trace.duration_s:g} s"
+        )
+        raise errors.ConfigError([msg])
     base_policy, base_pool = single_pool(policies[0][1])
     orc = oracle_of_stream(
-        trace if isinstance(trace, TraceStream) else [tuple(trace)],
+        _judged(trace if isinstance(trace, TraceStream) else [tuple(trace)], config.warmup_s),
         profile,
         disaggregated=Role.AGGREGATED not in base_pool.roles,
         slo=config.slo,
@@ -475,6 +507,7 @@ def run_backtest(
                 with_hindsight=baselines.HINDSIGHT in wanted,
                 on_replay=lambda _what: tick(0.0),
                 routing=config.routing,
+                start_s=config.warmup_s,
             )
             for b in wanted:
                 key = _unique(b, set(runs))
@@ -495,6 +528,19 @@ def run_backtest(
         requests_by_bin=by_bin,
         prompt_tokens_by_bin=tok_by_bin,
     )
+
+
+def _judged(chunks: Iterable[Sequence[Any]], start_s: float) -> Iterator[Sequence[Any]]:
+    """The (arrival, prompt, output) chunks of the judged span, arrivals counted from its start
+    (for the oracle, whose bins start at 0)."""
+    for c in chunks:
+        arr = np.asarray(c[0])
+        if start_s <= 0:
+            yield c
+            continue
+        keep = arr >= start_s
+        if keep.any():
+            yield (arr[keep] - start_s, np.asarray(c[1])[keep], np.asarray(c[2])[keep])
 
 
 def _yardstick_run(
@@ -543,7 +589,7 @@ def _yardstick_run(
         )
     ev = evaluate(
         sim, pool, slo=config.slo, end_s=horizon, reversal_window_s=REVERSAL_WINDOW_S,
-        with_oracle=False,
+        with_oracle=False, start_s=config.warmup_s,
     )  # fmt: skip
     return Run(key, kind, desc, sim, pool, ev, replicas=reps)
 
@@ -761,6 +807,7 @@ def summary_json(bt: Backtest) -> dict[str, Any]:
         ),
         "tick_s": bt.config.tick_s,
         "scrape_s": bt.config.scrape_s,
+        "warmup_s": bt.config.warmup_s,
         "rate_window_s": bt.config.window_s,
         "oracle_gpu_hours": bt.oracle_gpu_hours,
         "oracle_throughput_gpu_hours": bt.oracle.throughput_gpu_hours,
@@ -780,7 +827,8 @@ def summary_json(bt: Backtest) -> dict[str, Any]:
         ),
         "gpu_hours_method": (
             "replicas from request (cold start included) to stop (drain included), over "
-            "[0, horizon_s): the last arrival rounded up to a minute, as the oracle"
+            "[warmup_s, horizon_s): the last arrival rounded up to a minute, as the oracle; "
+            "requests arriving before warmup_s are not judged"
         ),
         "oracle_note": "a loose bound: fluid, no cold start, EDF order, work split freely",
         "yardsticks": yardsticks_json(bt),
@@ -799,6 +847,11 @@ def summary_table(bt: Backtest) -> Table:
         title=(
             f"{bt.trace_name}: {n:,} requests over {bt.duration_s / 60:.1f} min, "
             f"profile {bt.profile.name}, routing {bt.config.routing}"
+            + (
+                f", judged from {bt.config.warmup_s:g} s (warm-up)"
+                if bt.config.warmup_s > 0
+                else ""
+            )
         ),
         caption=(
             f"SLO: TTFT <= max({bt.config.slo.ttft_floor_s:g} s, {bt.config.slo.ttft_slowdown:g}"
@@ -982,6 +1035,7 @@ def _config(args: argparse.Namespace) -> ReplayConfig:
         window_s=_opt(args, "window_s", max(DEFAULT_WINDOW_S, scrape)),
         slo=slo,
         routing=getattr(args, "routing", None) or "least-loaded",
+        warmup_s=_opt(args, "warmup_s", 0.0),
     )
 
 

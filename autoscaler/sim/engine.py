@@ -886,6 +886,17 @@ class RequestResults:
     finish_s: FloatArray
     preemptions: IntArray
 
+    def take(self, idx: npt.NDArray[np.bool_]) -> RequestResults:
+        """The requests `idx` selects (a mask)."""
+        return RequestResults(
+            self.arrival_s[idx],
+            self.prompt_tokens[idx],
+            self.output_tokens[idx],
+            self.first_token_s[idx],
+            self.finish_s[idx],
+            self.preemptions[idx],
+        )
+
     @property
     def ttft_s(self) -> FloatArray:
         return self.first_token_s - self.arrival_s

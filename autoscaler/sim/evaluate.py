@@ -133,10 +133,15 @@ class OutcomeTally:
     those arrays, a request that got its first token but never finished is not in the TTFT
     percentiles (a backtest runs until every request finished, so none is)."""
 
-    def __init__(self, profile: Profile, slo: SLO = SLO(), *, bin_s: float = 60.0) -> None:
+    def __init__(
+        self, profile: Profile, slo: SLO = SLO(), *, bin_s: float = 60.0, start_s: float = 0.0
+    ) -> None:
         self.profile = profile
         self.slo = slo
         self.bin_s = bin_s
+        # Requests arriving before start_s (a warm-up) are counted in `skipped`, not judged.
+        self.start_s = start_s
+        self.skipped = 0
         self._buf: list[tuple[float, int, int, float, float, int]] = []
         self._finished = 0
         self._met = 0
@@ -148,6 +153,9 @@ class OutcomeTally:
 
     def add(self, record: tuple[float, int, int, float, float, int]) -> None:
         """(arrival, prompt tokens, output tokens, first token, finish, preemptions)."""
+        if record[0] < self.start_s:
+            self.skipped += 1
+            return
         self._buf.append(record)
         if len(self._buf) >= _TALLY_BATCH:
             self._flush()
@@ -287,21 +295,33 @@ def evaluate(
     end_s: float | None = None,
     reversal_window_s: float = 600.0,
     with_oracle: bool = True,
+    start_s: float = 0.0,
 ) -> Evaluation:
-    """Summarise pool `pool` of `sim` up to `end_s` (default: the simulation's now)."""
+    """Summarise pool `pool` of `sim` up to `end_s` (default: the simulation's now), judging
+    only from `start_s` on (a warm-up, `ReplayConfig.warmup_s`): requests arriving before it,
+    GPU-seconds held before it and scale events before it are left out."""
     p = sim.pool(pool)
-    events = [e for e in sim.scale_events() if e.pool == pool]
+    events = [e for e in sim.scale_events() if e.pool == pool and e.t >= start_s]
     roles = list(p.deployments)
-    gpu_by_role = {r: sim.gpu_seconds(pool=pool, role=r, at=end_s) / 3600.0 for r in roles}
+    gpu_by_role = {
+        r: (
+            sim.gpu_seconds(pool=pool, role=r, at=end_s)
+            - (sim.gpu_seconds(pool=pool, role=r, at=start_s) if start_s > 0 else 0.0)
+        )
+        / 3600.0
+        for r in roles
+    }
     if not p.keep:
-        return _evaluate_tally(p, slo, events, gpu_by_role, reversal_window_s)
+        return _evaluate_tally(p, slo, events, gpu_by_role, reversal_window_s, start_s)
     res = p.results()
+    if start_s > 0:
+        res = res.take(res.arrival_s >= start_s)
     out = request_outcome(res, p.profile, slo)
     n = len(res.arrival_s)
     oracle_h = None
     if with_oracle and n:
         oracle_h = oracle(
-            res.arrival_s,
+            res.arrival_s - start_s,  # its bins start at the judged span's start
             res.prompt_tokens,
             res.output_tokens,
             p.profile,
@@ -355,6 +375,7 @@ def _evaluate_tally(
     events: list[ScaleEvent],
     gpu_by_role: dict[Role, float],
     reversal_window_s: float,
+    start_s: float,
 ) -> Evaluation:
     """`evaluate` of a pool whose finished requests went to an OutcomeTally (no oracle: the
     caller has the stream; `oracle_of_stream`)."""
@@ -362,7 +383,14 @@ def _evaluate_tally(
     if not isinstance(tally, OutcomeTally) or tally.slo != slo or tally.profile != p.profile:
         msg = f"pool {p.name}: keeps no results and its sink is not an OutcomeTally for this SLO"
         raise ValueError(msg)
-    n = p.loaded
+    if tally.start_s != start_s:
+        msg = (
+            f"pool {p.name}: its OutcomeTally judges from {tally.start_s:g} s, the evaluation "
+            f"from {start_s:g} s"
+        )
+        raise ValueError(msg)
+    # Requests that arrived in the warm-up were loaded but not judged (the tally skipped them).
+    n = p.loaded - tally.skipped
     roles = list(gpu_by_role)
     return Evaluation(
         requests=n,

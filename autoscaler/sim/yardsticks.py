@@ -110,6 +110,7 @@ class HindsightPlan:
     n: int
     bin_s: float
     slo: SLO
+    start_s: float = 0.0  # judged from then on (`compute`)
 
 
 @dataclass(slots=True)
@@ -406,11 +407,15 @@ def compute(
     with_hindsight: bool = True,
     on_replay: Callable[[str], None] | None = None,
     routing: str = "least-loaded",
+    start_s: float = 0.0,
 ) -> Yardsticks:
     """Scan each role's fixed-fleet levels, build the static frontier, find best-static, plan and
     verify hindsight. `verify_frontier`: how many frontier fleets around best-static are
-    replayed jointly (the rest stay per-role estimates)."""
-    n = len(trace.arrival_s)
+    replayed jointly (the rest stay per-role estimates). `start_s`: judge from then on (the
+    backtest's warm-up): earlier requests neither count nor miss, earlier GPU-time is not
+    billed."""
+    judged = trace.arrival_s >= start_s
+    n = int(judged.sum())
     nb = max(1, round(horizon_s / bin_s))
     bins = np.minimum((trace.arrival_s // bin_s).astype(np.int64), nb - 1)
     roles = list(pool.roles)
@@ -427,9 +432,15 @@ def compute(
         replays += 1
         if on_replay is not None:
             on_replay("+".join(f"{v}{r.value[0].upper()}" for r, v in reps.items()))
-        return replay_fixed(
+        sim, m = replay_fixed(
             trace, pool, profile, reps, slo=slo, horizon_s=horizon_s, routing=routing
         )
+        # Warm-up requests count as met: they neither miss nor spend the budget (the
+        # attainments below are taken over the judged ones, `att`).
+        return sim, m | ~judged
+
+    def att(m: BoolArray) -> float:
+        return float(m[judged].mean()) if n else math.nan
 
     _, base_met = replay(big)
     base_miss = ~base_met
@@ -449,7 +460,7 @@ def compute(
             lvl += 1
     levels = {r: sorted(met[r]) for r in roles}
     gpu = profile.gpus_per_replica
-    hours = horizon_s / 3600.0
+    hours = max(horizon_s - start_s, 0.0) / 3600.0
 
     def cost(reps: dict[Role, int]) -> float:
         return sum(reps.values()) * gpu * hours
@@ -460,15 +471,15 @@ def compute(
         r0 = roles[0]
         for lv in levels[r0]:
             reps = {r0: lv}
-            att = float(met[r0][lv].mean())
-            cands.append(FleetPoint(reps, cost(reps), att, verified=False))
+            a = att(met[r0][lv])
+            cands.append(FleetPoint(reps, cost(reps), a, verified=False))
     else:
         ra, rb = roles
         for la in levels[ra]:
             for lb in levels[rb]:
                 reps = {ra: la, rb: lb}
-                att = float((met[ra][la] & met[rb][lb]).mean())
-                cands.append(FleetPoint(reps, cost(reps), att, verified=False))
+                a = att(met[ra][la] & met[rb][lb])
+                cands.append(FleetPoint(reps, cost(reps), a, verified=False))
     cands.sort(key=lambda p: (p.gpu_hours, -p.attainment))
     frontier: list[FleetPoint] = []
     for p in cands:
@@ -484,15 +495,15 @@ def compute(
     if start is not None:
         for i in range(start, len(frontier)):
             sim, m = replay(frontier[i].replicas)
-            att = float(m.mean())
-            frontier[i] = FleetPoint(frontier[i].replicas, frontier[i].gpu_hours, att, True)
-            if att >= target:
+            a = att(m)
+            frontier[i] = FleetPoint(frontier[i].replicas, frontier[i].gpu_hours, a, True)
+            if a >= target:
                 best, best_sim = frontier[i], sim
                 lo_i = max(0, i - verify_frontier)
                 for j in range(lo_i, i):
                     _, mj = replay(frontier[j].replicas)
                     p = frontier[j]
-                    frontier[j] = FleetPoint(p.replicas, p.gpu_hours, float(mj.mean()), True)
+                    frontier[j] = FleetPoint(p.replicas, p.gpu_hours, att(mj), True)
                 break
     # A verified point may now sit below an estimated one of lower cost: keep the frontier
     # monotone by dropping points dominated after verification.
@@ -536,6 +547,7 @@ def compute(
             n=n,
             bin_s=bin_s,
             slo=slo,
+            start_s=start_s,
         )
         hs, k = _plan_and_verify(
             plan, trace, pool, profile, target=target, horizon_s=horizon_s, routing=routing,
@@ -593,7 +605,9 @@ def _plan_and_verify(
         sim = replay_schedule(
             trace, pool, profile, sched, bin_s=plan.bin_s, horizon_s=horizon_s, routing=routing
         )
-        ev = evaluate(sim, pool.name, slo=plan.slo, end_s=horizon_s, with_oracle=False)
+        ev = evaluate(
+            sim, pool.name, slo=plan.slo, end_s=horizon_s, with_oracle=False, start_s=plan.start_s
+        )
         hs = Hindsight(sched, planned, b, sim, ev, rnd, plan.forced)
         goal = target - plan.forced / max(plan.n, 1)
         if ev.slo_attainment >= goal or b == 0:
