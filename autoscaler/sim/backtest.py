@@ -276,9 +276,7 @@ def run_controller(
             profile=profile,
             routing=config.routing,
             sinks={
-                spec.name: OutcomeTally(
-                    profile, config.slo, bin_s=BIN_S, start_s=config.warmup_s
-                )
+                spec.name: OutcomeTally(profile, config.slo, bin_s=BIN_S, start_s=config.warmup_s)
             },
         )
     else:

@@ -312,7 +312,7 @@ def evaluate(
         for r in roles
     }
     if not p.keep:
-        return _evaluate_tally(p, slo, events, gpu_by_role, reversal_window_s, start_s)
+        return _evaluate_tally(p, slo, events, gpu_by_role, reversal_window_s, start_s=start_s)
     res = p.results()
     if start_s > 0:
         res = res.take(res.arrival_s >= start_s)
@@ -375,6 +375,7 @@ def _evaluate_tally(
     events: list[ScaleEvent],
     gpu_by_role: dict[Role, float],
     reversal_window_s: float,
+    *,
     start_s: float,
 ) -> Evaluation:
     """`evaluate` of a pool whose finished requests went to an OutcomeTally (no oracle: the

@@ -37,11 +37,8 @@ def _busy_trace() -> Trace:
 
 def _csv(tmp_path: Path, tr: Trace) -> Path:
     path = tmp_path / "busy.csv"
-    rows = "\n".join(
-        f"{t!r},{p},{o}"
-        for t, p, o in zip(tr.arrival_s.tolist(), tr.prompt_tokens.tolist(),
-                           tr.output_tokens.tolist(), strict=True)  # fmt: skip
-    )
+    cols = (tr.arrival_s.tolist(), tr.prompt_tokens.tolist(), tr.output_tokens.tolist())
+    rows = "\n".join(f"{t!r},{p},{o}" for t, p, o in zip(*cols, strict=True))
     path.write_text("timestamp_s,input_tokens,output_tokens\n" + rows + "\n", encoding="utf-8")
     return path
 
@@ -103,8 +100,10 @@ def test_the_start_at_one_replica_is_what_the_warmup_leaves_out(
     # The hindsight schedule starts at the floor too: its forced start misses (the bins before
     # a replica requested at 0 can serve) fall inside the warm-up.
     ys_cold, ys_warm = runs[0.0].yardsticks, runs[WARMUP_S].yardsticks
-    assert ys_cold is not None and ys_warm is not None
-    assert ys_cold.plan is not None and ys_warm.plan is not None
+    assert ys_cold is not None
+    assert ys_warm is not None
+    assert ys_cold.plan is not None
+    assert ys_warm.plan is not None
     assert ys_cold.plan.forced > 0
     assert ys_warm.plan.forced == 0
     assert ys_warm.plan.n == runs[WARMUP_S].runs["policy"].evaluation.requests
@@ -128,12 +127,10 @@ def test_streamed_replay_judges_the_same_span(tmp_path: Path) -> None:
     cfg = backtest.ReplayConfig(warmup_s=WARMUP_S)
     with backtest.quiet_logs():
         mem, streamed = (
-            backtest.run_backtest(
-                t, trace_name="w", policies=[("policy", policy)], baseline_names=[KEDA_QUEUE],
-                profile=P8B, config=cfg,
-            )  # fmt: skip
+            backtest.run_backtest(t, trace_name="w", policies=[("policy", policy)],
+                                  baseline_names=[KEDA_QUEUE], profile=P8B, config=cfg)
             for t in (tr, TraceStream(path, chunk_rows=400))
-        )
+        )  # fmt: skip
     assert streamed.oracle_gpu_hours == mem.oracle_gpu_hours
     for name, run in mem.runs.items():
         x, y = run.evaluation, streamed.runs[name].evaluation
