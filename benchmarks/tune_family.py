@@ -90,6 +90,13 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--objective", default="target", choices=("target", "pareto"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--warmup-s",
+        type=float,
+        default=0.0,
+        help="judge each window from this second on (tune --warmup-s; 0 as in docs/tune.md's "
+        "tables, 180 as the decision family)",
+    )
     args = ap.parse_args()
     members = [
         m
@@ -99,7 +106,8 @@ def main() -> int:
     text = POLICY.read_text(encoding="utf-8")
     out: dict[str, Any] = {}
     print(f"objective {args.objective}, {args.trials} trials, {args.folds} folds, "
-          f"{args.jobs} worker(s); held-out windows:")  # fmt: skip
+          f"{args.jobs} worker(s), each window judged from {args.warmup_s:g} s; held-out "
+          "windows:")  # fmt: skip
     print(f"{'member':<16}{'default att / GPU-h':>22}{'tuned att / GPU-h':>22}"
           f"{'frontier@tuned':>16}{'Pareto':>8}{'>=front':>9}{'search s':>10}"
           f"{'tune s':>8}")  # fmt: skip
@@ -109,7 +117,8 @@ def main() -> int:
         with backtest.quiet_logs():
             res = tune(
                 trace, text, source=str(POLICY), profile=builtin("llama-8b-h100"),
-                config=backtest.ReplayConfig(), folds=args.folds, trials=args.trials,
+                config=backtest.ReplayConfig(warmup_s=args.warmup_s), folds=args.folds,
+                trials=args.trials,
                 jobs=args.jobs, study_name=f"family-{m.name}-{args.objective}",
                 yardsticks_on=True, objective=args.objective,
             )  # fmt: skip

@@ -66,6 +66,7 @@ from autoscaler.sim.evaluate import (
     evaluate,
     oracle_of_stream,
     request_outcome,
+    warmup_spans,
 )
 from autoscaler.sim.traces import Trace, TraceStream, load_trace
 from autoscaler.spec import PolicyFile, PoolSpec
@@ -137,6 +138,11 @@ class ReplayConfig:
     # needs a cold start to catch up: without a warm-up the first minutes judge that cut, not
     # the policy. `warmup_for` gives the usual value (one cold start and one rate window).
     warmup_s: float = 0.0
+
+    @property
+    def skip(self) -> tuple[tuple[float, float], ...]:
+        """The spans not judged: the warm-up from 0 (none when it is 0)."""
+        return warmup_spans((0.0,), self.warmup_s)
 
     def __post_init__(self) -> None:
         if not (self.warmup_s >= 0 and math.isfinite(self.warmup_s)):
@@ -308,7 +314,7 @@ def run_controller(
         end_s=horizon_s,
         reversal_window_s=REVERSAL_WINDOW_S,
         with_oracle=False,
-        start_s=config.warmup_s,
+        skip=config.skip,
     )
     return Run(name, kind, description, sim, spec.name, ev, wall_s=time.perf_counter() - t0)
 
@@ -344,7 +350,7 @@ def run_static(
         end_s=horizon_s,
         reversal_window_s=REVERSAL_WINDOW_S,
         with_oracle=False,
-        start_s=config.warmup_s,
+        skip=config.skip,
     )
     return Run(
         name,
@@ -505,7 +511,7 @@ def run_backtest(
                 with_hindsight=baselines.HINDSIGHT in wanted,
                 on_replay=lambda _what: tick(0.0),
                 routing=config.routing,
-                start_s=config.warmup_s,
+                skip=config.skip,
             )
             for b in wanted:
                 key = _unique(b, set(runs))
@@ -587,7 +593,7 @@ def _yardstick_run(
         )
     ev = evaluate(
         sim, pool, slo=config.slo, end_s=horizon, reversal_window_s=REVERSAL_WINDOW_S,
-        with_oracle=False, start_s=config.warmup_s,
+        with_oracle=False, skip=config.skip,
     )  # fmt: skip
     return Run(key, kind, desc, sim, pool, ev, replicas=reps)
 

@@ -227,6 +227,24 @@ class OutcomeTally:
         return _hist_percentile(self._itl, q)
 
 
+def in_spans(t: float, spans: Sequence[tuple[float, float]]) -> bool:
+    """Whether t lies in one of the spans [a, b)."""
+    return any(a <= t < b for a, b in spans)
+
+
+def judged_mask(arrival_s: FloatArray, skip: Sequence[tuple[float, float]]) -> BoolArray:
+    """The requests arriving outside every skipped span [a, b)."""
+    keep = np.ones(len(arrival_s), dtype=bool)
+    for a, b in skip:
+        keep &= (arrival_s < a) | (arrival_s >= b)
+    return keep
+
+
+def warmup_spans(starts: Sequence[float], warmup_s: float) -> tuple[tuple[float, float], ...]:
+    """The skipped spans of a warm-up of `warmup_s` after each start (none when it is 0)."""
+    return tuple((s, s + warmup_s) for s in starts) if warmup_s > 0 else ()
+
+
 def _log_hist(x: FloatArray) -> IntArray:
     with np.errstate(divide="ignore", invalid="ignore"):
         i = np.floor(np.log(np.maximum(x, _Q_LO) / _Q_LO) / _Q_STEP)
@@ -295,33 +313,40 @@ def evaluate(
     end_s: float | None = None,
     reversal_window_s: float = 600.0,
     with_oracle: bool = True,
-    start_s: float = 0.0,
+    skip: Sequence[tuple[float, float]] = (),
 ) -> Evaluation:
-    """Summarise pool `pool` of `sim` up to `end_s` (default: the simulation's now), judging
-    only from `start_s` on (a warm-up, `ReplayConfig.warmup_s`): requests arriving before it,
-    GPU-seconds held before it and scale events before it are left out."""
+    """Summarise pool `pool` of `sim` up to `end_s` (default: the simulation's now), leaving out
+    the spans [a, b) in `skip` (warm-ups, `ReplayConfig.warmup_s`; one per window when windows
+    are replayed back to back): requests arriving in them, GPU-seconds held in them and scale
+    events in them are not judged."""
     p = sim.pool(pool)
-    events = [e for e in sim.scale_events() if e.pool == pool and e.t >= start_s]
+    events = [e for e in sim.scale_events() if e.pool == pool and not in_spans(e.t, skip)]
     roles = list(p.deployments)
-    gpu_by_role = {
-        r: (
-            sim.gpu_seconds(pool=pool, role=r, at=end_s)
-            - (sim.gpu_seconds(pool=pool, role=r, at=start_s) if start_s > 0 else 0.0)
-        )
-        / 3600.0
-        for r in roles
-    }
+    end = sim.now if end_s is None else end_s
+
+    def held(role: Role) -> float:
+        total = sim.gpu_seconds(pool=pool, role=role, at=end)
+        for a, b in skip:
+            if a < end:
+                total -= sim.gpu_seconds(pool=pool, role=role, at=min(b, end)) - (
+                    sim.gpu_seconds(pool=pool, role=role, at=a) if a > 0 else 0.0
+                )
+        return total / 3600.0
+
+    gpu_by_role = {r: held(r) for r in roles}
     if not p.keep:
-        return _evaluate_tally(p, slo, events, gpu_by_role, reversal_window_s, start_s=start_s)
+        return _evaluate_tally(p, slo, events, gpu_by_role, reversal_window_s, skip=skip)
     res = p.results()
-    if start_s > 0:
-        res = res.take(res.arrival_s >= start_s)
+    if skip:
+        res = res.take(judged_mask(res.arrival_s, skip))
     out = request_outcome(res, p.profile, slo)
     n = len(res.arrival_s)
     oracle_h = None
     if with_oracle and n:
+        # Its bins start at the judged span's start when a warm-up leads.
+        lead = max((b for a, b in skip if a <= 0), default=0.0)
         oracle_h = oracle(
-            res.arrival_s - start_s,  # its bins start at the judged span's start
+            res.arrival_s - lead,
             res.prompt_tokens,
             res.output_tokens,
             p.profile,
@@ -376,7 +401,7 @@ def _evaluate_tally(
     gpu_by_role: dict[Role, float],
     reversal_window_s: float,
     *,
-    start_s: float,
+    skip: Sequence[tuple[float, float]],
 ) -> Evaluation:
     """`evaluate` of a pool whose finished requests went to an OutcomeTally (no oracle: the
     caller has the stream; `oracle_of_stream`)."""
@@ -384,10 +409,10 @@ def _evaluate_tally(
     if not isinstance(tally, OutcomeTally) or tally.slo != slo or tally.profile != p.profile:
         msg = f"pool {p.name}: keeps no results and its sink is not an OutcomeTally for this SLO"
         raise ValueError(msg)
-    if tally.start_s != start_s:
+    if list(skip) != ([(0.0, tally.start_s)] if tally.start_s > 0 else []):
         msg = (
             f"pool {p.name}: its OutcomeTally judges from {tally.start_s:g} s, the evaluation "
-            f"from {start_s:g} s"
+            f"skips {list(skip)} (a streamed pool takes one leading warm-up)"
         )
         raise ValueError(msg)
     # Requests that arrived in the warm-up were loaded but not judged (the tally skipped them).

@@ -42,11 +42,18 @@ import numpy as np
 import numpy.typing as npt
 
 from autoscaler.sim.engine import Simulation
-from autoscaler.sim.evaluate import SLO, Evaluation, Oracle, evaluate, request_outcome
+from autoscaler.sim.evaluate import (
+    SLO,
+    Evaluation,
+    Oracle,
+    evaluate,
+    judged_mask,
+    request_outcome,
+)
 from autoscaler.types import Role
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from autoscaler.profile import Profile
     from autoscaler.sim.traces import Trace
@@ -110,7 +117,7 @@ class HindsightPlan:
     n: int
     bin_s: float
     slo: SLO
-    start_s: float = 0.0  # judged from then on (`compute`)
+    skip: tuple[tuple[float, float], ...] = ()  # spans not judged (`compute`)
 
 
 @dataclass(slots=True)
@@ -407,14 +414,15 @@ def compute(
     with_hindsight: bool = True,
     on_replay: Callable[[str], None] | None = None,
     routing: str = "least-loaded",
-    start_s: float = 0.0,
+    skip: Sequence[tuple[float, float]] = (),
 ) -> Yardsticks:
     """Scan each role's fixed-fleet levels, build the static frontier, find best-static, plan and
     verify hindsight. `verify_frontier`: how many frontier fleets around best-static are
-    replayed jointly (the rest stay per-role estimates). `start_s`: judge from then on (the
-    backtest's warm-up): earlier requests neither count nor miss, earlier GPU-time is not
-    billed."""
-    judged = trace.arrival_s >= start_s
+    replayed jointly (the rest stay per-role estimates). `skip`: spans [a, b) not judged (the
+    backtest's warm-up, one per window of windows joined back to back): requests arriving in
+    them neither count nor miss, GPU-time in them is not billed."""
+    skip = tuple((float(a), float(b)) for a, b in skip)
+    judged = judged_mask(trace.arrival_s, skip)
     n = int(judged.sum())
     nb = max(1, round(horizon_s / bin_s))
     bins = np.minimum((trace.arrival_s // bin_s).astype(np.int64), nb - 1)
@@ -460,7 +468,8 @@ def compute(
             lvl += 1
     levels = {r: sorted(met[r]) for r in roles}
     gpu = profile.gpus_per_replica
-    hours = max(horizon_s - start_s, 0.0) / 3600.0
+    skipped_s = sum(max(0.0, min(b, horizon_s) - max(a, 0.0)) for a, b in skip)
+    hours = max(horizon_s - skipped_s, 0.0) / 3600.0
 
     def cost(reps: dict[Role, int]) -> float:
         return sum(reps.values()) * gpu * hours
@@ -547,7 +556,7 @@ def compute(
             n=n,
             bin_s=bin_s,
             slo=slo,
-            start_s=start_s,
+            skip=skip,
         )
         hs, k = _plan_and_verify(
             plan, trace, pool, profile, target=target, horizon_s=horizon_s, routing=routing,
@@ -606,7 +615,7 @@ def _plan_and_verify(
             trace, pool, profile, sched, bin_s=plan.bin_s, horizon_s=horizon_s, routing=routing
         )
         ev = evaluate(
-            sim, pool.name, slo=plan.slo, end_s=horizon_s, with_oracle=False, start_s=plan.start_s
+            sim, pool.name, slo=plan.slo, end_s=horizon_s, with_oracle=False, skip=plan.skip
         )
         hs = Hindsight(sched, planned, b, sim, ev, rnd, plan.forced)
         goal = target - plan.forced / max(plan.n, 1)

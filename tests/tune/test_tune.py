@@ -13,6 +13,7 @@ from autoscaler.profile import builtin
 from autoscaler.sim import backtest
 from autoscaler.sim.tune import main as tune_main
 from autoscaler.sim.tune.study import Score
+from autoscaler.sim.tune.windows import joined
 from tests.tune.conftest import POOR_POLICY, code_trace, write_azure_csv
 
 pytestmark = pytest.mark.sim
@@ -49,6 +50,41 @@ def test_poor_policy_is_improved_on_held_out_windows() -> None:
     first = next(t for t in res.trials if t["number"] == 0)
     assert poor.train is not None
     assert math.isclose(first["attainment"], poor.train.attainment)
+
+
+def test_a_warmup_judges_each_window_from_it_on() -> None:
+    """--warmup-s: every window, in the trials' replays and the fixed fleets' joined replay
+    alike, is judged from W on: the same requests are counted for both, and a fixed fleet is
+    billed for each window less its warm-up."""
+    warmup = 180.0
+    trace = code_trace()
+    res = tune_main.tune(
+        trace,
+        POOR_POLICY.read_text(),
+        source=str(POOR_POLICY),
+        profile=builtin("llama-8b-h100"),
+        config=backtest.ReplayConfig(warmup_s=warmup),
+        folds=2,
+        trials=2,
+        yardsticks_on=True,
+    )
+    assert res.split is not None
+    width = res.split.window_s
+    for rows, windows in (("train", res.split.train), ("held_out", res.split.held_out)):
+        judged = sum(int((w.trace.arrival_s >= warmup).sum()) for w in windows)
+        assert judged < sum(len(w.trace.arrival_s) for w in windows)
+        policy = getattr(res.row("input policy"), rows)
+        static = getattr(res.row("best-static"), rows)
+        assert policy is not None
+        assert static is not None
+        assert policy.requests == static.requests == judged, rows
+        fleet = res.row("best-static").note.split("; ")[0 if rows == "train" else 1].split()[-1]
+        replicas = sum(int(part[:-1]) for part in fleet.split("+"))
+        # The joined windows' billed span (minutes, as a backtest's) less one warm-up each.
+        span = max(len(windows) * width, backtest.horizon_of(joined(windows, width)))
+        assert static.gpu_hours == pytest.approx(
+            replicas * (span - len(windows) * warmup) / 3600.0
+        ), fleet
 
 
 def _score(att: float) -> Score:
@@ -103,6 +139,8 @@ def test_cli_writes_tuned_policy_with_measured_header(tmp_path: Path) -> None:
     [
         (["--folds", "1"], "--folds 1: needs at least 2"),
         (["--folds", "9"], "each needs at least 10 min"),
+        (["--warmup-s", "5000"], "--warmup-s 5000 leaves nothing of each"),
+        (["--warmup-s", "-1"], "--warmup-s must be >= 0"),
         (["--trials", "0"], "--trials 0"),
         (["--out", "/nonexistent-dir/x.yaml"], "directory /nonexistent-dir does not exist"),
         # Nothing listens on port 1: named, after the open retries, no traceback.

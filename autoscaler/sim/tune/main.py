@@ -21,7 +21,7 @@ from autoscaler import errors
 from autoscaler.policy.load import parse_policy
 from autoscaler.profile import Profile
 from autoscaler.sim import backtest, baselines, yardsticks
-from autoscaler.sim.evaluate import oracle
+from autoscaler.sim.evaluate import judged_mask, oracle, warmup_spans
 from autoscaler.sim.traces import Trace, load_trace
 from autoscaler.sim.tune import space, study
 from autoscaler.sim.tune.options import REVERSALS_PER_HOUR
@@ -133,6 +133,8 @@ def _static_score(
         bin_s=backtest.BIN_S,
         attainment=config.target,
     )
+    # Each window is judged from its warm-up on, as the policy's own replays of it are.
+    skip = warmup_spans([k * width_s for k in range(len(windows))], config.warmup_s)
     ys = yardsticks.compute(
         tr,
         spec,
@@ -142,8 +144,9 @@ def _static_score(
         orc=orc,
         target=config.target,
         with_hindsight=with_hindsight,
+        skip=skip,
     )
-    n = len(tr.arrival_s)
+    n = int(judged_mask(tr.arrival_s, skip).sum())
     bs = None
     if ys.best_static is not None:
         p = ys.best_static
@@ -261,6 +264,12 @@ def tune(
     policy = parse_policy(policy_text, source=source)
     doc = space.materialise(load_yaml(policy_text, source=source), policy)
     parts = split(trace, folds)
+    if config.warmup_s >= parts.window_s:
+        msg = (
+            f"{source}: --warmup-s {config.warmup_s:g} leaves nothing of each "
+            f"{parts.window_s:g} s window to judge (use fewer --folds or a shorter warm-up)"
+        )
+        raise errors.ConfigError([msg])
     params, unsearched = space.search_space(policy)
     frontier: list[yardsticks.FleetPoint] = []
     bs_tr: Row | None = None
@@ -460,6 +469,11 @@ def header(res: Result, *, trace: str, config: backtest.ReplayConfig) -> str:
         f"  SLO: TTFT <= max({slo.ttft_floor_s:g} s, {slo.ttft_slowdown:g} x idle prefill), mean"
         f" ITL <= {slo.itl_mean_s * 1000:g} ms; target attainment {100 * res.target:g} %, "
         f"reversals <= {res.max_reversals} on the training windows",
+        *(
+            [f"  each window judged from {config.warmup_s:g} s on (--warmup-s)"]
+            if config.warmup_s > 0
+            else []
+        ),
         "  " + objective_line(res),
         f"  study {res.study_name}: {len(res.trials)} trials, chosen trial "
         + str(next(t["number"] for t in res.trials if t["chosen"]))

@@ -69,6 +69,14 @@ def add_arguments(p: argparse.ArgumentParser, positive: Any) -> None:
                    help="no progress bar (terminal, one process) or per-trial lines")
     p.add_argument("--tick-s", type=positive, default=15.0, help="controller tick interval")
     p.add_argument("--scrape-s", type=positive, default=5.0, help="metric scrape interval")
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=None,
+        help="judge each window from this second on, the trials and the fixed fleets alike "
+        "(default 0; one cold start plus one rate window, 180 s on the built-in profiles, "
+        "leaves out each window's start at min_replicas)",
+    )
     p.add_argument("--ttft-floor-s", type=positive, default=None, help="SLO TTFT floor (0.5)")
     p.add_argument(
         "--ttft-slowdown", type=positive, default=None, help="SLO TTFT x idle prefill (3.0)"

@@ -6,6 +6,8 @@ test" so that with several windows both sets see the same times of day; with two
 first half / second half. Each window is replayed on its own from t = 0 (its arrivals rebased),
 the fleet starting at min_replicas like any backtest: a window's result does not depend on what
 the policy did in the window before, so trials are independent replays that can run anywhere.
+With `--warmup-s W` each window, in the trials and the fixed-fleet yardsticks alike, is judged
+from W on (`ReplayConfig.warmup_s`), so its start at min_replicas is not.
 """
 
 from __future__ import annotations
