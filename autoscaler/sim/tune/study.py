@@ -145,8 +145,7 @@ def dominates_or_equals(attrs: dict[str, Any], reference: tuple[float, float]) -
     """At least the reference's attainment for at most its GPU-hours (equal GPU-hours up to the
     rounding of their sums, `GPU_HOURS_SLACK`)."""
     return bool(
-        attrs["attainment"] >= reference[0]
-        and attrs["gpu_hours"] <= reference[1] + GPU_HOURS_SLACK
+        attrs["attainment"] >= reference[0] and attrs["gpu_hours"] <= reference[1] + GPU_HOURS_SLACK
     )
 
 
