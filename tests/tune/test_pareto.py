@@ -135,6 +135,28 @@ def test_pareto_selection_rule(
     assert ok is dominated
 
 
+TICK_H = 15.0 / 3600.0
+
+
+@pytest.mark.parametrize("ticks", [31, 34, 11_991])
+def test_one_tick_fewer_counts_whatever_the_rounding_of_the_sums(ticks: int) -> None:
+    """GPU-hours are tick counts times 15 s / 3600 in floating point; at these counts
+    (ticks - 1) x tick lands above ticks x tick - tick by an ulp, which once made exactly one
+    GPU-tick fewer count or not by the float's luck. Equal cost a rounding apart is equal."""
+    ref = ticks * TICK_H
+    assert (ticks - 1) * TICK_H > ref - TICK_H  # the case being guarded
+    trials = [_trial(0, 0.95, ref), _trial(1, 0.95, (ticks - 1) * TICK_H)]
+    got, ok = study.best(trials, _problem())
+    assert (got.number, ok) == (1, True)
+    # More attainment at the same fleet-time summed in another order (an ulp more): dominates.
+    same_cost = math.nextafter(ref, math.inf)
+    got, ok = study.best([_trial(0, 0.95, ref), _trial(1, 0.96, same_cost)], _problem())
+    assert (got.number, ok) == (1, True)
+    # Less than a tick fewer is still not cheaper.
+    got, ok = study.best([_trial(0, 0.95, ref), _trial(1, 0.95, ref - 0.9 * TICK_H)], _problem())
+    assert (got.number, ok) == (0, False)
+
+
 def test_pareto_selection_needs_the_input_trial() -> None:
     # No input trial and no reference: nothing to dominate.
     with pytest.raises(errors.ConfigError, match="trial 0 has no result"):

@@ -61,6 +61,9 @@ GRACE_S = 120
 # Opening an RDB storage: tries, 0.5 s more apart each time (5 s in all).
 OPEN_ATTEMPTS = 5
 
+# Rounding slack when comparing GPU-hour sums (see `best`): 1e-9 GPU-h is 3.6 GPU-microseconds.
+GPU_HOURS_SLACK = 1e-9
+
 Objective = Literal["target", "pareto"]
 OBJECTIVES: tuple[Objective, ...] = ("target", "pareto")
 # The study attribute naming its objective: a resumed study must not mix them.
@@ -139,7 +142,11 @@ class Problem:
 
 
 def dominates_or_equals(attrs: dict[str, Any], reference: tuple[float, float]) -> bool:
-    return bool(attrs["attainment"] >= reference[0] and attrs["gpu_hours"] <= reference[1])
+    """At least the reference's attainment for at most its GPU-hours (equal GPU-hours up to the
+    rounding of their sums, `GPU_HOURS_SLACK`)."""
+    return bool(
+        attrs["attainment"] >= reference[0] and attrs["gpu_hours"] <= reference[1] + GPU_HOURS_SLACK
+    )
 
 
 def feasible(attrs: dict[str, Any], problem: Problem) -> bool:
@@ -500,7 +507,10 @@ def best(trials: Sequence[FrozenTrial], problem: Problem) -> tuple[FrozenTrial, 
         # can change: below that the difference is when a replay's pods happened to start (a
         # code-day trial 0.00004 GPU-h cheaper on training with equal attainment was chosen and
         # then lost on both axes held out). More attainment is at least one request.
-        less = problem.config.tick_s / 3600.0
+        # GPU-hours are sums of replicas x tick / 3600 in floating point: exactly one tick fewer
+        # can land a few 1e-16 above `ref - tick` (31 and 30 ticks of 15 s do) and would then not
+        # count. The slack is far below a tick and far above the rounding of any sum replayed.
+        less = problem.config.tick_s / 3600.0 - GPU_HOURS_SLACK
         better = [
             t
             for t in trials
