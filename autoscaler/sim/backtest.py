@@ -64,6 +64,8 @@ from autoscaler.sim.evaluate import (
     Oracle,
     OutcomeTally,
     evaluate,
+    judged_mask,
+    leading_skip_s,
     oracle_of_stream,
     request_outcome,
     warmup_spans,
@@ -446,7 +448,7 @@ def run_backtest(
         raise errors.ConfigError([msg])
     base_policy, base_pool = single_pool(policies[0][1])
     orc = oracle_of_stream(
-        _judged(trace if isinstance(trace, TraceStream) else [tuple(trace)], config.warmup_s),
+        _judged(trace if isinstance(trace, TraceStream) else [tuple(trace)], config.skip),
         profile,
         disaggregated=Role.AGGREGATED not in base_pool.roles,
         slo=config.slo,
@@ -534,17 +536,20 @@ def run_backtest(
     )
 
 
-def _judged(chunks: Iterable[Sequence[Any]], start_s: float) -> Iterator[Sequence[Any]]:
-    """The (arrival, prompt, output) chunks of the judged span, arrivals counted from its start
-    (for the oracle, whose bins start at 0)."""
+def _judged(
+    chunks: Iterable[Sequence[Any]], skip: Sequence[tuple[float, float]]
+) -> Iterator[Sequence[Any]]:
+    """The (arrival, prompt, output) chunks of the judged requests, arrivals counted from where
+    judging starts (for the oracle, whose bins start at 0)."""
+    if not skip:
+        yield from chunks
+        return
+    lead = leading_skip_s(skip)
     for c in chunks:
         arr = np.asarray(c[0])
-        if start_s <= 0:
-            yield c
-            continue
-        keep = arr >= start_s
+        keep = judged_mask(arr, skip)
         if keep.any():
-            yield (arr[keep] - start_s, np.asarray(c[1])[keep], np.asarray(c[2])[keep])
+            yield (arr[keep] - lead, np.asarray(c[1])[keep], np.asarray(c[2])[keep])
 
 
 def _yardstick_run(

@@ -240,6 +240,11 @@ def judged_mask(arrival_s: FloatArray, skip: Sequence[tuple[float, float]]) -> B
     return keep
 
 
+def leading_skip_s(skip: Sequence[tuple[float, float]]) -> float:
+    """Where judging starts when a skipped span leads from 0 (a warm-up), else 0."""
+    return max((b for a, b in skip if a <= 0), default=0.0)
+
+
 def warmup_spans(starts: Sequence[float], warmup_s: float) -> tuple[tuple[float, float], ...]:
     """The skipped spans of a warm-up of `warmup_s` after each start (none when it is 0)."""
     return tuple((s, s + warmup_s) for s in starts) if warmup_s > 0 else ()
@@ -328,8 +333,8 @@ def evaluate(
         total = sim.gpu_seconds(pool=pool, role=role, at=end)
         for a, b in skip:
             if a < end:
-                total -= sim.gpu_seconds(pool=pool, role=role, at=min(b, end)) - (
-                    sim.gpu_seconds(pool=pool, role=role, at=a) if a > 0 else 0.0
+                total -= sim.gpu_seconds(pool=pool, role=role, at=min(b, end)) - sim.gpu_seconds(
+                    pool=pool, role=role, at=a
                 )
         return total / 3600.0
 
@@ -343,10 +348,8 @@ def evaluate(
     n = len(res.arrival_s)
     oracle_h = None
     if with_oracle and n:
-        # Its bins start at the judged span's start when a warm-up leads.
-        lead = max((b for a, b in skip if a <= 0), default=0.0)
         oracle_h = oracle(
-            res.arrival_s - lead,
+            res.arrival_s - leading_skip_s(skip),  # its bins start where judging does
             res.prompt_tokens,
             res.output_tokens,
             p.profile,
