@@ -13,8 +13,8 @@ at 99 % alone a policy meeting more is charged for its extra attainment and one 
 credited with it. The 1.25x verdict uses the equal one. For scale, "x hs changing every N min"
 divides the policy's GPU-hours by those of the same clairvoyant schedule when it may change the
 fleet only every N minutes (`--blocks`, default 15 and 60), at the same attainment
-(`hindsight_at(..., block_s=)`): it knows each block's load but not when inside it the bursts come, which no
-controller knows either.
+(`hindsight_at(..., block_s=)`): it knows each block's load but not when inside it the bursts
+come, which no controller knows either.
 
 Every member is judged from 180 s on (`--warmup-s`, `ReplayConfig.warmup_s`), every run alike:
 a member is cut from running traffic, so a fixed fleet is warm at 0 while a controller run
