@@ -582,7 +582,7 @@ class SLOPolicy:
         the trend, sizes on the current rate alone and, once the scale-down window passes,
         releases the replicas the last bursts needed. Only an empty history is primed (live
         samples win; the series are kept in time order); points that are not finite and
-        non-negative are skipped. Returns how many were loaded.
+        non-negative (rates) or not finite (times) are skipped. Returns how many were loaded.
 
         The number of reporting replicas is not in a range query; every point is taken as
         from the same set, so a replica that joined within the range can show as a short
@@ -591,7 +591,12 @@ class SLOPolicy:
             return 0
         n = 0
         for t, lam, ptok, gtok in sorted(points):
-            if not all(math.isfinite(x) and x >= 0 for x in (t, lam, ptok, gtok)):
+            # Rates must be counts per second; the time only finite: the policy's clock is the
+            # controller's monotonic one, whose zero is the node's boot, so on a node up for
+            # less than the memory (3 h) the older half of a refill lies before 0.
+            if not math.isfinite(t) or not all(
+                math.isfinite(x) and x >= 0 for x in (lam, ptok, gtok)
+            ):
                 continue
             self._record(t, lam, ptok, gtok, n_req=0, n_gen=0)
             if self.forecaster is not None:

@@ -637,7 +637,7 @@ def hindsight_at(
     `block_s`: the fleet may change only every block_s seconds (whole bins) after the start
     (`plan_hindsight`): what the clairvoyant schedule costs when it knows each block's load
     but not the timing of the bursts inside it."""
-    if ys.plan is None or not 0.0 < attainment < 1.0:
+    if ys.plan is None or not 0.0 < attainment <= 1.0:
         return None
     block_bins = 1 if block_s is None else max(1, round(block_s / ys.plan.bin_s))
     # The attainment asked for is a measured one, forced misses included (every run has them);

@@ -187,6 +187,17 @@ def test_backtest_end_to_end_json_and_plot(
     assert doc["runs"]["best-static"]["slo_attainment"] == ys["best_static"]["slo_attainment"]
     assert doc["runs"]["hindsight"]["gpu_hours_vs_hindsight"] == pytest.approx(1.0)
     assert doc["runs"]["hindsight"]["slo_attainment"] == ys["hindsight"]["slo_attainment"]
+    # Every controller run is also compared with hindsight re-planned for its own attainment
+    # (above the target or below it), verified by replay; the yardsticks are not.
+    for name in ("llama-8b-slo", "keda-queue"):
+        run = doc["runs"][name]
+        eq = run["hindsight_at_equal_attainment"]
+        assert eq["slo_attainment"] >= run["slo_attainment"] - 0.005, name
+        assert run["gpu_hours_vs_hindsight_at_equal_attainment"] == pytest.approx(
+            run["gpu_hours"] / eq["gpu_hours"]
+        )
+    for name in ("best-static", "hindsight"):
+        assert doc["runs"][name]["hindsight_at_equal_attainment"] is None
     # The clairvoyant schedule is never dearer than the cheapest fixed fleet at the target.
     assert ys["hindsight"]["gpu_hours"] <= ys["best_static"]["gpu_hours"] + 1e-9
     for name, run in doc["runs"].items():

@@ -134,7 +134,12 @@ def test_best_static_and_hindsight_on_a_bursty_trace() -> None:
     assert eq is not None
     assert eq.evaluation.slo_attainment >= lower
     assert eq.evaluation.gpu_hours <= hs.evaluation.gpu_hours + 1e-9
-    assert yardsticks.hindsight_at(ys, 1.0) is None
+    # Every request: planned with no budget beyond the forced misses (tightened further by
+    # any shortfall of its verifying replays).
+    full = yardsticks.hindsight_at(ys, 1.0)
+    assert full is not None
+    assert full.budget <= hs.forced_misses
+    assert yardsticks.hindsight_at(ys, 0.0) is None
     # Changing the fleet only every 5 minutes, at the same attainment, it meets that for no
     # fewer GPU-hours (it can do nothing the per-bin schedule cannot), one level per block.
     blocked = yardsticks.hindsight_at(ys, lower, block_s=300.0)

@@ -40,25 +40,30 @@ def rates(t: float) -> tuple[float, float, float]:
     return lam, lam * 2000.0, lam * 200.0
 
 
-def run_live(pol: object, until: float) -> None:
+def run_live(pol: object, until: float, shift: float = 0.0) -> None:
     for k in range(1, int(until / TICK)):
         lam, ptok, gtok = rates(k * TICK)
-        tick(pol, k * TICK, req=lam, ptok=ptok, gtok=gtok)  # type: ignore[arg-type]
+        tick(pol, k * TICK + shift, req=lam, ptok=ptok, gtok=gtok)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("role", [Role.PREFILL, Role.DECODE])
-def test_a_primed_restart_decides_as_if_it_never_stopped(role: Role) -> None:
+# shift: where the policy's clock has its zero. The controller's clock is monotonic (zero at
+# the node's boot): restarted on a node up for 10 minutes, 30 of the 40 minutes refilled lie
+# before 0, and they count as the rest (they were dropped as "negative" once).
+@pytest.mark.parametrize("shift", [0.0, -1800.0], ids=["clock-zero-before", "clock-zero-inside"])
+def test_a_primed_restart_decides_as_if_it_never_stopped(role: Role, shift: float) -> None:
     """The policy that ran for 40 minutes and a fresh one primed with the same rates at the same
     ticks take the same decision at the restart tick, reason included; a fresh one without the
     history asks for fewer replicas (the headroom for the recurring bursts is gone)."""
     live, primed, amnesiac = make(role), make(role), make(role)
-    run_live(live, RESTART)
-    points = [(k * TICK, *rates(k * TICK)) for k in range(1, int(RESTART / TICK))]
+    run_live(live, RESTART, shift)
+    points = [(k * TICK + shift, *rates(k * TICK)) for k in range(1, int(RESTART / TICK))]
     assert primed.prime(points) == len(points)
     lam, ptok, gtok = rates(RESTART)
-    want_live, why_live, _ = tick(live, RESTART, req=lam, ptok=ptok, gtok=gtok)
-    want_primed, why_primed, _ = tick(primed, RESTART, req=lam, ptok=ptok, gtok=gtok)
-    want_new, _, _ = tick(amnesiac, RESTART, req=lam, ptok=ptok, gtok=gtok)
+    at = RESTART + shift
+    want_live, why_live, _ = tick(live, at, req=lam, ptok=ptok, gtok=gtok)
+    want_primed, why_primed, _ = tick(primed, at, req=lam, ptok=ptok, gtok=gtok)
+    want_new, _, _ = tick(amnesiac, at, req=lam, ptok=ptok, gtok=gtok)
     assert (want_primed, why_primed) == (want_live, why_live)
     assert "burst headroom" in why_live
     if role is Role.PREFILL:
@@ -66,7 +71,8 @@ def test_a_primed_restart_decides_as_if_it_never_stopped(role: Role) -> None:
 
 
 def test_prime_skips_bad_points_and_never_rewrites_live_history() -> None:
-    """Not-finite or negative points are left out; a policy that has ticked keeps its live
+    """Points with a rate that is not finite or negative, or a time that is not finite, are
+    left out; a policy that has ticked keeps its live
     history (a reload's refill never rewrites it)."""
     pol = make()
     loaded = pol.prime([
@@ -74,6 +80,7 @@ def test_prime_skips_bad_points_and_never_rewrites_live_history() -> None:
         (915.0, float("nan"), 10_000.0, 1000.0),
         (930.0, -1.0, 10_000.0, 1000.0),
         (945.0, 5.0, 10_000.0, 1000.0),
+        (float("inf"), 5.0, 10_000.0, 1000.0),
     ])
     assert loaded == 2
     assert [t for t, _, _ in pol.rate.samples] == [900.0, 945.0]
