@@ -20,7 +20,9 @@ judged against things that could really be run:
   every added replica is billed its cold start (it is requested one cold start before its bin),
   and lambda is bisected until the misses fit the budget (1 - target) x requests. A verifying
   replay then runs the schedule on the simulator; if it falls short the budget is tightened by
-  the shortfall and the programme re-run (a few rounds). The verified replay is what is reported.
+  the shortfall, if it meets the goal with requests to spare it is loosened by the surplus, and
+  the programme re-run (a few rounds, bisecting between a budget that met the goal and one that
+  did not). The cheapest verified replay meeting the goal is what is reported.
   Misses the starting fleet cannot avoid before a replica requested at 0 is ready (estimated from
   the tables) are added to the budget: every run has them, and no schedule can buy them back.
 
@@ -73,7 +75,13 @@ SCAN_STOP_SHARE_OF_BUDGET = 0.1
 # Hard cap on a role's scan (replicas), so a trace no fleet can serve still ends.
 MAX_SCAN_LEVEL = 64
 # Rounds of (programme, verifying replay) for hindsight.
-HINDSIGHT_ROUNDS = 4
+HINDSIGHT_ROUNDS = 6
+# A verified schedule meeting its goal by more than this share of the requests (and at least
+# one request) is re-planned with the surplus added to its budget: the tables overstate the
+# misses of a level entered from a higher one (they come from fleets at that level throughout,
+# with the backlog that builds), so a plan can land well above its goal (a schedule for 94 %
+# met 98.75 % on a bursty hour), and the yardstick is the cheapest schedule meeting it.
+HINDSIGHT_SURPLUS_SHARE = 0.0005
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,13 +602,23 @@ def _plan_and_verify(
     block_bins: int = 1,
 ) -> tuple[Hindsight, int]:
     """Plan the cheapest schedule whose misses fit (1 - target) x requests and verify it by
-    replay, tightening the budget by any shortfall (up to HINDSIGHT_ROUNDS rounds). Returns the
-    verified schedule and the replays it took. `block_bins`: as `plan_hindsight`."""
+    replay (up to HINDSIGHT_ROUNDS rounds): a shortfall tightens the budget by the requests
+    short, a surplus of more than HINDSIGHT_SURPLUS_SHARE loosens it by the requests to spare,
+    and once one budget met the goal and another did not the next is their midpoint. Returns
+    the cheapest verified schedule meeting the goal (the last one if none did) and the replays
+    it took. `block_bins`: as `plan_hindsight`."""
     budget = max(0, math.floor((1.0 - target) * plan.n + 1e-9) - plan.base_misses)
     b = budget + plan.forced
-    hs: Hindsight | None = None
+    goal = target - plan.forced / max(plan.n, 1)
+    slack = max(1, math.floor(HINDSIGHT_SURPLUS_SHARE * plan.n))
+    best: Hindsight | None = None
+    last: Hindsight | None = None
+    met_b: int | None = None  # the largest budget whose schedule met the goal
+    short_b: int | None = None  # the smallest budget whose schedule fell short
+    tried: set[int] = set()
     rnd = 0
     for rnd in range(1, HINDSIGHT_ROUNDS + 1):
+        tried.add(b)
         sched, planned = plan_hindsight(
             plan.tables,
             budget=b,
@@ -617,14 +635,27 @@ def _plan_and_verify(
         ev = evaluate(
             sim, pool.name, slo=plan.slo, end_s=horizon_s, with_oracle=False, skip=plan.skip
         )
-        hs = Hindsight(sched, planned, b, sim, ev, rnd, plan.forced)
-        goal = target - plan.forced / max(plan.n, 1)
-        if ev.slo_attainment >= goal or b == 0:
+        last = Hindsight(sched, planned, b, sim, ev, rnd, plan.forced)
+        if ev.slo_attainment >= goal:
+            if best is None or ev.gpu_hours < best.evaluation.gpu_hours - 1e-12:
+                best = last
+            met_b = b if met_b is None else max(met_b, b)
+            spare = math.floor((ev.slo_attainment - goal) * plan.n + 1e-9)
+            if spare < slack:
+                break
+            nxt = b + spare if short_b is None else (b + short_b) // 2
+        else:
+            if b == 0:
+                break
+            short_b = b if short_b is None else min(short_b, b)
+            short = math.ceil((goal - ev.slo_attainment) * plan.n - 1e-9)
+            nxt = max(0, b - short) if met_b is None else (met_b + b) // 2
+        if nxt in tried:
             break
-        short = math.ceil((goal - ev.slo_attainment) * plan.n)
-        b = max(0, b - short)
-    assert hs is not None
-    return hs, rnd
+        b = nxt
+    chosen = best or last
+    assert chosen is not None
+    return chosen, rnd
 
 
 def hindsight_at(

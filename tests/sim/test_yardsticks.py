@@ -196,3 +196,68 @@ def test_blocked_hindsight_spends_the_budget_the_bisection_left() -> None:
     )
     assert sorted(sched[Role.PREFILL].tolist()) == [1, 1, 2, 2]
     assert planned == 60
+
+
+class _Ev:
+    """The two fields `_plan_and_verify` reads of an Evaluation."""
+
+    def __init__(self, attainment: float, gpu_hours: float) -> None:
+        self.slo_attainment = attainment
+        self.gpu_hours = gpu_hours
+
+
+# The verifying replay as a function of the budget planned for (10,000 requests, goal 99 %):
+# misses of the replayed schedule and its GPU-hours (a bigger budget: fewer replicas).
+@pytest.mark.parametrize(
+    ("name", "misses_at", "expect_budget", "expect_rounds"),
+    [
+        # The tables are right: the first plan meets its goal with nothing to spare.
+        ("exact", lambda b: b, 100, 1),
+        # The tables overstate misses 2x (levels entered from above): the first plan meets
+        # 99.5 %; loosened by the surplus (100 -> 150 -> 175 -> 188 -> 194) until what is left
+        # to spare is under HINDSIGHT_SURPLUS_SHARE of the requests (5).
+        ("overstated", lambda b: b // 2, 194, 5),
+        # The tables understate them: tightened by the shortfall until it meets.
+        ("understated", lambda b: b + 20, 80, 2),
+        # A cliff past 150 (misses no longer overstated): 100 -> 150 -> 175 falls short, then
+        # midpoints 162, 156, 153 fall short too until the rounds run out; the cheapest
+        # schedule that met (150) is kept, not the last one replayed.
+        ("bisected", lambda b: b // 2 if b <= 150 else b, 150, 6),
+    ],
+)
+def test_hindsight_budget_is_searched_both_ways(
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    misses_at: object,
+    expect_budget: int,
+    expect_rounds: int,
+) -> None:
+    n = 10_000
+    f = misses_at
+    assert callable(f)
+    monkeypatch.setattr(yardsticks, "replay_schedule", lambda *_a, **_kw: None)
+    budgets: list[int] = []
+
+    def fake_eval(_sim: object, _pool: str, **_kw: object) -> _Ev:
+        b = budgets[-1]
+        return _Ev(1.0 - f(b) / n, 100.0 - b / 10.0)
+
+    def plan_and_record(_t: object, *, budget: int, **_kw: object) -> tuple[dict[Role, object], int]:
+        budgets.append(budget)
+        return {}, budget
+
+    monkeypatch.setattr(yardsticks, "plan_hindsight", plan_and_record)
+    monkeypatch.setattr(yardsticks, "evaluate", fake_eval)
+    plan = yardsticks.HindsightPlan(
+        tables={}, per_bin=1.0, cold=1.0, fixed_bins=0, forced=0, base_misses=0, n=n,
+        bin_s=60.0, slo=SLO(),
+    )  # fmt: skip
+    pool = type("P", (), {"name": "p"})()
+    hs, rounds = yardsticks._plan_and_verify(
+        plan, None, pool, P8B, target=0.99, horizon_s=3600.0, routing="least-loaded"  # type: ignore[arg-type]
+    )
+    # The cheapest verified schedule meeting 99 %, whatever order the budgets were tried in.
+    assert hs.evaluation.slo_attainment >= 0.99, name
+    meeting = [b for b in budgets if 1.0 - f(b) / n >= 0.99]
+    assert hs.budget == max(meeting), (name, budgets)
+    assert (hs.budget, rounds) == (expect_budget, expect_rounds), (name, budgets)
