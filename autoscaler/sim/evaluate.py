@@ -412,7 +412,7 @@ def _evaluate_tally(
     if not isinstance(tally, OutcomeTally) or tally.slo != slo or tally.profile != p.profile:
         msg = f"pool {p.name}: keeps no results and its sink is not an OutcomeTally for this SLO"
         raise ValueError(msg)
-    if list(skip) != ([(0.0, tally.start_s)] if tally.start_s > 0 else []):
+    if tuple(skip) != warmup_spans((0.0,), tally.start_s):
         msg = (
             f"pool {p.name}: its OutcomeTally judges from {tally.start_s:g} s, the evaluation "
             f"skips {list(skip)} (a streamed pool takes one leading warm-up)"

@@ -242,9 +242,12 @@ def test_hindsight_budget_is_searched_both_ways(
         b = budgets[-1]
         return _Ev(1.0 - f(b) / n, 100.0 - b / 10.0)
 
-    def plan_and_record(_t: object, *, budget: int, **_kw: object) -> tuple[dict[Role, object], int]:
+    def plan_and_record(
+        _t: object, *, budget: int, **_kw: object
+    ) -> tuple[dict[Role, np.ndarray], int]:
         budgets.append(budget)
-        return {}, budget
+        # A schedule of its own per budget (one replica per budget unit, say).
+        return {Role.PREFILL: np.array([budget])}, budget
 
     monkeypatch.setattr(yardsticks, "plan_hindsight", plan_and_record)
     monkeypatch.setattr(yardsticks, "evaluate", fake_eval)
@@ -261,3 +264,36 @@ def test_hindsight_budget_is_searched_both_ways(
     meeting = [b for b in budgets if 1.0 - f(b) / n >= 0.99]
     assert hs.budget == max(meeting), (name, budgets)
     assert (hs.budget, rounds) == (expect_budget, expect_rounds), (name, budgets)
+
+
+def test_hindsight_reuses_the_replay_of_a_schedule_already_verified(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lumpy tables: a loosened budget plans the same levels, whose replay (deterministic) is
+    not run again; the budget search goes on as if it had been."""
+    n = 10_000
+    budgets: list[int] = []
+    replayed: list[int] = []
+
+    def plan(_t: object, *, budget: int, **_kw: object) -> tuple[dict[Role, np.ndarray], int]:
+        budgets.append(budget)
+        return {Role.PREFILL: np.array([3])}, budget  # no budget frees a replica
+
+    def replay(*_a: object, **_kw: object) -> None:
+        replayed.append(budgets[-1])
+
+    monkeypatch.setattr(yardsticks, "plan_hindsight", plan)
+    monkeypatch.setattr(yardsticks, "replay_schedule", replay)
+    monkeypatch.setattr(yardsticks, "evaluate", lambda *_a, **_kw: _Ev(0.995, 10.0))
+    plan_ = yardsticks.HindsightPlan(
+        tables={}, per_bin=1.0, cold=1.0, fixed_bins=0, forced=0, base_misses=0, n=n,
+        bin_s=60.0, slo=SLO(),
+    )  # fmt: skip
+    pool = type("P", (), {"name": "p"})()
+    hs, replays = yardsticks._plan_and_verify(
+        plan_, None, pool, P8B, target=0.99, horizon_s=3600.0, routing="least-loaded"  # type: ignore[arg-type]
+    )
+    # 99.5 % leaves 50 to spare each round: 100 -> 150 -> 200 -> ... six rounds, one replay.
+    assert budgets == [100, 150, 200, 250, 300, 350]
+    assert (replayed, replays) == ([100], 1)
+    assert hs.budget == 100  # the first schedule meeting the goal, no cheaper one found
