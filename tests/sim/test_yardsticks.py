@@ -206,6 +206,19 @@ class _Ev:
         self.gpu_hours = gpu_hours
 
 
+def _verify_at_99(n: int) -> tuple[yardsticks.Hindsight, int]:
+    """`_plan_and_verify` for 99 % of n requests, on whatever plan_hindsight, replay_schedule
+    and evaluate the test has put in place (no tables, trace or pool are read)."""
+    plan = yardsticks.HindsightPlan(
+        tables={}, per_bin=1.0, cold=1.0, fixed_bins=0, forced=0, base_misses=0, n=n,
+        bin_s=60.0, slo=SLO(),
+    )  # fmt: skip
+    pool = type("P", (), {"name": "p"})()
+    return yardsticks._plan_and_verify(
+        plan, None, pool, P8B, target=0.99, horizon_s=3600.0, routing="least-loaded"  # type: ignore[arg-type]
+    )
+
+
 # The verifying replay as a function of the budget planned for (10,000 requests, goal 99 %):
 # misses of the replayed schedule and its GPU-hours (a bigger budget: fewer replicas).
 @pytest.mark.parametrize(
@@ -251,14 +264,7 @@ def test_hindsight_budget_is_searched_both_ways(
 
     monkeypatch.setattr(yardsticks, "plan_hindsight", plan_and_record)
     monkeypatch.setattr(yardsticks, "evaluate", fake_eval)
-    plan = yardsticks.HindsightPlan(
-        tables={}, per_bin=1.0, cold=1.0, fixed_bins=0, forced=0, base_misses=0, n=n,
-        bin_s=60.0, slo=SLO(),
-    )  # fmt: skip
-    pool = type("P", (), {"name": "p"})()
-    hs, rounds = yardsticks._plan_and_verify(
-        plan, None, pool, P8B, target=0.99, horizon_s=3600.0, routing="least-loaded"  # type: ignore[arg-type]
-    )
+    hs, rounds = _verify_at_99(n)
     # The cheapest verified schedule meeting 99 %, whatever order the budgets were tried in.
     assert hs.evaluation.slo_attainment >= 0.99, name
     meeting = [b for b in budgets if 1.0 - f(b) / n >= 0.99]
@@ -285,14 +291,7 @@ def test_hindsight_reuses_the_replay_of_a_schedule_already_verified(
     monkeypatch.setattr(yardsticks, "plan_hindsight", plan)
     monkeypatch.setattr(yardsticks, "replay_schedule", replay)
     monkeypatch.setattr(yardsticks, "evaluate", lambda *_a, **_kw: _Ev(0.995, 10.0))
-    plan_ = yardsticks.HindsightPlan(
-        tables={}, per_bin=1.0, cold=1.0, fixed_bins=0, forced=0, base_misses=0, n=n,
-        bin_s=60.0, slo=SLO(),
-    )  # fmt: skip
-    pool = type("P", (), {"name": "p"})()
-    hs, replays = yardsticks._plan_and_verify(
-        plan_, None, pool, P8B, target=0.99, horizon_s=3600.0, routing="least-loaded"  # type: ignore[arg-type]
-    )
+    hs, replays = _verify_at_99(n)
     # 99.5 % leaves 50 to spare each round: 100 -> 150 -> 200 -> ... six rounds, one replay.
     assert budgets == [100, 150, 200, 250, 300, 350]
     assert (replayed, replays) == ([100], 1)
